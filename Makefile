@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/roomkit serve examples.chat:ChatRoom --host 127.0.0.1 --port 8080
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check roomkit tests examples benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict roomkit
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

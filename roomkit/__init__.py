@@ -1,0 +1,28 @@
+"""roomkit: stateful real-time rooms over WebSockets for Trio.
+
+One live actor per room name, written by subclassing :class:`Room`; see docs/.
+"""
+
+from ._closecodes import CloseCode as CloseCode
+from ._connection import Connection as Connection
+from ._errors import DecodeError as DecodeError
+from ._errors import Reject as Reject
+from ._errors import RoomkitError as RoomkitError
+from ._protocol import Protocol as Protocol
+from ._request import Request as Request
+from ._room import Room as Room
+from ._server import Server as Server
+from ._server import serve as serve
+
+__all__ = [
+    "CloseCode",
+    "Connection",
+    "DecodeError",
+    "Protocol",
+    "Reject",
+    "Request",
+    "Room",
+    "RoomkitError",
+    "Server",
+    "serve",
+]

@@ -1,0 +1,311 @@
+"""A room's WebSocket connection: its public face, its reader loop and its writer task.
+
+Theory of operation. A connection has one reader and one writer, both tasks in its
+room's nursery. Nothing else writes to the socket:
+
+* ``send``/``close`` (and a room's ``broadcast``) only append to the connection's queue
+  of encoded frames and wake the writer; they never block and never await.
+* The writer takes *everything* queued and writes it with one ``send_all``, so a burst of
+  messages costs one trip through the scheduler and one system call, not one each.
+* The reader feeds received bytes to wsproto and turns its events into room events
+  (message, close), answering pings itself.
+
+States::
+
+    CONNECTING --accepted--> OPEN --close sent or received--> CLOSING --> CLOSED
+        \\--rejected---------------------------------------------------/
+
+Sends are queued in CONNECTING and OPEN (the ones made during ``on_connect`` go out right
+after the handshake) and silently dropped after that: the peer may vanish at any moment,
+and a room should not have to race it.
+
+Closing: whoever closes first sends a close frame; the other side answers with one, and
+the server then drops the TCP connection. A peer that does not answer our close frame
+within ``CLOSE_TIMEOUT`` is dropped anyway, and its close counts as unclean (1006).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState as WSState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    TextMessage,
+)
+
+from ._closecodes import CloseCode
+from ._errors import DecodeError
+from ._frames import encode_message
+from ._protocol import error_message
+from ._request import Request
+from ._tags import validate_tags
+
+if TYPE_CHECKING:
+    from ._actor import RoomActor
+
+__all__ = ["Connection", "ConnectionState"]
+
+#: Bytes asked of the socket per read: big enough for a burst of small messages.
+RECEIVE_BYTES: Final = 64 * 1024
+#: Seconds a peer has to answer our close frame before its TCP connection is dropped.
+CLOSE_TIMEOUT: Final = 5.0
+#: Largest attachment, serialised, in bytes: the Durable Objects limit.
+MAX_ATTACHMENT: Final = 16 * 1024
+#: Longest close reason in bytes (a control frame's payload is at most 125 bytes).
+MAX_CLOSE_REASON: Final = 123
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Connection:
+    """One client's WebSocket in a room.
+
+    Attributes:
+      id: unique for the life of the server.
+      request: the handshake request it was opened with.
+    """
+
+    def __init__(
+        self, actor: RoomActor, stream: trio.abc.Stream, ws: WSConnection, request: Request
+    ) -> None:
+        self.id: Final = uuid.uuid4().hex
+        self.request: Final = request
+        self.state = ConnectionState.CONNECTING
+        self._actor = actor
+        self._stream = stream
+        self._ws = ws
+        self._attachment: str | None = None
+        self._queue: list[bytes] = []
+        self._wakeup = trio.Event()
+        self._close_frame: CloseConnection | None = None  # to send once the queue is out
+        self._read_scope = trio.CancelScope()
+        self._writer_done = trio.Event()
+        # What on_close reports.
+        self.close_code: int = CloseCode.ABNORMAL_CLOSURE
+        self.close_reason = ""
+        self.was_clean = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id[:8]} room={self.request.room!r} {self.state.value}>"
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The connection's tags; assign an iterable of strings to replace them."""
+        return self._actor.tags.tags_of(self)
+
+    @tags.setter
+    def tags(self, tags: Any) -> None:
+        self._actor.tags.set(self, validate_tags(tags))
+
+    @property
+    def attachment(self) -> Any:
+        """A JSON-able value kept with the connection (at most 16 KiB serialised).
+
+        Stored serialised, like Durable Objects' ``serializeAttachment``: reading it
+        returns a fresh copy, so change it by assigning again.
+        """
+        return None if self._attachment is None else json.loads(self._attachment)
+
+    @attachment.setter
+    def attachment(self, value: Any) -> None:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+        if size > MAX_ATTACHMENT:
+            raise ValueError(
+                f"an attachment is at most {MAX_ATTACHMENT} bytes serialised, this one is {size}"
+            )
+        self._attachment = text
+
+    def send(self, message: Any) -> None:
+        """Queue ``message`` for this connection; never blocks.
+
+        Args:
+          message: ``str`` (text frame), ``bytes`` (binary), or a ``protocol.server`` message.
+
+        Raises:
+          TypeError: if ``message`` is none of those.
+        """
+        self._actor.emit(self._actor.encode(message), (self,))
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close the connection after what is already queued for it; never blocks.
+
+        Raises:
+          ValueError: if ``code`` may not be sent (use 1000, 1001, 1008, 1011 or
+            3000-4999) or ``reason`` is longer than 123 bytes.
+        """
+        _check_close(code, reason)
+        self._actor.emit(CloseConnection(code, reason), (self,))
+
+    # The room's side: called by the actor, the server and the loops below.
+
+    def push(self, item: bytes | CloseConnection) -> None:
+        """Queue an encoded frame, or ask for a close; dropped unless the connection is open."""
+        if self.state not in (ConnectionState.CONNECTING, ConnectionState.OPEN):
+            return
+        if isinstance(item, CloseConnection):
+            self.state = ConnectionState.CLOSING
+            self._close_frame = item
+        else:
+            self._queue.append(item)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Finish the handshake as the room decides, then serve the connection until closed.
+
+        Owns the stream: it is closed when this returns, however it returns.
+        """
+        opened = False
+        try:
+            rejection = await self._actor.connect(self)
+            if rejection is not None:
+                await self._reject(*rejection)
+                return
+            opened = True
+            await self._stream.send_all(self._ws.send(AcceptConnection()))
+            await self._serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer left during the handshake
+        finally:
+            self.state = ConnectionState.CLOSED
+            await trio.aclose_forcefully(self._stream)
+            if opened:
+                await self._actor.closed(self)
+
+    async def _reject(self, status: int, reason: str) -> None:
+        body = reason.encode("utf-8")
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        head = self._ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+        await self._stream.send_all(head + self._ws.send(RejectData(data=body)))
+
+    async def _serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_loop)
+            with self._read_scope:
+                await self._read_loop()
+            if self.close_code != CloseCode.ABNORMAL_CLOSURE:
+                # The peer is still there: give the writer the time to send our close reply.
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self._writer_done.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                if not self._queue and self._close_frame is None:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                if self._queue:
+                    data, self._queue = b"".join(self._queue), []
+                    await self._stream.send_all(data)
+                elif self._close_frame is not None:
+                    await self._write_close(self._close_frame)
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._read_scope.cancel()  # the peer is gone: nothing more will be read
+        finally:
+            self._writer_done.set()
+
+    async def _write_close(self, frame: CloseConnection) -> None:
+        if self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
+            await self._stream.send_all(self._ws.send(frame))
+        if self._ws.state is WSState.LOCAL_CLOSING:
+            # We closed first: wait for the peer's answer, but not for ever.
+            self._read_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+
+    async def _read_loop(self) -> None:
+        parts: list[Any] = []
+        size = 0
+        limit = self._actor.room_class.max_message_size
+        while True:
+            try:
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self._ws.receive_data(bytes(data) or None)
+            for event in self._ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    if self.state is not ConnectionState.OPEN:
+                        continue  # closing: what the peer still sends is discarded
+                    size += _byte_length(event.data)
+                    if size > limit:
+                        self.push(CloseConnection(CloseCode.MESSAGE_TOO_BIG, "Message too big"))
+                        continue
+                    parts.append(event.data)
+                    if event.message_finished:
+                        await self._deliver(parts)
+                        parts, size = [], 0
+                elif isinstance(event, Ping):
+                    if self._ws.state is WSState.OPEN:
+                        self._queue.append(self._ws.send(event.response()))
+                        self._wakeup.set()
+                elif isinstance(event, CloseConnection):
+                    self._peer_closed(event, clean=data != b"")
+                    return
+
+    def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
+        """Record how the connection ended and answer a close frame that needs an answer."""
+        self.close_code, self.close_reason = event.code, event.reason or ""
+        if not clean:  # TCP ended without a close frame
+            self.close_code, self.was_clean = CloseCode.ABNORMAL_CLOSURE, False
+        elif self._ws.state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it
+            self.was_clean = True
+            self.state = ConnectionState.OPEN  # let the reply through even if we were closing
+            self.push(event.response())
+        elif self._ws.state is WSState.CLOSED:  # the peer answered our close
+            self.was_clean = True
+        else:  # wsproto found a protocol error (1002, 1007): tell the peer, then drop it
+            self.was_clean = False
+            self.state = ConnectionState.OPEN
+            self.push(CloseConnection(event.code, event.reason))
+
+    async def _deliver(self, parts: list[Any]) -> None:
+        message: Any = "".join(parts) if isinstance(parts[0], str) else b"".join(parts)
+        protocol = self._actor.room_class.protocol
+        if protocol is not None:
+            try:
+                if isinstance(message, bytes):
+                    raise DecodeError("binary messages are not part of this room's protocol")
+                message = protocol.client.decode(message)
+            except DecodeError as exc:
+                self.push(encode_message(error_message(str(exc))))
+                return
+        await self._actor.message(self, message)
+
+
+def _byte_length(data: str | bytes | bytearray) -> int:
+    """The length of ``data`` on the wire (UTF-8 for text)."""
+    if isinstance(data, bytes | bytearray) or data.isascii():
+        return len(data)
+    return len(data.encode("utf-8"))
+
+
+def _check_close(code: int, reason: str) -> None:
+    if not (
+        code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+        or 3000 <= code <= 4999
+    ):
+        raise ValueError(
+            f"close code {code} may not be sent; use 1000-1014 (not 1004-1006) or 3000-4999"
+        )
+    if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
+        raise ValueError(f"a close reason is at most {MAX_CLOSE_REASON} bytes of UTF-8")

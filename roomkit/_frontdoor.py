@@ -1,0 +1,153 @@
+"""The front door: what to do with an HTTP request head. Pure, no I/O.
+
+Every TCP connection starts with an HTTP/1.1 request head. :func:`parse_head` reads it
+with h11 and :class:`Router` decides, without touching a socket, whether it is answered
+with a plain HTTP :class:`Response` (``/healthz``, 426 for non-WebSocket requests, 400
+for a bad room name, 404 for an unknown route) or handed to a room as a
+:class:`RoomTarget`.
+
+Routes: a single Room class serves ``/{name}``; a mapping ``{"/chat": ChatRoom}`` serves
+``/chat/{name}``. A room name is the percent-decoded last path segment: 1 to
+``MAX_ROOM_NAME`` printable characters, with no ``/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, Generic, TypeVar
+from urllib.parse import parse_qsl, unquote
+
+import attrs
+import h11
+
+__all__ = ["MAX_ROOM_NAME", "RequestHead", "Response", "RoomTarget", "Router", "parse_head"]
+
+#: Longest room name, in characters; a name is a key, not a document.
+MAX_ROOM_NAME: Final = 256
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class RequestHead:
+    """A parsed HTTP request head."""
+
+    method: str
+    target: str
+    headers: Mapping[str, str]
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(self.target.partition("?")[2], keep_blank_values=True))
+
+    @property
+    def is_websocket(self) -> bool:
+        upgrade = self.headers.get("upgrade", "")
+        return self.method == "GET" and "websocket" in upgrade.lower()
+
+
+@attrs.frozen
+class Response:
+    """A plain HTTP response to send instead of opening a WebSocket."""
+
+    status: int
+    body: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def to_bytes(self) -> bytes:
+        """The whole response, head and body, ready to write; the connection then closes."""
+        conn = h11.Connection(h11.SERVER)
+        # h11 serves a response only after a request, so feed it a minimal one.
+        conn.receive_data(b"GET / HTTP/1.1\r\nhost: roomkit\r\n\r\n")
+        conn.next_event()
+        body = self.body.encode("utf-8")
+        headers = [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+            *self.headers,
+        ]
+        return (conn.send(h11.Response(status_code=self.status, headers=headers)) or b"") + (
+            conn.send(h11.Data(data=body)) or b""
+        )
+
+
+@attrs.frozen
+class RoomTarget(Generic[T]):
+    """An upgrade request that goes to the room ``name`` served by ``route``."""
+
+    route: T
+    name: str
+
+
+def parse_head(data: bytes) -> RequestHead | Response:
+    """Parse a request head ending in a blank line, or say why it is not one (400)."""
+    conn = h11.Connection(h11.SERVER)
+    try:
+        conn.receive_data(data)
+        event = conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        return Response(400, f"Bad request: {exc}")
+    if not isinstance(event, h11.Request):
+        return Response(400, "Bad request: incomplete request head")
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in event.headers:
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        if name in headers:
+            value = headers[name] + ("; " if name == "cookie" else ", ") + value
+        headers[name] = value
+    return RequestHead(event.method.decode("ascii"), event.target.decode("latin-1"), headers)
+
+
+def room_name_error(segment: str) -> str | None:
+    """Why the raw path segment ``segment`` is not a valid room name, or None."""
+    try:
+        name = unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return "the room name is not valid UTF-8"
+    if not 1 <= len(name) <= MAX_ROOM_NAME:
+        return f"a room name must be 1 to {MAX_ROOM_NAME} characters long"
+    if "/" in name:
+        return "a room name cannot contain '/'"
+    if not name.isprintable():
+        return "a room name must be printable characters (no control characters)"
+    return None
+
+
+class Router(Generic[T]):
+    """Decides what each request head gets.
+
+    Args:
+      routes: the route object for ``/{name}`` (e.g. a Room class), or a mapping from
+        a prefix (``"/chat"``) to the route object for ``/chat/{name}``.
+    """
+
+    def __init__(self, routes: T | Mapping[str, T]) -> None:
+        if isinstance(routes, Mapping):
+            self._routes: dict[str, T] = {}
+            for prefix, route in routes.items():
+                if not prefix.startswith("/"):
+                    raise ValueError(f"a route prefix must start with '/': {prefix!r}")
+                self._routes[prefix.rstrip("/")] = route
+        else:
+            self._routes = {"": routes}
+
+    def route(self, head: RequestHead) -> RoomTarget[T] | Response:
+        path = head.path
+        if not head.is_websocket:
+            if head.method in ("GET", "HEAD") and path == "/healthz":
+                return Response(200, "ok")
+            return Response(426, "Expected websocket", (("upgrade", "websocket"),))
+        prefix, _, segment = path.rpartition("/")
+        route = self._routes.get(prefix)
+        if route is None:
+            return Response(404, f"No room route for {path}")
+        problem = room_name_error(segment)
+        if problem is not None:
+            return Response(400, f"Bad room name: {problem}")
+        return RoomTarget(route, unquote(segment))

@@ -1,0 +1,257 @@
+"""``serve``: the listening socket, the front door, and the nursery tree of rooms.
+
+The tree::
+
+    serve()
+    ├── accept loop, and one front-door task per new TCP connection (reads the request
+    │   head, answers plain HTTP, hands WebSocket upgrades to a room)
+    └── rooms scope (shielded until shutdown)
+        └── one RoomActor.run per live room
+            ├── the room's event loop (hooks, one at a time)
+            └── one Connection.run per connection (reader + writer)
+
+Shutdown, when ``serve`` is cancelled, in order: stop accepting and drop half-read
+request heads; close every open connection with 1001 "Going away" and refuse handshakes
+still waiting on ``on_connect`` with 503; wait, at most ``SHUTDOWN_TIMEOUT``, for the
+connections to finish their closing handshakes and their rooms' ``on_close`` hooks;
+then cancel whatever is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+import attrs
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request as WSRequest
+from wsproto.utilities import RemoteProtocolError
+
+from ._actor import RoomActor
+from ._connection import RECEIVE_BYTES, Connection
+from ._frontdoor import Response, Router, parse_head
+from ._request import Request
+from ._room import Room
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger("roomkit")
+
+#: Largest request head accepted, in bytes (431 beyond); browsers send well under 8 KiB.
+MAX_HEAD: Final = 16 * 1024
+#: Seconds to pause accepting when out of file descriptors or memory, so that closing
+#: connections can free some instead of the loop spinning on the same error.
+ACCEPT_PAUSE: Final = 0.1
+_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: Seconds that shutdown waits for connections to close cleanly before cancelling them.
+SHUTDOWN_TIMEOUT: Final = 10.0
+
+
+@attrs.define(eq=False)
+class Server:
+    """A running roomkit server, as reported by ``nursery.start(serve, ...)``.
+
+    Attributes:
+      host: the address it listens on.
+      port: the bound port (useful with ``port=0``).
+    """
+
+    host: str
+    port: int
+    _rooms: dict[tuple[type[Room], str], RoomActor] = attrs.field(factory=dict, alias="rooms")
+
+    @property
+    def url(self) -> str:
+        """The base WebSocket URL, e.g. ``ws://127.0.0.1:8080``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+    @property
+    def room_count(self) -> int:
+        """How many rooms are live right now."""
+        return len(self._rooms)
+
+
+async def serve(
+    rooms: type[Room] | Mapping[str, type[Room]],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    handshake_timeout: float = 10.0,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve rooms over WebSockets until cancelled.
+
+    Args:
+      rooms: a Room subclass, served at ``ws://host:port/{name}``; or a mapping from
+        prefix to Room subclass, ``{"/chat": ChatRoom}``, served at ``/chat/{name}``.
+      host: the address to listen on.
+      port: the port; 0 picks a free one (see ``Server.port``).
+      handshake_timeout: seconds a client has to send its whole request head.
+      task_status: for ``nursery.start``, which returns the :class:`Server` once it is
+        listening.
+
+    Besides WebSockets, the port answers ``GET /healthz`` with 200 ``ok`` and any other
+    plain HTTP request with 426 ``Expected websocket``.
+
+    In tests, listen on port 0 and let ``nursery.start`` tell you where::
+
+        server = await nursery.start(roomkit.serve, MyRoom, port=0)
+        async with trio_websocket.open_websocket_url(f"{server.url}/lobby") as ws: ...
+    """
+    router = Router[type[Room]](rooms)
+    for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
+        if not (isinstance(route, type) and issubclass(route, Room)):
+            raise TypeError(f"a route must be a Room subclass, not {route!r}")
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound_port = listeners[0].socket.getsockname()[1]
+    server = Server(host, bound_port)
+    runtime = _Runtime(server, router, handshake_timeout)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run_rooms)
+        for listener in listeners:
+            nursery.start_soon(runtime.accept_loop, listener, nursery)
+        task_status.started(server)
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await runtime.shutdown()
+
+
+class _Runtime:
+    """The parts of a running server that its tasks share."""
+
+    def __init__(self, server: Server, router: Router[type[Room]], handshake_timeout: float):
+        self._server = server
+        self._router = router
+        self._handshake_timeout = handshake_timeout
+        self._rooms = server._rooms
+        self._rooms_scope = trio.CancelScope(shield=True)
+        self._rooms_nursery: trio.Nursery | None = None
+        self._room_gone = trio.Event()
+
+    async def run_rooms(self, task_status: trio.TaskStatus[None]) -> None:
+        """Host every room's scope; shielded, so rooms outlive the start of shutdown."""
+        with self._rooms_scope:
+            async with trio.open_nursery() as nursery:
+                self._rooms_nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def shutdown(self) -> None:
+        with trio.move_on_after(SHUTDOWN_TIMEOUT):
+            for actor in list(self._rooms.values()):
+                actor.shutdown()
+            while self._rooms:
+                self._room_gone = trio.Event()
+                await self._room_gone.wait()
+        self._rooms_scope.cancel()
+
+    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections for ever, each into a front-door task that owns its stream.
+
+        Unlike ``trio.serve_listeners``, the handler does not close the stream when it
+        returns: a WebSocket's stream passes on to its room.
+        """
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _RESOURCE_ERRORS:
+                        raise
+                    logger.error("accept failed (%s); pausing %s s", exc, ACCEPT_PAUSE)
+                    await trio.sleep(ACCEPT_PAUSE)
+                    continue
+                nursery.start_soon(self.front_door, stream)
+
+    async def front_door(self, stream: trio.SocketStream) -> None:
+        """Read one request head; answer it, or hand the stream to its room."""
+        handed_off = False
+        try:
+            head: bytes | Response | None = None
+            with trio.move_on_after(self._handshake_timeout):
+                head = await _read_head(stream)
+            if head is None:
+                return  # silent, slow, or gone: nobody to answer
+            decision = head if isinstance(head, Response) else self._decide(head, _remote(stream))
+            if isinstance(decision, Response):
+                await stream.send_all(decision.to_bytes())
+                return
+            actor = self._room_for(decision.room_class, decision.name)
+            actor.admit(Connection(actor, stream, decision.ws, decision.request))
+            handed_off = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if not handed_off:
+                await trio.aclose_forcefully(stream)
+
+    def _decide(self, raw: bytes, remote: tuple[str, int] | None) -> Response | _Upgrade:
+        head = parse_head(raw)
+        if isinstance(head, Response):
+            return head
+        target = self._router.route(head)
+        if isinstance(target, Response):
+            return target
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            ws.receive_data(raw)
+            event = next(ws.events(), None)
+        except RemoteProtocolError as exc:
+            return Response(400, f"Bad WebSocket handshake: {exc}")
+        if not isinstance(event, WSRequest):
+            return Response(400, "Bad WebSocket handshake")
+        request = Request(head.path, target.name, head.query, head.headers, remote)
+        return _Upgrade(target.route, target.name, ws, request)
+
+    def _room_for(self, room_class: type[Room], name: str) -> RoomActor:
+        actor = self._rooms.get((room_class, name))
+        if actor is None:
+            assert self._rooms_nursery is not None
+            actor = RoomActor(room_class, name, self._forget)
+            self._rooms[room_class, name] = actor
+            self._rooms_nursery.start_soon(actor.run)
+        return actor
+
+    def _forget(self, actor: RoomActor) -> None:
+        del self._rooms[actor.room_class, actor.name]
+        self._room_gone.set()
+
+
+@attrs.frozen
+class _Upgrade:
+    """A valid WebSocket handshake for the room ``name`` of ``room_class``."""
+
+    room_class: type[Room]
+    name: str
+    ws: WSConnection
+    request: Request
+
+
+async def _read_head(stream: trio.abc.ReceiveStream) -> bytes | Response | None:
+    """Read until a request head is complete; None if the peer left first.
+
+    Returns every byte read: the head and whatever came after it.
+    """
+    buffer = bytearray()
+    while buffer.find(b"\r\n\r\n") < 0:
+        if len(buffer) > MAX_HEAD:
+            return Response(431, "Request header fields too large")
+        chunk = await stream.receive_some(RECEIVE_BYTES)
+        if not chunk:
+            return None
+        buffer += chunk
+    return bytes(buffer)
+
+
+def _remote(stream: trio.SocketStream) -> tuple[str, int] | None:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return None
+    return (address[0], address[1]) if isinstance(address, tuple) else None
