@@ -19,6 +19,7 @@ test: lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check roomkit tests examples benchmarks
+	$(BIN)/ruff format --check roomkit tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict roomkit

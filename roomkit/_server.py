@@ -238,15 +238,16 @@ async def _read_head(stream: trio.abc.ReceiveStream) -> bytes | Response | None:
 
     Returns every byte read: the head and whatever came after it.
     """
+    too_large = Response(431, "Request header fields too large")
     buffer = bytearray()
-    while buffer.find(b"\r\n\r\n") < 0:
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
         if len(buffer) > MAX_HEAD:
-            return Response(431, "Request header fields too large")
+            return too_large
         chunk = await stream.receive_some(RECEIVE_BYTES)
         if not chunk:
             return None
         buffer += chunk
-    return bytes(buffer)
+    return too_large if end > MAX_HEAD else bytes(buffer)
 
 
 def _remote(stream: trio.SocketStream) -> tuple[str, int] | None:

@@ -1,0 +1,1 @@
+"""roomkit's benchmarks: run with ``python -m benchmarks`` (see benchmarks/README.md)."""

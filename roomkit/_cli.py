@@ -1,0 +1,79 @@
+"""The ``roomkit`` command: ``roomkit serve MODULE:ATTR [--host HOST] [--port PORT]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from ._room import Room
+from ._server import Server, serve
+
+__all__ = ["main"]
+
+logger = logging.getLogger("roomkit")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line; exits with 2 on a usage error."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        rooms = load_rooms(args.target)
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    trio.run(_serve_until_signalled, partial(serve, rooms, host=args.host, port=args.port))
+
+
+def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
+    """Import ``"module:attr"`` and return the Room subclass or route mapping it names.
+
+    The working directory is importable, as with ``python -m``.
+    """
+    module_name, colon, attr = target.partition(":")
+    if not colon or not module_name or not attr:
+        raise ValueError(f"expected MODULE:ATTR (e.g. examples.chat:ChatRoom), not {target!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    value: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        value = getattr(value, part)
+    if isinstance(value, type) and issubclass(value, Room):
+        return value
+    if isinstance(value, Mapping) and all(
+        isinstance(v, type) and issubclass(v, Room) for v in value.values()
+    ):
+        return value
+    raise TypeError(f"{target} is neither a Room subclass nor a mapping of them")
+
+
+async def _serve_until_signalled(run: Any) -> None:
+    """Run the server; SIGINT or SIGTERM shuts it down gracefully (1001 to every client)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(run)
+            logger.info("roomkit listening on %s", server.url)
+            async for signum in signals:
+                logger.info("%s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roomkit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="serve rooms over WebSockets")
+    run.add_argument("target", metavar="MODULE:ATTR", help="a Room subclass or a route mapping")
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    run.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    return parser

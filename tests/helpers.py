@@ -1,0 +1,78 @@
+"""Helpers for talking to a server as a client would."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+import trio_websocket
+
+import roomkit
+
+#: The ``start`` fixture: ``await start(RoomClass or mapping, **serve_kwargs)``.
+Start = Callable[..., Awaitable[roomkit.Server]]
+
+
+async def receive_json(ws: trio_websocket.WebSocketConnection) -> Any:
+    with trio.fail_after(5):
+        return json.loads(await ws.get_message())
+
+
+async def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read the response to EOF: (status, headers, body)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def expect_close(ws: trio_websocket.WebSocketConnection) -> trio_websocket.CloseReason:
+    """Read until the server closes; return its close reason."""
+    with trio.fail_after(10):
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            assert exc.reason is not None
+            return exc.reason
+
+
+@asynccontextmanager
+async def open_client(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """trio-websocket's client on a TCP stream this helper owns and always closes.
+
+    ``trio_websocket.open_websocket_url`` (0.12) never closes its socket when the server
+    closes first, which the suite's ResourceWarning check would report on every test
+    where the server closes; owning the stream and using the public
+    ``wrap_client_stream`` avoids that.
+    """
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    resource = parts.path + (f"?{parts.query}" if parts.query else "")
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    try:
+        async with stream, trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, parts.hostname, resource)
+            try:
+                yield ws
+            finally:
+                await ws.aclose()
+    except* trio_websocket.ConnectionRejected as group:
+        raise _first_leaf(group) from None
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -1,0 +1,278 @@
+"""Connections through real sockets: closing both ways, errors in hooks, size limits,
+tags and attachments, and wire-level garbage.
+
+Loopback only, port 0; trio-websocket's client, or a raw wsproto client where a test
+must misbehave on purpose. Virtual time (``autojump_clock``) where seconds must pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+import trio
+import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+import roomkit
+
+from .helpers import Start, expect_close, open_client
+
+
+class Recorder(roomkit.Room):
+    """Keeps what its hooks saw in class attributes, for the test to read."""
+
+    closes: ClassVar[list[tuple[int, str, bool]]] = []
+    errors: ClassVar[list[tuple[roomkit.Connection | None, Exception]]] = []
+    closed = trio.Event()
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        if request.query.get("close_now"):
+            conn.send("hello and goodbye")
+            conn.close(4002, "not today")
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        command, _, arg = message.partition(" ")
+        if command == "kick":
+            conn.send("before the close")
+            conn.close(int(arg), "kicked")
+            conn.send("after the close")  # dropped: the connection is closing
+        elif command == "raise":
+            conn.send("never delivered")
+            self.broadcast("never broadcast")
+            raise KeyError(arg)
+        else:
+            self.broadcast(message)
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Recorder.closes.append((code, reason, clean))
+        Recorder.closed.set()
+
+
+@pytest.fixture(autouse=True)
+def _reset_recorder() -> None:
+    Recorder.closes = []
+    Recorder.errors = []
+    Recorder.closed = trio.Event()
+
+
+async def wait_closed() -> tuple[int, str, bool]:
+    with trio.fail_after(10):
+        await Recorder.closed.wait()
+    return Recorder.closes[-1]
+
+
+async def test_client_close_reaches_on_close_with_its_code(start: Start) -> None:
+    server = await start(Recorder)
+    async with open_client(f"{server.url}/r") as ws:
+        await ws.aclose(4000, "bye")
+    assert await wait_closed() == (4000, "bye", True)
+
+
+async def test_room_close_is_sent_after_what_was_queued(start: Start) -> None:
+    server = await start(Recorder)
+    async with open_client(f"{server.url}/r") as ws:
+        await ws.send_message("kick 4001")
+        with trio.fail_after(5):
+            assert await ws.get_message() == "before the close"
+        reason = await expect_close(ws)
+    assert (reason.code, reason.reason) == (4001, "kicked")
+    assert await wait_closed() == (4001, "kicked", True)
+
+
+async def test_close_during_on_connect_delivers_what_came_before(start: Start) -> None:
+    server = await start(Recorder)
+    async with open_client(f"{server.url}/r?close_now=1") as ws:
+        with trio.fail_after(5):
+            assert await ws.get_message() == "hello and goodbye"
+        assert (await expect_close(ws)).code == 4002
+
+
+async def test_peer_that_vanishes_gives_1006(start: Start) -> None:
+    server = await start(Recorder)
+    stream, _ = await raw_handshake(server.port, "/r")
+    await stream.aclose()
+    assert await wait_closed() == (1006, "", False)
+
+
+async def test_raising_hook_closes_1011_drops_its_sends_and_spares_the_room(start: Start) -> None:
+    server = await start(Recorder)
+    async with (
+        open_client(f"{server.url}/r") as bad,
+        open_client(f"{server.url}/r") as good,
+    ):
+        await bad.send_message("raise oops")
+        reason = await expect_close(bad)
+        assert (reason.code, reason.reason) == (1011, "Internal error")
+        await good.send_message("still here")
+        with trio.fail_after(5):
+            # Neither "never delivered" nor "never broadcast" came first.
+            assert await good.get_message() == "still here"
+
+
+class CustomErrors(roomkit.Room):
+    seen: ClassVar[list[str]] = []
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        raise ValueError(message)
+
+    async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
+        CustomErrors.seen.append(repr(error))
+        assert conn is not None
+        if str(error) == "twice":
+            raise RuntimeError("on_error failed too")
+        conn.send(f"sorry: {error}")
+
+
+async def test_on_error_can_answer_instead_of_closing(start: Start) -> None:
+    server = await start(CustomErrors)
+    async with open_client(f"{server.url}/r") as ws:
+        await ws.send_message("bad input")
+        with trio.fail_after(5):
+            assert await ws.get_message() == "sorry: bad input"
+        await ws.send_message("twice")  # on_error raises: logged, then 1011
+        assert (await expect_close(ws)).code == 1011
+    assert CustomErrors.seen == ["ValueError('bad input')", "ValueError('twice')"]
+
+
+class Small(roomkit.Room):
+    max_message_size = 1000
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        self.broadcast(f"{len(message)}")
+
+
+async def test_oversize_message_closes_1009_and_others_go_on(start: Start) -> None:
+    server = await start(Small)
+    async with (
+        open_client(f"{server.url}/r") as big,
+        open_client(f"{server.url}/r") as ok,
+    ):
+        await big.send_message("x" * 1000)  # exactly the limit: accepted
+        with trio.fail_after(5):
+            assert await big.get_message() == "1000"
+            assert await ok.get_message() == "1000"
+        await big.send_message("é" * 501)  # 1002 bytes of UTF-8 in 501 characters
+        reason = await expect_close(big)
+        assert reason.code == 1009
+        await ok.send_message(b"y" * 10)
+        with trio.fail_after(5):
+            assert await ok.get_message() == "10"
+
+
+class Limits(roomkit.Room):
+    max_connections = 2
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        try:
+            if message == "tags":
+                conn.tags = [f"t{i}" for i in range(11)]
+            elif message == "long-tag":
+                conn.tags = ["x" * 257]
+            elif message == "attachment":
+                conn.attachment = "x" * (16 * 1024)
+            elif message == "object":
+                conn.send(object())
+            elif message == "code":
+                conn.close(1005)
+            elif message == "copy":
+                conn.attachment = {"n": [1]}
+                conn.attachment["n"].append(2)  # changes a copy, not the stored value
+                conn.send(repr(conn.attachment))
+                return
+        except (ValueError, TypeError) as exc:
+            conn.send(f"{type(exc).__name__}: {exc}")
+
+
+async def test_misuse_in_a_hook_raises_errors_that_name_the_limit(start: Start) -> None:
+    server = await start(Limits)
+    async with open_client(f"{server.url}/r") as ws:
+
+        async def ask(message: str) -> str:
+            await ws.send_message(message)
+            with trio.fail_after(5):
+                reply = await ws.get_message()
+            assert isinstance(reply, str)
+            return reply
+
+        assert "at most 10 tags" in await ask("tags")
+        assert "1 to 256 characters" in await ask("long-tag")
+        assert "at most 16384 bytes" in await ask("attachment")
+        assert (await ask("object")).startswith("TypeError: a room without a protocol")
+        assert "close code 1005 may not be sent" in await ask("code")
+        assert await ask("copy") == "{'n': [1]}"
+
+
+async def test_max_connections_refuses_with_503(start: Start) -> None:
+    server = await start(Limits)
+    async with open_client(f"{server.url}/r"), open_client(f"{server.url}/r"):
+        with pytest.raises(trio_websocket.ConnectionRejected) as info:
+            async with open_client(f"{server.url}/r"):
+                pass
+        assert info.value.status_code == 503
+        assert info.value.body == b"Room is full"
+    async with open_client(f"{server.url}/other"):
+        pass  # the limit is per room
+
+
+async def raw_handshake(port: int, target: str) -> tuple[trio.SocketStream, WSConnection]:
+    """Open a WebSocket by hand, for tests that must misbehave at the frame level."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target=target)))
+    with trio.fail_after(5):
+        while True:
+            ws.receive_data(await stream.receive_some())
+            if any(isinstance(event, AcceptConnection) for event in ws.events()):
+                return stream, ws
+
+
+async def read_close(stream: trio.SocketStream, ws: WSConnection) -> CloseConnection:
+    with trio.fail_after(10):
+        while True:
+            data = await stream.receive_some()
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, CloseConnection):
+                    return event
+
+
+async def test_bytes_that_are_not_frames_close_1002(start: Start) -> None:
+    server = await start(Recorder)
+    async with open_client(f"{server.url}/r") as bystander:
+        stream, ws = await raw_handshake(server.port, "/r")
+        async with stream:
+            await stream.send_all(b"\x8f\x00GARBAGE")  # opcode 0xF does not exist
+            assert (await read_close(stream, ws)).code == 1002
+        code, _, clean = await wait_closed()
+        assert (code, clean) == (1002, False)
+        await bystander.send_message("fine")
+        with trio.fail_after(5):
+            assert await bystander.get_message() == "fine"
+
+
+async def test_invalid_utf8_text_closes_1007(start: Start) -> None:
+    server = await start(Recorder)
+    stream, ws = await raw_handshake(server.port, "/r")
+    frame = bytearray(ws.send(TextMessage(data="ab")))
+    # Unmask, swap in bytes that are never UTF-8, mask again.
+    frame[-2:] = bytes(b ^ m for b, m in zip(b"\xff\xfe", frame[-6:-4], strict=True))
+    async with stream:
+        await stream.send_all(bytes(frame))
+        assert (await read_close(stream, ws)).code == 1007
+
+
+async def test_peer_that_never_answers_our_close_is_dropped(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Recorder)
+    stream, ws = await raw_handshake(server.port, "/r")
+    async with stream:
+        await stream.send_all(ws.send(TextMessage(data="kick 1000")))
+        before = trio.current_time()
+        assert (await read_close(stream, ws)).code == 1000
+        # We never answer; the server gives up after CLOSE_TIMEOUT and calls it unclean.
+        assert await wait_closed() == (1006, "", False)
+        assert 5 <= trio.current_time() - before < 6
+        assert await stream.receive_some() == b""

@@ -1,0 +1,179 @@
+"""The front door: request heads and routing (pure), then the same through real sockets."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+import roomkit
+from roomkit._frontdoor import RequestHead, Response, RoomTarget, Router, parse_head
+
+from .helpers import Start, http, open_client
+
+
+def head(target: str, *, websocket: bool = True, method: str = "GET") -> RequestHead:
+    headers = {"host": "x"}
+    if websocket:
+        headers |= {"upgrade": "websocket", "connection": "Upgrade"}
+    return RequestHead(method, target, headers)
+
+
+UPGRADE = (
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+def test_parse_head_lowercases_names_and_joins_repeats() -> None:
+    raw = (
+        b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n"
+    )
+    parsed = parse_head(raw)
+    assert isinstance(parsed, RequestHead)
+    assert parsed.headers == {"host": "h", "x-a": "1, 2", "cookie": "a=1; b=2"}
+    assert (parsed.path, parsed.query) == ("/a", {"x": "1"})
+
+
+def test_parse_head_refuses_garbage() -> None:
+    parsed = parse_head(b"\x16\x03\x01 not http\r\n\r\n")
+    assert isinstance(parsed, Response) and parsed.status == 400
+
+
+def test_single_room_class_routes_every_name() -> None:
+    router = Router("R")
+    assert router.route(head("/general?x=1")) == RoomTarget("R", "general")
+    assert router.route(head("/caf%C3%A9%20au%20lait")) == RoomTarget("R", "café au lait")
+
+
+def test_mapping_routes_by_prefix() -> None:
+    router = Router({"/chat": "C", "/game/": "G"})
+    assert router.route(head("/chat/lobby")) == RoomTarget("C", "lobby")
+    assert router.route(head("/game/42")) == RoomTarget("G", "42")
+    assert router.route(head("/lobby")) == Response(404, "No room route for /lobby")
+    assert router.route(head("/chat/a/b")) == Response(404, "No room route for /chat/a/b")
+    with pytest.raises(ValueError, match="must start with '/'"):
+        Router({"chat": "C"})
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ("/", "1 to 256 characters"),
+        ("/" + "x" * 257, "1 to 256 characters"),
+        ("/a%2Fb", "cannot contain '/'"),
+        ("/a%00b", "printable"),
+        ("/tab%09", "printable"),
+        ("/%FF", "not valid UTF-8"),
+    ],
+)
+def test_bad_room_names_get_400(target: str, problem: str) -> None:
+    response = Router("R").route(head(target))
+    assert isinstance(response, Response) and response.status == 400
+    assert problem in response.body
+
+
+def test_longest_room_name_is_accepted() -> None:
+    assert Router("R").route(head("/" + "é" * 256)) == RoomTarget("R", "é" * 256)
+
+
+def test_plain_http_gets_healthz_or_426() -> None:
+    router = Router("R")
+    assert router.route(head("/healthz", websocket=False)) == Response(200, "ok")
+    response = router.route(head("/general", websocket=False))
+    assert response == Response(426, "Expected websocket", (("upgrade", "websocket"),))
+    post = router.route(head("/healthz", websocket=False, method="POST"))
+    assert isinstance(post, Response) and post.status == 426
+
+
+class Hello(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.send(f"{request.path}|{request.room}|{dict(request.query)}")
+
+
+async def test_healthz_and_426_over_tcp(start: Start) -> None:
+    server = await start(Hello)
+    status, headers, body = await http(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, body) == (200, b"ok")
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    status, headers, body = await http(server.port, b"GET /room HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, body, headers["upgrade"]) == (426, b"Expected websocket", "websocket")
+    assert server.room_count == 0
+
+
+async def test_bad_room_name_is_refused_before_any_room_exists(start: Start) -> None:
+    server = await start(Hello)
+    request = b"GET /a%2Fb HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n"
+    status, _, body = await http(server.port, request)
+    assert status == 400 and b"cannot contain '/'" in body
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with open_client(f"{server.url}/%FF"):
+            pass
+    assert info.value.status_code == 400
+    assert server.room_count == 0
+
+
+async def test_handshake_without_a_key_is_400(start: Start) -> None:
+    server = await start(Hello)
+    request = b"GET /r HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    status, _, body = await http(server.port, request)
+    assert status == 400 and body.startswith(b"Bad WebSocket handshake")
+
+
+async def test_oversized_head_is_431(start: Start) -> None:
+    server = await start(Hello)
+    request = b"GET /r HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    status, _, _ = await http(server.port, request)
+    assert status == 431
+
+
+async def test_request_reaches_the_room(start: Start) -> None:
+    server = await start({"/chat": Hello})
+    async with open_client(f"{server.url}/chat/caf%C3%A9?x=1&y=2") as ws:
+        with trio.fail_after(5):
+            assert await ws.get_message() == "/chat/caf%C3%A9|café|{'x': '1', 'y': '2'}"
+
+
+async def test_handshake_that_never_finishes_is_dropped(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Hello, handshake_timeout=3)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(b"GET /r HTTP/1.1\r\nHost: x\r\n")  # ...and nothing more
+        before = trio.current_time()
+        assert await stream.receive_some() == b""
+        assert trio.current_time() - before == pytest.approx(3, abs=0.1)
+    async with open_client(f"{server.url}/r") as ws:  # the server is still serving
+        with trio.fail_after(5):
+            assert (await ws.get_message()).startswith("/r|r|")
+
+
+class Refuser(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        if request.headers.get("authorization") != "Bearer good":
+            raise roomkit.Reject(401, "Who are you?")
+        if request.query.get("fail"):
+            raise RuntimeError("on_connect broke")
+        if request.query.get("forbid"):
+            raise roomkit.Reject()
+
+
+async def test_reject_answers_with_its_status_and_reason(start: Start) -> None:
+    server = await start(Refuser)
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with open_client(f"{server.url}/r"):
+            pass
+    assert (info.value.status_code, info.value.body) == (401, b"Who are you?")
+    auth = b"Authorization: Bearer good\r\n"
+    for query, status in ((b"forbid=1", 403), (b"fail=1", 500)):
+        raw = b"GET /r?" + query + b" HTTP/1.1\r\nHost: x\r\n" + auth + UPGRADE + b"\r\n"
+        assert (await http(server.port, raw))[0] == status
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.room_count == 0
+
+
+def test_reject_status_must_be_an_error() -> None:
+    with pytest.raises(ValueError, match="400-599"):
+        roomkit.Reject(200)

@@ -1,0 +1,228 @@
+"""Rooms through real sockets: hooks, ordering, broadcast, tags, errors, closing.
+
+Loopback only, port 0, trio-websocket's client; ``fail_after`` bounds every wait.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import trio
+import trio.testing
+import trio_websocket
+
+import roomkit
+
+from .helpers import Start, open_client
+
+
+class Echo(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
+
+
+async def test_echo_text_and_binary(start: Start) -> None:
+    server = await start(Echo)
+    async with open_client(f"{server.url}/lobby") as ws:
+        await ws.send_message("hello")
+        await ws.send_message(b"\x00\xffbytes")
+        with trio.fail_after(5):
+            assert await ws.get_message() == "hello"
+            assert await ws.get_message() == b"\x00\xffbytes"
+
+
+async def test_large_message_is_reassembled_and_echoed(start: Start) -> None:
+    server = await start(Echo)
+    text = "é" * 300_000  # 600 kB of UTF-8: many reads, split characters
+    async with open_client(f"{server.url}/big") as ws:
+        await ws.send_message(text)
+        with trio.fail_after(5):
+            assert await ws.get_message() == text
+
+
+class Registry(roomkit.Room):
+    """Records every instance and every hook call, to check the actor model."""
+
+    instances: ClassVar[list[Registry]] = []
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.seen: list[str] = []
+        Registry.instances.append(self)
+
+    async def on_start(self) -> None:
+        self.started += 1
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.send(f"{self.name}:{id(self)}")
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        self.seen.append(message)
+
+
+async def test_one_instance_per_room_name(start: Start) -> None:
+    Registry.instances.clear()
+    server = await start(Registry)
+    async with (
+        open_client(f"{server.url}/a") as a1,
+        open_client(f"{server.url}/a") as a2,
+        open_client(f"{server.url}/b") as b,
+    ):
+        with trio.fail_after(5):
+            first, second, other = [await ws.get_message() for ws in (a1, a2, b)]
+        assert first == second
+        assert first.startswith("a:") and other.startswith("b:") and first[2:] != other[2:]
+        assert [r.name for r in Registry.instances] == ["a", "b"]
+        assert [r.started for r in Registry.instances] == [1, 1]
+        assert server.room_count == 2
+
+
+async def test_room_ends_when_its_last_connection_closes(start: Start) -> None:
+    Registry.instances.clear()
+    server = await start(Registry)
+    async with open_client(f"{server.url}/a") as ws:
+        await ws.get_message()
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.room_count == 0
+    async with open_client(f"{server.url}/a") as ws:
+        await ws.get_message()
+    assert len(Registry.instances) == 2  # a fresh instance for the same name
+
+
+class Serial(roomkit.Room):
+    """Yields to the scheduler many times inside each hook, to tempt interleaving."""
+
+    running = 0
+    overlaps = 0
+    log: ClassVar[list[tuple[str, str]]] = []
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        Serial.running += 1
+        Serial.overlaps += Serial.running > 1
+        for _ in range(20):
+            await trio.lowlevel.checkpoint()
+        Serial.log.append((conn.request.query["c"], message))
+        Serial.running -= 1
+        if message == "19":
+            conn.send("done")
+
+
+async def test_hooks_of_a_room_never_overlap_and_keep_arrival_order(start: Start) -> None:
+    server = await start(Serial)
+
+    async def client(name: str) -> None:
+        async with open_client(f"{server.url}/r?c={name}") as ws:
+            for i in range(20):
+                await ws.send_message(str(i))
+            with trio.fail_after(10):
+                assert await ws.get_message() == "done"
+
+    async with trio.open_nursery() as clients:
+        for name in "abcd":
+            clients.start_soon(client, name)
+    assert Serial.overlaps == 0
+    assert len(Serial.log) == 80
+    for name in "abcd":
+        assert [m for c, m in Serial.log if c == name] == [str(i) for i in range(20)]
+
+
+class Stuck(roomkit.Room):
+    release = trio.Event()
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        if self.name == "slow":
+            await Stuck.release.wait()
+        conn.send(message)
+
+
+async def test_a_slow_room_never_delays_another(start: Start) -> None:
+    Stuck.release = trio.Event()
+    server = await start(Stuck)
+    async with (
+        open_client(f"{server.url}/slow") as slow,
+        open_client(f"{server.url}/fast") as fast,
+    ):
+        await slow.send_message("waiting")
+        for i in range(10):
+            await fast.send_message(str(i))
+            with trio.fail_after(5):
+                assert await fast.get_message() == str(i)
+        Stuck.release.set()
+        with trio.fail_after(5):
+            assert await slow.get_message() == "waiting"
+
+
+class Tagged(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.tags = request.query["tags"].split(",")
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        command, _, arg = message.partition(" ")
+        if command == "all":
+            conn.send(str(self.broadcast("to all")))
+        elif command == "tag":
+            conn.send(str(self.broadcast(f"to {arg}", tag=arg)))
+        elif command == "others":
+            conn.send(str(self.broadcast("to others", exclude=conn)))
+        elif command == "retag":
+            conn.tags = arg.split(",")
+            conn.send(",".join(conn.tags))
+        elif command == "count":
+            conn.send(str(len(self.connections(arg or None))))
+
+
+async def test_broadcast_with_tag_and_exclude(start: Start) -> None:
+    server = await start(Tagged)
+    async with (
+        open_client(f"{server.url}/t?tags=red,all") as red,
+        open_client(f"{server.url}/t?tags=blue,all") as blue,
+        open_client(f"{server.url}/t?tags=red,blue") as both,
+    ):
+
+        async def get(ws: trio_websocket.WebSocketConnection) -> str:
+            with trio.fail_after(5):
+                message = await ws.get_message()
+            assert isinstance(message, str)
+            return message
+
+        await red.send_message("tag red")
+        assert await get(red) == "to red"
+        assert await get(both) == "to red"
+        assert await get(red) == "2"
+
+        await blue.send_message("others")
+        assert await get(red) == "to others"
+        assert await get(both) == "to others"
+        assert await get(blue) == "2"
+
+        await both.send_message("tag blue")
+        assert await get(blue) == "to blue"
+        assert await get(both) == "to blue"
+        assert await get(both) == "2"
+        # red got neither tagged broadcast: the next thing it sees is its own reply.
+        await red.send_message("count")
+        assert await get(red) == "3"
+
+
+async def test_broadcast_counts_and_connections_by_tag(start: Start) -> None:
+    server = await start(Tagged)
+    async with (
+        open_client(f"{server.url}/t?tags=red,all") as red,
+        open_client(f"{server.url}/t?tags=blue,all") as blue,
+    ):
+        with trio.fail_after(5):
+            await red.send_message("count")
+            assert await red.get_message() == "2"
+            await red.send_message("count blue")
+            assert await red.get_message() == "1"
+            await red.send_message("all")
+            assert await red.get_message() == "to all"
+            assert await red.get_message() == "2"
+            assert await blue.get_message() == "to all"
+            await blue.send_message("retag green,all")
+            assert await blue.get_message() == "green,all"
+            await blue.send_message("count blue")
+            assert await blue.get_message() == "0"
+            await red.send_message("tag green")
+            assert await blue.get_message() == "to green"
+            assert await red.get_message() == "1"

@@ -1,0 +1,43 @@
+"""The tag index: pure bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from roomkit._tags import TagIndex, validate_tags
+
+
+def test_members_in_tagging_order_and_retagging() -> None:
+    index = TagIndex[str]()
+    index.set("a", ("red", "all"))
+    index.set("b", ("blue", "all"))
+    index.set("c", ("red",))
+    assert index.members("red") == ["a", "c"]
+    assert index.members("all") == ["a", "b"]
+    index.set("a", ("blue",))
+    assert index.members("red") == ["c"]
+    assert index.members("blue") == ["b", "a"]
+    assert index.tags_of("a") == ("blue",)
+
+
+def test_discard_forgets_every_tag_and_empty_tags() -> None:
+    index = TagIndex[str]()
+    index.set("a", ("red",))
+    index.discard("a")
+    index.discard("never-tagged")
+    assert index.members("red") == []
+    assert index.tags_of("a") == ()
+    assert index._members == {}  # no empty sets left behind to grow for ever
+
+
+def test_validate_tags() -> None:
+    assert validate_tags(["a", "b", "a"]) == ("a", "b")
+    assert validate_tags(f"t{i}" for i in range(10)) == tuple(f"t{i}" for i in range(10))
+    with pytest.raises(ValueError, match="at most 10 tags"):
+        validate_tags(f"t{i}" for i in range(11))
+    with pytest.raises(ValueError, match="1 to 256 characters"):
+        validate_tags([""])
+    with pytest.raises(TypeError, match="not a single string"):
+        validate_tags("all")
+    with pytest.raises(TypeError, match="must be a str"):
+        validate_tags([1])
