@@ -14,6 +14,7 @@ Routes: a single Room class serves ``/{name}``; a mapping ``{"/chat": ChatRoom}`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Final, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote
 
@@ -60,10 +61,6 @@ class Response:
 
     def to_bytes(self) -> bytes:
         """The whole response, head and body, ready to write; the connection then closes."""
-        conn = h11.Connection(h11.SERVER)
-        # h11 serves a response only after a request, so feed it a minimal one.
-        conn.receive_data(b"GET / HTTP/1.1\r\nhost: roomkit\r\n\r\n")
-        conn.next_event()
         body = self.body.encode("utf-8")
         headers = [
             ("content-type", "text/plain; charset=utf-8"),
@@ -71,9 +68,9 @@ class Response:
             ("connection", "close"),
             *self.headers,
         ]
-        return (conn.send(h11.Response(status_code=self.status, headers=headers)) or b"") + (
-            conn.send(h11.Data(data=body)) or b""
-        )
+        lines = [f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 @attrs.frozen
