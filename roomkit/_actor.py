@@ -28,6 +28,7 @@ from ._connection import Connection, ConnectionState
 from ._errors import Reject
 from ._frames import encode_message
 from ._room import Room
+from ._roomid import RoomId
 from ._tags import TagIndex
 
 __all__ = ["RoomActor"]
@@ -68,16 +69,17 @@ class RoomActor:
 
     Args:
       room_class: the Room subclass to instantiate.
-      name: the room's name.
+      room: the room's identity.
       on_empty: called (synchronously) when the room has no connection and no event
         left; the actor's :meth:`run` then returns.
     """
 
     def __init__(
-        self, room_class: type[Room], name: str, on_empty: Callable[[RoomActor], None]
+        self, room_class: type[Room], room: RoomId, on_empty: Callable[[RoomActor], None]
     ) -> None:
         self.room_class: Final = room_class
-        self.name: Final = name
+        self.room: Final = room
+        self.name: Final = room.name
         self.tags: Final = TagIndex[Connection]()
         self._on_empty = on_empty
         self._connections: dict[Connection, None] = {}

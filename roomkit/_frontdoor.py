@@ -21,6 +21,8 @@ from urllib.parse import parse_qsl, unquote
 import attrs
 import h11
 
+from ._roomid import RoomId
+
 __all__ = ["MAX_ROOM_NAME", "RequestHead", "Response", "RoomTarget", "Router", "parse_head"]
 
 #: Longest room name, in characters; a name is a key, not a document.
@@ -75,10 +77,10 @@ class Response:
 
 @attrs.frozen
 class RoomTarget(Generic[T]):
-    """An upgrade request that goes to the room ``name`` served by ``route``."""
+    """An upgrade request that goes to the room ``room`` served by ``route``."""
 
     route: T
-    name: str
+    room: RoomId
 
 
 def parse_head(data: bytes) -> RequestHead | Response:
@@ -147,4 +149,8 @@ class Router(Generic[T]):
         problem = room_name_error(segment)
         if problem is not None:
             return Response(400, f"Bad room name: {problem}")
-        return RoomTarget(route, unquote(segment))
+        return RoomTarget(route, RoomId(prefix, unquote(segment)))
+
+    def route_for(self, namespace: str) -> T | None:
+        """The route serving rooms of ``namespace`` (a prefix), or None if none does."""
+        return self._routes.get(namespace)

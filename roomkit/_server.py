@@ -35,6 +35,7 @@ from ._connection import RECEIVE_BYTES, Connection
 from ._frontdoor import Response, Router, parse_head
 from ._request import Request
 from ._room import Room
+from ._roomid import RoomId
 
 __all__ = ["Server", "serve"]
 
@@ -61,7 +62,7 @@ class Server:
 
     host: str
     port: int
-    _rooms: dict[tuple[type[Room], str], RoomActor] = attrs.field(factory=dict, alias="rooms")
+    _rooms: dict[RoomId, RoomActor] = attrs.field(factory=dict, alias="rooms")
 
     @property
     def url(self) -> str:
@@ -182,7 +183,7 @@ class _Runtime:
             if isinstance(decision, Response):
                 await stream.send_all(decision.to_bytes())
                 return
-            actor = self._room_for(decision.room_class, decision.name)
+            actor = self._room_for(decision.room_class, decision.room)
             actor.admit(Connection(actor, stream, decision.ws, decision.request))
             handed_off = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -206,29 +207,29 @@ class _Runtime:
             return Response(400, f"Bad WebSocket handshake: {exc}")
         if not isinstance(event, WSRequest):
             return Response(400, "Bad WebSocket handshake")
-        request = Request(head.path, target.name, head.query, head.headers, remote)
-        return _Upgrade(target.route, target.name, ws, request)
+        request = Request(head.path, target.room.name, head.query, head.headers, remote)
+        return _Upgrade(target.route, target.room, ws, request)
 
-    def _room_for(self, room_class: type[Room], name: str) -> RoomActor:
-        actor = self._rooms.get((room_class, name))
+    def _room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
+        actor = self._rooms.get(room)
         if actor is None:
             assert self._rooms_nursery is not None
-            actor = RoomActor(room_class, name, self._forget)
-            self._rooms[room_class, name] = actor
+            actor = RoomActor(room_class, room, self._forget)
+            self._rooms[room] = actor
             self._rooms_nursery.start_soon(actor.run)
         return actor
 
     def _forget(self, actor: RoomActor) -> None:
-        del self._rooms[actor.room_class, actor.name]
+        del self._rooms[actor.room]
         self._room_gone.set()
 
 
 @attrs.frozen
 class _Upgrade:
-    """A valid WebSocket handshake for the room ``name`` of ``room_class``."""
+    """A valid WebSocket handshake for ``room``, an instance of ``room_class``."""
 
     room_class: type[Room]
-    name: str
+    room: RoomId
     ws: WSConnection
     request: Request
 

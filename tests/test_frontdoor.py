@@ -9,6 +9,7 @@ import trio_websocket
 
 import roomkit
 from roomkit._frontdoor import RequestHead, Response, RoomTarget, Router, parse_head
+from roomkit._roomid import RoomId
 
 from .helpers import Start, http, open_client
 
@@ -43,16 +44,23 @@ def test_parse_head_refuses_garbage() -> None:
 
 def test_single_room_class_routes_every_name() -> None:
     router = Router("R")
-    assert router.route(head("/general?x=1")) == RoomTarget("R", "general")
-    assert router.route(head("/caf%C3%A9%20au%20lait")) == RoomTarget("R", "café au lait")
+    assert router.route(head("/general?x=1")) == RoomTarget("R", RoomId("", "general"))
+    assert router.route(head("/caf%C3%A9%20au%20lait")) == RoomTarget(
+        "R", RoomId("", "café au lait")
+    )
 
 
 def test_mapping_routes_by_prefix() -> None:
     router = Router({"/chat": "C", "/game/": "G"})
-    assert router.route(head("/chat/lobby")) == RoomTarget("C", "lobby")
-    assert router.route(head("/game/42")) == RoomTarget("G", "42")
+    assert router.route(head("/chat/lobby")) == RoomTarget("C", RoomId("/chat", "lobby"))
+    assert router.route(head("/game/42")) == RoomTarget("G", RoomId("/game", "42"))
     assert router.route(head("/lobby")) == Response(404, "No room route for /lobby")
     assert router.route(head("/chat/a/b")) == Response(404, "No room route for /chat/a/b")
+    assert (router.route_for("/chat"), router.route_for("/game"), router.route_for("")) == (
+        "C",
+        "G",
+        None,
+    )
     with pytest.raises(ValueError, match="must start with '/'"):
         Router({"chat": "C"})
 
@@ -75,7 +83,7 @@ def test_bad_room_names_get_400(target: str, problem: str) -> None:
 
 
 def test_longest_room_name_is_accepted() -> None:
-    assert Router("R").route(head("/" + "é" * 256)) == RoomTarget("R", "é" * 256)
+    assert Router("R").route(head("/" + "é" * 256)) == RoomTarget("R", RoomId("", "é" * 256))
 
 
 def test_plain_http_gets_healthz_or_426() -> None:
