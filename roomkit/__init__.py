@@ -3,18 +3,24 @@
 One live actor per room name, written by subclassing :class:`Room`; see docs/.
 """
 
+from . import storage as storage
+from ._alarms import AlarmInfo as AlarmInfo
 from ._closecodes import CloseCode as CloseCode
 from ._connection import Connection as Connection
 from ._errors import DecodeError as DecodeError
 from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
 from ._protocol import Protocol as Protocol
+from ._protocol import converter as converter
 from ._request import Request as Request
 from ._room import Room as Room
 from ._server import Server as Server
 from ._server import serve as serve
+from ._storage import Storage as Storage
+from ._storage import Transaction as Transaction
 
 __all__ = [
+    "AlarmInfo",
     "CloseCode",
     "Connection",
     "DecodeError",
@@ -24,5 +30,9 @@ __all__ = [
     "Room",
     "RoomkitError",
     "Server",
+    "Storage",
+    "Transaction",
+    "converter",
     "serve",
+    "storage",
 ]

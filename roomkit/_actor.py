@@ -3,35 +3,46 @@
 A :class:`RoomActor` owns a room's scope in the nursery tree: its nursery holds the
 actor's event loop and every connection task of the room, so cancelling the room
 cancels exactly those. Connection tasks never call hooks themselves; they put events
-(connect, message, closed) on the actor's bounded channel, and the actor runs the
-matching hook to completion before taking the next, in arrival order.
+(connect, message, closed, alarm) on the actor's bounded channel, and the actor runs
+the matching hook to completion before taking the next, in arrival order.
 
-Output gate: while a hook runs, what it sends (``send``, ``broadcast``, ``close``) is
-collected instead of queued; when the hook returns the collection is released to the
-connections in order, and when it raises it is dropped. Sends from other tasks (a
-room's own background task, the reader answering bad input) bypass the gate.
+Each hook is a transaction behind an output gate. What it sends (``send``,
+``broadcast``, ``close``) is collected in an outbox instead of queued, and what it
+writes to storage in a :class:`~roomkit.storage.Changes`. When the hook returns, its
+changes go to the group committer and the actor takes its next event at once; the
+outbox waits in the ``_inflight`` queue until the commit is durable and every earlier
+outbox has been released, so sends leave in hook order and never before the writes
+they acknowledge. When the hook raises, both are dropped and ``on_error`` runs.
+Sends from other tasks (a room's own background task, the reader answering bad
+input) bypass the gate.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
 from wsproto.events import CloseConnection
 
+from ._alarms import MAX_RETRIES, AlarmInfo, retry_delay
 from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
-from ._errors import Reject
+from ._errors import Reject, RoomkitError
 from ._frames import encode_message
 from ._room import Room
 from ._roomid import RoomId
+from ._storage import Storage
 from ._tags import TagIndex
+from .storage import AlarmWrite, Changes, Store
 
-__all__ = ["RoomActor"]
+__all__ = ["RoomActor", "RoomHost"]
 
 logger = logging.getLogger("roomkit")
 
@@ -40,6 +51,23 @@ logger = logging.getLogger("roomkit")
 EVENT_QUEUE: Final = 256
 
 _Outbox = list[tuple[bytes | CloseConnection, Iterable[Connection]]]
+_Hook = Callable[..., Awaitable[None]]
+
+
+class RoomHost(Protocol):
+    """What a room needs from the server that runs it."""
+
+    store: Store
+
+    def commit(self, room: RoomId, changes: Changes, done: Callable[[bool], None]) -> None: ...
+
+    def alarm_changed(self, room: RoomId, alarm: AlarmWrite) -> None: ...
+
+    def stored_alarm(self, room: RoomId) -> AlarmWrite | None: ...
+
+    def schedule_sweep(self, room: RoomId, deadline: float) -> None: ...
+
+    def room_gone(self, actor: RoomActor) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -47,6 +75,11 @@ class _Connect:
     conn: Connection
     decided: trio.Event = attrs.Factory(trio.Event)
     rejection: tuple[int, str] | None = None
+
+    def settle(self, durable: bool) -> None:
+        if not durable:
+            self.rejection = (500, "Internal error")
+        self.decided.set()
 
 
 @attrs.frozen(eq=False)
@@ -60,36 +93,53 @@ class _Closed:
     conn: Connection
 
 
-_Event = _Connect | _Message | _Closed
-_Hook = Callable[..., Awaitable[None]]
+@attrs.frozen(eq=False)
+class _Alarm:
+    retry: int
+
+
+_Event = _Connect | _Message | _Closed | _Alarm
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """A returned hook's outbox, waiting for its changes (and earlier ones) to be durable."""
+
+    changes: Changes | None
+    outbox: _Outbox
+    settle: Callable[[bool], None] | None
+    durable: bool = False
 
 
 class RoomActor:
-    """The live room named ``name``: its connections, tags, instance and event loop.
+    """The live room ``room``: its connections, tags, instance, storage and event loop.
 
     Args:
       room_class: the Room subclass to instantiate.
       room: the room's identity.
-      on_empty: called (synchronously) when the room has no connection and no event
-        left; the actor's :meth:`run` then returns.
+      host: the server's services: the store, the committer, alarms and sweeps.
     """
 
-    def __init__(
-        self, room_class: type[Room], room: RoomId, on_empty: Callable[[RoomActor], None]
-    ) -> None:
+    def __init__(self, room_class: type[Room], room: RoomId, host: RoomHost) -> None:
         self.room_class: Final = room_class
         self.room: Final = room
         self.name: Final = room.name
         self.tags: Final = TagIndex[Connection]()
-        self._on_empty = on_empty
+        self.storage: Final = Storage(self)
+        self.store: Final = host.store
+        self._host = host
         self._connections: dict[Connection, None] = {}
         self._send, self._receive = trio.open_memory_channel[_Event](EVENT_QUEUE)
         self._instance: Room | None = None
         self._outbox: _Outbox | None = None
+        self._changes: Changes | None = None
+        self._inflight: collections.deque[_Pending] = collections.deque()
+        self._settled = trio.Event()
         self._task: trio.lowlevel.Task | None = None
         self._nursery: trio.Nursery | None = None
         self._backlog: list[Connection] = []
         self._closing = False
+        self._expected = 0  # events on their way from post_alarm
 
     # Entry points for the server and the connections.
 
@@ -107,6 +157,16 @@ class RoomActor:
         for conn in list(self._connections):
             conn.push(CloseConnection(CloseCode.GOING_AWAY, "Going away"))
 
+    def sweep(self) -> None:
+        """Close the connections idle for ``idle_timeout``; schedule the next sweep."""
+        timeout = self.room_class.idle_timeout
+        assert timeout is not None
+        now = trio.current_time()
+        for conn in self.connections():
+            if now - conn.last_seen >= timeout:
+                conn.push(CloseConnection(CloseCode.NORMAL_CLOSURE, "Idle timeout"))
+        self._schedule_sweep()
+
     async def connect(self, conn: Connection) -> tuple[int, str] | None:
         """Run ``on_connect``; return None to accept, or the ``(status, reason)`` to refuse."""
         event = _Connect(conn)
@@ -117,6 +177,18 @@ class RoomActor:
     async def message(self, conn: Connection, message: Any) -> None:
         await self._send.send(_Message(conn, message))
 
+    def post_alarm(self, retry: int, nursery: trio.Nursery) -> None:
+        """Queue an alarm event from synchronous code; the room stays up until it is queued."""
+        self._expected += 1
+        nursery.start_soon(self._post, _Alarm(retry))
+
+    async def _post(self, event: _Event) -> None:
+        try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._send.send(event)
+        finally:
+            self._expected -= 1
+
     async def closed(self, conn: Connection) -> None:
         """Report that ``conn`` has closed; ``on_close`` will run."""
         # Broken or closed: the room itself was cancelled, and nobody is left to tell.
@@ -125,7 +197,10 @@ class RoomActor:
             await self._send.send(_Closed(conn))
 
     async def run(self) -> None:
-        """The room's scope: its connections' tasks and its event loop."""
+        """The room's scope: its connections' tasks and its event loop.
+
+        Returns once the room has no connection, no event and no commit in flight.
+        """
         self._task = trio.lowlevel.current_task()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -135,11 +210,13 @@ class RoomActor:
             async with self._receive:
                 async for event in self._receive:
                     await self._handle(event)
-                    if not self._connections and not self._receive.statistics().current_buffer_used:
-                        self._on_empty(self)
-                        return
+                    if self._idle():
+                        await self._settled_down()
+                        if self._idle():
+                            self._host.room_gone(self)
+                            return
 
-    # What the Room's methods and the Connection's send/close call.
+    # What the Room's methods, its storage and the Connection's send/close call.
 
     def connections(self, tag: str | None = None) -> list[Connection]:
         members = self._connections if tag is None else self.tags.members(tag)
@@ -176,17 +253,27 @@ class RoomActor:
         for conn in recipients:
             conn.push(item)
 
+    def storage_layers(self) -> list[Changes]:
+        """The changes not yet durable, oldest first; the running hook's last."""
+        if self._changes is None or trio.lowlevel.current_task() is not self._task:
+            raise RoomkitError("room storage is used from inside a hook")
+        layers = [p.changes for p in self._inflight if p.changes is not None]
+        layers.append(self._changes)
+        return layers
+
+    def stored_alarm(self) -> AlarmWrite | None:
+        return self._host.stored_alarm(self.room)
+
     # The event loop.
 
     async def _handle(self, event: _Event) -> None:
         if isinstance(event, _Connect):
             await self._handle_connect(event)
-            event.decided.set()
         elif isinstance(event, _Message):
             room = await self._room()
             if room is not None and event.conn.state is ConnectionState.OPEN:
                 await self._run(event.conn, room.on_message, event.conn, event.message)
-        else:
+        elif isinstance(event, _Closed):
             conn = event.conn
             del self._connections[conn]
             self.tags.discard(conn)
@@ -195,6 +282,8 @@ class RoomActor:
                 await self._run(
                     conn, room.on_close, conn, conn.close_code, conn.close_reason, conn.was_clean
                 )
+        else:
+            await self._handle_alarm(event)
 
     async def _handle_connect(self, event: _Connect) -> None:
         conn = event.conn
@@ -206,17 +295,39 @@ class RoomActor:
         elif (room := await self._room()) is None:
             event.rejection = (500, "Internal error")
         else:
-            error = await self._hook(room.on_connect, conn, conn.request)
+            error = await self._hook(room.on_connect, conn, conn.request, settle=event.settle)
             if isinstance(error, Reject):
                 event.rejection = (error.status, error.reason)
             elif error is not None:
                 event.rejection = (500, "Internal error")
                 await self._report(conn, error)
-        if event.rejection is not None:
-            del self._connections[conn]
-            self.tags.discard(conn)
-        elif conn.state is ConnectionState.CONNECTING:
-            conn.state = ConnectionState.OPEN
+            else:
+                if conn.state is ConnectionState.CONNECTING:
+                    conn.state = ConnectionState.OPEN
+                self._schedule_sweep()
+                return  # decided when its changes are durable
+        del self._connections[conn]
+        self.tags.discard(conn)
+        event.decided.set()
+
+    async def _handle_alarm(self, event: _Alarm) -> None:
+        room = await self._room()
+        if room is None:
+            return
+        # The alarm is deleted before the handler runs, in the handler's transaction:
+        # if on_alarm sets a new one, that one stands.
+        changes = Changes(alarm=AlarmWrite(None))
+        error = await self._hook(room.on_alarm, AlarmInfo(event.retry), changes=changes)
+        if error is None:
+            return
+        await self._report(None, error)
+        retry = event.retry + 1
+        if retry > MAX_RETRIES:
+            logger.error("room %s: on_alarm failed %d times; alarm dropped", self.room, retry)
+            self._finish(Changes(alarm=AlarmWrite(None)), [])
+        else:
+            due = time.time() + retry_delay(retry, random.random())
+            self._finish(Changes(alarm=AlarmWrite(due, retry)), [])
 
     async def _room(self) -> Room | None:
         """The room's instance, created (and started) on its first event."""
@@ -228,7 +339,7 @@ class RoomActor:
             room._roomkit_actor = self
             cls.__init__(room)  # after binding, so name and connections work in __init__
         except Exception:
-            logger.exception("room %r: %s() raised", self.name, cls.__name__)
+            logger.exception("room %s: %s() raised", self.room, cls.__name__)
             return None
         self._instance = room
         error = await self._hook(room.on_start)
@@ -236,30 +347,102 @@ class RoomActor:
             await self._report(None, error)
         return room
 
-    async def _run(self, conn: Connection, hook: _Hook, *args: Any) -> None:
+    async def _run(self, conn: Connection | None, hook: _Hook, *args: Any) -> None:
         error = await self._hook(hook, *args)
         if error is not None:
             await self._report(conn, error)
 
-    async def _hook(self, hook: _Hook, *args: Any) -> Exception | None:
-        """Run one hook behind the output gate; return what it raised, if anything."""
+    async def _hook(
+        self,
+        hook: _Hook,
+        *args: Any,
+        changes: Changes | None = None,
+        settle: Callable[[bool], None] | None = None,
+    ) -> Exception | None:
+        """Run one hook as a transaction behind the output gate; return what it raised."""
         outbox: _Outbox = []
-        self._outbox = outbox
+        changes = Changes() if changes is None else changes
+        self._outbox, self._changes = outbox, changes
         try:
             await hook(*args)
         except Exception as exc:
             return exc
         finally:
-            self._outbox = None
-        for item, recipients in outbox:
-            for conn in recipients:
-                conn.push(item)
+            self._outbox = self._changes = None
+        self._finish(changes, outbox, settle)
         return None
+
+    def _finish(
+        self, changes: Changes, outbox: _Outbox, settle: Callable[[bool], None] | None = None
+    ) -> None:
+        """Commit a returned hook's changes; release its outbox once they are durable."""
+        pending = _Pending(changes or None, outbox, settle)
+        self._inflight.append(pending)
+        if not changes:
+            pending.durable = True
+            self._release()
+            return
+        if changes.alarm is not None:
+            self._host.alarm_changed(self.room, changes.alarm)
+        self._host.commit(self.room, changes, lambda ok: self._committed(pending, ok))
+
+    def _committed(self, pending: _Pending, ok: bool) -> None:
+        if ok:
+            pending.durable = True
+            self._release()
+        else:
+            self._storage_failed()
+
+    def _release(self) -> None:
+        """Deliver, in hook order, every outbox whose changes and predecessors are durable."""
+        inflight = self._inflight
+        while inflight and inflight[0].durable:
+            pending = inflight.popleft()
+            for item, recipients in pending.outbox:
+                for conn in recipients:
+                    conn.push(item)
+            if pending.settle is not None:
+                pending.settle(True)
+        if not inflight:
+            self._settled.set()
+
+    def _storage_failed(self) -> None:
+        """A commit failed: nothing held back may go out, and memory may be ahead of disk.
+
+        Like a Durable Object whose storage failed, the room resets: every connection is
+        closed with 1011 and the instance is dropped, so the next event starts afresh
+        from what the store really holds.
+        """
+        logger.error("room %s: storage failed; resetting the room", self.room)
+        for pending in self._inflight:
+            if pending.settle is not None:
+                pending.settle(False)
+        self._inflight.clear()
+        self._settled.set()
+        self._instance = None
+        for conn in list(self._connections):
+            conn.push(CloseConnection(CloseCode.INTERNAL_ERROR, "Storage failure"))
 
     async def _report(self, conn: Connection | None, error: Exception) -> None:
         assert self._instance is not None
         failure = await self._hook(self._instance.on_error, conn, error)
         if failure is not None:
-            logger.error("room %r: on_error raised", self.name, exc_info=failure)
+            logger.error("room %s: on_error raised", self.room, exc_info=failure)
             if conn is not None:
                 conn.push(CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error"))
+
+    def _idle(self) -> bool:
+        queued = self._receive.statistics().current_buffer_used
+        return not (self._connections or queued or self._expected)
+
+    async def _settled_down(self) -> None:
+        """Wait until no commit of this room is in flight."""
+        while self._inflight:
+            self._settled = trio.Event()
+            await self._settled.wait()
+
+    def _schedule_sweep(self) -> None:
+        timeout = self.room_class.idle_timeout
+        open_ = self.connections()
+        if timeout is not None and open_:
+            self._host.schedule_sweep(self.room, min(c.last_seen for c in open_) + timeout)

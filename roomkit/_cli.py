@@ -1,4 +1,4 @@
-"""The ``roomkit`` command: ``roomkit serve MODULE:ATTR [--host HOST] [--port PORT]``."""
+"""The ``roomkit`` command: ``roomkit serve MODULE:ATTR [--host] [--port] [--storage]``."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    trio.run(_serve_until_signalled, partial(serve, rooms, host=args.host, port=args.port))
+    run = partial(serve, rooms, host=args.host, port=args.port, storage=args.storage)
+    trio.run(_serve_until_signalled, run)
 
 
 def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
@@ -76,4 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("target", metavar="MODULE:ATTR", help="a Room subclass or a route mapping")
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     run.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    run.add_argument(
+        "--storage",
+        default="roomkit.sqlite3",
+        help="SQLite database file for room storage (roomkit.sqlite3); :memory: keeps none",
+    )
     return parser

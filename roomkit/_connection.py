@@ -87,6 +87,8 @@ class Connection:
         self.id: Final = uuid.uuid4().hex
         self.request: Final = request
         self.state = ConnectionState.CONNECTING
+        #: When the peer last sent a message, in Trio's clock (``trio.current_time()``).
+        self.last_seen = trio.current_time()
         self._actor = actor
         self._stream = stream
         self._ws = ws
@@ -252,6 +254,7 @@ class Connection:
                         continue
                     parts.append(event.data)
                     if event.message_finished:
+                        self.last_seen = trio.current_time()
                         await self._deliver(parts)
                         parts, size = [], 0
                 elif isinstance(event, Ping):

@@ -11,8 +11,10 @@ from ._protocol import Protocol
 
 if TYPE_CHECKING:
     from ._actor import RoomActor
+    from ._alarms import AlarmInfo
     from ._connection import Connection
     from ._request import Request
+    from ._storage import Storage
 
 __all__ = ["Room"]
 
@@ -37,11 +39,14 @@ class Room:
       protocol: the typed messages of the room, or None for raw ``str``/``bytes``.
       max_message_size: bytes; a bigger incoming message closes its connection with 1009.
       max_connections: connections the room accepts at once; more are refused with 503.
+      idle_timeout: seconds; a connection that sends nothing for that long is closed
+        with 1000 "Idle timeout". None (the default) never closes a quiet connection.
     """
 
     protocol: ClassVar[Protocol | None] = None
     max_message_size: ClassVar[int] = 1 << 20
     max_connections: ClassVar[int] = 10_000
+    idle_timeout: ClassVar[float | None] = None
 
     _roomkit_actor: RoomActor
 
@@ -53,11 +58,19 @@ class Room:
             value = getattr(cls, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{cls.__name__}.{attr} must be a positive int, not {value!r}")
+        timeout = cls.idle_timeout
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"{cls.__name__}.idle_timeout must be positive seconds or None")
 
     @property
     def name(self) -> str:
         """The room's name: the last segment of the URL its clients connected to."""
         return self._roomkit_actor.name
+
+    @property
+    def storage(self) -> Storage:
+        """The room's durable key-value storage and alarm; see :class:`roomkit.Storage`."""
+        return self._roomkit_actor.storage
 
     def connections(self, tag: str | None = None) -> list[Connection]:
         """The room's open connections, or only those carrying ``tag``, in join order."""
@@ -106,10 +119,20 @@ class Room:
         handshake (then ``code`` is 1006).
         """
 
+    async def on_alarm(self, info: AlarmInfo) -> None:
+        """Called when the room's alarm (``storage.set_alarm``) comes due.
+
+        The alarm is deleted just before; set a new one here to repeat. If this raises,
+        its writes are rolled back and it is retried with exponential backoff (2, 4, 8,
+        16, 32, 64 s, plus up to a quarter more), at most 6 times; ``info.retry_count``
+        counts the retries. Runs even if nobody is connected.
+        """
+
     async def on_error(self, conn: Connection | None, error: Exception) -> None:
         """Called when a hook raised ``error`` (its sends were dropped).
 
-        ``conn`` is the connection whose event was being handled, or None (``on_start``).
+        ``conn`` is the connection whose event was being handled, or None (``on_start``,
+        ``on_alarm``).
         The default logs the error with its traceback and closes ``conn`` with 1011.
         """
         logger.error("room %r: unhandled error in a hook", self.name, exc_info=error)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import attrs
@@ -31,11 +33,14 @@ from wsproto.events import Request as WSRequest
 from wsproto.utilities import RemoteProtocolError
 
 from ._actor import RoomActor
+from ._alarms import Scheduler
+from ._committer import Committer
 from ._connection import RECEIVE_BYTES, Connection
 from ._frontdoor import Response, Router, parse_head
 from ._request import Request
 from ._room import Room
 from ._roomid import RoomId
+from .storage import AlarmWrite, Changes, SQLiteStore, Store
 
 __all__ = ["Server", "serve"]
 
@@ -81,6 +86,8 @@ async def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
+    storage: str | os.PathLike[str] | Store = ":memory:",
+    group_commit: bool = True,
     handshake_timeout: float = 10.0,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -91,52 +98,84 @@ async def serve(
         prefix to Room subclass, ``{"/chat": ChatRoom}``, served at ``/chat/{name}``.
       host: the address to listen on.
       port: the port; 0 picks a free one (see ``Server.port``).
+      storage: the rooms' durable storage: a SQLite database file (created if need be),
+        ``":memory:"`` (the default: nothing survives the process), or a
+        :class:`roomkit.storage.Store`.
+      group_commit: write the changes of many hooks in one transaction (one fsync);
+        False commits each hook's changes on its own, for comparison.
       handshake_timeout: seconds a client has to send its whole request head.
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
-        listening.
+        listening and every stored alarm is scheduled.
 
     Besides WebSockets, the port answers ``GET /healthz`` with 200 ``ok`` and any other
     plain HTTP request with 426 ``Expected websocket``.
 
     In tests, listen on port 0 and let ``nursery.start`` tell you where::
 
-        server = await nursery.start(roomkit.serve, MyRoom, port=0)
+        server = await nursery.start(partial(roomkit.serve, MyRoom, port=0))
         async with trio_websocket.open_websocket_url(f"{server.url}/lobby") as ws: ...
     """
     router = Router[type[Room]](rooms)
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
         if not (isinstance(route, type) and issubclass(route, Room)):
             raise TypeError(f"a route must be a Room subclass, not {route!r}")
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound_port = listeners[0].socket.getsockname()[1]
-    server = Server(host, bound_port)
-    runtime = _Runtime(server, router, handshake_timeout)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(runtime.run_rooms)
-        for listener in listeners:
-            nursery.start_soon(runtime.accept_loop, listener, nursery)
-        task_status.started(server)
-        try:
-            await trio.sleep_forever()
-        finally:
+    store = storage if isinstance(storage, Store) else await SQLiteStore.open(storage)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        server = Server(host, listeners[0].socket.getsockname()[1])
+        runtime = _Runtime(server, router, store, group_commit, handshake_timeout)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            for listener in listeners:
+                nursery.start_soon(runtime.accept_loop, listener, nursery)
+            task_status.started(server)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await runtime.shutdown()
+    finally:
+        if store is not storage:
             with trio.CancelScope(shield=True):
-                await runtime.shutdown()
+                await store.aclose()
 
 
 class _Runtime:
-    """The parts of a running server that its tasks share."""
+    """The parts of a running server that its tasks share: the room host."""
 
-    def __init__(self, server: Server, router: Router[type[Room]], handshake_timeout: float):
-        self._server = server
+    def __init__(
+        self,
+        server: Server,
+        router: Router[type[Room]],
+        store: Store,
+        group_commit: bool,
+        handshake_timeout: float,
+    ) -> None:
+        self.store = store
         self._router = router
         self._handshake_timeout = handshake_timeout
         self._rooms = server._rooms
-        self._rooms_scope = trio.CancelScope(shield=True)
+        self._committer = Committer(store, group=group_commit)
+        self._scheduler = Scheduler[tuple[str, RoomId]](self._fire)
+        self._alarms: dict[RoomId, AlarmWrite] = {}
+        self._scope = trio.CancelScope(shield=True)
+        self._rooms_scope = trio.CancelScope()
         self._rooms_nursery: trio.Nursery | None = None
         self._room_gone = trio.Event()
 
-    async def run_rooms(self, task_status: trio.TaskStatus[None]) -> None:
-        """Host every room's scope; shielded, so rooms outlive the start of shutdown."""
+    async def run(self, task_status: trio.TaskStatus[None]) -> None:
+        """Run the committer, the scheduler and the rooms; shielded from ``serve``'s
+        cancellation, so that shutdown can close sockets and flush storage in order."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._committer.run)
+                await nursery.start(self._scheduler.run)
+                await nursery.start(self._run_rooms)
+                for room, due, retry in await self.store.alarms():
+                    self.alarm_changed(room, AlarmWrite(due, retry))
+                task_status.started()
+
+    async def _run_rooms(self, task_status: trio.TaskStatus[None]) -> None:
         with self._rooms_scope:
             async with trio.open_nursery() as nursery:
                 self._rooms_nursery = nursery
@@ -144,6 +183,7 @@ class _Runtime:
                 await trio.sleep_forever()
 
     async def shutdown(self) -> None:
+        """Close every socket with 1001, let rooms finish, flush storage, stop."""
         with trio.move_on_after(SHUTDOWN_TIMEOUT):
             for actor in list(self._rooms.values()):
                 actor.shutdown()
@@ -151,6 +191,48 @@ class _Runtime:
                 self._room_gone = trio.Event()
                 await self._room_gone.wait()
         self._rooms_scope.cancel()
+        with trio.move_on_after(SHUTDOWN_TIMEOUT):
+            await self._committer.flush()
+        self._scope.cancel()
+
+    # RoomHost: what the rooms call.
+
+    def commit(self, room: RoomId, changes: Changes, done: Callable[[bool], None]) -> None:
+        self._committer.submit(room, changes, done)
+
+    def stored_alarm(self, room: RoomId) -> AlarmWrite | None:
+        return self._alarms.get(room)
+
+    def alarm_changed(self, room: RoomId, alarm: AlarmWrite) -> None:
+        if alarm.due is None:
+            self._alarms.pop(room, None)
+            self._scheduler.cancel(("alarm", room))
+            return
+        self._alarms[room] = alarm
+        wait = max(0.0, alarm.due - time.time())  # stored in wall-clock time
+        self._scheduler.set(("alarm", room), trio.current_time() + wait)
+
+    def schedule_sweep(self, room: RoomId, deadline: float) -> None:
+        self._scheduler.set(("sweep", room), deadline)
+
+    def room_gone(self, actor: RoomActor) -> None:
+        del self._rooms[actor.room]
+        self._scheduler.cancel(("sweep", actor.room))
+        self._room_gone.set()
+
+    def _fire(self, key: tuple[str, RoomId]) -> None:
+        kind, room = key
+        if kind == "sweep":
+            if (actor := self._rooms.get(room)) is not None:
+                actor.sweep()
+            return
+        alarm = self._alarms.pop(room)
+        route = self._router.route_for(room.namespace)
+        if route is None:
+            logger.warning("alarm of room %s not run: no route serves %r", room, room.namespace)
+            return
+        assert self._rooms_nursery is not None
+        self._room_for(route, room).post_alarm(alarm.retry, self._rooms_nursery)
 
     async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         """Accept connections for ever, each into a front-door task that owns its stream.
@@ -214,14 +296,10 @@ class _Runtime:
         actor = self._rooms.get(room)
         if actor is None:
             assert self._rooms_nursery is not None
-            actor = RoomActor(room_class, room, self._forget)
+            actor = RoomActor(room_class, room, self)
             self._rooms[room] = actor
             self._rooms_nursery.start_soon(actor.run)
         return actor
-
-    def _forget(self, actor: RoomActor) -> None:
-        del self._rooms[actor.room]
-        self._room_gone.set()
 
 
 @attrs.frozen

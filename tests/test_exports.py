@@ -7,6 +7,7 @@ import roomkit
 
 def test_public_names() -> None:
     assert sorted(roomkit.__all__) == [
+        "AlarmInfo",
         "CloseCode",
         "Connection",
         "DecodeError",
@@ -16,10 +17,22 @@ def test_public_names() -> None:
         "Room",
         "RoomkitError",
         "Server",
+        "Storage",
+        "Transaction",
+        "converter",
         "serve",
+        "storage",
     ]
-    for name in roomkit.__all__:
+    for name in set(roomkit.__all__) - {"converter", "storage"}:
         assert getattr(roomkit, name).__module__.startswith("roomkit._")
+    assert sorted(roomkit.storage.__all__) == [
+        "AlarmWrite",
+        "Changes",
+        "KeyRange",
+        "SQLiteStore",
+        "Store",
+        "StoredAlarm",
+    ]
 
 
 def test_errors_share_a_root() -> None:

@@ -86,9 +86,11 @@ def test_url_brackets_ipv6() -> None:
     assert roomkit.Server("::1", 80).url == "ws://[::1]:80"
 
 
-def test_cli_serves_the_chat_example_and_shuts_down_on_sigterm() -> None:
+def test_cli_serves_the_chat_example_and_shuts_down_on_sigterm(tmp_path: Path) -> None:
+    db = tmp_path / "chat.sqlite3"
     process = subprocess.Popen(
-        [sys.executable, "-m", "roomkit", "serve", "examples.chat:ChatRoom", "--port", "0"],
+        [sys.executable, "-m", "roomkit", "serve", "examples.chat:ChatRoom", "--port", "0"]
+        + ["--storage", str(db)],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
@@ -106,6 +108,7 @@ def test_cli_serves_the_chat_example_and_shuts_down_on_sigterm() -> None:
                 ws.recv(timeout=5)
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         assert process.wait(timeout=10) == 0
+        assert db.exists()
     finally:
         process.kill()
         process.wait()

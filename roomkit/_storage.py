@@ -1,0 +1,218 @@
+"""``Room.storage``: a room's durable key-value data and its alarm, as hooks see them.
+
+Every hook runs in a transaction. Writes go into the hook's :class:`Changes`; reads
+look through it, then through the changes of earlier hooks whose commits are still
+in flight, and only then ask the store. When the hook returns its changes are
+committed (grouped with others) and its sends wait for that commit; when it raises
+they are discarded. So a hook reads its own writes, and a client never hears of a
+write that could still be lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from ._protocol import converter
+from .storage import AlarmWrite, Changes, KeyRange
+from .storage._changes import deletions_in, lookup, lookup_alarm, merge_listing, store_is_hidden
+
+if TYPE_CHECKING:
+    from ._actor import RoomActor
+
+__all__ = ["Storage", "Transaction"]
+
+#: Longest key, in bytes of UTF-8 (the Durable Objects limit).
+MAX_KEY: Final = 2048
+
+
+class Storage:
+    """A room's durable storage; use it from inside hooks.
+
+    Keys are strings, ordered by code point; values are anything JSON can hold (dicts,
+    lists, str, numbers, bool, None), and attrs instances, which are stored as the
+    converter unstructures them (read them back with ``roomkit.converter.structure``).
+    Values are copied in and out: change a value by putting it again.
+    """
+
+    def __init__(self, actor: RoomActor) -> None:
+        self._actor = actor
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value stored at ``key``, or ``default``."""
+        found = await self._get([_check_key(key)])
+        return json.loads(found[key]) if key in found else default
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The values of those ``keys`` that exist (missing keys are left out)."""
+        found = await self._get([_check_key(k) for k in keys])
+        return {key: json.loads(text) for key, text in found.items()}
+
+    async def put(self, key: str, value: Any) -> None:
+        """Store ``value`` at ``key``."""
+        self._changes().writes[_check_key(key)] = _encode(value)
+
+    async def put_many(self, entries: Mapping[str, Any]) -> None:
+        """Store every value of ``entries`` at its key; all or nothing."""
+        encoded = {_check_key(key): _encode(value) for key, value in entries.items()}
+        self._changes().writes.update(encoded)
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; return whether it existed."""
+        return await self.delete_many([key]) == 1
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete ``keys``; return how many of them existed."""
+        keys = list(dict.fromkeys(_check_key(k) for k in keys))
+        existing = await self._get(keys)
+        changes = self._changes()
+        for key in keys:
+            changes.writes[key] = None
+        return len(existing)
+
+    async def list(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """The room's entries in key order, as a dict.
+
+        Args:
+          prefix: only keys that start with it.
+          start: only keys at or after it (inclusive).
+          end: only keys before it (exclusive).
+          reverse: descending key order; ``limit`` then keeps the last keys.
+          limit: at most this many entries.
+        """
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a non-negative int, not {limit!r}")
+        keys = KeyRange.of(prefix, start, end)
+        layers = self._actor.storage_layers()
+        stored: Sequence[tuple[str, str]] = ()
+        if not keys.empty and not store_is_hidden(layers) and limit != 0:
+            fetch = None if limit is None else limit + deletions_in(layers, keys)
+            stored = await self._actor.store.list(
+                self._actor.room, keys, reverse=reverse, limit=fetch
+            )
+        rows = merge_listing(
+            self._actor.storage_layers(), stored, keys, reverse=reverse, limit=limit
+        )
+        return {key: json.loads(text) for key, text in rows}
+
+    async def delete_all(self) -> None:
+        """Delete every key of this room, and its alarm."""
+        self._changes().clear()
+
+    def transaction(self) -> Transaction:
+        """A block whose writes happen all or not at all, within the hook's own.
+
+        ``async with room.storage.transaction() as txn:`` — if the block raises, or
+        calls ``txn.rollback()``, its writes are undone and the hook goes on.
+        """
+        return Transaction(self)
+
+    async def set_alarm(self, *, delay: float | None = None, at: datetime | None = None) -> None:
+        """Have ``on_alarm`` called after ``delay`` seconds, or at ``at`` (an aware datetime).
+
+        A room has one alarm: a new one replaces the old. A time in the past fires at once.
+        """
+        if (delay is None) == (at is None):
+            raise TypeError("set_alarm takes exactly one of delay= and at=")
+        if at is not None:
+            if at.tzinfo is None:
+                raise ValueError("set_alarm(at=...) needs an aware datetime (with a tzinfo)")
+            due = at.timestamp()
+        else:
+            assert delay is not None
+            if not math.isfinite(delay):
+                raise ValueError(f"set_alarm(delay=...) must be a finite number, not {delay!r}")
+            due = time.time() + delay
+        self._changes().alarm = AlarmWrite(due)
+
+    async def get_alarm(self) -> datetime | None:
+        """When the alarm is due, or None if the room has none."""
+        alarm = lookup_alarm(self._actor.storage_layers()) or self._actor.stored_alarm()
+        if alarm is None or alarm.due is None:
+            return None
+        return datetime.fromtimestamp(alarm.due, UTC)
+
+    async def delete_alarm(self) -> None:
+        """Cancel the room's alarm, if it has one."""
+        self._changes().alarm = AlarmWrite(None)
+
+    def _changes(self) -> Changes:
+        return self._actor.storage_layers()[-1]
+
+    async def _get(self, keys: Sequence[str]) -> dict[str, str]:
+        layers = self._actor.storage_layers()
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for key in keys:
+            known, text = lookup(layers, key)
+            if not known:
+                missing.append(key)
+            elif text is not None:
+                found[key] = text
+        if missing:
+            found.update(await self._actor.store.get_many(self._actor.room, missing))
+        return found
+
+
+@attrs.define
+class Transaction:
+    """The block of :meth:`Storage.transaction`."""
+
+    _storage: Storage
+    _saved: Changes | None = None
+    _rolled_back: bool = False
+
+    async def __aenter__(self) -> Transaction:
+        self._saved = self._storage._changes().copy()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None or self._rolled_back:
+            assert self._saved is not None
+            changes = self._storage._changes()
+            changes.writes, changes.cleared, changes.alarm = (
+                self._saved.writes,
+                self._saved.cleared,
+                self._saved.alarm,
+            )
+
+    def rollback(self) -> None:
+        """Undo the block's writes when it ends, without raising."""
+        self._rolled_back = True
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"a storage key must be a str, not {type(key).__name__}")
+    if len(key.encode("utf-8")) > MAX_KEY:
+        raise ValueError(f"a storage key is at most {MAX_KEY} bytes of UTF-8")
+    return key
+
+
+def _encode(value: Any) -> str:
+    if attrs.has(type(value)):
+        value = converter.unstructure(value)
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"a stored value must be JSON-able: {exc}") from None

@@ -1,0 +1,155 @@
+"""SQLite, the embedded default store: one database file for a whole server.
+
+A synchronous core (:class:`SQLiteCore`) does the SQL; :class:`SQLiteStore` runs it in a
+worker thread, one call at a time, so the event loop never waits on the disk. The
+database is in WAL mode with ``synchronous=FULL``: a commit that returned has been
+fsynced, so neither a killed process nor a lost machine takes it back.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Final, TypeVar
+
+import trio
+
+from .._roomid import RoomId
+from ._base import Store, StoredAlarm
+from ._changes import Changes, KeyRange
+
+__all__ = ["SQLiteCore", "SQLiteStore"]
+
+T = TypeVar("T")
+
+#: Keys per ``IN (...)`` query; stays under SQLite's host-parameter limit.
+_KEYS_PER_QUERY: Final = 500
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS kv (
+    namespace TEXT NOT NULL,
+    room TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, room, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alarms (
+    namespace TEXT NOT NULL,
+    room TEXT NOT NULL,
+    due REAL NOT NULL,
+    retry INTEGER NOT NULL,
+    PRIMARY KEY (namespace, room)
+) WITHOUT ROWID;
+"""
+
+
+class SQLiteCore:
+    """The SQL of :class:`SQLiteStore`, synchronous; one thread at a time may use it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for i in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[i : i + _KEYS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT key, value FROM kv WHERE namespace = ? AND room = ? AND key IN ({marks})",
+                (room.namespace, room.name, *chunk),
+            )
+            found.update(rows)
+        return found
+
+    def list(
+        self, room: RoomId, keys: KeyRange, reverse: bool, limit: int | None
+    ) -> list[tuple[str, str]]:
+        sql = "SELECT key, value FROM kv WHERE namespace = ? AND room = ?"
+        args: list[object] = [room.namespace, room.name]
+        if keys.start is not None:
+            sql += " AND key >= ?"
+            args.append(keys.start)
+        if keys.end is not None:
+            sql += " AND key < ?"
+            args.append(keys.end)
+        sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return list(self._db.execute(sql, args))
+
+    def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for room, changes in batch:
+                where = (room.namespace, room.name)
+                if changes.cleared:
+                    db.execute("DELETE FROM kv WHERE namespace = ? AND room = ?", where)
+                puts = [(*where, k, v) for k, v in changes.writes.items() if v is not None]
+                deletes = [(*where, k) for k, v in changes.writes.items() if v is None]
+                if deletes:
+                    db.executemany(
+                        "DELETE FROM kv WHERE namespace = ? AND room = ? AND key = ?", deletes
+                    )
+                if puts:
+                    db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", puts)
+                alarm = changes.alarm
+                if alarm is not None and alarm.due is None:
+                    db.execute("DELETE FROM alarms WHERE namespace = ? AND room = ?", where)
+                elif alarm is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO alarms VALUES (?, ?, ?, ?)",
+                        (*where, alarm.due, alarm.retry),
+                    )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def alarms(self) -> builtins.list[StoredAlarm]:
+        rows = self._db.execute("SELECT namespace, room, due, retry FROM alarms")
+        return [(RoomId(namespace, name), due, retry) for namespace, name, due, retry in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class SQLiteStore(Store):
+    """The SQLite store, for Trio: every call runs in a worker thread, one at a time.
+
+    Create it with :meth:`open`; ``":memory:"`` keeps everything in memory (for tests).
+    """
+
+    def __init__(self, core: SQLiteCore) -> None:
+        self._core = core
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
+        return cls(await trio.to_thread.run_sync(SQLiteCore, path))
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
+        return await self._run(self._core.get_many, room, keys)
+
+    async def list(
+        self, room: RoomId, keys: KeyRange, *, reverse: bool, limit: int | None
+    ) -> list[tuple[str, str]]:
+        return await self._run(self._core.list, room, keys, reverse, limit)
+
+    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+        await self._run(self._core.commit, batch)
+
+    async def alarms(self) -> builtins.list[StoredAlarm]:
+        return await self._run(self._core.alarms)
+
+    async def aclose(self) -> None:
+        await self._run(self._core.close)
