@@ -17,8 +17,9 @@ import roomkit
 Start = Callable[..., Awaitable[roomkit.Server]]
 
 
-async def receive_json(ws: trio_websocket.WebSocketConnection) -> Any:
-    with trio.fail_after(5):
+async def receive_json(ws: trio_websocket.WebSocketConnection, within: float = 5) -> Any:
+    """The next message, parsed as JSON; fails after ``within`` seconds."""
+    with trio.fail_after(within):
         return json.loads(await ws.get_message())
 
 
@@ -37,9 +38,11 @@ async def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
-async def expect_close(ws: trio_websocket.WebSocketConnection) -> trio_websocket.CloseReason:
+async def expect_close(
+    ws: trio_websocket.WebSocketConnection, within: float = 10
+) -> trio_websocket.CloseReason:
     """Read until the server closes; return its close reason."""
-    with trio.fail_after(10):
+    with trio.fail_after(within):
         try:
             while True:
                 await ws.get_message()

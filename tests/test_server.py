@@ -22,6 +22,7 @@ import roomkit
 from .helpers import Start, expect_close, open_client
 
 ROOT = Path(__file__).parent.parent
+ROOMKIT = (sys.executable, "-m", "roomkit")
 
 
 class Goodbye(roomkit.Room):
@@ -89,8 +90,7 @@ def test_url_brackets_ipv6() -> None:
 def test_cli_serves_the_chat_example_and_shuts_down_on_sigterm(tmp_path: Path) -> None:
     db = tmp_path / "chat.sqlite3"
     process = subprocess.Popen(
-        [sys.executable, "-m", "roomkit", "serve", "examples.chat:ChatRoom", "--port", "0"]
-        + ["--storage", str(db)],
+        [*ROOMKIT, "serve", "examples.chat:ChatRoom", "--port", "0", "--storage", str(db)],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,

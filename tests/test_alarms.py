@@ -1,0 +1,191 @@
+"""Alarms and idle sweeps: the pure timer heap, then rooms on a virtual clock."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+import roomkit
+from roomkit._alarms import Timers, retry_delay
+from roomkit._roomid import RoomId
+from roomkit.storage import AlarmWrite, Changes
+from roomkit.storage._sqlite import SQLiteCore
+
+from .apps import KV
+from .helpers import Start, expect_close, open_client, receive_json
+from .test_storage import Client
+
+
+def test_timers_pop_in_deadline_order_and_replace() -> None:
+    timers = Timers[str]()
+    timers.set("a", 5)
+    timers.set("b", 3)
+    timers.set("c", 9)
+    timers.set("a", 1)  # replaces 5
+    timers.cancel("c")
+    assert timers.next_deadline() == 1
+    assert timers.pop_due(4) == ["a", "b"]
+    assert timers.pop_due(100) == []
+    assert timers.next_deadline() == math.inf
+    assert len(timers) == 0
+
+
+def test_retry_delays_double_from_two_seconds_with_bounded_jitter() -> None:
+    assert [retry_delay(n, 0.0) for n in range(1, 7)] == [2, 4, 8, 16, 32, 64]
+    assert retry_delay(1, 0.999) < 2.5
+    assert retry_delay(6, 0.999) < 80
+
+
+async def test_alarm_fires_on_time_and_get_alarm_reports_it(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/a") as ws:
+        kv = Client(ws)
+        t0 = trio.current_time()
+        due = await kv("set_alarm", delay=30)
+        assert due == pytest.approx(await kv("get_alarm"))
+        assert await receive_json(ws, 1000) == {"alarm": 0, "is_retry": False}
+        assert trio.current_time() - t0 == pytest.approx(30, abs=0.5)
+        assert await kv("get_alarm") is None  # deleted before the handler ran
+
+
+async def test_a_new_alarm_replaces_the_old_and_delete_cancels(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/a") as ws:
+        kv = Client(ws)
+        t0 = trio.current_time()
+        await kv("set_alarm", delay=100)
+        await kv("set_alarm", delay=10)
+        assert await receive_json(ws, 1000) == {"alarm": 0, "is_retry": False}
+        assert trio.current_time() - t0 == pytest.approx(10, abs=0.5)
+        await kv("set_alarm", delay=5)
+        await kv("delete_alarm")
+        await trio.sleep(60)  # virtual: nothing fires
+        fired = await kv("get", key="fired")
+        assert len(fired) == 1
+
+
+async def test_failing_alarm_retries_six_times_with_backoff(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/a") as ws:
+        kv = Client(ws)
+        await kv("put", key="fail_alarm", value=True)
+        await kv("set_alarm", delay=1)
+        runs = [await receive_json(ws, 1000) for _ in range(7)]
+        error = "RuntimeError: on_alarm failed on purpose"
+        assert runs == [{"error": error, "retry": n} for n in range(7)]
+        await trio.sleep(1000)  # no eighth run
+        await kv("put", key="fail_alarm", value=False)
+        # Each failed run's writes were rolled back: the record shows no run at all.
+        assert await kv("get", key="fired") is None
+        assert await kv("get_alarm") is None
+
+
+async def test_retry_times_follow_the_schedule(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    times: list[float] = []
+
+    class Flaky(roomkit.Room):
+        async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+            await self.storage.set_alarm(delay=0)
+
+        async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+            times.append(trio.current_time())
+            if info.retry_count < 3:
+                raise RuntimeError("not yet")
+
+        async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
+            pass
+
+    server: roomkit.Server = await nursery.start(partial(roomkit.serve, Flaky, port=0))
+    async with open_client(f"{server.url}/f"):
+        await trio.sleep(100)  # virtual time: the four runs are over by then
+    assert len(times) == 4
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    for gap, base in zip(gaps, (2, 4, 8), strict=True):
+        assert base <= gap <= base * 1.25 + 1
+
+
+async def test_an_alarm_wakes_a_room_nobody_is_in(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/a") as ws:
+        kv = Client(ws)
+        await kv("put", key="repeat_alarm", value=60)
+        await kv("set_alarm", delay=60)
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.room_count == 0
+    await trio.sleep(200)  # three runs, each setting the next, with nobody connected
+    async with open_client(f"{server.url}/a") as ws:
+        fired = await Client(ws)("get", key="fired")
+    assert len(fired) == 3
+
+
+async def test_overdue_alarms_fire_when_the_server_starts(tmp_path: Path) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    # As a server that was killed would have left it: an alarm that came due since.
+    core = SQLiteCore(db)
+    core.commit([(RoomId("", "a"), Changes({"x": "1"}, alarm=AlarmWrite(time.time() - 60)))])
+    core.close()
+    async with trio.open_nursery() as nursery:
+        server: roomkit.Server = await nursery.start(partial(roomkit.serve, KV, port=0, storage=db))
+        async with open_client(f"{server.url}/a") as ws:
+            fired = await Client(ws)("get", key="fired")
+            assert [run["retry"] for run in fired] == [0]
+            assert await Client(ws)("get_alarm") is None
+        nursery.cancel_scope.cancel()
+    assert SQLiteCore(db).alarms() == []
+
+
+class Quiet(roomkit.Room):
+    idle_timeout = 30
+
+    async def on_message(self, conn: roomkit.Connection, message: object) -> None:
+        conn.send("ok")
+
+
+async def test_idle_sweep_closes_only_the_quiet_connection(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Quiet)
+    closed_at: list[float] = []
+
+    async def watch(ws: trio_websocket.WebSocketConnection) -> None:
+        reason = await expect_close(ws, within=1000)
+        assert (reason.code, reason.reason) == (1000, "Idle timeout")
+        closed_at.append(trio.current_time() - t0)
+
+    async with open_client(f"{server.url}/r") as quiet, open_client(f"{server.url}/r") as chatty:
+        t0 = trio.current_time()
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(watch, quiet)
+            for _ in range(5):  # 50 virtual seconds of chatting, every 10 s
+                await trio.sleep(10)
+                await chatty.send_message("still here")
+                with trio.fail_after(5):
+                    assert await chatty.get_message() == "ok"
+            assert closed_at == [pytest.approx(30, abs=0.1)]
+            watchers.start_soon(watch, chatty)  # now it falls quiet too
+    assert closed_at == [pytest.approx(30, abs=0.1), pytest.approx(80, abs=0.1)]
+
+
+def test_idle_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="idle_timeout must be positive"):
+
+        class Bad(roomkit.Room):
+            idle_timeout = 0

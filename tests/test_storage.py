@@ -1,0 +1,319 @@
+"""Room storage: the layers (pure), the SQLite store, and the whole API through sockets.
+
+The output gate is checked with a store whose commits wait for the test's word: a
+client must not see a hook's reply before its writes are durable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+import roomkit
+from roomkit._roomid import RoomId
+from roomkit.storage import AlarmWrite, Changes, KeyRange, SQLiteStore, Store
+from roomkit.storage._changes import lookup, merge_listing
+from roomkit.storage._sqlite import SQLiteCore
+
+from .apps import KV
+from .helpers import Start, open_client, receive_json
+
+ROOM = RoomId("", "r")
+
+
+# The layers, pure.
+
+
+def test_lookup_goes_from_the_newest_layer_down() -> None:
+    older = Changes({"a": '"old"', "b": '"b"'})
+    newer = Changes({"a": None})
+    assert lookup([older, newer], "a") == (True, None)
+    assert lookup([older, newer], "b") == (True, '"b"')
+    assert lookup([older, newer], "c") == (False, None)
+    assert lookup([older, Changes(cleared=True)], "b") == (True, None)
+
+
+def test_key_range_of_prefix_start_end() -> None:
+    assert KeyRange.of("ab", None, None) == KeyRange("ab", "ac")
+    assert KeyRange.of("ab", "abc", "ab~") == KeyRange("abc", "ab~")
+    assert KeyRange.of("ab", "a", "b") == KeyRange("ab", "ac")
+    assert KeyRange.of(None, "b", "a").empty
+    assert "ab\U0010ffff" in KeyRange.of("ab", None, None)
+    assert KeyRange.of("\U0010ffff", None, None) == KeyRange("\U0010ffff", None)
+
+
+def test_merge_listing_applies_layers_in_order() -> None:
+    stored = [("a", "1"), ("b", "2"), ("c", "3")]
+    layers = [Changes({"b": None, "d": "4"}), Changes({"a": "10"})]
+    everything = KeyRange()
+    assert merge_listing(layers, stored, everything) == [("a", "10"), ("c", "3"), ("d", "4")]
+    assert merge_listing(layers, stored, everything, reverse=True, limit=2) == [
+        ("d", "4"),
+        ("c", "3"),
+    ]
+    cleared = [Changes({"x": "1"}), Changes({"y": "2"}, cleared=True), Changes({"z": "3"})]
+    assert merge_listing(cleared, stored, everything) == [("y", "2"), ("z", "3")]
+
+
+# The SQLite store.
+
+
+def test_sqlite_core_commits_lists_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "rooms.sqlite3"
+    core = SQLiteCore(path)
+    other = RoomId("/x", "r")
+    core.commit(
+        [
+            (ROOM, Changes({"a": "1", "b": "2", "c": "3"}, alarm=AlarmWrite(100.0, 2))),
+            (other, Changes({"a": "other"})),
+        ]
+    )
+    core.commit([(ROOM, Changes({"b": None}))])
+    core.close()
+    core = SQLiteCore(path)
+    assert core.get_many(ROOM, ["a", "b", "zz"]) == {"a": "1"}
+    assert core.list(ROOM, KeyRange(), True, 1) == [("c", "3")]
+    assert core.alarms() == [(ROOM, 100.0, 2)]
+    core.commit([(ROOM, Changes(cleared=True, alarm=AlarmWrite(None)))])
+    assert core.list(ROOM, KeyRange(), False, None) == []
+    assert core.alarms() == []
+    assert core.get_many(other, ["a"]) == {"a": "other"}
+    assert core._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    core.close()
+
+
+def test_a_failing_commit_leaves_nothing_behind(tmp_path: Path) -> None:
+    core = SQLiteCore(tmp_path / "db")
+    with pytest.raises(Exception, match="Error binding parameter"):
+        core.commit([(ROOM, Changes({"a": "1"})), (ROOM, Changes({"b": object()}))])  # type: ignore[dict-item]
+    assert core.get_many(ROOM, ["a", "b"]) == {}
+    core.close()
+
+
+# The API, through real sockets.
+
+
+class Client:
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def __call__(self, op: str, **args: Any) -> Any:
+        await self.ws.send_message(json.dumps({"op": op, **args}))
+        reply = await receive_json(self.ws)
+        assert reply.get("op") == op, reply
+        return reply["result"]
+
+
+async def test_kv_api(start: Start) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/kv") as ws:
+        kv = Client(ws)
+        assert await kv("get", key="nope") is None
+        assert await kv("get", key="nope", default=7) == 7
+        await kv("put", key="a", value={"nested": [1, 2.5, True, None, "é"]})
+        assert await kv("get", key="a") == {"nested": [1, 2.5, True, None, "é"]}
+        await kv("put_many", entries={f"item:{i:02}": i for i in range(10)} | {"b": "x"})
+        assert await kv("get_many", keys=["a", "b", "zz"]) == {
+            "a": {"nested": [1, 2.5, True, None, "é"]},
+            "b": "x",
+        }
+        assert await kv("delete", key="b") is True
+        assert await kv("delete", key="b") is False
+        assert await kv("delete_many", keys=["item:00", "item:01", "missing"]) == 2
+
+        items = [[f"item:{i:02}", i] for i in range(2, 10)]
+        assert await kv("list") == [["a", {"nested": [1, 2.5, True, None, "é"]}], *items]
+        assert await kv("list", prefix="item:") == items
+        assert await kv("list", prefix="item:", start="item:05", end="item:08") == items[3:6]
+        assert await kv("list", prefix="item:", reverse=True) == items[::-1]
+        assert await kv("list", prefix="item:", reverse=True, limit=3) == items[::-1][:3]
+        assert await kv("list", prefix="item:", limit=2) == items[:2]
+        assert await kv("list", start="item:09") == items[-1:]
+        assert await kv("list", end="item") == [["a", {"nested": [1, 2.5, True, None, "é"]}]]
+        assert await kv("list", limit=0) == []
+
+        await kv("set_alarm", delay=60)
+        await kv("delete_all")
+        assert await kv("list") == []
+        assert await kv("get_alarm") is None
+
+
+async def test_list_merges_writes_not_yet_committed(start: Start) -> None:
+    gate = GatedStore(await SQLiteStore.open(":memory:"))
+    server = await start(KV, storage=gate)
+    async with open_client(f"{server.url}/kv") as ws:
+        kv = Client(ws)
+        await kv("put_many", entries={"a": 1, "b": 2, "c": 3, "d": 4})
+        gate.hold()
+        # Sent together: the second and third hooks run while the first's commit waits.
+        for command in (
+            {"op": "delete_many", "keys": ["a", "b"]},
+            {"op": "put", "key": "e", "value": 5},
+            {"op": "list", "limit": 2},
+        ):
+            await ws.send_message(json.dumps(command))
+        await trio.testing.wait_all_tasks_blocked()
+        gate.release()
+        replies = [await receive_json(ws) for _ in range(3)]
+        assert replies[-1]["result"] == [["c", 3], ["d", 4]]
+
+
+async def test_rooms_see_only_their_own_keys(start: Start) -> None:
+    server = await start({"/kv": KV, "/other": KV})
+    async with (
+        open_client(f"{server.url}/kv/a") as a,
+        open_client(f"{server.url}/kv/b") as b,
+        open_client(f"{server.url}/other/a") as c,
+    ):
+        await Client(a)("put", key="k", value="a's")
+        assert await Client(b)("get", key="k") is None
+        assert await Client(c)("get", key="k") is None
+        await Client(b)("delete_all")
+        assert await Client(a)("get", key="k") == "a's"
+
+
+async def test_transaction_blocks_are_all_or_nothing(start: Start) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/kv") as ws:
+        kv = Client(ws)
+        seen = {"inside": 2}  # the block sees its own writes, and its own delete
+        assert await kv("transaction", mode="commit") == {"seen": seen, "after": {"inside": 2}}
+        await kv("delete_all")
+        undone = {"seen": seen, "after": {"outside": 1}}
+        assert await kv("transaction", mode="rollback") == undone
+        await kv("delete_all")
+        assert await kv("transaction", mode="raise") == undone
+
+
+async def test_raising_hook_rolls_back_and_its_sends_never_arrive(start: Start) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/kv") as ws, open_client(f"{server.url}/kv") as other:
+        kv = Client(ws)
+        await kv("put", key="k", value="kept")
+        await ws.send_message(json.dumps({"op": "put_then_fail", "key": "k"}))
+        assert await receive_json(ws) == {"error": "RuntimeError: hook failed after writing"}
+        assert await kv("get", key="k") == "kept"
+        await Client(other)("get", key="k")  # other's first message is this reply, no broadcast
+
+
+class GatedStore(Store):
+    """A store whose commits can be held back, and which records every batch."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+        self._open = trio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        self._open = trio.Event()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
+        return await self.inner.get_many(room, keys)
+
+    async def list(
+        self, room: RoomId, keys: KeyRange, *, reverse: bool, limit: int | None
+    ) -> list[tuple[str, str]]:
+        return await self.inner.list(room, keys, reverse=reverse, limit=limit)
+
+    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+        await self._open.wait()
+        self.batches.append(len(batch))
+        await self.inner.commit(batch)
+
+    async def alarms(self) -> list[tuple[RoomId, float, int]]:
+        return await self.inner.alarms()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_output_gate_holds_replies_until_the_commit_is_durable(start: Start) -> None:
+    gate = GatedStore(await SQLiteStore.open(":memory:"))
+    server = await start(KV, storage=gate)
+    async with open_client(f"{server.url}/kv") as ws:
+        kv = Client(ws)
+        await kv("put", key="warm", value=0)
+        gate.hold()
+        for i in range(20):
+            await ws.send_message(json.dumps({"op": "put", "key": f"k{i}", "value": i}))
+        await ws.send_message(json.dumps({"op": "get", "key": "k19"}))  # no write of its own
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(0.05):
+            await ws.get_message()
+            pytest.fail("a reply left before its writes were durable")
+        gate.release()
+        replies = [await receive_json(ws) for _ in range(21)]
+        assert [r["op"] for r in replies] == ["put"] * 20 + ["get"]
+        assert replies[-1]["result"] == 19  # read its predecessors' uncommitted writes
+    # The 20 puts waited behind one held commit: group commit wrote them in a batch or two.
+    assert len(gate.batches) <= 3 and sum(gate.batches) == 21
+
+
+async def test_without_group_commit_every_hook_commits_alone(start: Start) -> None:
+    gate = GatedStore(await SQLiteStore.open(":memory:"))
+    server = await start(KV, storage=gate, group_commit=False)
+    async with open_client(f"{server.url}/kv") as ws:
+        for i in range(10):
+            await ws.send_message(json.dumps({"op": "put", "key": f"k{i}", "value": i}))
+        for _ in range(10):
+            await receive_json(ws)
+    assert gate.batches == [1] * 10
+
+
+async def test_a_failed_commit_resets_the_room_and_sends_nothing(start: Start) -> None:
+    class Failing(GatedStore):
+        fail = False
+
+        async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+            if self.fail:
+                raise OSError("disk full")
+            await super().commit(batch)
+
+    store = Failing(await SQLiteStore.open(":memory:"))
+    server = await start(KV, storage=store)
+    async with open_client(f"{server.url}/kv") as ws:
+        await Client(ws)("put", key="a", value=1)
+        store.fail = True
+        await ws.send_message(json.dumps({"op": "put", "key": "a", "value": 2}))
+        with pytest.raises(trio_websocket.ConnectionClosed) as info:
+            await receive_json(ws)  # never the acknowledgement
+        assert info.value.reason.code == 1011
+    store.fail = False
+    async with open_client(f"{server.url}/kv") as ws:
+        assert await Client(ws)("get", key="a") == 1
+
+
+async def test_storage_outside_a_hook_is_an_error(start: Start) -> None:
+    rooms: list[roomkit.Room] = []
+
+    class Remembered(roomkit.Room):
+        async def on_start(self) -> None:
+            rooms.append(self)
+
+    server = await start(Remembered)
+    async with open_client(f"{server.url}/x"):
+        with pytest.raises(roomkit.RoomkitError, match="from inside a hook"):
+            await rooms[0].storage.put("k", 1)
+
+
+async def test_bad_keys_and_values_raise_in_the_hook(start: Start) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/kv") as ws:
+        await ws.send_message(json.dumps({"op": "put", "key": "k" * 2049, "value": 1}))
+        assert await receive_json(ws) == {
+            "error": "ValueError: a storage key is at most 2048 bytes of UTF-8"
+        }
+        await ws.send_message(json.dumps({"op": "set_alarm", "at": None, "delay": None}))
+        error = (await receive_json(ws))["error"]
+        assert error == "TypeError: set_alarm takes exactly one of delay= and at="
