@@ -142,8 +142,17 @@ async def test_overdue_alarms_fire_when_the_server_starts(tmp_path: Path) -> Non
     core = SQLiteCore(db)
     core.commit([(RoomId("", "a"), Changes({"x": "1"}, alarm=AlarmWrite(time.time() - 60)))])
     core.close()
+    ran = trio.Event()
+
+    class Watched(KV):
+        async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+            await super().on_alarm(info)
+            ran.set()
+
     async with trio.open_nursery() as nursery:
-        server: roomkit.Server = await nursery.start(partial(roomkit.serve, KV, port=0, storage=db))
+        server = await nursery.start(partial(roomkit.serve, Watched, port=0, storage=db))
+        with trio.fail_after(5):
+            await ran.wait()  # with nobody connected
         async with open_client(f"{server.url}/a") as ws:
             fired = await Client(ws)("get", key="fired")
             assert [run["retry"] for run in fired] == [0]
