@@ -128,7 +128,9 @@ class ChatRoom(roomkit.Room):
                 conn.send(Pong())
             case Direct(to=to, text=text):
                 sent = DirectMessage(user, to, text, time.time())
-                if self.broadcast(sent, tag=to) == 0:
+                if to == "all":  # a tag every socket carries, not a user
+                    conn.send(Undeliverable(to, "direct messages go to one user"))
+                elif self.broadcast(sent, tag=to) == 0:
                     conn.send(Undeliverable(to, f"{to} is not in this room"))
                 elif to != user:  # the sender's own tabs see it too
                     self.broadcast(sent, tag=user)

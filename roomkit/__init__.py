@@ -7,6 +7,7 @@ from . import storage as storage
 from ._alarms import AlarmInfo as AlarmInfo
 from ._closecodes import CloseCode as CloseCode
 from ._connection import Connection as Connection
+from ._connection import ConnectionState as ConnectionState
 from ._errors import DecodeError as DecodeError
 from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
@@ -23,6 +24,7 @@ __all__ = [
     "AlarmInfo",
     "CloseCode",
     "Connection",
+    "ConnectionState",
     "DecodeError",
     "Protocol",
     "Reject",

@@ -13,8 +13,8 @@ changes go to the group committer and the actor takes its next event at once; th
 outbox waits in the ``_inflight`` queue until the commit is durable and every earlier
 outbox has been released, so sends leave in hook order and never before the writes
 they acknowledge. When the hook raises, both are dropped and ``on_error`` runs.
-Sends from other tasks (a room's own background task, the reader answering bad
-input) bypass the gate.
+Sends from other tasks (a any task but the actor's: a room's helper task, the
+reader answering bad input) bypass the gate.
 """
 
 from __future__ import annotations
@@ -149,13 +149,13 @@ class RoomActor:
         if self._nursery is None:
             self._backlog.append(conn)
         else:
-            self._nursery.start_soon(conn.run)
+            self._nursery.start_soon(conn._run)
 
     def shutdown(self) -> None:
         """Close every connection with 1001 and refuse new ones with 503."""
         self._closing = True
         for conn in list(self._connections):
-            conn.push(CloseConnection(CloseCode.GOING_AWAY, "Going away"))
+            conn._push(CloseConnection(CloseCode.GOING_AWAY, "Going away"))
 
     def sweep(self) -> None:
         """Close the connections idle for ``idle_timeout``; schedule the next sweep."""
@@ -164,7 +164,7 @@ class RoomActor:
         now = trio.current_time()
         for conn in self.connections():
             if now - conn.last_seen >= timeout:
-                conn.push(CloseConnection(CloseCode.NORMAL_CLOSURE, "Idle timeout"))
+                conn._push(CloseConnection(CloseCode.NORMAL_CLOSURE, "Idle timeout"))
         self._schedule_sweep()
 
     async def connect(self, conn: Connection) -> tuple[int, str] | None:
@@ -205,7 +205,7 @@ class RoomActor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for conn in self._backlog:
-                nursery.start_soon(conn.run)
+                nursery.start_soon(conn._run)
             self._backlog.clear()
             async with self._receive:
                 async for event in self._receive:
@@ -220,7 +220,7 @@ class RoomActor:
 
     def connections(self, tag: str | None = None) -> list[Connection]:
         members = self._connections if tag is None else self.tags.members(tag)
-        return [c for c in members if c.state in (ConnectionState.OPEN, ConnectionState.CONNECTING)]
+        return [c for c in members if c.state is ConnectionState.OPEN]
 
     def encode(self, message: Any) -> bytes:
         """The frame for ``message``, encoded by the room's protocol when it is typed."""
@@ -251,12 +251,12 @@ class RoomActor:
             self._outbox.append((item, recipients))
             return
         for conn in recipients:
-            conn.push(item)
+            conn._push(item)
 
     def storage_layers(self) -> list[Changes]:
         """The changes not yet durable, oldest first; the running hook's last."""
         if self._changes is None or trio.lowlevel.current_task() is not self._task:
-            raise RoomkitError("room storage is used from inside a hook")
+            raise RoomkitError("room storage can only be used inside a hook")
         layers = [p.changes for p in self._inflight if p.changes is not None]
         layers.append(self._changes)
         return layers
@@ -270,8 +270,10 @@ class RoomActor:
         if isinstance(event, _Connect):
             await self._handle_connect(event)
         elif isinstance(event, _Message):
+            # Delivered even if the connection has started closing since: the peer sent
+            # it while open, and on_close comes after every message read before it.
             room = await self._room()
-            if room is not None and event.conn.state is ConnectionState.OPEN:
+            if room is not None:
                 await self._run(event.conn, room.on_message, event.conn, event.message)
         elif isinstance(event, _Closed):
             conn = event.conn
@@ -280,7 +282,7 @@ class RoomActor:
             room = await self._room()
             if room is not None:
                 await self._run(
-                    conn, room.on_close, conn, conn.close_code, conn.close_reason, conn.was_clean
+                    conn, room.on_close, conn, conn._close_code, conn._close_reason, conn._was_clean
                 )
         else:
             await self._handle_alarm(event)
@@ -295,6 +297,9 @@ class RoomActor:
         elif (room := await self._room()) is None:
             event.rejection = (500, "Internal error")
         else:
+            # Open while its own on_connect runs (it is among connections(), sends to it
+            # are queued for after the handshake); handshakes still waiting are not.
+            conn.state = ConnectionState.OPEN
             error = await self._hook(room.on_connect, conn, conn.request, settle=event.settle)
             if isinstance(error, Reject):
                 event.rejection = (error.status, error.reason)
@@ -302,10 +307,9 @@ class RoomActor:
                 event.rejection = (500, "Internal error")
                 await self._report(conn, error)
             else:
-                if conn.state is ConnectionState.CONNECTING:
-                    conn.state = ConnectionState.OPEN
                 self._schedule_sweep()
                 return  # decided when its changes are durable
+            conn.state = ConnectionState.CLOSED
         del self._connections[conn]
         self.tags.discard(conn)
         event.decided.set()
@@ -400,7 +404,7 @@ class RoomActor:
             pending = inflight.popleft()
             for item, recipients in pending.outbox:
                 for conn in recipients:
-                    conn.push(item)
+                    conn._push(item)
             if pending.settle is not None:
                 pending.settle(True)
         if not inflight:
@@ -421,7 +425,7 @@ class RoomActor:
         self._settled.set()
         self._instance = None
         for conn in list(self._connections):
-            conn.push(CloseConnection(CloseCode.INTERNAL_ERROR, "Storage failure"))
+            conn._push(CloseConnection(CloseCode.INTERNAL_ERROR, "Storage failure"))
 
     async def _report(self, conn: Connection | None, error: Exception) -> None:
         assert self._instance is not None
@@ -429,7 +433,7 @@ class RoomActor:
         if failure is not None:
             logger.error("room %s: on_error raised", self.room, exc_info=failure)
             if conn is not None:
-                conn.push(CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error"))
+                conn._push(CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error"))
 
     def _idle(self) -> bool:
         queued = self._receive.statistics().current_buffer_used

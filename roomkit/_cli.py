@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         rooms = load_rooms(args.target)
-    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+    except UsageError as exc:
         parser.error(str(exc))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -36,18 +36,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     trio.run(_serve_until_signalled, run)
 
 
+class UsageError(Exception):
+    """Raised when the command line names something that cannot be served."""
+
+
 def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
     """Import ``"module:attr"`` and return the Room subclass or route mapping it names.
 
-    The working directory is importable, as with ``python -m``.
+    The working directory is importable, as with ``python -m``. An error raised by the
+    module's own code propagates with its traceback; only a bad name is a UsageError.
     """
     module_name, colon, attr = target.partition(":")
     if not colon or not module_name or not attr:
-        raise ValueError(f"expected MODULE:ATTR (e.g. examples.chat:ChatRoom), not {target!r}")
+        raise UsageError(f"expected MODULE:ATTR (e.g. examples.chat:ChatRoom), not {target!r}")
     if "" not in sys.path:
         sys.path.insert(0, "")
-    value: Any = importlib.import_module(module_name)
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise
+        raise UsageError(f"no module named {exc.name!r}") from None
     for part in attr.split("."):
+        if not hasattr(value, part):
+            raise UsageError(f"{target}: {value!r} has no attribute {part!r}")
         value = getattr(value, part)
     if isinstance(value, type) and issubclass(value, Room):
         return value
@@ -55,7 +67,7 @@ def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
         isinstance(v, type) and issubclass(v, Room) for v in value.values()
     ):
         return value
-    raise TypeError(f"{target} is neither a Room subclass nor a mapping of them")
+    raise UsageError(f"{target} is neither a Room subclass nor a mapping of them")
 
 
 async def _serve_until_signalled(run: Any) -> None:

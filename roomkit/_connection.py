@@ -15,9 +15,10 @@ States::
     CONNECTING --accepted--> OPEN --close sent or received--> CLOSING --> CLOSED
         \\--rejected---------------------------------------------------/
 
-Sends are queued in CONNECTING and OPEN (the ones made during ``on_connect`` go out right
-after the handshake) and silently dropped after that: the peer may vanish at any moment,
-and a room should not have to race it.
+A connection becomes OPEN when its ``on_connect`` starts: from then on it is among the
+room's connections and sends to it are queued (those made before the handshake is
+answered go out right after it). Once closing, sends are silently dropped: the peer
+may vanish at any moment, and a room should not have to race it.
 
 Closing: whoever closes first sends a close frame; the other side answers with one, and
 the server then drops the TCP connection. A peer that does not answer our close frame
@@ -67,6 +68,8 @@ MAX_CLOSE_REASON: Final = 123
 
 
 class ConnectionState(enum.Enum):
+    """Where a connection is in its life; see ``Connection.state``."""
+
     CONNECTING = "connecting"
     OPEN = "open"
     CLOSING = "closing"
@@ -86,6 +89,8 @@ class Connection:
     ) -> None:
         self.id: Final = uuid.uuid4().hex
         self.request: Final = request
+        #: CONNECTING until its on_connect starts, OPEN, CLOSING once a close frame is
+        #: queued or received, CLOSED when its TCP connection is gone.
         self.state = ConnectionState.CONNECTING
         #: When the peer last sent a message, in Trio's clock (``trio.current_time()``).
         self.last_seen = trio.current_time()
@@ -99,9 +104,9 @@ class Connection:
         self._read_scope = trio.CancelScope()
         self._writer_done = trio.Event()
         # What on_close reports.
-        self.close_code: int = CloseCode.ABNORMAL_CLOSURE
-        self.close_reason = ""
-        self.was_clean = False
+        self._close_code: int = CloseCode.ABNORMAL_CLOSURE
+        self._close_reason = ""
+        self._was_clean = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.id[:8]} room={self.request.room!r} {self.state.value}>"
@@ -149,16 +154,16 @@ class Connection:
         """Close the connection after what is already queued for it; never blocks.
 
         Raises:
-          ValueError: if ``code`` may not be sent (use 1000, 1001, 1008, 1011 or
-            3000-4999) or ``reason`` is longer than 123 bytes.
+          ValueError: if ``code`` may not be sent (1000-1003, 1007-1014 and 3000-4999
+            may; 1004-1006 and 1015 are reserved) or ``reason`` is longer than 123 bytes.
         """
         _check_close(code, reason)
         self._actor.emit(CloseConnection(code, reason), (self,))
 
     # The room's side: called by the actor, the server and the loops below.
 
-    def push(self, item: bytes | CloseConnection) -> None:
-        """Queue an encoded frame, or ask for a close; dropped unless the connection is open."""
+    def _push(self, item: bytes | CloseConnection) -> None:
+        """Queue an encoded frame, or ask for a close; dropped once the connection is closing."""
         if self.state not in (ConnectionState.CONNECTING, ConnectionState.OPEN):
             return
         if isinstance(item, CloseConnection):
@@ -168,7 +173,7 @@ class Connection:
             self._queue.append(item)
         self._wakeup.set()
 
-    async def run(self) -> None:
+    async def _run(self) -> None:
         """Finish the handshake as the room decides, then serve the connection until closed.
 
         Owns the stream: it is closed when this returns, however it returns.
@@ -204,7 +209,7 @@ class Connection:
             nursery.start_soon(self._write_loop)
             with self._read_scope:
                 await self._read_loop()
-            if self.close_code != CloseCode.ABNORMAL_CLOSURE:
+            if self._close_code != CloseCode.ABNORMAL_CLOSURE:
                 # The peer is still there: give the writer the time to send our close reply.
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self._writer_done.wait()
@@ -250,7 +255,7 @@ class Connection:
                         continue  # closing: what the peer still sends is discarded
                     size += _byte_length(event.data)
                     if size > limit:
-                        self.push(CloseConnection(CloseCode.MESSAGE_TOO_BIG, "Message too big"))
+                        self._push(CloseConnection(CloseCode.MESSAGE_TOO_BIG, "Message too big"))
                         continue
                     parts.append(event.data)
                     if event.message_finished:
@@ -267,19 +272,19 @@ class Connection:
 
     def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
         """Record how the connection ended and answer a close frame that needs an answer."""
-        self.close_code, self.close_reason = event.code, event.reason or ""
+        self._close_code, self._close_reason = event.code, event.reason or ""
         if not clean:  # TCP ended without a close frame
-            self.close_code, self.was_clean = CloseCode.ABNORMAL_CLOSURE, False
+            self._close_code, self._was_clean = CloseCode.ABNORMAL_CLOSURE, False
         elif self._ws.state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it
-            self.was_clean = True
+            self._was_clean = True
             self.state = ConnectionState.OPEN  # let the reply through even if we were closing
-            self.push(event.response())
+            self._push(event.response())
         elif self._ws.state is WSState.CLOSED:  # the peer answered our close
-            self.was_clean = True
+            self._was_clean = True
         else:  # wsproto found a protocol error (1002, 1007): tell the peer, then drop it
-            self.was_clean = False
+            self._was_clean = False
             self.state = ConnectionState.OPEN
-            self.push(CloseConnection(event.code, event.reason))
+            self._push(CloseConnection(event.code, event.reason))
 
     async def _deliver(self, parts: list[Any]) -> None:
         message: Any = "".join(parts) if isinstance(parts[0], str) else b"".join(parts)
@@ -290,7 +295,7 @@ class Connection:
                     raise DecodeError("binary messages are not part of this room's protocol")
                 message = protocol.client.decode(message)
             except DecodeError as exc:
-                self.push(encode_message(error_message(str(exc))))
+                self._push(encode_message(error_message(str(exc))))
                 return
         await self._actor.message(self, message)
 

@@ -139,7 +139,7 @@ class Router(Generic[T]):
     def route(self, head: RequestHead) -> RoomTarget[T] | Response:
         path = head.path
         if not head.is_websocket:
-            if head.method in ("GET", "HEAD") and path == "/healthz":
+            if head.method == "GET" and path == "/healthz":
                 return Response(200, "ok")
             return Response(426, "Expected websocket", (("upgrade", "websocket"),))
         prefix, _, segment = path.rpartition("/")

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import attrs
 import cattrs
+import cattrs.gen
 from cattrs.errors import ClassValidationError
 
 from ._errors import DecodeError
@@ -82,6 +83,18 @@ def _strict_array_factory(tp: Any, conv: cattrs.Converter) -> Any:
     return structure
 
 
+def _strict_attrs_factory(cls: Any, conv: cattrs.Converter) -> Any:
+    """Structure hooks for attrs classes that say so when given something not an object."""
+    base = cattrs.gen.make_dict_structure_fn(cls, conv)
+
+    def structure(value: Any, t: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"must be an object, not {_json_type_name(type(value))}")
+        return base(value, t)
+
+    return structure
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=True)
     conv.register_structure_hook(str, _strict_scalar(str))
@@ -90,6 +103,7 @@ def _make_converter() -> cattrs.Converter:
     float_hook = _strict_scalar(int, float)  # JSON does not tell 1 from 1.0
     conv.register_structure_hook(float, lambda v, t: float(float_hook(v, t)))
     conv.register_structure_hook_factory(cattrs.cols.is_sequence, _strict_array_factory)
+    conv.register_structure_hook_factory(attrs.has, _strict_attrs_factory)
     return conv
 
 
@@ -174,12 +188,16 @@ class MessageSet:
             raise DecodeError(f"malformed JSON: {exc}") from None
         if not isinstance(body, dict):
             raise DecodeError(f"a message must be a JSON object, not {_json_type_name(type(body))}")
-        tag = body.pop(TYPE_FIELD, None)
-        if tag is None:
+        if TYPE_FIELD not in body:
             raise DecodeError(
                 f"the message has no {TYPE_FIELD!r} field; expected one of: {self._expected()}"
             )
-        cls = self._by_tag.get(tag) if isinstance(tag, str) else None
+        tag = body.pop(TYPE_FIELD)
+        if not isinstance(tag, str):
+            raise DecodeError(
+                f"the {TYPE_FIELD!r} field must be a string, not {_json_type_name(type(tag))}"
+            )
+        cls = self._by_tag.get(tag)
         if cls is None:
             raise DecodeError(f"unknown message type {tag!r}; expected one of: {self._expected()}")
         try:

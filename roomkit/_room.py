@@ -59,7 +59,8 @@ class Room:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{cls.__name__}.{attr} must be a positive int, not {value!r}")
         timeout = cls.idle_timeout
-        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if timeout is not None and not (number and timeout > 0):
             raise ValueError(f"{cls.__name__}.idle_timeout must be positive seconds or None")
 
     @property
@@ -115,8 +116,9 @@ class Room:
     async def on_close(self, conn: Connection, code: int, reason: str, was_clean: bool) -> None:
         """Called once a connection has closed; it is no longer among :meth:`connections`.
 
-        ``was_clean`` is False when the TCP connection ended without a completed closing
-        handshake (then ``code`` is 1006).
+        ``was_clean`` is False when the closing handshake did not complete: the TCP
+        connection ended first (``code`` 1006), or the peer broke the protocol and was
+        dropped (1002, or 1007 for invalid UTF-8).
         """
 
     async def on_alarm(self, info: AlarmInfo) -> None:

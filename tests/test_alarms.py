@@ -194,7 +194,6 @@ async def test_idle_sweep_closes_only_the_quiet_connection(
 
 
 def test_idle_timeout_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="idle_timeout must be positive"):
-
-        class Bad(roomkit.Room):
-            idle_timeout = 0
+    for wrong in (0, -1, True, "10"):
+        with pytest.raises(ValueError, match="idle_timeout must be positive"):
+            type("Bad", (roomkit.Room,), {"idle_timeout": wrong})

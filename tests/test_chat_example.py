@@ -70,6 +70,8 @@ async def test_direct_messages_reach_every_tab_of_one_user(start: Start) -> None
             "to": "zed",
             "reason": "zed is not in this room",
         }
+        await ann.send_message('{"type": "direct", "to": "all", "text": "everyone?"}')
+        assert (await receive_json(ann))["reason"] == "direct messages go to one user"
         # cy saw none of it: the next thing cy gets is its own pong.
         await cy.send_message('{"type": "ping"}')
         assert await receive_json(cy) == {"type": "pong"}

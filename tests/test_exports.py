@@ -10,6 +10,7 @@ def test_public_names() -> None:
         "AlarmInfo",
         "CloseCode",
         "Connection",
+        "ConnectionState",
         "DecodeError",
         "Protocol",
         "Reject",

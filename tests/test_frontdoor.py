@@ -91,8 +91,9 @@ def test_plain_http_gets_healthz_or_426() -> None:
     assert router.route(head("/healthz", websocket=False)) == Response(200, "ok")
     response = router.route(head("/general", websocket=False))
     assert response == Response(426, "Expected websocket", (("upgrade", "websocket"),))
-    post = router.route(head("/healthz", websocket=False, method="POST"))
-    assert isinstance(post, Response) and post.status == 426
+    for method in ("POST", "HEAD"):
+        other = router.route(head("/healthz", websocket=False, method=method))
+        assert isinstance(other, Response) and other.status == 426
 
 
 class Hello(roomkit.Room):

@@ -70,7 +70,8 @@ def test_single_class_and_typing_union_are_accepted() -> None:
         ("[1, 2]", "a message must be a JSON object, not an array"),
         ('{"text": "hi"}', "the message has no 'type' field; expected one of: chat, move"),
         ('{"type": "shout"}', "unknown message type 'shout'; expected one of: chat, move"),
-        ('{"type": 7}', "unknown message type 7; expected one of: chat, move"),
+        ('{"type": 7}', "the 'type' field must be a string, not an integer"),
+        ('{"type": null}', "the 'type' field must be a string, not null"),
         ('{"type": "chat"}', "invalid 'chat' message: field 'text' is missing"),
         (
             '{"type": "chat", "text": 5}',
@@ -102,6 +103,26 @@ def test_decode_errors_say_what_is_wrong(data: str, error: str) -> None:
     with pytest.raises(roomkit.DecodeError) as info:
         MessageSet(Chat | Move).decode(data)
     assert str(info.value).startswith(error)
+
+
+@attrs.frozen
+class Point:
+    x: float
+    y: float
+
+
+@attrs.frozen
+class Place:
+    at: Point
+
+
+def test_nested_messages_are_checked_too() -> None:
+    messages = MessageSet(Place)
+    assert messages.decode('{"type": "place", "at": {"x": 1, "y": 2}}') == Place(Point(1, 2))
+    with pytest.raises(roomkit.DecodeError, match="field 'at' must be an object, not a string"):
+        messages.decode('{"type": "place", "at": "a"}')
+    with pytest.raises(roomkit.DecodeError, match=r"field 'at\.y' is missing"):
+        messages.decode('{"type": "place", "at": {"x": 1}}')
 
 
 def test_several_problems_are_all_named() -> None:

@@ -5,6 +5,7 @@ Loopback only, port 0, trio-websocket's client; ``fail_after`` bounds every wait
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 import trio
@@ -226,3 +227,60 @@ async def test_broadcast_counts_and_connections_by_tag(start: Start) -> None:
             await red.send_message("tag green")
             assert await blue.get_message() == "to green"
             assert await red.get_message() == "1"
+
+
+class Overlapping(roomkit.Room):
+    """Yields inside on_connect, so other handshakes queue up behind it."""
+
+    seen: ClassVar[list[list[Any]]] = []
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()
+        Overlapping.seen.append([c.attachment for c in self.connections()])
+        conn.attachment = request.query["n"]
+
+
+async def test_handshakes_waiting_their_turn_are_not_among_connections(start: Start) -> None:
+    Overlapping.seen = []
+    server = await start(Overlapping)
+    async with trio.open_nursery() as clients:
+        for n in range(8):
+            clients.start_soon(partial(hold_open, f"{server.url}/r?n={n}"))
+        await trio.testing.wait_all_tasks_blocked()
+        clients.cancel_scope.cancel()
+    # Each on_connect saw the connections accepted before it (attachment set) and itself
+    # (attachment not yet set), never a handshake still waiting for its turn.
+    assert [len(seen) for seen in Overlapping.seen] == list(range(1, 9))
+    assert all(seen.count(None) == 1 for seen in Overlapping.seen), Overlapping.seen
+
+
+async def hold_open(url: str) -> None:
+    async with open_client(url):
+        await trio.sleep_forever()
+
+
+class Slow(roomkit.Room):
+    got: ClassVar[list[str]] = []
+    done = trio.Event()
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        for _ in range(50):
+            await trio.lowlevel.checkpoint()
+        Slow.got.append(message)
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Slow.got.append(f"closed {code}")
+        Slow.done.set()
+
+
+async def test_messages_sent_before_a_close_all_reach_the_room_first(start: Start) -> None:
+    Slow.got, Slow.done = [], trio.Event()
+    server = await start(Slow)
+    async with open_client(f"{server.url}/r") as ws:
+        for text in ("one", "two", "three"):
+            await ws.send_message(text)
+        await ws.aclose(1000)
+    with trio.fail_after(5):
+        await Slow.done.wait()
+    assert Slow.got == ["one", "two", "three", "closed 1000"]

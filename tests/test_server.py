@@ -122,3 +122,7 @@ def test_cli_usage_errors() -> None:
     assert result.returncode == 2 and "expected MODULE:ATTR" in result.stderr
     result = run([sys.executable, "-m", "roomkit", "serve", "examples.chat:Chat"])
     assert result.returncode == 2 and "neither a Room subclass nor a mapping" in result.stderr
+    result = run([*ROOMKIT, "serve", "no_such_module:Room"])
+    assert result.returncode == 2 and "no module named 'no_such_module'" in result.stderr
+    result = run([*ROOMKIT, "serve", "examples.chat:Nope"])
+    assert result.returncode == 2 and "has no attribute 'Nope'" in result.stderr
