@@ -226,7 +226,9 @@ class _Runtime:
             if (actor := self._rooms.get(room)) is not None:
                 actor.sweep()
             return
-        alarm = self._alarms.pop(room)
+        alarm = self._alarms.pop(room, None)
+        if alarm is None:
+            return  # deleted since its timer was set
         route = self._router.route_for(room.namespace)
         if route is None:
             logger.warning("alarm of room %s not run: no route serves %r", room, room.namespace)

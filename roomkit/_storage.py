@@ -105,9 +105,9 @@ class Storage:
             stored = await self._actor.store.list(
                 self._actor.room, keys, reverse=reverse, limit=fetch
             )
-        rows = merge_listing(
-            self._actor.storage_layers(), stored, keys, reverse=reverse, limit=limit
-        )
+        # The layers as they were before the fetch: a commit that completed during it may
+        # or may not be in ``stored``, and applying its layer again changes nothing.
+        rows = merge_listing(layers, stored, keys, reverse=reverse, limit=limit)
         return {key: json.loads(text) for key, text in rows}
 
     async def delete_all(self) -> None:
