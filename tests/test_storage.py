@@ -317,3 +317,33 @@ async def test_bad_keys_and_values_raise_in_the_hook(start: Start) -> None:
         await ws.send_message(json.dumps({"op": "set_alarm", "at": None, "delay": None}))
         error = (await receive_json(ws))["error"]
         assert error == "TypeError: set_alarm takes exactly one of delay= and at="
+
+
+async def test_list_is_right_when_a_commit_lands_during_its_read(start: Start) -> None:
+    class SlowList(GatedStore):
+        def __init__(self, inner: Store) -> None:
+            super().__init__(inner)
+            self.listed = trio.Event()
+            self.answer = trio.Event()
+
+        async def list(
+            self, room: RoomId, keys: KeyRange, *, reverse: bool, limit: int | None
+        ) -> list[tuple[str, str]]:
+            rows = await self.inner.list(room, keys, reverse=reverse, limit=limit)
+            self.listed.set()
+            await self.answer.wait()  # the rows are read; they reach the room late
+            return rows
+
+    store = SlowList(await SQLiteStore.open(":memory:"))
+    server = await start(KV, storage=store)
+    async with open_client(f"{server.url}/kv") as ws:
+        store.hold()
+        await ws.send_message(json.dumps({"op": "put", "key": "late", "value": 1}))
+        await ws.send_message(json.dumps({"op": "list"}))
+        with trio.fail_after(5):
+            await store.listed.wait()
+        store.release()  # the put's commit lands while the list's rows are in transit
+        await trio.testing.wait_all_tasks_blocked()
+        store.answer.set()
+        replies = [await receive_json(ws) for _ in range(2)]
+        assert replies[1]["result"] == [["late", 1]]
