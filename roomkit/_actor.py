@@ -22,9 +22,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Final, Protocol
 
 import attrs
@@ -51,6 +52,9 @@ logger = logging.getLogger("roomkit")
 EVENT_QUEUE: Final = 256
 
 _Outbox = list[tuple[bytes | CloseConnection, Iterable[Connection]]]
+
+TimerKey = tuple[str, Hashable]
+"""A timer on the server's scheduler: ``("alarm" | "sweep", RoomId)`` or ``("ping", conn)``."""
 _Hook = Callable[..., Awaitable[None]]
 
 
@@ -65,7 +69,9 @@ class RoomHost(Protocol):
 
     def stored_alarm(self, room: RoomId) -> AlarmWrite | None: ...
 
-    def schedule_sweep(self, room: RoomId, deadline: float) -> None: ...
+    def set_timer(self, key: TimerKey, deadline: float) -> None: ...
+
+    def cancel_timer(self, key: TimerKey) -> None: ...
 
     def room_gone(self, actor: RoomActor) -> None: ...
 
@@ -140,6 +146,12 @@ class RoomActor:
         self._backlog: list[Connection] = []
         self._closing = False
         self._expected = 0  # events on their way from post_alarm
+        self._awake = False  # whether the event loop task runs
+        response = room_class.auto_response
+        #: The auto-response pair, the answer already framed.
+        self.auto_response = (
+            None if response is None else (response[0], encode_message(response[1]))
+        )
 
     # Entry points for the server and the connections.
 
@@ -170,11 +182,13 @@ class RoomActor:
     async def connect(self, conn: Connection) -> tuple[int, str] | None:
         """Run ``on_connect``; return None to accept, or the ``(status, reason)`` to refuse."""
         event = _Connect(conn)
+        self._wake()
         await self._send.send(event)
         await event.decided.wait()
         return event.rejection
 
     async def message(self, conn: Connection, message: Any) -> None:
+        self._wake()
         await self._send.send(_Message(conn, message))
 
     def post_alarm(self, retry: int, nursery: trio.Nursery) -> None:
@@ -185,6 +199,7 @@ class RoomActor:
     async def _post(self, event: _Event) -> None:
         try:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._wake()
                 await self._send.send(event)
         finally:
             self._expected -= 1
@@ -194,27 +209,53 @@ class RoomActor:
         # Broken or closed: the room itself was cancelled, and nobody is left to tell.
         gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
         with trio.CancelScope(shield=True), gone:
+            self._wake()
             await self._send.send(_Closed(conn))
 
     async def run(self) -> None:
-        """The room's scope: its connections' tasks and its event loop.
+        """The room's scope: its connections' tasks and, while awake, its event loop.
 
         Returns once the room has no connection, no event and no commit in flight.
         """
-        self._task = trio.lowlevel.current_task()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for conn in self._backlog:
                 nursery.start_soon(conn._run)
             self._backlog.clear()
-            async with self._receive:
-                async for event in self._receive:
-                    await self._handle(event)
-                    if self._idle():
-                        await self._settled_down()
-                        if self._idle():
-                            self._host.room_gone(self)
-                            return
+            self._wake()
+
+    def _wake(self) -> None:
+        """Start the event loop if the room is hibernating (or new)."""
+        if not self._awake and self._nursery is not None:
+            self._awake = True
+            self._nursery.start_soon(self._event_loop)
+
+    async def _event_loop(self) -> None:
+        """Handle events until the room is gone, or has been idle for ``hibernate_after``.
+
+        Hibernating drops the Room instance and ends this task; the connections, their
+        tags and attachments, and the alarm stay. The next event starts a new loop,
+        which makes a new instance (``on_start``) before handling it.
+        """
+        self._task = trio.lowlevel.current_task()
+        idle_for = self.room_class.hibernate_after
+        while True:
+            event = None
+            with trio.move_on_after(math.inf if idle_for is None else idle_for):
+                event = await self._receive.receive()
+            if event is not None:
+                await self._handle(event)
+                if not self._idle():
+                    continue
+            await self._settled_down()  # no commit of this room may be left in flight
+            if self._receive.statistics().current_buffer_used or self._expected:
+                continue
+            self._awake = False
+            self._instance = None
+            if not self._connections:
+                self._receive.close()
+                self._host.room_gone(self)
+            return
 
     # What the Room's methods, its storage and the Connection's send/close call.
 
@@ -449,4 +490,11 @@ class RoomActor:
         timeout = self.room_class.idle_timeout
         open_ = self.connections()
         if timeout is not None and open_:
-            self._host.schedule_sweep(self.room, min(c.last_seen for c in open_) + timeout)
+            deadline = min(c.last_seen for c in open_) + timeout
+            self._host.set_timer(("sweep", self.room), deadline)
+
+    def set_timer(self, key: TimerKey, deadline: float) -> None:
+        self._host.set_timer(key, deadline)
+
+    def cancel_timer(self, key: TimerKey) -> None:
+        self._host.cancel_timer(key)

@@ -40,6 +40,7 @@ from wsproto.events import (
     BytesMessage,
     CloseConnection,
     Ping,
+    Pong,
     RejectConnection,
     RejectData,
     TextMessage,
@@ -102,7 +103,9 @@ class Connection:
         self._wakeup = trio.Event()
         self._close_frame: CloseConnection | None = None  # to send once the queue is out
         self._read_scope = trio.CancelScope()
+        self._serve_scope = trio.CancelScope()
         self._writer_done = trio.Event()
+        self._awaiting_pong = False
         # What on_close reports.
         self._close_code: int = CloseCode.ABNORMAL_CLOSURE
         self._close_reason = ""
@@ -186,14 +189,41 @@ class Connection:
                 return
             opened = True
             await self._stream.send_all(self._ws.send(AcceptConnection()))
+            self._expect_pong(False)
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer left during the handshake
         finally:
             self.state = ConnectionState.CLOSED
+            self._actor.cancel_timer(("ping", self))
             await trio.aclose_forcefully(self._stream)
             if opened:
                 await self._actor.closed(self)
+
+    def _heartbeat(self) -> None:
+        """Called by the server's scheduler: ping the peer, or drop it if it never answered.
+
+        A peer that does not answer within ``ping_timeout`` is gone (or hopelessly
+        stuck): its TCP connection is dropped at once, without a closing handshake it
+        would never finish, and ``on_close`` gets 1006.
+        """
+        if self.state is not ConnectionState.OPEN or self._ws.state is not WSState.OPEN:
+            return
+        if self._awaiting_pong:
+            self._serve_scope.cancel()
+            return
+        self._queue.append(self._ws.send(Ping(b"roomkit")))
+        self._wakeup.set()
+        self._expect_pong(True)
+
+    def _expect_pong(self, waiting: bool) -> None:
+        """Schedule the next ping, or (``waiting``) the deadline for the pong just asked for."""
+        room = self._actor.room_class
+        if room.ping_interval is None:
+            return
+        self._awaiting_pong = waiting
+        wait = room.ping_timeout if waiting else room.ping_interval
+        self._actor.set_timer(("ping", self), trio.current_time() + wait)
 
     async def _reject(self, status: int, reason: str) -> None:
         body = reason.encode("utf-8")
@@ -205,6 +235,10 @@ class Connection:
         await self._stream.send_all(head + self._ws.send(RejectData(data=body)))
 
     async def _serve(self) -> None:
+        with self._serve_scope:
+            await self._serve_until_closed()
+
+    async def _serve_until_closed(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_loop)
             with self._read_scope:
@@ -266,6 +300,9 @@ class Connection:
                     if self._ws.state is WSState.OPEN:
                         self._queue.append(self._ws.send(event.response()))
                         self._wakeup.set()
+                elif isinstance(event, Pong):
+                    if self._awaiting_pong:
+                        self._expect_pong(False)
                 elif isinstance(event, CloseConnection):
                     self._peer_closed(event, clean=data != b"")
                     return
@@ -288,6 +325,11 @@ class Connection:
 
     async def _deliver(self, parts: list[Any]) -> None:
         message: Any = "".join(parts) if isinstance(parts[0], str) else b"".join(parts)
+        auto = self._actor.auto_response
+        if auto is not None and type(message) is type(auto[0]) and message == auto[0]:
+            self._queue.append(auto[1])  # answered here: the room is not woken
+            self._wakeup.set()
+            return
         protocol = self._actor.room_class.protocol
         if protocol is not None:
             try:

@@ -41,12 +41,25 @@ class Room:
       max_connections: connections the room accepts at once; more are refused with 503.
       idle_timeout: seconds; a connection that sends nothing for that long is closed
         with 1000 "Idle timeout". None (the default) never closes a quiet connection.
+      hibernate_after: seconds without an event before the Room instance is dropped
+        (its sockets, tags, attachments and alarm stay; the next event makes a new
+        instance). None never hibernates.
+      auto_response: ``(request, response)``: a message equal to ``request`` (``str`` or
+        ``bytes``) is answered with ``response`` by the connection itself, without
+        waking the room or calling ``on_message``.
+      ping_interval: seconds between WebSocket pings to each connection; None sends none.
+      ping_timeout: seconds a peer has to answer a ping before its TCP connection is
+        dropped (``on_close`` then gets 1006).
     """
 
     protocol: ClassVar[Protocol | None] = None
     max_message_size: ClassVar[int] = 1 << 20
     max_connections: ClassVar[int] = 10_000
     idle_timeout: ClassVar[float | None] = None
+    hibernate_after: ClassVar[float | None] = 10.0
+    auto_response: ClassVar[tuple[str | bytes, str | bytes] | None] = None
+    ping_interval: ClassVar[float | None] = 20.0
+    ping_timeout: ClassVar[float] = 20.0
 
     _roomkit_actor: RoomActor
 
@@ -58,10 +71,23 @@ class Room:
             value = getattr(cls, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{cls.__name__}.{attr} must be a positive int, not {value!r}")
-        timeout = cls.idle_timeout
-        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
-        if timeout is not None and not (number and timeout > 0):
-            raise ValueError(f"{cls.__name__}.idle_timeout must be positive seconds or None")
+        for attr in ("idle_timeout", "hibernate_after", "ping_interval", "ping_timeout"):
+            seconds = getattr(cls, attr)
+            if seconds is None and attr != "ping_timeout":
+                continue
+            if not _positive_number(seconds):
+                also = "" if attr == "ping_timeout" else " or None"
+                raise ValueError(f"{cls.__name__}.{attr} must be positive seconds{also}")
+        pair = cls.auto_response
+        if pair is not None and not (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and all(isinstance(part, str | bytes) for part in pair)
+        ):
+            raise TypeError(
+                f"{cls.__name__}.auto_response must be a (request, response) pair "
+                "of str or bytes, or None"
+            )
 
     @property
     def name(self) -> str:
@@ -140,3 +166,9 @@ class Room:
         logger.error("room %r: unhandled error in a hook", self.name, exc_info=error)
         if conn is not None:
             conn.close(CloseCode.INTERNAL_ERROR, "Internal error")
+
+
+def _positive_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value > 0

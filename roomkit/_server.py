@@ -32,7 +32,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import Request as WSRequest
 from wsproto.utilities import RemoteProtocolError
 
-from ._actor import RoomActor
+from ._actor import RoomActor, TimerKey
 from ._alarms import Scheduler
 from ._committer import Committer
 from ._connection import RECEIVE_BYTES, Connection
@@ -156,7 +156,7 @@ class _Runtime:
         self._handshake_timeout = handshake_timeout
         self._rooms = server._rooms
         self._committer = Committer(store, group=group_commit)
-        self._scheduler = Scheduler[tuple[str, RoomId]](self._fire)
+        self._scheduler = Scheduler[TimerKey](self._fire)
         self._alarms: dict[RoomId, AlarmWrite] = {}
         self._scope = trio.CancelScope(shield=True)
         self._rooms_scope = trio.CancelScope()
@@ -212,20 +212,31 @@ class _Runtime:
         wait = max(0.0, alarm.due - time.time())  # stored in wall-clock time
         self._scheduler.set(("alarm", room), trio.current_time() + wait)
 
-    def schedule_sweep(self, room: RoomId, deadline: float) -> None:
-        self._scheduler.set(("sweep", room), deadline)
+    def set_timer(self, key: TimerKey, deadline: float) -> None:
+        self._scheduler.set(key, deadline)
+
+    def cancel_timer(self, key: TimerKey) -> None:
+        self._scheduler.cancel(key)
 
     def room_gone(self, actor: RoomActor) -> None:
         del self._rooms[actor.room]
         self._scheduler.cancel(("sweep", actor.room))
         self._room_gone.set()
 
-    def _fire(self, key: tuple[str, RoomId]) -> None:
-        kind, room = key
-        if kind == "sweep":
-            if (actor := self._rooms.get(room)) is not None:
-                actor.sweep()
+    def _fire(self, key: TimerKey) -> None:
+        kind, subject = key
+        if kind == "ping":
+            assert isinstance(subject, Connection)
+            subject._heartbeat()
             return
+        assert isinstance(subject, RoomId)
+        if kind == "sweep":
+            if (actor := self._rooms.get(subject)) is not None:
+                actor.sweep()
+        else:
+            self._alarm_due(subject)
+
+    def _alarm_due(self, room: RoomId) -> None:
         alarm = self._alarms.pop(room, None)
         if alarm is None:
             return  # deleted since its timer was set

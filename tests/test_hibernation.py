@@ -1,0 +1,217 @@
+"""Hibernation, auto-responses and heartbeats, on a virtual clock (``autojump_clock``).
+
+Time that passes is a MockClock's; sleeps avoid landing exactly on a ping (every 20 s
+by default): trio-websocket 0.12's client fails if a ping crosses its own close frame.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+from typing import Any, ClassVar
+
+import pytest
+import trio
+import trio.testing
+from wsproto.events import CloseConnection
+
+import roomkit
+
+from .helpers import Start, open_client
+from .test_connection import raw_handshake
+
+
+class Sleepy(roomkit.Room):
+    """Remembers things in memory and in attachments, and reports what it still knows."""
+
+    hibernate_after = 10
+    starts = 0
+    instances: ClassVar[list[weakref.ref[Sleepy]]] = []
+    messages = 0
+
+    async def on_start(self) -> None:
+        Sleepy.starts += 1
+        Sleepy.instances.append(weakref.ref(self))
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        user = request.query["user"]
+        conn.tags = [user, "everyone"]
+        conn.attachment = {"user": user}
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        Sleepy.messages += 1
+        if message == "remember":
+            self.memory = "in memory"
+        self.broadcast(
+            {
+                "starts": Sleepy.starts,
+                "memory": getattr(self, "memory", None),
+                "connections": [[c.attachment["user"], list(c.tags)] for c in self.connections()],
+            }.__repr__()
+        )
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    Sleepy.starts = Sleepy.messages = 0
+    Sleepy.instances = []
+
+
+async def test_room_hibernates_and_wakes_with_its_sockets_intact(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Sleepy)
+    async with (
+        open_client(f"{server.url}/r?user=ann") as ann,
+        open_client(f"{server.url}/r?user=bob") as bob,
+    ):
+        await ann.send_message("remember")
+        awake = json.loads(await ann.get_message())
+        assert awake["starts"] == 1 and awake["memory"] == "in memory"
+        await bob.get_message()
+
+        await trio.sleep(11)  # no event for hibernate_after: the instance goes
+        gc.collect()
+        assert Sleepy.instances[0]() is None  # nothing holds the old Room any more
+        assert server.room_count == 1  # the room, its sockets and tags remain
+
+        await bob.send_message("what do you know?")
+        woken = json.loads(await bob.get_message())
+        assert woken == {
+            "starts": 2,  # a fresh instance, started before it got the message
+            "memory": None,
+            "connections": [["ann", ["ann", "everyone"]], ["bob", ["bob", "everyone"]]],
+        }
+        assert json.loads(await ann.get_message()) == woken  # ann's socket was kept open
+
+
+async def test_pings_never_wake_a_hibernating_room(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Sleepy)
+    async with open_client(f"{server.url}/r?user=ann") as ann:
+        await ann.send_message("hi")
+        await ann.get_message()
+        await trio.sleep(95)  # four pings answered, room hibernated all along
+        assert Sleepy.starts == 1 and Sleepy.instances[0]() is None
+        await ann.send_message("hi")
+        assert json.loads(await ann.get_message())["starts"] == 2
+
+
+class Auto(Sleepy):
+    auto_response = ("ping", "pong")
+    idle_timeout = 30
+
+
+class AutoBinary(Sleepy):
+    auto_response = (b"\x00", b"\x01\x02")
+
+
+async def test_auto_response_answers_without_waking_the_room(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start({"/text": Auto, "/binary": AutoBinary})
+    async with (
+        open_client(f"{server.url}/text/r?user=ann") as text,
+        open_client(f"{server.url}/binary/r?user=bob") as binary,
+    ):
+        await trio.sleep(15)  # both rooms hibernate
+        for _ in range(6):  # 60 s of auto-responses: they keep the connection from idling
+            await text.send_message("ping")
+            await binary.send_message(b"\x00")
+            with trio.fail_after(1):
+                assert await text.get_message() == "pong"
+                assert await binary.get_message() == b"\x01\x02"
+            await trio.sleep(9)
+        assert Sleepy.messages == 0 and Sleepy.starts == 2  # one start per room, no wake
+        await binary.send_message("ping")  # not the binary pair: reaches the room
+        assert json.loads(await binary.get_message())["starts"] == 3
+        assert Sleepy.messages == 1
+
+
+class Alarmed(Sleepy):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        await super().on_connect(conn, request)
+        await self.storage.set_alarm(delay=60)
+
+    async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+        self.broadcast(f"alarm, start {Sleepy.starts}", tag="everyone")
+
+
+async def test_an_alarm_wakes_a_hibernating_room(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Alarmed)
+    async with open_client(f"{server.url}/r?user=ann") as ann:
+        await trio.sleep(30)
+        assert Sleepy.starts == 1 and Sleepy.instances[0]() is None
+        with trio.fail_after(40):
+            assert await ann.get_message() == "alarm, start 2"
+
+
+class Heartbeat(roomkit.Room):
+    ping_interval = 20
+    ping_timeout = 10
+    closes: ClassVar[list[tuple[int, bool, float]]] = []
+    closed = trio.Event()
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Heartbeat.closes.append((code, clean, trio.current_time()))
+        Heartbeat.closed.set()
+
+
+async def test_a_peer_that_never_answers_pings_is_dropped(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    Heartbeat.closes, Heartbeat.closed = [], trio.Event()
+    server = await start(Heartbeat)
+    async with open_client(f"{server.url}/r") as alive:
+        stream, ws = await raw_handshake(server.port, "/r")
+        t0 = trio.current_time()
+        async with stream:
+            # This peer never reads, so never answers a ping.
+            with trio.fail_after(100):
+                await Heartbeat.closed.wait()
+            code, clean, at = Heartbeat.closes[0]
+            assert (code, clean) == (1006, False)
+            assert at - t0 == pytest.approx(30, abs=0.5)  # ping at 20 s, no pong by 30 s
+            data = b""
+            while chunk := await stream.receive_some():
+                data += chunk  # the ping, then the end: no close frame was waited for
+            ws.receive_data(data)
+            assert not any(isinstance(e, CloseConnection) for e in ws.events())
+        await trio.sleep(47)  # the trio-websocket client answers every ping
+        await alive.send_message("still here")
+        with trio.fail_after(1):
+            assert await alive.get_message() == "still here"
+    assert len(Heartbeat.closes) == 2
+
+
+async def test_pong_for_an_unsolicited_ping_and_a_client_ping_answered(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Heartbeat)
+    async with open_client(f"{server.url}/r") as ws:
+        with trio.fail_after(5):
+            await ws.ping(b"client ping")  # answered by the connection, not the room
+        await ws.send_message("x")
+        assert await ws.get_message() == "x"
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "error"),
+    [
+        ("hibernate_after", 0, ValueError),
+        ("ping_interval", -1, ValueError),
+        ("ping_timeout", None, ValueError),
+        ("auto_response", ("ping",), TypeError),
+        ("auto_response", ("ping", 5), TypeError),
+    ],
+)
+def test_bad_configuration_is_refused(attr: str, value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=attr):
+        type("Bad", (roomkit.Room,), {attr: value})
