@@ -43,13 +43,12 @@ class Sleepy(roomkit.Room):
         Sleepy.messages += 1
         if message == "remember":
             self.memory = "in memory"
-        self.broadcast(
-            {
-                "starts": Sleepy.starts,
-                "memory": getattr(self, "memory", None),
-                "connections": [[c.attachment["user"], list(c.tags)] for c in self.connections()],
-            }.__repr__()
-        )
+        known = {
+            "starts": Sleepy.starts,
+            "memory": getattr(self, "memory", None),
+            "connections": [[c.attachment["user"], list(c.tags)] for c in self.connections()],
+        }
+        self.broadcast(json.dumps(known))
 
 
 @pytest.fixture(autouse=True)
