@@ -35,7 +35,44 @@ class Ledger(roomkit.Room):
         conn.send("ok")
 
 
-ROOMS = {"echo": Echo, "ledger": Ledger}
+class Idle(roomkit.Room):
+    """Tags and attaches each connection, then waits: what an idle chat member costs."""
+
+    hibernate_after = None
+    ping_interval = None
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.tags = ["all"]
+        conn.attachment = {"user": request.room}
+
+
+class Hibernating(Idle):
+    """The same, hibernating after a second without events."""
+
+    hibernate_after = 1.0
+
+
+ROOMS = {"echo": Echo, "ledger": Ledger, "idle": Idle, "hibernating": Hibernating}
+PEERS = ("trio-websocket",)
+
+
+async def _serve_trio_websocket() -> None:
+    """Bare trio-websocket: accept, then read until the peer leaves. roomkit's floor."""
+    import trio_websocket
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
+        )
+        print(f"ws://127.0.0.1:{server.port}", flush=True)
 
 
 async def _serve(room: type[roomkit.Room], storage: str, group_commit: bool) -> None:
@@ -48,7 +85,7 @@ async def _serve(room: type[roomkit.Room], storage: str, group_commit: bool) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("room", choices=sorted(ROOMS))
+    parser.add_argument("room", choices=sorted(ROOMS) + list(PEERS))
     parser.add_argument("--storage", default=":memory:")
     parser.add_argument("--no-group-commit", action="store_true")
     parser.add_argument("--cpu", type=int, default=None, help="pin the server to this core")
@@ -56,7 +93,10 @@ def main() -> None:
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     try:
-        trio.run(_serve, ROOMS[args.room], args.storage, not args.no_group_commit)
+        if args.room == "trio-websocket":
+            trio.run(_serve_trio_websocket)
+        else:
+            trio.run(_serve, ROOMS[args.room], args.storage, not args.no_group_commit)
     except KeyboardInterrupt:
         sys.exit(0)
 

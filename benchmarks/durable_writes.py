@@ -33,7 +33,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 @contextmanager
-def server(room: str, *options: str) -> Iterator[str]:
+def server(room: str, *options: str) -> Iterator[tuple[str, int]]:
+    """A server of ``benchmarks._servers`` on core 0: its URL and process id."""
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmarks._servers", room, "--cpu", "0", *options],
         stdout=subprocess.PIPE,
@@ -41,7 +42,7 @@ def server(room: str, *options: str) -> Iterator[str]:
     )
     try:
         assert process.stdout is not None
-        yield process.stdout.readline().strip()
+        yield process.stdout.readline().strip(), process.pid
     finally:
         process.kill()
         process.wait()
@@ -85,11 +86,12 @@ def main() -> None:
         os.sched_setaffinity(0, {1})
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        with server("echo") as url:
+        with server("echo") as (url, _):
             results["echo"] = measure(url, count, window, runs)
-        with server("ledger", "--storage", f"{tmp}/group.sqlite3") as url:
+        with server("ledger", "--storage", f"{tmp}/group.sqlite3") as (url, _):
             results["durable, group commit"] = measure(url, count, window, runs)
-        with server("ledger", "--storage", f"{tmp}/single.sqlite3", "--no-group-commit") as url:
+        single = (f"{tmp}/single.sqlite3", "--no-group-commit")
+        with server("ledger", "--storage", *single) as (url, _):
             results["durable, one commit per write"] = measure(url, count, window, runs)
     echo = results["echo"]
     print(f"{'scenario':<32} {'msg/s':>10} {'x echo':>8}")

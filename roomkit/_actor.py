@@ -13,14 +13,15 @@ changes go to the group committer and the actor takes its next event at once; th
 outbox waits in the ``_inflight`` queue until the commit is durable and every earlier
 outbox has been released, so sends leave in hook order and never before the writes
 they acknowledge. When the hook raises, both are dropped and ``on_error`` runs.
-Sends from other tasks (a any task but the actor's: a room's helper task, the
-reader answering bad input) bypass the gate.
+Sends from any task but the actor's (the
+reader answering bad input, an auto-response) bypass the gate.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -82,11 +83,6 @@ class _Connect:
     decided: trio.Event = attrs.Factory(trio.Event)
     rejection: tuple[int, str] | None = None
 
-    def settle(self, durable: bool) -> None:
-        if not durable:
-            self.rejection = (500, "Internal error")
-        self.decided.set()
-
 
 @attrs.frozen(eq=False)
 class _Message:
@@ -104,7 +100,11 @@ class _Alarm:
     retry: int
 
 
-_Event = _Connect | _Message | _Closed | _Alarm
+class _Check:
+    """No event: makes the loop look again whether the room is left empty."""
+
+
+_Event = _Connect | _Message | _Closed | _Alarm | _Check
 
 
 @attrs.define(eq=False)
@@ -168,6 +168,7 @@ class RoomActor:
         self._closing = True
         for conn in list(self._connections):
             conn._push(CloseConnection(CloseCode.GOING_AWAY, "Going away"))
+        self._poke()  # a room with no connection left ends now
 
     def sweep(self) -> None:
         """Close the connections idle for ``idle_timeout``; schedule the next sweep."""
@@ -318,14 +319,13 @@ class RoomActor:
                 await self._run(event.conn, room.on_message, event.conn, event.message)
         elif isinstance(event, _Closed):
             conn = event.conn
-            del self._connections[conn]
-            self.tags.discard(conn)
+            self._forget(conn)
             room = await self._room()
             if room is not None:
                 await self._run(
                     conn, room.on_close, conn, conn._close_code, conn._close_reason, conn._was_clean
                 )
-        else:
+        elif isinstance(event, _Alarm):
             await self._handle_alarm(event)
 
     async def _handle_connect(self, event: _Connect) -> None:
@@ -341,7 +341,8 @@ class RoomActor:
             # Open while its own on_connect runs (it is among connections(), sends to it
             # are queued for after the handshake); handshakes still waiting are not.
             conn.state = ConnectionState.OPEN
-            error = await self._hook(room.on_connect, conn, conn.request, settle=event.settle)
+            settle = functools.partial(self._connect_settled, event)
+            error = await self._hook(room.on_connect, conn, conn.request, settle=settle)
             if isinstance(error, Reject):
                 event.rejection = (error.status, error.reason)
             elif error is not None:
@@ -351,8 +352,7 @@ class RoomActor:
                 self._schedule_sweep()
                 return  # decided when its changes are durable
             conn.state = ConnectionState.CLOSED
-        del self._connections[conn]
-        self.tags.discard(conn)
+        self._forget(conn)
         event.decided.set()
 
     async def _handle_alarm(self, event: _Alarm) -> None:
@@ -475,6 +475,26 @@ class RoomActor:
             logger.error("room %s: on_error raised", self.room, exc_info=failure)
             if conn is not None:
                 conn._push(CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error"))
+
+    def _connect_settled(self, event: _Connect, durable: bool) -> None:
+        """Answer the handshake once on_connect's changes are durable, or refuse it (500)."""
+        if not durable:
+            event.rejection = (500, "Internal error")
+            event.conn.state = ConnectionState.CLOSED
+            self._forget(event.conn)
+            self._poke()
+        event.decided.set()
+
+    def _poke(self) -> None:
+        """Have the event loop check whether the room is empty, from outside an event."""
+        self._wake()
+        # WouldBlock: events are queued, and they will do; Broken: the room is gone.
+        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+            self._send.send_nowait(_Check())
+
+    def _forget(self, conn: Connection) -> None:
+        del self._connections[conn]
+        self.tags.discard(conn)
 
     def _idle(self) -> bool:
         queued = self._receive.statistics().current_buffer_used

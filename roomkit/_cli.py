@@ -54,7 +54,10 @@ def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
     try:
         value: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
+        named = exc.name is not None and (
+            exc.name == module_name or module_name.startswith(exc.name + ".")
+        )
+        if not named:  # the module exists, but something it imports does not
             raise
         raise UsageError(f"no module named {exc.name!r}") from None
     for part in attr.split("."):
@@ -92,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--storage",
         default="roomkit.sqlite3",
+        metavar="PATH",
         help="SQLite database file for room storage (roomkit.sqlite3); :memory: keeps none",
     )
     return parser

@@ -33,22 +33,14 @@ import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from wsproto import WSConnection
+from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState as WSState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Pong,
-    RejectConnection,
-    RejectData,
-    TextMessage,
-)
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from ._closecodes import CloseCode
 from ._errors import DecodeError
 from ._frames import encode_message
+from ._frontdoor import Response
 from ._protocol import error_message
 from ._request import Request
 from ._tags import validate_tags
@@ -86,7 +78,12 @@ class Connection:
     """
 
     def __init__(
-        self, actor: RoomActor, stream: trio.abc.Stream, ws: WSConnection, request: Request
+        self,
+        actor: RoomActor,
+        stream: trio.abc.Stream,
+        ws: WSConnection,
+        accept: bytes,
+        request: Request,
     ) -> None:
         self.id: Final = uuid.uuid4().hex
         self.request: Final = request
@@ -98,6 +95,7 @@ class Connection:
         self._actor = actor
         self._stream = stream
         self._ws = ws
+        self._accept: bytes | None = accept  # the 101 response, until it is sent
         self._attachment: str | None = None
         self._queue: list[bytes] = []
         self._wakeup = trio.Event()
@@ -106,6 +104,8 @@ class Connection:
         self._serve_scope = trio.CancelScope()
         self._writer_done = trio.Event()
         self._awaiting_pong = False
+        self._parts: list[Any] = []  # the fragments of the message being received
+        self._size = 0  # their length on the wire
         # What on_close reports.
         self._close_code: int = CloseCode.ABNORMAL_CLOSURE
         self._close_reason = ""
@@ -185,10 +185,12 @@ class Connection:
         try:
             rejection = await self._actor.connect(self)
             if rejection is not None:
-                await self._reject(*rejection)
+                await self._stream.send_all(Response(*rejection).to_bytes())
                 return
             opened = True
-            await self._stream.send_all(self._ws.send(AcceptConnection()))
+            accept, self._accept = self._accept, None
+            assert accept is not None
+            await self._stream.send_all(accept)
             self._expect_pong(False)
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -224,15 +226,6 @@ class Connection:
         self._awaiting_pong = waiting
         wait = room.ping_timeout if waiting else room.ping_interval
         self._actor.set_timer(("ping", self), trio.current_time() + wait)
-
-    async def _reject(self, status: int, reason: str) -> None:
-        body = reason.encode("utf-8")
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        head = self._ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
-        await self._stream.send_all(head + self._ws.send(RejectData(data=body)))
 
     async def _serve(self) -> None:
         with self._serve_scope:
@@ -274,38 +267,39 @@ class Connection:
             self._read_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
 
     async def _read_loop(self) -> None:
-        parts: list[Any] = []
-        size = 0
-        limit = self._actor.room_class.max_message_size
+        eof = False
         while True:
+            for event in self._ws.events():  # first, what came along with the handshake
+                if isinstance(event, CloseConnection):
+                    self._peer_closed(event, clean=not eof)
+                    return
+                await self._on_event(event)
             try:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
+            eof = not data
             self._ws.receive_data(bytes(data) or None)
-            for event in self._ws.events():
-                if isinstance(event, TextMessage | BytesMessage):
-                    if self.state is not ConnectionState.OPEN:
-                        continue  # closing: what the peer still sends is discarded
-                    size += _byte_length(event.data)
-                    if size > limit:
-                        self._push(CloseConnection(CloseCode.MESSAGE_TOO_BIG, "Message too big"))
-                        continue
-                    parts.append(event.data)
-                    if event.message_finished:
-                        self.last_seen = trio.current_time()
-                        await self._deliver(parts)
-                        parts, size = [], 0
-                elif isinstance(event, Ping):
-                    if self._ws.state is WSState.OPEN:
-                        self._queue.append(self._ws.send(event.response()))
-                        self._wakeup.set()
-                elif isinstance(event, Pong):
-                    if self._awaiting_pong:
-                        self._expect_pong(False)
-                elif isinstance(event, CloseConnection):
-                    self._peer_closed(event, clean=data != b"")
-                    return
+
+    async def _on_event(self, event: object) -> None:
+        if isinstance(event, TextMessage | BytesMessage):
+            if self.state is not ConnectionState.OPEN:
+                return  # closing: what the peer still sends is discarded
+            self._size += _byte_length(event.data)
+            if self._size > self._actor.room_class.max_message_size:
+                self._push(CloseConnection(CloseCode.MESSAGE_TOO_BIG, "Message too big"))
+                return
+            self._parts.append(event.data)
+            if event.message_finished:
+                parts, self._parts, self._size = self._parts, [], 0
+                self.last_seen = trio.current_time()
+                await self._deliver(parts)
+        elif isinstance(event, Ping):
+            if self._ws.state is WSState.OPEN:
+                self._queue.append(self._ws.send(event.response()))
+                self._wakeup.set()
+        elif isinstance(event, Pong) and self._awaiting_pong:
+            self._expect_pong(False)
 
     def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
         """Record how the connection ended and answer a close frame that needs an answer."""
@@ -327,8 +321,7 @@ class Connection:
         message: Any = "".join(parts) if isinstance(parts[0], str) else b"".join(parts)
         auto = self._actor.auto_response
         if auto is not None and type(message) is type(auto[0]) and message == auto[0]:
-            self._queue.append(auto[1])  # answered here: the room is not woken
-            self._wakeup.set()
+            self._push(auto[1])  # answered here: the room is not woken
             return
         protocol = self._actor.room_class.protocol
         if protocol is not None:
@@ -355,7 +348,7 @@ def _check_close(code: int, reason: str) -> None:
         or 3000 <= code <= 4999
     ):
         raise ValueError(
-            f"close code {code} may not be sent; use 1000-1014 (not 1004-1006) or 3000-4999"
+            f"close code {code} may not be sent; use 1000-1003, 1007-1014 or 3000-4999"
         )
     if len(reason.encode("utf-8")) > MAX_CLOSE_REASON:
         raise ValueError(f"a close reason is at most {MAX_CLOSE_REASON} bytes of UTF-8")

@@ -13,6 +13,8 @@ Routes: a single Room class serves ``/{name}``; a mapping ``{"/chat": ChatRoom}`
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Final, Generic, TypeVar
@@ -23,7 +25,15 @@ import h11
 
 from ._roomid import RoomId
 
-__all__ = ["MAX_ROOM_NAME", "RequestHead", "Response", "RoomTarget", "Router", "parse_head"]
+__all__ = [
+    "MAX_ROOM_NAME",
+    "RequestHead",
+    "Response",
+    "RoomTarget",
+    "Router",
+    "handshake_response",
+    "parse_head",
+]
 
 #: Longest room name, in characters; a name is a key, not a document.
 MAX_ROOM_NAME: Final = 256
@@ -101,6 +111,40 @@ def parse_head(data: bytes) -> RequestHead | Response:
             value = headers[name] + ("; " if name == "cookie" else ", ") + value
         headers[name] = value
     return RequestHead(event.method.decode("ascii"), event.target.decode("latin-1"), headers)
+
+
+#: RFC 6455 section 1.3: appended to the client's key before hashing.
+_WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def handshake_response(head: RequestHead) -> bytes | Response:
+    """The ``101 Switching Protocols`` answer to a WebSocket upgrade, or why it is refused.
+
+    roomkit negotiates no extension (a broadcast's frame is then the same bytes for
+    every recipient) and no subprotocol.
+    """
+    version = head.headers.get("sec-websocket-version", "")
+    if version != "13":
+        return Response(
+            426,
+            f"Bad WebSocket handshake: unsupported Sec-WebSocket-Version {version!r}",
+            (("sec-websocket-version", "13"),),
+        )
+    tokens = {t.strip().lower() for t in head.headers.get("connection", "").split(",")}
+    if "upgrade" not in tokens:
+        return Response(400, "Bad WebSocket handshake: Connection header lacks 'upgrade'")
+    key = head.headers.get("sec-websocket-key", "").strip()
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid_key = False
+    if not valid_key:
+        return Response(400, "Bad WebSocket handshake: missing or malformed Sec-WebSocket-Key")
+    accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _WEBSOCKET_GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
 
 
 def room_name_error(segment: str) -> str | None:

@@ -107,7 +107,7 @@ def _make_converter() -> cattrs.Converter:
     return conv
 
 
-#: The one converter for messages (and, later, storage values); strict on input.
+#: The one converter, for messages and for attrs values in storage; strict on input.
 converter: Final = _make_converter()
 
 

@@ -5,16 +5,19 @@ The tree::
     serve()
     ├── accept loop, and one front-door task per new TCP connection (reads the request
     │   head, answers plain HTTP, hands WebSocket upgrades to a room)
-    └── rooms scope (shielded until shutdown)
-        └── one RoomActor.run per live room
-            ├── the room's event loop (hooks, one at a time)
-            └── one Connection.run per connection (reader + writer)
+    └── runtime scope (shielded until shutdown)
+        ├── the committer (group commit of every room's writes)
+        ├── the scheduler (alarms, idle sweeps, pings, on Trio's clock)
+        └── rooms scope
+            └── one RoomActor.run per live room
+                ├── the room's event loop (hooks, one at a time; ends on hibernation)
+                └── one Connection._run per connection (reader + writer)
 
 Shutdown, when ``serve`` is cancelled, in order: stop accepting and drop half-read
 request heads; close every open connection with 1001 "Going away" and refuse handshakes
 still waiting on ``on_connect`` with 503; wait, at most ``SHUTDOWN_TIMEOUT``, for the
 connections to finish their closing handshakes and their rooms' ``on_close`` hooks;
-then cancel whatever is left.
+cancel whatever is left; flush the committer (bounded too); close the store.
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ from typing import Final
 
 import attrs
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import Request as WSRequest
-from wsproto.utilities import RemoteProtocolError
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionType
 
 from ._actor import RoomActor, TimerKey
 from ._alarms import Scheduler
 from ._committer import Committer
 from ._connection import RECEIVE_BYTES, Connection
-from ._frontdoor import Response, Router, parse_head
+from ._frontdoor import Response, Router, handshake_response, parse_head
 from ._request import Request
 from ._room import Room
 from ._roomid import RoomId
@@ -279,7 +281,7 @@ class _Runtime:
                 await stream.send_all(decision.to_bytes())
                 return
             actor = self._room_for(decision.room_class, decision.room)
-            actor.admit(Connection(actor, stream, decision.ws, decision.request))
+            actor.admit(Connection(actor, stream, decision.ws, decision.accept, decision.request))
             handed_off = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -288,22 +290,19 @@ class _Runtime:
                 await trio.aclose_forcefully(stream)
 
     def _decide(self, raw: bytes, remote: tuple[str, int] | None) -> Response | _Upgrade:
-        head = parse_head(raw)
+        end = raw.index(b"\r\n\r\n") + 4
+        head = parse_head(raw[:end])
         if isinstance(head, Response):
             return head
         target = self._router.route(head)
         if isinstance(target, Response):
             return target
-        ws = WSConnection(ConnectionType.SERVER)
-        try:
-            ws.receive_data(raw)
-            event = next(ws.events(), None)
-        except RemoteProtocolError as exc:
-            return Response(400, f"Bad WebSocket handshake: {exc}")
-        if not isinstance(event, WSRequest):
-            return Response(400, "Bad WebSocket handshake")
+        accept = handshake_response(head)
+        if isinstance(accept, Response):
+            return accept
+        ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
         request = Request(head.path, target.room.name, head.query, head.headers, remote)
-        return _Upgrade(target.route, target.room, ws, request)
+        return _Upgrade(target.route, target.room, ws, accept, request)
 
     def _room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
         actor = self._rooms.get(room)
@@ -322,6 +321,7 @@ class _Upgrade:
     room_class: type[Room]
     room: RoomId
     ws: WSConnection
+    accept: bytes
     request: Request
 
 

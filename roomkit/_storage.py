@@ -117,8 +117,9 @@ class Storage:
     def transaction(self) -> Transaction:
         """A block whose writes happen all or not at all, within the hook's own.
 
-        ``async with room.storage.transaction() as txn:`` — if the block raises, or
-        calls ``txn.rollback()``, its writes are undone and the hook goes on.
+        ``async with room.storage.transaction() as txn:`` — if the block raises, its
+        writes are undone and the exception propagates as usual; if it calls
+        ``txn.rollback()``, its writes are undone and the hook goes on.
         """
         return Transaction(self)
 

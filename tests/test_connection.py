@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 import roomkit
@@ -276,3 +277,24 @@ async def test_peer_that_never_answers_our_close_is_dropped(
         assert await wait_closed() == (1006, "", False)
         assert 5 <= trio.current_time() - before < 6
         assert await stream.receive_some() == b""
+
+
+async def test_frames_sent_with_the_handshake_are_not_lost(start: Start) -> None:
+    class Echo(roomkit.Room):
+        async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+            conn.send(message)
+
+    server = await start(Echo)
+    early = WSConnection(ConnectionType.CLIENT)
+    handshake = early.send(Request(host="127.0.0.1", target="/r"))
+    frames = Connection(ConnectionType.CLIENT).send(TextMessage(data="early bird"))
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(handshake + frames)  # without waiting for the 101
+        with trio.fail_after(5):
+            while True:
+                early.receive_data(await stream.receive_some())
+                texts = [e.data for e in early.events() if isinstance(e, TextMessage)]
+                if texts:
+                    assert texts == ["early bird"]
+                    return

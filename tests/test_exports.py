@@ -30,6 +30,7 @@ def test_public_names() -> None:
         "AlarmWrite",
         "Changes",
         "KeyRange",
+        "RoomId",
         "SQLiteStore",
         "Store",
         "StoredAlarm",

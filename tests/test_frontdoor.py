@@ -8,7 +8,14 @@ import trio.testing
 import trio_websocket
 
 import roomkit
-from roomkit._frontdoor import RequestHead, Response, RoomTarget, Router, parse_head
+from roomkit._frontdoor import (
+    RequestHead,
+    Response,
+    RoomTarget,
+    Router,
+    handshake_response,
+    parse_head,
+)
 from roomkit._roomid import RoomId
 
 from .helpers import Start, http, open_client
@@ -123,11 +130,35 @@ async def test_bad_room_name_is_refused_before_any_room_exists(start: Start) -> 
     assert server.room_count == 0
 
 
-async def test_handshake_without_a_key_is_400(start: Start) -> None:
+@pytest.mark.parametrize(
+    ("headers", "status", "problem"),
+    [
+        (b"Connection: Upgrade\r\nUpgrade: websocket\r\n", 426, b"Sec-WebSocket-Version ''"),
+        (UPGRADE.replace(b"13", b"8"), 426, b"unsupported Sec-WebSocket-Version '8'"),
+        (UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"), 400, b"Sec-WebSocket-Key"),
+        (UPGRADE.replace(b"Connection: Upgrade", b"Connection: keep-alive"), 400, b"'upgrade'"),
+    ],
+)
+async def test_bad_handshakes_are_refused(
+    start: Start, headers: bytes, status: int, problem: bytes
+) -> None:
     server = await start(Hello)
-    request = b"GET /r HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-    status, _, body = await http(server.port, request)
-    assert status == 400 and body.startswith(b"Bad WebSocket handshake")
+    request = b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" + headers + b"\r\n"
+    got, response_headers, body = await http(server.port, request)
+    assert got == status and body.startswith(b"Bad WebSocket handshake") and problem in body
+    if status == 426:
+        assert response_headers["sec-websocket-version"] == "13"
+    assert server.room_count == 0
+
+
+def test_handshake_response_follows_rfc_6455() -> None:
+    # The example of RFC 6455 section 1.3.
+    parsed = parse_head(b"GET /r HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n")
+    assert isinstance(parsed, RequestHead)
+    accepted = handshake_response(parsed)
+    assert isinstance(accepted, bytes)
+    assert accepted.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in accepted
 
 
 async def test_oversized_head_is_431(start: Start) -> None:

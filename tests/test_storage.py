@@ -347,3 +347,22 @@ async def test_list_is_right_when_a_commit_lands_during_its_read(start: Start) -
         store.answer.set()
         replies = [await receive_json(ws) for _ in range(2)]
         assert replies[1]["result"] == [["late", 1]]
+
+
+async def test_a_failed_commit_of_on_connect_refuses_the_handshake(start: Start) -> None:
+    class Failing(GatedStore):
+        async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+            raise OSError("disk full")
+
+    class Greeter(roomkit.Room):
+        async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+            await self.storage.put("visits", 1)
+            conn.send("welcome")  # must never arrive: the write it reports was lost
+
+    server = await start(Greeter, storage=Failing(await SQLiteStore.open(":memory:")))
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with open_client(f"{server.url}/r"):
+            pass
+    assert info.value.status_code == 500
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.room_count == 0  # the refused connection is not left behind

@@ -4,6 +4,7 @@ A new backend (PostgreSQL, Redis) subclasses :class:`Store`; pass an instance to
 ``roomkit.serve(..., storage=store)``.
 """
 
+from .._roomid import RoomId as RoomId
 from ._base import Store as Store
 from ._base import StoredAlarm as StoredAlarm
 from ._changes import AlarmWrite as AlarmWrite
@@ -11,4 +12,4 @@ from ._changes import Changes as Changes
 from ._changes import KeyRange as KeyRange
 from ._sqlite import SQLiteStore as SQLiteStore
 
-__all__ = ["AlarmWrite", "Changes", "KeyRange", "SQLiteStore", "Store", "StoredAlarm"]
+__all__ = ["AlarmWrite", "Changes", "KeyRange", "RoomId", "SQLiteStore", "Store", "StoredAlarm"]
