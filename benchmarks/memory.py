@@ -5,6 +5,8 @@ Opens N rooms with one idle connection each (2,000 by default) against:
 * roomkit with hibernation off (every Room instance and event loop stays),
 * roomkit with hibernation on (``hibernate_after = 1``: instances dropped),
 * bare trio-websocket (accept and wait), the transport roomkit stands on,
+* roomkit with every connection in one hibernated room, so that the difference from the
+  second line is what a hibernated room costs beyond its socket,
 
 and reports the server process's resident memory per connection, measured from
 ``/proc/PID/status`` before the connections and after they have settled. The load is
@@ -37,7 +39,7 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def hold(url: str, rooms: int, pid: int, pause: float) -> float:
+async def hold(url: str, rooms: int, pid: int, pause: float, one_room: bool = False) -> float:
     """Open one connection per room, in batches ``pause`` seconds apart; KiB of RSS each.
 
     The pause lets the rooms of one batch hibernate before the next batch connects, so
@@ -47,7 +49,8 @@ async def hold(url: str, rooms: int, pid: int, pause: float) -> float:
     before = rss_kib(pid)
     connections = []
     for start in range(0, rooms, BATCH):
-        batch = [websockets.connect(f"{url}/room{i}") for i in range(start, start + BATCH)]
+        names = [0 if one_room else i for i in range(start, start + BATCH)]
+        batch = [websockets.connect(f"{url}/room{n}") for n in names]
         connections += await asyncio.gather(*batch)
         await asyncio.sleep(pause)
     after = rss_kib(pid)
@@ -64,19 +67,22 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {1})
     results: dict[str, float] = {}
-    for name, pause in (("trio-websocket", 0.1), ("idle", 0.1), ("hibernating", 1.5)):
-        with server(name) as (url, pid):
-            results[name] = asyncio.run(hold(url, rooms, pid, pause))
-    floor = results["trio-websocket"]
-    labels = {
-        "trio-websocket": "bare trio-websocket",
-        "idle": "roomkit, hibernation off",
-        "hibernating": "roomkit, hibernated",
+    scenarios = {
+        "bare trio-websocket": ("trio-websocket", 0.1, False),
+        "roomkit, hibernation off": ("idle", 0.1, False),
+        "roomkit, hibernated": ("hibernating", 1.5, False),
+        "roomkit, all in one room": ("hibernating", 1.5, True),
     }
+    for label, (name, pause, one_room) in scenarios.items():
+        with server(name) as (url, pid):
+            results[label] = asyncio.run(hold(url, rooms, pid, pause, one_room))
+    floor = results["bare trio-websocket"]
     print(f"{rooms} rooms, one idle connection each")
     print(f"{'server':<28} {'KiB/conn':>9} {'x bare':>7}")
-    for name, kib in results.items():
-        print(f"{labels[name]:<28} {kib:>9.1f} {kib / floor:>7.2f}")
+    for label, kib in results.items():
+        print(f"{label:<28} {kib:>9.1f} {kib / floor:>7.2f}")
+    room = results["roomkit, hibernated"] - results["roomkit, all in one room"]
+    print(f"a hibernated room beyond its socket: {room:.1f} KiB")
     RESULTS.mkdir(exist_ok=True)
     report = {
         "benchmark": "memory",
@@ -84,7 +90,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "rooms": rooms,
-        "kib_per_connection": {labels[name]: kib for name, kib in results.items()},
+        "kib_per_connection": results,
+        "kib_per_hibernated_room_beyond_its_socket": room,
     }
     (RESULTS / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
 
