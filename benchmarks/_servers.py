@@ -19,12 +19,16 @@ import roomkit
 class Echo(roomkit.Room):
     """Answers every message with itself: the floor for a round trip through a room."""
 
+    rate_limit = None  # a benchmark floods on purpose
+
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         conn.send(message)
 
 
 class Ledger(roomkit.Room):
     """Stores every message under a new key, then acknowledges it: one durable write each."""
+
+    rate_limit = None
 
     def __init__(self) -> None:
         self.count = 0

@@ -13,6 +13,7 @@ from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
 from ._protocol import Protocol as Protocol
 from ._protocol import converter as converter
+from ._ratelimit import RateLimit as RateLimit
 from ._request import Request as Request
 from ._room import Room as Room
 from ._server import Server as Server
@@ -27,6 +28,7 @@ __all__ = [
     "ConnectionState",
     "DecodeError",
     "Protocol",
+    "RateLimit",
     "Reject",
     "Request",
     "Room",

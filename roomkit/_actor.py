@@ -63,6 +63,7 @@ class RoomHost(Protocol):
     """What a room needs from the server that runs it."""
 
     store: Store
+    connections: int  # the server's count, kept by its rooms
 
     def commit(self, room: RoomId, changes: Changes, done: Callable[[bool], None]) -> None: ...
 
@@ -158,6 +159,7 @@ class RoomActor:
     def admit(self, conn: Connection) -> None:
         """Take ownership of a new connection and start its task in the room's nursery."""
         self._connections[conn] = None
+        self._host.connections += 1
         if self._nursery is None:
             self._backlog.append(conn)
         else:
@@ -288,12 +290,22 @@ class RoomActor:
         return len(recipients)
 
     def emit(self, item: bytes | CloseConnection, recipients: Iterable[Connection]) -> None:
-        """Queue ``item`` for ``recipients``, through the output gate when a hook is running."""
-        if self._outbox is not None and trio.lowlevel.current_task() is self._task:
-            self._outbox.append((item, recipients))
+        """Queue ``item`` for ``recipients``, through the output gate when a hook is running.
+
+        The gate counts what it holds against each recipient's ``max_send_queue`` and
+        keeps a frame only for recipients with room for it, so what one hook sends stays
+        bounded however much it broadcasts.
+        """
+        if self._outbox is None or trio.lowlevel.current_task() is not self._task:
+            for conn in recipients:
+                conn._push(item)
             return
-        for conn in recipients:
-            conn._push(item)
+        if isinstance(item, bytes):
+            size = len(item)
+            recipients = [conn for conn in recipients if conn._hold(size)]
+            if not recipients:
+                return
+        self._outbox.append((item, recipients))
 
     def storage_layers(self) -> list[Changes]:
         """The changes not yet durable, oldest first; the running hook's last."""
@@ -411,6 +423,7 @@ class RoomActor:
         try:
             await hook(*args)
         except Exception as exc:
+            _unhold(outbox)  # dropped
             return exc
         finally:
             self._outbox = self._changes = None
@@ -443,6 +456,7 @@ class RoomActor:
         inflight = self._inflight
         while inflight and inflight[0].durable:
             pending = inflight.popleft()
+            _unhold(pending.outbox)
             for item, recipients in pending.outbox:
                 for conn in recipients:
                     conn._push(item)
@@ -460,6 +474,7 @@ class RoomActor:
         """
         logger.error("room %s: storage failed; resetting the room", self.room)
         for pending in self._inflight:
+            _unhold(pending.outbox)
             if pending.settle is not None:
                 pending.settle(False)
         self._inflight.clear()
@@ -494,6 +509,7 @@ class RoomActor:
 
     def _forget(self, conn: Connection) -> None:
         del self._connections[conn]
+        self._host.connections -= 1
         self.tags.discard(conn)
 
     def _idle(self) -> bool:
@@ -518,3 +534,12 @@ class RoomActor:
 
     def cancel_timer(self, key: TimerKey) -> None:
         self._host.cancel_timer(key)
+
+
+def _unhold(outbox: _Outbox) -> None:
+    """Give back the bytes an outbox held against its recipients' send queues."""
+    for item, recipients in outbox:
+        if isinstance(item, bytes):
+            size = len(item)
+            for conn in recipients:
+                conn._unhold(size)

@@ -42,6 +42,7 @@ from ._errors import DecodeError
 from ._frames import encode_message
 from ._frontdoor import Response
 from ._protocol import error_message
+from ._ratelimit import Verdict
 from ._request import Request
 from ._tags import validate_tags
 
@@ -58,6 +59,11 @@ CLOSE_TIMEOUT: Final = 5.0
 MAX_ATTACHMENT: Final = 16 * 1024
 #: Longest close reason in bytes (a control frame's payload is at most 125 bytes).
 MAX_CLOSE_REASON: Final = 123
+
+
+_RATE_LIMITED: Final = encode_message(
+    error_message("too many messages: this one was dropped", code="rate_limited")
+)
 
 
 class ConnectionState(enum.Enum):
@@ -98,6 +104,11 @@ class Connection:
         self._accept: bytes | None = accept  # the 101 response, until it is sent
         self._attachment: str | None = None
         self._queue: list[bytes] = []
+        # Bytes waiting for this peer: queued, being written, held by the output gate.
+        self._queued = self._writing = self._gated = 0
+        self._send_limit = actor.room_class.max_send_queue
+        limit = actor.room_class.rate_limit
+        self._bucket = None if limit is None else limit.bucket(trio.current_time())
         self._wakeup = trio.Event()
         self._close_frame: CloseConnection | None = None  # to send once the queue is out
         self._read_scope = trio.CancelScope()
@@ -166,14 +177,54 @@ class Connection:
     # The room's side: called by the actor, the server and the loops below.
 
     def _push(self, item: bytes | CloseConnection) -> None:
-        """Queue an encoded frame, or ask for a close; dropped once the connection is closing."""
+        """Queue an encoded frame, or ask for a close; dropped once the connection is closing.
+
+        A frame that would take the bytes waiting for this peer past ``max_send_queue``
+        cuts the connection off as a slow consumer instead.
+        """
         if self.state not in (ConnectionState.CONNECTING, ConnectionState.OPEN):
             return
         if isinstance(item, CloseConnection):
             self.state = ConnectionState.CLOSING
             self._close_frame = item
-        else:
-            self._queue.append(item)
+            self._wakeup.set()
+        elif self._room_for(len(item)):
+            self._enqueue(item)
+
+    def _hold(self, size: int) -> bool:
+        """Count ``size`` bytes that the output gate holds for this connection.
+
+        Returns False (and cuts the connection off, if that is why) when the connection
+        takes no more: the gate then keeps nothing for it.
+        """
+        if self.state is not ConnectionState.OPEN or not self._room_for(size):
+            return False
+        self._gated += size
+        return True
+
+    def _unhold(self, size: int) -> None:
+        self._gated -= size
+
+    def _room_for(self, size: int) -> bool:
+        if self._queued + self._writing + self._gated + size <= self._send_limit:
+            return True
+        self._cut_off()
+        return False
+
+    def _cut_off(self) -> None:
+        """Close a slow consumer (1008) and free its queue; drop it if it cannot even take
+        the close frame within ``CLOSE_TIMEOUT``. The room never waits for it."""
+        self._queue.clear()
+        self._queued = 0
+        self.state = ConnectionState.CLOSING
+        self._close_frame = CloseConnection(CloseCode.POLICY_VIOLATION, "slow consumer")
+        self._serve_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+        self._wakeup.set()
+
+    def _enqueue(self, frame: bytes) -> None:
+        """Queue a frame for the writer, control frames included; no limit, no state check."""
+        self._queue.append(frame)
+        self._queued += len(frame)
         self._wakeup.set()
 
     async def _run(self) -> None:
@@ -214,8 +265,7 @@ class Connection:
         if self._awaiting_pong:
             self._serve_scope.cancel()
             return
-        self._queue.append(self._ws.send(Ping(b"roomkit")))
-        self._wakeup.set()
+        self._enqueue(self._ws.send(Ping(b"roomkit")))
         self._expect_pong(True)
 
     def _expect_pong(self, waiting: bool) -> None:
@@ -250,7 +300,9 @@ class Connection:
                     await self._wakeup.wait()
                 if self._queue:
                     data, self._queue = b"".join(self._queue), []
+                    self._queued, self._writing = 0, len(data)
                     await self._stream.send_all(data)
+                    self._writing = 0
                 elif self._close_frame is not None:
                     await self._write_close(self._close_frame)
                     return
@@ -292,12 +344,17 @@ class Connection:
             self._parts.append(event.data)
             if event.message_finished:
                 parts, self._parts, self._size = self._parts, [], 0
-                self.last_seen = trio.current_time()
-                await self._deliver(parts)
+                self.last_seen = now = trio.current_time()
+                verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
+                if verdict is Verdict.ALLOW:
+                    await self._deliver(parts)
+                elif verdict is Verdict.DROP:
+                    self._push(_RATE_LIMITED)
+                else:
+                    self._push(CloseConnection(CloseCode.POLICY_VIOLATION, "rate limit exceeded"))
         elif isinstance(event, Ping):
             if self._ws.state is WSState.OPEN:
-                self._queue.append(self._ws.send(event.response()))
-                self._wakeup.set()
+                self._enqueue(self._ws.send(event.response()))
         elif isinstance(event, Pong) and self._awaiting_pong:
             self._expect_pong(False)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Final, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote
@@ -168,9 +168,15 @@ class Router(Generic[T]):
     Args:
       routes: the route object for ``/{name}`` (e.g. a Room class), or a mapping from
         a prefix (``"/chat"``) to the route object for ``/chat/{name}``.
+      allowed_origins: the ``Origin`` values (``"https://example.com"``) a browser page
+        may open WebSockets from; others get 403. A request without an ``Origin``
+        header (not from a browser) is always allowed. None allows every origin.
     """
 
-    def __init__(self, routes: T | Mapping[str, T]) -> None:
+    def __init__(
+        self, routes: T | Mapping[str, T], *, allowed_origins: Iterable[str] | None = None
+    ) -> None:
+        self._origins = None if allowed_origins is None else _origins(allowed_origins)
         if isinstance(routes, Mapping):
             self._routes: dict[str, T] = {}
             for prefix, route in routes.items():
@@ -193,8 +199,19 @@ class Router(Generic[T]):
         problem = room_name_error(segment)
         if problem is not None:
             return Response(400, f"Bad room name: {problem}")
+        origin = head.headers.get("origin")
+        if origin is not None and self._origins is not None:
+            allowed = origin.strip().lower() in self._origins
+            if not allowed:
+                return Response(403, "Origin not allowed")
         return RoomTarget(route, RoomId(prefix, unquote(segment)))
 
     def route_for(self, namespace: str) -> T | None:
         """The route serving rooms of ``namespace`` (a prefix), or None if none does."""
         return self._routes.get(namespace)
+
+
+def _origins(origins: Iterable[str]) -> frozenset[str]:
+    if isinstance(origins, str):
+        raise TypeError("allowed_origins is an iterable of origins, not a single string")
+    return frozenset(origin.strip().lower().rstrip("/") for origin in origins)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._closecodes import CloseCode
 from ._protocol import Protocol
+from ._ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from ._actor import RoomActor
@@ -39,6 +40,13 @@ class Room:
       protocol: the typed messages of the room, or None for raw ``str``/``bytes``.
       max_message_size: bytes; a bigger incoming message closes its connection with 1009.
       max_connections: connections the room accepts at once; more are refused with 503.
+      max_send_queue: bytes that may wait for one connection (queued, being written, or
+        held by the output gate); a connection that would pass it is closed with 1008
+        "slow consumer" and its queue freed. 1 MiB by default.
+      rate_limit: a token bucket for each connection's incoming messages
+        (auto-responses included); 100 a second with bursts of 200 by default, None for
+        no limit. A message with no token is dropped and answered with an error; a peer
+        that keeps flooding is closed with 1008.
       idle_timeout: seconds; a connection that sends nothing for that long is closed
         with 1000 "Idle timeout". None (the default) never closes a quiet connection.
       hibernate_after: seconds without an event before the Room instance is dropped
@@ -55,6 +63,8 @@ class Room:
     protocol: ClassVar[Protocol | None] = None
     max_message_size: ClassVar[int] = 1 << 20
     max_connections: ClassVar[int] = 10_000
+    max_send_queue: ClassVar[int] = 1 << 20
+    rate_limit: ClassVar[RateLimit | None] = RateLimit(per_second=100, burst=200)
     idle_timeout: ClassVar[float | None] = None
     hibernate_after: ClassVar[float | None] = 10.0
     auto_response: ClassVar[tuple[str | bytes, str | bytes] | None] = None
@@ -67,7 +77,9 @@ class Room:
         super().__init_subclass__(**kwargs)
         if cls.protocol is not None and not isinstance(cls.protocol, Protocol):
             raise TypeError(f"{cls.__name__}.protocol must be a roomkit.Protocol or None")
-        for attr in ("max_message_size", "max_connections"):
+        if cls.rate_limit is not None and not isinstance(cls.rate_limit, RateLimit):
+            raise TypeError(f"{cls.__name__}.rate_limit must be a roomkit.RateLimit or None")
+        for attr in ("max_message_size", "max_connections", "max_send_queue"):
             value = getattr(cls, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{cls.__name__}.{attr} must be a positive int, not {value!r}")

@@ -26,7 +26,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 import attrs
@@ -91,6 +91,8 @@ async def serve(
     storage: str | os.PathLike[str] | Store = ":memory:",
     group_commit: bool = True,
     handshake_timeout: float = 10.0,
+    allowed_origins: Iterable[str] | None = None,
+    max_connections: int | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve rooms over WebSockets until cancelled.
@@ -105,7 +107,14 @@ async def serve(
         :class:`roomkit.storage.Store`.
       group_commit: write the changes of many hooks in one transaction (one fsync);
         False commits each hook's changes on its own, for comparison.
-      handshake_timeout: seconds a client has to send its whole request head.
+      handshake_timeout: seconds a client has to send its whole request head; a slower
+        one is dropped.
+      allowed_origins: the ``Origin`` values (``"https://example.com"``) that browser
+        pages may connect from; a handshake from another origin gets 403 (cross-site
+        WebSocket hijacking). Requests without an ``Origin`` (not from a browser) are
+        allowed. None, the default, allows every origin.
+      max_connections: WebSocket connections the whole server holds at once; beyond
+        it the handshake gets 503. None: no limit but each room's ``max_connections``.
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
         listening and every stored alarm is scheduled.
 
@@ -117,7 +126,9 @@ async def serve(
         server = await nursery.start(partial(roomkit.serve, MyRoom, port=0))
         async with trio_websocket.open_websocket_url(f"{server.url}/lobby") as ws: ...
     """
-    router = Router[type[Room]](rooms)
+    router = Router[type[Room]](rooms, allowed_origins=allowed_origins)
+    if max_connections is not None and max_connections < 1:
+        raise ValueError(f"max_connections must be positive or None, not {max_connections!r}")
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
         if not (isinstance(route, type) and issubclass(route, Room)):
             raise TypeError(f"a route must be a Room subclass, not {route!r}")
@@ -125,7 +136,7 @@ async def serve(
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
         server = Server(host, listeners[0].socket.getsockname()[1])
-        runtime = _Runtime(server, router, store, group_commit, handshake_timeout)
+        runtime = _Runtime(server, router, store, group_commit, handshake_timeout, max_connections)
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             for listener in listeners:
@@ -152,10 +163,13 @@ class _Runtime:
         store: Store,
         group_commit: bool,
         handshake_timeout: float,
+        max_connections: int | None,
     ) -> None:
         self.store = store
         self._router = router
         self._handshake_timeout = handshake_timeout
+        self._max_connections = max_connections
+        self.connections = 0  # open or opening WebSocket connections, all rooms
         self._rooms = server._rooms
         self._committer = Committer(store, group=group_commit)
         self._scheduler = Scheduler[TimerKey](self._fire)
@@ -277,6 +291,9 @@ class _Runtime:
             if head is None:
                 return  # silent, slow, or gone: nobody to answer
             decision = head if isinstance(head, Response) else self._decide(head, _remote(stream))
+            full = self._max_connections is not None and self.connections >= self._max_connections
+            if full and not isinstance(decision, Response):
+                decision = Response(503, "Server is full")
             if isinstance(decision, Response):
                 await stream.send_all(decision.to_bytes())
                 return

@@ -16,6 +16,8 @@ class KV(roomkit.Room):
     ``{"op": "put", "key": "a", "value": 1}`` → ``{"op": "put", "result": null}``.
     """
 
+    rate_limit = None  # the crash test streams thousands of writes as fast as it can
+
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         command = json.loads(message)
         op = command.pop("op")

@@ -13,6 +13,7 @@ def test_public_names() -> None:
         "ConnectionState",
         "DecodeError",
         "Protocol",
+        "RateLimit",
         "Reject",
         "Request",
         "Room",

@@ -1,0 +1,46 @@
+"""The token bucket (pure): exact counts at exact times."""
+
+from __future__ import annotations
+
+import pytest
+
+from roomkit import RateLimit
+from roomkit._ratelimit import FLOOD_SECONDS, Verdict
+
+
+def test_burst_then_refill() -> None:
+    bucket = RateLimit(per_second=10, burst=5).bucket(now=0.0)
+    assert [bucket.take(0.0) for _ in range(6)] == [Verdict.ALLOW] * 5 + [Verdict.DROP]
+    assert bucket.take(0.1) is Verdict.ALLOW  # one token back after 1/10 s
+    assert bucket.take(0.1) is Verdict.DROP
+    assert [bucket.take(10.0) for _ in range(6)] == [Verdict.ALLOW] * 5 + [Verdict.DROP]
+
+
+def test_a_steady_sender_at_the_rate_is_never_dropped() -> None:
+    bucket = RateLimit(per_second=10, burst=1).bucket(now=0.0)
+    assert all(bucket.take(i / 10) is Verdict.ALLOW for i in range(1000))
+
+
+def test_a_flood_runs_out_of_patience() -> None:
+    limit = RateLimit(per_second=10, burst=5)
+    bucket = limit.bucket(now=0.0)
+    verdicts = [bucket.take(0.0) for _ in range(5 + int(10 * FLOOD_SECONDS))]
+    assert verdicts[:5] == [Verdict.ALLOW] * 5
+    assert verdicts[5:-1] == [Verdict.DROP] * (int(10 * FLOOD_SECONDS) - 1)
+    assert verdicts[-1] is Verdict.FLOOD
+
+
+def test_patience_comes_back() -> None:
+    limit = RateLimit(per_second=10, burst=5)
+    bucket = limit.bucket(now=0.0)
+    for _ in range(5 + 25):  # spends most of the patience
+        bucket.take(0.0)
+    # Ten quiet seconds later, tokens and patience are full: it acts like a new bucket.
+    fresh = limit.bucket(now=10.0)
+    assert [bucket.take(10.0) for _ in range(40)] == [fresh.take(10.0) for _ in range(40)]
+
+
+@pytest.mark.parametrize(("per_second", "burst"), [(0, 1), (-1, 1), (float("inf"), 1), (1, 0)])
+def test_bad_limits_are_refused(per_second: float, burst: int) -> None:
+    with pytest.raises(ValueError):
+        RateLimit(per_second=per_second, burst=burst)
