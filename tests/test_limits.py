@@ -1,0 +1,238 @@
+"""Hostile peers: floods, slow readers, too many connections, foreign origins, and a
+shutdown under load. Each test checks what the bad peer gets and that a well-behaved
+client in the same room is still served.
+
+Rate limits are checked on a frozen ``mock_clock`` (time does not move, so exactly the
+burst gets through); slow consumers need real socket buffers to fill, so they use the
+real clock with small bounded waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from functools import partial
+from typing import Any, ClassVar
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+import roomkit
+from roomkit._ratelimit import FLOOD_SECONDS
+
+from .helpers import Start, expect_close, open_client, receive_json
+
+
+class Limited(roomkit.Room):
+    rate_limit = roomkit.RateLimit(per_second=10, burst=5)
+    auto_response = ("ping", "pong")
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
+
+
+async def test_rate_limit_drops_with_an_error_then_closes_a_flood(
+    start: Start, mock_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Limited)
+    async with open_client(f"{server.url}/r") as flood, open_client(f"{server.url}/r") as calm:
+        for i in range(4):
+            await flood.send_message(str(i))
+        await flood.send_message("ping")  # auto-responses take a token too
+        await flood.send_message("dropped")
+        assert [await flood.get_message() for _ in range(5)] == ["0", "1", "2", "3", "pong"]
+        error = await receive_json(flood)
+        assert (error["type"], error["code"]) == ("error", "rate_limited")
+
+        await calm.send_message("hello")  # its own bucket: served at once
+        with trio.fail_after(1):
+            assert await calm.get_message() == "hello"
+
+        patience = int(10 * FLOOD_SECONDS)
+        for _ in range(patience - 1):
+            await flood.send_message("more")
+        codes = [(await receive_json(flood))["code"] for _ in range(patience - 2)]
+        assert codes == ["rate_limited"] * (patience - 2)
+        reason = await expect_close(flood)
+        assert (reason.code, reason.reason) == (1008, "rate limit exceeded")
+
+        await calm.send_message("still served")
+        with trio.fail_after(1):
+            assert await calm.get_message() == "still served"
+
+
+async def test_tokens_refill_on_trios_clock(
+    start: Start, mock_clock: trio.testing.MockClock
+) -> None:
+    server = await start(Limited)
+    async with open_client(f"{server.url}/r") as ws:
+        for i in range(6):
+            await ws.send_message(str(i))
+        replies = [await ws.get_message() for _ in range(6)]
+        assert replies[:5] == ["0", "1", "2", "3", "4"] and "rate_limited" in replies[5]
+        mock_clock.jump(0.1)  # one token back
+        await ws.send_message("again")
+        assert await ws.get_message() == "again"
+
+
+class Firehose(roomkit.Room):
+    """Broadcasts a big frame each time it is asked: a slow reader falls behind."""
+
+    max_send_queue = 64 * 1024
+    rate_limit = None
+    payload = "x" * 20_000
+    closes: ClassVar[list[tuple[int, str]]] = []
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        if message == "burst":  # more than max_send_queue inside one hook
+            for _ in range(10):
+                self.broadcast(self.payload)
+        else:
+            self.broadcast(self.payload)
+        conn.send(f"open: {len(self.connections())}")
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Firehose.closes.append((code, reason))
+
+
+async def test_a_slow_consumer_is_cut_off_and_nobody_else_notices(start: Start) -> None:
+    Firehose.closes = []
+    server = await start(Firehose)
+    slow_socket = socket.socket()
+    slow_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills quickly
+    slow_socket.connect(("127.0.0.1", server.port))
+    slow = trio.SocketStream(trio.socket.from_stdlib_socket(slow_socket))
+    async with slow, open_client(f"{server.url}/r") as fast:
+        await slow.send_all(
+            b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        # The slow peer never reads again. The fast one asks for frame after frame.
+        with trio.fail_after(10):
+            for _ in range(1000):
+                await fast.send_message("more")
+                assert await fast.get_message() == Firehose.payload
+                report = await fast.get_message()
+                if report == "open: 1":
+                    break
+            else:
+                pytest.fail("the slow consumer was never cut off")
+        await fast.send_message("more")  # and the fast one goes on as before
+        with trio.fail_after(1):
+            assert await fast.get_message() == Firehose.payload
+
+
+async def test_one_hook_cannot_queue_more_than_the_limit_for_a_peer(start: Start) -> None:
+    Firehose.closes = []
+    server = await start(Firehose)
+    async with open_client(f"{server.url}/r") as ws, open_client(f"{server.url}/r") as other:
+        await ws.send_message("burst")  # 10 x 20 kB for each peer, held by the gate
+        for client in (ws, other):
+            reason = await expect_close(client)
+            assert (reason.code, reason.reason) == (1008, "slow consumer")
+
+
+class Plain(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
+
+
+async def test_server_max_connections_refuses_with_503(start: Start) -> None:
+    server = await start({"/a": Plain, "/b": Plain}, max_connections=2)
+    async with open_client(f"{server.url}/a/x"), open_client(f"{server.url}/b/y"):
+        with pytest.raises(trio_websocket.ConnectionRejected) as info:
+            async with open_client(f"{server.url}/a/z"):
+                pass
+        assert (info.value.status_code, info.value.body) == (503, b"Server is full")
+    await trio.testing.wait_all_tasks_blocked()
+    async with open_client(f"{server.url}/a/z") as ws:  # room again once they left
+        await ws.send_message("in")
+        assert await ws.get_message() == "in"
+
+
+async def test_allowed_origins(start: Start) -> None:
+    server = await start(Plain, allowed_origins=["https://good.example"])
+
+    assert await handshake_status(server.port, "https://good.example") == 101
+    assert await handshake_status(server.port, "HTTPS://GOOD.example") == 101
+    assert await handshake_status(server.port, None) == 101  # not a browser
+    assert await handshake_status(server.port, "https://evil.example") == 403
+
+
+async def handshake_status(port: int, origin: str | None) -> int:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        head = (
+            "GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        )
+        if origin is not None:
+            head += f"Origin: {origin}\r\n"
+        await stream.send_all((head + "\r\n").encode())
+        with trio.fail_after(5):
+            answer = await stream.receive_some()
+    return int(answer.split()[1])
+
+
+class Ledger(roomkit.Room):
+    """Stores each message with a sequence number, then broadcasts it."""
+
+    rate_limit = None
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        seq = await self.storage.get("seq", 0) + 1
+        await self.storage.put("seq", seq)
+        self.broadcast(json.dumps({"seq": seq}))
+
+
+async def test_shutdown_under_load_is_graceful(nursery: trio.Nursery, tmp_path: Any) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[roomkit.Server]) -> None:
+        with scope:
+            await roomkit.serve(Ledger, port=0, storage=db, task_status=task_status)
+        stopped.set()
+
+    server: roomkit.Server = await nursery.start(run)
+    seen: dict[int, list[int]] = {}
+    busy = trio.Event()
+
+    async def member(n: int) -> None:
+        async with open_client(f"{server.url}/busy") as ws:
+            numbers = seen[n] = []
+            with contextlib.suppress(trio_websocket.ConnectionClosed):
+                while True:
+                    await ws.send_message("tick")
+                    numbers.append(json.loads(await ws.get_message())["seq"])
+                    if sum(len(s) for s in seen.values()) >= 200:
+                        busy.set()
+            try:  # what was already on its way, then the close
+                while True:
+                    numbers.append(json.loads(await ws.get_message())["seq"])
+            except trio_websocket.ConnectionClosed as exc:
+                assert exc.reason is not None and exc.reason.code == 1001
+
+    async with trio.open_nursery() as members:
+        for n in range(10):
+            members.start_soon(member, n)
+        with trio.fail_after(10):
+            await busy.wait()
+        scope.cancel()
+    with trio.fail_after(15):
+        await stopped.wait()
+    # Every client saw an unbroken run of broadcasts, in order, up to its 1001.
+    for numbers in seen.values():
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    highest = max(max(s) for s in seen.values() if s)
+    # Every broadcast that went out had its write committed before the server returned.
+    async with trio.open_nursery() as again:
+        server = await again.start(partial(roomkit.serve, Ledger, port=0, storage=db))
+        async with open_client(f"{server.url}/busy") as ws:
+            await ws.send_message("after")
+            assert json.loads(await ws.get_message())["seq"] >= highest + 1
+        again.cancel_scope.cancel()
