@@ -22,7 +22,6 @@ cancel whatever is left; flush the committer (bounded too); close the store.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
@@ -34,10 +33,11 @@ import trio
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
+from ._accept import accept_loop, read_head, remote_address
 from ._actor import RoomActor, TimerKey
 from ._alarms import Scheduler
 from ._committer import Committer
-from ._connection import RECEIVE_BYTES, Connection
+from ._connection import Connection
 from ._frontdoor import Response, Router, handshake_response, parse_head
 from ._request import Request
 from ._room import Room
@@ -48,12 +48,6 @@ __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("roomkit")
 
-#: Largest request head accepted, in bytes (431 beyond); browsers send well under 8 KiB.
-MAX_HEAD: Final = 16 * 1024
-#: Seconds to pause accepting when out of file descriptors or memory, so that closing
-#: connections can free some instead of the loop spinning on the same error.
-ACCEPT_PAUSE: Final = 0.1
-_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 #: Seconds that shutdown waits for connections to close cleanly before cancelling them.
 SHUTDOWN_TIMEOUT: Final = 10.0
 
@@ -140,7 +134,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             for listener in listeners:
-                nursery.start_soon(runtime.accept_loop, listener, nursery)
+                nursery.start_soon(accept_loop, listener, nursery, runtime.front_door)
             task_status.started(server)
             try:
                 await trio.sleep_forever()
@@ -263,34 +257,18 @@ class _Runtime:
         assert self._rooms_nursery is not None
         self._room_for(route, room).post_alarm(alarm.retry, self._rooms_nursery)
 
-    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        """Accept connections for ever, each into a front-door task that owns its stream.
-
-        Unlike ``trio.serve_listeners``, the handler does not close the stream when it
-        returns: a WebSocket's stream passes on to its room.
-        """
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _RESOURCE_ERRORS:
-                        raise
-                    logger.error("accept failed (%s); pausing %s s", exc, ACCEPT_PAUSE)
-                    await trio.sleep(ACCEPT_PAUSE)
-                    continue
-                nursery.start_soon(self.front_door, stream)
-
     async def front_door(self, stream: trio.SocketStream) -> None:
         """Read one request head; answer it, or hand the stream to its room."""
         handed_off = False
         try:
             head: bytes | Response | None = None
             with trio.move_on_after(self._handshake_timeout):
-                head = await _read_head(stream)
+                head = await read_head(stream)
             if head is None:
                 return  # silent, slow, or gone: nobody to answer
-            decision = head if isinstance(head, Response) else self._decide(head, _remote(stream))
+            decision = (
+                head if isinstance(head, Response) else self._decide(head, remote_address(stream))
+            )
             full = self._max_connections is not None and self.connections >= self._max_connections
             if full and not isinstance(decision, Response):
                 decision = Response(503, "Server is full")
@@ -340,28 +318,3 @@ class _Upgrade:
     ws: WSConnection
     accept: bytes
     request: Request
-
-
-async def _read_head(stream: trio.abc.ReceiveStream) -> bytes | Response | None:
-    """Read until a request head is complete; None if the peer left first.
-
-    Returns every byte read: the head and whatever came after it.
-    """
-    too_large = Response(431, "Request header fields too large")
-    buffer = bytearray()
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        if len(buffer) > MAX_HEAD:
-            return too_large
-        chunk = await stream.receive_some(RECEIVE_BYTES)
-        if not chunk:
-            return None
-        buffer += chunk
-    return too_large if end > MAX_HEAD else bytes(buffer)
-
-
-def _remote(stream: trio.SocketStream) -> tuple[str, int] | None:
-    try:
-        address = stream.socket.getpeername()
-    except OSError:
-        return None
-    return (address[0], address[1]) if isinstance(address, tuple) else None

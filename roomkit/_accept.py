@@ -1,0 +1,74 @@
+"""The TCP edge shared by ``serve`` and ``proxy``: accepting, and reading request heads."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from ._frontdoor import Response
+
+__all__ = ["MAX_HEAD", "accept_loop", "read_head", "remote_address"]
+
+logger = logging.getLogger("roomkit")
+
+#: Largest request head accepted, in bytes (431 beyond); browsers send well under 8 KiB.
+MAX_HEAD: Final = 16 * 1024
+#: Bytes asked of the socket per read while a head arrives.
+_HEAD_CHUNK: Final = 16 * 1024
+#: Seconds to pause accepting when out of file descriptors or memory, so that closing
+#: connections can free some instead of the loop spinning on the same error.
+ACCEPT_PAUSE: Final = 0.1
+_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def accept_loop(
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    """Accept connections for ever, each into a ``handler`` task that owns its stream.
+
+    Unlike ``trio.serve_listeners``, the stream is not closed when the handler returns:
+    a WebSocket's stream may pass on to a room. The handler closes what it keeps.
+    """
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRORS:
+                    raise
+                logger.error("accept failed (%s); pausing %s s", exc, ACCEPT_PAUSE)
+                await trio.sleep(ACCEPT_PAUSE)
+                continue
+            nursery.start_soon(handler, stream)
+
+
+async def read_head(stream: trio.abc.ReceiveStream) -> bytes | Response | None:
+    """Read until a request head is complete; None if the peer left first.
+
+    Returns every byte read: the head and whatever came after it.
+    """
+    too_large = Response(431, "Request header fields too large")
+    buffer = bytearray()
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        if len(buffer) > MAX_HEAD:
+            return too_large
+        chunk = await stream.receive_some(_HEAD_CHUNK)
+        if not chunk:
+            return None
+        buffer += chunk
+    return too_large if end > MAX_HEAD else bytes(buffer)
+
+
+def remote_address(stream: trio.SocketStream) -> tuple[str, int] | None:
+    """The peer's ``(host, port)``, or None if the socket has no such address."""
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return None
+    return (address[0], address[1]) if isinstance(address, tuple) else None
