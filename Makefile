@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/roomkit serve examples.chat:ChatRoom --host 127.0.0.1 --port 8080
+	$(BIN)/roomkit serve examples.chat:ChatRoom --host 127.0.0.1 --port 8080 --demo-page
 
 test: lint typecheck pytest
 

@@ -13,6 +13,7 @@ from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
 from ._protocol import Protocol as Protocol
 from ._protocol import converter as converter
+from ._proxy import proxy as proxy
 from ._ratelimit import RateLimit as RateLimit
 from ._request import Request as Request
 from ._room import Room as Room
@@ -37,6 +38,7 @@ __all__ = [
     "Storage",
     "Transaction",
     "converter",
+    "proxy",
     "serve",
     "storage",
 ]

@@ -1,4 +1,8 @@
-"""The ``roomkit`` command: ``roomkit serve MODULE:ATTR [--host] [--port] [--storage]``."""
+"""The ``roomkit`` command.
+
+``roomkit serve MODULE:ATTR [--host] [--port] [--storage PATH] [--demo-page]`` serves
+rooms; ``roomkit proxy BACKEND_URL [--host] [--port]`` forwards WebSockets to a backend.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 
 import trio
 
+from ._proxy import Backend, proxy
 from ._room import Room
 from ._server import Server, serve
 
@@ -25,14 +30,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; exits with 2 on a usage error."""
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        rooms = load_rooms(args.target)
-    except UsageError as exc:
-        parser.error(str(exc))
+    if args.command == "proxy":
+        try:
+            Backend.parse(args.backend)
+        except ValueError as exc:
+            parser.error(str(exc))
+        run = partial(proxy, args.backend, host=args.host, port=args.port)
+    else:
+        try:
+            rooms = load_rooms(args.target)
+        except UsageError as exc:
+            parser.error(str(exc))
+        run = partial(
+            serve,
+            rooms,
+            host=args.host,
+            port=args.port,
+            storage=args.storage,
+            demo_page=args.demo_page,
+        )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run = partial(serve, rooms, host=args.host, port=args.port, storage=args.storage)
     trio.run(_serve_until_signalled, run)
 
 
@@ -74,7 +93,7 @@ def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
 
 
 async def _serve_until_signalled(run: Any) -> None:
-    """Run the server; SIGINT or SIGTERM shuts it down gracefully (1001 to every client)."""
+    """Run the server (or proxy); SIGINT or SIGTERM shuts it down gracefully."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(run)
@@ -98,4 +117,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="SQLite database file for room storage (roomkit.sqlite3); :memory: keeps none",
     )
+    run.add_argument(
+        "--demo-page", action="store_true", help="serve the chat demo page at / (examples.chat)"
+    )
+    forward = commands.add_parser("proxy", help="forward WebSockets to a backend")
+    forward.add_argument("backend", metavar="BACKEND_URL", help="ws://host:port of the backend")
+    forward.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    forward.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
     return parser

@@ -33,6 +33,7 @@ __all__ = [
     "Router",
     "handshake_response",
     "parse_head",
+    "plain_response",
 ]
 
 #: Longest room name, in characters; a name is a key, not a document.
@@ -68,14 +69,15 @@ class Response:
     """A plain HTTP response to send instead of opening a WebSocket."""
 
     status: int
-    body: str
+    body: str | bytes
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "text/plain; charset=utf-8"
 
     def to_bytes(self) -> bytes:
         """The whole response, head and body, ready to write; the connection then closes."""
-        body = self.body.encode("utf-8")
+        body = self.body.encode("utf-8") if isinstance(self.body, str) else self.body
         headers = [
-            ("content-type", "text/plain; charset=utf-8"),
+            ("content-type", self.content_type),
             ("content-length", str(len(body))),
             ("connection", "close"),
             *self.headers,
@@ -147,6 +149,18 @@ def handshake_response(head: RequestHead) -> bytes | Response:
     )
 
 
+def plain_response(head: RequestHead, files: Mapping[str, Response]) -> Response:
+    """What a request that is not a WebSocket upgrade gets: a file of ``files``, the
+    health check, or 426. Only paths in ``files`` are ever served: there is no file
+    system behind them to walk out of."""
+    if head.method == "GET":
+        if head.path == "/healthz":
+            return Response(200, "ok")
+        if head.path in files:
+            return files[head.path]
+    return Response(426, "Expected websocket", (("upgrade", "websocket"),))
+
+
 def room_name_error(segment: str) -> str | None:
     """Why the raw path segment ``segment`` is not a valid room name, or None."""
     try:
@@ -171,12 +185,18 @@ class Router(Generic[T]):
       allowed_origins: the ``Origin`` values (``"https://example.com"``) a browser page
         may open WebSockets from; others get 403. A request without an ``Origin``
         header (not from a browser) is always allowed. None allows every origin.
+      files: plain ``GET`` responses by path (``"/roomkit.js"``): the only files served.
     """
 
     def __init__(
-        self, routes: T | Mapping[str, T], *, allowed_origins: Iterable[str] | None = None
+        self,
+        routes: T | Mapping[str, T],
+        *,
+        allowed_origins: Iterable[str] | None = None,
+        files: Mapping[str, Response] | None = None,
     ) -> None:
         self._origins = None if allowed_origins is None else _origins(allowed_origins)
+        self._files = files or {}
         if isinstance(routes, Mapping):
             self._routes: dict[str, T] = {}
             for prefix, route in routes.items():
@@ -189,9 +209,7 @@ class Router(Generic[T]):
     def route(self, head: RequestHead) -> RoomTarget[T] | Response:
         path = head.path
         if not head.is_websocket:
-            if head.method == "GET" and path == "/healthz":
-                return Response(200, "ok")
-            return Response(426, "Expected websocket", (("upgrade", "websocket"),))
+            return plain_response(head, self._files)
         prefix, _, segment = path.rpartition("/")
         route = self._routes.get(prefix)
         if route is None:

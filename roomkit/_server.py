@@ -42,6 +42,7 @@ from ._frontdoor import Response, Router, handshake_response, parse_head
 from ._request import Request
 from ._room import Room
 from ._roomid import RoomId
+from ._static import static_files
 from .storage import AlarmWrite, Changes, SQLiteStore, Store
 
 __all__ = ["Server", "serve"]
@@ -87,6 +88,7 @@ async def serve(
     handshake_timeout: float = 10.0,
     allowed_origins: Iterable[str] | None = None,
     max_connections: int | None = None,
+    demo_page: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve rooms over WebSockets until cancelled.
@@ -109,18 +111,21 @@ async def serve(
         allowed. None, the default, allows every origin.
       max_connections: WebSocket connections the whole server holds at once; beyond
         it the handshake gets 503. None: no limit but each room's ``max_connections``.
+      demo_page: serve the chat demo page at ``GET /`` (for ``examples.chat``).
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
         listening and every stored alarm is scheduled.
 
-    Besides WebSockets, the port answers ``GET /healthz`` with 200 ``ok`` and any other
-    plain HTTP request with 426 ``Expected websocket``.
+    Besides WebSockets, the port answers ``GET /healthz`` with 200 ``ok``, serves the
+    browser client at ``GET /roomkit.js``, and answers any other plain HTTP request with
+    426 ``Expected websocket``.
 
     In tests, listen on port 0 and let ``nursery.start`` tell you where::
 
         server = await nursery.start(partial(roomkit.serve, MyRoom, port=0))
         async with trio_websocket.open_websocket_url(f"{server.url}/lobby") as ws: ...
     """
-    router = Router[type[Room]](rooms, allowed_origins=allowed_origins)
+    files = static_files(demo_page=demo_page)
+    router = Router[type[Room]](rooms, allowed_origins=allowed_origins, files=files)
     if max_connections is not None and max_connections < 1:
         raise ValueError(f"max_connections must be positive or None, not {max_connections!r}")
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):

@@ -22,6 +22,7 @@ def test_public_names() -> None:
         "Storage",
         "Transaction",
         "converter",
+        "proxy",
         "serve",
         "storage",
     ]

@@ -217,3 +217,24 @@ async def test_reject_answers_with_its_status_and_reason(start: Start) -> None:
 def test_reject_status_must_be_an_error() -> None:
     with pytest.raises(ValueError, match="400-599"):
         roomkit.Reject(200)
+
+
+async def test_static_files_and_nothing_else(start: Start) -> None:
+    server = await start(Hello, demo_page=True)
+    for path, kind, marker in (
+        (b"/roomkit.js", "text/javascript; charset=utf-8", b"export class RoomSocket"),
+        (b"/", "text/html; charset=utf-8", b"<title>roomkit chat</title>"),
+        (b"/chat.js", "text/javascript; charset=utf-8", b'from "/roomkit.js"'),
+    ):
+        request = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        status, headers, body = await http(server.port, request)
+        assert (status, headers["content-type"]) == (200, kind) and marker in body
+    for path in (b"/../pyproject.toml", b"/static/roomkit.js", b"/%2e%2e/_server.py", b"/py.typed"):
+        status, _, _ = await http(server.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 426
+
+
+async def test_the_demo_page_is_off_by_default(start: Start) -> None:
+    server = await start(Hello)
+    assert (await http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 426
+    assert (await http(server.port, b"GET /roomkit.js HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 200

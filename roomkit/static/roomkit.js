@@ -1,0 +1,108 @@
+// roomkit.js: a WebSocket to a roomkit room that comes back by itself.
+//
+//   import { RoomSocket } from "/roomkit.js";
+//   const socket = new RoomSocket("/lobby?userId=ada");
+//   socket.addEventListener("message", (event) => console.log(event.data));
+//   socket.send(JSON.stringify({ type: "chat", text: "hello" }));  // queued until open
+//
+// Served by roomkit at /roomkit.js; no dependencies. Reconnects on any drop with
+// exponential backoff and full jitter (the delay before try n is a random time up to
+// min(maxDelay, minDelay * growFactor ** n)). Messages sent while disconnected are kept
+// (up to maxQueue) and sent, in order, once open again. A close with a code that means
+// "don't come back" (1008, and 4000-4999 by choice of the room) stops it for good.
+// Events: "open", "message" (event.data), "close" (event.code, event.reason,
+// event.willReconnect), "reconnecting" (event.attempt, event.delay).
+
+const DEFAULTS = {
+  minDelay: 500, // ms before the first retry, at most
+  maxDelay: 10000, // ms: no wait is longer than this
+  growFactor: 2, // each failed try doubles the ceiling
+  maxRetries: Infinity, // tries in a row before giving up
+  connectTimeout: 10000, // ms for a handshake before it counts as failed
+  maxQueue: 1000, // messages kept while disconnected; older ones are dropped first
+  protocols: undefined, // WebSocket subprotocols
+};
+
+export function isFinalClose(code) {
+  return code === 1008 || (code >= 4000 && code <= 4999);
+}
+
+export function backoffDelay(attempt, options, random = Math.random) {
+  const ceiling = Math.min(options.maxDelay, options.minDelay * options.growFactor ** attempt);
+  return Math.floor(random() * ceiling);
+}
+
+function resolveUrl(url) {
+  const resolved = new URL(url, globalThis.location ? globalThis.location.href : undefined);
+  if (resolved.protocol === "http:") resolved.protocol = "ws:";
+  if (resolved.protocol === "https:") resolved.protocol = "wss:";
+  return resolved.href;
+}
+
+export class RoomSocket extends EventTarget {
+  constructor(url, options = {}) {
+    super();
+    this.url = resolveUrl(url);
+    this.options = { ...DEFAULTS, ...options };
+    this.queue = [];
+    this.attempt = 0;
+    this.stopped = false;
+    this.ws = null;
+    this.timer = null;
+    this.connect();
+  }
+
+  get connected() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  send(data) {
+    if (this.stopped) throw new Error("this RoomSocket is closed");
+    if (this.connected) {
+      this.ws.send(data);
+      return;
+    }
+    this.queue.push(data);
+    if (this.queue.length > this.options.maxQueue) this.queue.shift();
+  }
+
+  close(code = 1000, reason = "") {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(code, reason);
+  }
+
+  connect() {
+    const ws = new WebSocket(this.url, this.options.protocols);
+    this.ws = ws;
+    const timeout = setTimeout(() => ws.close(), this.options.connectTimeout);
+    ws.addEventListener("open", () => {
+      clearTimeout(timeout);
+      this.attempt = 0;
+      this.dispatchEvent(new Event("open"));
+      while (this.queue.length && this.connected) this.ws.send(this.queue.shift());
+    });
+    ws.addEventListener("message", (event) => {
+      this.dispatchEvent(new MessageEvent("message", { data: event.data }));
+    });
+    ws.addEventListener("close", (event) => {
+      clearTimeout(timeout);
+      const willReconnect =
+        !this.stopped && !isFinalClose(event.code) && this.attempt < this.options.maxRetries;
+      const closed = new Event("close");
+      Object.assign(closed, { code: event.code, reason: event.reason, willReconnect });
+      this.dispatchEvent(closed);
+      if (willReconnect) this.scheduleReconnect();
+      else this.stopped = true;
+    });
+  }
+
+  scheduleReconnect() {
+    const delay = backoffDelay(this.attempt, this.options);
+    this.attempt += 1;
+    const reconnecting = new Event("reconnecting");
+    Object.assign(reconnecting, { attempt: this.attempt, delay });
+    this.dispatchEvent(reconnecting);
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+}
