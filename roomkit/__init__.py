@@ -5,9 +5,13 @@ One live actor per room name, written by subclassing :class:`Room`; see docs/.
 
 from . import storage as storage
 from ._alarms import AlarmInfo as AlarmInfo
+from ._client import Client as Client
+from ._client import ErrorMessage as ErrorMessage
+from ._client import connect as connect
 from ._closecodes import CloseCode as CloseCode
 from ._connection import Connection as Connection
 from ._connection import ConnectionState as ConnectionState
+from ._errors import ClientClosed as ClientClosed
 from ._errors import DecodeError as DecodeError
 from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
@@ -24,10 +28,13 @@ from ._storage import Transaction as Transaction
 
 __all__ = [
     "AlarmInfo",
+    "Client",
+    "ClientClosed",
     "CloseCode",
     "Connection",
     "ConnectionState",
     "DecodeError",
+    "ErrorMessage",
     "Protocol",
     "RateLimit",
     "Reject",
@@ -37,6 +44,7 @@ __all__ = [
     "Server",
     "Storage",
     "Transaction",
+    "connect",
     "converter",
     "proxy",
     "serve",

@@ -4,12 +4,13 @@ The tree::
 
     RoomkitError
     ├── Reject            raised by a room's on_connect to refuse a handshake
-    └── DecodeError       a peer sent a message the room's Protocol cannot decode
+    ├── DecodeError       a peer sent a message the room's Protocol cannot decode
+    └── ClientClosed      a client (roomkit.connect) has stopped for good
 """
 
 from __future__ import annotations
 
-__all__ = ["DecodeError", "Reject", "RoomkitError"]
+__all__ = ["ClientClosed", "DecodeError", "Reject", "RoomkitError", "first_leaf"]
 
 
 class RoomkitError(Exception):
@@ -39,3 +40,28 @@ class DecodeError(RoomkitError):
     ``{"type": "error", "message": ...}`` reply: it names what is wrong (malformed
     JSON, the unknown type, the missing or mistyped field).
     """
+
+
+class ClientClosed(RoomkitError):
+    """Raised when a client made by ``roomkit.connect`` has stopped for good.
+
+    It stops when the application leaves its ``async with`` block, when the room closes
+    it with a code that means "don't come back" (1008, 4000-4999), when a handshake is
+    refused with a 4xx status (but 408 and 429), or when ``max_retries`` runs out.
+
+    Attributes:
+      code: the close code of the last connection, or None.
+      status: the HTTP status of a refused handshake, or None.
+    """
+
+    def __init__(self, why: str, *, code: int | None = None, status: int | None = None) -> None:
+        super().__init__(why)
+        self.code = code
+        self.status = status
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups; ``error`` itself if none."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

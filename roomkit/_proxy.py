@@ -28,6 +28,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from ._accept import accept_loop, read_head, remote_address
 from ._closecodes import CloseCode
 from ._connection import CLOSE_TIMEOUT
+from ._errors import first_leaf
 from ._frames import encode_message
 from ._frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
 from ._server import Server
@@ -156,7 +157,7 @@ async def _forward(
             await _pump(stream, client, upstream)
             pair.cancel_scope.cancel()
     except* trio_websocket.ConnectionRejected as group:
-        refusal = _first(group)
+        refusal = first_leaf(group)
         assert isinstance(refusal, trio_websocket.ConnectionRejected)
         body = refusal.body or b""
         await stream.send_all(Response(refusal.status_code, body).to_bytes())
@@ -268,9 +269,3 @@ def _forwarded(head: RequestHead, stream: trio.SocketStream) -> list[tuple[bytes
         chain = f"{seen}, {remote[0]}" if seen else remote[0]
         headers.append((b"x-forwarded-for", chain.encode("latin-1")))
     return headers
-
-
-def _first(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error

@@ -8,10 +8,13 @@ import roomkit
 def test_public_names() -> None:
     assert sorted(roomkit.__all__) == [
         "AlarmInfo",
+        "Client",
+        "ClientClosed",
         "CloseCode",
         "Connection",
         "ConnectionState",
         "DecodeError",
+        "ErrorMessage",
         "Protocol",
         "RateLimit",
         "Reject",
@@ -21,6 +24,7 @@ def test_public_names() -> None:
         "Server",
         "Storage",
         "Transaction",
+        "connect",
         "converter",
         "proxy",
         "serve",
