@@ -189,6 +189,7 @@ async def _client_to_backend(
     done: trio.CancelScope,
 ) -> None:
     parts: list[Any] = []
+    size = 0
     try:
         while True:
             data = await stream.receive_some(_RECEIVE_BYTES)
@@ -196,7 +197,14 @@ async def _client_to_backend(
             for event in client.events():
                 if isinstance(event, TextMessage | BytesMessage):
                     parts.append(event.data)
+                    size += len(event.data)  # characters, for text: no more than bytes
+                    if size > MAX_MESSAGE:
+                        code, why = CloseCode.MESSAGE_TOO_BIG, "Message too big"
+                        await _close_both(stream, client, upstream, code, why)
+                        done.cancel()
+                        return
                     if event.message_finished:
+                        size = 0
                         text = isinstance(parts[0], str)
                         message = "".join(parts) if text else b"".join(parts)
                         parts = []

@@ -12,6 +12,7 @@ import trio.testing
 import trio_websocket
 
 import roomkit
+import roomkit._proxy
 
 from .helpers import Start, expect_close, http, open_client
 
@@ -139,3 +140,17 @@ async def test_plain_http_gets_426_and_the_client_script(
 def test_backend_must_be_a_websocket_url() -> None:
     with pytest.raises(ValueError, match="ws:// or wss://"):
         trio.run(partial(roomkit.proxy, "http://example.com", port=0))
+
+
+async def test_a_message_past_the_limit_closes_both_sides_with_1009(
+    start: Start, nursery: trio.Nursery, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(roomkit._proxy, "MAX_MESSAGE", 1000)
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url)
+    async with open_client(f"{front.url}/r") as ws:
+        await ws.send_message(b"x" * 1001)
+        assert (await expect_close(ws)).code == 1009
+    with trio.fail_after(5):
+        await Backend.done.wait()
+    assert Backend.closed == [(1009, "Message too big")]
