@@ -5,8 +5,8 @@ whenever it drops, after a backoff with full jitter: the wait before try ``n`` i
 random time up to ``min(max_delay, initial_delay * growth ** n)`` (the PartySocket
 defaults are the same order: half a second growing to ten). What you send while it is
 disconnected waits in a bounded queue and goes out, in order, once it is back. A close
-with a code that means "don't come back" (1008, or 4000-4999 chosen by the room), or a
-handshake refused with a 4xx status, stops it for good.
+with a code that means "don't come back" (1008, or 4000-4999 chosen by the room; but
+not 1008 "slow consumer"), or a handshake refused with a 4xx status, stops it for good.
 
 It never imports the server's modules: only the message codec and the errors.
 """
@@ -39,9 +39,15 @@ CLOSE_WAIT: Final = 5.0
 _RETRY_STATUSES: Final = frozenset({408, 429})
 
 
-def is_final_close(code: int) -> bool:
-    """Whether a close with ``code`` means "don't come back" (1008, 4000-4999)."""
-    return code == CloseCode.POLICY_VIOLATION or 4000 <= code <= 4999
+def is_final_close(code: int, reason: str = "") -> bool:
+    """Whether a close means "don't come back": 1008 or 4000-4999.
+
+    A 1008 "slow consumer" is not: the peer was only slow to read (a tab in the
+    background, a stalled network), and may well keep up next time.
+    """
+    if code == CloseCode.POLICY_VIOLATION:
+        return reason != "slow consumer"
+    return 4000 <= code <= 4999
 
 
 @attrs.frozen
@@ -232,7 +238,7 @@ class Client:
             reason = exc.reason
             self.close_code = reason.code if reason else CloseCode.ABNORMAL_CLOSURE
             self.close_reason = (reason.reason or "") if reason else ""
-            if is_final_close(self.close_code):
+            if is_final_close(self.close_code, self.close_reason):
                 self._stop(f"the room closed with {self.close_code} {self.close_reason}")
 
     def _decode(self, message: str | bytes) -> Any:
@@ -320,7 +326,8 @@ async def connect(
       ping_interval, ping_timeout: a ping every so often; no pong in time means the
         connection is dead, and the client reconnects. None sends no pings.
       max_queue: messages that may wait to be sent (``send`` then waits), and messages
-        that may wait to be received (reading then stops, pushing back on the room).
+        that may wait to be received (reading then stops; a room that keeps sending
+        cuts the client off as a slow consumer, and it reconnects).
 
     The client starts connecting at once; sends made before it is connected wait.
     Leaving the block closes the connection (1000) and stops the client.

@@ -360,7 +360,7 @@ class Connection:
 
     def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
         """Record how the connection ended and answer a close frame that needs an answer."""
-        self._close_code, self._close_reason = event.code, event.reason or ""
+        self._close_code, self._close_reason = int(event.code), event.reason or ""
         if not clean:  # TCP ended without a close frame
             self._close_code, self._was_clean = CloseCode.ABNORMAL_CLOSURE, False
         elif self._ws.state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it

@@ -219,7 +219,7 @@ class Router(Generic[T]):
             return Response(400, f"Bad room name: {problem}")
         origin = head.headers.get("origin")
         if origin is not None and self._origins is not None:
-            allowed = origin.strip().lower() in self._origins
+            allowed = origin.strip().lower().rstrip("/") in self._origins
             if not allowed:
                 return Response(403, "Origin not allowed")
         return RoomTarget(route, RoomId(prefix, unquote(segment)))

@@ -96,6 +96,15 @@ class Backend:
 async def _front_door(
     backend: Backend, files: dict[str, Response], head_seconds: float, stream: trio.SocketStream
 ) -> None:
+    try:
+        await _answer(backend, files, head_seconds, stream)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client left; nothing to tell it
+
+
+async def _answer(
+    backend: Backend, files: dict[str, Response], head_seconds: float, stream: trio.SocketStream
+) -> None:
     async with stream:
         raw: bytes | Response | None = None
         with trio.move_on_after(head_seconds):
@@ -138,6 +147,7 @@ async def _forward(
             Response(502, "Bad gateway: the backend cannot be reached").to_bytes()
         )
         return
+    accepted = False
     try:
         async with upstream_stream, trio.open_nursery() as pair:
             with trio.fail_after(BACKEND_TIMEOUT):
@@ -154,6 +164,7 @@ async def _forward(
             if chosen:
                 accept = accept[:-2] + f"Sec-WebSocket-Protocol: {chosen}\r\n\r\n".encode()
             await stream.send_all(accept)
+            accepted = True
             await _pump(stream, client, upstream)
             pair.cancel_scope.cancel()
     except* trio_websocket.ConnectionRejected as group:
@@ -162,7 +173,8 @@ async def _forward(
         body = refusal.body or b""
         await stream.send_all(Response(refusal.status_code, body).to_bytes())
     except* (trio_websocket.HandshakeError, trio.TooSlowError, OSError):
-        await stream.send_all(Response(502, "Bad gateway: the backend failed").to_bytes())
+        if not accepted:  # after the 101, the pump has already told the client
+            await stream.send_all(Response(502, "Bad gateway: the backend failed").to_bytes())
 
 
 async def _open_backend_stream(
@@ -248,8 +260,8 @@ async def _close_both(
 ) -> None:
     """Pass a close on: to the client with the code the backend used, and back again.
 
-    1005 (no code) and 1006 (no close frame) cannot be sent: the other side gets a
-    close without a code, or its TCP connection ends.
+    1005 (no code) and 1006 (no close frame) cannot be sent: for 1005 the other side
+    gets 1000, for 1006 the client's TCP connection ends and the backend gets 1000.
     """
     with trio.move_on_after(CLOSE_TIMEOUT):
         if client.state in (WSState.OPEN, WSState.REMOTE_CLOSING) and code != 1006:

@@ -1,11 +1,12 @@
 """Per-connection rate limits: a token bucket, and patience for a flood. Pure, no I/O.
 
 Each incoming message takes a token; tokens refill at ``per_second`` up to ``burst``.
-A message that finds no token is dropped (the peer is told). A peer that goes on
-sending while out of tokens uses up its *patience*: ``FLOOD_SECONDS`` worth of refills.
-When that is gone too, the peer is flooding, and its connection is closed. Patience
-comes back at the same rate as tokens, so a client that overshoots now and then is
-never cut off.
+A message that finds no token is dropped (the peer is told). Each dropped message also
+uses up one unit of *patience*, of which there are ``FLOOD_SECONDS`` worth of refills;
+when that is gone, the peer is flooding, and its connection is closed. Patience comes
+back only from refills that a full bucket cannot hold: a client that overshoots now and
+then, and is quiet in between, is never cut off, while one that stays over the limit
+(at twice the rate, say) runs out within a few seconds.
 """
 
 from __future__ import annotations
@@ -65,8 +66,14 @@ class TokenBucket:
         limit = self._limit
         refill = max(0.0, now - self._then) * limit.per_second
         self._then = now
-        self._tokens = min(limit.burst, self._tokens + refill)
-        self._patience = min(limit.per_second * FLOOD_SECONDS, self._patience + refill)
+        # Refills top up the tokens first; only what a full bucket cannot hold restores
+        # patience, so a peer that keeps the bucket empty never gets any back.
+        spare = self._tokens + refill - limit.burst
+        if spare <= 0:
+            self._tokens += refill
+        else:
+            self._tokens = float(limit.burst)
+            self._patience = min(limit.per_second * FLOOD_SECONDS, self._patience + spare)
         if self._tokens >= 1 - 1e-9:  # a sender at exactly the rate, despite rounding
             self._tokens -= 1
             return Verdict.ALLOW

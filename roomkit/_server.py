@@ -126,7 +126,11 @@ async def serve(
     """
     files = static_files(demo_page=demo_page)
     router = Router[type[Room]](rooms, allowed_origins=allowed_origins, files=files)
-    if max_connections is not None and max_connections < 1:
+    if max_connections is not None and (
+        isinstance(max_connections, bool)
+        or not isinstance(max_connections, int)
+        or max_connections < 1
+    ):
         raise ValueError(f"max_connections must be positive or None, not {max_connections!r}")
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
         if not (isinstance(route, type) and issubclass(route, Room)):

@@ -186,3 +186,10 @@ def test_bad_urls_are_refused() -> None:
 
     with pytest.raises(ValueError, match="ws:// or wss://"):
         trio.run(main)
+
+
+def test_which_closes_are_final() -> None:
+    assert roomkit._client.is_final_close(1008, "rate limit exceeded")
+    assert not roomkit._client.is_final_close(1008, "slow consumer")
+    assert roomkit._client.is_final_close(4000) and roomkit._client.is_final_close(4999)
+    assert not any(roomkit._client.is_final_close(code) for code in (1000, 1001, 1011, 3000))

@@ -30,6 +30,13 @@ def test_a_flood_runs_out_of_patience() -> None:
     assert verdicts[-1] is Verdict.FLOOD
 
 
+def test_a_steady_sender_over_the_rate_is_closed_within_seconds() -> None:
+    bucket = RateLimit(per_second=10, burst=5).bucket(now=0.0)
+    verdicts = [bucket.take(i / 20) for i in range(20 * 60)]  # twice the rate, a minute
+    flood_at = verdicts.index(Verdict.FLOOD) / 20
+    assert 3 < flood_at < 4  # 3 s of patience spent at 10 drops a second, once over burst
+
+
 def test_patience_comes_back() -> None:
     limit = RateLimit(per_second=10, burst=5)
     bucket = limit.bucket(now=0.0)

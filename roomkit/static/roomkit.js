@@ -9,7 +9,8 @@
 // exponential backoff and full jitter (the delay before try n is a random time up to
 // min(maxDelay, minDelay * growFactor ** n)). Messages sent while disconnected are kept
 // (up to maxQueue) and sent, in order, once open again. A close with a code that means
-// "don't come back" (1008, and 4000-4999 by choice of the room) stops it for good.
+// "don't come back" (1008, but not 1008 "slow consumer", and 4000-4999 by choice of the
+// room) stops it for good.
 // Events: "open", "message" (event.data), "close" (event.code, event.reason,
 // event.willReconnect), "reconnecting" (event.attempt, event.delay).
 
@@ -23,8 +24,11 @@ const DEFAULTS = {
   protocols: undefined, // WebSocket subprotocols
 };
 
-export function isFinalClose(code) {
-  return code === 1008 || (code >= 4000 && code <= 4999);
+export function isFinalClose(code, reason = "") {
+  // 1008 "slow consumer" only means the page fell behind (a tab in the background):
+  // coming back is fine.
+  if (code === 1008) return reason !== "slow consumer";
+  return code >= 4000 && code <= 4999;
 }
 
 export function backoffDelay(attempt, options, random = Math.random) {
@@ -88,7 +92,9 @@ export class RoomSocket extends EventTarget {
     ws.addEventListener("close", (event) => {
       clearTimeout(timeout);
       const willReconnect =
-        !this.stopped && !isFinalClose(event.code) && this.attempt < this.options.maxRetries;
+        !this.stopped &&
+        !isFinalClose(event.code, event.reason) &&
+        this.attempt < this.options.maxRetries;
       const closed = new Event("close");
       Object.assign(closed, { code: event.code, reason: event.reason, willReconnect });
       this.dispatchEvent(closed);
