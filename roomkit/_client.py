@@ -62,6 +62,7 @@ class ErrorMessage:
 @attrs.frozen
 class _Options:
     protocol: Protocol | None
+    hello: str | bytes | None
     headers: tuple[tuple[bytes, bytes], ...]
     initial_delay: float
     max_delay: float
@@ -252,6 +253,12 @@ class Client:
             return exc if error is None else error
 
     async def _write(self, ws: trio_websocket.WebSocketConnection) -> None:
+        hello = self._options.hello
+        if hello is not None:
+            try:
+                await ws.send_message(hello)  # first on every connection
+            except trio_websocket.ConnectionClosed:
+                return
         while True:
             if self._unsent is None:
                 self._unsent = await self._outbox.receive()
@@ -302,6 +309,7 @@ async def connect(
     url: str,
     *,
     protocol: Protocol | None = None,
+    hello: Any = None,
     headers: Mapping[str, str] | None = None,
     initial_delay: float = 0.5,
     max_delay: float = 10.0,
@@ -318,6 +326,8 @@ async def connect(
       url: ``ws://host:port/room`` (or ``wss://``), query included.
       protocol: the room's Protocol: sends encode ``client`` messages, receives decode
         ``server`` ones.
+      hello: a message sent first on every connection, before anything queued: a join,
+        a resubscription, an auth token.
       headers: extra handshake headers (``Authorization``, ``Cookie``, ``Origin``).
       initial_delay, max_delay, growth: the backoff: the wait before try ``n`` is random,
         up to ``min(max_delay, initial_delay * growth ** n)`` seconds.
@@ -332,8 +342,13 @@ async def connect(
     The client starts connecting at once; sends made before it is connected wait.
     Leaving the block closes the connection (1000) and stops the client.
     """
+    if hello is not None and not isinstance(hello, str | bytes):
+        if protocol is None:
+            raise TypeError("a client without a protocol sends str or bytes")
+        hello = protocol.client.encode(hello)
     options = _Options(
         protocol,
+        hello,
         tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()),
         initial_delay,
         max_delay,

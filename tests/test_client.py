@@ -70,7 +70,8 @@ async def test_survives_a_server_restart_and_delivers_queued_sends_in_order(
 ) -> None:
     first = trio.CancelScope()
     server: roomkit.Server = await nursery.start(serve_in, first, 0)
-    async with roomkit.connect(f"{server.url}/r") as client:
+    async with roomkit.connect(f"{server.url}/r", hello="join") as client:
+        assert await client.receive() == "echo join"
         await client.send("before")
         assert await client.receive() == "echo before"
         first.cancel()  # the server goes away (1001)...
@@ -82,9 +83,9 @@ async def test_survives_a_server_restart_and_delivers_queued_sends_in_order(
         await nursery.start(serve_in, trio.CancelScope(), server.port)  # back, same port
         with trio.fail_after(60):
             await client.wait_connected()
-            replies = [await client.receive() for _ in range(3)]
-        assert replies == ["echo one", "echo two", "echo three"]
-        assert Recorder.got == ["before", "one", "two", "three"]
+            replies = [await client.receive() for _ in range(4)]
+        assert replies == ["echo join", "echo one", "echo two", "echo three"]
+        assert Recorder.got == ["join", "before", "join", "one", "two", "three"]
         assert client.connections == 2
 
 
