@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,3 +84,32 @@ def _first_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
+
+
+ROOT = Path(__file__).parent.parent
+
+
+@contextmanager
+def roomkit_serve(target: str, *options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``roomkit serve TARGET --port 0 OPTIONS`` in a subprocess: (process, its URL).
+
+    The process is killed on the way out, however the block ends.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "roomkit", "serve", target, "--port", "0", *options],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        match = re.search(r"listening on (ws://\S+)", line)
+        assert match, f"the server did not start: {line!r}"
+        yield process, match[1]
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stderr is not None
+        process.stderr.close()

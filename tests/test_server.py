@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,9 +17,8 @@ from websockets.sync.client import connect
 
 import roomkit
 
-from .helpers import Start, expect_close, open_client
+from .helpers import ROOT, Start, expect_close, open_client, roomkit_serve
 
-ROOT = Path(__file__).parent.parent
 ROOMKIT = (sys.executable, "-m", "roomkit")
 
 
@@ -89,19 +86,8 @@ def test_url_brackets_ipv6() -> None:
 
 def test_cli_serves_the_chat_example_and_shuts_down_on_sigterm(tmp_path: Path) -> None:
     db = tmp_path / "chat.sqlite3"
-    process = subprocess.Popen(
-        [*ROOMKIT, "serve", "examples.chat:ChatRoom", "--port", "0", "--storage", str(db)],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        match = re.search(r"listening on (ws://\S+)", line)
-        assert match, line
-        with connect(f"{match[1]}/lobby?userId=ann") as ws:
+    with roomkit_serve("examples.chat:ChatRoom", "--storage", str(db)) as (process, url):
+        with connect(f"{url}/lobby?userId=ann") as ws:
             assert '"type": "welcome"' in str(ws.recv(timeout=5))
             process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as info:
@@ -109,11 +95,6 @@ def test_cli_serves_the_chat_example_and_shuts_down_on_sigterm(tmp_path: Path) -
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         assert process.wait(timeout=10) == 0
         assert db.exists()
-    finally:
-        process.kill()
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
 
 
 def test_cli_usage_errors() -> None:
