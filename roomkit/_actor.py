@@ -51,6 +51,8 @@ logger = logging.getLogger("roomkit")
 #: Events a room may have waiting before the connections feeding it wait too: a slow
 #: room slows its own readers (TCP backpressure) instead of growing memory.
 EVENT_QUEUE: Final = 256
+#: Events handled back to back before the room yields to the other tasks once.
+EVENTS_PER_CHECKPOINT: Final = 32
 
 _Outbox = list[tuple[bytes | CloseConnection, Iterable[Connection]]]
 
@@ -192,7 +194,11 @@ class RoomActor:
 
     async def message(self, conn: Connection, message: Any) -> None:
         self._wake()
-        await self._send.send(_Message(conn, message))
+        event = _Message(conn, message)
+        try:
+            self._send.send_nowait(event)  # no trip through the scheduler if there is room
+        except trio.WouldBlock:
+            await self._send.send(event)  # the room is behind: this reader waits for it
 
     def post_alarm(self, retry: int, nursery: trio.Nursery) -> None:
         """Queue an alarm event from synchronous code; the room stays up until it is queued."""
@@ -242,10 +248,18 @@ class RoomActor:
         """
         self._task = trio.lowlevel.current_task()
         idle_for = self.room_class.hibernate_after
+        in_a_row = 0
         while True:
             event = None
-            with trio.move_on_after(math.inf if idle_for is None else idle_for):
-                event = await self._receive.receive()
+            try:  # queued events are taken without a trip through the scheduler...
+                event = self._receive.receive_nowait()
+                in_a_row += 1
+                if in_a_row % EVENTS_PER_CHECKPOINT == 0:
+                    await trio.lowlevel.checkpoint()  # ...but never so many that others starve
+            except trio.WouldBlock:
+                in_a_row = 0
+                with trio.move_on_after(math.inf if idle_for is None else idle_for):
+                    event = await self._receive.receive()
             if event is not None:
                 await self._handle(event)
                 if not self._idle():

@@ -1,0 +1,82 @@
+"""What every benchmark shares: servers on core 0, load on core 1, medians, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, TypeVar
+
+RESULTS = Path(__file__).parent / "results"
+T = TypeVar("T")
+
+
+@contextmanager
+def server(impl: str, scenario: str, *options: str) -> Iterator[tuple[str, int]]:
+    """A server of ``benchmarks._servers``, pinned to core 0: its URL and process id."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks._servers", impl, scenario, "--cpu", "0", *options],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("ws://"):
+            raise RuntimeError(f"{impl} {scenario} did not start")
+        time.sleep(0.2)  # uvicorn prints its port before it accepts
+        yield url, process.pid
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def pin_load() -> None:
+    """Run the load on core 1, away from the server on core 0."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
+
+
+def median_of(runs: int, measure: Callable[[], float]) -> float:
+    return statistics.median(measure() for _ in range(runs))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def environment() -> dict[str, Any]:
+    """The machine, the versions and the date a result belongs to."""
+    packages = ("roomkit", "trio", "trio-websocket", "wsproto", "websockets", "python-socketio")
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = version(name)
+        except Exception:
+            versions[name] = None
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def write_results(name: str, results: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({**environment(), **results}, indent=2) + "\n")
+    return path
