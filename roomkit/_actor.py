@@ -468,14 +468,18 @@ class RoomActor:
     def _release(self) -> None:
         """Deliver, in hook order, every outbox whose changes and predecessors are durable."""
         inflight = self._inflight
+        touched: dict[Connection, None] = {}
         while inflight and inflight[0].durable:
             pending = inflight.popleft()
             _unhold(pending.outbox)
             for item, recipients in pending.outbox:
                 for conn in recipients:
-                    conn._push(item)
+                    conn._push(item, kick=False)
+                    touched[conn] = None
             if pending.settle is not None:
                 pending.settle(True)
+        for conn in touched:  # one write each for everything the hooks sent it
+            conn._kick()
         if not inflight:
             self._settled.set()
 
