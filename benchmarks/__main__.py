@@ -1,0 +1,182 @@
+"""``python -m benchmarks [--quick] [--publish]``: every benchmark, one table.
+
+Runs each scenario against roomkit and its peers (bare trio-websocket, the websockets
+package's asyncio server, python-socketio on uvicorn), prints the absolute figures
+and the ratios to roomkit, checks the targets, and writes
+``benchmarks/results/latest.json`` and a PNG chart per scenario. ``--publish`` also
+writes them into docs/ (``docs/benchmarks.md`` and ``docs/benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from . import chat, connect_storm, durable_writes, echo, fanout, memory
+from ._common import RESULTS, environment
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def collect(quick: bool) -> dict[str, Any]:
+    report: dict[str, Any] = {"quick": quick, **environment()}
+    for name, module in (
+        ("fanout", fanout),
+        ("echo", echo),
+        ("chat", chat),
+        ("connect_storm", connect_storm),
+        ("memory", memory),
+        ("durable_writes", durable_writes),
+    ):
+        began = time.monotonic()
+        report[name] = module.run(quick)
+        print(f"{name}: {time.monotonic() - began:.0f} s", flush=True)
+    return report
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float], bool]]:
+    """(scenario, unit, figures by server, higher is better) for the table and charts."""
+    out = []
+    for size, by_impl in report["fanout"]["results"].items():
+        out.append((f"fan-out, {size}", "deliveries/s", by_impl, True))
+    by = report["echo"]["results"]
+    out.append(
+        ("echo, pipelined", "msg/s", {k: v["pipelined_msg_per_s"] for k, v in by.items()}, True)
+    )
+    out.append(("echo, round trip p50", "ms", {k: v["rtt_p50_ms"] for k, v in by.items()}, False))
+    out.append(("echo, round trip p99", "ms", {k: v["rtt_p99_ms"] for k, v in by.items()}, False))
+    held = {k: float(v["highest_rate_held"]) for k, v in report["chat"]["results"].items()}
+    out.append(("chat, rate held (p99 < 100 ms)", "msg/s per client", held, True))
+    out.append(("connect storm", "handshakes/s", report["connect_storm"]["results"], True))
+    mem = report["memory"]["results"]
+    idle = {"roomkit": mem["roomkit"], "trio-websocket": mem["bare trio-websocket"]}
+    idle["websockets"] = mem["websockets"]
+    out.append(("memory per idle connection", "KiB", idle, False))
+    return out
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
+    """(target, measured ratio or figure, bound, met)."""
+    first = next(iter(report["fanout"]["results"].values()))
+    echo_by = report["echo"]["results"]
+    mem = report["memory"]["results"]
+    durable = report["durable_writes"]["results"]
+    checks = [
+        ("fan-out vs websockets broadcast()", first["roomkit"] / first["websockets"], ">= 1.0"),
+        (
+            "fan-out vs a naive trio-websocket loop",
+            first["roomkit"] / first["trio-websocket"],
+            ">= 3.0",
+        ),
+        (
+            "echo pipelined vs bare trio-websocket",
+            echo_by["roomkit"]["pipelined_msg_per_s"]
+            / echo_by["trio-websocket"]["pipelined_msg_per_s"],
+            ">= 1.0",
+        ),
+        (
+            "echo round trip p99 vs bare trio-websocket",
+            echo_by["roomkit"]["rtt_p99_ms"] / echo_by["trio-websocket"]["rtt_p99_ms"],
+            "<= 1.2",
+        ),
+        (
+            "memory per idle connection vs bare trio-websocket",
+            mem["roomkit"] / mem["bare trio-websocket"],
+            "<= 1.2",
+        ),
+        (
+            "a hibernated room beyond its socket (KiB)",
+            report["memory"]["hibernated_room_beyond_its_socket_kib"],
+            "<= 1.0",
+        ),
+        (
+            "durable writes (group commit) vs echo through a room",
+            durable["durable, group commit"] / durable["echo through a room"],
+            ">= 0.8",
+        ),
+    ]
+    return [(name, value, bound, _holds(value, bound)) for name, value, bound in checks]
+
+
+def _holds(value: float, bound: str) -> bool:
+    op, limit = bound.split()
+    return value >= float(limit) if op == ">=" else value <= float(limit)
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"roomkit benchmarks, {report['date']}, {report['machine']}, Python {report['python']}"
+        + (" (quick)" if report["quick"] else ""),
+        "",
+        "| scenario | unit | roomkit | websockets | trio-websocket | python-socketio |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for scenario, unit, by_impl, _ in rows(report):
+        base = by_impl["roomkit"]
+        cells = [f"{base:,.3g}" if base < 10 else f"{base:,.0f}"]
+        for impl in ("websockets", "trio-websocket", "socketio"):
+            value = by_impl.get(impl)
+            if value is None:
+                cells.append("")
+            else:
+                shown = f"{value:,.3g}" if value < 10 else f"{value:,.0f}"
+                cells.append(f"{shown} ({value / base:.2f}x)" if base else shown)
+        lines.append(f"| {scenario} | {unit} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
+    for name, value, bound, met in targets(report):
+        lines.append(f"| {name} | {value:.2f} | {bound} | {'yes' if met else 'no'} |")
+    return "\n".join(lines)
+
+
+def charts(report: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for scenario, unit, by_impl, higher in rows(report):
+        figure, axes = plt.subplots(figsize=(6, 2.6))
+        names = list(by_impl)
+        colors = ["#2b6cb0" if n == "roomkit" else "#a0aec0" for n in names]
+        axes.barh(names, [by_impl[n] for n in names], color=colors)
+        axes.invert_yaxis()
+        axes.set_xlabel(unit + (" (higher is better)" if higher else " (lower is better)"))
+        axes.set_title(scenario)
+        figure.tight_layout()
+        path = folder / (scenario.split(",")[0].replace(" ", "-") + "-" + str(len(paths)) + ".png")
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs: under two minutes")
+    parser.add_argument("--publish", action="store_true", help="write the results into docs/")
+    args = parser.parse_args()
+    report = collect(args.quick)
+    text = table(report)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    pictures = charts(report, RESULTS / "charts")
+    if args.publish:
+        shutil.rmtree(DOCS / "benchmarks", ignore_errors=True)
+        published = charts(report, DOCS / "benchmarks")
+        body = "\n".join(f"![{p.stem}](benchmarks/{p.name})" for p in published)
+        (DOCS / "benchmarks.md").write_text(
+            "# Benchmark results\n\nWritten by `python -m benchmarks --publish`; see "
+            "[the method](benchmarking.md).\n\n" + text + "\n\n" + body + "\n"
+        )
+    print(f"results: {RESULTS / 'latest.json'}, charts: {pictures[0].parent}")
+
+
+if __name__ == "__main__":
+    main()
