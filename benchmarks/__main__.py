@@ -112,6 +112,8 @@ def table(report: dict[str, Any]) -> str:
         f"roomkit benchmarks, {report['date']}, {report['machine']}, Python {report['python']}"
         + (" (quick)" if report["quick"] else ""),
         "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + ".",
+        "",
         "| scenario | unit | roomkit | websockets | trio-websocket | python-socketio |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
