@@ -67,7 +67,13 @@ class RoomHost(Protocol):
     store: Store
     connections: int  # the server's count, kept by its rooms
 
-    def commit(self, room: RoomId, changes: Changes, done: Callable[[bool], None]) -> None: ...
+    def commit(
+        self,
+        room: RoomId,
+        changes: Changes,
+        done: Callable[[bool], None],
+        after: Callable[[], None],
+    ) -> None: ...
 
     def alarm_changed(self, room: RoomId, alarm: AlarmWrite) -> None: ...
 
@@ -321,12 +327,17 @@ class RoomActor:
                 return
         self._outbox.append((item, recipients))
 
-    def storage_layers(self) -> list[Changes]:
-        """The changes not yet durable, oldest first; the running hook's last."""
+    def current_changes(self) -> Changes:
+        """The running hook's changes, for writes; raises outside a hook."""
         if self._changes is None or trio.lowlevel.current_task() is not self._task:
             raise RoomkitError("room storage can only be used inside a hook")
+        return self._changes
+
+    def storage_layers(self) -> list[Changes]:
+        """The changes not yet durable, oldest first; the running hook's last (for reads)."""
+        current = self.current_changes()
         layers = [p.changes for p in self._inflight if p.changes is not None]
-        layers.append(self._changes)
+        layers.append(current)
         return layers
 
     def stored_alarm(self) -> AlarmWrite | None:
@@ -456,13 +467,15 @@ class RoomActor:
             return
         if changes.alarm is not None:
             self._host.alarm_changed(self.room, changes.alarm)
-        self._host.commit(self.room, changes, lambda ok: self._committed(pending, ok))
+        self._host.commit(
+            self.room, changes, functools.partial(self._committed, pending), self._release
+        )
 
     def _committed(self, pending: _Pending, ok: bool) -> None:
+        """One hook's changes are durable (released, with the rest of the batch, after)."""
         if ok:
             pending.durable = True
-            self._release()
-        else:
+        elif self._inflight:  # the first failure resets the room; the rest are moot
             self._storage_failed()
 
     def _release(self) -> None:

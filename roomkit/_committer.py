@@ -27,6 +27,7 @@ logger = logging.getLogger("roomkit")
 MAX_BATCH: Final = 1000
 
 Done = Callable[[bool], None]
+After = Callable[[], None]
 
 
 class Committer:
@@ -35,14 +36,19 @@ class Committer:
     def __init__(self, store: Store, *, group: bool = True) -> None:
         self._store = store
         self._batch_size = MAX_BATCH if group else 1
-        self._queue: list[tuple[RoomId, Changes, Done]] = []
+        self._queue: list[tuple[RoomId, Changes, Done, After]] = []
         self._wakeup = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
 
-    def submit(self, room: RoomId, changes: Changes, done: Done) -> None:
-        """Queue ``changes``; ``done(True)`` once durable, ``done(False)`` if the store failed."""
-        self._queue.append((room, changes, done))
+    def submit(self, room: RoomId, changes: Changes, done: Done, after: After) -> None:
+        """Queue ``changes``; ``done(True)`` once durable, ``done(False)`` if the store failed.
+
+        ``after()`` is called once a batch's ``done`` calls are all made, once per batch
+        however many of the batch's changes it was given with: a room releases what the
+        whole batch held back at once, in one write per connection.
+        """
+        self._queue.append((room, changes, done, after))
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._wakeup.set()
 
@@ -60,11 +66,13 @@ class Committer:
             batch = self._queue[: self._batch_size]
             del self._queue[: self._batch_size]
             try:
-                await self._store.commit([(room, changes) for room, changes, _ in batch])
+                await self._store.commit([(room, changes) for room, changes, _, _ in batch])
             except Exception:
                 logger.exception("storage commit failed; %d hooks' changes are lost", len(batch))
                 ok = False
             else:
                 ok = True
-            for _, _, done in batch:
+            for _, _, done, _ in batch:
                 done(ok)
+            for after in dict.fromkeys(after for _, _, _, after in batch):
+                after()

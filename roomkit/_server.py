@@ -216,8 +216,14 @@ class _Runtime:
 
     # RoomHost: what the rooms call.
 
-    def commit(self, room: RoomId, changes: Changes, done: Callable[[bool], None]) -> None:
-        self._committer.submit(room, changes, done)
+    def commit(
+        self,
+        room: RoomId,
+        changes: Changes,
+        done: Callable[[bool], None],
+        after: Callable[[], None],
+    ) -> None:
+        self._committer.submit(room, changes, done, after)
 
     def stored_alarm(self, room: RoomId) -> AlarmWrite | None:
         return self._alarms.get(room)

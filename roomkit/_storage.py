@@ -153,7 +153,7 @@ class Storage:
         self._changes().alarm = AlarmWrite(None)
 
     def _changes(self) -> Changes:
-        return self._actor.storage_layers()[-1]
+        return self._actor.current_changes()
 
     async def _get(self, keys: Sequence[str]) -> dict[str, str]:
         layers = self._actor.storage_layers()
