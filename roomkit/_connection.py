@@ -1,12 +1,14 @@
 """A room's WebSocket connection: its public face, its reader loop and its writer task.
 
 Theory of operation. A connection has one reader and one writer, both tasks in its
-room's nursery. Nothing else writes to the socket:
+room's nursery:
 
 * ``send``/``close`` (and a room's ``broadcast``) only append to the connection's queue
-  of encoded frames and wake the writer; they never block and never await.
-* The writer takes *everything* queued and writes it with one ``send_all``, so a burst of
-  messages costs one trip through the scheduler and one system call, not one each.
+  of encoded frames, then kick it; they never block and never await.
+* A kick writes the queue straight to the socket (one non-blocking write) when the
+  writer task is idle; whatever the socket does not take wakes the writer, which takes
+  *everything* queued and writes it with one ``send_all``. So a burst of messages costs
+  one system call, not one each, and usually no task switch at all.
 * The reader feeds received bytes to wsproto and turns its events into room events
   (message, close), answering pings itself.
 
