@@ -10,16 +10,15 @@ Each hook is a transaction behind an output gate. What it sends (``send``,
 ``broadcast``, ``close``) is collected in an outbox instead of queued, and what it
 writes to storage in a :class:`~roomkit.storage.Changes`. When the hook returns, its
 changes go to the group committer and the actor takes its next event at once; the
-outbox waits in the ``_inflight`` queue until the commit is durable and every earlier
-outbox has been released, so sends leave in hook order and never before the writes
-they acknowledge. When the hook raises, both are dropped and ``on_error`` runs.
-Sends from any task but the actor's (the
-reader answering bad input, an auto-response) bypass the gate.
+outbox waits in the room's :class:`~roomkit._gate.OutputGate` until the commit is
+durable and every earlier outbox has been released, so sends leave in hook order and
+never before the writes they acknowledge. When the hook raises, both are dropped and
+``on_error`` runs. Sends from any task but the actor's (the reader answering bad input,
+an auto-response) bypass the gate.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import logging
@@ -38,6 +37,7 @@ from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
 from ._errors import Reject, RoomkitError
 from ._frames import encode_message
+from ._gate import Outbox, OutputGate
 from ._room import Room
 from ._roomid import RoomId
 from ._storage import Storage
@@ -54,7 +54,6 @@ EVENT_QUEUE: Final = 256
 #: Events handled back to back before the room yields to the other tasks once.
 EVENTS_PER_CHECKPOINT: Final = 32
 
-_Outbox = list[tuple[bytes | CloseConnection, Iterable[Connection]]]
 
 TimerKey = tuple[str, Hashable]
 """A timer on the server's scheduler: ``("alarm" | "sweep", RoomId)`` or ``("ping", conn)``."""
@@ -116,16 +115,6 @@ class _Check:
 _Event = _Connect | _Message | _Closed | _Alarm | _Check
 
 
-@attrs.define(eq=False)
-class _Pending:
-    """A returned hook's outbox, waiting for its changes (and earlier ones) to be durable."""
-
-    changes: Changes | None
-    outbox: _Outbox
-    settle: Callable[[bool], None] | None
-    durable: bool = False
-
-
 class RoomActor:
     """The live room ``room``: its connections, tags, instance, storage and event loop.
 
@@ -146,10 +135,9 @@ class RoomActor:
         self._connections: dict[Connection, None] = {}
         self._send, self._receive = trio.open_memory_channel[_Event](EVENT_QUEUE)
         self._instance: Room | None = None
-        self._outbox: _Outbox | None = None
+        self._outbox: Outbox | None = None
         self._changes: Changes | None = None
-        self._inflight: collections.deque[_Pending] = collections.deque()
-        self._settled = trio.Event()
+        self._gate = OutputGate()
         self._task: trio.lowlevel.Task | None = None
         self._nursery: trio.Nursery | None = None
         self._backlog: list[Connection] = []
@@ -270,7 +258,7 @@ class RoomActor:
                 await self._handle(event)
                 if not self._idle():
                     continue
-            await self._settled_down()  # no commit of this room may be left in flight
+            await self._gate.settled()  # no commit of this room may be left in flight
             if self._receive.statistics().current_buffer_used or self._expected:
                 continue
             self._awake = False
@@ -320,12 +308,7 @@ class RoomActor:
             for conn in recipients:
                 conn._push(item)
             return
-        if isinstance(item, bytes):
-            size = len(item)
-            recipients = [conn for conn in recipients if conn._hold(size)]
-            if not recipients:
-                return
-        self._outbox.append((item, recipients))
+        self._gate.hold(self._outbox, item, recipients)
 
     def current_changes(self) -> Changes:
         """The running hook's changes, for writes; raises outside a hook."""
@@ -336,9 +319,7 @@ class RoomActor:
     def storage_layers(self) -> list[Changes]:
         """The changes not yet durable, oldest first; the running hook's last (for reads)."""
         current = self.current_changes()
-        layers = [p.changes for p in self._inflight if p.changes is not None]
-        layers.append(current)
-        return layers
+        return [*self._gate.layers(), current]
 
     def stored_alarm(self) -> AlarmWrite | None:
         return self._host.stored_alarm(self.room)
@@ -442,13 +423,13 @@ class RoomActor:
         settle: Callable[[bool], None] | None = None,
     ) -> Exception | None:
         """Run one hook as a transaction behind the output gate; return what it raised."""
-        outbox: _Outbox = []
+        outbox: Outbox = []
         changes = Changes() if changes is None else changes
         self._outbox, self._changes = outbox, changes
         try:
             await hook(*args)
         except Exception as exc:
-            _unhold(outbox)  # dropped
+            self._gate.drop(outbox)
             return exc
         finally:
             self._outbox = self._changes = None
@@ -456,45 +437,22 @@ class RoomActor:
         return None
 
     def _finish(
-        self, changes: Changes, outbox: _Outbox, settle: Callable[[bool], None] | None = None
+        self, changes: Changes, outbox: Outbox, settle: Callable[[bool], None] | None = None
     ) -> None:
-        """Commit a returned hook's changes; release its outbox once they are durable."""
-        pending = _Pending(changes or None, outbox, settle)
-        self._inflight.append(pending)
-        if not changes:
-            pending.durable = True
-            self._release()
-            return
+        """Commit a returned hook's changes; its outbox is released once they are durable."""
         if changes.alarm is not None:
             self._host.alarm_changed(self.room, changes.alarm)
-        self._host.commit(
-            self.room, changes, functools.partial(self._committed, pending), self._release
-        )
+        self._gate.finish(changes, outbox, settle, self._commit)
 
-    def _committed(self, pending: _Pending, ok: bool) -> None:
-        """One hook's changes are durable (released, with the rest of the batch, after)."""
-        if ok:
-            pending.durable = True
-        elif self._inflight:  # the first failure resets the room; the rest are moot
-            self._storage_failed()
+    def _commit(
+        self, changes: Changes, done: Callable[[bool], None], after: Callable[[], None]
+    ) -> None:
+        def committed(ok: bool) -> None:
+            done(ok)
+            if not ok and self._gate.busy:  # the first failure resets the room
+                self._storage_failed()
 
-    def _release(self) -> None:
-        """Deliver, in hook order, every outbox whose changes and predecessors are durable."""
-        inflight = self._inflight
-        touched: dict[Connection, None] = {}
-        while inflight and inflight[0].durable:
-            pending = inflight.popleft()
-            _unhold(pending.outbox)
-            for item, recipients in pending.outbox:
-                for conn in recipients:
-                    conn._push(item, kick=False)
-                    touched[conn] = None
-            if pending.settle is not None:
-                pending.settle(True)
-        for conn in touched:  # one write each for everything the hooks sent it
-            conn._kick()
-        if not inflight:
-            self._settled.set()
+        self._host.commit(self.room, changes, committed, after)
 
     def _storage_failed(self) -> None:
         """A commit failed: nothing held back may go out, and memory may be ahead of disk.
@@ -504,12 +462,7 @@ class RoomActor:
         from what the store really holds.
         """
         logger.error("room %s: storage failed; resetting the room", self.room)
-        for pending in self._inflight:
-            _unhold(pending.outbox)
-            if pending.settle is not None:
-                pending.settle(False)
-        self._inflight.clear()
-        self._settled.set()
+        self._gate.fail()
         self._instance = None
         for conn in list(self._connections):
             conn._push(CloseConnection(CloseCode.INTERNAL_ERROR, "Storage failure"))
@@ -547,12 +500,6 @@ class RoomActor:
         queued = self._receive.statistics().current_buffer_used
         return not (self._connections or queued or self._expected)
 
-    async def _settled_down(self) -> None:
-        """Wait until no commit of this room is in flight."""
-        while self._inflight:
-            self._settled = trio.Event()
-            await self._settled.wait()
-
     def _schedule_sweep(self) -> None:
         timeout = self.room_class.idle_timeout
         open_ = self.connections()
@@ -565,12 +512,3 @@ class RoomActor:
 
     def cancel_timer(self, key: TimerKey) -> None:
         self._host.cancel_timer(key)
-
-
-def _unhold(outbox: _Outbox) -> None:
-    """Give back the bytes an outbox held against its recipients' send queues."""
-    for item, recipients in outbox:
-        if isinstance(item, bytes):
-            size = len(item)
-            for conn in recipients:
-                conn._unhold(size)

@@ -1,0 +1,141 @@
+"""The output gate: a hook's sends wait for its writes, and leave in hook order.
+
+While a hook runs, what it sends is collected in an *outbox* (``hold``) and what it
+writes in a :class:`~roomkit.storage.Changes`. When it returns (``finish``), its
+changes go to the committer and its outbox joins the ``inflight`` queue; an outbox is
+released once its changes are durable and every outbox before it has been released,
+so clients never hear of a write that could still be lost, and sends leave in the
+order the hooks ran. A hook that raises has its outbox dropped (``drop``).
+
+The gate counts the bytes it holds against each recipient's ``max_send_queue``, and
+keeps a frame only for recipients with room for it: what one hook sends stays bounded
+however much it broadcasts.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+from wsproto.events import CloseConnection
+
+from .storage import Changes
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+__all__ = ["Outbox", "OutputGate"]
+
+Outbox = list[tuple[bytes | CloseConnection, Iterable["Connection"]]]
+Settle = Callable[[bool], None]
+Commit = Callable[[Changes, Callable[[bool], None], Callable[[], None]], None]
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """A returned hook's outbox, waiting for its changes (and earlier ones) to be durable."""
+
+    changes: Changes | None
+    outbox: Outbox
+    settle: Settle | None
+    durable: bool = False
+
+
+class OutputGate:
+    """One room's outboxes in flight, in hook order."""
+
+    def __init__(self) -> None:
+        self._inflight: collections.deque[_Pending] = collections.deque()
+        self._settled = trio.Event()
+
+    @staticmethod
+    def hold(
+        outbox: Outbox, item: bytes | CloseConnection, recipients: Iterable[Connection]
+    ) -> None:
+        """Collect ``item`` for ``recipients`` in a running hook's ``outbox``."""
+        if isinstance(item, bytes):
+            size = len(item)
+            recipients = [conn for conn in recipients if conn._hold(size)]
+            if not recipients:
+                return
+        outbox.append((item, recipients))
+
+    @staticmethod
+    def drop(outbox: Outbox) -> None:
+        """Forget a raising hook's outbox, giving back what it held."""
+        _unhold(outbox)
+
+    def layers(self) -> list[Changes]:
+        """The changes of returned hooks that are not durable yet, oldest first."""
+        return [p.changes for p in self._inflight if p.changes is not None]
+
+    def finish(
+        self, changes: Changes, outbox: Outbox, settle: Settle | None, commit: Commit
+    ) -> None:
+        """A hook returned: commit its changes; release its outbox once they are durable.
+
+        ``settle(True)`` is called when the outbox is released (``settle(False)`` if the
+        store failed): the answer to a handshake waits like a send.
+        """
+        pending = _Pending(changes or None, outbox, settle)
+        self._inflight.append(pending)
+        if not changes:
+            pending.durable = True
+            self.release()
+            return
+        commit(changes, functools.partial(self._committed, pending), self.release)
+
+    def _committed(self, pending: _Pending, ok: bool) -> None:
+        if ok:
+            pending.durable = True
+        # A failure is handled by whoever gave the commit: see fail().
+
+    def release(self) -> None:
+        """Deliver, in hook order, every outbox whose changes and predecessors are durable."""
+        inflight = self._inflight
+        touched: dict[Connection, None] = {}
+        while inflight and inflight[0].durable:
+            pending = inflight.popleft()
+            _unhold(pending.outbox)
+            for item, recipients in pending.outbox:
+                for conn in recipients:
+                    conn._push(item, kick=False)
+                    touched[conn] = None
+            if pending.settle is not None:
+                pending.settle(True)
+        for conn in touched:  # one write each for everything the hooks sent it
+            conn._kick()
+        if not inflight:
+            self._settled.set()
+
+    def fail(self) -> None:
+        """The store failed: drop every outbox in flight and refuse its handshakes."""
+        for pending in self._inflight:
+            _unhold(pending.outbox)
+            if pending.settle is not None:
+                pending.settle(False)
+        self._inflight.clear()
+        self._settled.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._inflight)
+
+    async def settled(self) -> None:
+        """Wait until no outbox of this room is in flight."""
+        while self._inflight:
+            self._settled = trio.Event()
+            await self._settled.wait()
+
+
+def _unhold(outbox: Outbox) -> None:
+    """Give back the bytes an outbox held against its recipients' send queues."""
+    for item, recipients in outbox:
+        if isinstance(item, bytes):
+            size = len(item)
+            for conn in recipients:
+                conn._unhold(size)
