@@ -137,7 +137,8 @@ class RoomActor:
         self._instance: Room | None = None
         self._outbox: Outbox | None = None
         self._changes: Changes | None = None
-        self._gate = OutputGate()
+        self._gate = OutputGate(on_failure=self._storage_failed)
+        self._commit = functools.partial(host.commit, room)
         self._task: trio.lowlevel.Task | None = None
         self._nursery: trio.Nursery | None = None
         self._backlog: list[Connection] = []
@@ -443,16 +444,6 @@ class RoomActor:
         if changes.alarm is not None:
             self._host.alarm_changed(self.room, changes.alarm)
         self._gate.finish(changes, outbox, settle, self._commit)
-
-    def _commit(
-        self, changes: Changes, done: Callable[[bool], None], after: Callable[[], None]
-    ) -> None:
-        def committed(ok: bool) -> None:
-            done(ok)
-            if not ok and self._gate.busy:  # the first failure resets the room
-                self._storage_failed()
-
-        self._host.commit(self.room, changes, committed, after)
 
     def _storage_failed(self) -> None:
         """A commit failed: nothing held back may go out, and memory may be ahead of disk.

@@ -48,9 +48,11 @@ class _Pending:
 class OutputGate:
     """One room's outboxes in flight, in hook order."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_failure: Callable[[], None]) -> None:
+        """``on_failure()`` is called when a commit of the room fails (see ``fail``)."""
         self._inflight: collections.deque[_Pending] = collections.deque()
         self._settled = trio.Event()
+        self._on_failure = on_failure
 
     @staticmethod
     def hold(
@@ -92,7 +94,8 @@ class OutputGate:
     def _committed(self, pending: _Pending, ok: bool) -> None:
         if ok:
             pending.durable = True
-        # A failure is handled by whoever gave the commit: see fail().
+        elif self._inflight:  # the first failure resets the room; the rest are moot
+            self._on_failure()
 
     def release(self) -> None:
         """Deliver, in hook order, every outbox whose changes and predecessors are durable."""

@@ -31,6 +31,8 @@ __all__ = ["Storage", "Transaction"]
 
 #: Longest key, in bytes of UTF-8 (the Durable Objects limit).
 MAX_KEY: Final = 2048
+#: One encoder for every value: json.dumps with options builds a new one per call.
+_JSON: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 class Storage:
@@ -205,7 +207,7 @@ class Transaction:
 def _check_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"a storage key must be a str, not {type(key).__name__}")
-    if len(key.encode("utf-8")) > MAX_KEY:
+    if len(key) * 4 > MAX_KEY and len(key.encode("utf-8")) > MAX_KEY:
         raise ValueError(f"a storage key is at most {MAX_KEY} bytes of UTF-8")
     return key
 
@@ -214,6 +216,6 @@ def _encode(value: Any) -> str:
     if attrs.has(type(value)):
         value = converter.unstructure(value)
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return _JSON.encode(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"a stored value must be JSON-able: {exc}") from None

@@ -19,7 +19,7 @@ import trio_websocket
 import roomkit
 from roomkit._roomid import RoomId
 from roomkit.storage import AlarmWrite, Changes, KeyRange, SQLiteStore, Store
-from roomkit.storage._changes import lookup, merge_listing
+from roomkit.storage._changes import lookup, merge, merge_listing
 from roomkit.storage._sqlite import SQLiteCore
 
 from .apps import KV
@@ -366,3 +366,35 @@ async def test_a_failed_commit_of_on_connect_refuses_the_handshake(start: Start)
     assert info.value.status_code == 500
     await trio.testing.wait_all_tasks_blocked()
     assert server.room_count == 0  # the refused connection is not left behind
+
+
+def test_merge_keeps_the_net_effect_in_order() -> None:
+    other = RoomId("", "other")
+    batch = [
+        (ROOM, Changes({"a": "1", "b": "1"})),
+        (other, Changes({"a": "x"})),
+        (ROOM, Changes({"a": None, "c": "3"}, alarm=AlarmWrite(5.0))),
+        (ROOM, Changes({"b": "2"})),
+    ]
+    assert merge(batch) == {
+        ROOM: Changes({"a": None, "b": "2", "c": "3"}, alarm=AlarmWrite(5.0)),
+        other: Changes({"a": "x"}),
+    }
+    cleared = merge([(ROOM, Changes({"a": "1"})), (ROOM, Changes({"b": "2"}, cleared=True))])
+    assert cleared == {ROOM: Changes({"b": "2"}, cleared=True)}
+    assert batch[0][1] == Changes({"a": "1", "b": "1"})  # the inputs are left alone
+
+
+def test_a_merged_batch_applies_like_its_parts(tmp_path: Path) -> None:
+    core = SQLiteCore(tmp_path / "db")
+    core.commit(
+        [
+            (ROOM, Changes({"a": "1"})),
+            (ROOM, Changes({"a": None})),  # put then delete: gone
+            (ROOM, Changes({"b": "1"})),
+            (ROOM, Changes({}, cleared=True)),  # then everything: gone
+            (ROOM, Changes({"c": "1"})),
+        ]
+    )
+    assert core.list(ROOM, KeyRange(), False, None) == [("c", "1")]
+    core.close()

@@ -9,11 +9,22 @@ with every layer. When a commit completes, its layer is dropped: the store has i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TypeVar
 
 import attrs
 
-__all__ = ["AlarmWrite", "Changes", "KeyRange", "lookup", "lookup_alarm", "merge_listing"]
+__all__ = [
+    "AlarmWrite",
+    "Changes",
+    "KeyRange",
+    "lookup",
+    "lookup_alarm",
+    "merge",
+    "merge_listing",
+]
+
+K = TypeVar("K", bound=Hashable)
 
 
 @attrs.frozen
@@ -136,3 +147,24 @@ def merge_listing(
                 rows[key] = text
     ordered = sorted(rows.items(), reverse=reverse)
     return ordered if limit is None else ordered[:limit]
+
+
+def merge(batch: Iterable[tuple[K, Changes]]) -> dict[K, Changes]:
+    """The net effect of a batch of transactions, per room, in the order they ran.
+
+    What a later transaction writes wins over an earlier one, and a clear forgets
+    every earlier write: a store can apply the result with one statement per kind.
+    """
+    merged: dict[K, Changes] = {}
+    for room, changes in batch:
+        into = merged.get(room)
+        if into is None:
+            merged[room] = changes.copy()
+            continue
+        if changes.cleared:
+            into.writes.clear()
+            into.cleared = True
+        into.writes.update(changes.writes)
+        if changes.alarm is not None:
+            into.alarm = changes.alarm
+    return merged

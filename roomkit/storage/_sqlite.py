@@ -23,7 +23,7 @@ import trio
 
 from .._roomid import RoomId
 from ._base import Store, StoredAlarm
-from ._changes import Changes, KeyRange
+from ._changes import Changes, KeyRange, merge
 
 __all__ = ["SQLiteCore", "SQLiteStore"]
 
@@ -92,7 +92,7 @@ class SQLiteCore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for room, changes in batch:
+            for room, changes in merge(batch).items():
                 where = (room.namespace, room.name)
                 if changes.cleared:
                     db.execute("DELETE FROM kv WHERE namespace = ? AND room = ?", where)
