@@ -133,7 +133,10 @@ class RoomActor:
         self.store: Final = host.store
         self._host = host
         self._connections: dict[Connection, None] = {}
-        self._send, self._receive = trio.open_memory_channel[_Event](EVENT_QUEUE)
+        # The event channel exists while the room is awake, and is dropped when it
+        # hibernates (a channel is over 1 KiB): _wake() makes it again.
+        self._send: trio.MemorySendChannel[_Event] | None = None
+        self._receive: trio.MemoryReceiveChannel[_Event] | None = None
         self._instance: Room | None = None
         self._outbox: Outbox | None = None
         self._changes: Changes | None = None
@@ -145,6 +148,7 @@ class RoomActor:
         self._closing = False
         self._expected = 0  # events on their way from post_alarm
         self._awake = False  # whether the event loop task runs
+        self._gone = False  # the room has ended: nothing may wake it
         response = room_class.auto_response
         #: The auto-response pair, the answer already framed.
         self.auto_response = (
@@ -182,18 +186,17 @@ class RoomActor:
     async def connect(self, conn: Connection) -> tuple[int, str] | None:
         """Run ``on_connect``; return None to accept, or the ``(status, reason)`` to refuse."""
         event = _Connect(conn)
-        self._wake()
-        await self._send.send(event)
+        await self._wake().send(event)
         await event.decided.wait()
         return event.rejection
 
     async def message(self, conn: Connection, message: Any) -> None:
-        self._wake()
+        send = self._wake()
         event = _Message(conn, message)
         try:
-            self._send.send_nowait(event)  # no trip through the scheduler if there is room
+            send.send_nowait(event)  # no trip through the scheduler if there is room
         except trio.WouldBlock:
-            await self._send.send(event)  # the room is behind: this reader waits for it
+            await send.send(event)  # the room is behind: this reader waits for it
 
     def post_alarm(self, retry: int, nursery: trio.Nursery) -> None:
         """Queue an alarm event from synchronous code; the room stays up until it is queued."""
@@ -203,8 +206,7 @@ class RoomActor:
     async def _post(self, event: _Event) -> None:
         try:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                self._wake()
-                await self._send.send(event)
+                await self._wake().send(event)
         finally:
             self._expected -= 1
 
@@ -213,8 +215,7 @@ class RoomActor:
         # Broken or closed: the room itself was cancelled, and nobody is left to tell.
         gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
         with trio.CancelScope(shield=True), gone:
-            self._wake()
-            await self._send.send(_Closed(conn))
+            await self._wake().send(_Closed(conn))
 
     async def run(self) -> None:
         """The room's scope: its connections' tasks and, while awake, its event loop.
@@ -228,11 +229,17 @@ class RoomActor:
             self._backlog.clear()
             self._wake()
 
-    def _wake(self) -> None:
-        """Start the event loop if the room is hibernating (or new)."""
-        if not self._awake and self._nursery is not None:
+    def _wake(self) -> trio.MemorySendChannel[_Event]:
+        """Start the event loop if the room is hibernating (or new); its event channel.
+
+        Once the room is gone the channel stays closed: a send raises BrokenResourceError.
+        """
+        if self._send is None:
+            self._send, self._receive = trio.open_memory_channel[_Event](EVENT_QUEUE)
+        if not (self._awake or self._gone) and self._nursery is not None:
             self._awake = True
             self._nursery.start_soon(self._event_loop)
+        return self._send
 
     async def _event_loop(self) -> None:
         """Handle events until the room is gone, or has been idle for ``hibernate_after``.
@@ -242,30 +249,35 @@ class RoomActor:
         which makes a new instance (``on_start``) before handling it.
         """
         self._task = trio.lowlevel.current_task()
+        receive = self._receive
+        assert receive is not None  # made by the _wake() that started this loop
         idle_for = self.room_class.hibernate_after
         in_a_row = 0
         while True:
             event = None
             try:  # queued events are taken without a trip through the scheduler...
-                event = self._receive.receive_nowait()
+                event = receive.receive_nowait()
                 in_a_row += 1
                 if in_a_row % EVENTS_PER_CHECKPOINT == 0:
                     await trio.lowlevel.checkpoint()  # ...but never so many that others starve
             except trio.WouldBlock:
                 in_a_row = 0
                 with trio.move_on_after(math.inf if idle_for is None else idle_for):
-                    event = await self._receive.receive()
+                    event = await receive.receive()
             if event is not None:
                 await self._handle(event)
-                if not self._idle():
+                if not self._idle(receive):
                     continue
             await self._gate.settled()  # no commit of this room may be left in flight
-            if self._receive.statistics().current_buffer_used or self._expected:
+            if receive.statistics().current_buffer_used or self._expected:
                 continue
             self._awake = False
             self._instance = None
-            if not self._connections:
-                self._receive.close()
+            if self._connections:  # hibernate: the next event makes a new channel
+                self._send = self._receive = None
+            else:  # the room is gone: senders find the channel closed
+                self._gone = True
+                receive.close()
                 self._host.room_gone(self)
             return
 
@@ -477,18 +489,17 @@ class RoomActor:
 
     def _poke(self) -> None:
         """Have the event loop check whether the room is empty, from outside an event."""
-        self._wake()
         # WouldBlock: events are queued, and they will do; Broken: the room is gone.
         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-            self._send.send_nowait(_Check())
+            self._wake().send_nowait(_Check())
 
     def _forget(self, conn: Connection) -> None:
         del self._connections[conn]
         self._host.connections -= 1
         self.tags.discard(conn)
 
-    def _idle(self) -> bool:
-        queued = self._receive.statistics().current_buffer_used
+    def _idle(self, receive: trio.MemoryReceiveChannel[_Event]) -> bool:
+        queued = receive.statistics().current_buffer_used
         return not (self._connections or queued or self._expected)
 
     def _schedule_sweep(self) -> None:

@@ -14,7 +14,6 @@ however much it broadcasts.
 
 from __future__ import annotations
 
-import collections
 import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -50,8 +49,10 @@ class OutputGate:
 
     def __init__(self, on_failure: Callable[[], None]) -> None:
         """``on_failure()`` is called when a commit of the room fails (see ``fail``)."""
-        self._inflight: collections.deque[_Pending] = collections.deque()
-        self._settled = trio.Event()
+        # A list, not a deque: a few entries at most, and an idle room's gate stays small
+        # (an empty deque alone is over 600 bytes, kept by every hibernated room).
+        self._inflight: list[_Pending] = []
+        self._settled: trio.Event | None = None  # made only when someone waits
         self._on_failure = on_failure
 
     @staticmethod
@@ -102,7 +103,7 @@ class OutputGate:
         inflight = self._inflight
         touched: dict[Connection, None] = {}
         while inflight and inflight[0].durable:
-            pending = inflight.popleft()
+            pending = inflight.pop(0)
             _unhold(pending.outbox)
             for item, recipients in pending.outbox:
                 for conn in recipients:
@@ -112,7 +113,7 @@ class OutputGate:
                 pending.settle(True)
         for conn in touched:  # one write each for everything the hooks sent it
             conn._kick()
-        if not inflight:
+        if not inflight and self._settled is not None:
             self._settled.set()
 
     def fail(self) -> None:
@@ -122,7 +123,8 @@ class OutputGate:
             if pending.settle is not None:
                 pending.settle(False)
         self._inflight.clear()
-        self._settled.set()
+        if self._settled is not None:
+            self._settled.set()
 
     @property
     def busy(self) -> bool:
@@ -131,8 +133,9 @@ class OutputGate:
     async def settled(self) -> None:
         """Wait until no outbox of this room is in flight."""
         while self._inflight:
-            self._settled = trio.Event()
-            await self._settled.wait()
+            self._settled = settled = trio.Event()
+            await settled.wait()
+        self._settled = None
 
 
 def _unhold(outbox: Outbox) -> None:
