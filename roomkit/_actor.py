@@ -325,8 +325,10 @@ class RoomActor:
 
     def current_changes(self) -> Changes:
         """The running hook's changes, for writes; raises outside a hook."""
-        if self._changes is None or trio.lowlevel.current_task() is not self._task:
+        if self._outbox is None or trio.lowlevel.current_task() is not self._task:
             raise RoomkitError("room storage can only be used inside a hook")
+        if self._changes is None:
+            self._changes = Changes()
         return self._changes
 
     def storage_layers(self) -> list[Changes]:
@@ -437,23 +439,25 @@ class RoomActor:
     ) -> Exception | None:
         """Run one hook as a transaction behind the output gate; return what it raised."""
         outbox: Outbox = []
-        changes = Changes() if changes is None else changes
-        self._outbox, self._changes = outbox, changes
+        self._outbox, self._changes = outbox, changes  # changes made on the first write
         try:
             await hook(*args)
         except Exception as exc:
             self._gate.drop(outbox)
             return exc
         finally:
-            self._outbox = self._changes = None
+            changes, self._outbox, self._changes = self._changes, None, None
         self._finish(changes, outbox, settle)
         return None
 
     def _finish(
-        self, changes: Changes, outbox: Outbox, settle: Callable[[bool], None] | None = None
+        self,
+        changes: Changes | None,
+        outbox: Outbox,
+        settle: Callable[[bool], None] | None = None,
     ) -> None:
         """Commit a returned hook's changes; its outbox is released once they are durable."""
-        if changes.alarm is not None:
+        if changes is not None and changes.alarm is not None:
             self._host.alarm_changed(self.room, changes.alarm)
         self._gate.finish(changes, outbox, settle, self._commit)
 

@@ -77,13 +77,19 @@ class OutputGate:
         return [p.changes for p in self._inflight if p.changes is not None]
 
     def finish(
-        self, changes: Changes, outbox: Outbox, settle: Settle | None, commit: Commit
+        self, changes: Changes | None, outbox: Outbox, settle: Settle | None, commit: Commit
     ) -> None:
         """A hook returned: commit its changes; release its outbox once they are durable.
 
         ``settle(True)`` is called when the outbox is released (``settle(False)`` if the
         store failed): the answer to a handshake waits like a send.
         """
+        if not changes and not self._inflight:  # nothing to wait for: out at once
+            _unhold(outbox)
+            _deliver([outbox])
+            if settle is not None:
+                settle(True)
+            return
         pending = _Pending(changes or None, outbox, settle)
         self._inflight.append(pending)
         if not changes:
@@ -101,18 +107,15 @@ class OutputGate:
     def release(self) -> None:
         """Deliver, in hook order, every outbox whose changes and predecessors are durable."""
         inflight = self._inflight
-        touched: dict[Connection, None] = {}
+        ready: list[_Pending] = []
         while inflight and inflight[0].durable:
-            pending = inflight.pop(0)
+            ready.append(inflight.pop(0))
+        for pending in ready:
             _unhold(pending.outbox)
-            for item, recipients in pending.outbox:
-                for conn in recipients:
-                    conn._push(item, kick=False)
-                    touched[conn] = None
+        _deliver([pending.outbox for pending in ready])
+        for pending in ready:
             if pending.settle is not None:
                 pending.settle(True)
-        for conn in touched:  # one write each for everything the hooks sent it
-            conn._kick()
         if not inflight and self._settled is not None:
             self._settled.set()
 
@@ -136,6 +139,18 @@ class OutputGate:
             self._settled = settled = trio.Event()
             await settled.wait()
         self._settled = None
+
+
+def _deliver(outboxes: list[Outbox]) -> None:
+    """Queue every item of ``outboxes`` in order, then write once per connection."""
+    touched: dict[Connection, None] = {}
+    for outbox in outboxes:
+        for item, recipients in outbox:
+            for conn in recipients:
+                conn._push(item, kick=False)
+                touched[conn] = None
+    for conn in touched:  # one write each for everything the hooks sent it
+        conn._kick()
 
 
 def _unhold(outbox: Outbox) -> None:
