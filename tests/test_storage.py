@@ -7,6 +7,7 @@ client must not see a hook's reply before its writes are durable.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from wsproto import WSConnection
+from wsproto.events import TextMessage
 
 import roomkit
 from roomkit._roomid import RoomId
@@ -24,6 +27,7 @@ from roomkit.storage._sqlite import SQLiteCore
 
 from .apps import KV
 from .helpers import Start, open_client, receive_json
+from .test_connection import raw_handshake
 
 ROOM = RoomId("", "r")
 
@@ -241,23 +245,38 @@ class GatedStore(Store):
 async def test_output_gate_holds_replies_until_the_commit_is_durable(start: Start) -> None:
     gate = GatedStore(await SQLiteStore.open(":memory:"))
     server = await start(KV, storage=gate)
-    async with open_client(f"{server.url}/kv") as ws:
-        kv = Client(ws)
-        await kv("put", key="warm", value=0)
+    stream, ws = await raw_handshake(server.port, "/kv")
+    async with stream:
+
+        async def send(**command: Any) -> None:
+            await stream.send_all(ws.send(TextMessage(data=json.dumps(command))))
+
+        await send(op="put", key="warm", value=0)
+        assert [r["op"] for r in await read_json(stream, ws, 1)] == ["put"]
         gate.hold()
         for i in range(20):
-            await ws.send_message(json.dumps({"op": "put", "key": f"k{i}", "value": i}))
-        await ws.send_message(json.dumps({"op": "get", "key": "k19"}))  # no write of its own
+            await send(op="put", key=f"k{i}", value=i)
+        await send(op="get", key="k19")  # no write of its own
         await trio.testing.wait_all_tasks_blocked()
-        with trio.move_on_after(0.05):
-            await ws.get_message()
-            pytest.fail("a reply left before its writes were durable")
+        # Everything the server wrote would be in this socket's buffer by now: it is empty.
+        with pytest.raises(BlockingIOError):
+            os.read(stream.socket.fileno(), 1)
         gate.release()
-        replies = [await receive_json(ws) for _ in range(21)]
+        replies = await read_json(stream, ws, 21)
         assert [r["op"] for r in replies] == ["put"] * 20 + ["get"]
         assert replies[-1]["result"] == 19  # read its predecessors' uncommitted writes
     # The 20 puts waited behind one held commit: group commit wrote them in a batch or two.
     assert len(gate.batches) <= 3 and sum(gate.batches) == 21
+
+
+async def read_json(stream: trio.SocketStream, ws: WSConnection, count: int) -> list[Any]:
+    """The next ``count`` text messages from a raw client, parsed."""
+    messages: list[Any] = []
+    with trio.fail_after(5):
+        while len(messages) < count:
+            ws.receive_data(await stream.receive_some())
+            messages += [json.loads(e.data) for e in ws.events() if isinstance(e, TextMessage)]
+    return messages
 
 
 async def test_without_group_commit_every_hook_commits_alone(start: Start) -> None:
