@@ -17,9 +17,10 @@ from typing import Any
 
 import trio
 
-from ._proxy import Backend, proxy
+from ._proxy import proxy
 from ._room import Room
 from ._server import Server, serve
+from ._wsurl import WebSocketURL
 
 __all__ = ["main"]
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "proxy":
         try:
-            Backend.parse(args.backend)
+            WebSocketURL.parse(args.backend)
         except ValueError as exc:
             parser.error(str(exc))
         run = partial(proxy, args.backend, host=args.host, port=args.port)

@@ -19,7 +19,6 @@ import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -28,6 +27,7 @@ import trio_websocket
 from ._closecodes import CloseCode
 from ._errors import ClientClosed, DecodeError, first_leaf
 from ._protocol import Protocol
+from ._wsurl import WebSocketURL
 
 __all__ = ["Client", "ErrorMessage", "connect", "is_final_close"]
 
@@ -83,13 +83,7 @@ class Client:
     """
 
     def __init__(self, url: str, options: _Options, max_queue: int) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"expected a ws:// or wss:// URL, not {url!r}")
-        self._ssl = parts.scheme == "wss"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._ssl else 80)
-        self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._url = WebSocketURL.parse(url)
         self._options = options
         self._outbox_send, self._outbox = trio.open_memory_channel[str | bytes](max_queue)
         self._inbox_send, self._inbox = trio.open_memory_channel[Any](max_queue)
@@ -182,9 +176,9 @@ class Client:
         """One WebSocket, from connecting to its end; whether it opened at all."""
         try:
             with trio.fail_after(self._options.connect_timeout):
-                stream = await self._open_stream()
+                stream = await self._url.open_stream()
         except (OSError, trio.TooSlowError) as exc:
-            logger.info("connecting to %s:%s failed: %s", self._host, self._port, exc)
+            logger.info("connecting to %s failed: %s", self._url.host_header, exc)
             return False
         try:
             async with stream, trio.open_nursery() as nursery:
@@ -192,8 +186,8 @@ class Client:
                     ws = await trio_websocket.wrap_client_stream(
                         nursery,
                         stream,
-                        self._host if self._port in (80, 443) else f"{self._host}:{self._port}",
-                        self._resource,
+                        self._url.host_header,
+                        self._url.resource,
                         extra_headers=list(self._options.headers),
                     )
                 await self._serve(ws, nursery)
@@ -205,13 +199,8 @@ class Client:
             if 400 <= status < 500 and status not in _RETRY_STATUSES:
                 self._stop(f"handshake refused with {status}", status=status)
         except* (trio_websocket.HandshakeError, trio.TooSlowError, OSError) as group:
-            logger.info("handshake with %s failed: %r", self._host, first_leaf(group))
+            logger.info("handshake with %s failed: %r", self._url.host, first_leaf(group))
         return False
-
-    async def _open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-        if self._ssl:
-            return await trio.open_ssl_over_tcp_stream(self._host, self._port)
-        return await trio.open_tcp_stream(self._host, self._port)
 
     async def _serve(self, ws: trio_websocket.WebSocketConnection, session: trio.Nursery) -> None:
         """Run one open WebSocket; ``session`` also holds trio-websocket's reader task."""
@@ -278,7 +267,7 @@ class Client:
                 with trio.fail_after(self._options.ping_timeout):
                     await ws.ping()
             except trio.TooSlowError:
-                logger.info("no pong from %s: reconnecting", self._host)
+                logger.info("no pong from %s: reconnecting", self._url.host)
                 self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "no pong"
                 session.cancel()  # the stream is closed on the way out
                 return

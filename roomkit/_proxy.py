@@ -16,7 +16,6 @@ import contextlib
 import logging
 from functools import partial
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
@@ -33,6 +32,7 @@ from ._frames import encode_message
 from ._frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
 from ._server import Server
 from ._static import static_files
+from ._wsurl import WebSocketURL
 
 __all__ = ["proxy"]
 
@@ -64,7 +64,7 @@ async def proxy(
       handshake_timeout: seconds a client has to send its request head.
       task_status: for ``nursery.start``, which returns a :class:`Server` once listening.
     """
-    backend = Backend.parse(backend_url)
+    backend = WebSocketURL.parse(backend_url)
     files = static_files()
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = Server(host, listeners[0].socket.getsockname()[1])
@@ -75,26 +75,11 @@ async def proxy(
         task_status.started(server)
 
 
-class Backend:
-    def __init__(self, scheme: str, host: str, port: int, prefix: str) -> None:
-        self.ssl = scheme == "wss"
-        self.host, self.port, self.prefix = host, port, prefix
-
-    @classmethod
-    def parse(cls, url: str) -> Backend:
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"the backend must be a ws:// or wss:// URL, not {url!r}")
-        port = parts.port or (443 if parts.scheme == "wss" else 80)
-        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
-
-    @property
-    def host_header(self) -> str:
-        return self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
-
-
 async def _front_door(
-    backend: Backend, files: dict[str, Response], head_seconds: float, stream: trio.SocketStream
+    backend: WebSocketURL,
+    files: dict[str, Response],
+    head_seconds: float,
+    stream: trio.SocketStream,
 ) -> None:
     try:
         await _answer(backend, files, head_seconds, stream)
@@ -103,7 +88,10 @@ async def _front_door(
 
 
 async def _answer(
-    backend: Backend, files: dict[str, Response], head_seconds: float, stream: trio.SocketStream
+    backend: WebSocketURL,
+    files: dict[str, Response],
+    head_seconds: float,
+    stream: trio.SocketStream,
 ) -> None:
     async with stream:
         raw: bytes | Response | None = None
@@ -131,7 +119,7 @@ async def _answer(
 
 
 async def _forward(
-    backend: Backend,
+    backend: WebSocketURL,
     head: RequestHead,
     accept: bytes,
     stream: trio.SocketStream,
@@ -140,7 +128,7 @@ async def _forward(
     """Open the backend's side, then answer the client: 101, or the backend's refusal."""
     try:
         with trio.fail_after(BACKEND_TIMEOUT):
-            upstream_stream = await _open_backend_stream(backend)
+            upstream_stream = await backend.open_stream()
     except (OSError, trio.TooSlowError) as exc:
         logger.warning("proxy: backend %s unreachable: %s", backend.host_header, exc)
         await stream.send_all(
@@ -155,7 +143,7 @@ async def _forward(
                     pair,
                     upstream_stream,
                     backend.host_header,
-                    backend.prefix + head.target,
+                    backend.path.rstrip("/") + head.target,
                     subprotocols=_subprotocols(head),
                     extra_headers=_forwarded(head, stream),
                     max_message_size=MAX_MESSAGE,
@@ -175,14 +163,6 @@ async def _forward(
     except* (trio_websocket.HandshakeError, trio.TooSlowError, OSError):
         if not accepted:  # after the 101, the pump has already told the client
             await stream.send_all(Response(502, "Bad gateway: the backend failed").to_bytes())
-
-
-async def _open_backend_stream(
-    backend: Backend,
-) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-    if backend.ssl:
-        return await trio.open_ssl_over_tcp_stream(backend.host, backend.port)
-    return await trio.open_tcp_stream(backend.host, backend.port)
 
 
 async def _pump(

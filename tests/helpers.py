@@ -17,6 +17,7 @@ import trio
 import trio_websocket
 
 import roomkit
+from roomkit._errors import first_leaf
 
 #: The ``start`` fixture: ``await start(RoomClass or mapping, **serve_kwargs)``.
 Start = Callable[..., Awaitable[roomkit.Server]]
@@ -77,13 +78,7 @@ async def open_client(url: str) -> AsyncIterator[trio_websocket.WebSocketConnect
             finally:
                 await ws.aclose()
     except* trio_websocket.ConnectionRejected as group:
-        raise _first_leaf(group) from None
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+        raise first_leaf(group) from None
 
 
 ROOT = Path(__file__).parent.parent

@@ -1,0 +1,46 @@
+"""A ``ws://`` or ``wss://`` URL to connect to: shared by the client and the proxy."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+
+__all__ = ["WebSocketURL"]
+
+
+@attrs.frozen
+class WebSocketURL:
+    """Where to open a WebSocket: the TCP endpoint, TLS or not, and the request target."""
+
+    secure: bool
+    host: str
+    port: int
+    path: str
+    query: str
+
+    @classmethod
+    def parse(cls, url: str) -> WebSocketURL:
+        """Raises ValueError for anything but a ``ws://`` or ``wss://`` URL with a host."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"expected a ws:// or wss:// URL, not {url!r}")
+        secure = parts.scheme == "wss"
+        port = parts.port or (443 if secure else 80)
+        return cls(secure, parts.hostname, port, parts.path, parts.query)
+
+    @property
+    def host_header(self) -> str:
+        return self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
+
+    @property
+    def resource(self) -> str:
+        """The request target: path and query."""
+        return (self.path or "/") + (f"?{self.query}" if self.query else "")
+
+    async def open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        """A TCP connection to the host, wrapped in TLS for ``wss://``."""
+        if self.secure:
+            return await trio.open_ssl_over_tcp_stream(self.host, self.port)
+        return await trio.open_tcp_stream(self.host, self.port)
