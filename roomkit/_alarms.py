@@ -70,10 +70,6 @@ class Timers(Generic[K]):
     def cancel(self, key: K) -> None:
         self._current.pop(key, None)  # its heap entry is skipped when it surfaces
 
-    def deadline(self, key: K) -> float | None:
-        entry = self._current.get(key)
-        return None if entry is None else entry[0]
-
     def next_deadline(self) -> float:
         """The earliest live deadline, or ``math.inf``."""
         self._drop_stale()

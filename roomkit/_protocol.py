@@ -157,9 +157,6 @@ class MessageSet:
     def classes(self) -> tuple[type, ...]:
         return tuple(self._by_tag.values())
 
-    def __contains__(self, message: object) -> bool:
-        return type(message) in self._tags
-
     def encode(self, message: object) -> str:
         """Return the JSON text of ``message``.
 
