@@ -259,9 +259,12 @@ async def test_invalid_utf8_text_closes_1007(start: Start) -> None:
     frame = bytearray(ws.send(TextMessage(data="ab")))
     # Unmask, swap in bytes that are never UTF-8, mask again.
     frame[-2:] = bytes(b ^ m for b, m in zip(b"\xff\xfe", frame[-6:-4], strict=True))
-    async with stream:
+    async with stream, open_client(f"{server.url}/r") as bystander:
         await stream.send_all(bytes(frame))
         assert (await read_close(stream, ws)).code == 1007
+        await bystander.send_message("unbothered")
+        with trio.fail_after(5):
+            assert await bystander.get_message() == "unbothered"
 
 
 async def test_peer_that_never_answers_our_close_is_dropped(
@@ -269,10 +272,13 @@ async def test_peer_that_never_answers_our_close_is_dropped(
 ) -> None:
     server = await start(Recorder)
     stream, ws = await raw_handshake(server.port, "/r")
-    async with stream:
+    async with stream, open_client(f"{server.url}/r") as bystander:
         await stream.send_all(ws.send(TextMessage(data="kick 1000")))
         before = trio.current_time()
         assert (await read_close(stream, ws)).code == 1000
+        await bystander.send_message("no waiting on the dead")  # served while it waits
+        with trio.fail_after(1):
+            assert await bystander.get_message() == "no waiting on the dead"
         # We never answer; the server gives up after CLOSE_TIMEOUT and calls it unclean.
         assert await wait_closed() == (1006, "", False)
         assert 5 <= trio.current_time() - before < 6
