@@ -1,8 +1,10 @@
 """The room actor: one task per live room, handling its events one at a time.
 
-A :class:`RoomActor` owns a room's scope in the nursery tree: its nursery holds the
-actor's event loop and every connection task of the room, so cancelling the room
-cancels exactly those. Connection tasks never call hooks themselves; they put events
+A :class:`RoomActor` owns a room's tasks: its event loop while awake, and a task per
+connection it admitted. They run in the server's rooms nursery, not in a nursery of the
+room's own, which would cost a hibernated room a task (see docs/architecture.md); the
+room ends only once it has no connection, no event and no commit in flight. Connection
+tasks never call hooks themselves; they put events
 (connect, message, closed, alarm) on the actor's bounded channel, and the actor runs
 the matching hook to completion before taking the next, in arrival order.
 
@@ -84,6 +86,9 @@ class RoomHost(Protocol):
 
     def room_gone(self, actor: RoomActor) -> None: ...
 
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Start ``task`` in the server's rooms nursery."""
+
 
 @attrs.define(eq=False)
 class _Connect:
@@ -124,12 +129,32 @@ class RoomActor:
       host: the server's services: the store, the committer, alarms and sweeps.
     """
 
+    # Slots: thousands of hibernated rooms each keep one of these (issue 7's 1 KiB).
+    __slots__ = (
+        "_awake",
+        "_changes",
+        "_closing",
+        "_connections",
+        "_expected",
+        "_gate_or_none",
+        "_gone",
+        "_host",
+        "_instance",
+        "_outbox",
+        "_receive",
+        "_send",
+        "_task",
+        "auto_response",
+        "room",
+        "room_class",
+        "store",
+        "tags",
+    )
+
     def __init__(self, room_class: type[Room], room: RoomId, host: RoomHost) -> None:
         self.room_class: Final = room_class
         self.room: Final = room
-        self.name: Final = room.name
-        self.tags: Final = TagIndex[Connection]()
-        self.storage: Final = Storage(self)
+        self.tags: Final[TagIndex[Connection]] = TagIndex()
         self.store: Final = host.store
         self._host = host
         self._connections: dict[Connection, None] = {}
@@ -140,11 +165,8 @@ class RoomActor:
         self._instance: Room | None = None
         self._outbox: Outbox | None = None
         self._changes: Changes | None = None
-        self._gate = OutputGate(on_failure=self._storage_failed)
-        self._commit = functools.partial(host.commit, room)
-        self._task: trio.lowlevel.Task | None = None
-        self._nursery: trio.Nursery | None = None
-        self._backlog: list[Connection] = []
+        self._gate_or_none: OutputGate | None = None  # see _gate
+        self._task: trio.lowlevel.Task | None = None  # the event loop's, while awake
         self._closing = False
         self._expected = 0  # events on their way from post_alarm
         self._awake = False  # whether the event loop task runs
@@ -157,14 +179,22 @@ class RoomActor:
 
     # Entry points for the server and the connections.
 
+    @property
+    def name(self) -> str:
+        return self.room.name
+
+    @property
+    def _gate(self) -> OutputGate:
+        """The output gate, made on first use and dropped, empty, when the room sleeps."""
+        if self._gate_or_none is None:
+            self._gate_or_none = OutputGate(on_failure=self._storage_failed)
+        return self._gate_or_none
+
     def admit(self, conn: Connection) -> None:
-        """Take ownership of a new connection and start its task in the room's nursery."""
+        """Take ownership of a new connection and start its task."""
         self._connections[conn] = None
         self._host.connections += 1
-        if self._nursery is None:
-            self._backlog.append(conn)
-        else:
-            self._nursery.start_soon(conn._run)
+        self._host.spawn(conn._run)
 
     def shutdown(self) -> None:
         """Close every connection with 1001 and refuse new ones with 503."""
@@ -198,10 +228,10 @@ class RoomActor:
         except trio.WouldBlock:
             await send.send(event)  # the room is behind: this reader waits for it
 
-    def post_alarm(self, retry: int, nursery: trio.Nursery) -> None:
+    def post_alarm(self, retry: int) -> None:
         """Queue an alarm event from synchronous code; the room stays up until it is queued."""
         self._expected += 1
-        nursery.start_soon(self._post, _Alarm(retry))
+        self._host.spawn(functools.partial(self._post, _Alarm(retry)))
 
     async def _post(self, event: _Event) -> None:
         try:
@@ -217,18 +247,6 @@ class RoomActor:
         with trio.CancelScope(shield=True), gone:
             await self._wake().send(_Closed(conn))
 
-    async def run(self) -> None:
-        """The room's scope: its connections' tasks and, while awake, its event loop.
-
-        Returns once the room has no connection, no event and no commit in flight.
-        """
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for conn in self._backlog:
-                nursery.start_soon(conn._run)
-            self._backlog.clear()
-            self._wake()
-
     def _wake(self) -> trio.MemorySendChannel[_Event]:
         """Start the event loop if the room is hibernating (or new); its event channel.
 
@@ -236,9 +254,9 @@ class RoomActor:
         """
         if self._send is None:
             self._send, self._receive = trio.open_memory_channel[_Event](EVENT_QUEUE)
-        if not (self._awake or self._gone) and self._nursery is not None:
+        if not (self._awake or self._gone):
             self._awake = True
-            self._nursery.start_soon(self._event_loop)
+            self._host.spawn(self._event_loop)
         return self._send
 
     async def _event_loop(self) -> None:
@@ -272,7 +290,7 @@ class RoomActor:
             if receive.statistics().current_buffer_used or self._expected:
                 continue
             self._awake = False
-            self._instance = None
+            self._instance = self._task = self._gate_or_none = None  # the gate is empty
             if self._connections:  # hibernate: the next event makes a new channel
                 self._send = self._receive = None
             else:  # the room is gone: senders find the channel closed
@@ -286,6 +304,12 @@ class RoomActor:
     def connections(self, tag: str | None = None) -> list[Connection]:
         members = self._connections if tag is None else self.tags.members(tag)
         return [c for c in members if c.state is ConnectionState.OPEN]
+
+    def retag(self, conn: Connection, old: tuple[str, ...], new: tuple[str, ...]) -> None:
+        """Move ``conn`` from ``old`` tags to ``new`` in the index, while it is in the room."""
+        if conn in self._connections:
+            self.tags.remove(conn, old)
+            self.tags.add(conn, new)
 
     def encode(self, message: Any) -> bytes:
         """The frame for ``message``, encoded by the room's protocol when it is typed."""
@@ -415,6 +439,7 @@ class RoomActor:
         try:
             room = cls.__new__(cls)
             room._roomkit_actor = self
+            room._roomkit_storage = Storage(self)
             cls.__init__(room)  # after binding, so name and connections work in __init__
         except Exception:
             logger.exception("room %s: %s() raised", self.room, cls.__name__)
@@ -461,6 +486,11 @@ class RoomActor:
             self._host.alarm_changed(self.room, changes.alarm)
         self._gate.finish(changes, outbox, settle, self._commit)
 
+    def _commit(
+        self, changes: Changes, done: Callable[[bool], None], after: Callable[[], None]
+    ) -> None:
+        self._host.commit(self.room, changes, done, after)
+
     def _storage_failed(self) -> None:
         """A commit failed: nothing held back may go out, and memory may be ahead of disk.
 
@@ -500,7 +530,7 @@ class RoomActor:
     def _forget(self, conn: Connection) -> None:
         del self._connections[conn]
         self._host.connections -= 1
-        self.tags.discard(conn)
+        self.tags.remove(conn, conn.tags)
 
     def _idle(self, receive: trio.MemoryReceiveChannel[_Event]) -> bool:
         queued = receive.statistics().current_buffer_used

@@ -106,6 +106,7 @@ class Connection:
         self._ws = ws
         self._accept: bytes | None = accept  # the 101 response, until it is sent
         self._attachment: str | None = None
+        self._tags: tuple[str, ...] = ()
         self._queue: list[bytes] = []
         #: The socket's file descriptor while it is open and past its handshake, for
         #: writes that need no task (see _kick); None otherwise.
@@ -134,11 +135,13 @@ class Connection:
     @property
     def tags(self) -> tuple[str, ...]:
         """The connection's tags; assign an iterable of strings to replace them."""
-        return self._actor.tags.tags_of(self)
+        return self._tags
 
     @tags.setter
     def tags(self, tags: Any) -> None:
-        self._actor.tags.set(self, validate_tags(tags))
+        new = validate_tags(tags)
+        self._actor.retag(self, self._tags, new)
+        self._tags = new
 
     @property
     def attachment(self) -> Any:

@@ -47,6 +47,8 @@ class _Pending:
 class OutputGate:
     """One room's outboxes in flight, in hook order."""
 
+    __slots__ = ("_inflight", "_on_failure", "_settled")
+
     def __init__(self, on_failure: Callable[[], None]) -> None:
         """``on_failure()`` is called when a commit of the room fails (see ``fail``)."""
         # A list, not a deque: a few entries at most, and an idle room's gate stays small

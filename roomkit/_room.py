@@ -72,6 +72,7 @@ class Room:
     ping_timeout: ClassVar[float] = 20.0
 
     _roomkit_actor: RoomActor
+    _roomkit_storage: Storage
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,7 +110,7 @@ class Room:
     @property
     def storage(self) -> Storage:
         """The room's durable key-value storage and alarm; see :class:`roomkit.Storage`."""
-        return self._roomkit_actor.storage
+        return self._roomkit_storage
 
     def connections(self, tag: str | None = None) -> list[Connection]:
         """The room's open connections, or only those carrying ``tag``, in join order."""

@@ -8,10 +8,9 @@ The tree::
     └── runtime scope (shielded until shutdown)
         ├── the committer (group commit of every room's writes)
         ├── the scheduler (alarms, idle sweeps, pings, on Trio's clock)
-        └── rooms scope
-            └── one RoomActor.run per live room
-                ├── the room's event loop (hooks, one at a time; ends on hibernation)
-                └── one Connection._run per connection (reader + writer)
+        └── rooms scope: the tasks of every room, each belonging to one room
+            ├── a room's event loop (hooks, one at a time; ends on hibernation)
+            └── one Connection._run per connection (reader + writer)
 
 Shutdown, when ``serve`` is cancelled, in order: stop accepting and drop half-read
 request heads; close every open connection with 1001 "Going away" and refuse handshakes
@@ -25,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 
 import attrs
@@ -243,6 +242,10 @@ class _Runtime:
     def cancel_timer(self, key: TimerKey) -> None:
         self._scheduler.cancel(key)
 
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        assert self._rooms_nursery is not None
+        self._rooms_nursery.start_soon(task)
+
     def room_gone(self, actor: RoomActor) -> None:
         del self._rooms[actor.room]
         self._scheduler.cancel(("sweep", actor.room))
@@ -269,8 +272,7 @@ class _Runtime:
         if route is None:
             logger.warning("alarm of room %s not run: no route serves %r", room, room.namespace)
             return
-        assert self._rooms_nursery is not None
-        self._room_for(route, room).post_alarm(alarm.retry, self._rooms_nursery)
+        self._room_for(route, room).post_alarm(alarm.retry)
 
     async def front_door(self, stream: trio.SocketStream) -> None:
         """Read one request head; answer it, or hand the stream to its room."""
@@ -317,10 +319,8 @@ class _Runtime:
     def _room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
         actor = self._rooms.get(room)
         if actor is None:
-            assert self._rooms_nursery is not None
             actor = RoomActor(room_class, room, self)
             self._rooms[room] = actor
-            self._rooms_nursery.start_soon(actor.run)
         return actor
 
 

@@ -44,6 +44,8 @@ class Storage:
     Values are copied in and out: change a value by putting it again.
     """
 
+    __slots__ = ("_actor",)
+
     def __init__(self, actor: RoomActor) -> None:
         self._actor = actor
 

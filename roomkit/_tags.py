@@ -35,31 +35,30 @@ def validate_tags(tags: Iterable[str]) -> tuple[str, ...]:
 
 
 class TagIndex(Generic[K]):
-    """Maps each tag to the keys carrying it, and each key to its tags."""
+    """Maps each tag to the keys carrying it.
+
+    A key's own tags are kept by its owner (a connection holds its tag tuple) and
+    passed in: a room with one tagged connection then keeps one map, not two, which
+    counts for thousands of hibernated rooms.
+    """
+
+    __slots__ = ("_members",)
 
     def __init__(self) -> None:
         self._members: dict[str, dict[K, None]] = {}
-        self._tags: dict[K, tuple[str, ...]] = {}
 
-    def set(self, key: K, tags: tuple[str, ...]) -> None:
-        """Give ``key`` exactly ``tags``, replacing what it had."""
-        self.discard(key)
-        if not tags:
-            return
-        self._tags[key] = tags
+    def add(self, key: K, tags: Iterable[str]) -> None:
+        """Record that ``key`` carries ``tags``; it goes last among each tag's members."""
         for tag in tags:
             self._members.setdefault(tag, {})[key] = None
 
-    def discard(self, key: K) -> None:
-        """Forget ``key`` and its tags; nothing happens if it had none."""
-        for tag in self._tags.pop(key, ()):
+    def remove(self, key: K, tags: Iterable[str]) -> None:
+        """Record that ``key`` no longer carries ``tags`` (which it had)."""
+        for tag in tags:
             members = self._members[tag]
             del members[key]
             if not members:
                 del self._members[tag]
-
-    def tags_of(self, key: K) -> tuple[str, ...]:
-        return self._tags.get(key, ())
 
     def members(self, tag: str) -> list[K]:
         """The keys carrying ``tag``, in the order they were given it."""

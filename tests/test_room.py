@@ -171,6 +171,10 @@ class Tagged(roomkit.Room):
         elif command == "count":
             conn.send(str(len(self.connections(arg or None))))
 
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        conn.tags = ["gone"]  # a connection that has left can be retagged; it stays out
+        self.broadcast(f"left with {','.join(conn.tags)}; {len(self.connections('gone'))} gone")
+
 
 async def test_broadcast_with_tag_and_exclude(start: Start) -> None:
     server = await start(Tagged)
@@ -227,6 +231,8 @@ async def test_broadcast_counts_and_connections_by_tag(start: Start) -> None:
             await red.send_message("tag green")
             assert await blue.get_message() == "to green"
             assert await red.get_message() == "1"
+            await blue.aclose()
+            assert await red.get_message() == "left with gone; 0 gone"
 
 
 class Overlapping(roomkit.Room):

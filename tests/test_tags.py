@@ -9,25 +9,26 @@ from roomkit._tags import TagIndex, validate_tags
 
 def test_members_in_tagging_order_and_retagging() -> None:
     index = TagIndex[str]()
-    index.set("a", ("red", "all"))
-    index.set("b", ("blue", "all"))
-    index.set("c", ("red",))
+    index.add("a", ("red", "all"))
+    index.add("b", ("blue", "all"))
+    index.add("c", ("red",))
     assert index.members("red") == ["a", "c"]
     assert index.members("all") == ["a", "b"]
-    index.set("a", ("blue",))
+    index.remove("a", ("red", "all"))
+    index.add("a", ("blue",))
     assert index.members("red") == ["c"]
     assert index.members("blue") == ["b", "a"]
-    assert index.tags_of("a") == ("blue",)
+    assert index.members("all") == ["b"]
 
 
-def test_discard_forgets_every_tag_and_empty_tags() -> None:
+def test_remove_leaves_no_empty_tags_behind() -> None:
     index = TagIndex[str]()
-    index.set("a", ("red",))
-    index.discard("a")
-    index.discard("never-tagged")
+    index.add("a", ("red",))
+    index.add("b", ("red", "blue"))
+    index.remove("a", ("red",))
+    index.remove("b", ("red", "blue"))
     assert index.members("red") == []
-    assert index.tags_of("a") == ()
-    assert index._members == {}  # no empty sets left behind to grow for ever
+    assert index._members == {}  # no empty maps left behind to grow for ever
 
 
 def test_validate_tags() -> None:
