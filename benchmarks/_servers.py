@@ -86,9 +86,9 @@ class Idle(roomkit.Room):
 
 
 class Hibernating(Idle):
-    """The same, hibernating after a second without events."""
+    """The same, hibernating after 0.2 s without events."""
 
-    hibernate_after = 1.0
+    hibernate_after = 0.2
 
 
 ROOMS: dict[str, type[roomkit.Room]] = {
