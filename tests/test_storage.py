@@ -93,6 +93,20 @@ def test_sqlite_core_commits_lists_and_survives_reopening(tmp_path: Path) -> Non
     core.close()
 
 
+@pytest.mark.parametrize("count", [1, 7, 64, 65, 200])
+def test_sqlite_core_writes_every_row_of_a_large_commit(tmp_path: Path, count: int) -> None:
+    core = SQLiteCore(tmp_path / "rooms.sqlite3")
+    core.commit([(ROOM, Changes({"old": "x", "k0000": "stale"}))])
+    writes: dict[str, str | None] = {f"k{i:04}": json.dumps(i) for i in range(count)}
+    writes["old"] = None
+    # Several hooks' changes to one room, in one group commit: the last write wins.
+    core.commit([(ROOM, Changes({"k0000": "older"})), (ROOM, Changes(writes))])
+    assert core.list(ROOM, KeyRange(), False, None) == [
+        (f"k{i:04}", json.dumps(i)) for i in range(count)
+    ]
+    core.close()
+
+
 def test_a_failing_commit_leaves_nothing_behind(tmp_path: Path) -> None:
     core = SQLiteCore(tmp_path / "db")
     with pytest.raises(Exception, match="Error binding parameter"):

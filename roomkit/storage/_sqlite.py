@@ -14,6 +14,7 @@ would look idle to the autojumping clock, which would then skip time ahead).
 from __future__ import annotations
 
 import builtins
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -31,6 +32,9 @@ T = TypeVar("T")
 
 #: Keys per ``IN (...)`` query; stays under SQLite's host-parameter limit.
 _KEYS_PER_QUERY: Final = 500
+#: Most rows one ``INSERT`` statement writes. A statement binding many rows costs about
+#: 0.5 µs a row less than ``executemany`` (measured at 40 rows a commit).
+_ROWS_PER_INSERT: Final = 64
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -102,8 +106,7 @@ class SQLiteCore:
                     db.executemany(
                         "DELETE FROM kv WHERE namespace = ? AND room = ? AND key = ?", deletes
                     )
-                if puts:
-                    db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", puts)
+                _insert(db, puts)
                 alarm = changes.alarm
                 if alarm is not None and alarm.due is None:
                     db.execute("DELETE FROM alarms WHERE namespace = ? AND room = ?", where)
@@ -123,6 +126,25 @@ class SQLiteCore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _insert(db: sqlite3.Connection, rows: Sequence[tuple[str, str, str, str]]) -> None:
+    """Insert or replace ``rows`` in ``kv``, many rows a statement.
+
+    Statements are of 64 rows, then of fewer rows, a power of two each time, so that
+    only seven statement texts exist and sqlite3's statement cache keeps them all.
+    """
+    start = 0
+    while start < len(rows):
+        size = min(_ROWS_PER_INSERT, 1 << (len(rows) - start).bit_length() - 1)
+        chunk = rows[start : start + size]
+        db.execute(_insert_sql(size), [value for row in chunk for value in row])
+        start += size
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    return "INSERT OR REPLACE INTO kv VALUES " + ",".join(["(?, ?, ?, ?)"] * rows)
 
 
 class SQLiteStore(Store):
