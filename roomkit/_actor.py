@@ -533,8 +533,9 @@ class RoomActor:
         self.tags.remove(conn, conn.tags)
 
     def _idle(self, receive: trio.MemoryReceiveChannel[_Event]) -> bool:
-        queued = receive.statistics().current_buffer_used
-        return not (self._connections or queued or self._expected)
+        if self._connections or self._expected:  # the common case, known without statistics
+            return False
+        return not receive.statistics().current_buffer_used
 
     def _schedule_sweep(self) -> None:
         timeout = self.room_class.idle_timeout

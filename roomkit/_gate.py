@@ -86,15 +86,17 @@ class OutputGate:
         ``settle(True)`` is called when the outbox is released (``settle(False)`` if the
         store failed): the answer to a handshake waits like a send.
         """
-        if not changes and not self._inflight:  # nothing to wait for: out at once
+        if changes is not None and not changes:
+            changes = None  # written, then rolled back: nothing to commit
+        if changes is None and not self._inflight:  # nothing to wait for: out at once
             _unhold(outbox)
             _deliver([outbox])
             if settle is not None:
                 settle(True)
             return
-        pending = _Pending(changes or None, outbox, settle)
+        pending = _Pending(changes, outbox, settle)
         self._inflight.append(pending)
-        if not changes:
+        if changes is None:
             pending.durable = True
             self.release()
             return

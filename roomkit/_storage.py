@@ -214,8 +214,13 @@ def _check_key(key: str) -> str:
     return key
 
 
+#: Types JSON encodes as they are: no attrs instance to unstructure (checked first, as
+#: ``attrs.has`` costs about as much as encoding a short string).
+_JSON_TYPES: Final = frozenset({str, int, float, bool, dict, list, type(None)})
+
+
 def _encode(value: Any) -> str:
-    if attrs.has(type(value)):
+    if type(value) not in _JSON_TYPES and attrs.has(type(value)):
         value = converter.unstructure(value)
     try:
         return _JSON.encode(value)
