@@ -196,11 +196,11 @@ class RoomActor:
         self._host.connections += 1
         self._host.spawn(conn._run)
 
-    def shutdown(self) -> None:
-        """Close every connection with 1001 and refuse new ones with 503."""
+    def shutdown(self, code: CloseCode, reason: str) -> None:
+        """Close every connection with ``code`` and refuse new ones with 503."""
         self._closing = True
         for conn in list(self._connections):
-            conn._push(CloseConnection(CloseCode.GOING_AWAY, "Going away"))
+            conn._push(CloseConnection(code, reason))
         self._poke()  # a room with no connection left ends now
 
     def sweep(self) -> None:

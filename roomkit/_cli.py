@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             storage=args.storage,
+            drain_timeout=args.drain_timeout,
             demo_page=args.demo_page,
         )
     logging.basicConfig(
@@ -94,15 +96,30 @@ def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
 
 
 async def _serve_until_signalled(run: Any) -> None:
-    """Run the server (or proxy); SIGINT or SIGTERM shuts it down gracefully."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
+    """Run the server (or proxy) until SIGINT or SIGTERM, then shut it down as a restart.
+
+    Clients get 1012 "Service restart" and come back at once, to this server's successor.
+    A second signal while it drains exits at once, with status 128 + the signal's number.
+    """
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             server: Server = await nursery.start(run)
             logger.info("roomkit listening on %s", server.url)
-            async for signum in signals:
-                logger.info("%s: shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+            signum = await anext(signals)
+        # A plain handler, not Trio's receiver: it runs even if a hook is stuck in a loop.
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, _exit_at_once)
+        logger.info("%s: shutting down (a second signal exits at once)", _name(signum))
+        server.shutdown(restart=True)
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    logger.warning("%s: exiting at once, without waiting for the rest", _name(signum))
+    os._exit(128 + signum)
+
+
+def _name(signum: int) -> str:
+    return signal.Signals(signum).name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
         default="roomkit.sqlite3",
         metavar="PATH",
         help="SQLite database file for room storage (roomkit.sqlite3); :memory: keeps none",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="at SIGTERM or SIGINT, how long clients and rooms get to finish (10)",
     )
     run.add_argument(
         "--demo-page", action="store_true", help="serve the chat demo page at / (examples.chat)"

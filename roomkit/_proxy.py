@@ -55,7 +55,7 @@ async def proxy(
     handshake_timeout: float = 10.0,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Forward every WebSocket to ``backend_url`` until cancelled.
+    """Forward every WebSocket to ``backend_url`` until cancelled or :meth:`Server.shutdown`.
 
     Args:
       backend_url: ``ws://host:port`` (or ``wss://``) of the backend; a client's path
@@ -73,6 +73,8 @@ async def proxy(
         for listener in listeners:
             nursery.start_soon(accept_loop, listener, nursery, handler)
         task_status.started(server)
+        await server._stop.wait()
+        nursery.cancel_scope.cancel()
 
 
 async def _front_door(

@@ -12,11 +12,12 @@ The tree::
             ├── a room's event loop (hooks, one at a time; ends on hibernation)
             └── one Connection._run per connection (reader + writer)
 
-Shutdown, when ``serve`` is cancelled, in order: stop accepting and drop half-read
-request heads; close every open connection with 1001 "Going away" and refuse handshakes
-still waiting on ``on_connect`` with 503; wait, at most ``SHUTDOWN_TIMEOUT``, for the
-connections to finish their closing handshakes and their rooms' ``on_close`` hooks;
-cancel whatever is left; flush the committer (bounded too); close the store.
+Shutdown, when ``serve`` is cancelled or :meth:`Server.shutdown` is called, in order:
+stop accepting and drop half-read request heads; close every open connection with 1001
+"Going away" (1012 "Service restart" for ``shutdown(restart=True)``) and refuse
+handshakes still waiting on ``on_connect`` with 503; wait, at most ``drain_timeout``, for
+the connections to finish their closing handshakes and their rooms' ``on_close`` hooks;
+cancel whatever is left; flush the committer (at most ``FLUSH_TIMEOUT``); close the store.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from wsproto.connection import ConnectionType
 from ._accept import accept_loop, read_head, remote_address
 from ._actor import RoomActor, TimerKey
 from ._alarms import Scheduler
+from ._closecodes import CloseCode
 from ._committer import Committer
 from ._connection import Connection
 from ._frontdoor import Response, Router, handshake_response, parse_head
@@ -48,8 +50,14 @@ __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("roomkit")
 
-#: Seconds that shutdown waits for connections to close cleanly before cancelling them.
-SHUTDOWN_TIMEOUT: Final = 10.0
+#: Seconds that shutdown waits for the last commit once the rooms are done: a healthy
+#: disk takes milliseconds, and a stuck one must not hold the process for ever.
+FLUSH_TIMEOUT: Final = 5.0
+#: The close frame every connection gets at shutdown, by the code asked for.
+_SHUTDOWN_REASONS: Final = {
+    CloseCode.GOING_AWAY: "Going away",
+    CloseCode.SERVICE_RESTART: "Service restart",
+}
 
 
 @attrs.define(eq=False)
@@ -59,17 +67,35 @@ class Server:
     Attributes:
       host: the address it listens on.
       port: the bound port (useful with ``port=0``).
+      tls: whether it speaks TLS (``wss://``).
     """
 
     host: str
     port: int
+    tls: bool = False
     _rooms: dict[RoomId, RoomActor] = attrs.field(factory=dict, alias="rooms")
+    _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _close_code: CloseCode = attrs.field(default=CloseCode.GOING_AWAY, init=False)
 
     @property
     def url(self) -> str:
-        """The base WebSocket URL, e.g. ``ws://127.0.0.1:8080``."""
+        """The base WebSocket URL, e.g. ``ws://127.0.0.1:8080`` (``wss://`` with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}"
+
+    def shutdown(self, *, restart: bool = False) -> None:
+        """Shut the server down gracefully; ``serve`` then returns instead of running on.
+
+        The steps are those of a cancelled ``serve`` (see ``drain_timeout``), and every
+        client is closed with 1001 "Going away"; with ``restart=True``, with 1012
+        "Service restart" instead, which tells clients to come back at once (roomkit's
+        clients reconnect without waiting). Never blocks: wait for ``serve`` to return
+        (the end of its nursery) to know the server is done. Later calls change nothing.
+        ``proxy`` stops as when cancelled.
+        """
+        if not self._stop.is_set():
+            self._close_code = CloseCode.SERVICE_RESTART if restart else CloseCode.GOING_AWAY
+            self._stop.set()
 
     @property
     def room_count(self) -> int:
@@ -87,10 +113,11 @@ async def serve(
     handshake_timeout: float = 10.0,
     allowed_origins: Iterable[str] | None = None,
     max_connections: int | None = None,
+    drain_timeout: float = 10.0,
     demo_page: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve rooms over WebSockets until cancelled.
+    """Serve rooms over WebSockets until cancelled or :meth:`Server.shutdown`.
 
     Args:
       rooms: a Room subclass, served at ``ws://host:port/{name}``; or a mapping from
@@ -110,6 +137,9 @@ async def serve(
         allowed. None, the default, allows every origin.
       max_connections: WebSocket connections the whole server holds at once; beyond
         it the handshake gets 503. None: no limit but each room's ``max_connections``.
+      drain_timeout: at shutdown, seconds that connections have to finish their closing
+        handshakes and rooms their ``on_close`` hooks; what is left then is cancelled,
+        and storage is committed (at most ``FLUSH_TIMEOUT`` more).
       demo_page: serve the chat demo page at ``GET /`` (for ``examples.chat``).
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
         listening and every stored alarm is scheduled.
@@ -117,6 +147,11 @@ async def serve(
     Besides WebSockets, the port answers ``GET /healthz`` with 200 ``ok``, serves the
     browser client at ``GET /roomkit.js``, and answers any other plain HTTP request with
     426 ``Expected websocket``.
+
+    Shutdown is graceful, when ``serve`` is cancelled (every client is closed with 1001
+    "Going away") as when :meth:`Server.shutdown` is called (``serve`` then returns):
+    it stops accepting, closes every connection, waits up to ``drain_timeout`` for the
+    rooms to finish, and commits storage.
 
     In tests, listen on port 0 and let ``nursery.start`` tell you where::
 
@@ -131,6 +166,8 @@ async def serve(
         or max_connections < 1
     ):
         raise ValueError(f"max_connections must be positive or None, not {max_connections!r}")
+    if not drain_timeout >= 0:
+        raise ValueError(f"drain_timeout must be 0 or more seconds, not {drain_timeout!r}")
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
         if not (isinstance(route, type) and issubclass(route, Room)):
             raise TypeError(f"a route must be a Room subclass, not {route!r}")
@@ -141,18 +178,31 @@ async def serve(
         runtime = _Runtime(server, router, store, group_commit, handshake_timeout, max_connections)
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
-            for listener in listeners:
-                nursery.start_soon(accept_loop, listener, nursery, runtime.front_door)
+            doors = trio.CancelScope()
+            nursery.start_soon(_accept, listeners, runtime.front_door, doors)
             task_status.started(server)
             try:
-                await trio.sleep_forever()
+                await server._stop.wait()
             finally:
+                doors.cancel()
                 with trio.CancelScope(shield=True):
-                    await runtime.shutdown()
+                    await runtime.shutdown(server._close_code, drain_timeout)
     finally:
         if store is not storage:
             with trio.CancelScope(shield=True):
                 await store.aclose()
+
+
+async def _accept(
+    listeners: list[trio.SocketListener],
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    scope: trio.CancelScope,
+) -> None:
+    """The accept loops and their front-door tasks, all inside ``scope``."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(accept_loop, listener, nursery, handler)
 
 
 class _Runtime:
@@ -180,6 +230,7 @@ class _Runtime:
         self._rooms_scope = trio.CancelScope()
         self._rooms_nursery: trio.Nursery | None = None
         self._room_gone = trio.Event()
+        self._closing = False
 
     async def run(self, task_status: trio.TaskStatus[None]) -> None:
         """Run the committer, the scheduler and the rooms; shielded from ``serve``'s
@@ -200,16 +251,17 @@ class _Runtime:
                 task_status.started()
                 await trio.sleep_forever()
 
-    async def shutdown(self) -> None:
-        """Close every socket with 1001, let rooms finish, flush storage, stop."""
-        with trio.move_on_after(SHUTDOWN_TIMEOUT):
+    async def shutdown(self, code: CloseCode, drain_timeout: float) -> None:
+        """Close every socket with ``code``, let rooms finish, flush storage, stop."""
+        self._closing = True
+        with trio.move_on_after(drain_timeout):
             for actor in list(self._rooms.values()):
-                actor.shutdown()
+                actor.shutdown(code, _SHUTDOWN_REASONS[code])
             while self._rooms:
                 self._room_gone = trio.Event()
                 await self._room_gone.wait()
         self._rooms_scope.cancel()
-        with trio.move_on_after(SHUTDOWN_TIMEOUT):
+        with trio.move_on_after(FLUSH_TIMEOUT):
             await self._committer.flush()
         self._scope.cancel()
 
@@ -287,7 +339,9 @@ class _Runtime:
                 head if isinstance(head, Response) else self._decide(head, remote_address(stream))
             )
             full = self._max_connections is not None and self.connections >= self._max_connections
-            if full and not isinstance(decision, Response):
+            if self._closing and not isinstance(decision, Response):
+                decision = Response(503, "Server shutting down")
+            elif full and not isinstance(decision, Response):
                 decision = Response(503, "Server is full")
             if isinstance(decision, Response):
                 await stream.send_all(decision.to_bytes())

@@ -98,3 +98,14 @@ class KV(roomkit.Room):
 
     async def _delete_alarm(self, conn: roomkit.Connection) -> Any:
         await self.storage.delete_alarm()
+
+
+class Farewell(KV):
+    """KV that writes down every goodbye: ``"goodbye"`` is ``[code, reason]`` of the last
+    close. Once ``"linger"`` is stored, ``on_close`` then sleeps for a minute, holding up
+    a shutdown's drain."""
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        await self.storage.put("goodbye", [code, reason])
+        if await self.storage.get("linger"):
+            await trio.sleep(60)

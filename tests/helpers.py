@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
+from websockets.sync.client import ClientConnection
 
 import roomkit
 from roomkit._errors import first_leaf
@@ -81,6 +82,14 @@ async def open_client(url: str) -> AsyncIterator[trio_websocket.WebSocketConnect
         raise first_leaf(group) from None
 
 
+def call(ws: ClientConnection, op: str, **args: Any) -> Any:
+    """Run one operation of ``tests.apps:KV`` with the ``websockets`` client: its result."""
+    ws.send(json.dumps({"op": op, **args}))
+    while "op" not in (reply := json.loads(ws.recv(timeout=10))):
+        pass  # an alarm's broadcast
+    return reply["result"]
+
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -100,7 +109,7 @@ def roomkit_serve(target: str, *options: str) -> Iterator[tuple[subprocess.Popen
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
-        match = re.search(r"listening on (ws://\S+)", line)
+        match = re.search(r"listening on (wss?://\S+)", line)
         assert match, f"the server did not start: {line!r}"
         yield process, match[1]
     finally:

@@ -11,18 +11,10 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
-from .helpers import roomkit_serve
-
-
-def call(ws: ClientConnection, op: str, **args: Any) -> Any:
-    ws.send(json.dumps({"op": op, **args}))
-    while "op" not in (reply := json.loads(ws.recv(timeout=10))):
-        pass  # an alarm's broadcast
-    return reply["result"]
+from .helpers import call, roomkit_serve
 
 
 def test_acknowledged_writes_and_due_alarms_survive_kill_9(tmp_path: Path) -> None:

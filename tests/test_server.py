@@ -1,23 +1,18 @@
-"""``serve`` as a whole: shutdown, other clients, and the command line."""
+"""``serve`` as a whole: shutdown, restarts and other clients."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-from functools import partial
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import trio
 import trio.testing
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import roomkit
 
-from .helpers import ROOT, Start, expect_close, open_client, roomkit_serve
+from .helpers import Start, expect_close, open_client
 
 ROOMKIT = (sys.executable, "-m", "roomkit")
 
@@ -60,6 +55,64 @@ async def test_shutdown_closes_every_socket_with_1001_and_runs_on_close(
         await trio.open_tcp_stream("127.0.0.1", server.port)
 
 
+@pytest.mark.parametrize(
+    ("restart", "code", "reason"), [(False, 1001, "Going away"), (True, 1012, "Service restart")]
+)
+async def test_server_shutdown_closes_every_socket_then_serve_returns(
+    nursery: trio.Nursery, restart: bool, code: int, reason: str
+) -> None:
+    Goodbye.closes = []
+    returned = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[roomkit.Server]) -> None:
+        await roomkit.serve(Goodbye, port=0, task_status=task_status)
+        returned.set()  # returned, not cancelled
+
+    server: roomkit.Server = await nursery.start(run)
+    async with open_client(f"{server.url}/a") as a:
+        server.shutdown(restart=restart)
+        server.shutdown(restart=not restart)  # too late: changes nothing
+        close = await expect_close(a)
+        assert (close.code, close.reason) == (code, reason)
+        with trio.fail_after(5):
+            await returned.wait()
+    assert Goodbye.closes == [("a", code, True)]
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", server.port)
+
+
+class Lingering(roomkit.Room):
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        await trio.sleep(1000)
+
+
+async def test_drain_timeout_bounds_a_shutdown_held_up_by_on_close(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    returned = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[roomkit.Server]) -> None:
+        await roomkit.serve(Lingering, port=0, drain_timeout=3, task_status=task_status)
+        returned.set()
+
+    server: roomkit.Server = await nursery.start(run)
+    async with open_client(f"{server.url}/a") as a:
+        began = trio.current_time()
+        server.shutdown()
+        assert (await expect_close(a)).code == 1001
+    with trio.fail_after(10):
+        await returned.wait()
+    assert trio.current_time() - began == pytest.approx(3.0, abs=0.01)
+
+
+def test_serve_refuses_a_negative_drain_timeout() -> None:
+    async def main() -> None:
+        await roomkit.serve(Goodbye, port=0, drain_timeout=-1)
+
+    with pytest.raises(ValueError, match="drain_timeout"):
+        trio.run(main)
+
+
 async def test_websockets_package_client(start: Start) -> None:
     server = await start(Goodbye)
 
@@ -82,28 +135,3 @@ def test_serve_refuses_routes_that_are_not_rooms() -> None:
 
 def test_url_brackets_ipv6() -> None:
     assert roomkit.Server("::1", 80).url == "ws://[::1]:80"
-
-
-def test_cli_serves_the_chat_example_and_shuts_down_on_sigterm(tmp_path: Path) -> None:
-    db = tmp_path / "chat.sqlite3"
-    with roomkit_serve("examples.chat:ChatRoom", "--storage", str(db)) as (process, url):
-        with connect(f"{url}/lobby?userId=ann") as ws:
-            assert '"type": "welcome"' in str(ws.recv(timeout=5))
-            process.send_signal(signal.SIGTERM)
-            with pytest.raises(ConnectionClosed) as info:
-                ws.recv(timeout=5)
-            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-        assert process.wait(timeout=10) == 0
-        assert db.exists()
-
-
-def test_cli_usage_errors() -> None:
-    run = partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=30)
-    result = run([sys.executable, "-m", "roomkit", "serve", "examples.chat"])
-    assert result.returncode == 2 and "expected MODULE:ATTR" in result.stderr
-    result = run([sys.executable, "-m", "roomkit", "serve", "examples.chat:Chat"])
-    assert result.returncode == 2 and "neither a Room subclass nor a mapping" in result.stderr
-    result = run([*ROOMKIT, "serve", "no_such_module:Room"])
-    assert result.returncode == 2 and "no module named 'no_such_module'" in result.stderr
-    result = run([*ROOMKIT, "serve", "examples.chat:Nope"])
-    assert result.returncode == 2 and "has no attribute 'Nope'" in result.stderr
