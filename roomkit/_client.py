@@ -3,8 +3,11 @@
 The client keeps one WebSocket open to a room (with trio-websocket) and opens a new one
 whenever it drops, after a backoff with full jitter: the wait before try ``n`` is a
 random time up to ``min(max_delay, initial_delay * growth ** n)`` (the PartySocket
-defaults are the same order: half a second growing to ten). What you send while it is
-disconnected waits in a bounded queue and goes out, in order, once it is back. A close
+defaults are the same order: half a second growing to ten). After a 1012 "Service
+restart" close the server's successor is expected any moment: the first try is made at
+once, and if it fails, the backoff goes on as after any other close. What you send
+while it is disconnected waits in a bounded queue and goes out, in order, once it is
+back. A close
 with a code that means "don't come back" (1008, or 4000-4999 chosen by the room; but
 not 1008 "slow consumer"), or a handshake refused with a 4xx status, stops it for good.
 
@@ -156,17 +159,23 @@ class Client:
 
     async def _run(self) -> None:
         failures = 0
+        at_once = False  # the try after a 1012 close: made without waiting, and free
         async with self._inbox_send:
             while True:
                 opened = await self._session()
-                failures = 0 if opened else failures + 1
+                if opened:
+                    failures = 0
+                elif not at_once:
+                    failures += 1
+                at_once = opened and self.close_code == CloseCode.SERVICE_RESTART
                 if self._stopped is not None:
                     return
                 retries = self._options.max_retries
                 if retries is not None and failures > retries:
                     self._stop(f"gave up after {failures} failed tries")
                     return
-                await trio.sleep(self._delay(failures))
+                if not at_once:
+                    await trio.sleep(self._delay(failures))
 
     def _delay(self, failures: int) -> float:
         o = self._options
@@ -319,7 +328,8 @@ async def connect(
         a resubscription, an auth token.
       headers: extra handshake headers (``Authorization``, ``Cookie``, ``Origin``).
       initial_delay, max_delay, growth: the backoff: the wait before try ``n`` is random,
-        up to ``min(max_delay, initial_delay * growth ** n)`` seconds.
+        up to ``min(max_delay, initial_delay * growth ** n)`` seconds. After a 1012
+        "Service restart" close, the first try is made at once (and does not count).
       max_retries: failed tries in a row before giving up; None never gives up.
       connect_timeout: seconds for the TCP connection and for the handshake.
       ping_interval, ping_timeout: a ping every so often; no pong in time means the

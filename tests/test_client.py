@@ -20,6 +20,10 @@ from .helpers import Start
 
 class Recorder(roomkit.Room):
     got: ClassVar[list[str]] = []
+    opened: ClassVar[list[float]] = []  # when each connection was opened
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        Recorder.opened.append(trio.current_time())
 
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         Recorder.got.append(message)
@@ -33,6 +37,7 @@ class Recorder(roomkit.Room):
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     Recorder.got = []
+    Recorder.opened = []
 
 
 async def test_send_and_receive(start: Start) -> None:
@@ -132,6 +137,44 @@ async def test_other_closes_come_back(start: Start, autojump_clock: trio.testing
         await client.send("after")
         with trio.fail_after(5):
             assert await client.receive() == "echo after"
+
+
+@pytest.mark.parametrize(("code", "wait"), [(1012, 0.0), (1001, 0.5), (3000, 0.5)])
+async def test_after_a_1012_close_the_client_comes_back_at_once(
+    start: Start,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: Any,
+    code: int,
+    wait: float,
+) -> None:
+    monkeypatch.setattr(roomkit._client.random, "uniform", lambda low, high: high)  # no jitter
+    server = await start(Recorder)
+    async with roomkit.connect(f"{server.url}/r") as client:
+        await client.wait_connected()
+        began = trio.current_time()
+        await client.send(f"close {code}")
+        await trio.sleep(5)
+        assert client.connections == 2 and client.close_code == code
+    assert Recorder.opened[1] - began == pytest.approx(wait)
+
+
+async def test_after_a_restart_a_failed_first_try_does_not_count(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(roomkit._client.random, "uniform", lambda low, high: high)  # no jitter
+    first: roomkit.Server = await nursery.start(serve_in, trio.CancelScope(), 0)
+    async with roomkit.connect(f"{first.url}/r") as client:
+        await client.wait_connected()
+        began = trio.current_time()
+        first.shutdown(restart=True)
+        await trio.sleep(1.2)
+        assert client.close_code == 1012 and not client.connected
+        await nursery.start(serve_in, trio.CancelScope(), first.port)
+        with trio.fail_after(10):
+            await client.wait_connected()
+    # Tries at 0 (at once, refused: free), 0.5 (refused), then 0.5 + 1.0; had the free
+    # try counted, the second would have been at 1.0 and the third at 3.0.
+    assert Recorder.opened[1] - began == pytest.approx(1.5)
 
 
 class Refusing(roomkit.Room):

@@ -8,9 +8,11 @@
 // Served by roomkit at /roomkit.js; no dependencies. Reconnects on any drop with
 // exponential backoff and full jitter (the delay before try n is a random time up to
 // min(maxDelay, minDelay * growFactor ** n)). Messages sent while disconnected are kept
-// (up to maxQueue) and sent, in order, once open again. A close with a code that means
-// "don't come back" (1008, but not 1008 "slow consumer", and 4000-4999 by choice of the
-// room) stops it for good.
+// (up to maxQueue) and sent, in order, once open again. After a 1012 "Service restart"
+// close, the server's successor is expected any moment: the first try is made at once
+// (attempt 0, delay 0) and does not count; if it fails, the backoff goes on as after any
+// other close. A close with a code that means "don't come back" (1008, but not 1008
+// "slow consumer", and 4000-4999 by choice of the room) stops it for good.
 // Events: "open", "message" (event.data), "close" (event.code, event.reason,
 // event.willReconnect), "reconnecting" (event.attempt, event.delay).
 
@@ -30,6 +32,8 @@ export function isFinalClose(code, reason = "") {
   if (code === 1008) return reason !== "slow consumer";
   return code >= 4000 && code <= 4999;
 }
+
+const SERVICE_RESTART = 1012; // "Service restart": come back at once
 
 export function backoffDelay(attempt, options, random = Math.random) {
   const ceiling = Math.min(options.maxDelay, options.minDelay * options.growFactor ** attempt);
@@ -80,8 +84,10 @@ export class RoomSocket extends EventTarget {
     const ws = new WebSocket(this.url, this.options.protocols);
     this.ws = ws;
     const timeout = setTimeout(() => ws.close(), this.options.connectTimeout);
+    let opened = false;
     ws.addEventListener("open", () => {
       clearTimeout(timeout);
+      opened = true;
       this.attempt = 0;
       this.dispatchEvent(new Event("open"));
       while (this.queue.length && this.connected) this.ws.send(this.queue.shift());
@@ -98,14 +104,14 @@ export class RoomSocket extends EventTarget {
       const closed = new Event("close");
       Object.assign(closed, { code: event.code, reason: event.reason, willReconnect });
       this.dispatchEvent(closed);
-      if (willReconnect) this.scheduleReconnect();
+      if (willReconnect) this.scheduleReconnect(opened && event.code === SERVICE_RESTART);
       else this.stopped = true;
     });
   }
 
-  scheduleReconnect() {
-    const delay = backoffDelay(this.attempt, this.options);
-    this.attempt += 1;
+  scheduleReconnect(atOnce = false) {
+    const delay = atOnce ? 0 : backoffDelay(this.attempt, this.options);
+    if (!atOnce) this.attempt += 1;
     const reconnecting = new Event("reconnecting");
     Object.assign(reconnecting, { attempt: this.attempt, delay });
     this.dispatchEvent(reconnecting);
