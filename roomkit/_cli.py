@@ -1,7 +1,8 @@
 """The ``roomkit`` command.
 
-``roomkit serve MODULE:ATTR [--host] [--port] [--storage PATH] [--demo-page]`` serves
-rooms; ``roomkit proxy BACKEND_URL [--host] [--port]`` forwards WebSockets to a backend.
+``roomkit serve MODULE:ATTR [options]`` serves rooms; every option can also be set by a
+``ROOMKIT_*`` environment variable (``roomkit serve --help`` lists them). ``roomkit proxy
+BACKEND_URL [--host] [--port]`` forwards WebSockets to a backend.
 """
 
 from __future__ import annotations
@@ -18,48 +19,74 @@ from typing import Any
 
 import trio
 
+from ._envoptions import (
+    EnvOptions,
+    UsageError,
+    origins,
+    port,
+    positive_int,
+    positive_seconds,
+    seconds,
+)
 from ._proxy import proxy
 from ._room import Room
 from ._server import Server, serve
 from ._wsurl import WebSocketURL
 
-__all__ = ["main"]
+__all__ = ["main", "parse_args"]
 
 logger = logging.getLogger("roomkit")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; exits with 2 on a usage error."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "proxy":
-        try:
-            WebSocketURL.parse(args.backend)
-        except ValueError as exc:
-            parser.error(str(exc))
-        run = partial(proxy, args.backend, host=args.host, port=args.port)
-    else:
-        try:
-            rooms = load_rooms(args.target)
-        except UsageError as exc:
-            parser.error(str(exc))
-        run = partial(
-            serve,
-            rooms,
-            host=args.host,
-            port=args.port,
-            storage=args.storage,
-            drain_timeout=args.drain_timeout,
-            demo_page=args.demo_page,
-        )
+    args = parse_args(argv)
+    try:
+        run = _runner(args)
+    except UsageError as exc:
+        args.command_parser.error(str(exc))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     trio.run(_serve_until_signalled, run)
 
 
-class UsageError(Exception):
-    """Raised when the command line names something that cannot be served."""
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """Parse the command line, with the environment (``os.environ`` by default) filling
+    in the options it leaves out; exits with 2 on a usage error."""
+    args = _parser().parse_args(argv)
+    options: EnvOptions | None = getattr(args, "env_options", None)
+    if options is not None:
+        try:
+            options.resolve(args, os.environ if environ is None else environ)
+        except UsageError as exc:
+            options.parser.error(str(exc))
+    return args
+
+
+def _runner(args: argparse.Namespace) -> Any:
+    """The server or proxy that ``args`` ask for, to start with ``nursery.start``."""
+    if args.command == "proxy":
+        try:
+            WebSocketURL.parse(args.backend)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return partial(proxy, args.backend, host=args.host, port=args.port)
+    return partial(
+        serve,
+        load_rooms(args.target),
+        host=args.host,
+        port=args.port,
+        storage=args.storage,
+        group_commit=args.group_commit,
+        handshake_timeout=args.handshake_timeout,
+        allowed_origins=args.allowed_origins,
+        max_connections=args.max_connections,
+        drain_timeout=args.drain_timeout,
+        demo_page=args.demo_page,
+    )
 
 
 def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
@@ -125,28 +152,81 @@ def _name(signum: int) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roomkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="serve rooms over WebSockets")
+    run = commands.add_parser(
+        "serve",
+        help="serve rooms over WebSockets",
+        description="Serve rooms over WebSockets. Each option falls back on its environment "
+        "variable, then on its default. SIGTERM or SIGINT shuts the server down as a restart "
+        "(clients get 1012 and come back at once); a second signal exits at once.",
+    )
     run.add_argument("target", metavar="MODULE:ATTR", help="a Room subclass or a route mapping")
-    run.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    run.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
-    run.add_argument(
-        "--storage",
-        default="roomkit.sqlite3",
-        metavar="PATH",
-        help="SQLite database file for room storage (roomkit.sqlite3); :memory: keeps none",
-    )
-    run.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="at SIGTERM or SIGINT, how long clients and rooms get to finish (10)",
-    )
-    run.add_argument(
-        "--demo-page", action="store_true", help="serve the chat demo page at / (examples.chat)"
-    )
+    run.set_defaults(command_parser=run, env_options=_serve_options(EnvOptions(run)))
     forward = commands.add_parser("proxy", help="forward WebSockets to a backend")
     forward.add_argument("backend", metavar="BACKEND_URL", help="ws://host:port of the backend")
     forward.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     forward.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    forward.set_defaults(command_parser=forward)
     return parser
+
+
+def _serve_options(options: EnvOptions) -> EnvOptions:
+    """``roomkit serve``'s options: one ``options.add`` each."""
+    add = options.add
+    add("--host", group="listening", default="127.0.0.1", help="address to listen on")
+    add("--port", group="listening", default=8080, parse=port, help="port; 0 picks a free one")
+    add(
+        "--storage",
+        group="storage",
+        default="roomkit.sqlite3",
+        metavar="PATH",
+        help="SQLite database file for the rooms' storage; :memory: keeps nothing",
+    )
+    add(
+        "--group-commit",
+        group="storage",
+        default=True,
+        help="write the changes of many hooks in one transaction (one fsync)",
+    )
+    add(
+        "--handshake-timeout",
+        group="connections",
+        default=10.0,
+        parse=positive_seconds,
+        metavar="SECONDS",
+        help="time a client has to send its request head; a slower one is dropped",
+    )
+    add(
+        "--max-connections",
+        group="connections",
+        default=None,
+        parse=positive_int,
+        metavar="N",
+        shown="no limit",
+        help="WebSocket connections the server holds at once; beyond, handshakes get 503",
+    )
+    add(
+        "--allowed-origins",
+        group="connections",
+        default=None,
+        parse=origins,
+        metavar="ORIGINS",
+        shown="any origin",
+        help="comma-separated origins browser pages may connect from "
+        "(https://example.com); others get 403",
+    )
+    add(
+        "--drain-timeout",
+        group="shutdown",
+        default=10.0,
+        parse=seconds,
+        metavar="SECONDS",
+        help="at SIGTERM or SIGINT, time clients and rooms get to finish before the rest "
+        "is cancelled and storage committed",
+    )
+    add(
+        "--demo-page",
+        group="demo",
+        default=False,
+        help="serve the chat demo page at / (for examples.chat)",
+    )
+    return options

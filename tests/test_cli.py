@@ -6,6 +6,8 @@ waits for the process with a bounded timeout.
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import signal
 import subprocess
@@ -21,10 +23,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 import roomkit
+from roomkit._cli import parse_args
 
 from .helpers import ROOT, call, roomkit_serve
 
 ROOMKIT = (sys.executable, "-m", "roomkit")
+TARGET = "examples.chat:ChatRoom"
 
 
 def stored(db: Path, room: str, keys: list[str]) -> dict[str, Any]:
@@ -87,3 +91,112 @@ def test_cli_usage_errors() -> None:
     assert result.returncode == 2 and "no module named 'no_such_module'" in result.stderr
     result = run([*ROOMKIT, "serve", "examples.chat:Nope"])
     assert result.returncode == 2 and "has no attribute 'Nope'" in result.stderr
+
+
+def serve_args(*argv: str, **environ: str) -> argparse.Namespace:
+    return parse_args(["serve", TARGET, *argv], environ)
+
+
+def test_serve_options_and_their_defaults() -> None:
+    args = serve_args()
+    assert args.target == TARGET
+    assert (args.host, args.port, args.storage, args.group_commit) == (
+        "127.0.0.1",
+        8080,
+        "roomkit.sqlite3",
+        True,
+    )
+    assert (args.handshake_timeout, args.max_connections, args.allowed_origins) == (10, None, None)
+    assert (args.drain_timeout, args.demo_page) == (10, False)
+    # Every option of serve() has its flag (ssl_context has two: --certfile, --keyfile).
+    options = set(inspect.signature(roomkit.serve).parameters) - {"rooms", "task_status"}
+    assert options - {"ssl_context"} <= set(vars(args))
+
+
+def test_every_option_from_the_environment() -> None:
+    args = serve_args(
+        ROOMKIT_HOST="0.0.0.0",
+        ROOMKIT_PORT="9000",
+        ROOMKIT_STORAGE="/var/lib/roomkit/rooms.sqlite3",
+        ROOMKIT_GROUP_COMMIT="off",
+        ROOMKIT_HANDSHAKE_TIMEOUT="2.5",
+        ROOMKIT_MAX_CONNECTIONS="100",
+        ROOMKIT_ALLOWED_ORIGINS="https://a.example, https://b.example:8443/",
+        ROOMKIT_DRAIN_TIMEOUT="30",
+        ROOMKIT_DEMO_PAGE="Yes",
+    )
+    assert (args.host, args.port, args.storage) == (
+        "0.0.0.0",
+        9000,
+        "/var/lib/roomkit/rooms.sqlite3",
+    )
+    assert (args.group_commit, args.handshake_timeout, args.max_connections) == (False, 2.5, 100)
+    assert args.allowed_origins == ("https://a.example", "https://b.example:8443/")
+    assert (args.drain_timeout, args.demo_page) == (30, True)
+
+
+def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset() -> None:
+    args = serve_args(
+        "--port=1",
+        "--no-demo-page",
+        "--drain-timeout=0",
+        "--group-commit",
+        ROOMKIT_PORT="2",
+        ROOMKIT_DEMO_PAGE="1",
+        ROOMKIT_DRAIN_TIMEOUT="5",
+        ROOMKIT_GROUP_COMMIT="0",
+        ROOMKIT_HOST="::1",
+        ROOMKIT_STORAGE="",
+    )
+    assert (args.port, args.demo_page, args.drain_timeout, args.group_commit) == (1, False, 0, True)
+    assert (args.host, args.storage) == ("::1", "roomkit.sqlite3")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("ROOMKIT_PORT", "http", "expected a port number (0-65535), not 'http'"),
+        ("ROOMKIT_PORT", "65536", "expected a port number"),
+        ("ROOMKIT_DRAIN_TIMEOUT", "-1", "expected a number of seconds, 0 or more, not '-1'"),
+        ("ROOMKIT_DRAIN_TIMEOUT", "nan", "expected a number of seconds"),
+        ("ROOMKIT_HANDSHAKE_TIMEOUT", "0", "expected a number of seconds, more than 0"),
+        ("ROOMKIT_MAX_CONNECTIONS", "0", "expected a whole number, 1 or more, not '0'"),
+        ("ROOMKIT_GROUP_COMMIT", "maybe", "expected 1, true, yes, on, 0, false, no or off"),
+        ("ROOMKIT_ALLOWED_ORIGINS", "example.com", "expected comma-separated origins"),
+        ("ROOMKIT_ALLOWED_ORIGINS", "https://a.example,", "expected comma-separated origins"),
+    ],
+)
+def test_a_bad_variable_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str], variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        serve_args(**{variable: value})
+    assert info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"roomkit serve: error: environment variable {variable}: {expected}")
+
+
+def test_a_bad_flag_is_a_usage_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        serve_args("--port", "http", ROOMKIT_PORT="8000")
+    assert info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert (
+        error
+        == "roomkit serve: error: argument --port: expected a port number (0-65535), not 'http'"
+    )
+
+
+def test_help_shows_each_option_with_its_default_and_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(["serve", "--help"], {})
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for group in ("listening:", "storage:", "connections:", "shutdown:", "demo:"):
+        assert group in text
+    assert "--port PORT port; 0 picks a free one [default: 8080; env: ROOMKIT_PORT]" in text
+    assert "[default: on; env: ROOMKIT_GROUP_COMMIT]" in text
+    assert "[default: no limit; env: ROOMKIT_MAX_CONNECTIONS]" in text
+    assert "[default: 10; env: ROOMKIT_DRAIN_TIMEOUT]" in text
