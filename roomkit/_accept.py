@@ -65,8 +65,15 @@ async def read_head(stream: trio.abc.ReceiveStream) -> bytes | Response | None:
     return too_large if end > MAX_HEAD else bytes(buffer)
 
 
-def remote_address(stream: trio.SocketStream) -> tuple[str, int] | None:
-    """The peer's ``(host, port)``, or None if the socket has no such address."""
+def remote_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """The peer's ``(host, port)``, or None if the socket has no such address.
+
+    Through TLS too: an ``SSLStream``'s address is its transport's.
+    """
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return None
     try:
         address = stream.socket.getpeername()
     except OSError:

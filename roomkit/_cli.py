@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -74,6 +75,7 @@ def _runner(args: argparse.Namespace) -> Any:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return partial(proxy, args.backend, host=args.host, port=args.port)
+    ssl_context = _ssl_context(args.certfile, args.keyfile)
     return partial(
         serve,
         load_rooms(args.target),
@@ -85,8 +87,28 @@ def _runner(args: argparse.Namespace) -> Any:
         allowed_origins=args.allowed_origins,
         max_connections=args.max_connections,
         drain_timeout=args.drain_timeout,
+        ssl_context=ssl_context,
         demo_page=args.demo_page,
     )
+
+
+def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """A server-side TLS context for the certificate chain and key, if they are given."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise UsageError(
+            "--certfile and --keyfile (ROOMKIT_CERTFILE, ROOMKIT_KEYFILE) go together; "
+            f"only {'--certfile' if keyfile is None else '--keyfile'} was given"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(
+            f"cannot load certificate {certfile!r} with key {keyfile!r}: {exc}"
+        ) from None
+    return context
 
 
 def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
@@ -174,6 +196,22 @@ def _serve_options(options: EnvOptions) -> EnvOptions:
     add = options.add
     add("--host", group="listening", default="127.0.0.1", help="address to listen on")
     add("--port", group="listening", default=8080, parse=port, help="port; 0 picks a free one")
+    add(
+        "--certfile",
+        group="TLS",
+        default=None,
+        metavar="PATH",
+        shown="none: plain ws://",
+        help="PEM file of the certificate chain; with --keyfile, serves wss://",
+    )
+    add(
+        "--keyfile",
+        group="TLS",
+        default=None,
+        metavar="PATH",
+        shown="none",
+        help="PEM file of the certificate's private key",
+    )
     add(
         "--storage",
         group="storage",

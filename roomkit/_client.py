@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -74,6 +75,7 @@ class _Options:
     connect_timeout: float
     ping_interval: float | None
     ping_timeout: float
+    ssl_context: ssl.SSLContext | None
 
 
 class Client:
@@ -87,6 +89,8 @@ class Client:
 
     def __init__(self, url: str, options: _Options, max_queue: int) -> None:
         self._url = WebSocketURL.parse(url)
+        if options.ssl_context is not None and not self._url.secure:
+            raise ValueError(f"an ssl_context is for wss:// URLs, not {url!r}")
         self._options = options
         self._outbox_send, self._outbox = trio.open_memory_channel[str | bytes](max_queue)
         self._inbox_send, self._inbox = trio.open_memory_channel[Any](max_queue)
@@ -185,7 +189,7 @@ class Client:
         """One WebSocket, from connecting to its end; whether it opened at all."""
         try:
             with trio.fail_after(self._options.connect_timeout):
-                stream = await self._url.open_stream()
+                stream = await self._url.open_stream(self._options.ssl_context)
         except (OSError, trio.TooSlowError) as exc:
             logger.info("connecting to %s failed: %s", self._url.host_header, exc)
             return False
@@ -207,7 +211,12 @@ class Client:
             status = refusal.status_code
             if 400 <= status < 500 and status not in _RETRY_STATUSES:
                 self._stop(f"handshake refused with {status}", status=status)
-        except* (trio_websocket.HandshakeError, trio.TooSlowError, OSError) as group:
+        except* (
+            trio_websocket.HandshakeError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,  # TLS failed: say, a certificate not trusted
+            OSError,
+        ) as group:
             logger.info("handshake with %s failed: %r", self._url.host, first_leaf(group))
         return False
 
@@ -317,6 +326,7 @@ async def connect(
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
     max_queue: int = 1000,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a room and stay connected; yields a :class:`Client`.
 
@@ -337,6 +347,13 @@ async def connect(
       max_queue: messages that may wait to be sent (``send`` then waits), and messages
         that may wait to be received (reading then stops; a room that keeps sending
         cuts the client off as a slow consumer, and it reconnects).
+      ssl_context: for ``wss://``, the client-side context that decides which servers
+        to trust (``ssl.create_default_context(cafile=...)``); None trusts the system's
+        certificate authorities.
+
+    Raises:
+      ValueError: for a URL that is not ``ws://`` or ``wss://``, or an ``ssl_context``
+        with a ``ws://`` URL.
 
     The client starts connecting at once; sends made before it is connected wait.
     Leaving the block closes the connection (1000) and stops the client.
@@ -356,6 +373,7 @@ async def connect(
         connect_timeout,
         ping_interval,
         ping_timeout,
+        ssl_context,
     )
     client = Client(url, options, max_queue)
     async with trio.open_nursery() as nursery:

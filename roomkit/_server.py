@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from functools import partial
 from typing import Final
 
 import attrs
@@ -114,6 +116,7 @@ async def serve(
     allowed_origins: Iterable[str] | None = None,
     max_connections: int | None = None,
     drain_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
     demo_page: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -129,8 +132,8 @@ async def serve(
         :class:`roomkit.storage.Store`.
       group_commit: write the changes of many hooks in one transaction (one fsync);
         False commits each hook's changes on its own, for comparison.
-      handshake_timeout: seconds a client has to send its whole request head; a slower
-        one is dropped.
+      handshake_timeout: seconds a client has to finish its TLS handshake (with
+        ``ssl_context``) and send its whole request head; a slower one is dropped.
       allowed_origins: the ``Origin`` values (``"https://example.com"``) that browser
         pages may connect from; a handshake from another origin gets 403 (cross-site
         WebSocket hijacking). Requests without an ``Origin`` (not from a browser) are
@@ -140,6 +143,9 @@ async def serve(
       drain_timeout: at shutdown, seconds that connections have to finish their closing
         handshakes and rooms their ``on_close`` hooks; what is left then is cancelled,
         and storage is committed (at most ``FLUSH_TIMEOUT`` more).
+      ssl_context: serve ``wss://`` (and ``https://``) with this server-side context,
+        e.g. ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` with
+        ``load_cert_chain(certfile, keyfile)``. None serves plain ``ws://``.
       demo_page: serve the chat demo page at ``GET /`` (for ``examples.chat``).
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
         listening and every stored alarm is scheduled.
@@ -174,8 +180,9 @@ async def serve(
     store = storage if isinstance(storage, Store) else await SQLiteStore.open(storage)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
-        server = Server(host, listeners[0].socket.getsockname()[1])
-        runtime = _Runtime(server, router, store, group_commit, handshake_timeout, max_connections)
+        server = Server(host, listeners[0].socket.getsockname()[1], tls=ssl_context is not None)
+        handshake = partial(_handshake, ssl_context, handshake_timeout)
+        runtime = _Runtime(server, router, store, group_commit, handshake, max_connections)
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             doors = trio.CancelScope()
@@ -191,6 +198,12 @@ async def serve(
         if store is not storage:
             with trio.CancelScope(shield=True):
                 await store.aclose()
+
+
+#: Reads a new connection's request head, through TLS if need be: see ``_handshake``.
+_Handshake = Callable[
+    [trio.SocketStream], Awaitable[tuple[trio.abc.Stream, bytes | Response | None]]
+]
 
 
 async def _accept(
@@ -214,12 +227,12 @@ class _Runtime:
         router: Router[type[Room]],
         store: Store,
         group_commit: bool,
-        handshake_timeout: float,
+        handshake: _Handshake,
         max_connections: int | None,
     ) -> None:
         self.store = store
         self._router = router
-        self._handshake_timeout = handshake_timeout
+        self._handshake = handshake  # the request head, through TLS if need be
         self._max_connections = max_connections
         self.connections = 0  # open or opening WebSocket connections, all rooms
         self._rooms = server._rooms
@@ -330,13 +343,11 @@ class _Runtime:
         """Read one request head; answer it, or hand the stream to its room."""
         handed_off = False
         try:
-            head: bytes | Response | None = None
-            with trio.move_on_after(self._handshake_timeout):
-                head = await read_head(stream)
+            secured, head = await self._handshake(stream)
             if head is None:
                 return  # silent, slow, or gone: nobody to answer
             decision = (
-                head if isinstance(head, Response) else self._decide(head, remote_address(stream))
+                head if isinstance(head, Response) else self._decide(head, remote_address(secured))
             )
             full = self._max_connections is not None and self.connections >= self._max_connections
             if self._closing and not isinstance(decision, Response):
@@ -344,10 +355,10 @@ class _Runtime:
             elif full and not isinstance(decision, Response):
                 decision = Response(503, "Server is full")
             if isinstance(decision, Response):
-                await stream.send_all(decision.to_bytes())
+                await secured.send_all(decision.to_bytes())
                 return
             actor = self._room_for(decision.room_class, decision.room)
-            actor.admit(Connection(actor, stream, decision.ws, decision.accept, decision.request))
+            actor.admit(Connection(actor, secured, decision.ws, decision.accept, decision.request))
             handed_off = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -376,6 +387,24 @@ class _Runtime:
             actor = RoomActor(room_class, room, self)
             self._rooms[room] = actor
         return actor
+
+
+async def _handshake(
+    ssl_context: ssl.SSLContext | None, seconds: float, stream: trio.SocketStream
+) -> tuple[trio.abc.Stream, bytes | Response | None]:
+    """The stream to speak on (TLS-wrapped with a context) and its request head.
+
+    The TLS handshake and the head share one deadline, ``seconds`` away: a client that
+    finishes neither in time is dropped (the head is None). A failed TLS handshake
+    raises BrokenResourceError.
+    """
+    secured: trio.abc.Stream = stream
+    with trio.move_on_after(seconds):
+        if ssl_context is not None:
+            secured = tls = trio.SSLStream(stream, ssl_context, server_side=True)
+            await tls.do_handshake()
+        return secured, await read_head(secured)
+    return secured, None
 
 
 @attrs.frozen

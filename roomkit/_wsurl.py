@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import urlsplit
 
 import attrs
@@ -39,8 +40,13 @@ class WebSocketURL:
         """The request target: path and query."""
         return (self.path or "/") + (f"?{self.query}" if self.query else "")
 
-    async def open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-        """A TCP connection to the host, wrapped in TLS for ``wss://``."""
+    async def open_stream(
+        self, ssl_context: ssl.SSLContext | None = None
+    ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        """A TCP connection to the host, wrapped in TLS for ``wss://``: with
+        ``ssl_context``, or else the system's trusted certificates."""
         if self.secure:
-            return await trio.open_ssl_over_tcp_stream(self.host, self.port)
+            return await trio.open_ssl_over_tcp_stream(
+                self.host, self.port, ssl_context=ssl_context
+            )
         return await trio.open_tcp_stream(self.host, self.port)

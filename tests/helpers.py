@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -59,8 +60,11 @@ async def expect_close(
 
 
 @asynccontextmanager
-async def open_client(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """trio-websocket's client on a TCP stream this helper owns and always closes.
+async def open_client(
+    url: str, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """trio-websocket's client on a TCP stream this helper owns and always closes
+    (through TLS with ``ssl_context``).
 
     ``trio_websocket.open_websocket_url`` (0.12) never closes its socket when the server
     closes first, which the suite's ResourceWarning check would report on every test
@@ -70,7 +74,9 @@ async def open_client(url: str) -> AsyncIterator[trio_websocket.WebSocketConnect
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
     resource = parts.path + (f"?{parts.query}" if parts.query else "")
-    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    if ssl_context is not None:
+        stream = trio.SSLStream(stream, ssl_context, server_hostname=parts.hostname)
     try:
         async with stream, trio.open_nursery() as nursery:
             ws = await trio_websocket.wrap_client_stream(nursery, stream, parts.hostname, resource)

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 import roomkit
-from roomkit._cli import parse_args
+from roomkit._cli import main, parse_args
 
 from .helpers import ROOT, call, roomkit_serve
 
@@ -200,3 +200,22 @@ def test_help_shows_each_option_with_its_default_and_variable(
     assert "[default: on; env: ROOMKIT_GROUP_COMMIT]" in text
     assert "[default: no limit; env: ROOMKIT_MAX_CONNECTIONS]" in text
     assert "[default: 10; env: ROOMKIT_DRAIN_TIMEOUT]" in text
+
+
+def test_certfile_and_keyfile_go_together(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", TARGET, "--certfile", "cert.pem"])
+    assert info.value.code == 2
+    together = "--certfile and --keyfile (ROOMKIT_CERTFILE, ROOMKIT_KEYFILE) go together"
+    assert f"{together}; only --certfile was given" in capsys.readouterr().err
+    monkeypatch.setenv("ROOMKIT_KEYFILE", "key.pem")
+    with pytest.raises(SystemExit) as info:
+        main(["serve", TARGET])
+    assert info.value.code == 2 and "only --keyfile was given" in capsys.readouterr().err
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(SystemExit) as info:
+        main(["serve", TARGET, "--certfile", str(missing), "--keyfile", str(missing)])
+    assert info.value.code == 2
+    assert f"cannot load certificate {str(missing)!r} with key" in capsys.readouterr().err
