@@ -13,7 +13,7 @@ from ._frontdoor import Response
 
 __all__ = ["MAX_HEAD", "accept_loop", "read_head", "remote_address"]
 
-logger = logging.getLogger("roomkit")
+logger = logging.getLogger("roomkit.server")
 
 #: Largest request head accepted, in bytes (431 beyond); browsers send well under 8 KiB.
 MAX_HEAD: Final = 16 * 1024

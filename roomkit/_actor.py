@@ -48,7 +48,7 @@ from .storage import AlarmWrite, Changes, Store
 
 __all__ = ["RoomActor", "RoomHost"]
 
-logger = logging.getLogger("roomkit")
+logger = logging.getLogger("roomkit.room")
 
 #: Events a room may have waiting before the connections feeding it wait too: a slow
 #: room slows its own readers (TCP backpressure) instead of growing memory.

@@ -36,7 +36,7 @@ from ._wsurl import WebSocketURL
 
 __all__ = ["main", "parse_args"]
 
-logger = logging.getLogger("roomkit")
+logger = logging.getLogger("roomkit.server")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

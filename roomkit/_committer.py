@@ -21,7 +21,7 @@ from .storage import Changes, Store
 
 __all__ = ["Committer"]
 
-logger = logging.getLogger("roomkit")
+logger = logging.getLogger("roomkit.storage")
 
 #: Most hooks' changes written in one transaction; bounds a commit's size and latency.
 MAX_BATCH: Final = 1000

@@ -30,9 +30,10 @@ within ``CLOSE_TIMEOUT`` is dropped anyway, and its close counts as unclean (100
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import os
-import uuid
+import secrets
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -64,6 +65,10 @@ MAX_ATTACHMENT: Final = 16 * 1024
 MAX_CLOSE_REASON: Final = 123
 
 
+#: Connection ids: this process's random prefix, then a counter (see Connection.id).
+_PROCESS_PREFIX: Final = secrets.token_hex(4)
+_numbers = itertools.count(1)
+
 _RATE_LIMITED: Final = encode_message(
     error_message("too many messages: this one was dropped", code="rate_limited")
 )
@@ -82,7 +87,8 @@ class Connection:
     """One client's WebSocket in a room.
 
     Attributes:
-      id: unique for the life of the server.
+      id: a short identifier, unique in the process: a random prefix drawn once per
+        process, a dash, and a counter in hex (``"3f9a1c2b-1a"``); not a secret.
       request: the handshake request it was opened with.
     """
 
@@ -94,7 +100,7 @@ class Connection:
         accept: bytes,
         request: Request,
     ) -> None:
-        self.id: Final = uuid.uuid4().hex
+        self.id: Final = f"{_PROCESS_PREFIX}-{next(_numbers):x}"
         self.request: Final = request
         #: CONNECTING until its on_connect starts, OPEN, CLOSING once a close frame is
         #: queued or received, CLOSED when its TCP connection is gone.
@@ -130,7 +136,7 @@ class Connection:
         self._was_clean = False
 
     def __repr__(self) -> str:
-        return f"<Connection {self.id[:8]} room={self.request.room!r} {self.state.value}>"
+        return f"<Connection {self.id} room={self.request.room!r} {self.state.value}>"
 
     @property
     def tags(self) -> tuple[str, ...]:

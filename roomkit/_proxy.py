@@ -36,7 +36,7 @@ from ._wsurl import WebSocketURL
 
 __all__ = ["proxy"]
 
-logger = logging.getLogger("roomkit")
+logger = logging.getLogger("roomkit.proxy")
 
 #: Request headers passed on to the backend: who the client is, and what it may do.
 FORWARDED_HEADERS: Final = ("origin", "cookie", "authorization", "user-agent")

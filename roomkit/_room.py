@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Room"]
 
-logger = logging.getLogger("roomkit")
+logger = logging.getLogger("roomkit.room")
 
 
 class Room:

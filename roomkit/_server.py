@@ -50,7 +50,7 @@ from .storage import AlarmWrite, Changes, SQLiteStore, Store
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("roomkit")
+logger = logging.getLogger("roomkit.server")
 
 #: Seconds that shutdown waits for the last commit once the rooms are done: a healthy
 #: disk takes milliseconds, and a stuck one must not hold the process for ever.

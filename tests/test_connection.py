@@ -7,6 +7,7 @@ must misbehave on purpose. Virtual time (``autojump_clock``) where seconds must 
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import pytest
@@ -304,3 +305,16 @@ async def test_frames_sent_with_the_handshake_are_not_lost(start: Start) -> None
                 if texts:
                     assert texts == ["early bird"]
                     return
+
+
+class Named(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.send(conn.id)
+
+
+async def test_connection_ids_are_short_and_unique(start: Start) -> None:
+    server = await start(Named)
+    async with open_client(f"{server.url}/r") as a, open_client(f"{server.url}/s") as b:
+        first, second = str(await a.get_message()), str(await b.get_message())
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]+", first) and first != second
+    assert first.split("-")[0] == second.split("-")[0]  # one prefix per process
