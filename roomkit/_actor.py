@@ -40,6 +40,7 @@ from ._connection import Connection, ConnectionState
 from ._errors import Reject, RoomkitError
 from ._frames import encode_message
 from ._gate import Outbox, OutputGate
+from ._metrics import Metrics, RefusalReason
 from ._room import Room
 from ._roomid import RoomId
 from ._storage import Storage
@@ -67,6 +68,7 @@ class RoomHost(Protocol):
 
     store: Store
     connections: int  # the server's count, kept by its rooms
+    metrics: Metrics
 
     def commit(
         self,
@@ -145,6 +147,7 @@ class RoomActor:
         "_send",
         "_task",
         "auto_response",
+        "metrics",
         "room",
         "room_class",
         "store",
@@ -156,6 +159,7 @@ class RoomActor:
         self.room: Final = room
         self.tags: Final[TagIndex[Connection]] = TagIndex()
         self.store: Final = host.store
+        self.metrics: Final = host.metrics.room(room_class)
         self._host = host
         self._connections: dict[Connection, None] = {}
         # The event channel exists while the room is awake, and is dropped when it
@@ -176,6 +180,11 @@ class RoomActor:
         self.auto_response = (
             None if response is None else (response[0], encode_message(response[1]))
         )
+
+    @property
+    def awake(self) -> bool:
+        """Whether the room's instance is in memory (its event loop runs)."""
+        return self._awake
 
     # Entry points for the server and the connections.
 
@@ -210,7 +219,7 @@ class RoomActor:
         now = trio.current_time()
         for conn in self.connections():
             if now - conn.last_seen >= timeout:
-                conn._push(CloseConnection(CloseCode.NORMAL_CLOSURE, "Idle timeout"))
+                conn._cut("idle", CloseCode.NORMAL_CLOSURE, "Idle timeout")
         self._schedule_sweep()
 
     async def connect(self, conn: Connection) -> tuple[int, str] | None:
@@ -389,11 +398,11 @@ class RoomActor:
         conn = event.conn
         room = None
         if self._closing:
-            event.rejection = (503, "Server shutting down")
+            self._refuse(event, "shutting_down", 503, "Server shutting down")
         elif len(self._connections) > self.room_class.max_connections:
-            event.rejection = (503, "Room is full")
+            self._refuse(event, "room_full", 503, "Room is full")
         elif (room := await self._room()) is None:
-            event.rejection = (500, "Internal error")
+            self._refuse(event, "error", 500, "Internal error")
         else:
             # Open while its own on_connect runs (it is among connections(), sends to it
             # are queued for after the handshake); handshakes still waiting are not.
@@ -401,9 +410,9 @@ class RoomActor:
             settle = functools.partial(self._connect_settled, event)
             error = await self._hook(room.on_connect, conn, conn.request, settle=settle)
             if isinstance(error, Reject):
-                event.rejection = (error.status, error.reason)
+                self._refuse(event, "rejected", error.status, error.reason)
             elif error is not None:
-                event.rejection = (500, "Internal error")
+                self._refuse(event, "error", 500, "Internal error")
                 await self._report(conn, error)
             else:
                 self._schedule_sweep()
@@ -412,6 +421,10 @@ class RoomActor:
         self._forget(conn)
         event.decided.set()
 
+    def _refuse(self, event: _Connect, reason: RefusalReason, status: int, text: str) -> None:
+        event.rejection = (status, text)
+        self._host.metrics.refuse(reason)
+
     async def _handle_alarm(self, event: _Alarm) -> None:
         room = await self._room()
         if room is None:
@@ -419,6 +432,7 @@ class RoomActor:
         # The alarm is deleted before the handler runs, in the handler's transaction:
         # if on_alarm sets a new one, that one stands.
         changes = Changes(alarm=AlarmWrite(None))
+        self.metrics.alarms_run += 1
         error = await self._hook(room.on_alarm, AlarmInfo(event.retry), changes=changes)
         if error is None:
             return
@@ -428,6 +442,7 @@ class RoomActor:
             logger.error("room %s: on_alarm failed %d times; alarm dropped", self.room, retry)
             self._finish(Changes(alarm=AlarmWrite(None)), [])
         else:
+            self.metrics.alarms_retried += 1
             due = time.time() + retry_delay(retry, random.random())
             self._finish(Changes(alarm=AlarmWrite(due, retry)), [])
 
@@ -465,12 +480,14 @@ class RoomActor:
         """Run one hook as a transaction behind the output gate; return what it raised."""
         outbox: Outbox = []
         self._outbox, self._changes = outbox, changes  # changes made on the first write
+        started = time.perf_counter()
         try:
             await hook(*args)
         except Exception as exc:
             self._gate.drop(outbox)
             return exc
         finally:
+            self.metrics.hook_ran(hook.__name__, time.perf_counter() - started)
             changes, self._outbox, self._changes = self._changes, None, None
         self._finish(changes, outbox, settle)
         return None
@@ -502,7 +519,7 @@ class RoomActor:
         self._gate.fail()
         self._instance = None
         for conn in list(self._connections):
-            conn._push(CloseConnection(CloseCode.INTERNAL_ERROR, "Storage failure"))
+            conn._cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
 
     async def _report(self, conn: Connection | None, error: Exception) -> None:
         assert self._instance is not None
@@ -510,12 +527,12 @@ class RoomActor:
         if failure is not None:
             logger.error("room %s: on_error raised", self.room, exc_info=failure)
             if conn is not None:
-                conn._push(CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error"))
+                conn._cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
 
     def _connect_settled(self, event: _Connect, durable: bool) -> None:
         """Answer the handshake once on_connect's changes are durable, or refuse it (500)."""
         if not durable:
-            event.rejection = (500, "Internal error")
+            self._refuse(event, "error", 500, "Internal error")
             event.conn.state = ConnectionState.CLOSED
             self._forget(event.conn)
             self._poke()

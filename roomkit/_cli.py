@@ -89,6 +89,7 @@ def _runner(args: argparse.Namespace) -> Any:
         drain_timeout=args.drain_timeout,
         ssl_context=ssl_context,
         demo_page=args.demo_page,
+        metrics=args.metrics,
     )
 
 
@@ -266,5 +267,11 @@ def _serve_options(options: EnvOptions) -> EnvOptions:
         group="demo",
         default=False,
         help="serve the chat demo page at / (for examples.chat)",
+    )
+    add(
+        "--metrics",
+        group="operations",
+        default=False,
+        help="serve Prometheus metrics at GET /metrics (see docs/observability.md)",
     )
     return options

@@ -16,6 +16,7 @@ from typing import Final
 
 import trio
 
+from ._metrics import Metrics
 from ._roomid import RoomId
 from .storage import Changes, Store
 
@@ -31,10 +32,15 @@ After = Callable[[], None]
 
 
 class Committer:
-    """Writes submitted changes to ``store`` in order, then reports each one done."""
+    """Writes submitted changes to ``store`` in order, then reports each one done.
 
-    def __init__(self, store: Store, *, group: bool = True) -> None:
+    Each commit's duration goes to ``metrics.commits``, and a failed one's count to
+    ``metrics.commit_failures``.
+    """
+
+    def __init__(self, store: Store, metrics: Metrics, *, group: bool = True) -> None:
         self._store = store
+        self._metrics = metrics
         self._batch_size = MAX_BATCH if group else 1
         self._queue: list[tuple[RoomId, Changes, Done, After]] = []
         self._wakeup = trio.Event()
@@ -65,13 +71,16 @@ class Committer:
                 await self._wakeup.wait()
             batch = self._queue[: self._batch_size]
             del self._queue[: self._batch_size]
+            started = trio.current_time()
             try:
                 await self._store.commit([(room, changes) for room, changes, _, _ in batch])
             except Exception:
                 logger.exception("storage commit failed; %d hooks' changes are lost", len(batch))
+                self._metrics.commit_failures += 1
                 ok = False
             else:
                 ok = True
+            self._metrics.commits.observe(trio.current_time() - started)
             for _, _, done, _ in batch:
                 done(ok)
             for after in dict.fromkeys(after for _, _, _, after in batch):

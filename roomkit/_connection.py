@@ -45,6 +45,7 @@ from ._closecodes import CloseCode
 from ._errors import DecodeError
 from ._frames import encode_message
 from ._frontdoor import Response
+from ._metrics import CutReason
 from ._protocol import error_message
 from ._ratelimit import Verdict
 from ._request import Request
@@ -108,6 +109,7 @@ class Connection:
         #: When the peer last sent a message, in Trio's clock (``trio.current_time()``).
         self.last_seen = trio.current_time()
         self._actor = actor
+        self._metrics = actor.metrics
         self._stream = stream
         self._ws = ws
         self._accept: bytes | None = accept  # the 101 response, until it is sent
@@ -205,6 +207,7 @@ class Connection:
             self._close_frame = item
             self._wakeup.set()
         elif self._room_for(len(item)):
+            self._metrics.messages_sent += 1
             self._enqueue(item)
             if kick:
                 self._kick()
@@ -229,9 +232,20 @@ class Connection:
         self._cut_off()
         return False
 
+    def _cut(self, reason: CutReason, code: int, text: str) -> None:
+        """Close the connection on roomkit's own account (not the room's) for ``reason``."""
+        if self.state in (ConnectionState.CONNECTING, ConnectionState.OPEN):
+            self._count_cut(reason)
+            self._push(CloseConnection(code, text))
+
+    def _count_cut(self, reason: CutReason) -> None:
+        """Count the cut in the metrics."""
+        self._metrics.cut[reason] += 1
+
     def _cut_off(self) -> None:
         """Close a slow consumer (1008) and free its queue; drop it if it cannot even take
         the close frame within ``CLOSE_TIMEOUT``. The room never waits for it."""
+        self._count_cut("slow_consumer")
         self._queue.clear()
         self._queued = 0
         self.state = ConnectionState.CLOSING
@@ -260,6 +274,7 @@ class Connection:
             except OSError:  # full (BlockingIOError), or broken: the writer finds out
                 sent = 0
             if sent:
+                self._metrics.bytes_sent += sent
                 rest = data[sent:]
                 self._queue = [rest] if rest else []
                 self._queued = len(rest)
@@ -281,6 +296,7 @@ class Connection:
             accept, self._accept = self._accept, None
             assert accept is not None
             await self._stream.send_all(accept)
+            self._metrics.connections_opened += 1
             if isinstance(self._stream, trio.SocketStream) and os.name == "posix":
                 self._fd = self._stream.socket.fileno()
             self._kick()  # what on_connect sent
@@ -306,6 +322,7 @@ class Connection:
         if self.state is not ConnectionState.OPEN or self._ws.state is not WSState.OPEN:
             return
         if self._awaiting_pong:
+            self._count_cut("ping_timeout")
             self._serve_scope.cancel()
             return
         self._enqueue(self._ws.send(Ping(b"roomkit")))
@@ -346,6 +363,7 @@ class Connection:
                     data, self._queue = b"".join(self._queue), []
                     self._queued, self._writing = 0, len(data)
                     await self._stream.send_all(data)
+                    self._metrics.bytes_sent += len(data)
                     self._writing = 0
                 elif self._close_frame is not None:
                     await self._write_close(self._close_frame)
@@ -357,7 +375,9 @@ class Connection:
 
     async def _write_close(self, frame: CloseConnection) -> None:
         if self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
-            await self._stream.send_all(self._ws.send(frame))
+            data = self._ws.send(frame)
+            await self._stream.send_all(data)
+            self._metrics.bytes_sent += len(data)
         if self._ws.state is WSState.LOCAL_CLOSING:
             # We closed first: wait for the peer's answer, but not for ever.
             self._read_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
@@ -374,6 +394,7 @@ class Connection:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
+            self._metrics.bytes_received += len(data)
             eof = not data
             self._ws.receive_data(bytes(data) or None)
 
@@ -383,10 +404,11 @@ class Connection:
                 return  # closing: what the peer still sends is discarded
             self._size += _byte_length(event.data)
             if self._size > self._actor.room_class.max_message_size:
-                self._push(CloseConnection(CloseCode.MESSAGE_TOO_BIG, "Message too big"))
+                self._cut("message_too_big", CloseCode.MESSAGE_TOO_BIG, "Message too big")
                 return
             self._parts.append(event.data)
             if event.message_finished:
+                self._metrics.messages_received += 1
                 parts, self._parts, self._size = self._parts, [], 0
                 self.last_seen = now = trio.current_time()
                 verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
@@ -395,7 +417,7 @@ class Connection:
                 elif verdict is Verdict.DROP:
                     self._push(_RATE_LIMITED)
                 else:
-                    self._push(CloseConnection(CloseCode.POLICY_VIOLATION, "rate limit exceeded"))
+                    self._cut("rate_limit", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         elif isinstance(event, Ping):
             if self._ws.state is WSState.OPEN:
                 self._enqueue(self._ws.send(event.response()))
@@ -415,6 +437,7 @@ class Connection:
         elif self._ws.state is WSState.CLOSED:  # the peer answered our close
             self._was_clean = True
         else:  # wsproto found a protocol error (1002, 1007): tell the peer, then drop it
+            self._count_cut("protocol_error")
             self._was_clean = False
             self.state = ConnectionState.OPEN
             self._push(CloseConnection(event.code, event.reason))

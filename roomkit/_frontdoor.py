@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Final, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote
@@ -27,6 +27,7 @@ from ._roomid import RoomId
 
 __all__ = [
     "MAX_ROOM_NAME",
+    "Page",
     "RequestHead",
     "Response",
     "RoomTarget",
@@ -149,15 +150,20 @@ def handshake_response(head: RequestHead) -> bytes | Response:
     )
 
 
-def plain_response(head: RequestHead, files: Mapping[str, Response]) -> Response:
-    """What a request that is not a WebSocket upgrade gets: a file of ``files``, the
+#: What a plain GET of a path gets: a fixed response, or a function that makes one.
+Page = Response | Callable[[], Response]
+
+
+def plain_response(head: RequestHead, files: Mapping[str, Page]) -> Response:
+    """What a request that is not a WebSocket upgrade gets: a page of ``files``, the
     health check, or 426. Only paths in ``files`` are ever served: there is no file
     system behind them to walk out of."""
     if head.method == "GET":
         if head.path == "/healthz":
             return Response(200, "ok")
-        if head.path in files:
-            return files[head.path]
+        page = files.get(head.path)
+        if page is not None:
+            return page if isinstance(page, Response) else page()
     return Response(426, "Expected websocket", (("upgrade", "websocket"),))
 
 
@@ -185,7 +191,8 @@ class Router(Generic[T]):
       allowed_origins: the ``Origin`` values (``"https://example.com"``) a browser page
         may open WebSockets from; others get 403. A request without an ``Origin``
         header (not from a browser) is always allowed. None allows every origin.
-      files: plain ``GET`` responses by path (``"/roomkit.js"``): the only files served.
+      files: plain ``GET`` responses by path (``"/roomkit.js"``), or functions that make
+        them (``"/metrics"``): the only pages served.
     """
 
     def __init__(
@@ -193,7 +200,7 @@ class Router(Generic[T]):
         routes: T | Mapping[str, T],
         *,
         allowed_origins: Iterable[str] | None = None,
-        files: Mapping[str, Response] | None = None,
+        files: Mapping[str, Page] | None = None,
     ) -> None:
         self._origins = None if allowed_origins is None else _origins(allowed_origins)
         self._files = files or {}

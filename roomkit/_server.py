@@ -41,7 +41,9 @@ from ._alarms import Scheduler
 from ._closecodes import CloseCode
 from ._committer import Committer
 from ._connection import Connection
-from ._frontdoor import Response, Router, handshake_response, parse_head
+from ._exposition import metrics_page
+from ._frontdoor import Page, Response, Router, handshake_response, parse_head
+from ._metrics import Metrics, RefusalReason
 from ._request import Request
 from ._room import Room
 from ._roomid import RoomId
@@ -118,6 +120,7 @@ async def serve(
     drain_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
     demo_page: bool = False,
+    metrics: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve rooms over WebSockets until cancelled or :meth:`Server.shutdown`.
@@ -147,6 +150,9 @@ async def serve(
         e.g. ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` with
         ``load_cert_chain(certfile, keyfile)``. None serves plain ``ws://``.
       demo_page: serve the chat demo page at ``GET /`` (for ``examples.chat``).
+      metrics: serve the server's metrics at ``GET /metrics``, in the Prometheus text
+        format (see docs/observability.md). Off by default: anyone who reaches the port
+        could read them (see docs/security.md).
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
         listening and every stored alarm is scheduled.
 
@@ -164,7 +170,11 @@ async def serve(
         server = await nursery.start(partial(roomkit.serve, MyRoom, port=0))
         async with trio_websocket.open_websocket_url(f"{server.url}/lobby") as ws: ...
     """
-    files = static_files(demo_page=demo_page)
+    live: dict[RoomId, RoomActor] = {}
+    counters = Metrics()
+    files: dict[str, Page] = {**static_files(demo_page=demo_page)}
+    if metrics:
+        files["/metrics"] = metrics_page(counters, live.values)
     router = Router[type[Room]](rooms, allowed_origins=allowed_origins, files=files)
     if max_connections is not None and (
         isinstance(max_connections, bool)
@@ -177,12 +187,17 @@ async def serve(
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
         if not (isinstance(route, type) and issubclass(route, Room)):
             raise TypeError(f"a route must be a Room subclass, not {route!r}")
+        counters.room(route)  # its metrics are listed, at zero, before its first room
     store = storage if isinstance(storage, Store) else await SQLiteStore.open(storage)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
-        server = Server(host, listeners[0].socket.getsockname()[1], tls=ssl_context is not None)
+        server = Server(
+            host, listeners[0].socket.getsockname()[1], tls=ssl_context is not None, rooms=live
+        )
         handshake = partial(_handshake, ssl_context, handshake_timeout)
-        runtime = _Runtime(server, router, store, group_commit, handshake, max_connections)
+        runtime = _Runtime(
+            server, router, store, counters, group_commit, handshake, max_connections
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             doors = trio.CancelScope()
@@ -202,7 +217,7 @@ async def serve(
 
 #: Reads a new connection's request head, through TLS if need be: see ``_handshake``.
 _Handshake = Callable[
-    [trio.SocketStream], Awaitable[tuple[trio.abc.Stream, bytes | Response | None]]
+    [trio.SocketStream], Awaitable[tuple[trio.abc.Stream, bytes | Response | None, bool]]
 ]
 
 
@@ -226,17 +241,19 @@ class _Runtime:
         server: Server,
         router: Router[type[Room]],
         store: Store,
+        metrics: Metrics,
         group_commit: bool,
         handshake: _Handshake,
         max_connections: int | None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self._router = router
         self._handshake = handshake  # the request head, through TLS if need be
         self._max_connections = max_connections
         self.connections = 0  # open or opening WebSocket connections, all rooms
         self._rooms = server._rooms
-        self._committer = Committer(store, group=group_commit)
+        self._committer = Committer(store, metrics, group=group_commit)
         self._scheduler = Scheduler[TimerKey](self._fire)
         self._alarms: dict[RoomId, AlarmWrite] = {}
         self._scope = trio.CancelScope(shield=True)
@@ -343,17 +360,20 @@ class _Runtime:
         """Read one request head; answer it, or hand the stream to its room."""
         handed_off = False
         try:
-            secured, head = await self._handshake(stream)
+            secured, head, timed_out = await self._handshake(stream)
             if head is None:
+                if timed_out:
+                    self.metrics.refuse("timeout")
                 return  # silent, slow, or gone: nobody to answer
-            decision = (
-                head if isinstance(head, Response) else self._decide(head, remote_address(secured))
-            )
+            if isinstance(head, Response):
+                decision: Response | _Upgrade = self._refuse("too_large", head)
+            else:
+                decision = self._decide(head, remote_address(secured))
             full = self._max_connections is not None and self.connections >= self._max_connections
             if self._closing and not isinstance(decision, Response):
-                decision = Response(503, "Server shutting down")
+                decision = self._refuse("shutting_down", Response(503, "Server shutting down"))
             elif full and not isinstance(decision, Response):
-                decision = Response(503, "Server is full")
+                decision = self._refuse("server_full", Response(503, "Server is full"))
             if isinstance(decision, Response):
                 await secured.send_all(decision.to_bytes())
                 return
@@ -370,16 +390,23 @@ class _Runtime:
         end = raw.index(b"\r\n\r\n") + 4
         head = parse_head(raw[:end])
         if isinstance(head, Response):
-            return head
+            return self._refuse("bad_request", head)
         target = self._router.route(head)
         if isinstance(target, Response):
-            return target
+            if not head.is_websocket:  # plain HTTP: not a handshake
+                return target
+            return self._refuse(_ROUTE_REFUSALS[target.status], target)
         accept = handshake_response(head)
         if isinstance(accept, Response):
-            return accept
+            return self._refuse("bad_handshake", accept)
         ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
         request = Request(head.path, target.room.name, head.query, head.headers, remote)
         return _Upgrade(target.route, target.room, ws, accept, request)
+
+    def _refuse(self, reason: RefusalReason, response: Response) -> Response:
+        """Count a refused handshake."""
+        self.metrics.refuse(reason)
+        return response
 
     def _room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
         actor = self._rooms.get(room)
@@ -391,20 +418,29 @@ class _Runtime:
 
 async def _handshake(
     ssl_context: ssl.SSLContext | None, seconds: float, stream: trio.SocketStream
-) -> tuple[trio.abc.Stream, bytes | Response | None]:
-    """The stream to speak on (TLS-wrapped with a context) and its request head.
+) -> tuple[trio.abc.Stream, bytes | Response | None, bool]:
+    """The stream to speak on (TLS-wrapped with a context), its request head, and
+    whether time ran out.
 
     The TLS handshake and the head share one deadline, ``seconds`` away: a client that
-    finishes neither in time is dropped (the head is None). A failed TLS handshake
-    raises BrokenResourceError.
+    finishes neither in time is dropped (the head is None, and time ran out). A failed
+    TLS handshake raises BrokenResourceError.
     """
     secured: trio.abc.Stream = stream
     with trio.move_on_after(seconds):
         if ssl_context is not None:
             secured = tls = trio.SSLStream(stream, ssl_context, server_side=True)
             await tls.do_handshake()
-        return secured, await read_head(secured)
-    return secured, None
+        return secured, await read_head(secured), False
+    return secured, None, True
+
+
+#: Why the Router refused a WebSocket upgrade, by the status it answered with.
+_ROUTE_REFUSALS: Final[dict[int, RefusalReason]] = {
+    404: "not_found",
+    400: "bad_room_name",
+    403: "origin",
+}
 
 
 @attrs.frozen

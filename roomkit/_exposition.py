@@ -1,0 +1,179 @@
+"""``GET /metrics``: the server's counters in the Prometheus text format.
+
+A custom prometheus-client collector reads roomkit's plain counters (``_metrics.py``)
+and the live rooms when it is scraped, and only then builds metric families; nothing
+of prometheus-client runs on the hot path. Each server has its own
+``CollectorRegistry``, never the global one, so that several servers can run in one
+process (as they do in tests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+from ._frontdoor import Response
+from ._metrics import Histogram, Metrics
+
+__all__ = ["CONTENT_TYPE", "LiveRoom", "MetricsCollector", "metrics_page"]
+
+#: The Prometheus text format that ``generate_latest`` writes for roomkit's metric names.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class LiveRoom(Protocol):
+    """What the collector reads of a live room."""
+
+    @property
+    def room_class(self) -> type: ...
+
+    @property
+    def awake(self) -> bool: ...
+
+    def connections(self) -> Sized: ...
+
+
+class MetricsCollector:
+    """Turns a server's :class:`Metrics` and its live rooms into metric families.
+
+    Args:
+      metrics: the server's counters.
+      rooms: returns the server's live rooms, at scrape time.
+    """
+
+    def __init__(self, metrics: Metrics, rooms: Callable[[], Iterable[LiveRoom]]) -> None:
+        self._metrics = metrics
+        self._rooms = rooms
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._gauges()
+        yield from self._room_counters()
+        yield self._hooks()
+        refused = CounterMetricFamily(
+            "roomkit_handshakes_refused",
+            "WebSocket handshakes (or unreadable request heads) refused, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in self._metrics.refused.items():
+            refused.add_metric([reason], count)
+        yield refused
+        commits = HistogramMetricFamily(
+            "roomkit_storage_commit_duration_seconds",
+            "Time each storage commit (a group of hooks' writes) took.",
+        )
+        _add_histogram(commits, [], self._metrics.commits)
+        yield commits
+        yield CounterMetricFamily(
+            "roomkit_storage_commit_failures",
+            "Storage commits that failed (their rooms were reset).",
+            value=self._metrics.commit_failures,
+        )
+
+    def _gauges(self) -> Iterator[Metric]:
+        open_ = dict.fromkeys(self._metrics.rooms, 0)
+        awake = dict.fromkeys(self._metrics.rooms, 0)
+        hibernated = dict.fromkeys(self._metrics.rooms, 0)
+        for room in self._rooms():
+            name = room.room_class.__name__
+            open_[name] = open_.get(name, 0) + len(room.connections())
+            counts = awake if room.awake else hibernated
+            counts[name] = counts.get(name, 0) + 1
+        connections = GaugeMetricFamily(
+            "roomkit_connections", "Open WebSocket connections.", labels=["room_class"]
+        )
+        for name, count in open_.items():
+            connections.add_metric([name], count)
+        yield connections
+        rooms = GaugeMetricFamily(
+            "roomkit_rooms",
+            "Live rooms: awake (an instance in memory) or hibernated (only its sockets).",
+            labels=["room_class", "state"],
+        )
+        for state, counts in (("awake", awake), ("hibernated", hibernated)):
+            for name, count in counts.items():
+                rooms.add_metric([name, state], count)
+        yield rooms
+
+    def _room_counters(self) -> Iterator[Metric]:
+        families = {
+            field: CounterMetricFamily(name, help_, labels=["room_class"])
+            for field, name, help_ in _ROOM_COUNTERS
+        }
+        cut = CounterMetricFamily(
+            "roomkit_connections_cut",
+            "Connections roomkit closed on its own (not asked by the room), by reason.",
+            labels=["room_class", "reason"],
+        )
+        for name, counters in self._metrics.rooms.items():
+            for field, family in families.items():
+                family.add_metric([name], getattr(counters, field))
+            for reason, count in counters.cut.items():
+                cut.add_metric([name, reason], count)
+        yield from families.values()
+        yield cut
+
+    def _hooks(self) -> Metric:
+        hooks = HistogramMetricFamily(
+            "roomkit_hook_duration_seconds",
+            "Time each hook call took, its awaits included.",
+            labels=["room_class", "hook"],
+        )
+        for name, counters in self._metrics.rooms.items():
+            for hook, histogram in counters.hooks.items():
+                _add_histogram(hooks, [name, hook], histogram)
+        return hooks
+
+
+#: Per-class counters: attribute of RoomMetrics, metric name, help.
+_ROOM_COUNTERS = (
+    ("connections_opened", "roomkit_connections_opened", "WebSocket handshakes accepted."),
+    ("messages_received", "roomkit_messages_received", "Complete messages read from peers."),
+    ("messages_sent", "roomkit_messages_sent", "Text and binary frames queued for peers."),
+    (
+        "bytes_received",
+        "roomkit_received_bytes",
+        "Bytes read from WebSocket connections, framing included.",
+    ),
+    (
+        "bytes_sent",
+        "roomkit_sent_bytes",
+        "Bytes written to WebSocket connections, framing included.",
+    ),
+    ("alarms_run", "roomkit_alarms_run", "on_alarm calls."),
+    ("alarms_retried", "roomkit_alarms_retried", "Failed on_alarm calls scheduled to run again."),
+)
+
+
+def _add_histogram(family: HistogramMetricFamily, labels: list[str], data: Histogram) -> None:
+    buckets = [
+        ("+Inf" if bound == math.inf else repr(bound), count) for bound, count in data.cumulative()
+    ]
+    family.add_metric(labels, buckets, data.sum)
+
+
+def metrics_page(
+    metrics: Metrics, rooms: Callable[[], Iterable[LiveRoom]]
+) -> Callable[[], Response]:
+    """The ``GET /metrics`` handler of one server: renders a fresh scrape each call.
+
+    Besides roomkit's own metrics, the page has prometheus-client's process metrics
+    (CPU time, memory, open file descriptors; Linux only).
+    """
+    registry = CollectorRegistry()
+    registry.register(MetricsCollector(metrics, rooms))
+    ProcessCollector(registry=registry)
+
+    def page() -> Response:
+        return Response(200, generate_latest(registry), content_type=CONTENT_TYPE)
+
+    return page
