@@ -439,7 +439,12 @@ class RoomActor:
         await self._report(None, error)
         retry = event.retry + 1
         if retry > MAX_RETRIES:
-            logger.error("room %s: on_alarm failed %d times; alarm dropped", self.room, retry)
+            logger.error(
+                "room %s: on_alarm failed %d times; alarm dropped",
+                self.room,
+                retry,
+                extra=self.log_fields(),
+            )
             self._finish(Changes(alarm=AlarmWrite(None)), [])
         else:
             self.metrics.alarms_retried += 1
@@ -457,7 +462,9 @@ class RoomActor:
             room._roomkit_storage = Storage(self)
             cls.__init__(room)  # after binding, so name and connections work in __init__
         except Exception:
-            logger.exception("room %s: %s() raised", self.room, cls.__name__)
+            logger.exception(
+                "room %s: %s() raised", self.room, cls.__name__, extra=self.log_fields()
+            )
             return None
         self._instance = room
         error = await self._hook(room.on_start)
@@ -515,7 +522,9 @@ class RoomActor:
         closed with 1011 and the instance is dropped, so the next event starts afresh
         from what the store really holds.
         """
-        logger.error("room %s: storage failed; resetting the room", self.room)
+        logger.error(
+            "room %s: storage failed; resetting the room", self.room, extra=self.log_fields()
+        )
         self._gate.fail()
         self._instance = None
         for conn in list(self._connections):
@@ -525,7 +534,8 @@ class RoomActor:
         assert self._instance is not None
         failure = await self._hook(self._instance.on_error, conn, error)
         if failure is not None:
-            logger.error("room %s: on_error raised", self.room, exc_info=failure)
+            fields = self.log_fields() if conn is None else conn._log_fields()
+            logger.error("room %s: on_error raised", self.room, exc_info=failure, extra=fields)
             if conn is not None:
                 conn._cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
 
@@ -560,6 +570,10 @@ class RoomActor:
         if timeout is not None and open_:
             deadline = min(c.last_seen for c in open_) + timeout
             self._host.set_timer(("sweep", self.room), deadline)
+
+    def log_fields(self) -> dict[str, Any]:
+        """What log lines about the room itself carry as fields (``extra=``)."""
+        return {"room": str(self.room)}
 
     def set_timer(self, key: TimerKey, deadline: float) -> None:
         self._host.set_timer(key, deadline)

@@ -2,7 +2,8 @@
 
 ``roomkit serve MODULE:ATTR [options]`` serves rooms; every option can also be set by a
 ``ROOMKIT_*`` environment variable (``roomkit serve --help`` lists them). ``roomkit proxy
-BACKEND_URL [--host] [--port]`` forwards WebSockets to a backend.
+BACKEND_URL [--host] [--port]`` forwards WebSockets to a backend. Both take
+``--log-level LEVEL`` and ``--log-json``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -29,12 +30,15 @@ from ._envoptions import (
     positive_seconds,
     seconds,
 )
+from ._logs import configure_logging
 from ._proxy import proxy
 from ._room import Room
 from ._server import Server, serve
 from ._wsurl import WebSocketURL
 
 __all__ = ["main", "parse_args"]
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 logger = logging.getLogger("roomkit.server")
 
@@ -46,9 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run = _runner(args)
     except UsageError as exc:
         args.command_parser.error(str(exc))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, json_lines=args.log_json)
     trio.run(_serve_until_signalled, run)
 
 
@@ -188,6 +190,14 @@ def _parser() -> argparse.ArgumentParser:
     forward.add_argument("backend", metavar="BACKEND_URL", help="ws://host:port of the backend")
     forward.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     forward.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    forward.add_argument(
+        "--log-level",
+        type=log_level,
+        default="info",
+        metavar="LEVEL",
+        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)} (info)",
+    )
+    forward.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     forward.set_defaults(command_parser=forward)
     return parser
 
@@ -274,4 +284,21 @@ def _serve_options(options: EnvOptions) -> EnvOptions:
         default=False,
         help="serve Prometheus metrics at GET /metrics (see docs/observability.md)",
     )
+    add(
+        "--log-level",
+        group="operations",
+        default="info",
+        parse=log_level,
+        metavar="LEVEL",
+        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)}",
+    )
+    add("--log-json", group="operations", default=False, help="log one JSON object per line")
     return options
+
+
+def log_level(text: str) -> str:
+    """A logging level's name, in lower case; ValueError if there is no such level."""
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return level

@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import logging
 import os
 import secrets
 from typing import TYPE_CHECKING, Any, Final
@@ -45,6 +46,7 @@ from ._closecodes import CloseCode
 from ._errors import DecodeError
 from ._frames import encode_message
 from ._frontdoor import Response
+from ._logs import format_address
 from ._metrics import CutReason
 from ._protocol import error_message
 from ._ratelimit import Verdict
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from ._actor import RoomActor
 
 __all__ = ["Connection", "ConnectionState"]
+
+logger = logging.getLogger("roomkit.connection")
 
 #: Bytes asked of the socket per read: big enough for a burst of small messages.
 RECEIVE_BYTES: Final = 64 * 1024
@@ -136,6 +140,7 @@ class Connection:
         self._close_code: int = CloseCode.ABNORMAL_CLOSURE
         self._close_reason = ""
         self._was_clean = False
+        self._cut_reason: CutReason | None = None  # why roomkit closed it, if it did
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} room={self.request.room!r} {self.state.value}>"
@@ -239,7 +244,8 @@ class Connection:
             self._push(CloseConnection(code, text))
 
     def _count_cut(self, reason: CutReason) -> None:
-        """Count the cut in the metrics."""
+        """Count the cut in the metrics; its reason goes in the close's log line."""
+        self._cut_reason = reason
         self._metrics.cut[reason] += 1
 
     def _cut_off(self) -> None:
@@ -290,6 +296,7 @@ class Connection:
         try:
             rejection = await self._actor.connect(self)
             if rejection is not None:
+                self._log_refused(*rejection)
                 await self._stream.send_all(Response(*rejection).to_bytes())
                 return
             opened = True
@@ -297,6 +304,7 @@ class Connection:
             assert accept is not None
             await self._stream.send_all(accept)
             self._metrics.connections_opened += 1
+            self._log_opened()
             if isinstance(self._stream, trio.SocketStream) and os.name == "posix":
                 self._fd = self._stream.socket.fileno()
             self._kick()  # what on_connect sent
@@ -310,7 +318,52 @@ class Connection:
             self._actor.cancel_timer(("ping", self))
             await trio.aclose_forcefully(self._stream)
             if opened:
+                self._log_closed()
                 await self._actor.closed(self)
+
+    def _log_fields(self) -> dict[str, Any]:
+        """What log lines about this connection carry as fields (``extra=``)."""
+        return {
+            "room": str(self._actor.room),
+            "connection": self.id,
+            "remote": format_address(self.request.remote),
+        }
+
+    def _log_opened(self) -> None:
+        fields = self._log_fields()
+        logger.info(
+            "%s: %s opened from %s", fields["room"], self.id, fields["remote"], extra=fields
+        )
+
+    def _log_refused(self, status: int, reason: str) -> None:
+        fields = self._log_fields() | {"status": status, "reason": reason}
+        logger.info(
+            "%s: %s from %s refused: %d %s",
+            fields["room"],
+            self.id,
+            fields["remote"],
+            status,
+            reason,
+            extra=fields,
+        )
+
+    def _log_closed(self) -> None:
+        fields = self._log_fields() | {
+            "code": self._close_code,
+            "reason": self._close_reason,
+            "clean": self._was_clean,
+            "cut": self._cut_reason,
+        }
+        logger.info(
+            "%s: %s closed: %d %r%s%s",
+            fields["room"],
+            self.id,
+            self._close_code,
+            self._close_reason,
+            "" if self._was_clean else ", unclean",
+            "" if self._cut_reason is None else f", cut off ({self._cut_reason})",
+            extra=fields,
+        )
 
     def _heartbeat(self) -> None:
         """Called by the server's scheduler: ping the peer, or drop it if it never answered.

@@ -176,7 +176,8 @@ class Room:
         ``on_alarm``).
         The default logs the error with its traceback and closes ``conn`` with 1011.
         """
-        logger.error("room %r: unhandled error in a hook", self.name, exc_info=error)
+        fields = self._roomkit_actor.log_fields() if conn is None else conn._log_fields()
+        logger.error("room %r: unhandled error in a hook", self.name, exc_info=error, extra=fields)
         if conn is not None:
             conn.close(CloseCode.INTERNAL_ERROR, "Internal error")
 

@@ -43,6 +43,7 @@ from ._committer import Committer
 from ._connection import Connection
 from ._exposition import metrics_page
 from ._frontdoor import Page, Response, Router, handshake_response, parse_head
+from ._logs import format_address
 from ._metrics import Metrics, RefusalReason
 from ._request import Request
 from ._room import Room
@@ -365,15 +366,18 @@ class _Runtime:
                 if timed_out:
                     self.metrics.refuse("timeout")
                 return  # silent, slow, or gone: nobody to answer
+            remote = remote_address(stream)
             if isinstance(head, Response):
-                decision: Response | _Upgrade = self._refuse("too_large", head)
+                decision: Response | _Upgrade = self._refuse("too_large", head, remote)
             else:
-                decision = self._decide(head, remote_address(secured))
+                decision = self._decide(head, remote)
             full = self._max_connections is not None and self.connections >= self._max_connections
             if self._closing and not isinstance(decision, Response):
-                decision = self._refuse("shutting_down", Response(503, "Server shutting down"))
+                decision = self._refuse(
+                    "shutting_down", Response(503, "Server shutting down"), remote
+                )
             elif full and not isinstance(decision, Response):
-                decision = self._refuse("server_full", Response(503, "Server is full"))
+                decision = self._refuse("server_full", Response(503, "Server is full"), remote)
             if isinstance(decision, Response):
                 await secured.send_all(decision.to_bytes())
                 return
@@ -390,22 +394,32 @@ class _Runtime:
         end = raw.index(b"\r\n\r\n") + 4
         head = parse_head(raw[:end])
         if isinstance(head, Response):
-            return self._refuse("bad_request", head)
+            return self._refuse("bad_request", head, remote)
         target = self._router.route(head)
         if isinstance(target, Response):
             if not head.is_websocket:  # plain HTTP: not a handshake
                 return target
-            return self._refuse(_ROUTE_REFUSALS[target.status], target)
+            return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
         accept = handshake_response(head)
         if isinstance(accept, Response):
-            return self._refuse("bad_handshake", accept)
+            return self._refuse("bad_handshake", accept, remote)
         ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
         request = Request(head.path, target.room.name, head.query, head.headers, remote)
         return _Upgrade(target.route, target.room, ws, accept, request)
 
-    def _refuse(self, reason: RefusalReason, response: Response) -> Response:
-        """Count a refused handshake."""
+    def _refuse(
+        self, reason: RefusalReason, response: Response, remote: tuple[str, int] | None
+    ) -> Response:
+        """Count a refused handshake, and log it (at DEBUG: anyone can send these)."""
         self.metrics.refuse(reason)
+        address = format_address(remote)
+        logger.debug(
+            "handshake from %s refused: %d %s",
+            address,
+            response.status,
+            reason,
+            extra={"remote": address, "status": response.status, "reason": reason},
+        )
         return response
 
     def _room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
