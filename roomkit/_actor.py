@@ -28,7 +28,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import attrs
 import trio
@@ -60,7 +60,8 @@ EVENTS_PER_CHECKPOINT: Final = 32
 
 TimerKey = tuple[str, Hashable]
 """A timer on the server's scheduler: ``("alarm" | "sweep", RoomId)`` or ``("ping", conn)``."""
-_Hook = Callable[..., Awaitable[None]]
+HookName = Literal["on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error"]
+"""A Room hook, by name: what a hook transaction runs, and its metrics label."""
 
 
 class RoomHost(Protocol):
@@ -380,35 +381,32 @@ class RoomActor:
         elif isinstance(event, _Message):
             # Delivered even if the connection has started closing since: the peer sent
             # it while open, and on_close comes after every message read before it.
-            room = await self._room()
-            if room is not None:
-                await self._run(event.conn, room.on_message, event.conn, event.message)
+            if await self._room() is not None:
+                await self._run(event.conn, "on_message", event.conn, event.message)
         elif isinstance(event, _Closed):
             conn = event.conn
             self._forget(conn)
-            room = await self._room()
-            if room is not None:
+            if await self._room() is not None:
                 await self._run(
-                    conn, room.on_close, conn, conn._close_code, conn._close_reason, conn._was_clean
+                    conn, "on_close", conn, conn._close_code, conn._close_reason, conn._was_clean
                 )
         elif isinstance(event, _Alarm):
             await self._handle_alarm(event)
 
     async def _handle_connect(self, event: _Connect) -> None:
         conn = event.conn
-        room = None
         if self._closing:
             self._refuse(event, "shutting_down", 503, "Server shutting down")
         elif len(self._connections) > self.room_class.max_connections:
             self._refuse(event, "room_full", 503, "Room is full")
-        elif (room := await self._room()) is None:
+        elif await self._room() is None:
             self._refuse(event, "error", 500, "Internal error")
         else:
             # Open while its own on_connect runs (it is among connections(), sends to it
             # are queued for after the handshake); handshakes still waiting are not.
             conn.state = ConnectionState.OPEN
             settle = functools.partial(self._connect_settled, event)
-            error = await self._hook(room.on_connect, conn, conn.request, settle=settle)
+            error = await self._hook("on_connect", conn, conn.request, settle=settle)
             if isinstance(error, Reject):
                 self._refuse(event, "rejected", error.status, error.reason)
             elif error is not None:
@@ -426,14 +424,13 @@ class RoomActor:
         self._host.metrics.refuse(reason)
 
     async def _handle_alarm(self, event: _Alarm) -> None:
-        room = await self._room()
-        if room is None:
+        if await self._room() is None:
             return
         # The alarm is deleted before the handler runs, in the handler's transaction:
         # if on_alarm sets a new one, that one stands.
         changes = Changes(alarm=AlarmWrite(None))
         self.metrics.alarms_run += 1
-        error = await self._hook(room.on_alarm, AlarmInfo(event.retry), changes=changes)
+        error = await self._hook("on_alarm", AlarmInfo(event.retry), changes=changes)
         if error is None:
             return
         await self._report(None, error)
@@ -467,34 +464,35 @@ class RoomActor:
             )
             return None
         self._instance = room
-        error = await self._hook(room.on_start)
+        error = await self._hook("on_start")
         if error is not None:
             await self._report(None, error)
         return room
 
-    async def _run(self, conn: Connection | None, hook: _Hook, *args: Any) -> None:
+    async def _run(self, conn: Connection | None, hook: HookName, *args: Any) -> None:
         error = await self._hook(hook, *args)
         if error is not None:
             await self._report(conn, error)
 
     async def _hook(
         self,
-        hook: _Hook,
+        hook: HookName,
         *args: Any,
         changes: Changes | None = None,
         settle: Callable[[bool], None] | None = None,
     ) -> Exception | None:
-        """Run one hook as a transaction behind the output gate; return what it raised."""
+        """Run the instance's ``hook`` as a transaction behind the output gate; return
+        what it raised."""
         outbox: Outbox = []
         self._outbox, self._changes = outbox, changes  # changes made on the first write
         started = time.perf_counter()
         try:
-            await hook(*args)
+            await getattr(self._instance, hook)(*args)
         except Exception as exc:
             self._gate.drop(outbox)
             return exc
         finally:
-            self.metrics.hook_ran(hook.__name__, time.perf_counter() - started)
+            self.metrics.hook_ran(hook, time.perf_counter() - started)
             changes, self._outbox, self._changes = self._changes, None, None
         self._finish(changes, outbox, settle)
         return None
@@ -532,7 +530,7 @@ class RoomActor:
 
     async def _report(self, conn: Connection | None, error: Exception) -> None:
         assert self._instance is not None
-        failure = await self._hook(self._instance.on_error, conn, error)
+        failure = await self._hook("on_error", conn, error)
         if failure is not None:
             fields = self.log_fields() if conn is None else conn._log_fields()
             logger.error("room %s: on_error raised", self.room, exc_info=failure, extra=fields)

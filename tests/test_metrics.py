@@ -6,7 +6,9 @@ Scrapes are parsed with prometheus-client's own text parser. Servers listen on
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,12 +16,14 @@ import trio
 import trio.testing
 import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
+from wsproto.events import TextMessage
 
 import roomkit
 from roomkit._exposition import MetricsCollector
 from roomkit._metrics import CUT_REASONS, REFUSAL_REASONS, Histogram, Metrics, RoomMetrics
 
 from .helpers import Start, expect_close, http, open_client
+from .test_connection import raw_handshake, read_close
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -205,6 +209,52 @@ async def test_cut_connections_are_counted_by_reason(
     assert value(samples, cut, room_class="Echo", reason="rate_limit") == 1
     assert value(samples, cut, room_class="Echo", reason="message_too_big") == 1
     assert value(samples, cut, room_class="Echo", reason="slow_consumer") == 0
+
+
+async def test_a_connection_cut_twice_counts_once(start: Start) -> None:
+    server = await start(Echo, metrics=True)
+    stream, ws = await raw_handshake(server.port, "/r")
+    await stream.send_all(ws.send(TextMessage("x" * 101)))
+    assert (await read_close(stream, ws)).code == 1009
+    await stream.send_all(b"\x81\x05hello")  # and an unmasked frame: a protocol error too
+    with trio.fail_after(5):
+        while await stream.receive_some():
+            pass
+    await stream.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    samples = await scrape(server)
+    cut = "roomkit_connections_cut_total"
+    assert value(samples, cut, room_class="Echo", reason="message_too_big") == 1
+    assert value(samples, cut, room_class="Echo", reason="protocol_error") == 0
+
+
+class _Unnamed:
+    """A hook made by a decorator that leaves no ``__name__``: a partial, per instance."""
+
+    def __init__(self, function: Callable[..., Awaitable[None]]) -> None:
+        self.function = function
+
+    def __get__(self, room: object, owner: type) -> Callable[..., Awaitable[None]]:
+        return functools.partial(self.function, room)
+
+
+async def _echo(room: roomkit.Room, conn: roomkit.Connection, message: Any) -> None:
+    conn.send(message)
+
+
+class Decorated(roomkit.Room):
+    on_message = _Unnamed(_echo)
+
+
+async def test_hooks_are_timed_by_their_names_whatever_they_are(start: Start) -> None:
+    server = await start(Decorated, metrics=True)
+    async with open_client(f"{server.url}/r") as ws:
+        await ws.send_message("hi")
+        with trio.fail_after(5):
+            assert await ws.get_message() == "hi"
+    samples = await scrape(server)
+    hooks = "roomkit_hook_duration_seconds_count"
+    assert value(samples, hooks, room_class="Decorated", hook="on_message") == 1
 
 
 async def test_hibernated_rooms_are_counted_apart(
