@@ -244,9 +244,14 @@ class Connection:
             self._push(CloseConnection(code, text))
 
     def _count_cut(self, reason: CutReason) -> None:
-        """Count the cut in the metrics; its reason goes in the close's log line."""
-        self._cut_reason = reason
-        self._metrics.cut[reason] += 1
+        """Count the cut in the metrics; its reason goes in the close's log line.
+
+        The first reason stands: a peer cut off for one thing may well break another
+        rule before it is gone, and it is one connection cut.
+        """
+        if self._cut_reason is None:
+            self._cut_reason = reason
+            self._metrics.cut[reason] += 1
 
     def _cut_off(self) -> None:
         """Close a slow consumer (1008) and free its queue; drop it if it cannot even take
