@@ -62,6 +62,7 @@ CUT_REASONS: Final[tuple[CutReason, ...]] = get_args(CutReason)
 
 RefusalReason = Literal[
     "timeout",
+    "tls",
     "too_large",
     "bad_request",
     "not_found",

@@ -58,6 +58,8 @@ logger = logging.getLogger("roomkit.server")
 #: Seconds that shutdown waits for the last commit once the rooms are done: a healthy
 #: disk takes milliseconds, and a stuck one must not hold the process for ever.
 FLUSH_TIMEOUT: Final = 5.0
+#: Seconds a plain-HTTP answer over TLS waits for the client's close_notify.
+_TLS_CLOSE_TIMEOUT: Final = 1.0
 #: The close frame every connection gets at shutdown, by the code asked for.
 _SHUTDOWN_REASONS: Final = {
     CloseCode.GOING_AWAY: "Going away",
@@ -218,7 +220,8 @@ async def serve(
 
 #: Reads a new connection's request head, through TLS if need be: see ``_handshake``.
 _Handshake = Callable[
-    [trio.SocketStream], Awaitable[tuple[trio.abc.Stream, bytes | Response | None, bool]]
+    [trio.SocketStream],
+    Awaitable[tuple[trio.abc.Stream, bytes | Response | None, RefusalReason | None]],
 ]
 
 
@@ -285,15 +288,26 @@ class _Runtime:
     async def shutdown(self, code: CloseCode, drain_timeout: float) -> None:
         """Close every socket with ``code``, let rooms finish, flush storage, stop."""
         self._closing = True
-        with trio.move_on_after(drain_timeout):
+        with trio.move_on_after(drain_timeout) as drain:
             for actor in list(self._rooms.values()):
                 actor.shutdown(code, _SHUTDOWN_REASONS[code])
             while self._rooms:
                 self._room_gone = trio.Event()
                 await self._room_gone.wait()
+        if drain.cancelled_caught:
+            logger.warning(
+                "drain timed out after %s s: cancelling %d rooms still open",
+                drain_timeout,
+                len(self._rooms),
+            )
         self._rooms_scope.cancel()
-        with trio.move_on_after(FLUSH_TIMEOUT):
+        with trio.move_on_after(FLUSH_TIMEOUT) as flush:
             await self._committer.flush()
+        if flush.cancelled_caught:
+            logger.error(
+                "storage flush timed out after %s s: the last commits may be lost",
+                FLUSH_TIMEOUT,
+            )
         self._scope.cancel()
 
     # RoomHost: what the rooms call.
@@ -326,6 +340,8 @@ class _Runtime:
         self._scheduler.cancel(key)
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        if self._rooms_scope.cancel_called:
+            return  # the drain is over and the rooms are being cancelled: nothing new starts
         assert self._rooms_nursery is not None
         self._rooms_nursery.start_soon(task)
 
@@ -348,6 +364,8 @@ class _Runtime:
             self._alarm_due(subject)
 
     def _alarm_due(self, room: RoomId) -> None:
+        if self._closing:
+            return  # it stays stored, and runs when the server starts again
         alarm = self._alarms.pop(room, None)
         if alarm is None:
             return  # deleted since its timer was set
@@ -361,18 +379,20 @@ class _Runtime:
         """Read one request head; answer it, or hand the stream to its room."""
         handed_off = False
         try:
-            secured, head, timed_out = await self._handshake(stream)
-            if head is None:
-                if timed_out:
-                    self.metrics.refuse("timeout")
-                return  # silent, slow, or gone: nobody to answer
+            secured, head, failure = await self._handshake(stream)
             remote = remote_address(stream)
+            if head is None:
+                if failure is not None:
+                    self._refused(failure, None, remote)
+                return  # silent, slow, gone, or not speaking TLS: nobody to answer
             if isinstance(head, Response):
                 decision: Response | _Upgrade = self._refuse("too_large", head, remote)
             else:
                 decision = self._decide(head, remote)
             full = self._max_connections is not None and self.connections >= self._max_connections
             if self._closing and not isinstance(decision, Response):
+                # A head read just as shutdown began: no room takes it. (The front door
+                # is cancelled by then, so the 503 goes no further than the attempt.)
                 decision = self._refuse(
                     "shutting_down", Response(503, "Server shutting down"), remote
                 )
@@ -380,6 +400,9 @@ class _Runtime:
                 decision = self._refuse("server_full", Response(503, "Server is full"), remote)
             if isinstance(decision, Response):
                 await secured.send_all(decision.to_bytes())
+                if secured is not stream:  # end TLS properly: close_notify, not a bare EOF
+                    with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
+                        await secured.aclose()
                 return
             actor = self._room_for(decision.room_class, decision.room)
             actor.admit(Connection(actor, secured, decision.ws, decision.accept, decision.request))
@@ -410,17 +433,27 @@ class _Runtime:
     def _refuse(
         self, reason: RefusalReason, response: Response, remote: tuple[str, int] | None
     ) -> Response:
-        """Count a refused handshake, and log it (at DEBUG: anyone can send these)."""
-        self.metrics.refuse(reason)
-        address = format_address(remote)
-        logger.debug(
-            "handshake from %s refused: %d %s",
-            address,
-            response.status,
-            reason,
-            extra={"remote": address, "status": response.status, "reason": reason},
-        )
+        """Count and log a handshake refused with ``response``; return it."""
+        self._refused(reason, response.status, remote)
         return response
+
+    def _refused(
+        self, reason: RefusalReason, status: int | None, remote: tuple[str, int] | None
+    ) -> None:
+        """Count a refused handshake, and log it (at DEBUG: anyone can send these).
+
+        ``status`` is the answer's; None when the client is dropped without one.
+        """
+        self.metrics.refuse(reason)
+        if logger.isEnabledFor(logging.DEBUG):
+            address = format_address(remote)
+            logger.debug(
+                "handshake from %s refused: %s %s",
+                address,
+                "dropped" if status is None else status,
+                reason,
+                extra={"remote": address, "status": status, "reason": reason},
+            )
 
     def _room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
         actor = self._rooms.get(room)
@@ -432,21 +465,24 @@ class _Runtime:
 
 async def _handshake(
     ssl_context: ssl.SSLContext | None, seconds: float, stream: trio.SocketStream
-) -> tuple[trio.abc.Stream, bytes | Response | None, bool]:
-    """The stream to speak on (TLS-wrapped with a context), its request head, and
-    whether time ran out.
+) -> tuple[trio.abc.Stream, bytes | Response | None, RefusalReason | None]:
+    """The stream to speak on (TLS-wrapped with a context), its request head, and why
+    there is none when the client failed.
 
     The TLS handshake and the head share one deadline, ``seconds`` away: a client that
-    finishes neither in time is dropped (the head is None, and time ran out). A failed
-    TLS handshake raises BrokenResourceError.
+    finishes neither in time is dropped (``"timeout"``), and so is one whose TLS
+    handshake fails (``"tls"``). A client that leaves gives no head and no reason.
     """
     secured: trio.abc.Stream = stream
     with trio.move_on_after(seconds):
         if ssl_context is not None:
             secured = tls = trio.SSLStream(stream, ssl_context, server_side=True)
-            await tls.do_handshake()
-        return secured, await read_head(secured), False
-    return secured, None, True
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError:
+                return secured, None, "tls"
+        return secured, await read_head(secured), None
+    return secured, None, "timeout"
 
 
 #: Why the Router refused a WebSocket upgrade, by the status it answered with.

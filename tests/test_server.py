@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -11,6 +12,8 @@ import trio.testing
 from websockets.sync.client import connect
 
 import roomkit
+from roomkit._roomid import RoomId
+from roomkit.storage import Changes, SQLiteStore
 
 from .helpers import Start, expect_close, open_client
 
@@ -103,6 +106,51 @@ async def test_drain_timeout_bounds_a_shutdown_held_up_by_on_close(
     with trio.fail_after(10):
         await returned.wait()
     assert trio.current_time() - began == pytest.approx(3.0, abs=0.01)
+
+
+class SlowStore(SQLiteStore):
+    """Takes 3 s per commit once ``slow`` is set: a flush that outlives the drain."""
+
+    slow = False
+
+    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+        if self.slow:
+            await trio.sleep(3)
+        await super().commit(batch)
+
+
+class Alarmed(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        await self.storage.set_alarm(delay=1)
+        conn.send("set")
+
+    async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+        raise AssertionError("no alarm runs while the server shuts down")
+
+
+async def test_an_alarm_due_during_shutdown_waits_in_storage_for_the_next_start(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = await SlowStore.open(":memory:")
+    returned = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[roomkit.Server]) -> None:
+        await roomkit.serve(
+            Alarmed, port=0, storage=store, drain_timeout=0.5, task_status=task_status
+        )
+        returned.set()  # no exception: serve returns
+
+    server: roomkit.Server = await nursery.start(run)
+    async with open_client(f"{server.url}/a") as a:
+        await a.send_message("x")
+        assert await a.get_message() == "set"
+        store.slow = True
+        await a.send_message("y")  # its commit flushes past the alarm's due time
+        server.shutdown()
+        assert (await expect_close(a)).code == 1001
+    with trio.fail_after(10):
+        await returned.wait()
+    assert [room for room, _, _ in await store.alarms()] == [RoomId("", "a")]
 
 
 def test_serve_refuses_a_negative_drain_timeout() -> None:

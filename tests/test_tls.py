@@ -145,16 +145,31 @@ async def test_a_client_that_never_finishes_tls_is_dropped_after_the_handshake_t
         assert trio.current_time() - began == pytest.approx(3)
 
 
-async def test_plain_http_to_a_tls_port_is_dropped(
-    start: Start, server_context: ssl.SSLContext
+async def test_plain_http_to_a_tls_port_is_dropped_and_counted(
+    start: Start, server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:
-    server = await start(Chorus, ssl_context=server_context)
+    server = await start(Chorus, ssl_context=server_context, metrics=True)
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     async with stream:
         await stream.send_all(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
         with trio.fail_after(5):
             data = await stream.receive_some()
         assert b"HTTP/1.1" not in data  # a TLS alert at most, then the end
+    # The metrics page over HTTPS, which ends with a close_notify: reading to the end
+    # raises nothing (a bare EOF would be BrokenResourceError).
+    tls = trio.SSLStream(
+        await trio.open_tcp_stream("127.0.0.1", server.port),
+        client_context,
+        server_hostname="127.0.0.1",
+    )
+    async with tls:
+        await tls.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        page = b""
+        with trio.fail_after(5):
+            while data := await tls.receive_some():
+                page += data
+    refused = 'roomkit_handshakes_refused_total{reason="tls"} 1.0'
+    assert refused in page.decode().splitlines()
 
 
 @pytest.fixture
