@@ -3,7 +3,7 @@
 Each option is declared once, with its flag, its type and its default; its variable is
 named after the flag: ``--drain-timeout`` reads ``ROOMKIT_DRAIN_TIMEOUT``. A flag wins
 over its variable, and the variable over the default; a variable set to the empty
-string counts as unset. A bad value is a :class:`UsageError` naming the flag or the
+string (or to spaces) counts as unset. A bad value is a :class:`UsageError` naming the flag or the
 variable it came from. The environment is passed in, so parsing is testable as it is.
 
 The parsers below take the text of a flag or variable and raise ValueError with a
@@ -114,7 +114,7 @@ class EnvOptions:
         for option in self._options:
             if hasattr(args, option.dest):
                 continue  # given as a flag
-            text = environ.get(option.env, "")
+            text = environ.get(option.env, "").strip()
             value = option.default
             if text:
                 try:

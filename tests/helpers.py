@@ -110,7 +110,11 @@ def roomkit_serve(target: str, *options: str) -> Iterator[tuple[subprocess.Popen
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # The developer's own ROOMKIT_* settings would change what the test runs.
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("ROOMKIT_")},
+            "PYTHONUNBUFFERED": "1",
+        },
     )
     try:
         assert process.stderr is not None

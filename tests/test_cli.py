@@ -147,9 +147,10 @@ def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset() -> None:
         ROOMKIT_GROUP_COMMIT="0",
         ROOMKIT_HOST="::1",
         ROOMKIT_STORAGE="",
+        ROOMKIT_MAX_CONNECTIONS="  ",
     )
     assert (args.port, args.demo_page, args.drain_timeout, args.group_commit) == (1, False, 0, True)
-    assert (args.host, args.storage) == ("::1", "roomkit.sqlite3")
+    assert (args.host, args.storage, args.max_connections) == ("::1", "roomkit.sqlite3", None)
 
 
 @pytest.mark.parametrize(
