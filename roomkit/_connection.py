@@ -32,7 +32,6 @@ from __future__ import annotations
 import enum
 import itertools
 import json
-import logging
 import os
 import secrets
 from typing import TYPE_CHECKING, Any, Final
@@ -43,6 +42,7 @@ from wsproto.connection import ConnectionState as WSState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from ._closecodes import CloseCode
+from ._connlog import log_closed, log_opened, log_refused
 from ._errors import DecodeError
 from ._frames import encode_message
 from ._frontdoor import Response
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "ConnectionState"]
 
-logger = logging.getLogger("roomkit.connection")
 
 #: Bytes asked of the socket per read: big enough for a burst of small messages.
 RECEIVE_BYTES: Final = 64 * 1024
@@ -301,7 +300,7 @@ class Connection:
         try:
             rejection = await self._actor.connect(self)
             if rejection is not None:
-                self._log_refused(*rejection)
+                log_refused(self._log_fields(), *rejection)
                 await self._stream.send_all(Response(*rejection).to_bytes())
                 return
             opened = True
@@ -309,7 +308,7 @@ class Connection:
             assert accept is not None
             await self._stream.send_all(accept)
             self._metrics.connections_opened += 1
-            self._log_opened()
+            log_opened(self._log_fields())
             if isinstance(self._stream, trio.SocketStream) and os.name == "posix":
                 self._fd = self._stream.socket.fileno()
             self._kick()  # what on_connect sent
@@ -323,7 +322,13 @@ class Connection:
             self._actor.cancel_timer(("ping", self))
             await trio.aclose_forcefully(self._stream)
             if opened:
-                self._log_closed()
+                log_closed(
+                    self._log_fields(),
+                    self._close_code,
+                    self._close_reason,
+                    self._was_clean,
+                    self._cut_reason,
+                )
                 await self._actor.closed(self)
 
     def _log_fields(self) -> dict[str, Any]:
@@ -333,42 +338,6 @@ class Connection:
             "connection": self.id,
             "remote": format_address(self.request.remote),
         }
-
-    def _log_opened(self) -> None:
-        fields = self._log_fields()
-        logger.info(
-            "%s: %s opened from %s", fields["room"], self.id, fields["remote"], extra=fields
-        )
-
-    def _log_refused(self, status: int, reason: str) -> None:
-        fields = self._log_fields() | {"status": status, "reason": reason}
-        logger.info(
-            "%s: %s from %s refused: %d %s",
-            fields["room"],
-            self.id,
-            fields["remote"],
-            status,
-            reason,
-            extra=fields,
-        )
-
-    def _log_closed(self) -> None:
-        fields = self._log_fields() | {
-            "code": self._close_code,
-            "reason": self._close_reason,
-            "clean": self._was_clean,
-            "cut": self._cut_reason,
-        }
-        logger.info(
-            "%s: %s closed: %d %r%s%s",
-            fields["room"],
-            self.id,
-            self._close_code,
-            self._close_reason,
-            "" if self._was_clean else ", unclean",
-            "" if self._cut_reason is None else f", cut off ({self._cut_reason})",
-            extra=fields,
-        )
 
     def _heartbeat(self) -> None:
         """Called by the server's scheduler: ping the peer, or drop it if it never answered.

@@ -1,0 +1,54 @@
+"""The log lines about one connection: opened, refused by its room, and closed.
+
+One INFO line each, on the ``roomkit.connection`` logger, with the connection's fields
+(``room``, ``connection``, ``remote``, and what the line is about) as record attributes,
+so that ``--log-json`` writes them as keys of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["log_closed", "log_opened", "log_refused"]
+
+logger = logging.getLogger("roomkit.connection")
+
+Fields = dict[str, Any]
+
+
+def log_opened(fields: Fields) -> None:
+    logger.info(
+        "%s: %s opened from %s",
+        fields["room"],
+        fields["connection"],
+        fields["remote"],
+        extra=fields,
+    )
+
+
+def log_refused(fields: Fields, status: int, reason: str) -> None:
+    fields = fields | {"status": status, "reason": reason}
+    logger.info(
+        "%s: %s from %s refused: %d %s",
+        fields["room"],
+        fields["connection"],
+        fields["remote"],
+        status,
+        reason,
+        extra=fields,
+    )
+
+
+def log_closed(fields: Fields, code: int, reason: str, clean: bool, cut: str | None) -> None:
+    fields = fields | {"code": code, "reason": reason, "clean": clean, "cut": cut}
+    logger.info(
+        "%s: %s closed: %d %r%s%s",
+        fields["room"],
+        fields["connection"],
+        code,
+        reason,
+        "" if clean else ", unclean",
+        "" if cut is None else f", cut off ({cut})",
+        extra=fields,
+    )
