@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 import trio
 
@@ -24,11 +24,13 @@ _HEAD_CHUNK: Final = 16 * 1024
 ACCEPT_PAUSE: Final = 0.1
 _RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
+S = TypeVar("S", bound=trio.abc.Stream)
+
 
 async def accept_loop(
-    listener: trio.SocketListener,
+    listener: trio.abc.Listener[S],
     nursery: trio.Nursery,
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    handler: Callable[[S], Awaitable[None]],
 ) -> None:
     """Accept connections for ever, each into a ``handler`` task that owns its stream.
 
@@ -66,7 +68,8 @@ async def read_head(stream: trio.abc.ReceiveStream) -> bytes | Response | None:
 
 
 def remote_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
-    """The peer's ``(host, port)``, or None if the socket has no such address.
+    """The peer's ``(host, port)``, or None if the socket has no such address, or the
+    stream is not a socket's (an in-memory one, in roomkit.testing).
 
     Through TLS too: an ``SSLStream``'s address is its transport's.
     """

@@ -26,9 +26,9 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -83,6 +83,8 @@ class Server:
     _rooms: dict[RoomId, RoomActor] = attrs.field(factory=dict, alias="rooms")
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
     _close_code: CloseCode = attrs.field(default=CloseCode.GOING_AWAY, init=False)
+    #: What serves it, for roomkit.testing to reach rooms and alarms; set once serving.
+    _runtime: _Runtime | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -173,6 +175,49 @@ async def serve(
         server = await nursery.start(partial(roomkit.serve, MyRoom, port=0))
         async with trio_websocket.open_websocket_url(f"{server.url}/lobby") as ws: ...
     """
+
+    async def listen() -> tuple[list[trio.SocketListener], str, int]:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        return listeners, host, listeners[0].socket.getsockname()[1]
+
+    await _serve_on(
+        listen,
+        rooms,
+        storage=storage,
+        group_commit=group_commit,
+        handshake_timeout=handshake_timeout,
+        allowed_origins=allowed_origins,
+        max_connections=max_connections,
+        drain_timeout=drain_timeout,
+        ssl_context=ssl_context,
+        demo_page=demo_page,
+        metrics=metrics,
+        task_status=task_status,
+    )
+
+
+#: Opens ``serve``'s listeners, once its options are checked: the listeners, and the
+#: host and port that ``Server`` reports.
+Listen = Callable[[], Awaitable[tuple[Sequence[trio.abc.Listener[Any]], str, int]]]
+
+
+async def _serve_on(
+    listen: Listen,
+    rooms: type[Room] | Mapping[str, type[Room]],
+    *,
+    storage: str | os.PathLike[str] | Store = ":memory:",
+    group_commit: bool = True,
+    handshake_timeout: float = 10.0,
+    allowed_origins: Iterable[str] | None = None,
+    max_connections: int | None = None,
+    drain_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+    demo_page: bool = False,
+    metrics: bool = False,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``serve`` over whatever listeners ``listen`` opens (TCP, or roomkit.testing's
+    in-memory one); the options are ``serve``'s."""
     live: dict[RoomId, RoomActor] = {}
     counters = Metrics()
     files: dict[str, Page] = {**static_files(demo_page=demo_page)}
@@ -193,14 +238,13 @@ async def serve(
         counters.room(route)  # its metrics are listed, at zero, before its first room
     store = storage if isinstance(storage, Store) else await SQLiteStore.open(storage)
     try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        server = Server(
-            host, listeners[0].socket.getsockname()[1], tls=ssl_context is not None, rooms=live
-        )
+        listeners, bound_host, bound_port = await listen()
+        server = Server(bound_host, bound_port, tls=ssl_context is not None, rooms=live)
         handshake = partial(_handshake, ssl_context, handshake_timeout)
         runtime = _Runtime(
             server, router, store, counters, group_commit, handshake, max_connections
         )
+        server._runtime = runtime
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             doors = trio.CancelScope()
@@ -220,14 +264,14 @@ async def serve(
 
 #: Reads a new connection's request head, through TLS if need be: see ``_handshake``.
 _Handshake = Callable[
-    [trio.SocketStream],
+    [trio.abc.Stream],
     Awaitable[tuple[trio.abc.Stream, bytes | Response | None, RefusalReason | None]],
 ]
 
 
 async def _accept(
-    listeners: list[trio.SocketListener],
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    listeners: Sequence[trio.abc.Listener[Any]],
+    handler: Callable[[trio.abc.Stream], Awaitable[None]],
     scope: trio.CancelScope,
 ) -> None:
     """The accept loops and their front-door tasks, all inside ``scope``."""
@@ -375,7 +419,7 @@ class _Runtime:
             return
         self._room_for(route, room).post_alarm(alarm.retry)
 
-    async def front_door(self, stream: trio.SocketStream) -> None:
+    async def front_door(self, stream: trio.abc.Stream) -> None:
         """Read one request head; answer it, or hand the stream to its room."""
         handed_off = False
         try:
@@ -464,7 +508,7 @@ class _Runtime:
 
 
 async def _handshake(
-    ssl_context: ssl.SSLContext | None, seconds: float, stream: trio.SocketStream
+    ssl_context: ssl.SSLContext | None, seconds: float, stream: trio.abc.Stream
 ) -> tuple[trio.abc.Stream, bytes | Response | None, RefusalReason | None]:
     """The stream to speak on (TLS-wrapped with a context), its request head, and why
     there is none when the client failed.
