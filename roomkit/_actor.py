@@ -141,6 +141,7 @@ class RoomActor:
         "_expected",
         "_gate_or_none",
         "_gone",
+        "_hibernated",
         "_host",
         "_instance",
         "_outbox",
@@ -176,6 +177,7 @@ class RoomActor:
         self._expected = 0  # events on their way from post_alarm
         self._awake = False  # whether the event loop task runs
         self._gone = False  # the room has ended: nothing may wake it
+        self._hibernated: trio.Event | None = None  # set when hibernate_now() is waiting
         response = room_class.auto_response
         #: The auto-response pair, the answer already framed.
         self.auto_response = (
@@ -290,7 +292,8 @@ class RoomActor:
                     await trio.lowlevel.checkpoint()  # ...but never so many that others starve
             except trio.WouldBlock:
                 in_a_row = 0
-                with trio.move_on_after(math.inf if idle_for is None else idle_for):
+                wait = 0 if self._hibernated is not None else idle_for  # hibernate_now: at once
+                with trio.move_on_after(math.inf if wait is None else wait):
                     event = await receive.receive()
             if event is not None:
                 await self._handle(event)
@@ -307,6 +310,9 @@ class RoomActor:
                 self._gone = True
                 receive.close()
                 self._host.room_gone(self)
+            if self._hibernated is not None:
+                self._hibernated.set()
+                self._hibernated = None
             return
 
     # What the Room's methods, its storage and the Connection's send/close call.
@@ -578,3 +584,17 @@ class RoomActor:
 
     def cancel_timer(self, key: TimerKey) -> None:
         self._host.cancel_timer(key)
+
+    # For roomkit.testing.
+
+    async def hibernate_now(self) -> None:
+        """Hibernate as soon as the events already queued are handled and this room's
+        commits are durable, however recent its last event; return once it has (or has
+        ended, if it has no connection left). A hibernating room is left as it is."""
+        if not self._awake:
+            return
+        if self._hibernated is None:
+            self._hibernated = trio.Event()
+        hibernated = self._hibernated
+        self._poke()  # a loop waiting for its next event looks again, and finds it must stop
+        await hibernated.wait()

@@ -506,6 +506,33 @@ class _Runtime:
             self._rooms[room] = actor
         return actor
 
+    # For roomkit.testing.
+
+    def room_class(self, namespace: str) -> type[Room] | None:
+        """The Room class serving the rooms of ``namespace`` (a route prefix), or None."""
+        return self._router.route_for(namespace)
+
+    def live_room(self, room: RoomId) -> Room | None:
+        """The live Room instance of ``room``; None if it is not live, or hibernates."""
+        actor = self._rooms.get(room)
+        return None if actor is None else actor._instance
+
+    async def hibernate(self, room: RoomId) -> bool:
+        """Hibernate ``room`` now (see ``RoomActor.hibernate_now``); False if it is not live."""
+        actor = self._rooms.get(room)
+        if actor is None:
+            return False
+        await actor.hibernate_now()
+        return True
+
+    def run_alarm_now(self, room: RoomId) -> bool:
+        """Queue ``room``'s alarm to run now, due or not; False if it has none."""
+        if room not in self._alarms:
+            return False
+        self._scheduler.cancel(("alarm", room))
+        self._alarm_due(room)
+        return True
+
 
 async def _handshake(
     ssl_context: ssl.SSLContext | None, seconds: float, stream: trio.abc.Stream
