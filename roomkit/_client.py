@@ -293,7 +293,9 @@ class Client:
                 return
 
     def _stop(self, why: str, *, status: int | None = None) -> None:
-        self._stopped = ClientClosed(why, code=self.close_code, status=status)
+        self._stopped = ClientClosed(
+            why, code=self.close_code, reason=self.close_reason, status=status
+        )
         self._inbox_send.close()
 
 

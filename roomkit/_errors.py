@@ -5,7 +5,7 @@ The tree::
     RoomkitError
     ├── Reject            raised by a room's on_connect to refuse a handshake
     ├── DecodeError       a peer sent a message the room's Protocol cannot decode
-    └── ClientClosed      a client (roomkit.connect) has stopped for good
+    └── ClientClosed      a client (roomkit.connect's, or roomkit.testing's) is closed
 """
 
 from __future__ import annotations
@@ -43,20 +43,32 @@ class DecodeError(RoomkitError):
 
 
 class ClientClosed(RoomkitError):
-    """Raised when a client made by ``roomkit.connect`` has stopped for good.
+    """Raised when a client made by ``roomkit.connect`` has stopped for good, or when a
+    ``roomkit.testing`` client is used after its connection closed or is refused.
 
-    It stops when the application leaves its ``async with`` block, when the room closes
-    it with a code that means "don't come back" (1008, 4000-4999), when a handshake is
-    refused with a 4xx status (but 408 and 429), or when ``max_retries`` runs out.
+    ``roomkit.connect``'s client stops when the application leaves its ``async with``
+    block, when the room closes it with a code that means "don't come back" (1008,
+    4000-4999), when a handshake is refused with a 4xx status (but 408 and 429), or when
+    ``max_retries`` runs out.
 
     Attributes:
       code: the close code of the last connection, or None.
+      reason: the close reason that came with ``code``; for a refused handshake, the
+        body of the HTTP response, when known; else None.
       status: the HTTP status of a refused handshake, or None.
     """
 
-    def __init__(self, why: str, *, code: int | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        why: str,
+        *,
+        code: int | None = None,
+        reason: str | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(why)
         self.code = code
+        self.reason = reason
         self.status = status
 
 

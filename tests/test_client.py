@@ -121,7 +121,7 @@ async def test_dont_come_back_codes_stop_the_client(start: Start, code: int) -> 
         await client.send(f"close {code}")
         with trio.fail_after(5), pytest.raises(roomkit.ClientClosed) as info:
             await client.receive()
-        assert info.value.code == code
+        assert (info.value.code, info.value.reason) == (code, "go away")
         assert [message async for message in client] == []
         with pytest.raises(roomkit.ClientClosed):
             await client.send("too late")
