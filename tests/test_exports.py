@@ -43,6 +43,14 @@ def test_public_names() -> None:
     ]
 
 
+def test_the_testing_kit_is_a_subpackage_imported_on_demand() -> None:
+    import roomkit.testing
+
+    assert sorted(roomkit.testing.__all__) == ["TestClient", "TestServer", "open_test_server"]
+    for name in roomkit.testing.__all__:
+        assert getattr(roomkit.testing, name).__module__.startswith("roomkit.testing._")
+
+
 def test_errors_share_a_root() -> None:
     assert issubclass(roomkit.Reject, roomkit.RoomkitError)
     assert issubclass(roomkit.DecodeError, roomkit.RoomkitError)

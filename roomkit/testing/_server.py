@@ -1,0 +1,221 @@
+"""``open_test_server``: the real server, on an in-memory transport, with handles for tests.
+
+The server is ``roomkit.serve``'s own code (accept loop, front door, rooms, storage,
+scheduler); only the listener differs. The handles reach into it to do what a test
+needs and a client cannot: see a room's live instance, hibernate a room, run its alarm.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from .._room import Room
+from .._roomid import RoomId
+from .._server import Server, _Runtime, _serve_on
+from ..storage import SQLiteStore, Store
+from ..storage._sqlite import SQLiteCore
+from ._client import TestClient
+from ._memory import MemoryListener
+
+__all__ = ["TestServer", "open_test_server"]
+
+#: The Host header of test clients over the in-memory transport.
+MEMORY_HOST = "roomkit.test"
+
+
+class TestServer:
+    """A running test server, made by :func:`open_test_server`.
+
+    Attributes:
+      url: the base WebSocket URL (``ws://127.0.0.1:PORT``) with ``real_sockets=True``,
+        for clients other than :meth:`connect`'s; None over the in-memory transport.
+    """
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(
+        self, server: Server, listener: MemoryListener | None, nursery: trio.Nursery
+    ) -> None:
+        assert server._runtime is not None
+        self._server = server
+        self._runtime: _Runtime = server._runtime
+        self._listener = listener
+        self._nursery = nursery
+        self.url: str | None = None if listener is not None else server.url
+
+    @asynccontextmanager
+    async def connect(
+        self, path: str, *, headers: Mapping[str, str] | Iterable[tuple[str, str]] = ()
+    ) -> AsyncIterator[TestClient]:
+        """Open a WebSocket to ``path`` (``"/lobby?userId=ann"``) for the ``async with`` block.
+
+        On the way out the client closes with 1000, if the room has not closed it,
+        and waits for the room's answer.
+
+        Args:
+          path: the request target: a path, and a query if any.
+          headers: extra handshake headers (``Origin``, ``Cookie``, ``Authorization``).
+
+        Raises:
+          ClientClosed: if the handshake is refused; ``status`` is the HTTP status
+            (403 for ``Reject(403, ...)``) and ``reason`` the response's body.
+          ValueError: if ``path`` does not start with ``/``.
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"a path starts with '/': {path!r}")
+        header_list = list(headers.items() if isinstance(headers, Mapping) else headers)
+        if self._listener is not None:
+            stream, host = await self._listener.connect(), MEMORY_HOST
+        else:
+            server = self._server
+            stream = await trio.open_tcp_stream(server.host, server.port)
+            host = f"{server.host}:{server.port}"
+        prefix = path.partition("?")[0].rpartition("/")[0]
+        room_class = self._runtime.room_class(prefix)
+        client = TestClient(stream, None if room_class is None else room_class.protocol)
+        try:
+            await self._nursery.start(client._run)
+            await client._open(host, path, header_list)
+            yield client
+        finally:
+            await client._stop()
+
+    def room(self, name: str, route: str = "") -> Room | None:
+        """The live Room instance of room ``name``, to inspect; None if the room is not
+        live or hibernates.
+
+        Args:
+          name: the room's name (``"lobby"`` for ``/lobby``).
+          route: the prefix it is served under (``"/chat"`` for ``/chat/lobby``), with
+            a mapping of routes; ``""`` with a single Room class.
+        """
+        return self._runtime.live_room(RoomId(route, name))
+
+    async def hibernate(self, name: str, route: str = "") -> None:
+        """Hibernate room ``name`` now, however recent its last event, and return once
+        it has: its instance is dropped, its connections stay, and the next event makes
+        a new instance (``on_start``).
+
+        Events already queued for the room are handled first, and its commits finish. A
+        room that hibernates already is left as it is. A room with no connection left
+        ends instead.
+
+        Raises:
+          LookupError: if the room is not live.
+        """
+        if not await self._runtime.hibernate(RoomId(route, name)):
+            raise LookupError(f"room {_describe(route, name)} is not live")
+
+    async def fire_alarm(self, name: str, route: str = "") -> None:
+        """Run room ``name``'s alarm now, due or not, as if its time had come: ``on_alarm``
+        runs (waking the room if need be), and a failure is retried on the usual schedule.
+
+        Returns once the server is quiet again (``trio.testing.wait_all_tasks_blocked``):
+        the handler has run, its writes are committed and its sends have reached the
+        test clients.
+
+        Raises:
+          LookupError: if the room has no alarm set.
+        """
+        if not self._runtime.run_alarm_now(RoomId(route, name)):
+            raise LookupError(f"room {_describe(route, name)} has no alarm set")
+        await trio.testing.wait_all_tasks_blocked()
+
+
+@asynccontextmanager
+async def open_test_server(
+    rooms: type[Room] | Mapping[str, type[Room]],
+    *,
+    storage: str | os.PathLike[str] | Store = ":memory:",
+    real_sockets: bool = False,
+    **serve_options: Any,
+) -> AsyncIterator[TestServer]:
+    """Run ``rooms`` as ``roomkit.serve`` would, for the ``async with`` block.
+
+    Over the in-memory transport (the default) no socket is opened and nothing depends
+    on the kernel or the wall clock: under pytest-trio's ``autojump_clock``, a test of
+    a 60-second idle sweep runs in milliseconds, the same way every time. On the way
+    out the server shuts down as ``serve`` does (1001 to every client still open).
+
+    Args:
+      rooms: what ``serve`` takes: a Room subclass, or a mapping of prefixes to them.
+      storage: a SQLite file, ``":memory:"`` (the default), or a Store (which stays
+        open). A file is used from Trio's thread, not a worker thread, so that the
+        clock cannot jump while a commit is in flight.
+      real_sockets: listen on 127.0.0.1 on a free port instead, and set ``url``; test
+        clients then connect over TCP.
+      serve_options: ``serve``'s other options (``group_commit``, ``handshake_timeout``,
+        ``allowed_origins``, ``max_connections``, ``demo_page``).
+    """
+    store = (
+        storage if isinstance(storage, Store) else SQLiteStore(SQLiteCore(storage), in_thread=False)
+    )
+    try:
+        async with _open_nursery() as nursery:
+            listener = None if real_sockets else MemoryListener()
+            serving, stopped = trio.CancelScope(), trio.Event()
+            options = {**serve_options, "storage": store}
+            server = await nursery.start(_serve, listener, rooms, options, serving, stopped)
+            try:
+                yield TestServer(server, listener, nursery)
+            finally:
+                serving.cancel()  # shut down while the clients' readers still answer
+                with trio.CancelScope(shield=True):
+                    await stopped.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        if store is not storage:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+async def _serve(
+    listener: MemoryListener | None,
+    rooms: type[Room] | Mapping[str, type[Room]],
+    options: dict[str, Any],
+    scope: trio.CancelScope,
+    stopped: trio.Event,
+    task_status: trio.TaskStatus[Server],
+) -> None:
+    async def listen() -> tuple[list[trio.abc.Listener[Any]], str, int]:
+        if listener is not None:
+            return [listener], MEMORY_HOST, 0
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        return list(listeners), "127.0.0.1", listeners[0].socket.getsockname()[1]
+
+    try:
+        with scope:
+            await _serve_on(listen, rooms, task_status=task_status, **options)
+    finally:
+        stopped.set()
+
+
+@asynccontextmanager
+async def _open_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for an ``async with`` block's background tasks, out of which the
+    block's own exception comes as itself, not in an ExceptionGroup: ``pytest.raises``
+    and ``except`` in a test work as if there were no nursery."""
+    raised: list[BaseException] = []
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield nursery
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+    except BaseExceptionGroup as group:
+        if not (raised and len(group.exceptions) == 1 and group.exceptions[0] is raised[0]):
+            raise
+        error = raised[0]
+    if error is not None:
+        raise error  # outside the except: not chained to the group
+
+
+def _describe(route: str, name: str) -> str:
+    return repr(f"{route}/{name}")

@@ -1,0 +1,254 @@
+"""roomkit.testing, against the demo chat room (examples/chat.py) and small variants of it.
+
+Rules: the kit's in-memory transport unless a test is about real sockets; time is
+pytest-trio's ``autojump_clock``, and the tests assert virtual times, never real ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import roomkit
+from examples.chat import Chat, ChatRoom, Message
+from roomkit.testing import open_test_server
+
+from .helpers import open_client, receive_json
+
+
+async def test_the_demo_chat_in_memory() -> None:
+    async with open_test_server(ChatRoom) as server:
+        assert server.url is None
+        async with server.connect("/lobby?userId=ann") as ann:
+            assert await ann.receive() == {"type": "welcome", "user": "ann", "users": ["ann"]}
+            async with server.connect("/lobby?userId=bob") as bob:
+                await bob.receive()  # welcome
+                assert await ann.receive() == {"type": "user_joined", "user": "bob"}
+                await bob.send(Chat("hi"))  # a protocol message
+                await bob.send({"type": "typing"})  # a dict, as JSON
+                message = await ann.receive()
+                assert (message["type"], message["user"], message["text"]) == (
+                    "message",
+                    "bob",
+                    "hi",
+                )
+                assert await ann.receive() == {"type": "user_typing", "user": "bob", "active": True}
+                await ann.receive_nothing()
+            assert await ann.receive() == {"type": "user_left", "user": "bob"}
+            room = server.room("lobby")
+            assert isinstance(room, ChatRoom)
+            assert room.users() == ["ann"]
+
+
+async def test_raw_text_and_bytes_and_error_replies() -> None:
+    async with open_test_server(ChatRoom) as server, server.connect("/x?userId=ann") as ann:
+        await ann.receive()
+        await ann.send('{"type": "ping"}')
+        assert await ann.receive_text() == '{"type": "pong"}'
+        await ann.send(b"\x00")
+        assert await ann.receive() == {
+            "type": "error",
+            "message": "binary messages are not part of this room's protocol",
+        }
+        with pytest.raises(TypeError, match="Message is not one of"):
+            await ann.send(Message("ann", "hi", 0.0))  # a server message: not the client's
+        with pytest.raises(TypeError, match="not float"):
+            await ann.send(1.5)
+
+
+async def test_receive_nothing_and_receive_close_name_what_came_instead() -> None:
+    async with open_test_server(ChatRoom) as server, server.connect("/x?userId=ann") as ann:
+        with pytest.raises(AssertionError, match=r"expected nothing, received .*welcome"):
+            await ann.receive_nothing()
+        with pytest.raises(AssertionError, match=r"expected the close, received .*welcome"):
+            await ann.receive_close()
+        assert (await ann.receive())["type"] == "welcome"  # still queued
+        await ann.send({"type": "ping"})
+        with pytest.raises(AssertionError, match="expected a binary message"):
+            await ann.receive_bytes()  # and the pong is consumed
+        await ann.receive_nothing()
+
+
+async def test_a_refused_handshake_raises_with_its_status() -> None:
+    async with open_test_server(ChatRoom) as server:
+        with pytest.raises(roomkit.ClientClosed) as refused:
+            async with server.connect("/lobby"):
+                pass  # pragma: no cover
+        assert refused.value.status == 400
+        assert refused.value.reason == "Join with ?userId=<your name> (1-64 characters)"
+        with pytest.raises(roomkit.ClientClosed) as refused:
+            async with server.connect("/a/lobby?userId=ann"):
+                pass  # pragma: no cover
+        assert refused.value.status == 404
+
+
+async def test_a_client_closes_with_its_code_and_the_room_hears_it() -> None:
+    closes: list[tuple[int, str]] = []
+
+    class Recorded(ChatRoom):
+        async def on_close(
+            self, conn: roomkit.Connection, code: int, reason: str, clean: bool
+        ) -> None:
+            closes.append((code, reason))
+            await super().on_close(conn, code, reason, clean)
+
+    async with open_test_server(Recorded) as server, server.connect("/x?userId=ann") as ann:
+        async with server.connect("/x?userId=bob") as bob:
+            await bob.close(4001, "bye")
+            assert (bob.close_code, bob.close_reason) == (4001, "bye")
+            with pytest.raises(roomkit.ClientClosed) as closed:
+                await bob.send({"type": "ping"})
+            assert closed.value.code == 4001
+        assert (await ann.receive())["type"] == "welcome"
+        assert await ann.receive() == {"type": "user_joined", "user": "bob"}
+        assert await ann.receive() == {"type": "user_left", "user": "bob"}
+        assert closes == [(4001, "bye")]
+
+
+class QuietChat(ChatRoom):
+    """The chat room, closing connections quiet for a minute."""
+
+    idle_timeout = 60
+
+
+async def test_an_idle_sweep_runs_on_the_virtual_clock(autojump_clock: trio.abc.Clock) -> None:
+    async with (
+        open_test_server(QuietChat) as server,
+        server.connect("/x?userId=ann") as ann,
+        server.connect("/x?userId=bob") as bob,
+    ):
+        for client in (ann, bob, ann):  # welcomes, and bob joined
+            await client.receive()
+        start = trio.current_time()
+        await trio.sleep(30)
+        await bob.send({"type": "ping"})  # bob is not quiet
+        assert await bob.receive() == {"type": "pong"}
+        assert await ann.receive_close() == (1000, "Idle timeout")
+        assert trio.current_time() - start == pytest.approx(60)
+        assert await bob.receive() == {"type": "user_left", "user": "ann"}
+        assert await bob.receive_close() == (1000, "Idle timeout")
+        assert trio.current_time() - start == pytest.approx(90)
+
+
+class Digest(ChatRoom):
+    """The chat room, posting a digest two seconds after a chat message; the digest
+    service fails once."""
+
+    failures = 1
+
+    async def on_message(self, conn: roomkit.Connection, message: object) -> None:
+        await super().on_message(conn, message)
+        if isinstance(message, Chat):
+            await self.storage.put("last", message.text)
+            await self.storage.set_alarm(delay=2)
+
+    async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+        if Digest.failures:
+            Digest.failures -= 1
+            raise ConnectionError("digest service down")
+        last = await self.storage.get("last")
+        self.broadcast(Message("digest", f"{last} (retry {info.retry_count})", 0.0))
+
+    async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
+        pass  # the failure is the point
+
+
+async def test_a_failing_alarm_is_retried_on_the_virtual_clock(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    Digest.failures = 1
+    async with open_test_server(Digest) as server, server.connect("/x?userId=ann") as ann:
+        await ann.receive()  # welcome
+        await ann.send({"type": "chat", "text": "hello"})
+        await ann.receive()  # the message
+        sent = trio.current_time()
+        digest = await ann.receive()
+        assert digest["text"] == "hello (retry 1)"
+        # Due after 2 s, failed, retried 2 to 2.5 s later (the first retry's delay).
+        assert 4 <= trio.current_time() - sent <= 4.5
+        assert Digest.failures == 0
+
+
+async def test_fire_alarm_runs_it_now_even_across_a_restart(
+    autojump_clock: trio.abc.Clock, tmp_path: object
+) -> None:
+    Digest.failures = 0
+    database = f"{tmp_path}/rooms.sqlite3"
+    async with open_test_server(Digest, storage=database) as server:
+        with pytest.raises(LookupError, match="'/x' has no alarm set"):
+            await server.fire_alarm("x")
+        async with server.connect("/x?userId=ann") as ann:
+            await ann.receive()
+            await ann.send({"type": "chat", "text": "kept"})
+            await ann.receive()
+    async with open_test_server(Digest, storage=database) as server:  # the alarm is stored
+        async with server.connect("/x?userId=bob") as bob:
+            await bob.receive()
+            before = trio.current_time()
+            await server.fire_alarm("x")
+            assert trio.current_time() == before
+            assert (await bob.receive())["text"] == "kept (retry 0)"
+        with pytest.raises(LookupError):
+            await server.fire_alarm("x")  # run, and deleted
+
+
+async def test_hibernate_drops_the_instance_and_keeps_the_connections(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    starts = 0
+
+    class Counted(ChatRoom):
+        hibernate_after = None  # only when the test says so
+
+        async def on_start(self) -> None:
+            nonlocal starts
+            starts += 1
+
+    async with open_test_server(Counted) as server:
+        with pytest.raises(LookupError, match="'/x' is not live"):
+            await server.hibernate("x")
+        async with server.connect("/x?userId=ann") as ann:
+            await ann.receive()
+            awake = server.room("x")
+            assert awake is not None
+            before = trio.current_time()
+            with trio.fail_after(60):
+                await server.hibernate("x")
+            assert trio.current_time() == before  # now, not after some idle time
+            assert server.room("x") is None
+            await server.hibernate("x")  # already: nothing to do
+            assert starts == 1
+            await ann.send({"type": "ping"})
+            assert await ann.receive() == {"type": "pong"}
+            assert server.room("x") not in (None, awake)
+            assert starts == 2
+
+
+async def test_routes_name_their_rooms() -> None:
+    async with (
+        open_test_server({"/chat": ChatRoom}) as server,
+        server.connect("/chat/x?userId=ann") as ann,
+    ):
+        await ann.send(Chat("typed, by the route's protocol"))
+        assert (await ann.receive())["type"] == "welcome"
+        assert (await ann.receive())["text"] == "typed, by the route's protocol"
+        assert server.room("x") is None
+        assert isinstance(server.room("x", "/chat"), ChatRoom)
+
+
+async def test_real_sockets_serve_other_clients_too() -> None:
+    async with open_test_server(ChatRoom, real_sockets=True) as server:
+        assert server.url is not None and server.url.startswith("ws://127.0.0.1:")
+        async with (
+            server.connect("/x?userId=ann") as ann,
+            open_client(f"{server.url}/x?userId=bob") as bob,
+        ):
+            await ann.receive()
+            assert (await receive_json(bob))["users"] == ["ann", "bob"]
+            assert await ann.receive() == {"type": "user_joined", "user": "bob"}
+
+
+async def test_an_error_in_the_block_comes_out_as_itself() -> None:
+    with pytest.raises(KeyError):
+        async with open_test_server(ChatRoom) as server, server.connect("/x?userId=ann"):
+            raise KeyError("unwrapped")
