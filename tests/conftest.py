@@ -19,6 +19,8 @@ import roomkit
 
 from .helpers import Start
 
+pytest_plugins = ["pytester"]  # for the tests of roomkit.testing's pytest plugin
+
 
 @pytest.fixture
 def start(nursery: trio.Nursery) -> Start:

@@ -6,12 +6,14 @@ pytest-trio's ``autojump_clock``, and the tests assert virtual times, never real
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import trio
 
 import roomkit
 from examples.chat import Chat, ChatRoom, Message
-from roomkit.testing import open_test_server
+from roomkit.testing import TestServer, open_test_server
 
 from .helpers import open_client, receive_json
 
@@ -252,3 +254,46 @@ async def test_an_error_in_the_block_comes_out_as_itself() -> None:
     with pytest.raises(KeyError):
         async with open_test_server(ChatRoom) as server, server.connect("/x?userId=ann"):
             raise KeyError("unwrapped")
+
+
+async def test_the_pytest_fixture(
+    roomkit_server: Callable[..., Awaitable[TestServer]], autojump_clock: trio.abc.Clock
+) -> None:
+    server = await roomkit_server(QuietChat)
+    async with server.connect("/x?userId=ann") as ann:
+        assert (await ann.receive())["type"] == "welcome"
+        assert await ann.receive_close() == (1000, "Idle timeout")
+
+
+PLUGIN_USER = """
+import trio
+
+from examples.chat import ChatRoom
+
+
+async def test_chat(roomkit_server, autojump_clock):
+    server = await roomkit_server(ChatRoom)
+    async with server.connect("/lobby?userId=ann") as ann:
+        assert (await ann.receive())["users"] == ["ann"]
+        await trio.sleep(3600)
+        await ann.receive_nothing()
+"""
+
+
+def test_the_plugin_serves_pytest_trio_users(pytester: pytest.Pytester) -> None:
+    # Run in this process, the plugin's package is already imported: pytest says it
+    # cannot rewrite its asserts, which a fresh process never hears.
+    pytester.makeini(
+        "[pytest]\ntrio_mode = true\nfilterwarnings =\n    error\n"
+        "    ignore::pytest.PytestAssertRewriteWarning\n"
+    )
+    pytester.makepyfile(PLUGIN_USER)
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_the_plugin_loads_harmlessly_without_pytest_trio(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    result = pytester.runpytest_inprocess("-p", "no:trio", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    listing = pytester.runpytest_inprocess("-p", "no:trio", "--fixtures")
+    assert "roomkit_server" in listing.stdout.str()

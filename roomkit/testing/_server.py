@@ -219,3 +219,15 @@ async def _open_nursery() -> AsyncIterator[trio.Nursery]:
 
 def _describe(route: str, name: str) -> str:
     return repr(f"{route}/{name}")
+
+
+async def run_test_server(
+    rooms: type[Room] | Mapping[str, type[Room]],
+    *,
+    task_status: trio.TaskStatus[TestServer] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """:func:`open_test_server` as a task, for ``nursery.start``: runs until cancelled."""
+    async with open_test_server(rooms, **options) as server:
+        task_status.started(server)
+        await trio.sleep_forever()
