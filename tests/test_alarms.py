@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-import trio_websocket
 
 import roomkit
 from roomkit._alarms import Timers, retry_delay
 from roomkit._roomid import RoomId
 from roomkit.storage import AlarmWrite, Changes
 from roomkit.storage._sqlite import SQLiteCore
+from roomkit.testing import open_test_server
 
 from .apps import KV
-from .helpers import Start, expect_close, open_client, receive_json
+from .helpers import Start, open_client, receive_json
 from .test_storage import Client
 
 
@@ -170,28 +170,27 @@ class Quiet(roomkit.Room):
 
 
 async def test_idle_sweep_closes_only_the_quiet_connection(
-    start: Start, autojump_clock: trio.testing.MockClock
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server = await start(Quiet)
-    closed_at: list[float] = []
-
-    async def watch(ws: trio_websocket.WebSocketConnection) -> None:
-        reason = await expect_close(ws, within=1000)
-        assert (reason.code, reason.reason) == (1000, "Idle timeout")
-        closed_at.append(trio.current_time() - t0)
-
-    async with open_client(f"{server.url}/r") as quiet, open_client(f"{server.url}/r") as chatty:
+    async with (
+        open_test_server(Quiet) as server,
+        server.connect("/r") as quiet,
+        server.connect("/r") as chatty,
+    ):
         t0 = trio.current_time()
-        async with trio.open_nursery() as watchers:
-            watchers.start_soon(watch, quiet)
-            for _ in range(5):  # 50 virtual seconds of chatting, every 10 s
-                await trio.sleep(10)
-                await chatty.send_message("still here")
-                with trio.fail_after(5):
-                    assert await chatty.get_message() == "ok"
-            assert closed_at == [pytest.approx(30, abs=0.1)]
-            watchers.start_soon(watch, chatty)  # now it falls quiet too
-    assert closed_at == [pytest.approx(30, abs=0.1), pytest.approx(80, abs=0.1)]
+
+        async def chat_at(*seconds: float) -> None:
+            for second in seconds:
+                await trio.sleep_until(t0 + second)
+                await chatty.send("still here")
+                assert await chatty.receive() == "ok"
+
+        await chat_at(10, 20)
+        assert await quiet.receive_close() == (1000, "Idle timeout")
+        assert trio.current_time() - t0 == pytest.approx(30)
+        await chat_at(40, 50)
+        assert await chatty.receive_close() == (1000, "Idle timeout")  # quiet since 50
+        assert trio.current_time() - t0 == pytest.approx(80)
 
 
 def test_idle_timeout_must_be_positive() -> None:
