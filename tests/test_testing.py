@@ -254,6 +254,15 @@ async def test_an_error_in_the_block_comes_out_as_itself() -> None:
     with pytest.raises(KeyError):
         async with open_test_server(ChatRoom) as server, server.connect("/x?userId=ann"):
             raise KeyError("unwrapped")
+    with pytest.raises(ValueError, match="max_connections must be positive"):
+        async with open_test_server(ChatRoom, max_connections=0):
+            pass  # pragma: no cover
+
+
+async def test_it_takes_serves_options_but_host_and_port() -> None:
+    with pytest.raises(TypeError, match="got port; it takes serve's allowed_origins, demo_page"):
+        async with open_test_server(ChatRoom, port=8080):
+            pass  # pragma: no cover
 
 
 async def test_the_pytest_fixture(

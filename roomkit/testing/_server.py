@@ -7,12 +7,14 @@ needs and a client cannot: see a room's live instance, hibernate a room, run its
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import trio
+import trio.testing
 
 from .._room import Room
 from .._roomid import RoomId
@@ -25,7 +27,14 @@ from ._memory import MemoryListener
 __all__ = ["TestServer", "open_test_server"]
 
 #: The Host header of test clients over the in-memory transport.
-MEMORY_HOST = "roomkit.test"
+MEMORY_HOST: Final = "roomkit.test"
+#: The options of serve that open_test_server passes on (not host and port).
+SERVE_OPTIONS: Final = frozenset(inspect.signature(_serve_on).parameters) - {
+    "listen",
+    "rooms",
+    "storage",
+    "task_status",
+}
 
 
 class TestServer:
@@ -117,7 +126,8 @@ class TestServer:
 
         Returns once the server is quiet again (``trio.testing.wait_all_tasks_blocked``):
         the handler has run, its writes are committed and its sends have reached the
-        test clients.
+        test clients. (Not with a Store of your own that works in worker threads: a
+        thread at work counts as a blocked task.)
 
         Raises:
           LookupError: if the room has no alarm set.
@@ -152,6 +162,12 @@ async def open_test_server(
       serve_options: ``serve``'s other options (``group_commit``, ``handshake_timeout``,
         ``allowed_origins``, ``max_connections``, ``demo_page``).
     """
+    unknown = sorted(serve_options.keys() - SERVE_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"open_test_server() got {', '.join(unknown)}; "
+            f"it takes serve's {', '.join(sorted(SERVE_OPTIONS))}"
+        )
     store = (
         storage if isinstance(storage, Store) else SQLiteStore(SQLiteCore(storage), in_thread=False)
     )
