@@ -263,6 +263,14 @@ async def test_it_takes_serves_options_but_host_and_port() -> None:
     with pytest.raises(TypeError, match="got port; it takes serve's allowed_origins, demo_page"):
         async with open_test_server(ChatRoom, port=8080):
             pass  # pragma: no cover
+    with pytest.raises(TypeError, match="got ssl_context;"):
+        async with open_test_server(ChatRoom, ssl_context=None):
+            pass  # pragma: no cover
+    async with (
+        open_test_server(ChatRoom, metrics=True, drain_timeout=1) as server,
+        server.connect("/x?userId=ann") as ann,
+    ):
+        assert (await ann.receive())["type"] == "welcome"
 
 
 async def test_the_pytest_fixture(

@@ -28,11 +28,13 @@ __all__ = ["TestServer", "open_test_server"]
 
 #: The Host header of test clients over the in-memory transport.
 MEMORY_HOST: Final = "roomkit.test"
-#: The options of serve that open_test_server passes on (not host and port).
+#: The options of serve that open_test_server passes on: not host and port, nor
+#: ssl_context (test clients speak plain ws://).
 SERVE_OPTIONS: Final = frozenset(inspect.signature(_serve_on).parameters) - {
     "listen",
     "rooms",
     "storage",
+    "ssl_context",
     "task_status",
 }
 
@@ -160,7 +162,8 @@ async def open_test_server(
       real_sockets: listen on 127.0.0.1 on a free port instead, and set ``url``; test
         clients then connect over TCP.
       serve_options: ``serve``'s other options (``group_commit``, ``handshake_timeout``,
-        ``allowed_origins``, ``max_connections``, ``demo_page``).
+        ``allowed_origins``, ``max_connections``, ``drain_timeout``, ``demo_page``,
+        ``metrics``); not ``host``, ``port`` or ``ssl_context``.
     """
     unknown = sorted(serve_options.keys() - SERVE_OPTIONS)
     if unknown:
