@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 import trio
 
 from ._frontdoor import Response
+from ._metrics import RefusalReason
 
-__all__ = ["MAX_HEAD", "accept_loop", "read_head", "remote_address"]
+__all__ = ["MAX_HEAD", "accept_loop", "read_head", "read_request", "remote_address"]
 
 logger = logging.getLogger("roomkit.server")
 
@@ -82,3 +84,25 @@ def remote_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
     except OSError:
         return None
     return (address[0], address[1]) if isinstance(address, tuple) else None
+
+
+async def read_request(
+    ssl_context: ssl.SSLContext | None, seconds: float, stream: trio.abc.Stream
+) -> tuple[trio.abc.Stream, bytes | Response | None, RefusalReason | None]:
+    """The stream to speak on (TLS-wrapped with a context), its request head, and why
+    there is none when the client failed.
+
+    The TLS handshake and the head share one deadline, ``seconds`` away: a client that
+    finishes neither in time is dropped (``"timeout"``), and so is one whose TLS
+    handshake fails (``"tls"``). A client that leaves gives no head and no reason.
+    """
+    secured: trio.abc.Stream = stream
+    with trio.move_on_after(seconds):
+        if ssl_context is not None:
+            secured = tls = trio.SSLStream(stream, ssl_context, server_side=True)
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError:
+                return secured, None, "tls"
+        return secured, await read_head(secured), None
+    return secured, None, "timeout"

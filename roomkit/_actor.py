@@ -27,10 +27,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Any, Final, Literal, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Literal
 
-import attrs
 import trio
 from wsproto.events import CloseConnection
 
@@ -38,16 +37,18 @@ from ._alarms import MAX_RETRIES, AlarmInfo, retry_delay
 from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
 from ._errors import Reject, RoomkitError
+from ._events import Alarm, Check, Closed, Connect, Event, Message
 from ._frames import encode_message
 from ._gate import Outbox, OutputGate
-from ._metrics import Metrics, RefusalReason
+from ._metrics import RefusalReason
 from ._room import Room
+from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
 from ._storage import Storage
 from ._tags import TagIndex
-from .storage import AlarmWrite, Changes, Store
+from .storage import AlarmWrite, Changes
 
-__all__ = ["RoomActor", "RoomHost"]
+__all__ = ["HookName", "RoomActor"]
 
 logger = logging.getLogger("roomkit.room")
 
@@ -58,69 +59,8 @@ EVENT_QUEUE: Final = 256
 EVENTS_PER_CHECKPOINT: Final = 32
 
 
-TimerKey = tuple[str, Hashable]
-"""A timer on the server's scheduler: ``("alarm" | "sweep", RoomId)`` or ``("ping", conn)``."""
 HookName = Literal["on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error"]
 """A Room hook, by name: what a hook transaction runs, and its metrics label."""
-
-
-class RoomHost(Protocol):
-    """What a room needs from the server that runs it."""
-
-    store: Store
-    connections: int  # the server's count, kept by its rooms
-    metrics: Metrics
-
-    def commit(
-        self,
-        room: RoomId,
-        changes: Changes,
-        done: Callable[[bool], None],
-        after: Callable[[], None],
-    ) -> None: ...
-
-    def alarm_changed(self, room: RoomId, alarm: AlarmWrite) -> None: ...
-
-    def stored_alarm(self, room: RoomId) -> AlarmWrite | None: ...
-
-    def set_timer(self, key: TimerKey, deadline: float) -> None: ...
-
-    def cancel_timer(self, key: TimerKey) -> None: ...
-
-    def room_gone(self, actor: RoomActor) -> None: ...
-
-    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Start ``task`` in the server's rooms nursery."""
-
-
-@attrs.define(eq=False)
-class _Connect:
-    conn: Connection
-    decided: trio.Event = attrs.Factory(trio.Event)
-    rejection: tuple[int, str] | None = None
-
-
-@attrs.frozen(eq=False)
-class _Message:
-    conn: Connection
-    message: Any
-
-
-@attrs.frozen(eq=False)
-class _Closed:
-    conn: Connection
-
-
-@attrs.frozen(eq=False)
-class _Alarm:
-    retry: int
-
-
-class _Check:
-    """No event: makes the loop look again whether the room is left empty."""
-
-
-_Event = _Connect | _Message | _Closed | _Alarm | _Check
 
 
 class RoomActor:
@@ -166,8 +106,8 @@ class RoomActor:
         self._connections: dict[Connection, None] = {}
         # The event channel exists while the room is awake, and is dropped when it
         # hibernates (a channel is over 1 KiB): _wake() makes it again.
-        self._send: trio.MemorySendChannel[_Event] | None = None
-        self._receive: trio.MemoryReceiveChannel[_Event] | None = None
+        self._send: trio.MemorySendChannel[Event] | None = None
+        self._receive: trio.MemoryReceiveChannel[Event] | None = None
         self._instance: Room | None = None
         self._outbox: Outbox | None = None
         self._changes: Changes | None = None
@@ -227,14 +167,14 @@ class RoomActor:
 
     async def connect(self, conn: Connection) -> tuple[int, str] | None:
         """Run ``on_connect``; return None to accept, or the ``(status, reason)`` to refuse."""
-        event = _Connect(conn)
+        event = Connect(conn)
         await self._wake().send(event)
         await event.decided.wait()
         return event.rejection
 
     async def message(self, conn: Connection, message: Any) -> None:
         send = self._wake()
-        event = _Message(conn, message)
+        event = Message(conn, message)
         try:
             send.send_nowait(event)  # no trip through the scheduler if there is room
         except trio.WouldBlock:
@@ -243,9 +183,9 @@ class RoomActor:
     def post_alarm(self, retry: int) -> None:
         """Queue an alarm event from synchronous code; the room stays up until it is queued."""
         self._expected += 1
-        self._host.spawn(functools.partial(self._post, _Alarm(retry)))
+        self._host.spawn(functools.partial(self._post, Alarm(retry)))
 
-    async def _post(self, event: _Event) -> None:
+    async def _post(self, event: Event) -> None:
         try:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._wake().send(event)
@@ -257,15 +197,15 @@ class RoomActor:
         # Broken or closed: the room itself was cancelled, and nobody is left to tell.
         gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
         with trio.CancelScope(shield=True), gone:
-            await self._wake().send(_Closed(conn))
+            await self._wake().send(Closed(conn))
 
-    def _wake(self) -> trio.MemorySendChannel[_Event]:
+    def _wake(self) -> trio.MemorySendChannel[Event]:
         """Start the event loop if the room is hibernating (or new); its event channel.
 
         Once the room is gone the channel stays closed: a send raises BrokenResourceError.
         """
         if self._send is None:
-            self._send, self._receive = trio.open_memory_channel[_Event](EVENT_QUEUE)
+            self._send, self._receive = trio.open_memory_channel[Event](EVENT_QUEUE)
         if not (self._awake or self._gone):
             self._awake = True
             self._host.spawn(self._event_loop)
@@ -381,25 +321,25 @@ class RoomActor:
 
     # The event loop.
 
-    async def _handle(self, event: _Event) -> None:
-        if isinstance(event, _Connect):
+    async def _handle(self, event: Event) -> None:
+        if isinstance(event, Connect):
             await self._handle_connect(event)
-        elif isinstance(event, _Message):
+        elif isinstance(event, Message):
             # Delivered even if the connection has started closing since: the peer sent
             # it while open, and on_close comes after every message read before it.
             if await self._room() is not None:
                 await self._run(event.conn, "on_message", event.conn, event.message)
-        elif isinstance(event, _Closed):
+        elif isinstance(event, Closed):
             conn = event.conn
             self._forget(conn)
             if await self._room() is not None:
                 await self._run(
                     conn, "on_close", conn, conn._close_code, conn._close_reason, conn._was_clean
                 )
-        elif isinstance(event, _Alarm):
+        elif isinstance(event, Alarm):
             await self._handle_alarm(event)
 
-    async def _handle_connect(self, event: _Connect) -> None:
+    async def _handle_connect(self, event: Connect) -> None:
         conn = event.conn
         if self._closing:
             self._refuse(event, "shutting_down", 503, "Server shutting down")
@@ -425,11 +365,11 @@ class RoomActor:
         self._forget(conn)
         event.decided.set()
 
-    def _refuse(self, event: _Connect, reason: RefusalReason, status: int, text: str) -> None:
+    def _refuse(self, event: Connect, reason: RefusalReason, status: int, text: str) -> None:
         event.rejection = (status, text)
         self._host.metrics.refuse(reason)
 
-    async def _handle_alarm(self, event: _Alarm) -> None:
+    async def _handle_alarm(self, event: Alarm) -> None:
         if await self._room() is None:
             return
         # The alarm is deleted before the handler runs, in the handler's transaction:
@@ -543,7 +483,7 @@ class RoomActor:
             if conn is not None:
                 conn._cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
 
-    def _connect_settled(self, event: _Connect, durable: bool) -> None:
+    def _connect_settled(self, event: Connect, durable: bool) -> None:
         """Answer the handshake once on_connect's changes are durable, or refuse it (500)."""
         if not durable:
             self._refuse(event, "error", 500, "Internal error")
@@ -556,14 +496,14 @@ class RoomActor:
         """Have the event loop check whether the room is empty, from outside an event."""
         # WouldBlock: events are queued, and they will do; Broken: the room is gone.
         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-            self._wake().send_nowait(_Check())
+            self._wake().send_nowait(Check())
 
     def _forget(self, conn: Connection) -> None:
         del self._connections[conn]
         self._host.connections -= 1
         self.tags.remove(conn, conn.tags)
 
-    def _idle(self, receive: trio.MemoryReceiveChannel[_Event]) -> bool:
+    def _idle(self, receive: trio.MemoryReceiveChannel[Event]) -> bool:
         if self._connections or self._expected:  # the common case, known without statistics
             return False
         return not receive.statistics().current_buffer_used

@@ -18,7 +18,8 @@ import trio.testing
 
 from .._room import Room
 from .._roomid import RoomId
-from .._server import Server, _Runtime, _serve_on
+from .._runtime import Runtime
+from .._server import Server, _serve_on
 from ..storage import SQLiteStore, Store
 from ..storage._sqlite import SQLiteCore
 from ._client import TestClient
@@ -54,7 +55,7 @@ class TestServer:
     ) -> None:
         assert server._runtime is not None
         self._server = server
-        self._runtime: _Runtime = server._runtime
+        self._runtime: Runtime = server._runtime
         self._listener = listener
         self._nursery = nursery
         self.url: str | None = None if listener is not None else server.url

@@ -1,0 +1,54 @@
+"""The events on a room's channel, which its actor handles one at a time, in order.
+
+Connection tasks and the server put them there; only the actor acts on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from ._connection import Connection
+
+__all__ = ["Alarm", "Check", "Closed", "Connect", "Event", "Message"]
+
+
+@attrs.define(eq=False)
+class Connect:
+    """A handshake waiting for ``on_connect``: ``decided`` is set once it is accepted
+    (``rejection`` None) or refused (the status and reason to answer with)."""
+
+    conn: Connection
+    decided: trio.Event = attrs.Factory(trio.Event)
+    rejection: tuple[int, str] | None = None
+
+
+@attrs.frozen(eq=False)
+class Message:
+    """A message read from ``conn``, for ``on_message``."""
+
+    conn: Connection
+    message: Any
+
+
+@attrs.frozen(eq=False)
+class Closed:
+    """``conn`` has closed, for ``on_close``."""
+
+    conn: Connection
+
+
+@attrs.frozen(eq=False)
+class Alarm:
+    """The room's alarm is due; ``retry`` is how many runs of it failed before."""
+
+    retry: int
+
+
+class Check:
+    """No event: makes the loop look again whether the room is left empty."""
+
+
+Event = Connect | Message | Closed | Alarm | Check

@@ -1,0 +1,47 @@
+"""What a room needs from the server that runs it: storage, commits, timers, tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Protocol
+
+from ._metrics import Metrics
+from ._roomid import RoomId
+from .storage import AlarmWrite, Changes, Store
+
+if TYPE_CHECKING:
+    from ._actor import RoomActor
+
+__all__ = ["RoomHost", "TimerKey"]
+
+TimerKey = tuple[str, Hashable]
+"""A timer on the server's scheduler: ``("alarm" | "sweep", RoomId)`` or ``("ping", conn)``."""
+
+
+class RoomHost(Protocol):
+    """What a room needs from the server that runs it."""
+
+    store: Store
+    connections: int  # the server's count, kept by its rooms
+    metrics: Metrics
+
+    def commit(
+        self,
+        room: RoomId,
+        changes: Changes,
+        done: Callable[[bool], None],
+        after: Callable[[], None],
+    ) -> None: ...
+
+    def alarm_changed(self, room: RoomId, alarm: AlarmWrite) -> None: ...
+
+    def stored_alarm(self, room: RoomId) -> AlarmWrite | None: ...
+
+    def set_timer(self, key: TimerKey, deadline: float) -> None: ...
+
+    def cancel_timer(self, key: TimerKey) -> None: ...
+
+    def room_gone(self, actor: RoomActor) -> None: ...
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Start ``task`` in the server's rooms nursery."""

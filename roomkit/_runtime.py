@@ -1,0 +1,327 @@
+"""The running server's shared parts: the front door and the room host.
+
+:class:`Runtime` is what ``serve`` runs once it listens. Its front door reads each new
+connection's request head, answers plain HTTP, and hands WebSocket upgrades to their
+rooms; as the rooms' :class:`~roomkit._roomhost.RoomHost` it owns the committer, the
+scheduler (alarms, sweeps, pings) and the rooms nursery, and it shuts them down in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import attrs
+import trio
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionType
+
+from ._accept import remote_address
+from ._actor import RoomActor
+from ._alarms import Scheduler
+from ._closecodes import CloseCode
+from ._committer import Committer
+from ._connection import Connection
+from ._frontdoor import Response, Router, handshake_response, parse_head
+from ._logs import format_address
+from ._metrics import Metrics, RefusalReason
+from ._request import Request
+from ._room import Room
+from ._roomhost import TimerKey
+from ._roomid import RoomId
+from .storage import AlarmWrite, Changes, Store
+
+__all__ = ["FLUSH_TIMEOUT", "Handshake", "Runtime"]
+
+logger = logging.getLogger("roomkit.server")
+
+#: Seconds that shutdown waits for the last commit once the rooms are done: a healthy
+#: disk takes milliseconds, and a stuck one must not hold the process for ever.
+FLUSH_TIMEOUT: Final = 5.0
+#: Seconds a plain-HTTP answer over TLS waits for the client's close_notify.
+_TLS_CLOSE_TIMEOUT: Final = 1.0
+#: The close frame every connection gets at shutdown, by the code asked for.
+_SHUTDOWN_REASONS: Final = {
+    CloseCode.GOING_AWAY: "Going away",
+    CloseCode.SERVICE_RESTART: "Service restart",
+}
+
+#: Reads a new connection's request head, through TLS if need be: see ``_accept.read_request``.
+Handshake = Callable[
+    [trio.abc.Stream],
+    Awaitable[tuple[trio.abc.Stream, bytes | Response | None, RefusalReason | None]],
+]
+
+
+class Runtime:
+    """The parts of a running server that its tasks share: the room host."""
+
+    def __init__(
+        self,
+        rooms: dict[RoomId, RoomActor],
+        router: Router[type[Room]],
+        store: Store,
+        metrics: Metrics,
+        group_commit: bool,
+        handshake: Handshake,
+        max_connections: int | None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._router = router
+        self._handshake = handshake  # the request head, through TLS if need be
+        self._max_connections = max_connections
+        self.connections = 0  # open or opening WebSocket connections, all rooms
+        self._rooms = rooms  # the server's: live rooms by id
+        self._committer = Committer(store, metrics, group=group_commit)
+        self._scheduler = Scheduler[TimerKey](self._fire)
+        self._alarms: dict[RoomId, AlarmWrite] = {}
+        self._scope = trio.CancelScope(shield=True)
+        self._rooms_scope = trio.CancelScope()
+        self._rooms_nursery: trio.Nursery | None = None
+        self._room_gone = trio.Event()
+        self._closing = False
+
+    async def run(self, task_status: trio.TaskStatus[None]) -> None:
+        """Run the committer, the scheduler and the rooms; shielded from ``serve``'s
+        cancellation, so that shutdown can close sockets and flush storage in order."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._committer.run)
+                await nursery.start(self._scheduler.run)
+                await nursery.start(self._run_rooms)
+                for room, due, retry in await self.store.alarms():
+                    self.alarm_changed(room, AlarmWrite(due, retry))
+                task_status.started()
+
+    async def _run_rooms(self, task_status: trio.TaskStatus[None]) -> None:
+        with self._rooms_scope:
+            async with trio.open_nursery() as nursery:
+                self._rooms_nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def shutdown(self, code: CloseCode, drain_timeout: float) -> None:
+        """Close every socket with ``code``, let rooms finish, flush storage, stop."""
+        self._closing = True
+        with trio.move_on_after(drain_timeout) as drain:
+            for actor in list(self._rooms.values()):
+                actor.shutdown(code, _SHUTDOWN_REASONS[code])
+            while self._rooms:
+                self._room_gone = trio.Event()
+                await self._room_gone.wait()
+        if drain.cancelled_caught:
+            logger.warning(
+                "drain timed out after %s s: cancelling %d rooms still open",
+                drain_timeout,
+                len(self._rooms),
+            )
+        self._rooms_scope.cancel()
+        with trio.move_on_after(FLUSH_TIMEOUT) as flush:
+            await self._committer.flush()
+        if flush.cancelled_caught:
+            logger.error(
+                "storage flush timed out after %s s: the last commits may be lost",
+                FLUSH_TIMEOUT,
+            )
+        self._scope.cancel()
+
+    # RoomHost: what the rooms call.
+
+    def commit(
+        self,
+        room: RoomId,
+        changes: Changes,
+        done: Callable[[bool], None],
+        after: Callable[[], None],
+    ) -> None:
+        self._committer.submit(room, changes, done, after)
+
+    def stored_alarm(self, room: RoomId) -> AlarmWrite | None:
+        return self._alarms.get(room)
+
+    def alarm_changed(self, room: RoomId, alarm: AlarmWrite) -> None:
+        if alarm.due is None:
+            self._alarms.pop(room, None)
+            self._scheduler.cancel(("alarm", room))
+            return
+        self._alarms[room] = alarm
+        wait = max(0.0, alarm.due - time.time())  # stored in wall-clock time
+        self._scheduler.set(("alarm", room), trio.current_time() + wait)
+
+    def set_timer(self, key: TimerKey, deadline: float) -> None:
+        self._scheduler.set(key, deadline)
+
+    def cancel_timer(self, key: TimerKey) -> None:
+        self._scheduler.cancel(key)
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        if self._rooms_scope.cancel_called:
+            return  # the drain is over and the rooms are being cancelled: nothing new starts
+        assert self._rooms_nursery is not None
+        self._rooms_nursery.start_soon(task)
+
+    def room_gone(self, actor: RoomActor) -> None:
+        del self._rooms[actor.room]
+        self._scheduler.cancel(("sweep", actor.room))
+        self._room_gone.set()
+
+    def _fire(self, key: TimerKey) -> None:
+        kind, subject = key
+        if kind == "ping":
+            assert isinstance(subject, Connection)
+            subject._heartbeat()
+            return
+        assert isinstance(subject, RoomId)
+        if kind == "sweep":
+            if (actor := self._rooms.get(subject)) is not None:
+                actor.sweep()
+        else:
+            self._alarm_due(subject)
+
+    def _alarm_due(self, room: RoomId) -> None:
+        if self._closing:
+            return  # it stays stored, and runs when the server starts again
+        alarm = self._alarms.pop(room, None)
+        if alarm is None:
+            return  # deleted since its timer was set
+        route = self._router.route_for(room.namespace)
+        if route is None:
+            logger.warning("alarm of room %s not run: no route serves %r", room, room.namespace)
+            return
+        self._room_for(route, room).post_alarm(alarm.retry)
+
+    async def front_door(self, stream: trio.abc.Stream) -> None:
+        """Read one request head; answer it, or hand the stream to its room."""
+        handed_off = False
+        try:
+            secured, head, failure = await self._handshake(stream)
+            remote = remote_address(stream)
+            if head is None:
+                if failure is not None:
+                    self._refused(failure, None, remote)
+                return  # silent, slow, gone, or not speaking TLS: nobody to answer
+            if isinstance(head, Response):
+                decision: Response | Upgrade = self._refuse("too_large", head, remote)
+            else:
+                decision = self._decide(head, remote)
+            full = self._max_connections is not None and self.connections >= self._max_connections
+            if self._closing and not isinstance(decision, Response):
+                # A head read just as shutdown began: no room takes it. (The front door
+                # is cancelled by then, so the 503 goes no further than the attempt.)
+                decision = self._refuse(
+                    "shutting_down", Response(503, "Server shutting down"), remote
+                )
+            elif full and not isinstance(decision, Response):
+                decision = self._refuse("server_full", Response(503, "Server is full"), remote)
+            if isinstance(decision, Response):
+                await secured.send_all(decision.to_bytes())
+                if secured is not stream:  # end TLS properly: close_notify, not a bare EOF
+                    with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
+                        await secured.aclose()
+                return
+            actor = self._room_for(decision.room_class, decision.room)
+            actor.admit(Connection(actor, secured, decision.ws, decision.accept, decision.request))
+            handed_off = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if not handed_off:
+                await trio.aclose_forcefully(stream)
+
+    def _decide(self, raw: bytes, remote: tuple[str, int] | None) -> Response | Upgrade:
+        end = raw.index(b"\r\n\r\n") + 4
+        head = parse_head(raw[:end])
+        if isinstance(head, Response):
+            return self._refuse("bad_request", head, remote)
+        target = self._router.route(head)
+        if isinstance(target, Response):
+            if not head.is_websocket:  # plain HTTP: not a handshake
+                return target
+            return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
+        accept = handshake_response(head)
+        if isinstance(accept, Response):
+            return self._refuse("bad_handshake", accept, remote)
+        ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
+        request = Request(head.path, target.room.name, head.query, head.headers, remote)
+        return Upgrade(target.route, target.room, ws, accept, request)
+
+    def _refuse(
+        self, reason: RefusalReason, response: Response, remote: tuple[str, int] | None
+    ) -> Response:
+        """Count and log a handshake refused with ``response``; return it."""
+        self._refused(reason, response.status, remote)
+        return response
+
+    def _refused(
+        self, reason: RefusalReason, status: int | None, remote: tuple[str, int] | None
+    ) -> None:
+        """Count a refused handshake, and log it (at DEBUG: anyone can send these).
+
+        ``status`` is the answer's; None when the client is dropped without one.
+        """
+        self.metrics.refuse(reason)
+        if logger.isEnabledFor(logging.DEBUG):
+            address = format_address(remote)
+            logger.debug(
+                "handshake from %s refused: %s %s",
+                address,
+                "dropped" if status is None else status,
+                reason,
+                extra={"remote": address, "status": status, "reason": reason},
+            )
+
+    def _room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
+        actor = self._rooms.get(room)
+        if actor is None:
+            actor = RoomActor(room_class, room, self)
+            self._rooms[room] = actor
+        return actor
+
+    # For roomkit.testing.
+
+    def room_class(self, namespace: str) -> type[Room] | None:
+        """The Room class serving the rooms of ``namespace`` (a route prefix), or None."""
+        return self._router.route_for(namespace)
+
+    def live_room(self, room: RoomId) -> Room | None:
+        """The live Room instance of ``room``; None if it is not live, or hibernates."""
+        actor = self._rooms.get(room)
+        return None if actor is None else actor._instance
+
+    async def hibernate(self, room: RoomId) -> bool:
+        """Hibernate ``room`` now (see ``RoomActor.hibernate_now``); False if it is not live."""
+        actor = self._rooms.get(room)
+        if actor is None:
+            return False
+        await actor.hibernate_now()
+        return True
+
+    def run_alarm_now(self, room: RoomId) -> bool:
+        """Queue ``room``'s alarm to run now, due or not; False if it has none."""
+        if room not in self._alarms:
+            return False
+        self._scheduler.cancel(("alarm", room))
+        self._alarm_due(room)
+        return True
+
+
+#: Why the Router refused a WebSocket upgrade, by the status it answered with.
+_ROUTE_REFUSALS: Final[dict[int, RefusalReason]] = {
+    404: "not_found",
+    400: "bad_room_name",
+    403: "origin",
+}
+
+
+@attrs.frozen
+class Upgrade:
+    """A valid WebSocket handshake for ``room``, an instance of ``room_class``."""
+
+    room_class: type[Room]
+    room: RoomId
+    ws: WSConnection
+    accept: bytes
+    request: Request
