@@ -300,7 +300,7 @@ class Connection:
         try:
             rejection = await self._actor.connect(self)
             if rejection is not None:
-                log_refused(self._log_fields(), *rejection)
+                log_refused(self._log_fields, *rejection)
                 await self._stream.send_all(Response(*rejection).to_bytes())
                 return
             opened = True
@@ -308,7 +308,7 @@ class Connection:
             assert accept is not None
             await self._stream.send_all(accept)
             self._metrics.connections_opened += 1
-            log_opened(self._log_fields())
+            log_opened(self._log_fields)
             if isinstance(self._stream, trio.SocketStream) and os.name == "posix":
                 self._fd = self._stream.socket.fileno()
             self._kick()  # what on_connect sent
@@ -323,7 +323,7 @@ class Connection:
             await trio.aclose_forcefully(self._stream)
             if opened:
                 log_closed(
-                    self._log_fields(),
+                    self._log_fields,
                     self._close_code,
                     self._close_reason,
                     self._was_clean,

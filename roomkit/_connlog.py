@@ -8,6 +8,7 @@ so that ``--log-json`` writes them as keys of their own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["log_closed", "log_opened", "log_refused"]
@@ -15,9 +16,15 @@ __all__ = ["log_closed", "log_opened", "log_refused"]
 logger = logging.getLogger("roomkit.connection")
 
 Fields = dict[str, Any]
+#: Makes a connection's fields, only when a line is to be written: a connect storm with
+#: INFO off pays nothing for them.
+FieldsOf = Callable[[], Fields]
 
 
-def log_opened(fields: Fields) -> None:
+def log_opened(fields_of: FieldsOf) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    fields = fields_of()
     logger.info(
         "%s: %s opened from %s",
         fields["room"],
@@ -27,8 +34,10 @@ def log_opened(fields: Fields) -> None:
     )
 
 
-def log_refused(fields: Fields, status: int, reason: str) -> None:
-    fields = fields | {"status": status, "reason": reason}
+def log_refused(fields_of: FieldsOf, status: int, reason: str) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    fields = fields_of() | {"status": status, "reason": reason}
     logger.info(
         "%s: %s from %s refused: %d %s",
         fields["room"],
@@ -40,8 +49,10 @@ def log_refused(fields: Fields, status: int, reason: str) -> None:
     )
 
 
-def log_closed(fields: Fields, code: int, reason: str, clean: bool, cut: str | None) -> None:
-    fields = fields | {"code": code, "reason": reason, "clean": clean, "cut": cut}
+def log_closed(fields_of: FieldsOf, code: int, reason: str, clean: bool, cut: str | None) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    fields = fields_of() | {"code": code, "reason": reason, "clean": clean, "cut": cut}
     logger.info(
         "%s: %s closed: %d %r%s%s",
         fields["room"],
