@@ -510,8 +510,9 @@ class RoomActor:
 
     def _schedule_sweep(self) -> None:
         timeout = self.room_class.idle_timeout
-        open_ = self.connections()
-        if timeout is not None and open_:
+        if timeout is None:
+            return  # before looking at the connections: a connect is then O(1), not O(n)
+        if open_ := self.connections():
             deadline = min(c.last_seen for c in open_) + timeout
             self._host.set_timer(("sweep", self.room), deadline)
 
