@@ -180,15 +180,20 @@ class RoomActor:
         except trio.WouldBlock:
             await send.send(event)  # the room is behind: this reader waits for it
 
-    def post_alarm(self, retry: int) -> None:
-        """Queue an alarm event from synchronous code; the room stays up until it is queued."""
-        self._expected += 1
-        self._host.spawn(functools.partial(self._post, Alarm(retry)))
+    def post_alarm(self, retry: int, done: trio.Event | None = None) -> None:
+        """Queue an alarm event from synchronous code; the room stays up until it is queued.
 
-    async def _post(self, event: Event) -> None:
+        ``done``, if given, is set once the alarm has run and its sends are out.
+        """
+        self._expected += 1
+        self._host.spawn(functools.partial(self._post, Alarm(retry, done)))
+
+    async def _post(self, event: Alarm) -> None:
         try:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._wake().send(event)
+            await self._wake().send(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if event.done is not None:
+                event.done.set()  # the room is gone: nobody will run it
         finally:
             self._expected -= 1
 
@@ -338,6 +343,9 @@ class RoomActor:
                 )
         elif isinstance(event, Alarm):
             await self._handle_alarm(event)
+            if event.done is not None:  # roomkit.testing waits until its sends are out
+                await self._gate.settled()
+                event.done.set()
 
     async def _handle_connect(self, event: Connect) -> None:
         conn = event.conn

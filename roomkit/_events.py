@@ -42,9 +42,14 @@ class Closed:
 
 @attrs.frozen(eq=False)
 class Alarm:
-    """The room's alarm is due; ``retry`` is how many runs of it failed before."""
+    """The room's alarm is due; ``retry`` is how many runs of it failed before.
+
+    ``done``, if any, is set once the alarm has run and what it sent is out (or once
+    it is clear that it never will run): for ``roomkit.testing``'s ``fire_alarm``.
+    """
 
     retry: int
+    done: trio.Event | None = None
 
 
 class Check:

@@ -299,13 +299,25 @@ class Runtime:
         await actor.hibernate_now()
         return True
 
-    def run_alarm_now(self, room: RoomId) -> bool:
-        """Queue ``room``'s alarm to run now, due or not; False if it has none."""
-        if room not in self._alarms:
-            return False
+    async def run_alarm_now(self, room: RoomId) -> None:
+        """Run ``room``'s alarm now, due or not, and return once it has run and its
+        sends are out.
+
+        Raises:
+          LookupError: if the room has no alarm set, or no route serves it (the
+            message says which, to follow the room's name).
+        """
+        alarm = self._alarms.get(room)
+        if alarm is None:
+            raise LookupError("has no alarm set")
+        route = self._router.route_for(room.namespace)
+        if route is None:
+            raise LookupError("is served by no route")
+        del self._alarms[room]
         self._scheduler.cancel(("alarm", room))
-        self._alarm_due(room)
-        return True
+        done = trio.Event()
+        self._room_for(route, room).post_alarm(alarm.retry, done)
+        await done.wait()
 
 
 #: Why the Router refused a WebSocket upgrade, by the status it answered with.

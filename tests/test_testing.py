@@ -194,6 +194,36 @@ async def test_fire_alarm_runs_it_now_even_across_a_restart(
             await server.fire_alarm("x")  # run, and deleted
 
 
+class SlowDigest(Digest):
+    async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+        await trio.sleep(0.5)  # a slow digest service
+        await super().on_alarm(info)
+
+
+async def test_fire_alarm_handles_what_was_sent_first_and_waits_for_its_handler(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    Digest.failures = 0
+    async with open_test_server(SlowDigest) as server, server.connect("/x?userId=ann") as ann:
+        await ann.receive()  # welcome
+        await ann.send({"type": "chat", "text": "first"})  # sets the alarm, once handled
+        began = trio.current_time()
+        await server.fire_alarm("x")
+        assert trio.current_time() - began == 0.5  # it waited for the handler's sleep
+        assert (await ann.receive())["text"] == "first"
+        assert (await ann.receive())["text"] == "first (retry 0)"
+        await ann.receive_nothing()
+
+
+def test_rooms_are_named_not_pathed() -> None:
+    async def main() -> None:
+        async with open_test_server(ChatRoom) as server:
+            with pytest.raises(ValueError, match="is a path"):
+                server.room("/lobby")
+
+    trio.run(main)
+
+
 async def test_hibernate_drops_the_instance_and_keeps_the_connections(
     autojump_clock: trio.abc.Clock,
 ) -> None:

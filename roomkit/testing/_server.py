@@ -106,6 +106,7 @@ class TestServer:
           route: the prefix it is served under (``"/chat"`` for ``/chat/lobby``), with
             a mapping of routes; ``""`` with a single Room class.
         """
+        _check_name(name)
         return self._runtime.live_room(RoomId(route, name))
 
     async def hibernate(self, name: str, route: str = "") -> None:
@@ -120,6 +121,7 @@ class TestServer:
         Raises:
           LookupError: if the room is not live.
         """
+        _check_name(name)
         if not await self._runtime.hibernate(RoomId(route, name)):
             raise LookupError(f"room {_describe(route, name)} is not live")
 
@@ -127,16 +129,20 @@ class TestServer:
         """Run room ``name``'s alarm now, due or not, as if its time had come: ``on_alarm``
         runs (waking the room if need be), and a failure is retried on the usual schedule.
 
-        Returns once the server is quiet again (``trio.testing.wait_all_tasks_blocked``):
-        the handler has run, its writes are committed and its sends have reached the
-        test clients. (Not with a Store of your own that works in worker threads: a
-        thread at work counts as a blocked task.)
+        What the test sent before is handled first. Returns once the handler has run
+        (however long it takes on Trio's clock), its writes are committed and its sends
+        are out, and the server is quiet again (``trio.testing.wait_all_tasks_blocked``),
+        so they have reached the test clients.
 
         Raises:
-          LookupError: if the room has no alarm set.
+          LookupError: if the room has no alarm set, or no route serves it.
         """
-        if not self._runtime.run_alarm_now(RoomId(route, name)):
-            raise LookupError(f"room {_describe(route, name)} has no alarm set")
+        _check_name(name)
+        await trio.testing.wait_all_tasks_blocked()  # what was sent before goes first
+        try:
+            await self._runtime.run_alarm_now(RoomId(route, name))
+        except LookupError as exc:  # name the room as the test did
+            raise LookupError(f"room {_describe(route, name)} {exc}") from None
         await trio.testing.wait_all_tasks_blocked()
 
 
@@ -251,3 +257,11 @@ async def run_test_server(
     async with open_test_server(rooms, **options) as server:
         task_status.started(server)
         await trio.sleep_forever()
+
+
+def _check_name(name: str) -> None:
+    if "/" in name:
+        raise ValueError(
+            f'{name!r} is a path: give the room\'s name ("lobby"), and its route prefix '
+            'as route= ("/chat") when rooms are served under prefixes'
+        )
