@@ -25,7 +25,6 @@ import contextlib
 import functools
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal
@@ -321,6 +320,9 @@ class RoomActor:
         current = self.current_changes()
         return [*self._gate.layers(), current]
 
+    def wall_time(self) -> float:
+        return self._host.wall_time()
+
     def stored_alarm(self) -> AlarmWrite | None:
         return self._host.stored_alarm(self.room)
 
@@ -399,7 +401,7 @@ class RoomActor:
             self._finish(Changes(alarm=AlarmWrite(None)), [])
         else:
             self.metrics.alarms_retried += 1
-            due = time.time() + retry_delay(retry, random.random())
+            due = self._host.wall_time() + retry_delay(retry, self._host.jitter())
             self._finish(Changes(alarm=AlarmWrite(due, retry)), [])
 
     async def _room(self) -> Room | None:

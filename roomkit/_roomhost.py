@@ -45,3 +45,10 @@ class RoomHost(Protocol):
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
         """Start ``task`` in the server's rooms nursery."""
+
+    def wall_time(self) -> float:
+        """Seconds since the epoch, as alarms are stored: ``time.time()`` in a server,
+        Trio's clock from a fixed start in ``roomkit.testing``."""
+
+    def jitter(self) -> float:
+        """A number in [0, 1), to spread retries: ``random.random()``, or 0 in tests."""

@@ -9,6 +9,7 @@ scheduler (alarms, sweeps, pings) and the rooms nursery, and it shuts them down 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -67,7 +68,11 @@ class Runtime:
         group_commit: bool,
         handshake: Handshake,
         max_connections: int | None,
+        wall_time: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
+        self.wall_time: Final = wall_time
+        self.jitter: Final = jitter
         self.store = store
         self.metrics = metrics
         self._router = router
@@ -148,7 +153,7 @@ class Runtime:
             self._scheduler.cancel(("alarm", room))
             return
         self._alarms[room] = alarm
-        wait = max(0.0, alarm.due - time.time())  # stored in wall-clock time
+        wait = max(0.0, alarm.due - self.wall_time())  # stored in wall-clock time
         self._scheduler.set(("alarm", room), trio.current_time() + wait)
 
     def set_timer(self, key: TimerKey, deadline: float) -> None:

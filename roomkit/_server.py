@@ -23,7 +23,9 @@ cancel whatever is left; flush the committer (at most ``FLUSH_TIMEOUT``); close 
 from __future__ import annotations
 
 import os
+import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -194,9 +196,12 @@ async def _serve_on(
     demo_page: bool = False,
     metrics: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    wall_time: Callable[[], float] = time.time,
+    jitter: Callable[[], float] = random.random,
 ) -> None:
     """``serve`` over whatever listeners ``listen`` opens (TCP, or roomkit.testing's
-    in-memory one); the options are ``serve``'s."""
+    in-memory one); the options are ``serve``'s. ``wall_time`` and ``jitter`` are the
+    alarms' clock and their retries' randomness (see ``RoomHost``), for the test kit."""
     live: dict[RoomId, RoomActor] = {}
     counters = Metrics()
     files: dict[str, Page] = {**static_files(demo_page=demo_page)}
@@ -220,7 +225,17 @@ async def _serve_on(
         listeners, bound_host, bound_port = await listen()
         server = Server(bound_host, bound_port, tls=ssl_context is not None, rooms=live)
         handshake = partial(read_request, ssl_context, handshake_timeout)
-        runtime = Runtime(live, router, store, counters, group_commit, handshake, max_connections)
+        runtime = Runtime(
+            live,
+            router,
+            store,
+            counters,
+            group_commit,
+            handshake,
+            max_connections,
+            wall_time=wall_time,
+            jitter=jitter,
+        )
         server._runtime = runtime
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -142,7 +141,7 @@ class Storage:
             assert delay is not None
             if not math.isfinite(delay):
                 raise ValueError(f"set_alarm(delay=...) must be a finite number, not {delay!r}")
-            due = time.time() + delay
+            due = self._actor.wall_time() + delay
         self._changes().alarm = AlarmWrite(due)
 
     async def get_alarm(self) -> datetime | None:

@@ -166,8 +166,9 @@ async def test_a_failing_alarm_is_retried_on_the_virtual_clock(
         sent = trio.current_time()
         digest = await ann.receive()
         assert digest["text"] == "hello (retry 1)"
-        # Due after 2 s, failed, retried 2 to 2.5 s later (the first retry's delay).
-        assert 4 <= trio.current_time() - sent <= 4.5
+        # Due after 2 s, failed, retried 2 s later (the first retry's delay; the kit
+        # retries without jitter), to the virtual microsecond.
+        assert trio.current_time() - sent == pytest.approx(4, abs=1e-6)
         assert Digest.failures == 0
 
 
@@ -213,6 +214,18 @@ async def test_fire_alarm_handles_what_was_sent_first_and_waits_for_its_handler(
         assert (await ann.receive())["text"] == "first"
         assert (await ann.receive())["text"] == "first (retry 0)"
         await ann.receive_nothing()
+
+
+async def test_a_message_that_never_comes_fails_the_test(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(ChatRoom) as server, server.connect("/x?userId=ann") as ann:
+        await ann.receive()  # welcome
+        began = trio.current_time()
+        with pytest.raises(AssertionError, match=r"expected a message within 300\.0 s"):
+            await ann.receive()
+        assert trio.current_time() - began == pytest.approx(300)
+        ann.receive_timeout = 1
+        with pytest.raises(AssertionError, match="expected the close within 1 s"):
+            await ann.receive_close()
 
 
 def test_rooms_are_named_not_pathed() -> None:

@@ -10,8 +10,11 @@ room's close frame is answered and recorded. Nothing here sleeps or times out: u
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, Final
 
 import attrs
@@ -38,6 +41,10 @@ __all__ = ["TestClient"]
 
 #: Bytes asked of the stream per read.
 RECEIVE_BYTES: Final = 64 * 1024
+#: Seconds of Trio's clock a receive waits by default: longer than the timers rooms
+#: usually test (idle sweeps, alarms), and under ``autojump_clock`` a missing message
+#: fails the test at once instead of hanging it.
+RECEIVE_TIMEOUT: Final = 300.0
 #: Seconds a client leaving its ``async with`` block waits for the room to answer its
 #: close; the room answers at once, so only a stuck room makes this matter.
 CLOSE_WAIT: Final = 5.0
@@ -49,11 +56,17 @@ class TestClient:
     Attributes:
       close_code, close_reason: how the connection ended (1006 and ``""`` when the
         stream ended without a close frame); None while it is open.
+      receive_timeout: the seconds of Trio's clock a receive waits before it fails the
+        test (``open_test_server``'s); set it to change it for this client.
     """
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
-    def __init__(self, stream: trio.abc.Stream, protocol: Protocol | None) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, protocol: Protocol | None, receive_timeout: float | None
+    ) -> None:
+        #: Seconds of Trio's clock a receive waits (``open_test_server``'s); None: no bound.
+        self.receive_timeout = receive_timeout
         self._stream = stream
         self._protocol = protocol
         self._ws = WSConnection(ConnectionType.CLIENT)
@@ -99,9 +112,11 @@ class TestClient:
         """The next message: a text message's JSON value (a ``dict`` for a typed room's
         messages), or its text when it is not JSON; a binary message's ``bytes``.
 
-        Waits for it as long as it takes; bound the wait with ``trio.fail_after``.
+        Waits at most ``receive_timeout`` seconds of Trio's clock (under
+        ``autojump_clock``, no real time at all).
 
         Raises:
+          AssertionError: if nothing arrives within ``receive_timeout``.
           ClientClosed: if the connection closed and every message was received.
         """
         message = await self._next()
@@ -116,7 +131,8 @@ class TestClient:
         """The next message, which must be a text message, as it was sent.
 
         Raises:
-          AssertionError: if it is a binary message (which is consumed).
+          AssertionError: if it is a binary message (which is consumed), or if nothing
+            arrives within ``receive_timeout``.
           ClientClosed: if the connection closed and every message was received.
         """
         message = await self._next()
@@ -128,7 +144,8 @@ class TestClient:
         """The next message, which must be a binary message.
 
         Raises:
-          AssertionError: if it is a text message (which is consumed).
+          AssertionError: if it is a text message (which is consumed), or if nothing
+            arrives within ``receive_timeout``.
           ClientClosed: if the connection closed and every message was received.
         """
         message = await self._next()
@@ -158,11 +175,13 @@ class TestClient:
         """Wait until the room closes the connection; return its close code and reason.
 
         Raises:
-          AssertionError: if a message arrives first (it stays queued).
+          AssertionError: if a message arrives first (it stays queued), or if the
+            connection is still open after ``receive_timeout``.
         """
         await trio.lowlevel.checkpoint()
-        while not (self._inbox or self._ended):
-            await self._wait_arrival()
+        with _within(self.receive_timeout, "the close"):
+            while not (self._inbox or self._ended):
+                await self._wait_arrival()
         if self._inbox:
             raise AssertionError(f"expected the close, received {self._inbox[0]!r}")
         assert self.close_code is not None and self.close_reason is not None
@@ -267,10 +286,11 @@ class TestClient:
 
     async def _next(self) -> str | bytes:
         await trio.lowlevel.checkpoint()
-        while not self._inbox:
-            if self._ended:
-                raise self._closed_error()
-            await self._wait_arrival()
+        with _within(self.receive_timeout, "a message"):
+            while not self._inbox:
+                if self._ended:
+                    raise self._closed_error()
+                await self._wait_arrival()
         return self._inbox.popleft()
 
     async def _wait_arrival(self) -> None:
@@ -289,3 +309,12 @@ class TestClient:
 class _Rejection:
     status: int
     body: bytearray = attrs.Factory(bytearray)
+
+
+@contextlib.contextmanager
+def _within(timeout: float | None, what: str) -> Iterator[None]:
+    """Bound a wait by ``timeout`` seconds of Trio's clock; AssertionError past it."""
+    with trio.move_on_after(math.inf if timeout is None else timeout) as waited:
+        yield
+    if waited.cancelled_caught:
+        raise AssertionError(f"expected {what} within {timeout} s (of Trio's clock)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -22,7 +23,7 @@ from .._runtime import Runtime
 from .._server import Server, _serve_on
 from ..storage import SQLiteStore, Store
 from ..storage._sqlite import SQLiteCore
-from ._client import TestClient
+from ._client import RECEIVE_TIMEOUT, TestClient
 from ._memory import MemoryListener
 
 __all__ = ["TestServer", "open_test_server"]
@@ -37,6 +38,8 @@ SERVE_OPTIONS: Final = frozenset(inspect.signature(_serve_on).parameters) - {
     "storage",
     "ssl_context",
     "task_status",
+    "wall_time",
+    "jitter",
 }
 
 
@@ -51,9 +54,14 @@ class TestServer:
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
     def __init__(
-        self, server: Server, listener: MemoryListener | None, nursery: trio.Nursery
+        self,
+        server: Server,
+        listener: MemoryListener | None,
+        nursery: trio.Nursery,
+        receive_timeout: float | None,
     ) -> None:
         assert server._runtime is not None
+        self._receive_timeout = receive_timeout
         self._server = server
         self._runtime: Runtime = server._runtime
         self._listener = listener
@@ -89,7 +97,9 @@ class TestServer:
             host = f"{server.host}:{server.port}"
         prefix = path.partition("?")[0].rpartition("/")[0]
         room_class = self._runtime.room_class(prefix)
-        client = TestClient(stream, None if room_class is None else room_class.protocol)
+        client = TestClient(
+            stream, None if room_class is None else room_class.protocol, self._receive_timeout
+        )
         try:
             await self._nursery.start(client._run)
             await client._open(host, path, header_list)
@@ -152,6 +162,7 @@ async def open_test_server(
     *,
     storage: str | os.PathLike[str] | Store = ":memory:",
     real_sockets: bool = False,
+    receive_timeout: float | None = RECEIVE_TIMEOUT,
     **serve_options: Any,
 ) -> AsyncIterator[TestServer]:
     """Run ``rooms`` as ``roomkit.serve`` would, for the ``async with`` block.
@@ -168,6 +179,10 @@ async def open_test_server(
         clock cannot jump while a commit is in flight.
       real_sockets: listen on 127.0.0.1 on a free port instead, and set ``url``; test
         clients then connect over TCP.
+      receive_timeout: the seconds of Trio's clock a test client's ``receive`` (and
+        ``receive_close``) waits before it fails the test with AssertionError: five
+        minutes by default, which under ``autojump_clock`` takes no real time. None: no
+        bound.
       serve_options: ``serve``'s other options (``group_commit``, ``handshake_timeout``,
         ``allowed_origins``, ``max_connections``, ``drain_timeout``, ``demo_page``,
         ``metrics``); not ``host``, ``port`` or ``ssl_context``.
@@ -188,7 +203,7 @@ async def open_test_server(
             options = {**serve_options, "storage": store}
             server = await nursery.start(_serve, listener, rooms, options, serving, stopped)
             try:
-                yield TestServer(server, listener, nursery)
+                yield TestServer(server, listener, nursery, receive_timeout)
             finally:
                 serving.cancel()  # shut down while the clients' readers still answer
                 with trio.CancelScope(shield=True):
@@ -216,7 +231,16 @@ async def _serve(
 
     try:
         with scope:
-            await _serve_on(listen, rooms, task_status=task_status, **options)
+            # Alarms keep Trio's time, from today, and retry without jitter: exactly.
+            epoch = time.time() - trio.current_time()
+            await _serve_on(
+                listen,
+                rooms,
+                task_status=task_status,
+                wall_time=lambda: epoch + trio.current_time(),
+                jitter=lambda: 0.0,
+                **options,
+            )
     finally:
         stopped.set()
 
