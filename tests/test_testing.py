@@ -228,6 +228,15 @@ async def test_a_message_that_never_comes_fails_the_test(autojump_clock: trio.ab
             await ann.receive_close()
 
 
+async def test_query_parameters_are_encoded_for_the_test(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(ChatRoom) as server:
+        with pytest.raises(ValueError, match="not URL-encoded"):
+            async with server.connect("/x?userId=zoë smith"):
+                pass
+        async with server.connect("/x", params={"userId": "zoë smith"}) as zoe:
+            assert (await zoe.receive())["user"] == "zoë smith"
+
+
 def test_rooms_are_named_not_pathed() -> None:
     async def main() -> None:
         async with open_test_server(ChatRoom) as server:

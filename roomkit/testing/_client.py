@@ -106,7 +106,12 @@ class TestClient:
         if self._ws.state is not WSState.OPEN:
             raise self._closed_error()
         event = TextMessage(message) if isinstance(message, str) else BytesMessage(message)
-        await self._write(event)
+        if not await self._write(event):
+            raise ClientClosed(
+                "the connection is closed: the stream ended",
+                code=CloseCode.ABNORMAL_CLOSURE,
+                reason="",
+            )
 
     async def receive(self) -> Any:
         """The next message: a text message's JSON value (a ``dict`` for a typed room's
@@ -168,7 +173,7 @@ class TestClient:
         if self._inbox:
             more = f" (and {len(self._inbox) - 1} more)" if len(self._inbox) > 1 else ""
             raise AssertionError(f"expected nothing, received {self._inbox[0]!r}{more}")
-        if self._ended:
+        if self._ended or self.close_code is not None:
             raise AssertionError(f"expected nothing, but {self._closed_error()}")
 
     async def receive_close(self) -> tuple[int, str]:
@@ -236,11 +241,8 @@ class TestClient:
     async def _stop(self) -> None:
         """Leave: close politely if still open (bounded), then drop the stream."""
         with trio.move_on_after(CLOSE_WAIT, shield=True):
-            try:
-                if self._accepted and not self._ended:
-                    await self.close()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            if self._accepted and not self._ended:
+                await self.close()
         self._reader.cancel()
         await trio.aclose_forcefully(self._stream)
 
@@ -271,9 +273,14 @@ class TestClient:
             self._rejection.body += event.data
             self._ended = event.body_finished
 
-    async def _write(self, event: Any) -> None:
+    async def _write(self, event: Any) -> bool:
+        """Send ``event``; False if the stream is gone (the reader finds out too)."""
         async with self._send_lock:
-            await self._stream.send_all(self._ws.send(event))
+            try:
+                await self._stream.send_all(self._ws.send(event))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        return True
 
     def _end(self) -> None:
         self._ended = True

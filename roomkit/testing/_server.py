@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import trio
 import trio.testing
@@ -70,7 +71,11 @@ class TestServer:
 
     @asynccontextmanager
     async def connect(
-        self, path: str, *, headers: Mapping[str, str] | Iterable[tuple[str, str]] = ()
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
     ) -> AsyncIterator[TestClient]:
         """Open a WebSocket to ``path`` (``"/lobby?userId=ann"``) for the ``async with`` block.
 
@@ -78,16 +83,24 @@ class TestServer:
         and waits for the room's answer.
 
         Args:
-          path: the request target: a path, and a query if any.
+          path: the request target: a path, and a query if any, URL-encoded.
+          params: query parameters to add, encoded here (``{"userId": "zoë smith"}``).
           headers: extra handshake headers (``Origin``, ``Cookie``, ``Authorization``).
 
         Raises:
           ClientClosed: if the handshake is refused; ``status`` is the HTTP status
             (403 for ``Reject(403, ...)``) and ``reason`` the response's body.
-          ValueError: if ``path`` does not start with ``/``.
+          ValueError: if ``path`` does not start with ``/``, or is not URL-encoded.
         """
         if not path.startswith("/"):
             raise ValueError(f"a path starts with '/': {path!r}")
+        if not path.isascii() or any(c.isspace() for c in path):
+            raise ValueError(
+                f"{path!r} is not URL-encoded: encode it (urllib.parse.quote), "
+                "or give the query as params={...}"
+            )
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(params)
         header_list = list(headers.items() if isinstance(headers, Mapping) else headers)
         if self._listener is not None:
             stream, host = await self._listener.connect(), MEMORY_HOST
