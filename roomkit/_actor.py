@@ -526,6 +526,9 @@ class RoomActor:
             deadline = min(c.last_seen for c in open_) + timeout
             self._host.set_timer(("sweep", self.room), deadline)
 
+    def unhandled(self, error: Exception) -> None:
+        self._host.unhandled(error)
+
     def log_fields(self) -> dict[str, Any]:
         """What log lines about the room itself carry as fields (``extra=``)."""
         return {"room": str(self.room)}

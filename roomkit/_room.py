@@ -178,6 +178,7 @@ class Room:
         """
         fields = self._roomkit_actor.log_fields() if conn is None else conn._log_fields()
         logger.error("room %r: unhandled error in a hook", self.name, exc_info=error, extra=fields)
+        self._roomkit_actor.unhandled(error)
         if conn is not None:
             conn.close(CloseCode.INTERNAL_ERROR, "Internal error")
 

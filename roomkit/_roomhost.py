@@ -52,3 +52,7 @@ class RoomHost(Protocol):
 
     def jitter(self) -> float:
         """A number in [0, 1), to spread retries: ``random.random()``, or 0 in tests."""
+
+    def unhandled(self, error: Exception) -> None:
+        """A hook's ``error`` reached ``Room.on_error``'s default, which logged it:
+        nothing more in a server; ``roomkit.testing`` raises it in the test."""

@@ -70,9 +70,11 @@ class Runtime:
         max_connections: int | None,
         wall_time: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        on_unhandled: Callable[[Exception], None] | None = None,
     ) -> None:
         self.wall_time: Final = wall_time
         self.jitter: Final = jitter
+        self._on_unhandled = on_unhandled
         self.store = store
         self.metrics = metrics
         self._router = router
@@ -161,6 +163,10 @@ class Runtime:
 
     def cancel_timer(self, key: TimerKey) -> None:
         self._scheduler.cancel(key)
+
+    def unhandled(self, error: Exception) -> None:
+        if self._on_unhandled is not None:
+            self._on_unhandled(error)
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
         if self._rooms_scope.cancel_called:

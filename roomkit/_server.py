@@ -198,10 +198,12 @@ async def _serve_on(
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     wall_time: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
+    on_unhandled: Callable[[Exception], None] | None = None,
 ) -> None:
     """``serve`` over whatever listeners ``listen`` opens (TCP, or roomkit.testing's
     in-memory one); the options are ``serve``'s. ``wall_time`` and ``jitter`` are the
-    alarms' clock and their retries' randomness (see ``RoomHost``), for the test kit."""
+    alarms' clock and their retries' randomness, and ``on_unhandled`` hears of hook
+    errors left to ``Room.on_error``'s default (see ``RoomHost``): for the test kit."""
     live: dict[RoomId, RoomActor] = {}
     counters = Metrics()
     files: dict[str, Page] = {**static_files(demo_page=demo_page)}
@@ -235,6 +237,7 @@ async def _serve_on(
             max_connections,
             wall_time=wall_time,
             jitter=jitter,
+            on_unhandled=on_unhandled,
         )
         server._runtime = runtime
         async with trio.open_nursery() as nursery:

@@ -237,6 +237,38 @@ async def test_query_parameters_are_encoded_for_the_test(autojump_clock: trio.ab
             assert (await zoe.receive())["user"] == "zoë smith"
 
 
+class Broken(ChatRoom):
+    async def on_message(self, conn: roomkit.Connection, message: object) -> None:
+        raise KeyError("a bug in the room")
+
+
+async def test_a_room_error_is_raised_in_the_test(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Broken) as server, server.connect("/x?userId=ann") as ann:
+        await ann.receive()  # welcome
+        await ann.send({"type": "ping"})
+        with pytest.raises(KeyError, match="a bug in the room"):
+            await ann.receive()
+        assert await ann.receive_close() == (1011, "Internal error")  # raised once
+
+
+async def test_a_room_error_left_unread_is_raised_at_the_end(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with pytest.raises(KeyError, match="a bug in the room"):
+        async with open_test_server(Broken) as server, server.connect("/x?userId=ann") as ann:
+            await ann.send({"type": "ping"})
+
+
+async def test_room_errors_can_be_left_to_the_logs(autojump_clock: trio.abc.Clock) -> None:
+    async with (
+        open_test_server(Broken, raise_room_errors=False) as server,
+        server.connect("/x?userId=ann") as ann,
+    ):
+        await ann.receive()  # welcome
+        await ann.send({"type": "ping"})
+        assert await ann.receive_close() == (1011, "Internal error")
+
+
 def test_rooms_are_named_not_pathed() -> None:
     async def main() -> None:
         async with open_test_server(ChatRoom) as server:

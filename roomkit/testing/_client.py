@@ -63,8 +63,13 @@ class TestClient:
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
     def __init__(
-        self, stream: trio.abc.Stream, protocol: Protocol | None, receive_timeout: float | None
+        self,
+        stream: trio.abc.Stream,
+        protocol: Protocol | None,
+        receive_timeout: float | None,
+        errors: RoomErrors,
     ) -> None:
+        self._errors = errors
         #: Seconds of Trio's clock a receive waits (``open_test_server``'s); None: no bound.
         self.receive_timeout = receive_timeout
         self._stream = stream
@@ -170,6 +175,7 @@ class TestClient:
             the close.
         """
         await trio.testing.wait_all_tasks_blocked()
+        self._errors.raise_first()
         if self._inbox:
             more = f" (and {len(self._inbox) - 1} more)" if len(self._inbox) > 1 else ""
             raise AssertionError(f"expected nothing, received {self._inbox[0]!r}{more}")
@@ -184,9 +190,11 @@ class TestClient:
             connection is still open after ``receive_timeout``.
         """
         await trio.lowlevel.checkpoint()
+        self._errors.raise_first()
         with _within(self.receive_timeout, "the close"):
             while not (self._inbox or self._ended):
                 await self._wait_arrival()
+                self._errors.raise_first()
         if self._inbox:
             raise AssertionError(f"expected the close, received {self._inbox[0]!r}")
         assert self.close_code is not None and self.close_reason is not None
@@ -293,8 +301,10 @@ class TestClient:
 
     async def _next(self) -> str | bytes:
         await trio.lowlevel.checkpoint()
+        self._errors.raise_first()
         with _within(self.receive_timeout, "a message"):
             while not self._inbox:
+                self._errors.raise_first()
                 if self._ended:
                     raise self._closed_error()
                 await self._wait_arrival()
@@ -316,6 +326,24 @@ class TestClient:
 class _Rejection:
     status: int
     body: bytearray = attrs.Factory(bytearray)
+
+
+class RoomErrors:
+    """Errors of the rooms' hooks that reached ``Room.on_error``'s default, waiting to
+    be raised in the test (``open_test_server(raise_room_errors=True)``)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._pending: list[Exception] = []
+
+    def add(self, error: Exception) -> None:
+        if self.enabled:
+            self._pending.append(error)
+
+    def raise_first(self) -> None:
+        """Raise the oldest error not raised yet, if there is one."""
+        if self._pending:
+            raise self._pending.pop(0)
 
 
 @contextlib.contextmanager

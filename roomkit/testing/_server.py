@@ -24,7 +24,7 @@ from .._runtime import Runtime
 from .._server import Server, _serve_on
 from ..storage import SQLiteStore, Store
 from ..storage._sqlite import SQLiteCore
-from ._client import RECEIVE_TIMEOUT, TestClient
+from ._client import RECEIVE_TIMEOUT, RoomErrors, TestClient
 from ._memory import MemoryListener
 
 __all__ = ["TestServer", "open_test_server"]
@@ -41,6 +41,7 @@ SERVE_OPTIONS: Final = frozenset(inspect.signature(_serve_on).parameters) - {
     "task_status",
     "wall_time",
     "jitter",
+    "on_unhandled",
 }
 
 
@@ -60,9 +61,11 @@ class TestServer:
         listener: MemoryListener | None,
         nursery: trio.Nursery,
         receive_timeout: float | None,
+        errors: RoomErrors,
     ) -> None:
         assert server._runtime is not None
         self._receive_timeout = receive_timeout
+        self._errors = errors
         self._server = server
         self._runtime: Runtime = server._runtime
         self._listener = listener
@@ -111,7 +114,10 @@ class TestServer:
         prefix = path.partition("?")[0].rpartition("/")[0]
         room_class = self._runtime.room_class(prefix)
         client = TestClient(
-            stream, None if room_class is None else room_class.protocol, self._receive_timeout
+            stream,
+            None if room_class is None else room_class.protocol,
+            self._receive_timeout,
+            self._errors,
         )
         try:
             await self._nursery.start(client._run)
@@ -167,6 +173,7 @@ class TestServer:
         except LookupError as exc:  # name the room as the test did
             raise LookupError(f"room {_describe(route, name)} {exc}") from None
         await trio.testing.wait_all_tasks_blocked()
+        self._errors.raise_first()
 
 
 @asynccontextmanager
@@ -176,6 +183,7 @@ async def open_test_server(
     storage: str | os.PathLike[str] | Store = ":memory:",
     real_sockets: bool = False,
     receive_timeout: float | None = RECEIVE_TIMEOUT,
+    raise_room_errors: bool = True,
     **serve_options: Any,
 ) -> AsyncIterator[TestServer]:
     """Run ``rooms`` as ``roomkit.serve`` would, for the ``async with`` block.
@@ -196,6 +204,11 @@ async def open_test_server(
         ``receive_close``) waits before it fails the test with AssertionError: five
         minutes by default, which under ``autojump_clock`` takes no real time. None: no
         bound.
+      raise_room_errors: raise in the test what a hook raised and left to
+        ``Room.on_error``'s default (which logs it, and closes the connection with
+        1011): from the next ``receive``, ``receive_nothing`` or ``receive_close`` of
+        any client, ``fire_alarm``, or at the end of the block. A room with its own
+        ``on_error`` has handled its errors. False: only the logs and the 1011 tell.
       serve_options: ``serve``'s other options (``group_commit``, ``handshake_timeout``,
         ``allowed_origins``, ``max_connections``, ``drain_timeout``, ``demo_page``,
         ``metrics``); not ``host``, ``port`` or ``ssl_context``.
@@ -213,15 +226,17 @@ async def open_test_server(
         async with _open_nursery() as nursery:
             listener = None if real_sockets else MemoryListener()
             serving, stopped = trio.CancelScope(), trio.Event()
-            options = {**serve_options, "storage": store}
+            errors = RoomErrors(raise_room_errors)
+            options = {**serve_options, "storage": store, "on_unhandled": errors.add}
             server = await nursery.start(_serve, listener, rooms, options, serving, stopped)
             try:
-                yield TestServer(server, listener, nursery, receive_timeout)
+                yield TestServer(server, listener, nursery, receive_timeout, errors)
             finally:
                 serving.cancel()  # shut down while the clients' readers still answer
                 with trio.CancelScope(shield=True):
                     await stopped.wait()
                 nursery.cancel_scope.cancel()
+            errors.raise_first()  # the block ended well: what the rooms raised is left
     finally:
         if store is not storage:
             with trio.CancelScope(shield=True):
