@@ -96,6 +96,42 @@ class Connection:
       request: the handshake request it was opened with.
     """
 
+    # Slots: a server holds thousands of these, each touched per message; __dict__ stays
+    # for attributes an application sets on its connections (made only if it does).
+    __slots__ = (
+        "__dict__",
+        "_accept",
+        "_actor",
+        "_attachment",
+        "_awaiting_pong",
+        "_bucket",
+        "_close_code",
+        "_close_frame",
+        "_close_reason",
+        "_cut_reason",
+        "_fd",
+        "_gated",
+        "_metrics",
+        "_parts",
+        "_queue",
+        "_queued",
+        "_read_scope",
+        "_send_limit",
+        "_serve_scope",
+        "_size",
+        "_stream",
+        "_tags",
+        "_wakeup",
+        "_was_clean",
+        "_writer_done",
+        "_writing",
+        "_ws",
+        "id",
+        "last_seen",
+        "request",
+        "state",
+    )
+
     def __init__(
         self,
         actor: RoomActor,

@@ -318,3 +318,19 @@ async def test_connection_ids_are_short_and_unique(start: Start) -> None:
         first, second = str(await a.get_message()), str(await b.get_message())
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]+", first) and first != second
     assert first.split("-")[0] == second.split("-")[0]  # one prefix per process
+
+
+class Nicknames(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.nickname = request.query["as"]  # type: ignore[attr-defined]
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(f"{conn.nickname}: {message}")  # type: ignore[attr-defined]
+
+
+async def test_an_application_can_keep_its_own_attributes_on_a_connection(start: Start) -> None:
+    server = await start(Nicknames)
+    async with open_client(f"{server.url}/r?as=ann") as ann:
+        await ann.send_message("hi")
+        with trio.fail_after(5):
+            assert await ann.get_message() == "ann: hi"
