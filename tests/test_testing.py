@@ -269,6 +269,23 @@ async def test_room_errors_can_be_left_to_the_logs(autojump_clock: trio.abc.Cloc
         assert await ann.receive_close() == (1011, "Internal error")
 
 
+class Plain(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: object) -> None:
+        conn.send("42")
+        conn.send("not json")
+
+
+async def test_receive_json_is_strict_where_receive_guesses(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Plain) as server, server.connect("/x") as client:
+        await client.send("go")
+        assert await client.receive_json() == 42
+        with pytest.raises(AssertionError, match="expected JSON, received text 'not json'"):
+            await client.receive_json()
+        await client.send("go")
+        assert await client.receive() == 42  # the same text, guessed
+        assert await client.receive() == "not json"
+
+
 def test_rooms_are_named_not_pathed() -> None:
     async def main() -> None:
         async with open_test_server(ChatRoom) as server:

@@ -150,6 +150,21 @@ class TestClient:
             raise AssertionError(f"expected a text message, received binary {message!r}")
         return message
 
+    async def receive_json(self) -> Any:
+        """The next message, which must be a text message holding JSON, parsed: unlike
+        ``receive``, text that is not JSON is an error, not a ``str``.
+
+        Raises:
+          AssertionError: if it is binary or not JSON (it is consumed), or if nothing
+            arrives within ``receive_timeout``.
+          ClientClosed: if the connection closed and every message was received.
+        """
+        message = await self.receive_text()
+        try:
+            return json.loads(message)
+        except ValueError:
+            raise AssertionError(f"expected JSON, received text {message!r}") from None
+
     async def receive_bytes(self) -> bytes:
         """The next message, which must be a binary message.
 
