@@ -18,11 +18,11 @@ demo: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check roomkit tests examples benchmarks
-	$(BIN)/ruff format --check roomkit tests examples benchmarks
+	$(BIN)/ruff check roomkit _roomkit_pytestplugin.py tests examples benchmarks
+	$(BIN)/ruff format --check roomkit _roomkit_pytestplugin.py tests examples benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict roomkit
+	$(BIN)/mypy --strict roomkit _roomkit_pytestplugin.py
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q

@@ -6,6 +6,8 @@ pytest-trio's ``autojump_clock``, and the tests assert virtual times, never real
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -407,6 +409,14 @@ def test_the_plugin_serves_pytest_trio_users(pytester: pytest.Pytester) -> None:
     )
     pytester.makepyfile(PLUGIN_USER)
     pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_loading_the_plugin_imports_nothing_of_roomkit() -> None:
+    code = (
+        "import sys, _roomkit_pytestplugin\n"
+        "assert not {'roomkit', 'trio', 'wsproto'} & set(sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_plugin_loads_harmlessly_without_pytest_trio(pytester: pytest.Pytester) -> None:

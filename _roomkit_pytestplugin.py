@@ -1,9 +1,11 @@
 """The pytest plugin of roomkit.testing, loaded through the ``pytest11`` entry point.
 
-It only defines fixtures, and imports nothing of roomkit until a test asks for one, so
-it loads harmlessly in any project. Its fixtures are Trio fixtures: they need
-pytest-trio, and tests that run under it (``trio_mode = true``, or
-``@pytest.mark.trio``).
+A module of its own, outside the ``roomkit`` package (as Hypothesis does with
+``_hypothesis_pytestplugin``): pytest loads every installed plugin at start, and a
+module inside the package would import all of roomkit, Trio and wsproto first, in every
+project where roomkit is installed. This one imports roomkit only when a test asks for
+its fixture. Its fixtures are Trio fixtures: they need pytest-trio, and tests that run
+under it (``trio_mode = true``, or ``@pytest.mark.trio``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import pytest
 if TYPE_CHECKING:
     import trio
 
-    from .._room import Room
-    from ._server import TestServer
+    from roomkit import Room
+    from roomkit.testing import TestServer
 
 #: The ``roomkit_server`` fixture: ``await roomkit_server(rooms, **options)``.
 ServerFactory = Callable[..., Awaitable["TestServer"]]
@@ -31,7 +33,7 @@ def roomkit_server(nursery: trio.Nursery) -> ServerFactory:
     The options are :func:`roomkit.testing.open_test_server`'s. Each server runs in
     pytest-trio's ``nursery`` fixture until the test ends, then shuts down.
     """
-    from ._server import run_test_server
+    from roomkit.testing._server import run_test_server
 
     async def start(rooms: type[Room] | Mapping[str, type[Room]], **options: Any) -> TestServer:
         server: TestServer = await nursery.start(partial(run_test_server, rooms, **options))
