@@ -50,13 +50,21 @@ async def expect_close(
     ws: trio_websocket.WebSocketConnection, within: float = 10
 ) -> trio_websocket.CloseReason:
     """Read until the server closes; return its close reason."""
+    return (await read_until_close(ws, within))[1]
+
+
+async def read_until_close(
+    ws: trio_websocket.WebSocketConnection, within: float = 10
+) -> tuple[list[str | bytes], trio_websocket.CloseReason]:
+    """Read until the server closes; return what came before, and its close reason."""
+    messages: list[str | bytes] = []
     with trio.fail_after(within):
         try:
             while True:
-                await ws.get_message()
+                messages.append(await ws.get_message())
         except trio_websocket.ConnectionClosed as exc:
             assert exc.reason is not None
-            return exc.reason
+            return messages, exc.reason
 
 
 @asynccontextmanager
