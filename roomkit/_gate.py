@@ -133,10 +133,6 @@ class OutputGate:
         if self._settled is not None:
             self._settled.set()
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._inflight)
-
     async def settled(self) -> None:
         """Wait until no outbox of this room is in flight."""
         while self._inflight:
