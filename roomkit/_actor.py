@@ -58,6 +58,10 @@ EVENT_QUEUE: Final = 256
 EVENTS_PER_CHECKPOINT: Final = 32
 
 
+#: What a room without a protocol sends as it is (a tuple: isinstance on it is cheaper
+#: than on a union, and this runs per send).
+_RAW: Final = (str, bytes)
+
 HookName = Literal["on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error"]
 """A Room hook, by name: what a hook transaction runs, and its metrics label."""
 
@@ -273,7 +277,7 @@ class RoomActor:
 
     def encode(self, message: Any) -> bytes:
         """The frame for ``message``, encoded by the room's protocol when it is typed."""
-        if isinstance(message, str | bytes):
+        if isinstance(message, _RAW):
             return encode_message(message)
         protocol = self.room_class.protocol
         if protocol is None:
@@ -334,7 +338,7 @@ class RoomActor:
         elif isinstance(event, Message):
             # Delivered even if the connection has started closing since: the peer sent
             # it while open, and on_close comes after every message read before it.
-            if await self._room() is not None:
+            if self._instance is not None or await self._room() is not None:
                 await self._run(event.conn, "on_message", event.conn, event.message)
         elif isinstance(event, Closed):
             conn = event.conn

@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "ConnectionState"]
 
 
+#: Tuples, not unions, for the isinstance checks made per message (about twice as fast).
+_DATA_EVENTS: Final = (TextMessage, BytesMessage)
+_BINARY: Final = (bytes, bytearray)
 #: Bytes asked of the socket per read: big enough for a burst of small messages.
 RECEIVE_BYTES: Final = 64 * 1024
 #: Seconds a peer has to answer our close frame before its TCP connection is dropped.
@@ -322,7 +325,10 @@ class Connection:
             if sent:
                 self._metrics.bytes_sent += sent
                 rest = data[sent:]
-                self._queue = [rest] if rest else []
+                if rest:
+                    self._queue = [rest]
+                else:
+                    self._queue.clear()  # no new list per write: this runs per recipient
                 self._queued = len(rest)
         if self._queue or self._close_frame is not None:
             self._wakeup.set()
@@ -462,7 +468,7 @@ class Connection:
             self._ws.receive_data(bytes(data) or None)
 
     async def _on_event(self, event: object) -> None:
-        if isinstance(event, TextMessage | BytesMessage):
+        if isinstance(event, _DATA_EVENTS):
             if self.state is not ConnectionState.OPEN:
                 return  # closing: what the peer still sends is discarded
             self._size += _byte_length(event.data)
@@ -525,7 +531,7 @@ class Connection:
 
 def _byte_length(data: str | bytes | bytearray) -> int:
     """The length of ``data`` on the wire (UTF-8 for text)."""
-    if isinstance(data, bytes | bytearray) or data.isascii():
+    if isinstance(data, _BINARY) or data.isascii():
         return len(data)
     return len(data.encode("utf-8"))
 
