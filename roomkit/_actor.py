@@ -313,16 +313,23 @@ class RoomActor:
 
     def current_changes(self) -> Changes:
         """The running hook's changes, for writes; raises outside a hook."""
-        if self._outbox is None or trio.lowlevel.current_task() is not self._task:
-            raise RoomkitError("room storage can only be used inside a hook")
+        self._check_in_hook()
         if self._changes is None:
             self._changes = Changes()
         return self._changes
 
     def storage_layers(self) -> list[Changes]:
-        """The changes not yet durable, oldest first; the running hook's last (for reads)."""
-        current = self.current_changes()
-        return [*self._gate.layers(), current]
+        """The changes not yet durable, oldest first; the running hook's last if it has
+        written (for reads, which make no changes of their own)."""
+        self._check_in_hook()
+        layers = self._gate.layers()
+        if self._changes is not None:
+            layers.append(self._changes)
+        return layers
+
+    def _check_in_hook(self) -> None:
+        if self._outbox is None or trio.lowlevel.current_task() is not self._task:
+            raise RoomkitError("room storage can only be used inside a hook")
 
     def wall_time(self) -> float:
         return self._host.wall_time()
