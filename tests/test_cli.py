@@ -12,7 +12,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -75,10 +74,9 @@ def test_a_second_signal_during_a_held_up_drain_exits_at_once(tmp_path: Path) ->
             assert closed_with(ws)[0] == 1012
         with pytest.raises(subprocess.TimeoutExpired):
             process.wait(timeout=0.2)  # draining, for up to a minute
-        began = time.monotonic()
         process.send_signal(signal.SIGINT)
+        # 130, not the 0 of a finished drain: the second signal cut the minute short.
         assert process.wait(timeout=5) == 128 + signal.SIGINT
-        assert time.monotonic() - began < 2
 
 
 def test_cli_usage_errors() -> None:
