@@ -246,9 +246,7 @@ class Connection:
         if self.state not in (ConnectionState.CONNECTING, ConnectionState.OPEN):
             return
         if isinstance(item, CloseConnection):
-            self.state = ConnectionState.CLOSING
-            self._close_frame = item
-            self._wakeup.set()
+            self._queue_close(item)
         elif self._room_for(len(item)):
             self._metrics.messages_sent += 1
             self._enqueue(item)
@@ -297,9 +295,13 @@ class Connection:
         self._count_cut("slow_consumer")
         self._queue.clear()
         self._queued = 0
-        self.state = ConnectionState.CLOSING
-        self._close_frame = CloseConnection(CloseCode.POLICY_VIOLATION, "slow consumer")
         self._serve_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+        self._queue_close(CloseConnection(CloseCode.POLICY_VIOLATION, "slow consumer"))
+
+    def _queue_close(self, frame: CloseConnection) -> None:
+        """Have the writer send ``frame`` once the queue is out; whatever the state."""
+        self.state = ConnectionState.CLOSING
+        self._close_frame = frame
         self._wakeup.set()
 
     def _enqueue(self, frame: bytes) -> None:
@@ -501,15 +503,13 @@ class Connection:
             self._close_code, self._was_clean = CloseCode.ABNORMAL_CLOSURE, False
         elif self._ws.state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it
             self._was_clean = True
-            self.state = ConnectionState.OPEN  # let the reply through even if we were closing
-            self._push(event.response())
+            self._queue_close(event.response())  # even if we were closing ourselves
         elif self._ws.state is WSState.CLOSED:  # the peer answered our close
             self._was_clean = True
         else:  # wsproto found a protocol error (1002, 1007): tell the peer, then drop it
             self._count_cut("protocol_error")
             self._was_clean = False
-            self.state = ConnectionState.OPEN
-            self._push(CloseConnection(event.code, event.reason))
+            self._queue_close(CloseConnection(event.code, event.reason))
 
     async def _deliver(self, parts: list[Any]) -> None:
         message: Any = "".join(parts) if isinstance(parts[0], str) else b"".join(parts)
