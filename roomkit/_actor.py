@@ -166,7 +166,9 @@ class RoomActor:
         for conn in self.connections():
             if now - conn.last_seen >= timeout:
                 conn._cut("idle", CloseCode.NORMAL_CLOSURE, "Idle timeout")
-        self._schedule_sweep()
+        if open_ := self.connections():  # the next sweep: when the quietest may be idle
+            deadline = min(c.last_seen for c in open_) + timeout
+            self._host.set_timer(("sweep", self.room), deadline)
 
     async def connect(self, conn: Connection) -> tuple[int, str] | None:
         """Run ``on_connect``; return None to accept, or the ``(status, reason)`` to refuse."""
@@ -380,7 +382,10 @@ class RoomActor:
                 self._refuse(event, "error", 500, "Internal error")
                 await self._report(conn, error)
             else:
-                self._schedule_sweep()
+                timeout = self.room_class.idle_timeout
+                if timeout is not None:  # a newcomer never brings the sweep forward...
+                    sweep = ("sweep", self.room)  # ...but it may be the first to need one
+                    self._host.set_timer(sweep, conn.last_seen + timeout, earlier_only=True)
                 return  # decided when its changes are durable
             conn.state = ConnectionState.CLOSED
         self._forget(conn)
@@ -528,14 +533,6 @@ class RoomActor:
         if self._connections or self._expected:  # the common case, known without statistics
             return False
         return not receive.statistics().current_buffer_used
-
-    def _schedule_sweep(self) -> None:
-        timeout = self.room_class.idle_timeout
-        if timeout is None:
-            return  # before looking at the connections: a connect is then O(1), not O(n)
-        if open_ := self.connections():
-            deadline = min(c.last_seen for c in open_) + timeout
-            self._host.set_timer(("sweep", self.room), deadline)
 
     def unhandled(self, error: Exception) -> None:
         self._host.unhandled(error)

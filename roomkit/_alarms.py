@@ -62,7 +62,11 @@ class Timers(Generic[K]):
     def __len__(self) -> int:
         return len(self._current)
 
-    def set(self, key: K, deadline: float) -> None:
+    def set(self, key: K, deadline: float, *, earlier_only: bool = False) -> None:
+        """Set ``key``'s deadline; with ``earlier_only``, only if it has none later."""
+        current = self._current.get(key)
+        if earlier_only and current is not None and current[0] <= deadline:
+            return
         self._counter += 1
         self._current[key] = (deadline, self._counter)
         heapq.heappush(self._heap, (deadline, self._counter, key))
@@ -102,8 +106,8 @@ class Scheduler(Generic[K]):
         self._fire = fire
         self._wakeup: trio.CancelScope | None = None
 
-    def set(self, key: K, deadline: float) -> None:
-        self.timers.set(key, deadline)
+    def set(self, key: K, deadline: float, *, earlier_only: bool = False) -> None:
+        self.timers.set(key, deadline, earlier_only=earlier_only)
         if self._wakeup is not None:
             self._wakeup.deadline = min(self._wakeup.deadline, deadline)
 

@@ -37,7 +37,8 @@ class RoomHost(Protocol):
 
     def stored_alarm(self, room: RoomId) -> AlarmWrite | None: ...
 
-    def set_timer(self, key: TimerKey, deadline: float) -> None: ...
+    def set_timer(self, key: TimerKey, deadline: float, *, earlier_only: bool = False) -> None:
+        """Set the timer ``key``; with ``earlier_only``, only if that brings it forward."""
 
     def cancel_timer(self, key: TimerKey) -> None: ...
 

@@ -158,8 +158,8 @@ class Runtime:
         wait = max(0.0, alarm.due - self.wall_time())  # stored in wall-clock time
         self._scheduler.set(("alarm", room), trio.current_time() + wait)
 
-    def set_timer(self, key: TimerKey, deadline: float) -> None:
-        self._scheduler.set(key, deadline)
+    def set_timer(self, key: TimerKey, deadline: float, *, earlier_only: bool = False) -> None:
+        self._scheduler.set(key, deadline, earlier_only=earlier_only)
 
     def cancel_timer(self, key: TimerKey) -> None:
         self._scheduler.cancel(key)

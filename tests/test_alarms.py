@@ -38,6 +38,17 @@ def test_timers_pop_in_deadline_order_and_replace() -> None:
     assert len(timers) == 0
 
 
+def test_a_timer_set_earlier_only_never_moves_later() -> None:
+    timers = Timers[str]()
+    timers.set("a", 5)
+    timers.set("a", 10, earlier_only=True)  # later: ignored
+    timers.set("b", 7, earlier_only=True)  # none yet: set
+    assert timers.pop_due(6) == ["a"]
+    timers.set("b", 3, earlier_only=True)  # earlier: moved
+    assert timers.pop_due(4) == ["b"]
+    assert len(timers) == 0
+
+
 def test_retry_delays_double_from_two_seconds_with_bounded_jitter() -> None:
     assert [retry_delay(n, 0.0) for n in range(1, 7)] == [2, 4, 8, 16, 32, 64]
     assert retry_delay(1, 0.999) < 2.5
