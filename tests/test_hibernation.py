@@ -195,6 +195,7 @@ async def test_pong_for_an_unsolicited_ping_and_a_client_ping_answered(
 ) -> None:
     server = await start(Heartbeat)
     async with open_client(f"{server.url}/r") as ws:
+        await ws.pong(b"unsolicited")  # RFC 6455 5.5.3: a pong nobody asked for is ignored
         with trio.fail_after(5):
             await ws.ping(b"client ping")  # answered by the connection, not the room
         await ws.send_message("x")
