@@ -74,22 +74,20 @@ def _strict_array_factory(tp: Any, conv: cattrs.Converter) -> Any:
         base = cattrs.cols.homogenous_tuple_structure_factory(tp, conv)
     else:
         base = cattrs.cols.list_structure_factory(tp, conv)
-
-    def structure(value: Any, t: Any) -> Any:
-        if not isinstance(value, list):
-            raise TypeError(f"must be an array, not {_json_type_name(type(value))}")
-        return base(value, t)
-
-    return structure
+    return _only(list, "an array", base)
 
 
 def _strict_attrs_factory(cls: Any, conv: cattrs.Converter) -> Any:
     """Structure hooks for attrs classes that say so when given something not an object."""
-    base = cattrs.gen.make_dict_structure_fn(cls, conv)
+    return _only(dict, "an object", cattrs.gen.make_dict_structure_fn(cls, conv))
+
+
+def _only(json_type: type, described: str, base: Any) -> Any:
+    """``base``, a structure hook, for values of ``json_type`` only; a TypeError else."""
 
     def structure(value: Any, t: Any) -> Any:
-        if not isinstance(value, dict):
-            raise TypeError(f"must be an object, not {_json_type_name(type(value))}")
+        if not isinstance(value, json_type):
+            raise TypeError(f"must be {described}, not {_json_type_name(type(value))}")
         return base(value, t)
 
     return structure
