@@ -15,7 +15,7 @@ import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
 import roomkit
 
@@ -334,3 +334,35 @@ async def test_an_application_can_keep_its_own_attributes_on_a_connection(start:
         await ann.send_message("hi")
         with trio.fail_after(5):
             assert await ann.get_message() == "ann: hi"
+
+
+class Echo(roomkit.Room):
+    max_message_size = 10
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
+
+
+async def _next_message(stream: trio.SocketStream, ws: WSConnection) -> str | bytes:
+    with trio.fail_after(5):
+        while True:
+            for event in ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    assert event.message_finished
+                    return event.data
+            ws.receive_data(await stream.receive_some())
+
+
+async def test_a_message_in_fragments_arrives_whole_and_counts_whole(start: Start) -> None:
+    server = await start(Echo)
+    stream, ws = await raw_handshake(server.port, "/r")
+    async with stream:
+        for part in ("he", "ll", "o"):
+            await stream.send_all(ws.send(TextMessage(part, message_finished=part == "o")))
+        assert await _next_message(stream, ws) == "hello"
+        for part in (b"\x00", b"\x01"):
+            await stream.send_all(ws.send(BytesMessage(part, message_finished=part == b"\x01")))
+        assert await _next_message(stream, ws) == b"\x00\x01"
+        for part in ("123456", "789012"):  # 12 bytes in all: over max_message_size
+            await stream.send_all(ws.send(TextMessage(part, message_finished=part == "789012")))
+        assert (await read_close(stream, ws)).code == 1009
