@@ -477,14 +477,16 @@ class Connection:
             if self._size > self._actor.room_class.max_message_size:
                 self._cut("message_too_big", CloseCode.MESSAGE_TOO_BIG, "Message too big")
                 return
-            self._parts.append(event.data)
-            if event.message_finished:
+            if not event.message_finished:
+                self._parts.append(event.data)
+            else:
                 self._metrics.messages_received += 1
-                parts, self._parts, self._size = self._parts, [], 0
+                message = self._whole(event.data)
+                self._size = 0
                 self.last_seen = now = trio.current_time()
                 verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
                 if verdict is Verdict.ALLOW:
-                    await self._deliver(parts)
+                    await self._deliver(message)
                 elif verdict is Verdict.DROP:
                     self._push(_RATE_LIMITED)
                 else:
@@ -511,8 +513,15 @@ class Connection:
             self._was_clean = False
             self._queue_close(CloseConnection(event.code, event.reason))
 
-    async def _deliver(self, parts: list[Any]) -> None:
-        message: Any = "".join(parts) if isinstance(parts[0], str) else b"".join(parts)
+    def _whole(self, last: str | bytes | bytearray) -> str | bytes:
+        """The message that ``last`` completes: most come whole, in one frame."""
+        if not self._parts:
+            return last if isinstance(last, str) else bytes(last)
+        parts, self._parts = self._parts, []
+        parts.append(last)
+        return "".join(parts) if isinstance(last, str) else b"".join(parts)
+
+    async def _deliver(self, message: Any) -> None:
         auto = self._actor.auto_response
         if auto is not None and type(message) is type(auto[0]) and message == auto[0]:
             self._push(auto[1])  # answered here: the room is not woken
