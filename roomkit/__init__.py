@@ -23,6 +23,7 @@ from ._request import Request as Request
 from ._room import Room as Room
 from ._server import Server as Server
 from ._server import serve as serve
+from ._statistics import ServerStatistics as ServerStatistics
 from ._storage import Storage as Storage
 from ._storage import Transaction as Transaction
 
@@ -42,6 +43,7 @@ __all__ = [
     "Room",
     "RoomkitError",
     "Server",
+    "ServerStatistics",
     "Storage",
     "Transaction",
     "connect",

@@ -267,6 +267,10 @@ class RoomActor:
 
     # What the Room's methods, its storage and the Connection's send/close call.
 
+    def all_connections(self) -> list[Connection]:
+        """Every connection the room holds, whatever its state."""
+        return list(self._connections)
+
     def connections(self, tag: str | None = None) -> list[Connection]:
         members = self._connections if tag is None else self.tags.members(tag)
         return [c for c in members if c.state is ConnectionState.OPEN]

@@ -62,6 +62,11 @@ class Timers(Generic[K]):
     def __len__(self) -> int:
         return len(self._current)
 
+    @property
+    def entries(self) -> int:
+        """Entries held, live or not yet discarded: what the heap costs in memory."""
+        return len(self._heap)
+
     def set(self, key: K, deadline: float, *, earlier_only: bool = False) -> None:
         """Set ``key``'s deadline; with ``earlier_only``, only if it has none later."""
         current = self._current.get(key)

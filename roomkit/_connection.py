@@ -267,6 +267,14 @@ class Connection:
     def _unhold(self, size: int) -> None:
         self._gated -= size
 
+    def _owed(self) -> int:
+        """Bytes waiting for this peer: queued, being written, held by the output gate."""
+        return self._queued + self._writing + self._gated
+
+    def _buffered(self) -> int:
+        """Bytes of a message received in part, waiting for its other fragments."""
+        return self._size if self._parts else 0
+
     def _room_for(self, size: int) -> bool:
         if self._queued + self._writing + self._gated + size <= self._send_limit:
             return True

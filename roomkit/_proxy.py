@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from functools import partial
 from typing import Any, Final
 
 import trio
@@ -32,6 +31,7 @@ from ._frames import encode_message
 from ._frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
 from ._server import Server
 from ._static import static_files
+from ._statistics import ServerStatistics
 from ._wsurl import WebSocketURL
 
 __all__ = ["proxy"]
@@ -67,8 +67,22 @@ async def proxy(
     backend = WebSocketURL.parse(backend_url)
     files = static_files()
     listeners = await trio.open_tcp_listeners(port, host=host)
-    server = Server(host, listeners[0].socket.getsockname()[1])
-    handler = partial(_front_door, backend, files, handshake_timeout)
+    clients = 0  # TCP connections being served
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal clients
+        clients += 1
+        try:
+            await _front_door(backend, files, handshake_timeout, stream)
+        finally:
+            clients -= 1
+
+    def statistics() -> ServerStatistics:
+        return ServerStatistics(
+            rooms=0, connections=clients, send_queue_bytes=0, receive_buffer_bytes=0, timers=0
+        )
+
+    server = Server(host, listeners[0].socket.getsockname()[1], statistics=statistics)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(accept_loop, listener, nursery, handler)

@@ -32,6 +32,7 @@ from ._request import Request
 from ._room import Room
 from ._roomhost import TimerKey
 from ._roomid import RoomId
+from ._statistics import ServerStatistics
 from .storage import AlarmWrite, Changes, Store
 
 __all__ = ["FLUSH_TIMEOUT", "Handshake", "Runtime"]
@@ -134,6 +135,21 @@ class Runtime:
                 FLUSH_TIMEOUT,
             )
         self._scope.cancel()
+
+    def statistics(self) -> ServerStatistics:
+        """What the server holds right now (see ``Server.statistics``)."""
+        owed = buffered = 0
+        for actor in self._rooms.values():
+            for conn in actor.all_connections():
+                owed += conn._owed()
+                buffered += conn._buffered()
+        return ServerStatistics(
+            rooms=len(self._rooms),
+            connections=self.connections,
+            send_queue_bytes=owed,
+            receive_buffer_bytes=buffered,
+            timers=self._scheduler.timers.entries,
+        )
 
     # RoomHost: what the rooms call.
 

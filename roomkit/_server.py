@@ -43,6 +43,7 @@ from ._room import Room
 from ._roomid import RoomId
 from ._runtime import Runtime
 from ._static import static_files
+from ._statistics import ServerStatistics
 from .storage import SQLiteStore, Store
 
 __all__ = ["Server", "serve"]
@@ -66,6 +67,10 @@ class Server:
     _close_code: CloseCode = attrs.field(default=CloseCode.GOING_AWAY, init=False)
     #: What serves it, for roomkit.testing to reach rooms and alarms; set once serving.
     _runtime: Runtime | None = attrs.field(default=None, init=False, repr=False)
+    #: Counts what it holds: its runtime's, or a proxy's.
+    _statistics: Callable[[], ServerStatistics] = attrs.field(
+        kw_only=True, alias="statistics", repr=False
+    )
 
     @property
     def url(self) -> str:
@@ -91,6 +96,10 @@ class Server:
     def room_count(self) -> int:
         """How many rooms are live right now."""
         return len(self._rooms)
+
+    def statistics(self) -> ServerStatistics:
+        """What the server holds right now: rooms, connections, buffered bytes, timers."""
+        return self._statistics()
 
 
 async def serve(
@@ -225,7 +234,6 @@ async def _serve_on(
     store = storage if isinstance(storage, Store) else await SQLiteStore.open(storage)
     try:
         listeners, bound_host, bound_port = await listen()
-        server = Server(bound_host, bound_port, tls=ssl_context is not None, rooms=live)
         handshake = partial(read_request, ssl_context, handshake_timeout)
         runtime = Runtime(
             live,
@@ -238,6 +246,13 @@ async def _serve_on(
             wall_time=wall_time,
             jitter=jitter,
             on_unhandled=on_unhandled,
+        )
+        server = Server(
+            bound_host,
+            bound_port,
+            tls=ssl_context is not None,
+            rooms=live,
+            statistics=runtime.statistics,
         )
         server._runtime = runtime
         async with trio.open_nursery() as nursery:

@@ -22,6 +22,7 @@ def test_public_names() -> None:
         "Room",
         "RoomkitError",
         "Server",
+        "ServerStatistics",
         "Storage",
         "Transaction",
         "connect",

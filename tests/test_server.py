@@ -182,4 +182,20 @@ def test_serve_refuses_routes_that_are_not_rooms() -> None:
 
 
 def test_url_brackets_ipv6() -> None:
-    assert roomkit.Server("::1", 80).url == "ws://[::1]:80"
+    stats = roomkit.ServerStatistics(0, 0, 0, 0, 0)
+    server = roomkit.Server("::1", 80, statistics=lambda: stats)
+    assert server.url == "ws://[::1]:80"
+
+
+async def test_statistics_count_rooms_connections_and_timers(start: Start) -> None:
+    server = await start(Goodbye)
+    assert server.statistics() == roomkit.ServerStatistics(
+        rooms=0, connections=0, send_queue_bytes=0, receive_buffer_bytes=0, timers=0
+    )
+    async with open_client(f"{server.url}/a") as a, open_client(f"{server.url}/b") as b:
+        await a.send_message("x")
+        await b.send_message("y")
+        assert [await a.get_message(), await b.get_message()] == ["x", "y"]
+        stats = server.statistics()
+        assert (stats.rooms, stats.connections, stats.send_queue_bytes) == (2, 2, 0)
+        assert stats.timers == 2  # a ping timer each
