@@ -26,7 +26,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Literal
 
 import trio
@@ -36,7 +36,7 @@ from ._alarms import MAX_RETRIES, AlarmInfo, retry_delay
 from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
 from ._errors import Reject, RoomkitError
-from ._events import Alarm, Check, Closed, Connect, Event, Message
+from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, Message
 from ._frames import encode_message
 from ._gate import Outbox, OutputGate
 from ._metrics import RefusalReason
@@ -62,6 +62,9 @@ EVENTS_PER_CHECKPOINT: Final = 32
 #: than on a union, and this runs per send).
 _RAW: Final = (str, bytes)
 
+#: The events that _post queues, counted in _expected until the loop takes them.
+_POSTED: Final = (Alarm, Drain)
+
 HookName = Literal["on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error"]
 """A Room hook, by name: what a hook transaction runs, and its metrics label."""
 
@@ -81,6 +84,7 @@ class RoomActor:
         "_changes",
         "_closing",
         "_connections",
+        "_drained",
         "_expected",
         "_gate_or_none",
         "_gone",
@@ -117,7 +121,8 @@ class RoomActor:
         self._gate_or_none: OutputGate | None = None  # see _gate
         self._task: trio.lowlevel.Task | None = None  # the event loop's, while awake
         self._closing = False
-        self._expected = 0  # events on their way from post_alarm
+        self._drained = False  # the shutdown's closes are queued: messages go unhandled
+        self._expected = 0  # events that _post queues, until the loop takes them
         self._awake = False  # whether the event loop task runs
         self._gone = False  # the room has ended: nothing may wake it
         self._hibernated: trio.Event | None = None  # set when hibernate_now() is waiting
@@ -152,11 +157,34 @@ class RoomActor:
         self._host.spawn(conn._run)
 
     def shutdown(self, code: CloseCode, reason: str) -> None:
-        """Close every connection with ``code`` and refuse new ones with 503."""
+        """Close every connection with ``code`` and refuse new ones with 503.
+
+        What the connections read from now on is not handled; the events already
+        queued run, their commits finish, and their sends go out before the closes.
+        """
         self._closing = True
+        for conn in self._connections:
+            conn._drain()
+        self._post_soon(Drain(CloseConnection(code, reason)))
+
+    def close_now(self, code: CloseCode, reason: str) -> None:
+        """Close every connection with ``code`` at once, ahead of what the room holds
+        for it: the end of a drain that ran out of time."""
         for conn in list(self._connections):
             conn._push(CloseConnection(code, reason))
-        self._poke()  # a room with no connection left ends now
+
+    def close_behind(self, conns: Sequence[Connection], frame: CloseConnection) -> None:
+        """Close ``conns`` with ``frame`` after what the room has released or still holds
+        for them at the output gate."""
+        if self._gate_or_none is None:  # nothing held (and no gate to make, asleep)
+            for conn in conns:
+                conn._push(frame)
+        else:
+            self._gate.finish(None, [(frame, conns)], None, self._commit)
+
+    async def cut(self, conn: Connection, frame: CloseConnection) -> None:
+        """Close ``conn`` (for the reader) after the messages it has already delivered."""
+        await self._wake().send(Cut(conn, frame))
 
     def sweep(self) -> None:
         """Close the connections idle for ``idle_timeout``; schedule the next sweep."""
@@ -190,17 +218,26 @@ class RoomActor:
 
         ``done``, if given, is set once the alarm has run and its sends are out.
         """
-        self._expected += 1
-        self._host.spawn(functools.partial(self._post, Alarm(retry, done)))
+        self._post_soon(Alarm(retry, done))
 
-    async def _post(self, event: Alarm) -> None:
+    def _post_soon(self, event: Alarm | Drain) -> None:
+        """Queue ``event`` from synchronous code; the room stays up until it is queued."""
+        self._expected += 1
+        self._host.spawn(functools.partial(self._post, event))
+
+    async def _post(self, event: Alarm | Drain) -> None:
+        # The loop counts the event off when it takes it: counted here, once this task
+        # resumes, the loop could have found itself idle with the event already handled.
+        queued = False
         try:
             await self._wake().send(event)
+            queued = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if event.done is not None:
+            if isinstance(event, Alarm) and event.done is not None:
                 event.done.set()  # the room is gone: nobody will run it
         finally:
-            self._expected -= 1
+            if not queued:
+                self._expected -= 1
 
     async def closed(self, conn: Connection) -> None:
         """Report that ``conn`` has closed; ``on_close`` will run."""
@@ -346,13 +383,23 @@ class RoomActor:
     # The event loop.
 
     async def _handle(self, event: Event) -> None:
+        if isinstance(event, _POSTED):
+            self._expected -= 1  # on its way no longer (see _post)
         if isinstance(event, Connect):
             await self._handle_connect(event)
         elif isinstance(event, Message):
             # Delivered even if the connection has started closing since: the peer sent
-            # it while open, and on_close comes after every message read before it.
+            # it while open, and on_close comes after every message read before it. But
+            # not once the drain has closed it: its writes could never be acknowledged.
+            if self._drained:
+                return
             if self._instance is not None or await self._room() is not None:
                 await self._run(event.conn, "on_message", event.conn, event.message)
+        elif isinstance(event, Cut):
+            self.close_behind((event.conn,), event.frame)
+        elif isinstance(event, Drain):
+            self._drained = True
+            self.close_behind(list(self._connections), event.frame)
         elif isinstance(event, Closed):
             conn = event.conn
             self._forget(conn)

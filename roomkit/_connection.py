@@ -112,10 +112,12 @@ class Connection:
         "_close_frame",
         "_close_reason",
         "_cut_reason",
+        "_deaf",
         "_fd",
         "_gated",
         "_metrics",
         "_parts",
+        "_pong",
         "_queue",
         "_queued",
         "_read_scope",
@@ -172,6 +174,12 @@ class Connection:
         self._serve_scope = trio.CancelScope()
         self._writer_done = trio.Event()
         self._awaiting_pong = False
+        #: The pong queued and not yet written, with its place in the queue: a newer
+        #: ping's pong takes its place (see _answer).
+        self._pong: tuple[int, bytes] | None = None
+        #: Set once what the peer sends is no longer delivered: it is being cut off, or
+        #: the server is draining. Frames are still read, for the peer's close.
+        self._deaf = False
         self._parts: list[Any] = []  # the fragments of the message being received
         self._size = 0  # their length on the wire
         # What on_close reports.
@@ -282,10 +290,23 @@ class Connection:
         return False
 
     def _cut(self, reason: CutReason, code: int, text: str) -> None:
-        """Close the connection on roomkit's own account (not the room's) for ``reason``."""
+        """Close the connection on roomkit's own account (not the room's) for ``reason``,
+        behind what the room has already sent it (released, or held at the output gate)."""
         if self.state in (ConnectionState.CONNECTING, ConnectionState.OPEN):
             self._count_cut(reason)
-            self._push(CloseConnection(code, text))
+            self._actor.close_behind((self,), CloseConnection(code, text))
+
+    async def _refuse_more(self, reason: CutReason, code: int, text: str) -> None:
+        """The reader's cut: nothing more the peer sends is delivered, and the close
+        goes out after the replies to every message already delivered to the room."""
+        if self.state is ConnectionState.OPEN and not self._deaf:
+            self._deaf = True
+            self._count_cut(reason)
+            await self._actor.cut(self, CloseConnection(code, text))
+
+    def _drain(self) -> None:
+        """The server is shutting down: deliver nothing more that the peer sends."""
+        self._deaf = True
 
     def _count_cut(self, reason: CutReason) -> None:
         """Count the cut in the metrics; its reason goes in the close's log line.
@@ -303,6 +324,7 @@ class Connection:
         self._count_cut("slow_consumer")
         self._queue.clear()
         self._queued = 0
+        self._pong = None
         self._serve_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
         self._queue_close(CloseConnection(CloseCode.POLICY_VIOLATION, "slow consumer"))
 
@@ -404,9 +426,11 @@ class Connection:
             self._count_cut("ping_timeout")
             self._serve_scope.cancel()
             return
-        self._enqueue(self._ws.send(Ping(b"roomkit")))
-        self._kick()
-        self._expect_pong(True)
+        ping = self._ws.send(Ping(b"roomkit"))
+        if self._room_for(len(ping)):  # control frames count like the others
+            self._enqueue(ping)
+            self._kick()
+            self._expect_pong(True)
 
     def _expect_pong(self, waiting: bool) -> None:
         """Schedule the next ping, or (``waiting``) the deadline for the pong just asked for."""
@@ -466,7 +490,7 @@ class Connection:
         while True:
             for event in self._ws.events():  # first, what came along with the handshake
                 if isinstance(event, CloseConnection):
-                    self._peer_closed(event, clean=not eof)
+                    await self._peer_closed(event, clean=not eof)
                     return
                 await self._on_event(event)
             try:
@@ -479,11 +503,13 @@ class Connection:
 
     async def _on_event(self, event: object) -> None:
         if isinstance(event, _DATA_EVENTS):
-            if self.state is not ConnectionState.OPEN:
+            if self.state is not ConnectionState.OPEN or self._deaf:
                 return  # closing: what the peer still sends is discarded
             self._size += _byte_length(event.data)
             if self._size > self._actor.room_class.max_message_size:
-                self._cut("message_too_big", CloseCode.MESSAGE_TOO_BIG, "Message too big")
+                self._parts.clear()
+                code, text = CloseCode.MESSAGE_TOO_BIG, "Message too big"
+                await self._refuse_more("message_too_big", code, text)
                 return
             if not event.message_finished:
                 self._parts.append(event.data)
@@ -498,15 +524,47 @@ class Connection:
                 elif verdict is Verdict.DROP:
                     self._push(_RATE_LIMITED)
                 else:
-                    self._cut("rate_limit", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                    await self._flooded()
         elif isinstance(event, Ping):
-            if self._ws.state is WSState.OPEN:
-                self._enqueue(self._ws.send(event.response()))
-                self._kick()
+            if self._ws.state is not WSState.OPEN or self._deaf:
+                return
+            # A ping takes a token like a message: one that finds none goes unanswered,
+            # and counts toward the flood.
+            verdict = (
+                Verdict.ALLOW if self._bucket is None else self._bucket.take(trio.current_time())
+            )
+            if verdict is Verdict.ALLOW:
+                self._answer(event)
+            elif verdict is Verdict.FLOOD:
+                await self._flooded()
         elif isinstance(event, Pong) and self._awaiting_pong:
             self._expect_pong(False)
 
-    def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
+    async def _flooded(self) -> None:
+        await self._refuse_more("rate_limit", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+
+    def _answer(self, ping: Ping) -> None:
+        """Queue the pong for ``ping``: a peer is owed only the latest (RFC 6455 5.5.3).
+
+        A pong still waiting in the queue is replaced where it stands, so a peer that
+        pings and never reads is owed one pong, not one per ping. A new pong counts
+        against ``max_send_queue`` like any frame.
+        """
+        frame = self._ws.send(ping.response())
+        queue, waiting = self._queue, self._pong
+        if waiting is not None:
+            at, old = waiting
+            if at < len(queue) and queue[at] is old:  # not written yet, not even in part
+                queue[at] = frame
+                self._queued += len(frame) - len(old)
+                self._pong = (at, frame)
+                return
+        if self._room_for(len(frame)):
+            self._pong = (len(queue), frame)
+            self._enqueue(frame)
+            self._kick()
+
+    async def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
         """Record how the connection ended and answer a close frame that needs an answer."""
         self._close_code, self._close_reason = int(event.code), event.reason or ""
         if not clean:  # TCP ended without a close frame
@@ -517,9 +575,8 @@ class Connection:
         elif self._ws.state is WSState.CLOSED:  # the peer answered our close
             self._was_clean = True
         else:  # wsproto found a protocol error (1002, 1007): tell the peer, then drop it
-            self._count_cut("protocol_error")
             self._was_clean = False
-            self._queue_close(CloseConnection(event.code, event.reason))
+            await self._refuse_more("protocol_error", event.code, event.reason or "")
 
     def _whole(self, last: str | bytes | bytearray) -> str | bytes:
         """The message that ``last`` completes: most come whole, in one frame."""

@@ -9,10 +9,11 @@ from typing import Any
 
 import attrs
 import trio
+from wsproto.events import CloseConnection
 
 from ._connection import Connection
 
-__all__ = ["Alarm", "Check", "Closed", "Connect", "Event", "Message"]
+__all__ = ["Alarm", "Check", "Closed", "Connect", "Cut", "Drain", "Event", "Message"]
 
 
 @attrs.define(eq=False)
@@ -52,8 +53,24 @@ class Alarm:
     done: trio.Event | None = None
 
 
+@attrs.frozen(eq=False)
+class Cut:
+    """roomkit closes ``conn`` with ``frame``, behind the messages it read before."""
+
+    conn: Connection
+    frame: CloseConnection
+
+
+@attrs.frozen(eq=False)
+class Drain:
+    """The server shuts down: close every connection with ``frame``, behind what the
+    room has already been given to handle; the messages read after are not handled."""
+
+    frame: CloseConnection
+
+
 class Check:
     """No event: makes the loop look again whether the room is left empty."""
 
 
-Event = Connect | Message | Closed | Alarm | Check
+Event = Connect | Message | Closed | Alarm | Cut | Drain | Check

@@ -42,6 +42,10 @@ logger = logging.getLogger("roomkit.server")
 #: Seconds that shutdown waits for the last commit once the rooms are done: a healthy
 #: disk takes milliseconds, and a stuck one must not hold the process for ever.
 FLUSH_TIMEOUT: Final = 5.0
+#: The part of the drain timeout, at its end, in which connections still open get their
+#: close at once instead of after what their rooms still hold (a stuck commit or hook):
+#: a client then hears 1001/1012, not the 1006 of a cancelled socket.
+DRAIN_LAST_CALL: Final = 0.1
 #: Seconds a plain-HTTP answer over TLS waits for the client's close_notify.
 _TLS_CLOSE_TIMEOUT: Final = 1.0
 #: The close frame every connection gets at shutdown, by the code asked for.
@@ -112,14 +116,24 @@ class Runtime:
                 await trio.sleep_forever()
 
     async def shutdown(self, code: CloseCode, drain_timeout: float) -> None:
-        """Close every socket with ``code``, let rooms finish, flush storage, stop."""
+        """Close every socket with ``code``, let rooms finish, flush storage, stop.
+
+        The drain: rooms handle what they had read and deliver what it sent, then each
+        connection's close follows its last reply. In the drain's last part
+        (``DRAIN_LAST_CALL``), the connections still open get their close at once,
+        ahead of what their rooms still hold; at its end, what is left is cancelled.
+        """
         self._closing = True
-        with trio.move_on_after(drain_timeout) as drain:
+        reason = _SHUTDOWN_REASONS[code]
+        deadline = trio.current_time() + drain_timeout
+        with trio.move_on_at(deadline - drain_timeout * DRAIN_LAST_CALL):
             for actor in list(self._rooms.values()):
-                actor.shutdown(code, _SHUTDOWN_REASONS[code])
-            while self._rooms:
-                self._room_gone = trio.Event()
-                await self._room_gone.wait()
+                actor.shutdown(code, reason)
+            await self._rooms_gone()
+        with trio.move_on_at(deadline) as drain:
+            for actor in list(self._rooms.values()):
+                actor.close_now(code, reason)
+            await self._rooms_gone()
         if drain.cancelled_caught:
             logger.warning(
                 "drain timed out after %s s: cancelling %d rooms still open",
@@ -150,6 +164,11 @@ class Runtime:
             receive_buffer_bytes=buffered,
             timers=self._scheduler.timers.entries,
         )
+
+    async def _rooms_gone(self) -> None:
+        while self._rooms:
+            self._room_gone = trio.Event()
+            await self._room_gone.wait()
 
     # RoomHost: what the rooms call.
 

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 from websockets.sync.client import ClientConnection
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request
 
 import roomkit
 from roomkit._errors import first_leaf
@@ -94,6 +96,28 @@ async def open_client(
                 await ws.aclose()
     except* trio_websocket.ConnectionRejected as group:
         raise first_leaf(group) from None
+
+
+async def raw_handshake(port: int, target: str) -> tuple[trio.SocketStream, WSConnection]:
+    """Open a WebSocket by hand, for tests that must misbehave at the frame level."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host="127.0.0.1", target=target)))
+    with trio.fail_after(5):
+        while True:
+            ws.receive_data(await stream.receive_some())
+            if any(isinstance(event, AcceptConnection) for event in ws.events()):
+                return stream, ws
+
+
+async def read_close(stream: trio.SocketStream, ws: WSConnection) -> CloseConnection:
+    with trio.fail_after(10):
+        while True:
+            data = await stream.receive_some()
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, CloseConnection):
+                    return event
 
 
 def call(ws: ClientConnection, op: str, **args: Any) -> Any:

@@ -15,11 +15,11 @@ import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
+from wsproto.events import BytesMessage, Request, TextMessage
 
 import roomkit
 
-from .helpers import Start, expect_close, open_client, read_until_close
+from .helpers import Start, expect_close, open_client, raw_handshake, read_close, read_until_close
 
 
 class Recorder(roomkit.Room):
@@ -216,28 +216,6 @@ async def test_max_connections_refuses_with_503(start: Start) -> None:
         assert info.value.body == b"Room is full"
     async with open_client(f"{server.url}/other"):
         pass  # the limit is per room
-
-
-async def raw_handshake(port: int, target: str) -> tuple[trio.SocketStream, WSConnection]:
-    """Open a WebSocket by hand, for tests that must misbehave at the frame level."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    ws = WSConnection(ConnectionType.CLIENT)
-    await stream.send_all(ws.send(Request(host="127.0.0.1", target=target)))
-    with trio.fail_after(5):
-        while True:
-            ws.receive_data(await stream.receive_some())
-            if any(isinstance(event, AcceptConnection) for event in ws.events()):
-                return stream, ws
-
-
-async def read_close(stream: trio.SocketStream, ws: WSConnection) -> CloseConnection:
-    with trio.fail_after(10):
-        while True:
-            data = await stream.receive_some()
-            ws.receive_data(data or None)
-            for event in ws.events():
-                if isinstance(event, CloseConnection):
-                    return event
 
 
 async def test_bytes_that_are_not_frames_close_1002(start: Start) -> None:

@@ -19,11 +19,12 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from wsproto.events import CloseConnection, Pong, TextMessage
 
 import roomkit
 from roomkit._ratelimit import FLOOD_SECONDS
 
-from .helpers import Start, expect_close, open_client, receive_json
+from .helpers import Start, expect_close, open_client, raw_handshake, read_until_close, receive_json
 
 
 class Limited(roomkit.Room):
@@ -236,3 +237,113 @@ async def test_shutdown_under_load_is_graceful(nursery: trio.Nursery, tmp_path: 
             await ws.send_message("after")
             assert json.loads(await ws.get_message())["seq"] >= highest + 1
         again.cancel_scope.cancel()
+
+
+class Silent(roomkit.Room):
+    """Rate-limited only by its class attribute; says nothing, records what it gets."""
+
+    rate_limit = None
+    got: ClassVar[list[Any]] = []
+    seen: ClassVar[trio.Event] = trio.Event()
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        Silent.got.append(message)
+        if message == "done":
+            Silent.seen.set()
+
+
+class SilentLimited(Silent):
+    rate_limit = roomkit.RateLimit(per_second=10, burst=5)
+
+
+def _ping(payload: bytes) -> bytes:
+    """A masked client ping frame (mask of zeros, so the payload goes as it is)."""
+    assert len(payload) <= 125
+    return bytes([0x89, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+async def test_a_ping_flood_is_owed_one_pong_at_a_time(start: Start) -> None:
+    Silent.got, Silent.seen = [], trio.Event()
+    server = await start(Silent)
+    stream, ws = await raw_handshake(server.port, "/r")
+    # A tiny receive window, never read: the server's socket buffer fills at once.
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    async with stream:
+        burst = _ping(b"p" * 125) * 1000
+        for _ in range(20):  # 20,000 pings: 2.5 MB of pongs if each were answered
+            await stream.send_all(burst)
+        await stream.send_all(ws.send(TextMessage(data="done")))
+        with trio.fail_after(10):
+            await Silent.seen.wait()
+        # However many pings came, the server owes this peer at most one pong.
+        # However many pings came, the server holds the unwritten tail of one write
+        # for this peer, and one pong.
+        assert server.statistics().send_queue_bytes <= 512
+
+
+async def test_pings_take_tokens_and_a_ping_flood_is_cut(
+    start: Start, mock_clock: trio.testing.MockClock
+) -> None:
+    Silent.got, Silent.seen = [], trio.Event()
+    server = await start(SilentLimited)
+    stream, ws = await raw_handshake(server.port, "/r")
+    async with stream:
+        patience = int(10 * FLOOD_SECONDS)
+        sent = 5 + patience + 50
+        await stream.send_all(_ping(b"x") * sent)
+        pongs, close = 0, []
+        # The clock is frozen: no timeout would fire. Read until the close, or until a
+        # pong has come for every ping (what a server that lets pings through does).
+        while not close and pongs < sent:
+            ws.receive_data(await stream.receive_some() or None)
+            events = list(ws.events())
+            pongs += sum(isinstance(e, Pong) for e in events)
+            close = [e for e in events if isinstance(e, CloseConnection)]
+        assert close
+        assert (close[0].code, close[0].reason) == (1008, "rate limit exceeded")
+        assert pongs <= 5  # the burst's tokens; the rest went unanswered
+
+
+class Acker(roomkit.Room):
+    """Stores each message, then acknowledges it: the ack waits for the commit."""
+
+    max_message_size = 1000
+    handled: ClassVar[int] = 0
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        Acker.handled += 1
+        await self.storage.put(f"m{Acker.handled}", message)
+        conn.send(f"ack {message}")
+
+
+async def test_a_flooder_gets_the_reply_to_every_message_handled_before_its_close(
+    start: Start, tmp_path: Any
+) -> None:
+    Acker.handled = 0
+    server = await start(Acker, storage=tmp_path / "rooms.sqlite3")
+    async with open_client(f"{server.url}/r") as ws:
+        for i in range(600):
+            await ws.send_message(str(i))
+        messages, reason = await read_until_close(ws)
+    assert (reason.code, reason.reason) == (1008, "rate limit exceeded")
+    acks = [m for m in messages if isinstance(m, str) and m.startswith("ack ")]
+    assert Acker.handled >= 200  # the burst, at least
+    numbers = [int(m.removeprefix("ack ")) for m in acks]
+    assert numbers == sorted(numbers) and numbers[:200] == list(range(200))
+    assert len(acks) == Acker.handled, (len(acks), Acker.handled, len(messages))
+
+
+async def test_a_message_too_big_closes_after_the_replies_to_those_before(
+    start: Start, tmp_path: Any
+) -> None:
+    Acker.handled = 0
+    server = await start(Acker, storage=tmp_path / "rooms.sqlite3")
+    async with open_client(f"{server.url}/r") as ws:
+        for i in range(20):
+            await ws.send_message(str(i))
+        await ws.send_message("x" * 1001)
+        await ws.send_message("after")  # read after the cut: never handled
+        messages, reason = await read_until_close(ws)
+    assert (reason.code, reason.reason) == (1009, "Message too big")
+    assert messages == [f"ack {i}" for i in range(20)], messages
+    assert Acker.handled == 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import pytest
@@ -13,9 +14,9 @@ from websockets.sync.client import connect
 
 import roomkit
 from roomkit._roomid import RoomId
-from roomkit.storage import Changes, SQLiteStore
+from roomkit.storage import Changes, KeyRange, SQLiteStore
 
-from .helpers import Start, expect_close, open_client
+from .helpers import Start, expect_close, open_client, read_until_close
 
 ROOMKIT = (sys.executable, "-m", "roomkit")
 
@@ -199,3 +200,50 @@ async def test_statistics_count_rooms_connections_and_timers(start: Start) -> No
         stats = server.statistics()
         assert (stats.rooms, stats.connections, stats.send_queue_bytes) == (2, 2, 0)
         assert stats.timers == 2  # a ping timer each
+
+
+class Ledger(roomkit.Room):
+    """Stores every message under its own key, then acknowledges it."""
+
+    rate_limit = None
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        await self.storage.put(message, True)
+        conn.send(f"ack {message}")
+
+
+async def test_a_restart_acknowledges_every_write_it_committed(tmp_path: Any) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    acked: set[str] = set()
+    codes: list[int] = []
+
+    async def writer(server: roomkit.Server, n: int, sent: trio.Event) -> None:
+        async with open_client(f"{server.url}/ledger") as ws:
+            for i in range(8):
+                await ws.send_message(f"{n}:{i}")
+            sent.set()
+            messages, reason = await read_until_close(ws)
+            acked.update(m.removeprefix("ack ") for m in messages if isinstance(m, str))
+            codes.append(reason.code)
+
+    async with trio.open_nursery() as nursery:
+        server: roomkit.Server = await nursery.start(
+            partial(roomkit.serve, Ledger, port=0, storage=db)
+        )
+        async with trio.open_nursery() as writers:
+            all_sent = []
+            for n in range(50):
+                all_sent.append(sent := trio.Event())
+                writers.start_soon(writer, server, n, sent)
+            for sent in all_sent:
+                await sent.wait()
+            server.shutdown(restart=True)  # what SIGTERM does
+    assert codes == [1012] * 50
+    store = await SQLiteStore.open(db)
+    try:
+        stored = await store.list(
+            RoomId("", "ledger"), KeyRange.of(None, None, None), reverse=False, limit=None
+        )
+    finally:
+        await store.aclose()
+    assert acked == {key for key, _ in stored}
