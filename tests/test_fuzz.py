@@ -1,11 +1,11 @@
 """Property: whatever a client sends to a typed room - arbitrary JSON, text or bytes -
 it gets back either what its message decoded to or a clear error, and the room keeps
-answering. Hypothesis makes the inputs; each example runs a fresh server."""
+answering. Hypothesis makes the inputs; each example runs a fresh server, in memory
+(roomkit.testing: the real server code without sockets), so examples cost little."""
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import Any
 
 import attrs
@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import roomkit
-
-from .helpers import open_client, receive_json
+from roomkit.testing import open_test_server
 
 
 @attrs.frozen
@@ -68,18 +67,15 @@ def test_every_input_gets_a_message_or_a_clear_error(messages: list[str | bytes]
 
 
 async def _exchange(messages: list[str | bytes]) -> None:
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(partial(roomkit.serve, Typed, port=0))
-        async with open_client(f"{server.url}/fuzz") as ws:
-            for message in messages:
-                await ws.send_message(message)
-                reply = await receive_json(ws)
-                if reply["type"] == "error":
-                    assert isinstance(reply["message"], str) and reply["message"]
-                else:
-                    assert reply["type"] == "echoed"
-                    sent = json.loads(message)
-                    assert sent["type"] in ("chat", "move")
-            await ws.send_message('{"type": "chat", "text": "still there?"}')
-            assert (await receive_json(ws))["message"] == "Chat(text='still there?')"
-        nursery.cancel_scope.cancel()
+    async with open_test_server(Typed) as server, server.connect("/fuzz") as client:
+        for message in messages:
+            await client.send(message)
+            reply = await client.receive_json()
+            if reply["type"] == "error":
+                assert isinstance(reply["message"], str) and reply["message"]
+            else:
+                assert reply["type"] == "echoed"
+                sent = json.loads(message)
+                assert sent["type"] in ("chat", "move")
+        await client.send('{"type": "chat", "text": "still there?"}')
+        assert (await client.receive_json())["message"] == "Chat(text='still there?')"
