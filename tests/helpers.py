@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -98,9 +99,19 @@ async def open_client(
         raise first_leaf(group) from None
 
 
-async def raw_handshake(port: int, target: str) -> tuple[trio.SocketStream, WSConnection]:
-    """Open a WebSocket by hand, for tests that must misbehave at the frame level."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+async def raw_handshake(
+    port: int, target: str, *, receive_buffer: int | None = None
+) -> tuple[trio.SocketStream, WSConnection]:
+    """Open a WebSocket by hand, for tests that must misbehave at the frame level.
+
+    ``receive_buffer`` sets the socket's SO_RCVBUF before it connects (afterwards, the
+    window is already agreed, and a tiny one can stall both directions on Linux).
+    """
+    sock = trio.socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
     ws = WSConnection(ConnectionType.CLIENT)
     await stream.send_all(ws.send(Request(host="127.0.0.1", target=target)))
     with trio.fail_after(5):

@@ -265,9 +265,8 @@ def _ping(payload: bytes) -> bytes:
 async def test_a_ping_flood_is_owed_one_pong_at_a_time(start: Start) -> None:
     Silent.got, Silent.seen = [], trio.Event()
     server = await start(Silent)
-    stream, ws = await raw_handshake(server.port, "/r")
     # A tiny receive window, never read: the server's socket buffer fills at once.
-    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stream, ws = await raw_handshake(server.port, "/r", receive_buffer=4096)
     async with stream:
         burst = _ping(b"p" * 125) * 1000
         for _ in range(20):  # 20,000 pings: 2.5 MB of pongs if each were answered
