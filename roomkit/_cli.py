@@ -30,6 +30,7 @@ from ._envoptions import (
     positive_seconds,
     seconds,
 )
+from ._limits import HANDSHAKE_TIMEOUT
 from ._logs import configure_logging
 from ._proxy import proxy
 from ._room import Room
@@ -239,7 +240,7 @@ def _serve_options(options: EnvOptions) -> EnvOptions:
     add(
         "--handshake-timeout",
         group="connections",
-        default=10.0,
+        default=HANDSHAKE_TIMEOUT,
         parse=positive_seconds,
         metavar="SECONDS",
         help="time a client has to send its request head; a slower one is dropped",

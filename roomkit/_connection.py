@@ -46,6 +46,7 @@ from ._connlog import log_closed, log_opened, log_refused
 from ._errors import DecodeError
 from ._frames import encode_message
 from ._frontdoor import Response
+from ._limits import CLOSE_TIMEOUT, RATE_LIMITED, MessageAssembler, MessageTooBig
 from ._logs import format_address
 from ._metrics import CutReason
 from ._protocol import error_message
@@ -61,11 +62,8 @@ __all__ = ["Connection", "ConnectionState"]
 
 #: Tuples, not unions, for the isinstance checks made per message (about twice as fast).
 _DATA_EVENTS: Final = (TextMessage, BytesMessage)
-_BINARY: Final = (bytes, bytearray)
 #: Bytes asked of the socket per read: big enough for a burst of small messages.
 RECEIVE_BYTES: Final = 64 * 1024
-#: Seconds a peer has to answer our close frame before its TCP connection is dropped.
-CLOSE_TIMEOUT: Final = 5.0
 #: Largest attachment, serialised, in bytes: the Durable Objects limit.
 MAX_ATTACHMENT: Final = 16 * 1024
 #: Longest close reason in bytes (a control frame's payload is at most 125 bytes).
@@ -75,10 +73,6 @@ MAX_CLOSE_REASON: Final = 123
 #: Connection ids: this process's random prefix, then a counter (see Connection.id).
 _PROCESS_PREFIX: Final = secrets.token_hex(4)
 _numbers = itertools.count(1)
-
-_RATE_LIMITED: Final = encode_message(
-    error_message("too many messages: this one was dropped", code="rate_limited")
-)
 
 
 class ConnectionState(enum.Enum):
@@ -115,15 +109,14 @@ class Connection:
         "_deaf",
         "_fd",
         "_gated",
+        "_message",
         "_metrics",
-        "_parts",
         "_pong",
         "_queue",
         "_queued",
         "_read_scope",
         "_send_limit",
         "_serve_scope",
-        "_size",
         "_stream",
         "_tags",
         "_wakeup",
@@ -180,8 +173,7 @@ class Connection:
         #: Set once what the peer sends is no longer delivered: it is being cut off, or
         #: the server is draining. Frames are still read, for the peer's close.
         self._deaf = False
-        self._parts: list[Any] = []  # the fragments of the message being received
-        self._size = 0  # their length on the wire
+        self._message = MessageAssembler(actor.room_class.max_message_size)
         # What on_close reports.
         self._close_code: int = CloseCode.ABNORMAL_CLOSURE
         self._close_reason = ""
@@ -281,7 +273,7 @@ class Connection:
 
     def _buffered(self) -> int:
         """Bytes of a message received in part, waiting for its other fragments."""
-        return self._size if self._parts else 0
+        return self._message.buffered
 
     def _room_for(self, size: int) -> bool:
         if self._queued + self._writing + self._gated + size <= self._send_limit:
@@ -505,24 +497,20 @@ class Connection:
         if isinstance(event, _DATA_EVENTS):
             if self.state is not ConnectionState.OPEN or self._deaf:
                 return  # closing: what the peer still sends is discarded
-            self._size += _byte_length(event.data)
-            if self._size > self._actor.room_class.max_message_size:
-                self._parts.clear()
+            try:
+                message = self._message.feed(event.data, event.message_finished)
+            except MessageTooBig:
                 code, text = CloseCode.MESSAGE_TOO_BIG, "Message too big"
                 await self._refuse_more("message_too_big", code, text)
                 return
-            if not event.message_finished:
-                self._parts.append(event.data)
-            else:
+            if message is not None:
                 self._metrics.messages_received += 1
-                message = self._whole(event.data)
-                self._size = 0
                 self.last_seen = now = trio.current_time()
                 verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
                 if verdict is Verdict.ALLOW:
                     await self._deliver(message)
                 elif verdict is Verdict.DROP:
-                    self._push(_RATE_LIMITED)
+                    self._push(RATE_LIMITED)
                 else:
                     await self._flooded()
         elif isinstance(event, Ping):
@@ -578,14 +566,6 @@ class Connection:
             self._was_clean = False
             await self._refuse_more("protocol_error", event.code, event.reason or "")
 
-    def _whole(self, last: str | bytes | bytearray) -> str | bytes:
-        """The message that ``last`` completes: most come whole, in one frame."""
-        if not self._parts:
-            return last if isinstance(last, str) else bytes(last)
-        parts, self._parts = self._parts, []
-        parts.append(last)
-        return "".join(parts) if isinstance(last, str) else b"".join(parts)
-
     async def _deliver(self, message: Any) -> None:
         auto = self._actor.auto_response
         if auto is not None and type(message) is type(auto[0]) and message == auto[0]:
@@ -601,13 +581,6 @@ class Connection:
                 self._push(encode_message(error_message(str(exc))))
                 return
         await self._actor.message(self, message)
-
-
-def _byte_length(data: str | bytes | bytearray) -> int:
-    """The length of ``data`` on the wire (UTF-8 for text)."""
-    if isinstance(data, _BINARY) or data.isascii():
-        return len(data)
-    return len(data.encode("utf-8"))
 
 
 def _check_close(code: int, reason: str) -> None:

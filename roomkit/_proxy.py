@@ -25,10 +25,10 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from ._accept import accept_loop, read_head, remote_address
 from ._closecodes import CloseCode
-from ._connection import CLOSE_TIMEOUT
 from ._errors import first_leaf
 from ._frames import encode_message
 from ._frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
+from ._limits import CLOSE_TIMEOUT
 from ._server import Server
 from ._static import static_files
 from ._statistics import ServerStatistics

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._closecodes import CloseCode
+from ._limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
 from ._protocol import Protocol
 from ._ratelimit import RateLimit
 
@@ -61,10 +62,10 @@ class Room:
     """
 
     protocol: ClassVar[Protocol | None] = None
-    max_message_size: ClassVar[int] = 1 << 20
-    max_connections: ClassVar[int] = 10_000
+    max_message_size: ClassVar[int] = MAX_MESSAGE_SIZE
+    max_connections: ClassVar[int] = MAX_CONNECTIONS
     max_send_queue: ClassVar[int] = 1 << 20
-    rate_limit: ClassVar[RateLimit | None] = RateLimit(per_second=100, burst=200)
+    rate_limit: ClassVar[RateLimit | None] = RATE_LIMIT
     idle_timeout: ClassVar[float | None] = None
     hibernate_after: ClassVar[float | None] = 10.0
     auto_response: ClassVar[tuple[str | bytes, str | bytes] | None] = None

@@ -38,6 +38,7 @@ from ._actor import RoomActor
 from ._closecodes import CloseCode
 from ._exposition import metrics_page
 from ._frontdoor import Page, Router
+from ._limits import HANDSHAKE_TIMEOUT
 from ._metrics import Metrics
 from ._room import Room
 from ._roomid import RoomId
@@ -109,7 +110,7 @@ async def serve(
     port: int = 8080,
     storage: str | os.PathLike[str] | Store = ":memory:",
     group_commit: bool = True,
-    handshake_timeout: float = 10.0,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
     allowed_origins: Iterable[str] | None = None,
     max_connections: int | None = None,
     drain_timeout: float = 10.0,
@@ -197,7 +198,7 @@ async def _serve_on(
     *,
     storage: str | os.PathLike[str] | Store = ":memory:",
     group_commit: bool = True,
-    handshake_timeout: float = 10.0,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
     allowed_origins: Iterable[str] | None = None,
     max_connections: int | None = None,
     drain_timeout: float = 10.0,

@@ -4,7 +4,8 @@ client in the same room is still served.
 
 Rate limits are checked on a frozen ``mock_clock`` (time does not move, so exactly the
 burst gets through); slow consumers need real socket buffers to fill, so they use the
-real clock with small bounded waits.
+real clock with small bounded waits. The last tests are plain ones of the limits module
+that the server and the proxy share (roomkit._limits).
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ import trio_websocket
 from wsproto.events import CloseConnection, Pong, TextMessage
 
 import roomkit
+from roomkit._limits import (
+    MAX_CONNECTIONS,
+    MAX_MESSAGE_SIZE,
+    RATE_LIMIT,
+    RATE_LIMITED,
+    MessageAssembler,
+    MessageTooBig,
+    byte_length,
+)
 from roomkit._ratelimit import FLOOD_SECONDS
 
 from .helpers import Start, expect_close, open_client, raw_handshake, read_until_close, receive_json
@@ -346,3 +356,51 @@ async def test_a_message_too_big_closes_after_the_replies_to_those_before(
     assert (reason.code, reason.reason) == (1009, "Message too big")
     assert messages == [f"ack {i}" for i in range(20)], messages
     assert Acker.handled == 20
+
+
+# The limits module itself (roomkit._limits): pure, no sockets.
+
+
+def test_a_message_in_one_frame_comes_back_as_it_is() -> None:
+    message = MessageAssembler(10)
+    assert message.feed("hello", True) == "hello"
+    assert message.feed(bytearray(b"\x00\xff"), True) == b"\x00\xff"
+    assert message.buffered == 0
+
+
+def test_fragments_are_joined_and_counted_while_they_wait() -> None:
+    message = MessageAssembler(100)
+    assert message.feed("é", False) is None  # 2 bytes of UTF-8, 1 character
+    assert message.feed("ab", False) is None
+    assert message.buffered == 4
+    assert message.feed("c", True) == "éabc"
+    assert message.buffered == 0
+    assert message.feed(b"12", False) is None
+    assert message.feed(b"34", True) == b"1234"
+
+
+def test_a_message_is_refused_as_soon_as_it_passes_the_limit() -> None:
+    message = MessageAssembler(10)
+    assert message.feed(b"x" * 6, False) is None
+    with pytest.raises(MessageTooBig):
+        message.feed(b"x" * 5, False)  # 11 bytes, the last part not yet kept
+    assert message.buffered == 0
+    assert message.feed(b"x" * 10, True) == b"x" * 10  # exactly the limit passes
+
+
+def test_text_counts_in_utf8_bytes_not_characters() -> None:
+    with pytest.raises(MessageTooBig):
+        MessageAssembler(10).feed("é" * 6, True)  # 6 characters, 12 bytes
+    assert byte_length("é" * 6) == 12
+    assert byte_length(b"\xc3\xa9") == 2
+
+
+def test_rooms_take_their_defaults_from_the_limits_module() -> None:
+    assert roomkit.Room.max_message_size == MAX_MESSAGE_SIZE == 1 << 20
+    assert roomkit.Room.max_connections == MAX_CONNECTIONS
+    assert roomkit.Room.rate_limit == RATE_LIMIT == roomkit.RateLimit(per_second=100, burst=200)
+    assert json.loads(RATE_LIMITED[2:]) == {
+        "type": "error",
+        "code": "rate_limited",
+        "message": "too many messages: this one was dropped",
+    }
