@@ -33,6 +33,7 @@ __all__ = [
     "RoomTarget",
     "Router",
     "handshake_response",
+    "is_token_list",
     "parse_head",
     "plain_response",
 ]
@@ -118,13 +119,20 @@ def parse_head(data: bytes) -> RequestHead | Response:
 
 #: RFC 6455 section 1.3: appended to the client's key before hashing.
 _WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: The characters of an HTTP token (RFC 7230 section 3.2.6), which RFC 6455 makes the
+#: syntax of a subprotocol's name.
+_TOKEN_CHARS: Final = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 
 
 def handshake_response(head: RequestHead) -> bytes | Response:
     """The ``101 Switching Protocols`` answer to a WebSocket upgrade, or why it is refused.
 
     roomkit negotiates no extension (a broadcast's frame is then the same bytes for
-    every recipient) and no subprotocol.
+    every recipient) and no subprotocol, but a ``Sec-WebSocket-Protocol`` that is not a
+    comma-separated list of tokens (RFC 6455 section 4.1) is refused: a proxy would
+    have to pass it on.
     """
     version = head.headers.get("sec-websocket-version", "")
     if version != "13":
@@ -143,11 +151,23 @@ def handshake_response(head: RequestHead) -> bytes | Response:
         valid_key = False
     if not valid_key:
         return Response(400, "Bad WebSocket handshake: missing or malformed Sec-WebSocket-Key")
+    protocols = head.headers.get("sec-websocket-protocol")
+    if protocols is not None and not is_token_list(protocols):
+        return Response(
+            400, "Bad WebSocket handshake: Sec-WebSocket-Protocol is not a list of tokens"
+        )
     accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _WEBSOCKET_GUID).digest())
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
     )
+
+
+def is_token_list(value: str) -> bool:
+    """Whether ``value`` is a comma-separated list of one or more HTTP tokens (RFC 7230),
+    with optional spaces or tabs around each; empty elements are ignored."""
+    tokens = [part.strip(" \t") for part in value.split(",")]
+    return any(tokens) and all(_TOKEN_CHARS.issuperset(token) for token in tokens)
 
 
 #: What a plain GET of a path gets: a fixed response, or a function that makes one.

@@ -161,6 +161,41 @@ def test_handshake_response_follows_rfc_6455() -> None:
     assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in accepted
 
 
+@pytest.mark.parametrize(
+    ("protocols", "accepted"),
+    [
+        ("chat", True),
+        ("chat, v2.json ,x-1", True),
+        ("chat,,v2", True),  # empty list elements are ignored (RFC 7230 section 7)
+        ("café", False),
+        ("chat v2", False),
+        ("chat;v2", False),
+        ('"chat"', False),
+        ("", False),
+        (" , ", False),
+    ],
+)
+def test_subprotocols_must_be_a_list_of_tokens(protocols: str, accepted: bool) -> None:
+    parsed = parse_head(b"GET /r HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n")
+    assert isinstance(parsed, RequestHead)
+    offered = RequestHead("GET", "/r", {**parsed.headers, "sec-websocket-protocol": protocols})
+    answer = handshake_response(offered)
+    if accepted:
+        assert isinstance(answer, bytes) and answer.startswith(b"HTTP/1.1 101 ")
+    else:
+        assert isinstance(answer, Response) and answer.status == 400
+        assert "Sec-WebSocket-Protocol" in str(answer.body)
+
+
+async def test_a_subprotocol_that_is_not_a_token_is_400_over_tcp(start: Start) -> None:
+    server = await start(Hello)
+    protocol = "Sec-WebSocket-Protocol: café\r\n".encode()  # UTF-8 bytes on the wire
+    request = b"GET /r HTTP/1.1\r\nHost: x\r\n" + UPGRADE + protocol + b"\r\n"
+    status, _, body = await http(server.port, request)
+    assert status == 400 and b"Sec-WebSocket-Protocol is not a list of tokens" in body
+    assert server.room_count == 0
+
+
 async def test_oversized_head_is_431(start: Start) -> None:
     server = await start(Hello)
     request = b"GET /r HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
