@@ -6,18 +6,28 @@ matter, and pumps frames both ways. Each pair lives in its own nursery, so eithe
 ending ends both.
 
 What the client gets when things go wrong: plain HTTP → 426 (``/roomkit.js`` and
-``/healthz`` are served); a backend that cannot be reached → 502; a backend that
+``/healthz`` are served); a request the proxy will not pass on (see ``_forwarding``)
+→ 400; a backend that cannot be reached or answers nonsense → 502; a backend that
 refuses the handshake → its status and body, passed through.
+
+Whatever goes wrong while serving one client ends that client's connection only (502
+before the 101, a close with 1011 after it), and is logged with the connection's id on
+the ``roomkit.proxy`` logger and counted; it never reaches the proxy's own nursery.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import secrets
+from http import HTTPStatus
 from typing import Any, Final
 
+import h11
 import trio
 import trio_websocket
+import wsproto.utilities
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState as WSState
 from wsproto.connection import ConnectionType
@@ -26,9 +36,11 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from ._accept import accept_loop, read_head, remote_address
 from ._closecodes import CloseCode
 from ._errors import first_leaf
+from ._forwarding import forwarded_headers, forwarding_error, subprotocols
 from ._frames import encode_message
 from ._frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
-from ._limits import CLOSE_TIMEOUT
+from ._limits import CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, MessageAssembler, MessageTooBig
+from ._logs import format_address
 from ._server import Server
 from ._static import static_files
 from ._statistics import ServerStatistics
@@ -38,13 +50,24 @@ __all__ = ["proxy"]
 
 logger = logging.getLogger("roomkit.proxy")
 
-#: Request headers passed on to the backend: who the client is, and what it may do.
-FORWARDED_HEADERS: Final = ("origin", "cookie", "authorization", "user-agent")
 #: Seconds the backend has to answer the handshake before the client gets 502.
 BACKEND_TIMEOUT: Final = 10.0
 #: Largest message passed through, in bytes.
 MAX_MESSAGE: Final = 16 * 1024 * 1024
+#: Bytes asked of a client's socket per read.
 _RECEIVE_BYTES: Final = 64 * 1024
+#: Errors of a backend that answers the handshake with something that is not HTTP or
+#: not a WebSocket's answer (a bare 101, say), as trio-websocket lets them through.
+_BACKEND_NONSENSE: Final = (
+    trio_websocket.HandshakeError,
+    h11.ProtocolError,
+    wsproto.utilities.ProtocolError,
+)
+_GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+#: Connection ids, as a server's (see Connection.id): a random prefix, then a counter.
+_PROCESS_PREFIX: Final = secrets.token_hex(4)
+_numbers = itertools.count(1)
 
 
 async def proxy(
@@ -52,7 +75,7 @@ async def proxy(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
-    handshake_timeout: float = 10.0,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Forward every WebSocket to ``backend_url`` until cancelled or :meth:`Server.shutdown`.
@@ -65,223 +88,285 @@ async def proxy(
       task_status: for ``nursery.start``, which returns a :class:`Server` once listening.
     """
     backend = WebSocketURL.parse(backend_url)
-    files = static_files()
+    front = _Proxy(backend, handshake_timeout)
     listeners = await trio.open_tcp_listeners(port, host=host)
-    clients = 0  # TCP connections being served
-
-    async def handler(stream: trio.SocketStream) -> None:
-        nonlocal clients
-        clients += 1
-        try:
-            await _front_door(backend, files, handshake_timeout, stream)
-        finally:
-            clients -= 1
-
-    def statistics() -> ServerStatistics:
-        return ServerStatistics(
-            rooms=0, connections=clients, send_queue_bytes=0, receive_buffer_bytes=0, timers=0
-        )
-
-    server = Server(host, listeners[0].socket.getsockname()[1], statistics=statistics)
+    server = Server(host, listeners[0].socket.getsockname()[1], statistics=front.statistics)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(accept_loop, listener, nursery, handler)
+            nursery.start_soon(accept_loop, listener, nursery, front.serve_client)
         task_status.started(server)
         await server._stop.wait()
         nursery.cancel_scope.cancel()
 
 
-async def _front_door(
-    backend: WebSocketURL,
-    files: dict[str, Response],
-    head_seconds: float,
-    stream: trio.SocketStream,
-) -> None:
-    try:
-        await _answer(backend, files, head_seconds, stream)
-    except* (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass  # the client left; nothing to tell it
+class _Client:
+    """One client's TCP connection through the proxy: what it holds, and its writes."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.id: Final = f"{_PROCESS_PREFIX}-{next(_numbers):x}"
+        self.stream: Final = stream
+        self.remote: Final = remote_address(stream)
+        self.target: str | None = None  # once its request head is read
+        self.ws: WSConnection | None = None  # once it is being forwarded
+        self.answered = False  # whether an HTTP response (101 or refusal) went out
+        self.message: Final = MessageAssembler(MAX_MESSAGE)
+        self._writing = trio.StrictFIFOLock()  # the two pumps both write to the client
+
+    @property
+    def remote_host(self) -> str | None:
+        return None if self.remote is None else self.remote[0]
+
+    def fields(self) -> dict[str, Any]:
+        """What log lines about this connection carry as fields (``extra=``)."""
+        return {
+            "connection": self.id,
+            "remote": format_address(self.remote),
+            "target": self.target,
+        }
+
+    async def write(self, data: bytes) -> None:
+        """Write ``data`` to the client, after whatever another task is writing."""
+        async with self._writing:
+            await self.stream.send_all(data)
+
+    async def respond(self, answer: Response | bytes) -> None:
+        """Answer the request head: a refusal, or the 101 that opens the WebSocket."""
+        self.answered = True
+        await self.write(answer if isinstance(answer, bytes) else answer.to_bytes())
+
+    async def fail(self) -> None:
+        """Tell the client, as far as it can still be told, that the proxy gave up on it."""
+        with (
+            trio.move_on_after(CLOSE_TIMEOUT),
+            contextlib.suppress(*_GONE, wsproto.utilities.LocalProtocolError),
+        ):
+            if not self.answered:
+                await self.respond(Response(502, "Bad gateway: the proxy failed"))
+            elif self.ws is not None and self.ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
+                frame = CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error")
+                await self.write(self.ws.send(frame))
 
 
-async def _answer(
-    backend: WebSocketURL,
-    files: dict[str, Response],
-    head_seconds: float,
-    stream: trio.SocketStream,
-) -> None:
-    async with stream:
+class _Proxy:
+    """The clients of one ``proxy``: serving each, and counting them."""
+
+    def __init__(self, backend: WebSocketURL, handshake_timeout: float) -> None:
+        self._backend = backend
+        self._handshake_timeout = handshake_timeout
+        self._files = static_files()
+        self._clients: set[_Client] = set()  # every TCP connection being served
+        self.failures = 0  # connections ended by an unexpected error
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            rooms=0,
+            connections=len(self._clients),
+            send_queue_bytes=0,
+            receive_buffer_bytes=0,
+            timers=0,
+        )
+
+    async def serve_client(self, stream: trio.SocketStream) -> None:
+        """Serve one TCP connection; whatever goes wrong with it ends it, and only it."""
+        client = _Client(stream)
+        self._clients.add(client)
+        try:
+            async with stream:
+                try:
+                    await self._answer(client)
+                except* _GONE:
+                    pass  # the client left; nothing to tell it
+                except* Exception:
+                    self.failures += 1
+                    fields = client.fields() | {"failures": self.failures}
+                    logger.exception("proxy: %s failed", client.id, extra=fields)
+                    await client.fail()
+        finally:
+            self._clients.discard(client)
+
+    async def _answer(self, client: _Client) -> None:
         raw: bytes | Response | None = None
-        with trio.move_on_after(head_seconds):
-            raw = await read_head(stream)
+        with trio.move_on_after(self._handshake_timeout):
+            raw = await read_head(client.stream)
         if raw is None:
             return
         if isinstance(raw, Response):
-            await stream.send_all(raw.to_bytes())
+            await client.respond(raw)
             return
         end = raw.index(b"\r\n\r\n") + 4
         head = parse_head(raw[:end])
-        if isinstance(head, Response):
-            answer: bytes | Response = head
-        elif not head.is_websocket:
-            answer = plain_response(head, files)
-        else:
-            answer = handshake_response(head)
+        answer = _door(head, self._files)
         if isinstance(answer, Response):
-            await stream.send_all(answer.to_bytes())
+            await client.respond(answer)
             return
         assert isinstance(head, RequestHead)
-        client = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
-        await _forward(backend, head, answer, stream, client)
+        client.target = head.target
+        client.ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
+        await self._forward(client, head, answer)
 
-
-async def _forward(
-    backend: WebSocketURL,
-    head: RequestHead,
-    accept: bytes,
-    stream: trio.SocketStream,
-    client: WSConnection,
-) -> None:
-    """Open the backend's side, then answer the client: 101, or the backend's refusal."""
-    try:
-        with trio.fail_after(BACKEND_TIMEOUT):
-            upstream_stream = await backend.open_stream()
-    except (OSError, trio.TooSlowError) as exc:
-        logger.warning("proxy: backend %s unreachable: %s", backend.host_header, exc)
-        await stream.send_all(
-            Response(502, "Bad gateway: the backend cannot be reached").to_bytes()
-        )
-        return
-    accepted = False
-    try:
-        async with upstream_stream, trio.open_nursery() as pair:
+    async def _forward(self, client: _Client, head: RequestHead, accept: bytes) -> None:
+        """Open the backend's side, then answer the client: 101, or the backend's refusal."""
+        backend = self._backend
+        try:
             with trio.fail_after(BACKEND_TIMEOUT):
-                upstream = await trio_websocket.wrap_client_stream(
-                    pair,
-                    upstream_stream,
+                upstream_stream = await backend.open_stream()
+        except (OSError, trio.TooSlowError) as exc:
+            logger.warning(
+                "proxy: backend %s unreachable: %s", backend.host_header, exc, extra=client.fields()
+            )
+            await client.respond(Response(502, "Bad gateway: the backend cannot be reached"))
+            return
+        try:
+            async with upstream_stream, trio.open_nursery() as pair:
+                with trio.fail_after(BACKEND_TIMEOUT):
+                    upstream = await trio_websocket.wrap_client_stream(
+                        pair,
+                        upstream_stream,
+                        backend.host_header,
+                        backend.path.rstrip("/") + head.target,
+                        subprotocols=subprotocols(head),
+                        extra_headers=forwarded_headers(head, client.remote_host),
+                        max_message_size=MAX_MESSAGE,
+                    )
+                chosen = upstream.subprotocol
+                if chosen:
+                    accept = accept[:-2] + f"Sec-WebSocket-Protocol: {chosen}\r\n\r\n".encode()
+                await client.respond(accept)
+                await _pump(client, upstream)
+                pair.cancel_scope.cancel()
+        except* trio_websocket.ConnectionRejected as group:
+            refusal = first_leaf(group)
+            assert isinstance(refusal, trio_websocket.ConnectionRejected)
+            await client.respond(_passed_on(refusal))
+        except* (*_BACKEND_NONSENSE, trio.TooSlowError, OSError) as group:
+            if not client.answered:  # after the 101, the pump has already told the client
+                logger.warning(
+                    "proxy: backend %s failed the handshake: %r",
                     backend.host_header,
-                    backend.path.rstrip("/") + head.target,
-                    subprotocols=_subprotocols(head),
-                    extra_headers=_forwarded(head, stream),
-                    max_message_size=MAX_MESSAGE,
+                    first_leaf(group),
+                    extra=client.fields(),
                 )
-            chosen = upstream.subprotocol
-            if chosen:
-                accept = accept[:-2] + f"Sec-WebSocket-Protocol: {chosen}\r\n\r\n".encode()
-            await stream.send_all(accept)
-            accepted = True
-            await _pump(stream, client, upstream)
-            pair.cancel_scope.cancel()
-    except* trio_websocket.ConnectionRejected as group:
-        refusal = first_leaf(group)
-        assert isinstance(refusal, trio_websocket.ConnectionRejected)
-        body = refusal.body or b""
-        await stream.send_all(Response(refusal.status_code, body).to_bytes())
-    except* (trio_websocket.HandshakeError, trio.TooSlowError, OSError):
-        if not accepted:  # after the 101, the pump has already told the client
-            await stream.send_all(Response(502, "Bad gateway: the backend failed").to_bytes())
+                await client.respond(Response(502, "Bad gateway: the backend failed"))
 
 
-async def _pump(
-    stream: trio.SocketStream, client: WSConnection, upstream: trio_websocket.WebSocketConnection
-) -> None:
+def _door(head: RequestHead | Response, files: dict[str, Response]) -> Response | bytes:
+    """What a client's request head gets at the proxy: a response, or the 101 to send
+    once the backend has accepted."""
+    if isinstance(head, Response):
+        return head
+    if not head.is_websocket:
+        return plain_response(head, files)
+    answer = handshake_response(head)
+    if isinstance(answer, Response):
+        return answer
+    problem = forwarding_error(head)
+    return answer if problem is None else Response(400, f"Bad request: {problem}")
+
+
+def _passed_on(refusal: trio_websocket.ConnectionRejected) -> Response:
+    """The response that passes the backend's refusal on to the client.
+
+    A status that is not an HTTP error, or that ``http.HTTPStatus`` does not name (and
+    ``Response`` cannot yet write), becomes 502.
+    """
+    status = refusal.status_code
+    if not 400 <= status <= 599 or status not in HTTPStatus._value2member_map_:
+        return Response(502, f"Bad gateway: the backend answered {status}")
+    return Response(status, refusal.body or b"")
+
+
+async def _pump(client: _Client, upstream: trio_websocket.WebSocketConnection) -> None:
     """Frames both ways until either side closes; the other then closes the same way."""
     async with trio.open_nursery() as both:
-        both.start_soon(_client_to_backend, stream, client, upstream, both.cancel_scope)
-        both.start_soon(_backend_to_client, stream, client, upstream, both.cancel_scope)
+        both.start_soon(_client_to_backend, client, upstream, both.cancel_scope)
+        both.start_soon(_backend_to_client, client, upstream, both.cancel_scope)
 
 
 async def _client_to_backend(
-    stream: trio.SocketStream,
-    client: WSConnection,
-    upstream: trio_websocket.WebSocketConnection,
-    done: trio.CancelScope,
+    client: _Client, upstream: trio_websocket.WebSocketConnection, done: trio.CancelScope
 ) -> None:
-    parts: list[Any] = []
-    size = 0
+    ws = client.ws
+    assert ws is not None
     try:
         while True:
-            data = await stream.receive_some(_RECEIVE_BYTES)
-            client.receive_data(data or None)
-            for event in client.events():
-                if isinstance(event, TextMessage | BytesMessage):
-                    parts.append(event.data)
-                    size += len(event.data)  # characters, for text: no more than bytes
-                    if size > MAX_MESSAGE:
-                        code, why = CloseCode.MESSAGE_TOO_BIG, "Message too big"
-                        await _close_both(stream, client, upstream, code, why)
-                        done.cancel()
-                        return
-                    if event.message_finished:
-                        size = 0
-                        text = isinstance(parts[0], str)
-                        message = "".join(parts) if text else b"".join(parts)
-                        parts = []
-                        await upstream.send_message(message)
-                elif isinstance(event, Ping):
-                    await stream.send_all(client.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    await _close_both(stream, client, upstream, event.code, event.reason or "")
+            data = await client.stream.receive_some(_RECEIVE_BYTES)
+            ws.receive_data(data or None)
+            for event in ws.events():
+                close = await _from_client(client, upstream, event)
+                if close is not None:
+                    await _close_both(client, upstream, *close)
                     done.cancel()
                     return
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
-        await _close_both(stream, client, upstream, CloseCode.ABNORMAL_CLOSURE, "")
+    except (*_GONE, trio_websocket.ConnectionClosed):
+        await _close_both(client, upstream, CloseCode.ABNORMAL_CLOSURE, "")
         done.cancel()
 
 
+async def _from_client(
+    client: _Client, upstream: trio_websocket.WebSocketConnection, event: object
+) -> tuple[int, str] | None:
+    """Act on one event from the client: the close to pass on to both sides, if any."""
+    if isinstance(event, TextMessage | BytesMessage):
+        try:
+            message = client.message.feed(event.data, event.message_finished)
+        except MessageTooBig:
+            return CloseCode.MESSAGE_TOO_BIG, "Message too big"
+        if message is not None:
+            return await _pass_on(client, upstream, message)
+    elif isinstance(event, Ping):
+        return await _answer_ping(client, event)
+    elif isinstance(event, CloseConnection):
+        return event.code, event.reason or ""
+    return None
+
+
+async def _pass_on(
+    client: _Client, upstream: trio_websocket.WebSocketConnection, message: str | bytes
+) -> tuple[int, str] | None:
+    """Send a whole message on to the backend."""
+    await upstream.send_message(message)
+    return None
+
+
+async def _answer_ping(client: _Client, ping: Ping) -> tuple[int, str] | None:
+    """Answer a client's ping."""
+    ws = client.ws
+    assert ws is not None
+    if ws.state is WSState.OPEN:
+        await client.write(ws.send(ping.response()))
+    return None
+
+
 async def _backend_to_client(
-    stream: trio.SocketStream,
-    client: WSConnection,
-    upstream: trio_websocket.WebSocketConnection,
-    done: trio.CancelScope,
+    client: _Client, upstream: trio_websocket.WebSocketConnection, done: trio.CancelScope
 ) -> None:
     try:
         while True:
             message = await upstream.get_message()
-            await stream.send_all(encode_message(message))
+            await client.write(encode_message(message))
     except trio_websocket.ConnectionClosed as closed:
         reason = closed.reason
         code = reason.code if reason is not None else CloseCode.ABNORMAL_CLOSURE
-        await _close_both(stream, client, upstream, code, (reason.reason or "") if reason else "")
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        await _close_both(stream, client, upstream, CloseCode.ABNORMAL_CLOSURE, "")
+        await _close_both(client, upstream, code, (reason.reason or "") if reason else "")
+    except _GONE:
+        await _close_both(client, upstream, CloseCode.ABNORMAL_CLOSURE, "")
     done.cancel()
 
 
 async def _close_both(
-    stream: trio.SocketStream,
-    client: WSConnection,
-    upstream: trio_websocket.WebSocketConnection,
-    code: int,
-    reason: str,
+    client: _Client, upstream: trio_websocket.WebSocketConnection, code: int, reason: str
 ) -> None:
     """Pass a close on: to the client with the code the backend used, and back again.
 
     1005 (no code) and 1006 (no close frame) cannot be sent: for 1005 the other side
     gets 1000, for 1006 the client's TCP connection ends and the backend gets 1000.
     """
+    ws = client.ws
+    assert ws is not None
     with trio.move_on_after(CLOSE_TIMEOUT):
-        if client.state in (WSState.OPEN, WSState.REMOTE_CLOSING) and code != 1006:
+        if ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING) and code != 1006:
             frame = CloseConnection(code if code != 1005 else 1000, reason if code != 1005 else "")
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(client.send(frame))
+            with contextlib.suppress(*_GONE):
+                await client.write(ws.send(frame))
         if not upstream.closed:
             await upstream.aclose(code if code not in (1005, 1006) else 1000, reason or None)
-
-
-def _subprotocols(head: RequestHead) -> list[str]:
-    offered = head.headers.get("sec-websocket-protocol", "")
-    return [p.strip() for p in offered.split(",") if p.strip()]
-
-
-def _forwarded(head: RequestHead, stream: trio.SocketStream) -> list[tuple[bytes, bytes]]:
-    headers = [
-        (name.encode(), head.headers[name].encode("latin-1"))
-        for name in FORWARDED_HEADERS
-        if name in head.headers
-    ]
-    remote = remote_address(stream)
-    if remote is not None:
-        seen = head.headers.get("x-forwarded-for")
-        chain = f"{seen}, {remote[0]}" if seen else remote[0]
-        headers.append((b"x-forwarded-for", chain.encode("latin-1")))
-    return headers

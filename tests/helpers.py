@@ -148,8 +148,16 @@ def roomkit_serve(target: str, *options: str) -> Iterator[tuple[subprocess.Popen
 
     The process is killed on the way out, however the block ends.
     """
+    with roomkit_command("serve", target, "--port", "0", *options) as started:
+        yield started
+
+
+@contextmanager
+def roomkit_command(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``roomkit ARGS`` (``serve`` or ``proxy``, listening on port 0) in a subprocess:
+    (process, its URL) once it listens. The process is killed on the way out."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "roomkit", "serve", target, "--port", "0", *options],
+        [sys.executable, "-m", "roomkit", *args],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,4 +1,10 @@
-"""Proxy mode: a roomkit proxy in front of a roomkit backend, over real sockets."""
+"""Proxy mode: a roomkit proxy in front of a roomkit backend, over real sockets.
+
+Misbehaving clients and backends are raw sockets (``trio.open_tcp_stream``, a fake
+backend on ``trio.serve_tcp``); the proxy's limits are checked through what it reports
+in ``Server.statistics()``, never through timings. Everything listens on 127.0.0.1,
+port 0.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,20 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from websockets.sync.client import connect
 
 import roomkit
 import roomkit._proxy
 
-from .helpers import Start, expect_close, http, open_client
+from .helpers import (
+    Start,
+    call,
+    expect_close,
+    http,
+    open_client,
+    roomkit_command,
+    roomkit_serve,
+)
 
 
 class Backend(roomkit.Room):
@@ -30,6 +45,8 @@ class Backend(roomkit.Room):
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         if message == "kick me":
             conn.close(4001, "kicked")
+        elif message == "flood":
+            conn.send("x" * 100_000)
         else:
             conn.send(message)
 
@@ -43,8 +60,10 @@ def _reset() -> None:
     Backend.seen, Backend.closed, Backend.done = [], [], trio.Event()
 
 
-async def start_proxy(nursery: trio.Nursery, backend_url: str) -> roomkit.Server:
-    server: roomkit.Server = await nursery.start(partial(roomkit.proxy, backend_url, port=0))
+async def start_proxy(nursery: trio.Nursery, backend_url: str, **kwargs: Any) -> roomkit.Server:
+    server: roomkit.Server = await nursery.start(
+        partial(roomkit.proxy, backend_url, port=0, **kwargs)
+    )
     return server
 
 
@@ -154,3 +173,145 @@ async def test_a_message_past_the_limit_closes_both_sides_with_1009(
     with trio.fail_after(5):
         await Backend.done.wait()
     assert Backend.closed == [(1009, "Message too big")]
+
+
+# What a misbehaving client or backend gets, and that the proxy goes on serving others.
+
+HANDSHAKE = (
+    b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+async def upgrade(port: int, target: bytes = b"/r", headers: bytes = b"") -> tuple[int, bytes]:
+    """A raw WebSocket handshake: the status of the answer, and its body (to EOF) if it
+    is not a 101."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET " + target + b" HTTP/1.1\r\n" + HANDSHAKE + headers + b"\r\n")
+        data = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some()
+            status = int(data.split(b" ", 2)[1])
+            while status != 101 and (chunk := await stream.receive_some()):
+                data += chunk
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+async def still_serving(front: roomkit.Server) -> None:
+    async with open_client(f"{front.url}/r") as ws:
+        await ws.send_message("still there?")
+        with trio.fail_after(5):
+            assert await ws.get_message() == "still there?"
+
+
+async def test_a_subprotocol_that_is_not_a_token_is_400_and_others_are_served(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url)
+    status, body = await upgrade(front.port, headers="Sec-WebSocket-Protocol: café\r\n".encode())
+    assert status == 400 and b"Sec-WebSocket-Protocol" in body
+    assert Backend.seen == []
+    await still_serving(front)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Cookie: caf\xc3\xa9=1\r\n",  # non-ASCII
+        b"User-Agent: a\tb\r\n",  # a control character
+        b"X-Forwarded-For: 10.0.0.\xff\r\n",
+    ],
+)
+async def test_a_forwarded_header_that_is_not_printable_ascii_is_400(
+    start: Start, nursery: trio.Nursery, headers: bytes
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url)
+    status, body = await upgrade(front.port, headers=headers)
+    assert status == 400 and b"must be printable ASCII" in body
+    assert Backend.seen == []
+    await still_serving(front)
+
+
+async def fake_backend(nursery: trio.Nursery, answer: bytes) -> str:
+    """A backend that reads a request head, answers ``answer`` and waits for EOF."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := await stream.receive_some()):
+            head += chunk
+        await stream.send_all(answer)
+        while await stream.receive_some():
+            pass
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        # A status http.HTTPStatus does not know: 502, until Response can write it.
+        (b"HTTP/1.1 499 Client Closed Request\r\nContent-Length: 2\r\n\r\nno", 502),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", 502),  # no upgrade headers
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 502),  # not a refusal
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", 502),  # not HTTP
+    ],
+)
+async def test_a_backend_that_answers_nonsense_is_502_and_others_are_served(
+    start: Start, nursery: trio.Nursery, answer: bytes, status: int
+) -> None:
+    odd = await start_proxy(nursery, await fake_backend(nursery, answer))
+    assert (await upgrade(odd.port))[0] == status
+    assert (await upgrade(odd.port))[0] == status  # the same proxy, still there
+    backend = await start(Backend)
+    await still_serving(await start_proxy(nursery, backend.url))
+
+
+async def test_an_error_in_one_connection_ends_only_that_one(
+    start: Start, nursery: trio.Nursery, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = roomkit._proxy.encode_message
+
+    def encode(message: str | bytes) -> bytes:
+        if message == "boom":
+            raise RuntimeError("a bug in the proxy")
+        return real(message)
+
+    monkeypatch.setattr(roomkit._proxy, "encode_message", encode)
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url)
+    async with open_client(f"{front.url}/r") as bystander:
+        async with open_client(f"{front.url}/r") as ws:
+            await ws.send_message("boom")  # echoed by the backend, then fails in the proxy
+            reason = await expect_close(ws)
+            assert (reason.code, reason.reason) == (1011, "Internal error")
+        await bystander.send_message("fine")
+        with trio.fail_after(5):
+            assert await bystander.get_message() == "fine"
+    [record] = [r for r in caplog.records if r.name == "roomkit.proxy"]
+    assert record.levelname == "ERROR" and record.exc_info is not None
+    assert record.__dict__["connection"] in record.getMessage()
+    assert record.__dict__["target"] == "/r" and record.__dict__["failures"] == 1
+
+
+def test_a_proxy_survives_a_handshake_it_cannot_pass_on_and_serves_on() -> None:
+    with (
+        roomkit_serve("tests.apps:KV", "--storage", ":memory:") as (_, backend),
+        roomkit_command("proxy", backend, "--port", "0") as (process, url),
+    ):
+        port = int(url.rpartition(":")[2])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(
+                b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                + "Sec-WebSocket-Protocol: café\r\n\r\n".encode()
+            )
+            assert raw.recv(1024).startswith(b"HTTP/1.1 400 ")
+        with connect(f"{url}/r", open_timeout=10) as ws:
+            assert call(ws, "put", key="a", value=1) is None
+            assert call(ws, "get", key="a") == 1
+        assert process.poll() is None

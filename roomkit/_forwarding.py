@@ -1,0 +1,59 @@
+"""What of a client's request the proxy passes on to its backend. Pure, no I/O.
+
+The proxy puts its backend's path prefix before the client's raw request target, and
+copies a few headers. It checks them first, and refuses (400) a request that it could
+not pass on unchanged:
+
+* every header value it passes on is printable ASCII and spaces: no control byte, no
+  byte above 0x7e, nothing that would have to be re-encoded on the way.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._frontdoor import RequestHead
+
+__all__ = ["FORWARDED_HEADERS", "forwarded_headers", "forwarding_error", "subprotocols"]
+
+#: Request headers passed on to the backend: who the client is, and what it may do.
+FORWARDED_HEADERS: Final = ("origin", "cookie", "authorization", "user-agent")
+#: Headers whose values reach the backend, the client's X-Forwarded-For included.
+_CHECKED_HEADERS: Final = (*FORWARDED_HEADERS, "x-forwarded-for", "sec-websocket-protocol")
+
+
+def forwarding_error(head: RequestHead) -> str | None:
+    """Why the request ``head`` cannot be passed on as it is, or None if it can."""
+    for name in _CHECKED_HEADERS:
+        value = head.headers.get(name)
+        if value is not None and not _printable(value, space=True):
+            return f"the {name} header must be printable ASCII, without control characters"
+    return None
+
+
+def forwarded_headers(head: RequestHead, remote_host: str | None) -> list[tuple[bytes, bytes]]:
+    """The headers to send the backend, ``X-Forwarded-For`` with ``remote_host`` added.
+
+    ``head`` must have passed :func:`forwarding_error`.
+    """
+    headers = [
+        (name.encode(), head.headers[name].encode("ascii"))
+        for name in FORWARDED_HEADERS
+        if name in head.headers
+    ]
+    if remote_host is not None:
+        seen = head.headers.get("x-forwarded-for")
+        chain = f"{seen}, {remote_host}" if seen else remote_host
+        headers.append((b"x-forwarded-for", chain.encode("ascii")))
+    return headers
+
+
+def subprotocols(head: RequestHead) -> list[str]:
+    """The subprotocols the client offers, in its order of preference."""
+    offered = head.headers.get("sec-websocket-protocol", "")
+    return [p.strip(" \t") for p in offered.split(",") if p.strip(" \t")]
+
+
+def _printable(text: str, *, space: bool) -> bool:
+    lowest = " " if space else "!"
+    return all(lowest <= char <= "~" for char in text)
