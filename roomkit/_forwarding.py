@@ -2,8 +2,13 @@
 
 The proxy puts its backend's path prefix before the client's raw request target, and
 copies a few headers. It checks them first, and refuses (400) a request that it could
-not pass on unchanged:
+not pass on unchanged, or that the backend could read as another path:
 
+* the target is a path (it starts with ``/``) of printable ASCII;
+* no path segment is ``.`` or ``..``, written plainly or percent-encoded (``%2e``):
+  a backend that resolves them would serve a path outside the proxy's prefix;
+* the path has no encoded slash (``%2f``) or backslash (``%5c``), nor a backslash:
+  a backend that decodes them would see other segments than the proxy did;
 * every header value it passes on is printable ASCII and spaces: no control byte, no
   byte above 0x7e, nothing that would have to be re-encoded on the way.
 """
@@ -24,6 +29,13 @@ _CHECKED_HEADERS: Final = (*FORWARDED_HEADERS, "x-forwarded-for", "sec-websocket
 
 def forwarding_error(head: RequestHead) -> str | None:
     """Why the request ``head`` cannot be passed on as it is, or None if it can."""
+    if not head.target.startswith("/") or not _printable(head.target, space=False):
+        return "the request target must be a path of printable ASCII"
+    path = head.path.lower()
+    if "%2f" in path or "%5c" in path or "\\" in path:
+        return "the path must not contain an encoded '/' or a '\\'"
+    if any(segment.replace("%2e", ".") in (".", "..") for segment in path.split("/")):
+        return "the path must not contain '.' or '..' segments"
     for name in _CHECKED_HEADERS:
         value = head.headers.get(name)
         if value is not None and not _printable(value, space=True):

@@ -236,6 +236,31 @@ async def test_a_forwarded_header_that_is_not_printable_ascii_is_400(
     await still_serving(front)
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/../admin",
+        b"/a/./r",
+        b"/a/%2e%2E/r",
+        b"/a/.%2e",
+        b"/a%2Fb",
+        b"/a%5cb",
+        b"/a\\b",
+        b"http://backend/r",
+    ],
+)
+async def test_a_path_that_could_leave_the_prefix_is_400(
+    start: Start, nursery: trio.Nursery, target: bytes
+) -> None:
+    backend = await start({"/prefix": Backend})
+    front = await start_proxy(nursery, f"{backend.url}/prefix")
+    status, body = await upgrade(front.port, target)
+    assert status == 400 and body.startswith(b"Bad request: ")
+    assert Backend.seen == []
+    status, _ = await upgrade(front.port, b"/lobby..2?next=../x")  # dots that are no segment
+    assert status == 101
+
+
 async def fake_backend(nursery: trio.Nursery, answer: bytes) -> str:
     """A backend that reads a request head, answers ``answer`` and waits for EOF."""
 
