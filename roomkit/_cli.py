@@ -2,8 +2,9 @@
 
 ``roomkit serve MODULE:ATTR [options]`` serves rooms; every option can also be set by a
 ``ROOMKIT_*`` environment variable (``roomkit serve --help`` lists them). ``roomkit proxy
-BACKEND_URL [--host] [--port]`` forwards WebSockets to a backend. Both take
-``--log-level LEVEL`` and ``--log-json``.
+BACKEND_URL [options]`` forwards WebSockets to a backend, with the server's limits by
+default; its options fall back on ``ROOMKIT_PROXY_*`` variables (``roomkit proxy
+--help``). Both take ``--log-level LEVEL`` and ``--log-json``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from ._envoptions import (
     port,
     positive_int,
     positive_seconds,
+    rate_limit,
     seconds,
 )
-from ._limits import HANDSHAKE_TIMEOUT
+from ._limits import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
 from ._logs import configure_logging
 from ._proxy import proxy
 from ._room import Room
@@ -77,7 +79,16 @@ def _runner(args: argparse.Namespace) -> Any:
             WebSocketURL.parse(args.backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        return partial(proxy, args.backend, host=args.host, port=args.port)
+        return partial(
+            proxy,
+            args.backend,
+            host=args.host,
+            port=args.port,
+            handshake_timeout=args.handshake_timeout,
+            max_message_size=args.max_message_size,
+            max_connections=args.max_connections,
+            rate_limit=args.rate_limit,
+        )
     ssl_context = _ssl_context(args.certfile, args.keyfile)
     return partial(
         serve,
@@ -187,20 +198,67 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("target", metavar="MODULE:ATTR", help="a Room subclass or a route mapping")
     run.set_defaults(command_parser=run, env_options=_serve_options(EnvOptions(run)))
-    forward = commands.add_parser("proxy", help="forward WebSockets to a backend")
-    forward.add_argument("backend", metavar="BACKEND_URL", help="ws://host:port of the backend")
-    forward.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    forward.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
-    forward.add_argument(
-        "--log-level",
-        type=log_level,
-        default="info",
-        metavar="LEVEL",
-        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)} (info)",
+    forward = commands.add_parser(
+        "proxy",
+        help="forward WebSockets to a backend",
+        description="Forward WebSockets to a backend, with a server's limits by default. Each "
+        "option falls back on its environment variable, then on its default.",
     )
-    forward.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    forward.set_defaults(command_parser=forward)
+    forward.add_argument("backend", metavar="BACKEND_URL", help="ws://host:port of the backend")
+    options = _proxy_options(EnvOptions(forward, prefix="ROOMKIT_PROXY_"))
+    forward.set_defaults(command_parser=forward, env_options=options)
     return parser
+
+
+def _proxy_options(options: EnvOptions) -> EnvOptions:
+    """``roomkit proxy``'s options: one ``options.add`` each."""
+    add = options.add
+    add("--host", group="listening", default="127.0.0.1", help="address to listen on")
+    add("--port", group="listening", default=8080, parse=port, help="port; 0 picks a free one")
+    add(
+        "--handshake-timeout",
+        group="limits",
+        default=HANDSHAKE_TIMEOUT,
+        parse=positive_seconds,
+        metavar="SECONDS",
+        help="time a client has to send its request head; a slower one is dropped",
+    )
+    add(
+        "--max-message-size",
+        group="limits",
+        default=MAX_MESSAGE_SIZE,
+        parse=positive_int,
+        metavar="BYTES",
+        help="largest message passed on, either way; a bigger one closes both sides with 1009",
+    )
+    add(
+        "--max-connections",
+        group="limits",
+        default=MAX_CONNECTIONS,
+        parse=positive_int,
+        metavar="N",
+        help="WebSockets forwarded at once; beyond, handshakes get 503",
+    )
+    add(
+        "--rate-limit",
+        group="limits",
+        default=RATE_LIMIT,
+        parse=rate_limit,
+        metavar="PER_SECOND,BURST",
+        shown=f"{RATE_LIMIT.per_second:g},{RATE_LIMIT.burst}",
+        help="each client's messages (and pings) a second, and bursts; beyond, a message is "
+        "dropped with an error, and a client that keeps on is closed with 1008; off for none",
+    )
+    add(
+        "--log-level",
+        group="operations",
+        default="info",
+        parse=log_level,
+        metavar="LEVEL",
+        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)}",
+    )
+    add("--log-json", group="operations", default=False, help="log one JSON object per line")
+    return options
 
 
 def _serve_options(options: EnvOptions) -> EnvOptions:

@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from ._ratelimit import RateLimit
+
 __all__ = [
     "EnvOptions",
     "UsageError",
@@ -27,6 +29,7 @@ __all__ = [
     "port",
     "positive_int",
     "positive_seconds",
+    "rate_limit",
     "seconds",
 ]
 
@@ -211,3 +214,15 @@ def origins(text: str) -> tuple[str, ...]:
                 f"expected comma-separated origins such as https://example.com, not {text!r}"
             )
     return found
+
+
+def rate_limit(text: str) -> RateLimit | None:
+    """``PER_SECOND,BURST`` (``100,200``) for a token bucket, or ``off`` for none."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    per_second, _, burst = text.partition(",")
+    try:
+        return RateLimit(per_second=float(per_second), burst=int(burst))
+    except ValueError:
+        pass
+    raise ValueError(f"expected PER_SECOND,BURST (such as 100,200) or off, not {text!r}")

@@ -10,6 +10,12 @@ What the client gets when things go wrong: plain HTTP → 426 (``/roomkit.js`` a
 → 400; a backend that cannot be reached or answers nonsense → 502; a backend that
 refuses the handshake → its status and body, passed through.
 
+Each client gets the limits a server would give it (``_limits``): messages of at most
+``max_message_size`` bytes (1009 beyond), the same token bucket (a dropped message is
+answered with the server's ``rate_limited`` error, a flood closed with 1008), at most
+``max_connections`` WebSockets at once (503 beyond), and ``handshake_timeout`` to send
+its request head.
+
 Whatever goes wrong while serving one client ends that client's connection only (502
 before the 101, a close with 1011 after it), and is logged with the connection's id on
 the ``roomkit.proxy`` logger and counted; it never reaches the proxy's own nursery.
@@ -20,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 from http import HTTPStatus
 from typing import Any, Final
 
+import attrs
 import h11
 import trio
 import trio_websocket
@@ -39,8 +47,19 @@ from ._errors import first_leaf
 from ._forwarding import forwarded_headers, forwarding_error, subprotocols
 from ._frames import encode_message
 from ._frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
-from ._limits import CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, MessageAssembler, MessageTooBig
+from ._limits import (
+    CLOSE_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_MESSAGE_SIZE,
+    RATE_LIMIT,
+    RATE_LIMITED,
+    MessageAssembler,
+    MessageTooBig,
+    byte_length,
+)
 from ._logs import format_address
+from ._ratelimit import RateLimit, TokenBucket, Verdict
 from ._server import Server
 from ._static import static_files
 from ._statistics import ServerStatistics
@@ -52,8 +71,6 @@ logger = logging.getLogger("roomkit.proxy")
 
 #: Seconds the backend has to answer the handshake before the client gets 502.
 BACKEND_TIMEOUT: Final = 10.0
-#: Largest message passed through, in bytes.
-MAX_MESSAGE: Final = 16 * 1024 * 1024
 #: Bytes asked of a client's socket per read.
 _RECEIVE_BYTES: Final = 64 * 1024
 #: Errors of a backend that answers the handshake with something that is not HTTP or
@@ -64,10 +81,33 @@ _BACKEND_NONSENSE: Final = (
     wsproto.utilities.ProtocolError,
 )
 _GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+#: The close for a client that keeps sending into an empty token bucket, as a server's.
+_FLOODED: Final = (int(CloseCode.POLICY_VIOLATION), "rate limit exceeded")
 
 #: Connection ids, as a server's (see Connection.id): a random prefix, then a counter.
 _PROCESS_PREFIX: Final = secrets.token_hex(4)
 _numbers = itertools.count(1)
+
+
+@attrs.frozen
+class _Limits:
+    """What ``proxy`` allows each client, checked once (see its arguments)."""
+
+    max_message_size: int
+    max_connections: int
+    rate_limit: RateLimit | None
+    handshake_timeout: float
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_message_size", "max_connections"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a RateLimit or None, not {self.rate_limit!r}")
+        timeout = self.handshake_timeout
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"handshake_timeout must be positive seconds, not {timeout!r}")
 
 
 async def proxy(
@@ -76,19 +116,44 @@ async def proxy(
     host: str = "127.0.0.1",
     port: int = 8080,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+    max_connections: int = MAX_CONNECTIONS,
+    rate_limit: RateLimit | None = RATE_LIMIT,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Forward every WebSocket to ``backend_url`` until cancelled or :meth:`Server.shutdown`.
+
+    The limits are a server's defaults (``roomkit.Room``'s), so that clients get from
+    the proxy what they would get from the server behind it.
 
     Args:
       backend_url: ``ws://host:port`` (or ``wss://``) of the backend; a client's path
         and query are appended to it.
       host, port: where to listen (port 0 picks one; see ``Server.port``).
       handshake_timeout: seconds a client has to send its request head.
+      max_message_size: bytes; a bigger message from a client closes both sides with
+        1009, and one from the backend does too. Nothing past it is buffered.
+      max_connections: WebSockets forwarded at once; beyond, handshakes get 503.
+      rate_limit: a token bucket for each client's messages and pings, as
+        ``Room.rate_limit``: a message with no token is dropped and answered with a
+        ``rate_limited`` error, a client that keeps flooding is closed with 1008 (and
+        its backend connection too). None for no limit.
       task_status: for ``nursery.start``, which returns a :class:`Server` once listening.
+
+    ``Server.statistics()`` counts the client TCP connections being served, the bytes of
+    client messages received in part (``receive_buffer_bytes``, each within
+    ``max_message_size``), and the bytes being written (``send_queue_bytes``): for each
+    client, at most a message on its way to the backend and a frame on its way back,
+    and a pong or an error reply waiting behind it. Not counted: what trio-websocket
+    holds of the backend's side, at most one message read and one being read per
+    client, each within ``max_message_size`` (in characters, for text).
+
+    Raises:
+      ValueError: for a ``backend_url`` that is not a WebSocket URL, or a bad limit.
     """
     backend = WebSocketURL.parse(backend_url)
-    front = _Proxy(backend, handshake_timeout)
+    limits = _Limits(max_message_size, max_connections, rate_limit, handshake_timeout)
+    front = _Proxy(backend, limits)
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = Server(host, listeners[0].socket.getsockname()[1], statistics=front.statistics)
     async with trio.open_nursery() as nursery:
@@ -102,14 +167,19 @@ async def proxy(
 class _Client:
     """One client's TCP connection through the proxy: what it holds, and its writes."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, limits: _Limits) -> None:
         self.id: Final = f"{_PROCESS_PREFIX}-{next(_numbers):x}"
         self.stream: Final = stream
         self.remote: Final = remote_address(stream)
         self.target: str | None = None  # once its request head is read
         self.ws: WSConnection | None = None  # once it is being forwarded
         self.answered = False  # whether an HTTP response (101 or refusal) went out
-        self.message: Final = MessageAssembler(MAX_MESSAGE)
+        self.message: Final = MessageAssembler(limits.max_message_size)
+        rate = limits.rate_limit
+        self.bucket: TokenBucket | None = None if rate is None else rate.bucket(trio.current_time())
+        #: Bytes held to be written: a message on its way to the backend, a frame to
+        #: the client.
+        self.owed = 0
         self._writing = trio.StrictFIFOLock()  # the two pumps both write to the client
 
     @property
@@ -124,10 +194,18 @@ class _Client:
             "target": self.target,
         }
 
+    def take(self) -> Verdict:
+        """Spend a token of the rate limit for a message or a ping arriving now."""
+        return Verdict.ALLOW if self.bucket is None else self.bucket.take(trio.current_time())
+
     async def write(self, data: bytes) -> None:
         """Write ``data`` to the client, after whatever another task is writing."""
-        async with self._writing:
-            await self.stream.send_all(data)
+        self.owed += len(data)
+        try:
+            async with self._writing:
+                await self.stream.send_all(data)
+        finally:
+            self.owed -= len(data)
 
     async def respond(self, answer: Response | bytes) -> None:
         """Answer the request head: a refusal, or the 101 that opens the WebSocket."""
@@ -148,27 +226,29 @@ class _Client:
 
 
 class _Proxy:
-    """The clients of one ``proxy``: serving each, and counting them."""
+    """The clients of one ``proxy``: serving each, and counting what they hold."""
 
-    def __init__(self, backend: WebSocketURL, handshake_timeout: float) -> None:
+    def __init__(self, backend: WebSocketURL, limits: _Limits) -> None:
         self._backend = backend
-        self._handshake_timeout = handshake_timeout
+        self._limits = limits
         self._files = static_files()
         self._clients: set[_Client] = set()  # every TCP connection being served
+        self._forwarding = 0  # of which WebSockets, counted against max_connections
         self.failures = 0  # connections ended by an unexpected error
 
     def statistics(self) -> ServerStatistics:
+        clients = self._clients
         return ServerStatistics(
             rooms=0,
-            connections=len(self._clients),
-            send_queue_bytes=0,
-            receive_buffer_bytes=0,
+            connections=len(clients),
+            send_queue_bytes=sum(client.owed for client in clients),
+            receive_buffer_bytes=sum(client.message.buffered for client in clients),
             timers=0,
         )
 
     async def serve_client(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; whatever goes wrong with it ends it, and only it."""
-        client = _Client(stream)
+        client = _Client(stream, self._limits)
         self._clients.add(client)
         try:
             async with stream:
@@ -186,7 +266,7 @@ class _Proxy:
 
     async def _answer(self, client: _Client) -> None:
         raw: bytes | Response | None = None
-        with trio.move_on_after(self._handshake_timeout):
+        with trio.move_on_after(self._limits.handshake_timeout):
             raw = await read_head(client.stream)
         if raw is None:
             return
@@ -201,8 +281,15 @@ class _Proxy:
             return
         assert isinstance(head, RequestHead)
         client.target = head.target
-        client.ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
-        await self._forward(client, head, answer)
+        if self._forwarding >= self._limits.max_connections:
+            await client.respond(Response(503, "Server is full"))
+            return
+        self._forwarding += 1
+        try:
+            client.ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
+            await self._forward(client, head, answer)
+        finally:
+            self._forwarding -= 1
 
     async def _forward(self, client: _Client, head: RequestHead, accept: bytes) -> None:
         """Open the backend's side, then answer the client: 101, or the backend's refusal."""
@@ -226,7 +313,9 @@ class _Proxy:
                         backend.path.rstrip("/") + head.target,
                         subprotocols=subprotocols(head),
                         extra_headers=forwarded_headers(head, client.remote_host),
-                        max_message_size=MAX_MESSAGE,
+                        max_message_size=self._limits.max_message_size,
+                        message_queue_size=0,  # a message is held by the pump, not queued
+                        receive_buffer_size=_RECEIVE_BYTES,
                     )
                 chosen = upstream.subprotocol
                 if chosen:
@@ -323,18 +412,30 @@ async def _from_client(
 async def _pass_on(
     client: _Client, upstream: trio_websocket.WebSocketConnection, message: str | bytes
 ) -> tuple[int, str] | None:
-    """Send a whole message on to the backend."""
-    await upstream.send_message(message)
+    """Send a whole message on to the backend, as the client's rate limit decides."""
+    verdict = client.take()
+    if verdict is Verdict.ALLOW:
+        size = byte_length(message)
+        client.owed += size
+        try:
+            await upstream.send_message(message)
+        finally:
+            client.owed -= size
+    elif verdict is Verdict.DROP:
+        await client.write(RATE_LIMITED)
+    else:
+        return _FLOODED
     return None
 
 
 async def _answer_ping(client: _Client, ping: Ping) -> tuple[int, str] | None:
-    """Answer a client's ping."""
+    """Answer a client's ping: it takes a token; one that finds none is not answered."""
+    verdict = client.take()
     ws = client.ws
     assert ws is not None
-    if ws.state is WSState.OPEN:
+    if verdict is Verdict.ALLOW and ws.state is WSState.OPEN:
         await client.write(ws.send(ping.response()))
-    return None
+    return _FLOODED if verdict is Verdict.FLOOD else None
 
 
 async def _backend_to_client(

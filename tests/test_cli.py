@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 import roomkit
-from roomkit._cli import main, parse_args
+from roomkit._cli import _runner, main, parse_args
 
 from .helpers import ROOT, call, roomkit_serve
 
@@ -218,3 +218,48 @@ def test_certfile_and_keyfile_go_together(
         main(["serve", TARGET, "--certfile", str(missing), "--keyfile", str(missing)])
     assert info.value.code == 2
     assert f"cannot load certificate {str(missing)!r} with key" in capsys.readouterr().err
+
+
+def proxy_args(*argv: str, **environ: str) -> argparse.Namespace:
+    return parse_args(["proxy", "ws://127.0.0.1:9000", *argv], environ)
+
+
+def test_proxy_limits_default_to_the_servers_and_have_flags_and_variables() -> None:
+    run = _runner(proxy_args())
+    assert run.keywords == {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "handshake_timeout": 10.0,
+        "max_message_size": roomkit.Room.max_message_size,
+        "max_connections": 10_000,
+        "rate_limit": roomkit.Room.rate_limit,
+    }
+    # Every option of proxy() has its flag.
+    options = set(inspect.signature(roomkit.proxy).parameters) - {"backend_url", "task_status"}
+    assert options == set(run.keywords)
+    run = _runner(
+        proxy_args(
+            "--max-message-size=1000",
+            "--rate-limit",
+            "10,5",
+            ROOMKIT_PROXY_MAX_CONNECTIONS="7",
+            ROOMKIT_PROXY_HANDSHAKE_TIMEOUT="2.5",
+            ROOMKIT_PROXY_MAX_MESSAGE_SIZE="9",
+        )
+    )
+    assert (run.keywords["max_message_size"], run.keywords["max_connections"]) == (1000, 7)
+    assert run.keywords["handshake_timeout"] == 2.5
+    assert run.keywords["rate_limit"] == roomkit.RateLimit(per_second=10, burst=5)
+    assert _runner(proxy_args("--rate-limit=off")).keywords["rate_limit"] is None
+
+
+@pytest.mark.parametrize("value", ["100", "100,", "fast,200", "0,200", "100,0", "1,2,3"])
+def test_a_bad_proxy_rate_limit_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        proxy_args(ROOMKIT_PROXY_RATE_LIMIT=value)
+    assert info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("roomkit proxy: error: environment variable ROOMKIT_PROXY_RATE_LIMIT")
+    assert "expected PER_SECOND,BURST (such as 100,200) or off" in error

@@ -8,7 +8,9 @@ port 0.
 
 from __future__ import annotations
 
+import json
 import socket
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
@@ -17,9 +19,12 @@ import trio
 import trio.testing
 import trio_websocket
 from websockets.sync.client import connect
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 import roomkit
 import roomkit._proxy
+from roomkit._frames import encode_message
+from roomkit._ratelimit import FLOOD_SECONDS
 
 from .helpers import (
     Start,
@@ -27,6 +32,9 @@ from .helpers import (
     expect_close,
     http,
     open_client,
+    raw_handshake,
+    read_close,
+    read_until_close,
     roomkit_command,
     roomkit_serve,
 )
@@ -162,11 +170,10 @@ def test_backend_must_be_a_websocket_url() -> None:
 
 
 async def test_a_message_past_the_limit_closes_both_sides_with_1009(
-    start: Start, nursery: trio.Nursery, monkeypatch: Any
+    start: Start, nursery: trio.Nursery
 ) -> None:
-    monkeypatch.setattr(roomkit._proxy, "MAX_MESSAGE", 1000)
     backend = await start(Backend)
-    front = await start_proxy(nursery, backend.url)
+    front = await start_proxy(nursery, backend.url, max_message_size=1000)
     async with open_client(f"{front.url}/r") as ws:
         await ws.send_message(b"x" * 1001)
         assert (await expect_close(ws)).code == 1009
@@ -340,3 +347,148 @@ def test_a_proxy_survives_a_handshake_it_cannot_pass_on_and_serves_on() -> None:
             assert call(ws, "put", key="a", value=1) is None
             assert call(ws, "get", key="a") == 1
         assert process.poll() is None
+
+
+# The proxy's limits: a server's by default, each with what the peer past it gets.
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait, for at most 5 s, until ``condition()`` holds."""
+    with trio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 (statistics have no event to wait on)
+            await trio.sleep(0.001)
+
+
+async def test_fragments_past_the_limit_close_with_1009_and_are_never_held_whole(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url, max_message_size=10_000)
+    stream, ws = await raw_handshake(front.port, "/r")
+    async with stream:
+        for held in (3000, 6000, 9000):
+            await stream.send_all(ws.send(BytesMessage(b"x" * 3000, message_finished=False)))
+            await until(lambda: front.statistics().receive_buffer_bytes == held)  # noqa: B023
+        await stream.send_all(ws.send(BytesMessage(b"x" * 3000, message_finished=False)))
+        close = await read_close(stream, ws)  # at 12,000 bytes
+        assert (close.code, close.reason) == (1009, "Message too big")
+        assert front.statistics().receive_buffer_bytes == 0
+    with trio.fail_after(5):
+        await Backend.done.wait()
+    assert Backend.closed == [(1009, "Message too big")]
+
+
+async def test_text_counts_against_the_limit_in_utf8_bytes(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url, max_message_size=1000)
+    async with open_client(f"{front.url}/r") as ws:
+        await ws.send_message("é" * 500)  # 500 characters, 1000 bytes: passes
+        with trio.fail_after(5):
+            assert await ws.get_message() == "é" * 500
+        await ws.send_message("é" * 501)
+        assert (await expect_close(ws)).code == 1009
+
+
+async def test_the_rate_limit_drops_with_the_servers_error_then_closes_a_flood(
+    start: Start, nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    backend = await start(Backend)
+    limit = roomkit.RateLimit(per_second=10, burst=5)
+    front = await start_proxy(nursery, backend.url, rate_limit=limit)
+    async with open_client(f"{front.url}/r") as ws:
+        for i in range(5):
+            await ws.send_message(str(i))
+        assert [await ws.get_message() for _ in range(5)] == ["0", "1", "2", "3", "4"]
+        patience = int(10 * FLOOD_SECONDS)  # drops before the flood is cut
+        for _ in range(patience):
+            await ws.send_message("more")
+        replies, reason = await read_until_close(ws)
+    assert [json.loads(reply) for reply in replies] == [
+        {
+            "type": "error",
+            "code": "rate_limited",
+            "message": "too many messages: this one was dropped",
+        }
+    ] * (patience - 1)
+    assert (reason.code, reason.reason) == (1008, "rate limit exceeded")
+    with trio.fail_after(5):
+        await Backend.done.wait()
+    assert Backend.closed == [(1008, "rate limit exceeded")]
+
+
+async def test_pings_take_tokens_and_one_without_a_token_is_not_answered(
+    start: Start, nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    backend = await start(Backend)
+    limit = roomkit.RateLimit(per_second=1, burst=2)
+    front = await start_proxy(nursery, backend.url, rate_limit=limit)
+    stream, ws = await raw_handshake(front.port, "/r")
+    async with stream:
+        for payload in (b"1", b"2", b"3", b"4", b"5"):  # 2 answered, 3 flood the bucket
+            await stream.send_all(ws.send(Ping(payload)))
+        pongs: list[bytes] = []
+        with trio.fail_after(5):
+            while True:
+                ws.receive_data(await stream.receive_some() or None)
+                events = list(ws.events())
+                pongs += [bytes(e.payload) for e in events if isinstance(e, Pong)]
+                closes = [e for e in events if isinstance(e, CloseConnection)]
+                if closes:
+                    break
+    assert pongs == [b"1", b"2"]
+    assert (closes[0].code, closes[0].reason) == (1008, "rate limit exceeded")
+
+
+async def test_max_connections_refuses_the_next_websocket_with_503(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url, max_connections=1)
+    async with open_client(f"{front.url}/r"):
+        with pytest.raises(trio_websocket.ConnectionRejected) as info:
+            async with open_client(f"{front.url}/r"):
+                pass
+        assert (info.value.status_code, info.value.body) == (503, b"Server is full")
+    await until(lambda: front.statistics().connections == 0)
+    await still_serving(front)
+    assert len(Backend.seen) == 2  # the refused one never reached the backend
+
+
+class Firehose(Backend):
+    max_send_queue = 64 << 20  # the backend holds all it is asked for: the proxy must not
+
+
+async def test_what_a_client_that_does_not_read_costs_is_one_frame(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Firehose)
+    front = await start_proxy(nursery, backend.url)
+    stream, ws = await raw_handshake(front.port, "/r")
+    async with stream:
+        for _ in range(40):  # 40 x 100 kB back, more than the sockets' buffers take
+            await stream.send_all(ws.send(TextMessage("flood")))
+        frame = len(encode_message("x" * 100_000))
+        await until(lambda: front.statistics().send_queue_bytes >= frame)
+        stuck = front.statistics()  # the proxy is stuck writing one frame to the client
+        assert frame <= stuck.send_queue_bytes <= frame + len("flood")
+        assert stuck.receive_buffer_bytes == 0
+    await until(lambda: front.statistics().connections == 0)
+    assert front.statistics().send_queue_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("limits", "error"),
+    [
+        ({"max_message_size": 0}, ValueError),
+        ({"max_connections": True}, ValueError),
+        ({"handshake_timeout": 0}, ValueError),
+        ({"rate_limit": 100}, TypeError),
+    ],
+)
+async def test_a_bad_limit_is_refused_before_listening(
+    limits: dict[str, Any], error: type[Exception]
+) -> None:
+    with trio.fail_after(5), pytest.raises(error):
+        await roomkit.proxy("ws://127.0.0.1:9", port=0, **limits)
