@@ -74,8 +74,10 @@ class Committer:
             started = trio.current_time()
             try:
                 await self._store.commit([(room, changes) for room, changes, _, _ in batch])
-            except Exception:
-                logger.exception("storage commit failed; %d hooks' changes are lost", len(batch))
+            except Exception as error:
+                logger.exception(
+                    "storage commit failed: %s; %d hooks' changes are lost", error, len(batch)
+                )
                 self._metrics.commit_failures += 1
                 ok = False
             else:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +327,38 @@ async def test_a_failed_commit_resets_the_room_and_sends_nothing(start: Start) -
     store.fail = False
     async with open_client(f"{server.url}/kv") as ws:
         assert await Client(ws)("get", key="a") == 1
+
+
+async def test_a_full_disk_is_logged_as_such_and_resets_the_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await SQLiteStore.open(tmp_path / "rooms.sqlite3")
+    db = store._core._db
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(roomkit.serve, KV, port=0, storage=store))
+        async with open_client(f"{server.url}/kv") as ws:
+            await Client(ws)("put", key="a", value=1)
+            # The file may not grow by one more page: SQLITE_FULL, as on a full disk, after
+            # which SQLite has rolled the transaction back by itself.
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {pages}")
+            await ws.send_message(json.dumps({"op": "put", "key": "b", "value": "x" * 100_000}))
+            with pytest.raises(trio_websocket.ConnectionClosed) as info:
+                await receive_json(ws)  # never the acknowledgement
+            assert (info.value.reason.code, info.value.reason.reason) == (1011, "Storage failure")
+        [failed] = [r for r in caplog.records if r.name == "roomkit.storage"]
+        assert failed.exc_info is not None
+        cause = failed.exc_info[1]
+        assert isinstance(cause, sqlite3.OperationalError)
+        assert str(cause) == "database or disk is full"  # not the ROLLBACK that found nothing
+        assert "database or disk is full" in failed.getMessage()
+        assert "cannot rollback" not in caplog.text
+        db.execute("PRAGMA max_page_count = 1000000")  # space again: no restart needed
+        async with open_client(f"{server.url}/kv") as ws:
+            assert await Client(ws)("get_many", keys=["a", "b"]) == {"a": 1}
+            await Client(ws)("put", key="b", value=2)
+        server.shutdown()
+    await store.aclose()
 
 
 async def test_storage_outside_a_hook_is_an_error(start: Start) -> None:

@@ -116,8 +116,8 @@ class SQLiteCore:
                         (*where, alarm.due, alarm.retry),
                     )
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as error:
+            _roll_back(db, error)
             raise
 
     def alarms(self) -> builtins.list[StoredAlarm]:
@@ -126,6 +126,20 @@ class SQLiteCore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _roll_back(db: sqlite3.Connection, error: BaseException) -> None:
+    """Roll back what ``error`` left of a transaction, keeping ``error`` the one raised.
+
+    On some errors (SQLITE_FULL, SQLITE_IOERR) SQLite has rolled the transaction back
+    itself, and a ROLLBACK would fail with "no transaction is active", hiding the cause.
+    """
+    if not db.in_transaction:
+        return
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error as failed:
+        error.add_note(f"and the rollback failed too: {failed}")
 
 
 def _insert(db: sqlite3.Connection, rows: Sequence[tuple[str, str, str, str]]) -> None:
