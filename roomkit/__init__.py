@@ -15,6 +15,7 @@ from ._errors import ClientClosed as ClientClosed
 from ._errors import DecodeError as DecodeError
 from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
+from ._errors import StorageError as StorageError
 from ._protocol import Protocol as Protocol
 from ._protocol import converter as converter
 from ._proxy import proxy as proxy
@@ -45,6 +46,7 @@ __all__ = [
     "Server",
     "ServerStatistics",
     "Storage",
+    "StorageError",
     "Transaction",
     "connect",
     "converter",

@@ -32,6 +32,7 @@ from ._envoptions import (
     rate_limit,
     seconds,
 )
+from ._errors import StorageError, first_leaf
 from ._limits import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
 from ._logs import configure_logging
 from ._proxy import proxy
@@ -47,14 +48,18 @@ logger = logging.getLogger("roomkit.server")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the command line; exits with 2 on a usage error."""
+    """Run the command line; exits with 2 on a usage error, 1 if the storage is unusable."""
     args = parse_args(argv)
     try:
         run = _runner(args)
     except UsageError as exc:
         args.command_parser.error(str(exc))
     configure_logging(args.log_level, json_lines=args.log_json)
-    trio.run(_serve_until_signalled, run)
+    try:
+        trio.run(_serve_until_signalled, run)
+    except* StorageError as group:
+        logger.error("cannot start: %s", first_leaf(group))
+        sys.exit(1)
 
 
 def parse_args(

@@ -5,12 +5,20 @@ The tree::
     RoomkitError
     ├── Reject            raised by a room's on_connect to refuse a handshake
     ├── DecodeError       a peer sent a message the room's Protocol cannot decode
+    ├── StorageError      a server cannot use its storage file, at start
     └── ClientClosed      a client (roomkit.connect's, or roomkit.testing's) is closed
 """
 
 from __future__ import annotations
 
-__all__ = ["ClientClosed", "DecodeError", "Reject", "RoomkitError", "first_leaf"]
+__all__ = [
+    "ClientClosed",
+    "DecodeError",
+    "Reject",
+    "RoomkitError",
+    "StorageError",
+    "first_leaf",
+]
 
 
 class RoomkitError(Exception):
@@ -39,6 +47,16 @@ class DecodeError(RoomkitError):
     ``str(error)`` is the message sent back to the client in an
     ``{"type": "error", "message": ...}`` reply: it names what is wrong (malformed
     JSON, the unknown type, the missing or mistyped field).
+    """
+
+
+class StorageError(RoomkitError):
+    """Raised when a server cannot use its SQLite storage file, as it starts.
+
+    The file is in use by another server (one server per file: see docs/storage.md),
+    or it cannot be opened. ``str(error)`` names the file and what is wrong, and the
+    underlying ``OSError`` or ``sqlite3.Error``, if any, is its ``__cause__``.
+    ``roomkit serve`` logs the message and exits with status 1.
     """
 
 

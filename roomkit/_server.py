@@ -126,7 +126,8 @@ async def serve(
         prefix to Room subclass, ``{"/chat": ChatRoom}``, served at ``/chat/{name}``.
       host: the address to listen on.
       port: the port; 0 picks a free one (see ``Server.port``).
-      storage: the rooms' durable storage: a SQLite database file (created if need be),
+      storage: the rooms' durable storage: a SQLite database file (created if need be,
+        and locked for this server alone while it runs: see docs/storage.md),
         ``":memory:"`` (the default: nothing survives the process), or a
         :class:`roomkit.storage.Store`.
       group_commit: write the changes of many hooks in one transaction (one fsync);
@@ -151,6 +152,9 @@ async def serve(
         could read them (see docs/security.md).
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
         listening and every stored alarm is scheduled.
+
+    Raises:
+      StorageError: before listening, if another server holds the ``storage`` file.
 
     Besides WebSockets, the port answers ``GET /healthz`` with 200 ``ok``, serves the
     browser client at ``GET /roomkit.js``, and answers any other plain HTTP request with

@@ -9,7 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,17 @@ def call(ws: ClientConnection, op: str, **args: Any) -> Any:
 ROOT = Path(__file__).parent.parent
 
 
+def roomkit_env() -> dict[str, str]:
+    """The environment of a ``roomkit`` subprocess: this one's, without ROOMKIT_* variables.
+
+    The developer's own ROOMKIT_* settings would change what the test runs.
+    """
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ROOMKIT_")},
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 @contextmanager
 def roomkit_serve(target: str, *options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``roomkit serve TARGET --port 0 OPTIONS`` in a subprocess: (process, its URL).
@@ -161,11 +172,7 @@ def roomkit_command(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
-        # The developer's own ROOMKIT_* settings would change what the test runs.
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("ROOMKIT_")},
-            "PYTHONUNBUFFERED": "1",
-        },
+        env=roomkit_env(),
     )
     try:
         assert process.stderr is not None
@@ -178,3 +185,22 @@ def roomkit_command(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         process.wait()
         assert process.stderr is not None
         process.stderr.close()
+
+
+def roomkit_serve_refused(
+    target: str, *options: str, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``roomkit serve TARGET --port 0 OPTIONS``, expected to refuse to start: its end.
+
+    ``prefix`` runs it under another command (``setpriv ...``). A server that starts
+    instead runs until the timeout, which fails the test.
+    """
+    command = [*prefix, sys.executable, "-m", "roomkit", "serve", target, "--port", "0"]
+    return subprocess.run(
+        [*command, *options],
+        cwd=ROOT,
+        env=roomkit_env(),
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )

@@ -24,7 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 import roomkit
 from roomkit._cli import _runner, main, parse_args
 
-from .helpers import ROOT, call, roomkit_serve
+from .helpers import ROOT, call, roomkit_serve, roomkit_serve_refused
 
 ROOMKIT = (sys.executable, "-m", "roomkit")
 TARGET = "examples.chat:ChatRoom"
@@ -77,6 +77,30 @@ def test_a_second_signal_during_a_held_up_drain_exits_at_once(tmp_path: Path) ->
         process.send_signal(signal.SIGINT)
         # 130, not the 0 of a finished drain: the second signal cut the minute short.
         assert process.wait(timeout=5) == 128 + signal.SIGINT
+
+
+def test_a_second_server_on_one_storage_file_refuses_to_start(tmp_path: Path) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    lock = tmp_path / "rooms.sqlite3.roomkit.lock"
+    with roomkit_serve("tests.apps:KV", "--storage", str(db)) as (first, url):
+        with connect(f"{url}/lobby") as ws:
+            call(ws, "put", key="a", value=1)
+        second = roomkit_serve_refused("tests.apps:KV", "--storage", str(db))
+        assert second.returncode == 1
+        assert (
+            f"cannot start: the storage file {db} is in use by another server "
+            f"(pid {first.pid}), which holds {lock}; one server per storage file"
+        ) in second.stderr
+        assert "Traceback" not in second.stderr
+        with connect(f"{url}/lobby") as ws:
+            assert call(ws, "get", key="a") == 1  # the first one serves on
+    # roomkit_serve killed the first one with SIGKILL: its lock file and pid stay behind,
+    # and do not stop the next start.
+    assert lock.read_text() == f"{first.pid}\n"
+    with roomkit_serve("tests.apps:KV", "--storage", str(db)) as (third, url):
+        assert lock.read_text() == f"{third.pid}\n"
+        with connect(f"{url}/lobby") as ws:
+            assert call(ws, "get", key="a") == 1
 
 
 def test_cli_usage_errors() -> None:

@@ -24,6 +24,7 @@ def test_public_names() -> None:
         "Server",
         "ServerStatistics",
         "Storage",
+        "StorageError",
         "Transaction",
         "connect",
         "converter",

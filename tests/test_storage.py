@@ -361,6 +361,27 @@ async def test_a_full_disk_is_logged_as_such_and_resets_the_room(
     await store.aclose()
 
 
+async def test_serve_refuses_a_storage_file_that_another_server_holds(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    async with trio.open_nursery() as first:
+        await first.start(partial(roomkit.serve, KV, port=0, storage=db))
+        with pytest.raises(roomkit.StorageError) as info:
+            await nursery.start(partial(roomkit.serve, KV, port=0, storage=db))
+        assert str(info.value) == (
+            f"the storage file {db} is in use by another server (pid {os.getpid()}, this "
+            f"process), which holds {db}.roomkit.lock; one server per storage file"
+        )
+        for _ in range(2):  # ":memory:" takes no lock
+            await nursery.start(partial(roomkit.serve, KV, port=0, storage=":memory:"))
+        first.cancel_scope.cancel()
+    # Once the first server is done, its file is free again.
+    server = await nursery.start(partial(roomkit.serve, KV, port=0, storage=db))
+    async with open_client(f"{server.url}/kv") as ws:
+        await Client(ws)("put", key="a", value=1)
+
+
 async def test_storage_outside_a_hook_is_an_error(start: Start) -> None:
     rooms: list[roomkit.Room] = []
 

@@ -5,6 +5,10 @@ worker thread, one call at a time, so the event loop never waits on the disk. Th
 database is in WAL mode with ``synchronous=FULL``: a commit that returned has been
 fsynced, so neither a killed process nor a lost machine takes it back.
 
+A database file is served by one process at a time: its core holds an ``flock`` on a
+lock file beside it, ``<database>.roomkit.lock``, for as long as it is open (see
+``_lockfile``); a second one refuses to open it. ``":memory:"`` takes no lock.
+
 ``":memory:"`` has no disk to wait on, so its calls run on the event loop itself: a
 microsecond of SQL is cheaper than a thread hop, and tests on
 ``trio.testing.MockClock(autojump_threshold=0)`` stay deterministic (a worker thread
@@ -25,6 +29,7 @@ import trio
 from .._roomid import RoomId
 from ._base import Store, StoredAlarm
 from ._changes import Changes, KeyRange, merge
+from ._lockfile import LockFile
 
 __all__ = ["SQLiteCore", "SQLiteStore"]
 
@@ -58,10 +63,19 @@ class SQLiteCore:
     """The SQL of :class:`SQLiteStore`, synchronous; one thread at a time may use it."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")  # no-op for :memory:
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        """Open (creating if need be) the database at ``path``, or ``":memory:"``.
+
+        A file is locked for as long as the core is open (see ``_lockfile``).
+
+        Raises:
+          StorageError: another server holds the file's lock.
+        """
+        self._lock = None if os.fspath(path) == ":memory:" else LockFile.acquire(path)
+        try:
+            self._db = _connect(path)
+        except BaseException:
+            self._release()
+            raise
 
     def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -125,7 +139,28 @@ class SQLiteCore:
         return [(RoomId(namespace, name), due, retry) for namespace, name, due, retry in rows]
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """The database at ``path``, in WAL mode with ``synchronous=FULL``, with the schema."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")  # no-op for :memory:
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _roll_back(db: sqlite3.Connection, error: BaseException) -> None:
@@ -174,7 +209,11 @@ class SQLiteStore(Store):
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
-        """Open (creating if need be) the database at ``path``, or ``":memory:"``."""
+        """Open (creating if need be) the database at ``path``, or ``":memory:"``.
+
+        Raises:
+          StorageError: another server holds the file's lock (see :class:`SQLiteCore`).
+        """
         if os.fspath(path) == ":memory:":
             return cls(SQLiteCore(path), in_thread=False)
         return cls(await trio.to_thread.run_sync(SQLiteCore, path))
