@@ -54,9 +54,10 @@ class StorageError(RoomkitError):
     """Raised when a server cannot use its SQLite storage file, as it starts.
 
     The file is in use by another server (one server per file: see docs/storage.md),
-    or it cannot be opened. ``str(error)`` names the file and what is wrong, and the
-    underlying ``OSError`` or ``sqlite3.Error``, if any, is its ``__cause__``.
-    ``roomkit serve`` logs the message and exits with status 1.
+    or it cannot be opened, or this process cannot write it. ``str(error)`` names the
+    file and what is wrong, and the underlying ``OSError`` or ``sqlite3.Error``, if
+    any, is its ``__cause__``. ``roomkit serve`` logs the message and exits with
+    status 1.
     """
 
 

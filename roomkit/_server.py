@@ -154,7 +154,8 @@ async def serve(
         listening and every stored alarm is scheduled.
 
     Raises:
-      StorageError: before listening, if another server holds the ``storage`` file.
+      StorageError: before listening, if another server holds the ``storage`` file,
+        or this process cannot open or write it.
 
     Besides WebSockets, the port answers ``GET /healthz`` with 200 ``ok``, serves the
     browser client at ``GET /roomkit.js``, and answers any other plain HTTP request with

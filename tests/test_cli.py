@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 
 import roomkit
 from roomkit._cli import _runner, main, parse_args
+from roomkit.storage._sqlite import SQLiteCore
 
 from .helpers import ROOT, call, roomkit_serve, roomkit_serve_refused
 
@@ -101,6 +104,47 @@ def test_a_second_server_on_one_storage_file_refuses_to_start(tmp_path: Path) ->
         assert lock.read_text() == f"{third.pid}\n"
         with connect(f"{url}/lobby") as ws:
             assert call(ws, "get", key="a") == 1
+
+
+def without_root_overrides(probe: Path) -> list[str]:
+    """A command prefix under which file permissions apply, even to root.
+
+    Root ignores permission bits (CAP_DAC_OVERRIDE), so the suite, which runs as root,
+    would write a read-only file. ``setpriv`` drops that capability, and the one that
+    reads past them, from the child; files the test owns stay as they are to a normal
+    user. ``probe`` must be a file that its mode forbids writing: checked here.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("as root, a read-only file needs setpriv (util-linux) to stay read-only")
+    caps = "-dac_override,-dac_read_search"
+    prefix = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    check = subprocess.run(
+        [*prefix, sys.executable, "-c", f"open({str(probe)!r}, 'r+')"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if "PermissionError" not in check.stderr:
+        pytest.skip(f"setpriv cannot drop CAP_DAC_OVERRIDE here: {check.stderr.strip()!r}")
+    return prefix
+
+
+def test_a_read_only_storage_file_refuses_to_start(tmp_path: Path) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    SQLiteCore(db).close()
+    db.chmod(0o444)
+    result = roomkit_serve_refused(
+        "tests.apps:KV", "--storage", str(db), prefix=without_root_overrides(db)
+    )
+    assert result.returncode == 1, result.stderr
+    assert (
+        f"cannot start: the storage file {db} cannot be written by this process "
+        "(attempt to write a readonly database)"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_usage_errors() -> None:

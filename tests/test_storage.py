@@ -382,6 +382,17 @@ async def test_serve_refuses_a_storage_file_that_another_server_holds(
         await Client(ws)("put", key="a", value=1)
 
 
+async def test_a_file_that_is_not_a_database_is_refused_naming_it(tmp_path: Path) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    db.write_bytes(b"not SQLite " * 1000)
+    with pytest.raises(roomkit.StorageError) as info:
+        await SQLiteStore.open(db)
+    assert str(info.value) == f"cannot use the storage file {db}: file is not a database"
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+    db.unlink()  # the failed open released its lock: the file opens once it is right
+    await (await SQLiteStore.open(db)).aclose()
+
+
 async def test_storage_outside_a_hook_is_an_error(start: Start) -> None:
     rooms: list[roomkit.Room] = []
 

@@ -48,7 +48,10 @@ class LockFile:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise StorageError(f"cannot open the lock file {_shown(path)}: {exc.strerror}") from exc
+            raise StorageError(
+                f"cannot open {_shown(path)}, the lock file of the storage file "
+                f"{_shown(database)}: {exc.strerror}"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

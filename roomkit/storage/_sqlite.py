@@ -7,7 +7,8 @@ fsynced, so neither a killed process nor a lost machine takes it back.
 
 A database file is served by one process at a time: its core holds an ``flock`` on a
 lock file beside it, ``<database>.roomkit.lock``, for as long as it is open (see
-``_lockfile``); a second one refuses to open it. ``":memory:"`` takes no lock.
+``_lockfile``); a second one refuses to open it. ``":memory:"`` takes no lock. A file
+that cannot be written is refused when it is opened, not at the first commit.
 
 ``":memory:"`` has no disk to wait on, so its calls run on the event loop itself: a
 microsecond of SQL is cheaper than a thread hop, and tests on
@@ -26,6 +27,7 @@ from typing import Final, TypeVar
 
 import trio
 
+from .._errors import StorageError
 from .._roomid import RoomId
 from ._base import Store, StoredAlarm
 from ._changes import Changes, KeyRange, merge
@@ -68,7 +70,8 @@ class SQLiteCore:
         A file is locked for as long as the core is open (see ``_lockfile``).
 
         Raises:
-          StorageError: another server holds the file's lock.
+          StorageError: another server holds the file's lock, or the file cannot be
+            opened or written.
         """
         self._lock = None if os.fspath(path) == ":memory:" else LockFile.acquire(path)
         try:
@@ -151,16 +154,56 @@ class SQLiteCore:
 
 
 def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """The database at ``path``, in WAL mode with ``synchronous=FULL``, with the schema."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    """The database at ``path``, in WAL mode with ``synchronous=FULL``, with the schema,
+    once a write to it has worked.
+
+    Raises:
+      StorageError: SQLite cannot open the file, or this process cannot write it.
+    """
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from exc
     try:
         db.execute("PRAGMA journal_mode=WAL")  # no-op for :memory:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        _check_writable(db)
+    except sqlite3.Error as exc:
+        db.close()
+        raise _unusable(path, exc) from exc
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _check_writable(db: sqlite3.Connection) -> None:
+    """Write to the database, and roll the write back.
+
+    SQLite opens a file it may not write (its mode, its owner, a read-only mount) for
+    reading only, without an error: without this probe, the server would start and
+    report itself healthy, and then fail every commit.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        db.execute(f"PRAGMA user_version = {int(version)}")  # a write to page 1's header
+    except BaseException as error:
+        _roll_back(db, error)
+        raise
+    db.execute("ROLLBACK")
+
+
+def _unusable(path: str | os.PathLike[str], error: sqlite3.Error) -> StorageError:
+    shown = os.path.abspath(path)
+    if error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY:
+        return StorageError(
+            f"the storage file {shown} cannot be written by this process ({error}): "
+            "check the permissions of the file, of its directory and of its -wal and "
+            "-shm files, and that its file system is not mounted read-only"
+        )
+    return StorageError(f"cannot use the storage file {shown}: {error}")
 
 
 def _roll_back(db: sqlite3.Connection, error: BaseException) -> None:
@@ -212,7 +255,8 @@ class SQLiteStore(Store):
         """Open (creating if need be) the database at ``path``, or ``":memory:"``.
 
         Raises:
-          StorageError: another server holds the file's lock (see :class:`SQLiteCore`).
+          StorageError: another server holds the file's lock, or the file cannot be
+            opened or written (see :class:`SQLiteCore`).
         """
         if os.fspath(path) == ":memory:":
             return cls(SQLiteCore(path), in_thread=False)
