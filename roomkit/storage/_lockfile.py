@@ -26,6 +26,9 @@ __all__ = ["LOCK_SUFFIX", "LockFile"]
 
 #: What is added to the database's path to name its lock file.
 LOCK_SUFFIX: Final = ".roomkit.lock"
+#: A new lock file's mode: the server's user alone. Anyone who can open the file, even
+#: to read it, can flock it, and so keep the server from starting.
+LOCK_MODE: Final = 0o600
 
 
 class LockFile:
@@ -46,7 +49,7 @@ class LockFile:
         """
         path = os.fspath(database) + LOCK_SUFFIX
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
         except OSError as exc:
             raise StorageError(
                 f"cannot open {_shown(path)}, the lock file of the storage file "
