@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         trio.run(_serve_until_signalled, run)
     except* StorageError as group:
-        logger.error("cannot start: %s", first_leaf(group))
+        logger.critical("cannot start: %s", first_leaf(group))  # shown at every --log-level
         sys.exit(1)
 
 
