@@ -34,6 +34,10 @@ class Reject(RoomkitError):
     """
 
     def __init__(self, status: int = 403, reason: str = "") -> None:
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise TypeError(f"Reject status must be an int, not {status!r}")
+        if not isinstance(reason, str):
+            raise TypeError(f"Reject reason must be a str, not {reason!r}")
         if not 400 <= status <= 599:
             raise ValueError(f"Reject status must be an HTTP error status (400-599), not {status}")
         super().__init__(status, reason)

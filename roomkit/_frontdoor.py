@@ -36,6 +36,7 @@ __all__ = [
     "is_token_list",
     "parse_head",
     "plain_response",
+    "reason_phrase",
 ]
 
 #: Longest room name, in characters; a name is a key, not a document.
@@ -84,9 +85,29 @@ class Response:
             ("connection", "close"),
             *self.headers,
         ]
-        lines = [f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}"]
+        lines = [f"HTTP/1.1 {self.status} {reason_phrase(self.status)}"]
         lines += [f"{name}: {value}" for name, value in headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+#: The reason phrase of a status that ``http.HTTPStatus`` does not name, by its class
+#: (RFC 9110 section 15): a client goes by the number, the phrase is for people.
+_GENERIC_PHRASES: Final = {
+    1: "Informational",
+    2: "Success",
+    3: "Redirection",
+    4: "Client Error",
+    5: "Server Error",
+}
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase for ``status``: its name, or its class's for one unnamed (and
+    ``"Unknown"`` past 599: a backend's answer, relayed by the proxy, could be one)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return _GENERIC_PHRASES.get(status // 100, "Unknown")
 
 
 @attrs.frozen

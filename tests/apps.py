@@ -109,3 +109,15 @@ class Farewell(KV):
         await self.storage.put("goodbye", [code, reason])
         if await self.storage.get("linger"):
             await trio.sleep(60)
+
+
+class Picky(roomkit.Room):
+    """Refuses every handshake with the status in its ``status`` query parameter, as
+    ``Reject(status)``; without one, accepts and echoes each message."""
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        if "status" in request.query:
+            raise roomkit.Reject(int(request.query["status"]), "go away")
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import trio
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 import roomkit
@@ -65,6 +65,18 @@ def test_sigterm_closes_with_1012_commits_storage_and_exits_0(tmp_path: Path) ->
         assert process.wait(timeout=10) == 0
     # "goodbye" was written by on_close, during the drain: committed before the exit.
     assert stored(db, "ledger", ["a", "goodbye"]) == {"a": 1, "goodbye": [1012, "Service restart"]}
+
+
+def test_a_room_refusing_with_an_unnamed_status_leaves_the_process_serving() -> None:
+    with roomkit_serve("tests.apps:Picky", "--storage", ":memory:") as (process, url):
+        with pytest.raises(InvalidStatus) as info, connect(f"{url}/doomed?status=499"):
+            pass
+        assert info.value.response.status_code == 499
+        assert info.value.response.reason_phrase == "Client Error"
+        with connect(f"{url}/other") as ws:
+            ws.send("still serving")
+            assert ws.recv(timeout=5) == "still serving"
+        assert process.poll() is None
 
 
 def test_a_second_signal_during_a_held_up_drain_exits_at_once(tmp_path: Path) -> None:

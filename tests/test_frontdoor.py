@@ -18,6 +18,7 @@ from roomkit._frontdoor import (
 )
 from roomkit._roomid import RoomId
 
+from .apps import Picky
 from .helpers import Start, http, open_client
 
 
@@ -252,6 +253,31 @@ async def test_reject_answers_with_its_status_and_reason(start: Start) -> None:
 def test_reject_status_must_be_an_error() -> None:
     with pytest.raises(ValueError, match="400-599"):
         roomkit.Reject(200)
+    for status in (403.0, True, "403"):
+        with pytest.raises(TypeError, match="status must be an int"):
+            roomkit.Reject(status)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="reason must be a str"):
+        roomkit.Reject(403, b"no")  # type: ignore[arg-type]
+
+
+def test_a_status_http_does_not_name_gets_its_class_phrase() -> None:
+    assert Response(499, "").to_bytes().startswith(b"HTTP/1.1 499 Client Error\r\n")
+    assert Response(599, "").to_bytes().startswith(b"HTTP/1.1 599 Server Error\r\n")
+    assert Response(418, "").to_bytes().startswith(b"HTTP/1.1 418 I'm a Teapot\r\n")
+    assert Response(503, "").to_bytes().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert Response(799, "").to_bytes().startswith(b"HTTP/1.1 799 Unknown\r\n")
+
+
+async def test_every_status_reject_accepts_is_answered(start: Start) -> None:
+    server = await start(Picky)
+    for status in range(400, 600):
+        raw = b"GET /r?status=%d HTTP/1.1\r\nHost: x\r\n" % status + UPGRADE + b"\r\n"
+        got, _, body = await http(server.port, raw)
+        assert (got, body) == (status, b"go away")
+    async with open_client(f"{server.url}/r") as ws:  # the server is still serving
+        await ws.send_message("still here")
+        with trio.fail_after(5):
+            assert await ws.get_message() == "still here"
 
 
 async def test_static_files_and_nothing_else(start: Start) -> None:
