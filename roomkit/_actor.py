@@ -283,7 +283,10 @@ class RoomActor:
                 with trio.move_on_after(math.inf if wait is None else wait):
                     event = await receive.receive()
             if event is not None:
-                await self._handle(event)
+                try:
+                    await self._handle(event)
+                except Exception:
+                    self._event_failed(event)
                 if not self._idle(receive):
                     continue
             await self._gate.settled()  # no commit of this room may be left in flight
@@ -442,6 +445,41 @@ class RoomActor:
         self._forget(conn)
         event.decided.set()
 
+    def _event_failed(self, event: Event) -> None:
+        """roomkit's own code failed handling ``event`` (a bug): log it, count it, and
+        end what the event was about (its connection), and nothing else.
+
+        A handshake still waiting is refused with 500, a message's connection is closed
+        with 1011, a cut or a drain closes its connections at once with its own frame,
+        and an alarm's waiter is told it ran; the room goes on with its next event.
+        Called from an ``except`` block, whose exception is logged.
+        """
+        about = event.conn if isinstance(event, (Connect, Message, Closed, Cut)) else None
+        fields = self.log_fields() if about is None else about._log_fields()
+        logger.exception(
+            "room %s: handling %s failed", self.room, type(event).__name__, extra=fields
+        )
+        self.metrics.internal_errors += 1
+        if isinstance(event, Connect) and not event.decided.is_set():
+            self._refuse(event, "internal_error", 500, "Internal error")
+            conn = event.conn
+            conn.state = ConnectionState.CLOSED
+            if conn in self._connections:
+                self._forget(conn)
+            event.decided.set()
+        elif isinstance(event, Message):
+            event.conn._cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
+        elif isinstance(event, Closed) and event.conn in self._connections:
+            self._forget(event.conn)
+        elif isinstance(event, Cut):
+            event.conn._push(event.frame)  # the close it was for, without waiting
+        elif isinstance(event, Drain):
+            self._drained = True
+            for conn in list(self._connections):
+                conn._push(event.frame)
+        elif isinstance(event, Alarm) and event.done is not None:
+            event.done.set()
+
     def _refuse(self, event: Connect, reason: RefusalReason, status: int, text: str) -> None:
         event.rejection = (status, text)
         self._host.metrics.refuse(reason)
@@ -552,7 +590,16 @@ class RoomActor:
             conn._cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
 
     async def _report(self, conn: Connection | None, error: Exception) -> None:
-        assert self._instance is not None
+        if self._instance is None:  # a failed commit reset the room while the hook ran
+            fields = self.log_fields() if conn is None else conn._log_fields()
+            logger.error(
+                "room %s: a hook raised after the room was reset",
+                self.room,
+                exc_info=error,
+                extra=fields,
+            )
+            self._host.unhandled(error)
+            return
         failure = await self._hook("on_error", conn, error)
         if failure is not None:
             fields = self.log_fields() if conn is None else conn._log_fields()
@@ -562,6 +609,8 @@ class RoomActor:
 
     def _connect_settled(self, event: Connect, durable: bool) -> None:
         """Answer the handshake once on_connect's changes are durable, or refuse it (500)."""
+        if event.decided.is_set():
+            return  # already refused: roomkit failed handling the handshake after on_connect
         if not durable:
             self._refuse(event, "error", 500, "Internal error")
             event.conn.state = ConnectionState.CLOSED

@@ -29,6 +29,7 @@ within ``CLOSE_TIMEOUT`` is dropped anyway, and its close counts as unclean (100
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import json
@@ -42,7 +43,7 @@ from wsproto.connection import ConnectionState as WSState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from ._closecodes import CloseCode
-from ._connlog import log_closed, log_opened, log_refused
+from ._connlog import log_closed, log_failed, log_opened, log_refused
 from ._errors import DecodeError
 from ._frames import encode_message
 from ._frontdoor import Response
@@ -382,6 +383,17 @@ class Connection:
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer left during the handshake
+        except Exception:
+            # roomkit's own code failed serving this connection (a bug): that ends this
+            # connection only, with 1011 if it is open, else without an answer.
+            log_failed(self._log_fields)
+            self._metrics.internal_errors += 1
+            self._count_cut("internal_error")
+            if opened and self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
+                frame = CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error")
+                gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
+                with trio.move_on_after(CLOSE_TIMEOUT), gone:
+                    await self._stream.send_all(self._ws.send(frame))
         finally:
             self._fd = None  # before the close: the number may be reused at once
             self.state = ConnectionState.CLOSED

@@ -1,6 +1,7 @@
 """The log lines about one connection: opened, refused by its room, and closed.
 
-One INFO line each, on the ``roomkit.connection`` logger, with the connection's fields
+One INFO line each, on the ``roomkit.connection`` logger (and an ERROR line, with the
+traceback, when roomkit's own code failed serving it), with the connection's fields
 (``room``, ``connection``, ``remote``, and what the line is about) as record attributes,
 so that ``--log-json`` writes them as keys of their own.
 """
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["log_closed", "log_opened", "log_refused"]
+__all__ = ["log_closed", "log_failed", "log_opened", "log_refused"]
 
 logger = logging.getLogger("roomkit.connection")
 
@@ -61,5 +62,17 @@ def log_closed(fields_of: FieldsOf, code: int, reason: str, clean: bool, cut: st
         reason,
         "" if clean else ", unclean",
         "" if cut is None else f", cut off ({cut})",
+        extra=fields,
+    )
+
+
+def log_failed(fields_of: FieldsOf) -> None:
+    """Log, with the traceback of the exception being handled, that roomkit's own code
+    failed while serving the connection (a bug), which ends that connection only."""
+    fields = fields_of()
+    logger.exception(
+        "%s: %s failed; the connection is ended",
+        fields["room"],
+        fields["connection"],
         extra=fields,
     )

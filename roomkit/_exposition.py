@@ -151,6 +151,11 @@ _ROOM_COUNTERS = (
     ),
     ("alarms_run", "roomkit_alarms_run", "on_alarm calls."),
     ("alarms_retried", "roomkit_alarms_retried", "Failed on_alarm calls scheduled to run again."),
+    (
+        "internal_errors",
+        "roomkit_internal_errors",
+        "Failures of roomkit's own code serving a connection or handling an event.",
+    ),
 )
 
 

@@ -74,6 +74,7 @@ RefusalReason = Literal[
     "shutting_down",
     "rejected",
     "error",
+    "internal_error",
 ]
 """Why a WebSocket handshake (or a request head that could not be read) was refused."""
 REFUSAL_REASONS: Final[tuple[RefusalReason, ...]] = get_args(RefusalReason)
@@ -120,6 +121,9 @@ class RoomMetrics:
       alarms_run: ``on_alarm`` calls.
       alarms_retried: failed ``on_alarm`` calls scheduled to run again.
       cut: connections closed by roomkit, by reason.
+      internal_errors: failures of roomkit's own code while serving one of these rooms'
+        connections or handling one of their events (a bug: each is logged with its
+        traceback); each ended only what it was serving.
       hooks: the durations of hook calls, in seconds, by hook name.
     """
 
@@ -131,6 +135,7 @@ class RoomMetrics:
         "connections_opened",
         "cut",
         "hooks",
+        "internal_errors",
         "messages_received",
         "messages_sent",
     )
@@ -140,6 +145,7 @@ class RoomMetrics:
         self.messages_received = self.messages_sent = 0
         self.bytes_received = self.bytes_sent = 0
         self.alarms_run = self.alarms_retried = 0
+        self.internal_errors = 0
         self.cut: Final = dict.fromkeys(CUT_REASONS, 0)
         self.hooks: Final[dict[str, Histogram]] = {}
 

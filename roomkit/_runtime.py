@@ -8,6 +8,7 @@ scheduler (alarms, sweeps, pings) and the rooms nursery, and it shuts them down 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -48,6 +49,10 @@ FLUSH_TIMEOUT: Final = 5.0
 DRAIN_LAST_CALL: Final = 0.1
 #: Seconds a plain-HTTP answer over TLS waits for the client's close_notify.
 _TLS_CLOSE_TIMEOUT: Final = 1.0
+#: What a request gets when the front door itself fails (a bug of roomkit's)...
+_INTERNAL_ERROR: Final = Response(500, "Internal error").to_bytes()
+#: ...and the seconds it may take to go out: a peer that does not read is dropped.
+_ERROR_ANSWER_TIMEOUT: Final = 1.0
 #: The close frame every connection gets at shutdown, by the code asked for.
 _SHUTDOWN_REASONS: Final = {
     CloseCode.GOING_AWAY: "Going away",
@@ -240,42 +245,68 @@ class Runtime:
         self._room_for(route, room).post_alarm(alarm.retry)
 
     async def front_door(self, stream: trio.abc.Stream) -> None:
-        """Read one request head; answer it, or hand the stream to its room."""
-        handed_off = False
+        """Read one request head; answer it, or hand the stream to its room.
+
+        Whatever goes wrong here ends this connection only: a failure of roomkit's own
+        (a bug) is logged with its traceback, counted (refused, ``internal_error``), and
+        answered with 500 if nothing was sent yet; the stream is closed unless a room
+        took it.
+        """
+        visit = _Visit(stream)
         try:
-            secured, head, failure = await self._handshake(stream)
-            remote = remote_address(stream)
-            if head is None:
-                if failure is not None:
-                    self._refused(failure, None, remote)
-                return  # silent, slow, gone, or not speaking TLS: nobody to answer
-            if isinstance(head, Response):
-                decision: Response | Upgrade = self._refuse("too_large", head, remote)
-            else:
-                decision = self._decide(head, remote)
-            full = self._max_connections is not None and self.connections >= self._max_connections
-            if self._closing and not isinstance(decision, Response):
-                # A head read just as shutdown began: no room takes it. (The front door
-                # is cancelled by then, so the 503 goes no further than the attempt.)
-                decision = self._refuse(
-                    "shutting_down", Response(503, "Server shutting down"), remote
-                )
-            elif full and not isinstance(decision, Response):
-                decision = self._refuse("server_full", Response(503, "Server is full"), remote)
-            if isinstance(decision, Response):
-                await secured.send_all(decision.to_bytes())
-                if secured is not stream:  # end TLS properly: close_notify, not a bare EOF
-                    with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
-                        await secured.aclose()
-                return
-            actor = self._room_for(decision.room_class, decision.room)
-            actor.admit(Connection(actor, secured, decision.ws, decision.accept, decision.request))
-            handed_off = True
+            await self._serve_visit(visit)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:
+            await self._door_failed(visit)
         finally:
-            if not handed_off:
+            if not visit.handed_off:
                 await trio.aclose_forcefully(stream)
+
+    async def _serve_visit(self, visit: _Visit) -> None:
+        stream = visit.stream
+        secured, head, failure = await self._handshake(stream)
+        remote = visit.remote = remote_address(stream)
+        if head is None:
+            if failure is not None:
+                self._refused(failure, None, remote)
+            return  # silent, slow, gone, or not speaking TLS: nobody to answer
+        visit.secured = secured
+        if isinstance(head, Response):
+            decision: Response | Upgrade = self._refuse("too_large", head, remote)
+        else:
+            decision = self._decide(head, remote)
+        full = self._max_connections is not None and self.connections >= self._max_connections
+        if self._closing and not isinstance(decision, Response):
+            # A head read just as shutdown began: no room takes it. (The front door
+            # is cancelled by then, so the 503 goes no further than the attempt.)
+            decision = self._refuse("shutting_down", Response(503, "Server shutting down"), remote)
+        elif full and not isinstance(decision, Response):
+            decision = self._refuse("server_full", Response(503, "Server is full"), remote)
+        if isinstance(decision, Response):
+            visit.answered = True
+            await secured.send_all(decision.to_bytes())
+            if secured is not stream:  # end TLS properly: close_notify, not a bare EOF
+                with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
+                    await secured.aclose()
+            return
+        actor = self._room_for(decision.room_class, decision.room)
+        actor.admit(Connection(actor, secured, decision.ws, decision.accept, decision.request))
+        visit.handed_off = True
+
+    async def _door_failed(self, visit: _Visit) -> None:
+        """Log and count a failure of the front door's own; answer 500 if it still can.
+
+        Called from an ``except`` block, whose exception is logged.
+        """
+        address = format_address(visit.remote)
+        logger.exception("front door: serving %s failed", address, extra={"remote": address})
+        self.metrics.refuse("internal_error")
+        if visit.secured is None or visit.answered:
+            return  # no request read (or, with TLS, no handshake done), or half answered
+        gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
+        with trio.move_on_after(_ERROR_ANSWER_TIMEOUT), gone:
+            await visit.secured.send_all(_INTERNAL_ERROR)
 
     def _decide(self, raw: bytes, remote: tuple[str, int] | None) -> Response | Upgrade:
         end = raw.index(b"\r\n\r\n") + 4
@@ -372,6 +403,18 @@ _ROUTE_REFUSALS: Final[dict[int, RefusalReason]] = {
     400: "bad_room_name",
     403: "origin",
 }
+
+
+@attrs.define
+class _Visit:
+    """One connection at the front door: how far it got, for when something fails."""
+
+    stream: trio.abc.Stream
+    #: The stream to answer on (through TLS if need be), once a request head was read.
+    secured: trio.abc.Stream | None = None
+    remote: tuple[str, int] | None = None
+    answered: bool = False  # an answer began to go out
+    handed_off: bool = False  # a room took the stream
 
 
 @attrs.frozen

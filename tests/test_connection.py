@@ -18,8 +18,17 @@ from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Request, TextMessage
 
 import roomkit
+from roomkit._errors import first_leaf
 
-from .helpers import Start, expect_close, open_client, raw_handshake, read_close, read_until_close
+from .helpers import (
+    Start,
+    expect_close,
+    http,
+    open_client,
+    raw_handshake,
+    read_close,
+    read_until_close,
+)
 
 
 class Recorder(roomkit.Room):
@@ -344,3 +353,39 @@ async def test_a_message_in_fragments_arrives_whole_and_counts_whole(start: Star
         for part in ("123456", "789012"):  # 12 bytes in all: over max_message_size
             await stream.send_all(ws.send(TextMessage(part, message_finished=part == "789012")))
         assert (await read_close(stream, ws)).code == 1009
+
+
+class Chatty(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(f"{self.name}: {message}")
+
+
+async def test_a_failure_serving_one_connection_ends_that_connection_only(
+    start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver = roomkit.Connection._deliver
+
+    async def broken(conn: roomkit.Connection, message: Any) -> None:
+        if message == "boom":
+            raise RuntimeError("a bug in the reader")
+        await deliver(conn, message)
+
+    monkeypatch.setattr(roomkit.Connection, "_deliver", broken)
+    server = await start(Chatty, metrics=True)
+    async with open_client(f"{server.url}/r") as doomed, open_client(f"{server.url}/r") as other:
+        await doomed.send_message("boom")
+        close = await expect_close(doomed)
+        assert (close.code, close.reason) == (1011, "Internal error")
+        await other.send_message("still here")  # the same room goes on serving the others
+        with trio.fail_after(5):
+            assert await other.get_message() == "r: still here"
+    [failed] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert (failed.name, failed.getMessage()) == (
+        "roomkit.connection",
+        f"/r: {failed.connection} failed; the connection is ended",
+    )
+    assert failed.exc_info is not None
+    assert str(first_leaf(failed.exc_info[1])) == "a bug in the reader"
+    _, _, page = await http(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b'roomkit_internal_errors_total{room_class="Chatty"} 1.0' in page
+    assert b'roomkit_connections_cut_total{reason="internal_error",room_class="Chatty"} 1.0' in page

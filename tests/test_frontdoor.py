@@ -8,6 +8,7 @@ import trio.testing
 import trio_websocket
 
 import roomkit
+import roomkit._runtime
 from roomkit._frontdoor import (
     RequestHead,
     Response,
@@ -299,3 +300,30 @@ async def test_the_demo_page_is_off_by_default(start: Start) -> None:
     server = await start(Hello)
     assert (await http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 426
     assert (await http(server.port, b"GET /roomkit.js HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 200
+
+
+async def test_a_failure_of_the_front_door_ends_that_connection_only(
+    start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(head: RequestHead) -> bytes | Response:
+        if head.path == "/doomed":
+            raise RuntimeError("a bug in the front door")
+        return handshake_response(head)
+
+    monkeypatch.setattr(roomkit._runtime, "handshake_response", broken)
+    server = await start(Hello, metrics=True)
+    raw = b"GET /doomed HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n"
+    status, _, body = await http(server.port, raw)
+    assert (status, body) == (500, b"Internal error")
+    [failed] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert (failed.name, failed.getMessage()) == (
+        "roomkit.server",
+        f"front door: serving {failed.remote} failed",
+    )
+    assert failed.remote.startswith("127.0.0.1:")
+    assert failed.exc_info is not None and str(failed.exc_info[1]) == "a bug in the front door"
+    async with open_client(f"{server.url}/fine") as ws:  # the server is still serving
+        with trio.fail_after(5):
+            assert (await ws.get_message()).startswith("/fine|fine|")
+    _, _, page = await http(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b'roomkit_handshakes_refused_total{reason="internal_error"} 1.0' in page

@@ -5,16 +5,22 @@ Loopback only, port 0, trio-websocket's client; ``fail_after`` bounds every wait
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, ClassVar
 
+import pytest
 import trio
 import trio.testing
 import trio_websocket
 
 import roomkit
+from roomkit._actor import RoomActor
+from roomkit._roomid import RoomId
+from roomkit.storage import Changes, SQLiteStore, Store
 
-from .helpers import Start, open_client
+from .helpers import Start, expect_close, http, open_client
+from .test_storage import GatedStore
 
 
 class Echo(roomkit.Room):
@@ -290,3 +296,88 @@ async def test_messages_sent_before_a_close_all_reach_the_room_first(start: Star
     with trio.fail_after(5):
         await Slow.done.wait()
     assert Slow.got == ["one", "two", "three", "closed 1000"]
+
+
+class ResetMidHook(GatedStore):
+    """Fails the first commit just while a later hook awaits a read: the room is reset
+    (its instance dropped) under that hook, which then raises."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.reading = trio.Event()
+        self.failed = trio.Event()
+
+    async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
+        self.reading.set()
+        await self.failed.wait()
+        return await super().get_many(room, keys)
+
+    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+        await self.reading.wait()
+        self.failed.set()
+        raise OSError("disk full")
+
+
+class Fragile(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        if message == "write":
+            await self.storage.put("a", 1)
+        elif message == "read, then raise":
+            await self.storage.get("b")
+            raise RuntimeError("raised after the reset")
+        else:
+            conn.send(message)
+
+
+async def test_a_hook_raising_after_its_room_was_reset_ends_that_room_only(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start(Fragile, storage=ResetMidHook(await SQLiteStore.open(":memory:")))
+    async with open_client(f"{server.url}/fragile") as ws:
+        await ws.send_message("write")
+        await ws.send_message("read, then raise")
+        close = await expect_close(ws)
+        assert (close.code, close.reason) == (1011, "Storage failure")
+    [raised] = [r for r in caplog.records if "after the room was reset" in r.getMessage()]
+    assert raised.exc_info is not None and str(raised.exc_info[1]) == "raised after the reset"
+    async with open_client(f"{server.url}/other") as ws:  # the server is still serving
+        await ws.send_message("hello")
+        with trio.fail_after(5):
+            assert await ws.get_message() == "hello"
+
+
+async def test_a_failure_handling_one_event_ends_what_it_was_about_only(
+    start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    finish, run = RoomActor._finish, RoomActor._run
+
+    def broken_finish(actor: RoomActor, *args: Any) -> None:
+        if actor.name == "doomed":
+            raise RuntimeError("a bug after on_start")
+        finish(actor, *args)
+
+    async def broken_run(actor: RoomActor, conn: Any, hook: Any, *args: Any) -> None:
+        if "boom" in args:
+            raise RuntimeError("a bug before on_message")
+        await run(actor, conn, hook, *args)
+
+    monkeypatch.setattr(RoomActor, "_finish", broken_finish)
+    monkeypatch.setattr(RoomActor, "_run", broken_run)
+    server = await start(Echo, metrics=True)
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with open_client(f"{server.url}/doomed"):
+            pass
+    assert (info.value.status_code, info.value.body) == (500, b"Internal error")
+    async with open_client(f"{server.url}/r") as doomed, open_client(f"{server.url}/r") as other:
+        await doomed.send_message("boom")
+        close = await expect_close(doomed)
+        assert (close.code, close.reason) == (1011, "Internal error")
+        await other.send_message("still here")  # the room goes on with its next event
+        with trio.fail_after(5):
+            assert await other.get_message() == "still here"
+    failed = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert failed == ["room /doomed: handling Connect failed", "room /r: handling Message failed"]
+    _, _, page = await http(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b'roomkit_internal_errors_total{room_class="Echo"} 2.0' in page
+    assert b'roomkit_handshakes_refused_total{reason="internal_error"} 1.0' in page
+    assert b'roomkit_connections_cut_total{reason="internal_error",room_class="Echo"} 1.0' in page
