@@ -1,9 +1,10 @@
-"""Timers on Trio's clock: rooms' alarms, their retries, and idle sweeps.
+"""Timers on Trio's clock: rooms' alarms, their retries, idle sweeps and pings.
 
 :class:`Timers` is a pure heap of deadlines, one per key, where setting a key again
-replaces its deadline. :class:`Scheduler` is the one task per server that sleeps until
-the earliest deadline and calls back for each key that came due; adding an earlier
-deadline moves its wake-up, so nothing polls.
+replaces its deadline; its memory stays proportional to the live timers.
+:class:`Scheduler` is the one task per server that sleeps until the earliest deadline
+and calls back for each key that came due; adding an earlier deadline moves its
+wake-up, so nothing polls.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Hashable
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 import trio
@@ -51,16 +52,38 @@ def retry_delay(retry: int, jitter: float) -> float:
     return FIRST_RETRY_DELAY * 2.0 ** (retry - 1) * (1 + RETRY_JITTER * jitter)
 
 
+#: What a heap entry holds instead of its key once it is stale (its key was cancelled,
+#: or set earlier than the entry's place): it keeps no reference to the key (a closed
+#: Connection, say).
+_STALE: Final = object()
+
+#: A heap entry, ``[place, order, key, due]``: a list, so that it can change in place.
+#: ``place`` is where it sits in the heap and ``due`` the key's deadline, never earlier
+#: than ``place``. ``order`` is unique, so the heap never compares two keys.
+_Entry = list[Any]
+
+
 class Timers(Generic[K]):
-    """Deadlines by key; pure. Setting a key replaces its deadline."""
+    """Deadlines by key; pure. Setting a key replaces its deadline.
+
+    Memory stays proportional to the live timers. Setting a key to a deadline no earlier
+    than its entry's place in the heap (the usual case: a ping or an alarm re-armed for
+    later) only changes the entry's ``due``, in O(1): when the entry surfaces, it moves
+    down to its due time. Setting it earlier, or cancelling it, marks its entry stale (it
+    lets go of the key at once) and pushes a new one if need be; stale entries are
+    dropped as they surface, and the heap is rebuilt without them whenever they
+    outnumber the live ones. So the heap holds at most twice as many entries as there
+    are live timers, for an amortised O(1) more per operation.
+    """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, K]] = []
-        self._current: dict[K, tuple[float, int]] = {}
+        self._heap: list[_Entry] = []
+        self._live: dict[K, _Entry] = {}
+        self._stale = 0  # stale entries still in the heap
         self._counter = 0
 
     def __len__(self) -> int:
-        return len(self._current)
+        return len(self._live)
 
     @property
     def entries(self) -> int:
@@ -69,34 +92,64 @@ class Timers(Generic[K]):
 
     def set(self, key: K, deadline: float, *, earlier_only: bool = False) -> None:
         """Set ``key``'s deadline; with ``earlier_only``, only if it has none later."""
-        current = self._current.get(key)
-        if earlier_only and current is not None and current[0] <= deadline:
-            return
+        entry = self._live.get(key)
+        if entry is not None:
+            if earlier_only and entry[3] <= deadline:
+                return
+            if entry[0] <= deadline:  # its place in the heap still comes first
+                entry[3] = deadline
+                return
+            self._discard(entry)
         self._counter += 1
-        self._current[key] = (deadline, self._counter)
-        heapq.heappush(self._heap, (deadline, self._counter, key))
+        entry = [deadline, self._counter, key, deadline]
+        self._live[key] = entry
+        heapq.heappush(self._heap, entry)
 
     def cancel(self, key: K) -> None:
-        self._current.pop(key, None)  # its heap entry is skipped when it surfaces
+        """Forget ``key``'s deadline, if it has one; nothing refers to ``key`` after."""
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self._discard(entry)
 
     def next_deadline(self) -> float:
         """The earliest live deadline, or ``math.inf``."""
-        self._drop_stale()
-        return self._heap[0][0] if self._heap else math.inf
+        heap = self._heap
+        while heap:
+            top = heap[0]
+            if top[2] is _STALE:
+                heapq.heappop(heap)
+                self._stale -= 1
+            elif top[0] != top[3]:  # due later than its place: move it down to its time
+                self._counter += 1
+                top[0], top[1] = top[3], self._counter
+                heapq.heapreplace(heap, top)
+            else:
+                return float(top[0])
+        return math.inf
 
     def pop_due(self, now: float) -> list[K]:
         """Remove and return every key whose deadline is at or before ``now``, earliest first."""
         due: list[K] = []
         while self.next_deadline() <= now:
-            _, _, key = heapq.heappop(self._heap)
-            del self._current[key]
+            key = heapq.heappop(self._heap)[2]
+            del self._live[key]
             due.append(key)
+        if self._stale > len(self._live):
+            self._compact()
         return due
 
-    def _drop_stale(self) -> None:
-        heap = self._heap
-        while heap and self._current.get(heap[0][2], (0, -1))[1] != heap[0][1]:
-            heapq.heappop(heap)
+    def _discard(self, entry: _Entry) -> None:
+        """Mark ``entry`` stale: it lets go of its key now, and leaves the heap later."""
+        entry[2] = _STALE
+        self._stale += 1
+        if self._stale > len(self._live):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap without its stale entries (once they outnumber the live ones)."""
+        self._heap = [entry for entry in self._heap if entry[2] is not _STALE]
+        heapq.heapify(self._heap)
+        self._stale = 0
 
 
 class Scheduler(Generic[K]):

@@ -25,7 +25,8 @@ class ServerStatistics:
       receive_buffer_bytes: bytes of messages received in part (fragments waiting for
         the rest), over all connections; each within ``max_message_size``.
       timers: entries in the server's timer heap (alarms, idle sweeps, pings), live or
-        not yet discarded; stays proportional to the live timers (0 for a proxy).
+        not yet discarded: never more than twice the live timers, however often they
+        are re-armed or cancelled (0 for a proxy).
     """
 
     rooms: int

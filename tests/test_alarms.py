@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
+import random
 import time
+import weakref
 from functools import partial
 from pathlib import Path
 
@@ -49,6 +52,84 @@ def test_a_timer_set_earlier_only_never_moves_later() -> None:
     assert len(timers) == 0
 
 
+def test_a_timer_set_later_moves_in_place_and_surfaces_at_its_time() -> None:
+    timers = Timers[str]()
+    timers.set("a", 5)
+    for deadline in range(6, 1006):  # an alarm re-armed for later, per message
+        timers.set("a", deadline)
+    assert timers.entries == 1
+    assert timers.next_deadline() == 1005
+    assert timers.entries == 1  # moved down to its time, not copied
+    assert timers.pop_due(1004) == []
+    assert timers.pop_due(1005) == ["a"]
+    assert (timers.entries, len(timers)) == (0, 0)
+
+
+def test_stale_entries_never_outnumber_the_live_ones() -> None:
+    timers = Timers[str]()
+    for key in "abc":
+        timers.set(key, 100)
+    entries = []
+    for deadline in (90, 80, 70, 60):  # earlier each time: a new entry, the old one stale
+        timers.set("a", deadline)
+        entries.append(timers.entries)
+    assert entries == [4, 5, 6, 3]  # the fourth stale entry outnumbered the 3 live: rebuilt
+    entries = []
+    for key in "bca":
+        timers.cancel(key)
+        entries.append(timers.entries)
+    assert entries == [3, 1, 0]
+    assert timers.next_deadline() == math.inf
+
+
+def test_a_cancelled_key_is_not_referenced_by_the_timers() -> None:
+    class Key:
+        pass
+
+    timers = Timers[Key]()
+    kept = [Key(), Key(), Key()]
+    for key in kept:
+        timers.set(key, 10)
+    gone = Key()
+    ref = weakref.ref(gone)
+    timers.set(gone, 5)
+    timers.set(gone, 1)  # earlier: its first entry goes stale
+    timers.cancel(gone)
+    del gone
+    assert ref() is None
+    assert timers.entries == 5  # two stale entries (no more than the live), holding no key
+    assert timers.pop_due(10) == kept
+    assert timers.entries == 0
+
+
+def test_timers_match_a_model_and_stay_within_twice_the_live_ones() -> None:
+    rng = random.Random(12)
+    timers = Timers[int]()
+    model: dict[int, float] = {}
+    now = 0.0
+    for _ in range(20_000):
+        op = rng.random()
+        key = rng.randrange(50)
+        if op < 0.6:
+            deadline = now + rng.random() * 100
+            earlier_only = rng.random() < 0.2
+            timers.set(key, deadline, earlier_only=earlier_only)
+            if not (earlier_only and key in model and model[key] <= deadline):
+                model[key] = deadline
+        elif op < 0.9:
+            timers.cancel(key)
+            model.pop(key, None)
+        else:
+            now += rng.random() * 10
+            due = sorted((d, k) for k, d in model.items() if d <= now)
+            assert timers.pop_due(now) == [k for _, k in due]
+            for _, k in due:
+                del model[k]
+        assert len(timers) == len(model)
+        assert timers.entries <= 2 * len(model)
+        assert timers.next_deadline() == min(model.values(), default=math.inf)
+
+
 def test_retry_delays_double_from_two_seconds_with_bounded_jitter() -> None:
     assert [retry_delay(n, 0.0) for n in range(1, 7)] == [2, 4, 8, 16, 32, 64]
     assert retry_delay(1, 0.999) < 2.5
@@ -85,6 +166,20 @@ async def test_a_new_alarm_replaces_the_old_and_delete_cancels(
         await trio.sleep(60)  # virtual: nothing fires
         fired = await kv("get", key="fired")
         assert len(fired) == 1
+
+
+async def test_an_alarm_moved_later_fires_at_its_new_time_only(
+    start: Start, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start(KV)
+    async with open_client(f"{server.url}/a") as ws:
+        kv = Client(ws)
+        t0 = trio.current_time()
+        await kv("set_alarm", delay=10)
+        await kv("set_alarm", delay=100)  # later: its timer entry is moved, not copied
+        assert await receive_json(ws, 1000) == {"alarm": 0, "is_retry": False}
+        assert trio.current_time() - t0 == pytest.approx(100, abs=0.5)
+        assert len(await kv("get", key="fired")) == 1
 
 
 async def test_failing_alarm_retries_six_times_with_backoff(
@@ -208,3 +303,57 @@ def test_idle_timeout_must_be_positive() -> None:
     for wrong in (0, -1, True, "10"):
         with pytest.raises(ValueError, match="idle_timeout must be positive"):
             type("Bad", (roomkit.Room,), {"idle_timeout": wrong})
+
+
+class Reminder(roomkit.Room):
+    """docs/storage.md's Reminder, acknowledging each message so the test knows it ran."""
+
+    rate_limit = None
+
+    async def on_message(self, conn: roomkit.Connection, message: object) -> None:
+        await self.storage.put("note", message)
+        await self.storage.set_alarm(delay=3600)
+        conn.send("noted")
+
+
+async def test_rearming_an_alarm_per_message_holds_no_more_timers(start: Start) -> None:
+    server = await start(Reminder)
+    async with open_client(f"{server.url}/r") as ws:
+        for _ in range(20):  # 2,000 messages in all
+            for i in range(100):
+                await ws.send_message(f"note {i}")
+            with trio.fail_after(5):
+                for _ in range(100):
+                    assert await ws.get_message() == "noted"
+            # Live: the room's alarm and the connection's ping; at most as many stale.
+            assert server.statistics().timers <= 4
+    assert server.statistics().timers <= 2
+
+
+class Churn(roomkit.Room):
+    closed = 0
+    all_closed = trio.Event()
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Churn.closed += 1
+        if Churn.closed == 50:
+            Churn.all_closed.set()
+
+
+async def test_connections_that_close_leave_no_timers_behind(start: Start) -> None:
+    Churn.closed, Churn.all_closed = 0, trio.Event()
+    server = await start(Churn)
+    for i in range(50):
+        async with open_client(f"{server.url}/churn-{i % 5}"):
+            pass  # each armed its ping timer on opening
+    with trio.fail_after(5):
+        await Churn.all_closed.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    assert (server.statistics().timers, server.room_count) == (0, 0)
+    gc.collect()
+    left = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, roomkit.Connection) and o.request.room.startswith("churn-")
+    ]
+    assert left == []  # nothing keeps a closed connection alive
