@@ -7,14 +7,15 @@ for a bad room name, 404 for an unknown route) or handed to a room as a
 :class:`RoomTarget`.
 
 Routes: a single Room class serves ``/{name}``; a mapping ``{"/chat": ChatRoom}`` serves
-``/chat/{name}``. A room name is the percent-decoded last path segment: 1 to
-``MAX_ROOM_NAME`` printable characters, with no ``/``.
+``/chat/{name}``. A room name is the percent-decoded last path segment, in Unicode
+normalization form C: 1 to ``MAX_ROOM_NAME`` printable characters, with no ``/``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Final, Generic, TypeVar
@@ -37,6 +38,7 @@ __all__ = [
     "parse_head",
     "plain_response",
     "reason_phrase",
+    "room_name",
 ]
 
 #: Longest room name, in characters; a name is a key, not a document.
@@ -208,19 +210,28 @@ def plain_response(head: RequestHead, files: Mapping[str, Page]) -> Response:
     return Response(426, "Expected websocket", (("upgrade", "websocket"),))
 
 
-def room_name_error(segment: str) -> str | None:
-    """Why the raw path segment ``segment`` is not a valid room name, or None."""
+def room_name(segment: str) -> str | Response:
+    """The room named by the raw path segment ``segment``, or why it names none (400).
+
+    The name is percent-decoded as UTF-8, then put in Unicode normalization form C
+    (NFC): ``caf%C3%A9`` and ``cafe%CC%81`` both name the room ``"café"``, as they look
+    the same. The rules apply to that normal form.
+    """
     try:
-        name = unquote(segment, errors="strict")
+        name = unicodedata.normalize("NFC", unquote(segment, errors="strict"))
     except UnicodeDecodeError:
-        return "the room name is not valid UTF-8"
+        return _bad_room_name("the room name is not valid UTF-8")
     if not 1 <= len(name) <= MAX_ROOM_NAME:
-        return f"a room name must be 1 to {MAX_ROOM_NAME} characters long"
+        return _bad_room_name(f"a room name must be 1 to {MAX_ROOM_NAME} characters long")
     if "/" in name:
-        return "a room name cannot contain '/'"
+        return _bad_room_name("a room name cannot contain '/'")
     if not name.isprintable():
-        return "a room name must be printable characters (no control characters)"
-    return None
+        return _bad_room_name("a room name must be printable characters (no control characters)")
+    return name
+
+
+def _bad_room_name(problem: str) -> Response:
+    return Response(400, f"Bad room name: {problem}")
 
 
 class Router(Generic[T]):
@@ -262,15 +273,15 @@ class Router(Generic[T]):
         route = self._routes.get(prefix)
         if route is None:
             return Response(404, f"No room route for {path}")
-        problem = room_name_error(segment)
-        if problem is not None:
-            return Response(400, f"Bad room name: {problem}")
+        name = room_name(segment)
+        if isinstance(name, Response):
+            return name
         origin = head.headers.get("origin")
         if origin is not None and self._origins is not None:
             allowed = origin.strip().lower().rstrip("/") in self._origins
             if not allowed:
                 return Response(403, "Origin not allowed")
-        return RoomTarget(route, RoomId(prefix, unquote(segment)))
+        return RoomTarget(route, RoomId(prefix, name))
 
     def route_for(self, namespace: str) -> T | None:
         """The route serving rooms of ``namespace`` (a prefix), or None if none does."""

@@ -15,7 +15,7 @@ class Request:
 
     Attributes:
       path: the request path as sent, without the query (``"/chat/general"``).
-      room: the room's name: the percent-decoded last path segment.
+      room: the room's name: the percent-decoded last path segment, in Unicode NFC.
       query: the query parameters; a repeated name keeps its last value.
       headers: the request headers, names in lower case; repeated headers are joined
         with ``", "`` (``"; "`` for ``cookie``).

@@ -16,6 +16,7 @@ from roomkit._frontdoor import (
     Router,
     handshake_response,
     parse_head,
+    room_name,
 )
 from roomkit._roomid import RoomId
 
@@ -327,3 +328,28 @@ async def test_a_failure_of_the_front_door_ends_that_connection_only(
             assert (await ws.get_message()).startswith("/fine|fine|")
     _, _, page = await http(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     assert b'roomkit_handshakes_refused_total{reason="internal_error"} 1.0' in page
+
+
+def test_room_names_are_put_in_nfc() -> None:
+    router = Router("R")
+    nfc = RoomTarget("R", RoomId("", "caf\u00e9"))
+    assert router.route(head("/caf%C3%A9")) == nfc
+    assert router.route(head("/cafe%CC%81")) == nfc  # "e" and a combining acute accent
+    assert room_name("%E2%84%AB") == "\u00c5"  # the Angstrom sign: its NFC is Å
+    assert room_name("a" * 256 + "%CC%81") == "a" * 255 + "\u00e1"  # 257 decoded, 256 in NFC
+
+
+class Together(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        self.broadcast(f"{request.room} joined as {request.path}")
+
+
+async def test_one_name_in_two_unicode_forms_is_one_room(start: Start) -> None:
+    server = await start(Together)
+    async with open_client(f"{server.url}/caf%C3%A9") as nfc:
+        with trio.fail_after(5):
+            assert await nfc.get_message() == "caf\u00e9 joined as /caf%C3%A9"
+        async with open_client(f"{server.url}/cafe%CC%81"):
+            with trio.fail_after(5):
+                assert await nfc.get_message() == "caf\u00e9 joined as /cafe%CC%81"
+            assert server.room_count == 1
