@@ -71,7 +71,10 @@ class RequestHead:
 
 @attrs.frozen
 class Response:
-    """A plain HTTP response to send instead of opening a WebSocket."""
+    """A plain HTTP response to send instead of opening a WebSocket.
+
+    Every one goes out with ``connection: close`` and ``x-content-type-options: nosniff``.
+    """
 
     status: int
     body: str | bytes
@@ -85,6 +88,9 @@ class Response:
             ("content-type", self.content_type),
             ("content-length", str(len(body))),
             ("connection", "close"),
+            # A browser must take the body for what content-type says: a 404 echoes
+            # the path, which is not to be sniffed into HTML or script.
+            ("x-content-type-options", "nosniff"),
             *self.headers,
         ]
         lines = [f"HTTP/1.1 {self.status} {reason_phrase(self.status)}"]

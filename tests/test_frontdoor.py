@@ -353,3 +353,20 @@ async def test_one_name_in_two_unicode_forms_is_one_room(start: Start) -> None:
             with trio.fail_after(5):
                 assert await nfc.get_message() == "caf\u00e9 joined as /cafe%CC%81"
             assert server.room_count == 1
+
+
+async def test_every_plain_response_forbids_sniffing(start: Start) -> None:
+    server = await start({"/chat": Picky}, metrics=True)
+    websocket = b"Host: x\r\n" + UPGRADE + b"\r\n"
+    for request in (
+        b"GET /chat/%3Cscript%3E/x HTTP/1.1\r\n" + websocket,  # 404, echoing the path
+        b"GET /chat/%FF HTTP/1.1\r\n" + websocket,  # 400
+        b"GET /chat/r?status=451 HTTP/1.1\r\n" + websocket,  # the room's Reject
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /roomkit.js HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /chat/r HTTP/1.1\r\nHost: x\r\n\r\n",  # 426
+        b"not http\r\n\r\n",  # 400
+    ):
+        status, headers, _ = await http(server.port, request)
+        assert headers["x-content-type-options"] == "nosniff", (status, request)
