@@ -154,7 +154,7 @@ _ROOM_COUNTERS = (
     (
         "internal_errors",
         "roomkit_internal_errors",
-        "Failures of roomkit's own code serving a connection or handling an event.",
+        "Failures of roomkit's own code serving a connection, an event or a timer.",
     ),
 )
 

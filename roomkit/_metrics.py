@@ -122,8 +122,8 @@ class RoomMetrics:
       alarms_retried: failed ``on_alarm`` calls scheduled to run again.
       cut: connections closed by roomkit, by reason.
       internal_errors: failures of roomkit's own code while serving one of these rooms'
-        connections or handling one of their events (a bug: each is logged with its
-        traceback); each ended only what it was serving.
+        connections, handling one of their events or running one of their timers (a
+        bug: each is logged with its traceback); each ended only what it was serving.
       hooks: the durations of hook calls, in seconds, by hook name.
     """
 

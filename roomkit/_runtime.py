@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -220,6 +220,29 @@ class Runtime:
         self._room_gone.set()
 
     def _fire(self, key: TimerKey) -> None:
+        """Run what the timer ``key`` is for, in the scheduler's task.
+
+        A failure of roomkit's own (a bug) ends what the timer was about only: a ping's
+        connection is closed with 1011; the scheduler goes on with every other timer.
+        """
+        try:
+            self._run_timer(key)
+        except Exception:
+            self._timer_failed(key)
+
+    def _timer_failed(self, key: TimerKey) -> None:
+        """Log and count a timer that failed; called from an ``except`` block."""
+        kind, subject = key
+        fields: dict[str, Any] = {"room": str(subject)}
+        if isinstance(subject, Connection):
+            fields = subject._log_fields()
+            subject._metrics.internal_errors += 1
+            subject._cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
+        elif isinstance(subject, RoomId) and (route := self._router.route_for(subject.namespace)):
+            self.metrics.room(route).internal_errors += 1
+        logger.exception("room %s: %s timer failed", fields["room"], kind, extra=fields)
+
+    def _run_timer(self, key: TimerKey) -> None:
         kind, subject = key
         if kind == "ping":
             assert isinstance(subject, Connection)

@@ -23,7 +23,7 @@ from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
 
 from .apps import KV
-from .helpers import Start, open_client, receive_json
+from .helpers import Start, expect_close, open_client, receive_json
 from .test_storage import Client
 
 
@@ -357,3 +357,44 @@ async def test_connections_that_close_leave_no_timers_behind(start: Start) -> No
         if isinstance(o, roomkit.Connection) and o.request.room.startswith("churn-")
     ]
     assert left == []  # nothing keeps a closed connection alive
+
+
+class Pinged(roomkit.Room):
+    ping_interval = 20
+
+    async def on_message(self, conn: roomkit.Connection, message: object) -> None:
+        conn.send(f"{self.name}: {message}")
+
+
+async def test_a_failing_timer_ends_what_it_was_about_only(
+    start: Start,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    heartbeat = roomkit.Connection._heartbeat
+
+    def broken(conn: roomkit.Connection) -> None:
+        if conn.request.room == "doomed":
+            raise RuntimeError("a bug in the ping")
+        heartbeat(conn)
+
+    monkeypatch.setattr(roomkit.Connection, "_heartbeat", broken)
+    server = await start(Pinged)
+    async with open_client(f"{server.url}/doomed") as doomed, open_client(f"{server.url}/r") as ws:
+        t0 = trio.current_time()
+        close = await expect_close(doomed, within=100)
+        assert (close.code, close.reason) == (1011, "Internal error")
+        assert trio.current_time() - t0 == pytest.approx(20, abs=0.5)
+        await trio.sleep(60)  # virtual: three more pings, each answered by the client
+        await ws.send_message("still here")
+        with trio.fail_after(1):
+            assert await ws.get_message() == "r: still here"
+    [failed] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert (failed.name, failed.getMessage()) == (
+        "roomkit.server",
+        "room /doomed: ping timer failed",
+    )
+    assert failed.exc_info is not None and str(failed.exc_info[1]) == "a bug in the ping"
+    assert server._runtime is not None
+    assert server._runtime.metrics.rooms["Pinged"].internal_errors == 1
