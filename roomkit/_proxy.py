@@ -28,7 +28,6 @@ import itertools
 import logging
 import math
 import secrets
-from http import HTTPStatus
 from typing import Any, Final
 
 import attrs
@@ -355,11 +354,11 @@ def _door(head: RequestHead | Response, files: dict[str, Response]) -> Response 
 def _passed_on(refusal: trio_websocket.ConnectionRejected) -> Response:
     """The response that passes the backend's refusal on to the client.
 
-    A status that is not an HTTP error, or that ``http.HTTPStatus`` does not name (and
-    ``Response`` cannot yet write), becomes 502.
+    Every HTTP error status passes, those ``http.HTTPStatus`` does not name (499) with
+    their class's phrase; a status that is not an HTTP error becomes 502.
     """
     status = refusal.status_code
-    if not 400 <= status <= 599 or status not in HTTPStatus._value2member_map_:
+    if not 400 <= status <= 599:
         return Response(502, f"Bad gateway: the backend answered {status}")
     return Response(status, refusal.body or b"")
 

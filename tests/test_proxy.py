@@ -286,8 +286,6 @@ async def fake_backend(nursery: trio.Nursery, answer: bytes) -> str:
 @pytest.mark.parametrize(
     ("answer", "status"),
     [
-        # A status http.HTTPStatus does not know: 502, until Response can write it.
-        (b"HTTP/1.1 499 Client Closed Request\r\nContent-Length: 2\r\n\r\nno", 502),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", 502),  # no upgrade headers
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 502),  # not a refusal
         (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", 502),  # not HTTP
@@ -301,6 +299,14 @@ async def test_a_backend_that_answers_nonsense_is_502_and_others_are_served(
     assert (await upgrade(odd.port))[0] == status  # the same proxy, still there
     backend = await start(Backend)
     await still_serving(await start_proxy(nursery, backend.url))
+
+
+async def test_a_refusal_with_a_status_http_does_not_name_is_passed_on(
+    nursery: trio.Nursery,
+) -> None:
+    answer = b"HTTP/1.1 499 Client Closed Request\r\nContent-Length: 2\r\n\r\nno"
+    front = await start_proxy(nursery, await fake_backend(nursery, answer))
+    assert await upgrade(front.port) == (499, b"no")
 
 
 async def test_an_error_in_one_connection_ends_only_that_one(
