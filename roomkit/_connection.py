@@ -33,6 +33,7 @@ import contextlib
 import enum
 import itertools
 import json
+import math
 import os
 import secrets
 from typing import TYPE_CHECKING, Any, Final
@@ -318,13 +319,19 @@ class Connection:
         self._queue.clear()
         self._queued = 0
         self._pong = None
-        self._serve_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
         self._queue_close(CloseConnection(CloseCode.POLICY_VIOLATION, "slow consumer"))
 
     def _queue_close(self, frame: CloseConnection) -> None:
-        """Have the writer send ``frame`` once the queue is out; whatever the state."""
+        """Have the writer send ``frame`` once the queue is out; whatever the state.
+
+        The peer has ``CLOSE_TIMEOUT`` to take what is queued and the close frame: one
+        that stopped reading (a flooder cut off, say) is dropped then, instead of
+        holding its connection for as long as it likes.
+        """
         self.state = ConnectionState.CLOSING
         self._close_frame = frame
+        deadline = trio.current_time() + CLOSE_TIMEOUT
+        self._serve_scope.deadline = min(self._serve_scope.deadline, deadline)
         self._wakeup.set()
 
     def _enqueue(self, frame: bytes) -> None:
@@ -485,6 +492,7 @@ class Connection:
             data = self._ws.send(frame)
             await self._stream.send_all(data)
             self._metrics.bytes_sent += len(data)
+        self._serve_scope.deadline = math.inf  # the frame is out: the peer took it
         if self._ws.state is WSState.LOCAL_CLOSING:
             # We closed first: wait for the peer's answer, but not for ever.
             self._read_scope.deadline = trio.current_time() + CLOSE_TIMEOUT

@@ -24,6 +24,7 @@ from wsproto.events import CloseConnection, Pong, TextMessage
 
 import roomkit
 from roomkit._limits import (
+    CLOSE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_MESSAGE_SIZE,
     RATE_LIMIT,
@@ -404,3 +405,30 @@ def test_rooms_take_their_defaults_from_the_limits_module() -> None:
         "code": "rate_limited",
         "message": "too many messages: this one was dropped",
     }
+
+
+class Bulky(roomkit.Room):
+    """Answers each message with 64 KiB: a peer that does not read soon fills its socket."""
+
+    rate_limit = roomkit.RateLimit(per_second=1, burst=8)
+    closed: ClassVar[trio.Event] = trio.Event()
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send("x" * 65536)
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Bulky.closed.set()
+
+
+async def test_a_flooder_that_does_not_read_is_dropped_after_the_close_timeout(
+    start: Start,
+) -> None:
+    Bulky.closed = trio.Event()
+    server = await start(Bulky)
+    stream, ws = await raw_handshake(server.port, "/r", receive_buffer=4096)
+    async with stream:
+        # 8 replies (512 KiB) the socket cannot take, then a flood: cut with 1008, its
+        # close frame stuck behind them. It never reads: it is dropped, not kept.
+        await stream.send_all(ws.send(TextMessage(data="m")) * 100)
+        with trio.fail_after(CLOSE_TIMEOUT + 5):
+            await Bulky.closed.wait()
