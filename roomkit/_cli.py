@@ -215,11 +215,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _listening_options(options: EnvOptions) -> None:
+    """Where ``serve`` and ``proxy`` listen: ``--host`` and ``--port``."""
+    options.add("--host", group="listening", default="127.0.0.1", help="address to listen on")
+    options.add(
+        "--port", group="listening", default=8080, parse=port, help="port; 0 picks a free one"
+    )
+
+
+def _logging_options(options: EnvOptions) -> None:
+    """How ``serve`` and ``proxy`` log: ``--log-level`` and ``--log-json``."""
+    options.add(
+        "--log-level",
+        group="operations",
+        default="info",
+        parse=log_level,
+        metavar="LEVEL",
+        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)}",
+    )
+    options.add(
+        "--log-json", group="operations", default=False, help="log one JSON object per line"
+    )
+
+
 def _proxy_options(options: EnvOptions) -> EnvOptions:
     """``roomkit proxy``'s options: one ``options.add`` each."""
     add = options.add
-    add("--host", group="listening", default="127.0.0.1", help="address to listen on")
-    add("--port", group="listening", default=8080, parse=port, help="port; 0 picks a free one")
+    _listening_options(options)
     add(
         "--handshake-timeout",
         group="limits",
@@ -254,23 +276,14 @@ def _proxy_options(options: EnvOptions) -> EnvOptions:
         help="each client's messages (and pings) a second, and bursts; beyond, a message is "
         "dropped with an error, and a client that keeps on is closed with 1008; off for none",
     )
-    add(
-        "--log-level",
-        group="operations",
-        default="info",
-        parse=log_level,
-        metavar="LEVEL",
-        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)}",
-    )
-    add("--log-json", group="operations", default=False, help="log one JSON object per line")
+    _logging_options(options)
     return options
 
 
 def _serve_options(options: EnvOptions) -> EnvOptions:
     """``roomkit serve``'s options: one ``options.add`` each."""
     add = options.add
-    add("--host", group="listening", default="127.0.0.1", help="address to listen on")
-    add("--port", group="listening", default=8080, parse=port, help="port; 0 picks a free one")
+    _listening_options(options)
     add(
         "--certfile",
         group="TLS",
@@ -348,15 +361,7 @@ def _serve_options(options: EnvOptions) -> EnvOptions:
         default=False,
         help="serve Prometheus metrics at GET /metrics (see docs/observability.md)",
     )
-    add(
-        "--log-level",
-        group="operations",
-        default="info",
-        parse=log_level,
-        metavar="LEVEL",
-        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)}",
-    )
-    add("--log-json", group="operations", default=False, help="log one JSON object per line")
+    _logging_options(options)
     return options
 
 
