@@ -83,7 +83,15 @@ class Committer:
             else:
                 ok = True
             self._metrics.commits.observe(trio.current_time() - started)
-            for _, _, done, _ in batch:
-                done(ok)
-            for after in dict.fromkeys(after for _, _, _, after in batch):
-                after()
+            for room, _, done, _ in batch:
+                self._report(room, done, ok)
+            for after, room in {after: room for room, _, _, after in batch}.items():
+                self._report(room, after)
+
+    def _report(self, room: RoomId, callback: Callable[..., None], *args: bool) -> None:
+        """Call one room's ``callback``: a bug in it ends that room's wait, not the
+        committer (every room's commits would stop with it)."""
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("room %s: releasing a commit failed", room, extra={"room": str(room)})

@@ -28,8 +28,7 @@ from roomkit.storage._changes import lookup, merge, merge_listing
 from roomkit.storage._sqlite import SQLiteCore
 
 from .apps import KV
-from .helpers import Start, open_client, receive_json
-from .test_connection import raw_handshake
+from .helpers import Start, open_client, raw_handshake, receive_json
 
 ROOM = RoomId("", "r")
 
@@ -499,3 +498,35 @@ def test_a_merged_batch_applies_like_its_parts(tmp_path: Path) -> None:
     )
     assert core.list(ROOM, KeyRange(), False, None) == [("c", "1")]
     core.close()
+
+
+class Counter(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        count = await self.storage.get("count", 0) + 1
+        await self.storage.put("count", count)
+        conn.send(str(count))
+
+
+async def test_a_bug_releasing_one_rooms_commit_spares_the_committer(
+    start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from roomkit._gate import OutputGate
+
+    release = OutputGate.release
+    broken = {"once": True}
+
+    def release_once_broken(self: OutputGate) -> None:
+        if broken.pop("once", False):
+            raise RuntimeError("a bug in roomkit")
+        release(self)
+
+    monkeypatch.setattr(OutputGate, "release", release_once_broken)
+    server = await start(Counter)
+    async with open_client(f"{server.url}/first") as first:
+        await first.send_message("x")  # the first commit's release raises
+        async with open_client(f"{server.url}/second") as second:
+            for expected in ("1", "2"):
+                await second.send_message("x")
+                with trio.fail_after(5):
+                    assert await second.get_message() == expected
+    assert "releasing a commit failed" in caplog.text
