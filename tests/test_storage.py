@@ -372,6 +372,10 @@ async def test_serve_refuses_a_storage_file_that_another_server_holds(
             f"the storage file {db} is in use by another server (pid {os.getpid()}, this "
             f"process), which holds {db}.roomkit.lock; one server per storage file"
         )
+        link = tmp_path / "link.sqlite3"  # the same database, by another path
+        link.symlink_to(db)
+        with pytest.raises(roomkit.StorageError, match="in use by another server"):
+            await nursery.start(partial(roomkit.serve, KV, port=0, storage=link))
         # Only the server's user may open it: whoever can open it can flock it.
         assert os.stat(f"{db}.roomkit.lock").st_mode & 0o777 == 0o600
         for _ in range(2):  # ":memory:" takes no lock

@@ -47,7 +47,8 @@ class LockFile:
           StorageError: another server holds the lock (the message names the database
             and the holder's pid), or the lock file cannot be opened or locked.
         """
-        path = os.fspath(database) + LOCK_SUFFIX
+        # Beside the file the path leads to: through a symlink, it is the same database.
+        path = os.path.realpath(database) + LOCK_SUFFIX
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
         except OSError as exc:
