@@ -44,6 +44,13 @@ async def test_the_demo_chat_in_memory() -> None:
             assert room.users() == ["ann"]
 
 
+async def test_a_room_is_found_by_any_unicode_form_of_its_name() -> None:
+    async with open_test_server(ChatRoom) as server, server.connect("/caf%C3%A9?userId=a") as a:
+        await a.receive()
+        room = server.room("cafe\u0301")  # NFD: the same room, as the router names it
+        assert room is not None and room.name == "caf\u00e9"
+
+
 async def test_raw_text_and_bytes_and_error_replies() -> None:
     async with open_test_server(ChatRoom) as server, server.connect("/x?userId=ann") as ann:
         await ann.receive()

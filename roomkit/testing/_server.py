@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -136,7 +137,7 @@ class TestServer:
             a mapping of routes; ``""`` with a single Room class.
         """
         _check_name(name)
-        return self._runtime.live_room(RoomId(route, name))
+        return self._runtime.live_room(_room_id(route, name))
 
     async def hibernate(self, name: str, route: str = "") -> None:
         """Hibernate room ``name`` now, however recent its last event, and return once
@@ -151,7 +152,7 @@ class TestServer:
           LookupError: if the room is not live.
         """
         _check_name(name)
-        if not await self._runtime.hibernate(RoomId(route, name)):
+        if not await self._runtime.hibernate(_room_id(route, name)):
             raise LookupError(f"room {_describe(route, name)} is not live")
 
     async def fire_alarm(self, name: str, route: str = "") -> None:
@@ -169,7 +170,7 @@ class TestServer:
         _check_name(name)
         await trio.testing.wait_all_tasks_blocked()  # what was sent before goes first
         try:
-            await self._runtime.run_alarm_now(RoomId(route, name))
+            await self._runtime.run_alarm_now(_room_id(route, name))
         except LookupError as exc:  # name the room as the test did
             raise LookupError(f"room {_describe(route, name)} {exc}") from None
         await trio.testing.wait_all_tasks_blocked()
@@ -317,3 +318,8 @@ def _check_name(name: str) -> None:
             f'{name!r} is a path: give the room\'s name ("lobby"), and its route prefix '
             'as route= ("/chat") when rooms are served under prefixes'
         )
+
+
+def _room_id(route: str, name: str) -> RoomId:
+    """The room ``name`` under ``route``, its name in NFC as the router puts it."""
+    return RoomId(route, unicodedata.normalize("NFC", name))
