@@ -324,14 +324,16 @@ class Connection:
     def _queue_close(self, frame: CloseConnection) -> None:
         """Have the writer send ``frame`` once the queue is out; whatever the state.
 
-        The peer has ``CLOSE_TIMEOUT`` to take what is queued and the close frame: one
-        that stopped reading (a flooder cut off, say) is dropped then, instead of
-        holding its connection for as long as it likes.
+        A peer that roomkit cuts off has ``CLOSE_TIMEOUT`` to take what is queued and
+        the close frame: one that stopped reading (a flooder, say) is dropped then,
+        instead of holding its connection for as long as it likes. A room's own close
+        waits for a slow reader, as its sends do.
         """
         self.state = ConnectionState.CLOSING
         self._close_frame = frame
-        deadline = trio.current_time() + CLOSE_TIMEOUT
-        self._serve_scope.deadline = min(self._serve_scope.deadline, deadline)
+        if self._cut_reason is not None:
+            deadline = trio.current_time() + CLOSE_TIMEOUT
+            self._serve_scope.deadline = min(self._serve_scope.deadline, deadline)
         self._wakeup.set()
 
     def _enqueue(self, frame: bytes) -> None:
@@ -396,7 +398,10 @@ class Connection:
             log_failed(self._log_fields)
             self._metrics.internal_errors += 1
             self._count_cut("internal_error")
-            if opened and self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
+            # Not if a write was cut short, or a frame's tail waits: mid-frame, a close
+            # frame would corrupt the stream.
+            idle = not self._writing and not self._queue
+            if opened and idle and self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
                 frame = CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error")
                 gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
                 with trio.move_on_after(CLOSE_TIMEOUT), gone:
