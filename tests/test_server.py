@@ -246,4 +246,5 @@ async def test_a_restart_acknowledges_every_write_it_committed(tmp_path: Any) ->
         )
     finally:
         await store.aclose()
-    assert acked == {key for key, _ in stored}
+    assert acked  # some writes were handled before the restart...
+    assert acked == {key for key, _ in stored}  # ...and exactly those were stored
