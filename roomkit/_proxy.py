@@ -383,6 +383,7 @@ async def _client_to_backend(
                 close = await _from_client(client, upstream, event)
                 if close is not None:
                     await _close_both(client, upstream, *close)
+                    await _await_answer(client)
                     done.cancel()
                     return
     except (*_GONE, trio_websocket.ConnectionClosed):
@@ -445,12 +446,31 @@ async def _backend_to_client(
             message = await upstream.get_message()
             await client.write(encode_message(message))
     except trio_websocket.ConnectionClosed as closed:
+        ws = client.ws
+        if ws is not None and ws.state is WSState.LOCAL_CLOSING:
+            return  # the proxy closed first: the other pump waits for the client's answer
         reason = closed.reason
         code = reason.code if reason is not None else CloseCode.ABNORMAL_CLOSURE
         await _close_both(client, upstream, code, (reason.reason or "") if reason else "")
     except _GONE:
         await _close_both(client, upstream, CloseCode.ABNORMAL_CLOSURE, "")
     done.cancel()
+
+
+async def _await_answer(client: _Client) -> None:
+    """After a close the proxy sent first (a flood, a message too big), read and drop
+    what the client still sends until its answer: closed with data unread, its socket
+    would be reset, and the client would see 1006 instead of the close."""
+    ws = client.ws
+    assert ws is not None
+    with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(*_GONE):
+        while ws.state is WSState.LOCAL_CLOSING:
+            data = await client.stream.receive_some(_RECEIVE_BYTES)
+            if not data:
+                return
+            ws.receive_data(data)
+            for _ in ws.events():
+                pass
 
 
 async def _close_both(

@@ -424,6 +424,22 @@ async def test_the_rate_limit_drops_with_the_servers_error_then_closes_a_flood(
     assert Backend.closed == [(1008, "rate limit exceeded")]
 
 
+async def test_a_flooder_cut_by_the_proxy_gets_its_close_not_a_reset(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url, rate_limit=roomkit.RateLimit(10, 20))
+    async with open_client(f"{front.url}/r") as ws:
+        try:
+            for i in range(200):  # sent faster than the proxy reads them: some are unread
+                await ws.send_message(str(i))
+            _, reason = await read_until_close(ws)
+        except trio_websocket.ConnectionClosed as closed:  # closed while still sending
+            assert closed.reason is not None
+            reason = closed.reason
+    assert (reason.code, reason.reason) == (1008, "rate limit exceeded")
+
+
 async def test_pings_take_tokens_and_one_without_a_token_is_not_answered(
     start: Start, nursery: trio.Nursery, mock_clock: trio.testing.MockClock
 ) -> None:
