@@ -167,11 +167,11 @@ class RoomActor:
             conn._drain()
         self._post_soon(Drain(CloseConnection(code, reason)))
 
-    def close_now(self, code: CloseCode, reason: str) -> None:
-        """Close every connection with ``code`` at once, ahead of what the room holds
-        for it: the end of a drain that ran out of time."""
+    def close_now(self, frame: CloseConnection) -> None:
+        """Close every connection with ``frame`` at once, ahead of what the room holds
+        for it: the end of a drain that ran out of time, or one that failed."""
         for conn in list(self._connections):
-            conn._push(CloseConnection(code, reason))
+            conn._push(frame)
 
     def close_behind(self, conns: Sequence[Connection], frame: CloseConnection) -> None:
         """Close ``conns`` with ``frame`` after what the room has released or still holds
@@ -475,8 +475,7 @@ class RoomActor:
             event.conn._push(event.frame)  # the close it was for, without waiting
         elif isinstance(event, Drain):
             self._drained = True
-            for conn in list(self._connections):
-                conn._push(event.frame)
+            self.close_now(event.frame)
         elif isinstance(event, Alarm) and event.done is not None:
             event.done.set()
 

@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import itertools
 import json
 import math
 import os
-import secrets
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -48,6 +46,7 @@ from ._connlog import log_closed, log_failed, log_opened, log_refused
 from ._errors import DecodeError
 from ._frames import encode_message
 from ._frontdoor import Response
+from ._ids import connection_id
 from ._limits import CLOSE_TIMEOUT, RATE_LIMITED, MessageAssembler, MessageTooBig
 from ._logs import format_address
 from ._metrics import CutReason
@@ -70,11 +69,6 @@ RECEIVE_BYTES: Final = 64 * 1024
 MAX_ATTACHMENT: Final = 16 * 1024
 #: Longest close reason in bytes (a control frame's payload is at most 125 bytes).
 MAX_CLOSE_REASON: Final = 123
-
-
-#: Connection ids: this process's random prefix, then a counter (see Connection.id).
-_PROCESS_PREFIX: Final = secrets.token_hex(4)
-_numbers = itertools.count(1)
 
 
 class ConnectionState(enum.Enum):
@@ -140,7 +134,7 @@ class Connection:
         accept: bytes,
         request: Request,
     ) -> None:
-        self.id: Final = f"{_PROCESS_PREFIX}-{next(_numbers):x}"
+        self.id: Final = connection_id()
         self.request: Final = request
         #: CONNECTING until its on_connect starts, OPEN, CLOSING once a close frame is
         #: queued or received, CLOSED when its TCP connection is gone.

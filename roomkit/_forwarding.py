@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._frontdoor import RequestHead
+from ._frontdoor import RequestHead, list_elements
 
 __all__ = ["FORWARDED_HEADERS", "forwarded_headers", "forwarding_error", "subprotocols"]
 
@@ -62,8 +62,7 @@ def forwarded_headers(head: RequestHead, remote_host: str | None) -> list[tuple[
 
 def subprotocols(head: RequestHead) -> list[str]:
     """The subprotocols the client offers, in its order of preference."""
-    offered = head.headers.get("sec-websocket-protocol", "")
-    return [p.strip(" \t") for p in offered.split(",") if p.strip(" \t")]
+    return list_elements(head.headers.get("sec-websocket-protocol", ""))
 
 
 def _printable(text: str, *, space: bool) -> bool:

@@ -35,6 +35,7 @@ __all__ = [
     "Router",
     "handshake_response",
     "is_token_list",
+    "list_elements",
     "parse_head",
     "plain_response",
     "reason_phrase",
@@ -195,8 +196,14 @@ def handshake_response(head: RequestHead) -> bytes | Response:
 def is_token_list(value: str) -> bool:
     """Whether ``value`` is a comma-separated list of one or more HTTP tokens (RFC 7230),
     with optional spaces or tabs around each; empty elements are ignored."""
-    tokens = [part.strip(" \t") for part in value.split(",")]
-    return any(tokens) and all(_TOKEN_CHARS.issuperset(token) for token in tokens)
+    tokens = list_elements(value)
+    return bool(tokens) and all(_TOKEN_CHARS.issuperset(token) for token in tokens)
+
+
+def list_elements(value: str) -> list[str]:
+    """The elements of a comma-separated header value (RFC 7230 section 7), in order,
+    without the spaces or tabs around them; empty elements are left out."""
+    return [element for part in value.split(",") if (element := part.strip(" \t"))]
 
 
 #: What a plain GET of a path gets: a fixed response, or a function that makes one.

@@ -24,10 +24,8 @@ the ``roomkit.proxy`` logger and counted; it never reaches the proxy's own nurse
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
-import secrets
 from typing import Any, Final
 
 import attrs
@@ -46,6 +44,7 @@ from ._errors import first_leaf
 from ._forwarding import forwarded_headers, forwarding_error, subprotocols
 from ._frames import encode_message
 from ._frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
+from ._ids import connection_id
 from ._limits import (
     CLOSE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
@@ -82,10 +81,6 @@ _BACKEND_NONSENSE: Final = (
 _GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 #: The close for a client that keeps sending into an empty token bucket, as a server's.
 _FLOODED: Final = (int(CloseCode.POLICY_VIOLATION), "rate limit exceeded")
-
-#: Connection ids, as a server's (see Connection.id): a random prefix, then a counter.
-_PROCESS_PREFIX: Final = secrets.token_hex(4)
-_numbers = itertools.count(1)
 
 
 @attrs.frozen
@@ -167,7 +162,7 @@ class _Client:
     """One client's TCP connection through the proxy: what it holds, and its writes."""
 
     def __init__(self, stream: trio.SocketStream, limits: _Limits) -> None:
-        self.id: Final = f"{_PROCESS_PREFIX}-{next(_numbers):x}"
+        self.id: Final = connection_id()
         self.stream: Final = stream
         self.remote: Final = remote_address(stream)
         self.target: str | None = None  # once its request head is read

@@ -19,6 +19,7 @@ import attrs
 import trio
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
+from wsproto.events import CloseConnection
 
 from ._accept import remote_address
 from ._actor import RoomActor
@@ -137,7 +138,7 @@ class Runtime:
             await self._rooms_gone()
         with trio.move_on_at(deadline) as drain:
             for actor in list(self._rooms.values()):
-                actor.close_now(code, reason)
+                actor.close_now(CloseConnection(code, reason))
             await self._rooms_gone()
         if drain.cancelled_caught:
             logger.warning(
