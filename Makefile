@@ -20,6 +20,7 @@ test: lint typecheck pytest
 lint: $(STAMP)
 	$(BIN)/ruff check roomkit _roomkit_pytestplugin.py tests examples benchmarks
 	$(BIN)/ruff format --check roomkit _roomkit_pytestplugin.py tests examples benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict roomkit _roomkit_pytestplugin.py

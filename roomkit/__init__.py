@@ -11,6 +11,7 @@ from ._client import connect as connect
 from ._closecodes import CloseCode as CloseCode
 from ._connection import Connection as Connection
 from ._connection import ConnectionState as ConnectionState
+from ._core.ratelimit import RateLimit as RateLimit
 from ._errors import ClientClosed as ClientClosed
 from ._errors import DecodeError as DecodeError
 from ._errors import Reject as Reject
@@ -19,7 +20,6 @@ from ._errors import StorageError as StorageError
 from ._protocol import Protocol as Protocol
 from ._protocol import converter as converter
 from ._proxy import proxy as proxy
-from ._ratelimit import RateLimit as RateLimit
 from ._request import Request as Request
 from ._room import Room as Room
 from ._server import Server as Server

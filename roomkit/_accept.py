@@ -10,7 +10,7 @@ from typing import Final, TypeVar
 
 import trio
 
-from ._frontdoor import Response
+from ._core.frontdoor import Response
 from ._metrics import RefusalReason
 
 __all__ = ["MAX_HEAD", "accept_loop", "read_head", "read_request", "remote_address"]

@@ -35,16 +35,16 @@ from wsproto.events import CloseConnection
 from ._alarms import MAX_RETRIES, AlarmInfo, retry_delay
 from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
+from ._core.frames import encode_message
+from ._core.tags import TagIndex
 from ._errors import Reject, RoomkitError
 from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, Message
-from ._frames import encode_message
 from ._gate import Outbox, OutputGate
 from ._metrics import RefusalReason
 from ._room import Room
 from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
 from ._storage import Storage
-from ._tags import TagIndex
 from .storage import AlarmWrite, Changes
 
 __all__ = ["HookName", "RoomActor"]

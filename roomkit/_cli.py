@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import trio
 
+from ._core.limits import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
 from ._envoptions import (
     EnvOptions,
     UsageError,
@@ -33,7 +34,6 @@ from ._envoptions import (
     seconds,
 )
 from ._errors import StorageError, first_leaf
-from ._limits import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
 from ._logs import configure_logging
 from ._proxy import proxy
 from ._room import Room

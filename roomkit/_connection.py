@@ -43,17 +43,17 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 
 from ._closecodes import CloseCode
 from ._connlog import log_closed, log_failed, log_opened, log_refused
+from ._core.frames import encode_message
+from ._core.frontdoor import Response
+from ._core.limits import CLOSE_TIMEOUT, RATE_LIMITED, MessageAssembler, MessageTooBig
+from ._core.ratelimit import Verdict
+from ._core.tags import validate_tags
 from ._errors import DecodeError
-from ._frames import encode_message
-from ._frontdoor import Response
 from ._ids import connection_id
-from ._limits import CLOSE_TIMEOUT, RATE_LIMITED, MessageAssembler, MessageTooBig
 from ._logs import format_address
 from ._metrics import CutReason
 from ._protocol import error_message
-from ._ratelimit import Verdict
 from ._request import Request
-from ._tags import validate_tags
 
 if TYPE_CHECKING:
     from ._actor import RoomActor

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from ._ratelimit import RateLimit
+from ._core.ratelimit import RateLimit
 
 __all__ = [
     "EnvOptions",

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
-from ._frontdoor import Response
+from ._core.frontdoor import Response
 from ._metrics import Histogram, Metrics
 
 __all__ = ["CONTENT_TYPE", "LiveRoom", "MetricsCollector", "metrics_page"]

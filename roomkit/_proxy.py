@@ -6,11 +6,11 @@ matter, and pumps frames both ways. Each pair lives in its own nursery, so eithe
 ending ends both.
 
 What the client gets when things go wrong: plain HTTP → 426 (``/roomkit.js`` and
-``/healthz`` are served); a request the proxy will not pass on (see ``_forwarding``)
+``/healthz`` are served); a request the proxy will not pass on (see ``_core.forwarding``)
 → 400; a backend that cannot be reached or answers nonsense → 502; a backend that
 refuses the handshake → its status and body, passed through.
 
-Each client gets the limits a server would give it (``_limits``): messages of at most
+Each client gets the limits a server would give it (``_core.limits``): messages of at most
 ``max_message_size`` bytes (1009 beyond), the same token bucket (a dropped message is
 answered with the server's ``rate_limited`` error, a flood closed with 1008), at most
 ``max_connections`` WebSockets at once (503 beyond), and ``handshake_timeout`` to send
@@ -40,12 +40,10 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from ._accept import accept_loop, read_head, remote_address
 from ._closecodes import CloseCode
-from ._errors import first_leaf
-from ._forwarding import forwarded_headers, forwarding_error, subprotocols
-from ._frames import encode_message
-from ._frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
-from ._ids import connection_id
-from ._limits import (
+from ._core.forwarding import forwarded_headers, forwarding_error, subprotocols
+from ._core.frames import encode_message
+from ._core.frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
+from ._core.limits import (
     CLOSE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
@@ -56,8 +54,10 @@ from ._limits import (
     MessageTooBig,
     byte_length,
 )
+from ._core.ratelimit import RateLimit, TokenBucket, Verdict
+from ._errors import first_leaf
+from ._ids import connection_id
 from ._logs import format_address
-from ._ratelimit import RateLimit, TokenBucket, Verdict
 from ._server import Server
 from ._static import static_files
 from ._statistics import ServerStatistics

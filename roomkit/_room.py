@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._closecodes import CloseCode
-from ._limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
+from ._core.limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
+from ._core.ratelimit import RateLimit
 from ._protocol import Protocol
-from ._ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from ._actor import RoomActor

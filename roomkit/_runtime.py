@@ -27,7 +27,7 @@ from ._alarms import Scheduler
 from ._closecodes import CloseCode
 from ._committer import Committer
 from ._connection import Connection
-from ._frontdoor import Response, Router, handshake_response, parse_head
+from ._core.frontdoor import Response, Router, handshake_response, parse_head
 from ._logs import format_address
 from ._metrics import Metrics, RefusalReason
 from ._request import Request

@@ -36,9 +36,9 @@ import trio
 from ._accept import accept_loop, read_request
 from ._actor import RoomActor
 from ._closecodes import CloseCode
+from ._core.frontdoor import Page, Router
+from ._core.limits import HANDSHAKE_TIMEOUT
 from ._exposition import metrics_page
-from ._frontdoor import Page, Router
-from ._limits import HANDSHAKE_TIMEOUT
 from ._metrics import Metrics
 from ._room import Room
 from ._roomid import RoomId

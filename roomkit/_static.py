@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Final
 
-from ._frontdoor import Response
+from ._core.frontdoor import Response
 
 __all__ = ["static_files"]
 

@@ -13,7 +13,7 @@ import trio.testing
 import roomkit
 import roomkit._client
 from examples.chat import Chat, ChatRoom, Message, Ping, Pong, Welcome
-from roomkit._frontdoor import handshake_response, parse_head
+from roomkit._core.frontdoor import handshake_response, parse_head
 
 from .helpers import Start
 
@@ -103,7 +103,7 @@ async def test_backoff_grows_to_its_ceiling(
     async def busy(stream: trio.SocketStream) -> None:  # refuses every handshake: 503
         tries.append(trio.current_time())
         await stream.receive_some()
-        await stream.send_all(roomkit._frontdoor.Response(503, "busy").to_bytes())
+        await stream.send_all(roomkit._core.frontdoor.Response(503, "busy").to_bytes())
 
     listeners = await nursery.start(partial(trio.serve_tcp, busy, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
@@ -206,7 +206,7 @@ async def test_a_server_that_stops_answering_pings_is_left(
         while b"\r\n\r\n" not in head:
             head += await stream.receive_some()
         parsed = parse_head(head)
-        assert not isinstance(parsed, roomkit._frontdoor.Response)
+        assert not isinstance(parsed, roomkit._core.frontdoor.Response)
         answer = handshake_response(parsed)
         assert isinstance(answer, bytes)
         await stream.send_all(answer)

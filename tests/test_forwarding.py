@@ -1,11 +1,11 @@
-"""What the proxy passes on of a request (roomkit._forwarding): plain tests, no sockets."""
+"""What the proxy passes on of a request (roomkit._core.forwarding): plain tests, no sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from roomkit._forwarding import forwarded_headers, forwarding_error, subprotocols
-from roomkit._frontdoor import RequestHead
+from roomkit._core.forwarding import forwarded_headers, forwarding_error, subprotocols
+from roomkit._core.frontdoor import RequestHead
 
 
 def request(target: str = "/r", **headers: str) -> RequestHead:

@@ -9,7 +9,7 @@ import trio_websocket
 
 import roomkit
 import roomkit._runtime
-from roomkit._frontdoor import (
+from roomkit._core.frontdoor import (
     RequestHead,
     Response,
     RoomTarget,

@@ -5,7 +5,7 @@ client in the same room is still served.
 Rate limits are checked on a frozen ``mock_clock`` (time does not move, so exactly the
 burst gets through); slow consumers need real socket buffers to fill, so they use the
 real clock with small bounded waits. The last tests are plain ones of the limits module
-that the server and the proxy share (roomkit._limits).
+that the server and the proxy share (roomkit._core.limits).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from wsproto import WSConnection
 from wsproto.events import CloseConnection, Pong, TextMessage
 
 import roomkit
-from roomkit._limits import (
+from roomkit._core.limits import (
     CLOSE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_MESSAGE_SIZE,
@@ -35,7 +35,7 @@ from roomkit._limits import (
     MessageTooBig,
     byte_length,
 )
-from roomkit._ratelimit import FLOOD_SECONDS
+from roomkit._core.ratelimit import FLOOD_SECONDS
 from roomkit._roomid import RoomId
 from roomkit.storage import Changes, SQLiteStore
 
@@ -384,7 +384,7 @@ async def test_a_message_too_big_closes_after_the_replies_to_those_before(
     assert Acker.handled == 20
 
 
-# The limits module itself (roomkit._limits): pure, no sockets.
+# The limits module itself (roomkit._core.limits): pure, no sockets.
 
 
 def test_a_message_in_one_frame_comes_back_as_it_is() -> None:

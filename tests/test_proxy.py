@@ -23,8 +23,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 
 import roomkit
 import roomkit._proxy
-from roomkit._frames import encode_message
-from roomkit._ratelimit import FLOOD_SECONDS
+from roomkit._core.frames import encode_message
+from roomkit._core.ratelimit import FLOOD_SECONDS
 
 from .helpers import (
     Start,

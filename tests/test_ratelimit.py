@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from roomkit import RateLimit
-from roomkit._ratelimit import FLOOD_SECONDS, Verdict
+from roomkit._core.ratelimit import FLOOD_SECONDS, Verdict
 
 
 def test_burst_then_refill() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roomkit._tags import TagIndex, validate_tags
+from roomkit._core.tags import TagIndex, validate_tags
 
 
 def test_members_in_tagging_order_and_retagging() -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ._frames import encode_message
-from ._protocol import error_message
-from ._ratelimit import RateLimit
+from .._protocol import error_message
+from .frames import encode_message
+from .ratelimit import RateLimit
 
 __all__ = [
     "CLOSE_TIMEOUT",

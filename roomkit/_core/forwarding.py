@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._frontdoor import RequestHead, list_elements
+from .frontdoor import RequestHead, list_elements
 
 __all__ = ["FORWARDED_HEADERS", "forwarded_headers", "forwarding_error", "subprotocols"]
 

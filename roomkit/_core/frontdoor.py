@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote
 import attrs
 import h11
 
-from ._roomid import RoomId
+from .._roomid import RoomId
 
 __all__ = [
     "MAX_ROOM_NAME",
