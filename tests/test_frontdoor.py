@@ -15,6 +15,7 @@ from roomkit._core.frontdoor import (
     RoomTarget,
     Router,
     handshake_response,
+    list_elements,
     parse_head,
     room_name,
 )
@@ -370,3 +371,132 @@ async def test_every_plain_response_forbids_sniffing(start: Start) -> None:
     ):
         status, headers, _ = await http(server.port, request)
         assert headers["x-content-type-options"] == "nosniff", (status, request)
+
+
+# Exact answers of the pure parts: what a client reads, byte for byte.
+
+
+def test_a_response_is_written_exactly() -> None:
+    response = Response(404, "No room route for /x", (("x-extra", "1"),))
+    assert response.to_bytes() == (
+        b"HTTP/1.1 404 Not Found\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: 20\r\n"
+        b"connection: close\r\n"
+        b"x-content-type-options: nosniff\r\n"
+        b"x-extra: 1\r\n"
+        b"\r\n"
+        b"No room route for /x"
+    )
+    body = Response(200, "caf\xe9").to_bytes()  # a str body goes out as UTF-8
+    assert b"\r\ncontent-length: 5\r\n" in body and body.endswith(b"\r\n\r\ncaf\xc3\xa9")
+
+
+def test_a_head_cut_short_is_400_incomplete() -> None:
+    assert parse_head(b"GET /r HTTP/1.1\r\nHost: x\r\n") == Response(
+        400, "Bad request: incomplete request head"
+    )
+
+
+def upgrade(**changes: str | None) -> RequestHead:
+    headers = {
+        "host": "x",
+        "connection": "Upgrade",
+        "upgrade": "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    for name, value in changes.items():
+        name = name.replace("_", "-")
+        if value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+    return RequestHead("GET", "/r", headers)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"sec_websocket_version": "8"},
+            Response(
+                426,
+                "Bad WebSocket handshake: unsupported Sec-WebSocket-Version '8'",
+                (("sec-websocket-version", "13"),),
+            ),
+        ),
+        (
+            {"connection": None},
+            Response(400, "Bad WebSocket handshake: Connection header lacks 'upgrade'"),
+        ),
+        (
+            {"connection": "keep-alive upgrade"},
+            Response(400, "Bad WebSocket handshake: Connection header lacks 'upgrade'"),
+        ),
+        (
+            {"sec_websocket_key": None},
+            Response(400, "Bad WebSocket handshake: missing or malformed Sec-WebSocket-Key"),
+        ),
+        (
+            {"sec_websocket_key": "c2hvcnQ="},  # valid base64, but not 16 bytes
+            Response(400, "Bad WebSocket handshake: missing or malformed Sec-WebSocket-Key"),
+        ),
+        (
+            {"sec_websocket_protocol": "a b"},
+            Response(
+                400, "Bad WebSocket handshake: Sec-WebSocket-Protocol is not a list of tokens"
+            ),
+        ),
+    ],
+)
+def test_each_bad_handshake_gets_its_exact_answer(
+    changes: dict[str, str | None], expected: Response
+) -> None:
+    assert handshake_response(upgrade(**changes)) == expected
+
+
+def test_upgrade_may_be_one_connection_token_of_several() -> None:
+    answer = handshake_response(upgrade(connection="keep-alive, Upgrade"))
+    assert answer == (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    )
+
+
+def test_list_elements_strip_only_spaces_and_tabs() -> None:
+    assert list_elements(" a,\tb ,, c\t") == ["a", "b", "c"]
+    assert list_elements("a\n, b") == ["a\n", "b"]  # not a list separator: a bad token
+
+
+@pytest.mark.parametrize(
+    ("segment", "problem"),
+    [
+        ("%FF", "the room name is not valid UTF-8"),
+        ("", "a room name must be 1 to 256 characters long"),
+        ("a%2Fb", "a room name cannot contain '/'"),
+        ("a%00b", "a room name must be printable characters (no control characters)"),
+    ],
+)
+def test_each_bad_room_name_gets_its_exact_answer(segment: str, problem: str) -> None:
+    assert room_name(segment) == Response(400, f"Bad room name: {problem}")
+
+
+def test_a_prefix_with_a_trailing_slash_is_the_same_route() -> None:
+    assert Router({"/chat/": "C"}).route(head("/chat/x")) == RoomTarget("C", RoomId("/chat", "x"))
+
+
+def test_origins_compare_without_case_or_trailing_slashes() -> None:
+    router = Router("R", allowed_origins=["https://App.example/"])
+    allowed = RoomTarget("R", RoomId("", "x"))
+    for origin in ("https://app.example", "https://APP.example/", " https://app.example// "):
+        asked = RequestHead("GET", "/x", {**head("/x").headers, "origin": origin})
+        assert router.route(asked) == allowed
+    asked = RequestHead("GET", "/x", {**head("/x").headers, "origin": "/https://app.example"})
+    assert router.route(asked) == Response(403, "Origin not allowed")
+
+
+def test_allowed_origins_must_not_be_one_string() -> None:
+    with pytest.raises(TypeError) as raised:
+        Router("R", allowed_origins="https://app.example")
+    assert str(raised.value) == "allowed_origins is an iterable of origins, not a single string"

@@ -42,3 +42,26 @@ def test_validate_tags() -> None:
         validate_tags("all")
     with pytest.raises(TypeError, match="must be a str"):
         validate_tags([1])
+
+
+@pytest.mark.parametrize(
+    ("tags", "error", "message"),
+    [
+        ("ab", TypeError, "tags must be an iterable of strings, not a single string"),
+        (["a", 1], TypeError, "a tag must be a str, not int"),
+        ([""], ValueError, "a tag must be 1 to 256 characters long"),
+        (["x" * 257], ValueError, "a tag must be 1 to 256 characters long"),
+        ([str(i) for i in range(11)], ValueError, "a connection can carry at most 10 tags, not 11"),
+    ],
+)
+def test_each_bad_tag_list_gets_its_exact_error(
+    tags: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as raised:
+        validate_tags(tags)  # type: ignore[arg-type]  # wrong on purpose
+    assert str(raised.value) == message
+
+
+def test_the_longest_tags_and_the_most_tags_are_accepted() -> None:
+    assert validate_tags(["x" * 256]) == ("x" * 256,)
+    assert validate_tags([str(i) for i in range(10)] + ["0"]) == tuple(str(i) for i in range(10))
