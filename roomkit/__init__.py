@@ -19,9 +19,11 @@ from ._errors import RoomkitError as RoomkitError
 from ._errors import StorageError as StorageError
 from ._protocol import Protocol as Protocol
 from ._protocol import converter as converter
+from ._proxy import ProxyOptions as ProxyOptions
 from ._proxy import proxy as proxy
 from ._request import Request as Request
 from ._room import Room as Room
+from ._server import ServeOptions as ServeOptions
 from ._server import Server as Server
 from ._server import serve as serve
 from ._statistics import ServerStatistics as ServerStatistics
@@ -38,11 +40,13 @@ __all__ = [
     "DecodeError",
     "ErrorMessage",
     "Protocol",
+    "ProxyOptions",
     "RateLimit",
     "Reject",
     "Request",
     "Room",
     "RoomkitError",
+    "ServeOptions",
     "Server",
     "ServerStatistics",
     "Storage",

@@ -22,22 +22,13 @@ from typing import Any, Final
 
 import trio
 
-from ._core.limits import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
-from ._envoptions import (
-    EnvOptions,
-    UsageError,
-    origins,
-    port,
-    positive_int,
-    positive_seconds,
-    rate_limit,
-    seconds,
-)
+from ._envoptions import EnvOptions, UsageError
 from ._errors import StorageError, first_leaf
 from ._logs import configure_logging
-from ._proxy import proxy
+from ._options import Option
+from ._proxy import PROXY_OPTIONS, proxy
 from ._room import Room
-from ._server import Server, serve
+from ._server import SERVE_OPTIONS, Server, serve
 from ._wsurl import WebSocketURL
 
 __all__ = ["main", "parse_args"]
@@ -84,32 +75,15 @@ def _runner(args: argparse.Namespace) -> Any:
             WebSocketURL.parse(args.backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        return partial(
-            proxy,
-            args.backend,
-            host=args.host,
-            port=args.port,
-            handshake_timeout=args.handshake_timeout,
-            max_message_size=args.max_message_size,
-            max_connections=args.max_connections,
-            rate_limit=args.rate_limit,
-        )
+        return partial(proxy, args.backend, **_given(args, PROXY_OPTIONS.options))
     ssl_context = _ssl_context(args.certfile, args.keyfile)
-    return partial(
-        serve,
-        load_rooms(args.target),
-        host=args.host,
-        port=args.port,
-        storage=args.storage,
-        group_commit=args.group_commit,
-        handshake_timeout=args.handshake_timeout,
-        allowed_origins=args.allowed_origins,
-        max_connections=args.max_connections,
-        drain_timeout=args.drain_timeout,
-        ssl_context=ssl_context,
-        demo_page=args.demo_page,
-        metrics=args.metrics,
-    )
+    options = _given(args, SERVE_OPTIONS.options)
+    return partial(serve, load_rooms(args.target), ssl_context=ssl_context, **options)
+
+
+def _given(args: argparse.Namespace, options: Mapping[str, Option]) -> dict[str, Any]:
+    """The values of ``options`` that the command line sets, from ``args``."""
+    return {name: getattr(args, name) for name, option in options.items() if option.on_command_line}
 
 
 def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
@@ -215,154 +189,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _listening_options(options: EnvOptions) -> None:
-    """Where ``serve`` and ``proxy`` listen: ``--host`` and ``--port``."""
-    options.add("--host", group="listening", default="127.0.0.1", help="address to listen on")
-    options.add(
-        "--port", group="listening", default=8080, parse=port, help="port; 0 picks a free one"
-    )
-
-
-def _logging_options(options: EnvOptions) -> None:
-    """How ``serve`` and ``proxy`` log: ``--log-level`` and ``--log-json``."""
-    options.add(
-        "--log-level",
-        group="operations",
-        default="info",
-        parse=log_level,
-        metavar="LEVEL",
-        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)}",
-    )
-    options.add(
-        "--log-json", group="operations", default=False, help="log one JSON object per line"
-    )
-
-
-def _proxy_options(options: EnvOptions) -> EnvOptions:
-    """``roomkit proxy``'s options: one ``options.add`` each."""
-    add = options.add
-    _listening_options(options)
-    add(
-        "--handshake-timeout",
-        group="limits",
-        default=HANDSHAKE_TIMEOUT,
-        parse=positive_seconds,
-        metavar="SECONDS",
-        help="time a client has to send its request head; a slower one is dropped",
-    )
-    add(
-        "--max-message-size",
-        group="limits",
-        default=MAX_MESSAGE_SIZE,
-        parse=positive_int,
-        metavar="BYTES",
-        help="largest message passed on, either way; a bigger one closes both sides with 1009",
-    )
-    add(
-        "--max-connections",
-        group="limits",
-        default=MAX_CONNECTIONS,
-        parse=positive_int,
-        metavar="N",
-        help="WebSockets forwarded at once; beyond, handshakes get 503",
-    )
-    add(
-        "--rate-limit",
-        group="limits",
-        default=RATE_LIMIT,
-        parse=rate_limit,
-        metavar="PER_SECOND,BURST",
-        shown=f"{RATE_LIMIT.per_second:g},{RATE_LIMIT.burst}",
-        help="each client's messages (and pings) a second, and bursts; beyond, a message is "
-        "dropped with an error, and a client that keeps on is closed with 1008; off for none",
-    )
-    _logging_options(options)
-    return options
-
-
-def _serve_options(options: EnvOptions) -> EnvOptions:
-    """``roomkit serve``'s options: one ``options.add`` each."""
-    add = options.add
-    _listening_options(options)
-    add(
-        "--certfile",
-        group="TLS",
+#: ``roomkit serve``'s options that are not ``serve``'s: the files of its ``ssl_context``.
+_TLS_OPTIONS: Final = {
+    "certfile": Option(
         default=None,
+        group="TLS",
         metavar="PATH",
         shown="none: plain ws://",
         help="PEM file of the certificate chain; with --keyfile, serves wss://",
-    )
-    add(
-        "--keyfile",
-        group="TLS",
+    ),
+    "keyfile": Option(
         default=None,
+        group="TLS",
         metavar="PATH",
         shown="none",
         help="PEM file of the certificate's private key",
-    )
-    add(
-        "--storage",
-        group="storage",
-        default="roomkit.sqlite3",
-        metavar="PATH",
-        help="SQLite database file for the rooms' storage; :memory: keeps nothing",
-    )
-    add(
-        "--group-commit",
-        group="storage",
-        default=True,
-        help="write the changes of many hooks in one transaction (one fsync)",
-    )
-    add(
-        "--handshake-timeout",
-        group="connections",
-        default=HANDSHAKE_TIMEOUT,
-        parse=positive_seconds,
-        metavar="SECONDS",
-        help="time a client has to send its request head; a slower one is dropped",
-    )
-    add(
-        "--max-connections",
-        group="connections",
-        default=None,
-        parse=positive_int,
-        metavar="N",
-        shown="no limit",
-        help="WebSocket connections the server holds at once; beyond, handshakes get 503",
-    )
-    add(
-        "--allowed-origins",
-        group="connections",
-        default=None,
-        parse=origins,
-        metavar="ORIGINS",
-        shown="any origin",
-        help="comma-separated origins browser pages may connect from "
-        "(https://example.com); others get 403",
-    )
-    add(
-        "--drain-timeout",
-        group="shutdown",
-        default=10.0,
-        parse=seconds,
-        metavar="SECONDS",
-        help="at SIGTERM or SIGINT, time clients and rooms get to finish before the rest "
-        "is cancelled and storage committed",
-    )
-    add(
-        "--demo-page",
-        group="demo",
-        default=False,
-        help="serve the chat demo page at / (for examples.chat)",
-    )
-    add(
-        "--metrics",
-        group="operations",
-        default=False,
-        help="serve Prometheus metrics at GET /metrics (see docs/observability.md)",
-    )
-    _logging_options(options)
-    return options
+    ),
+}
 
 
 def log_level(text: str) -> str:
@@ -371,3 +214,31 @@ def log_level(text: str) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"{text!r} is not a log level ({', '.join(LOG_LEVELS)})")
     return level
+
+
+#: How both commands log.
+_LOGGING_OPTIONS: Final = {
+    "log_level": Option(
+        default="info",
+        group="operations",
+        parse=log_level,
+        metavar="LEVEL",
+        help=f"log lines at this level and above: {', '.join(LOG_LEVELS)}",
+    ),
+    "log_json": Option(default=False, group="operations", help="log one JSON object per line"),
+}
+
+
+def _serve_options(options: EnvOptions) -> EnvOptions:
+    """``roomkit serve``'s options: ``serve``'s, with the two files of its
+    ``ssl_context`` in its place, and logging."""
+    for name, option in SERVE_OPTIONS.options.items():
+        options.add_all(_TLS_OPTIONS if name == "ssl_context" else {name: option})
+    options.add_all(_LOGGING_OPTIONS)
+    return options
+
+
+def _proxy_options(options: EnvOptions) -> EnvOptions:
+    """``roomkit proxy``'s options: ``proxy``'s, and logging."""
+    options.add_all({**PROXY_OPTIONS.options, **_LOGGING_OPTIONS})
+    return options

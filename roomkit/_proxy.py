@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-from typing import Any, Final
+from typing import Annotated, Any, Final, TypedDict, Unpack
 
-import attrs
 import h11
 import trio
 import trio_websocket
@@ -58,12 +56,23 @@ from ._core.ratelimit import RateLimit, TokenBucket, Verdict
 from ._errors import first_leaf
 from ._ids import connection_id
 from ._logs import format_address
+from ._options import (
+    HOST,
+    PORT,
+    Option,
+    OptionSet,
+    check_count,
+    check_positive_seconds,
+    positive_int,
+    positive_seconds,
+    rate_limit,
+)
 from ._server import Server
 from ._static import static_files
 from ._statistics import ServerStatistics
 from ._wsurl import WebSocketURL
 
-__all__ = ["proxy"]
+__all__ = ["PROXY_OPTIONS", "ProxyOptions", "proxy"]
 
 logger = logging.getLogger("roomkit.proxy")
 
@@ -83,47 +92,22 @@ _GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 _FLOODED: Final = (int(CloseCode.POLICY_VIOLATION), "rate limit exceeded")
 
 
-@attrs.frozen
-class _Limits:
-    """What ``proxy`` allows each client, checked once (see its arguments)."""
-
-    max_message_size: int
-    max_connections: int
-    rate_limit: RateLimit | None
-    handshake_timeout: float
-
-    def __attrs_post_init__(self) -> None:
-        for name in ("max_message_size", "max_connections"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
-        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
-            raise TypeError(f"rate_limit must be a RateLimit or None, not {self.rate_limit!r}")
-        timeout = self.handshake_timeout
-        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"handshake_timeout must be positive seconds, not {timeout!r}")
+def _check_rate_limit(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, RateLimit):
+        raise TypeError(f"{name} must be a RateLimit or None, not {value!r}")
 
 
-async def proxy(
-    backend_url: str,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    handshake_timeout: float = HANDSHAKE_TIMEOUT,
-    max_message_size: int = MAX_MESSAGE_SIZE,
-    max_connections: int = MAX_CONNECTIONS,
-    rate_limit: RateLimit | None = RATE_LIMIT,
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Forward every WebSocket to ``backend_url`` until cancelled or :meth:`Server.shutdown`.
+class ProxyOptions(TypedDict, total=False):
+    """The options of :func:`proxy`, every one a keyword; the limits are a server's
+    defaults (``roomkit.Room``'s), so that clients get from the proxy what they would
+    get from the server behind it.
 
-    The limits are a server's defaults (``roomkit.Room``'s), so that clients get from
-    the proxy what they would get from the server behind it.
+    Each is also a flag of ``roomkit proxy`` and a ``ROOMKIT_PROXY_*`` environment
+    variable (``max_message_size``: ``--max-message-size``,
+    ``ROOMKIT_PROXY_MAX_MESSAGE_SIZE``).
 
-    Args:
-      backend_url: ``ws://host:port`` (or ``wss://``) of the backend; a client's path
-        and query are appended to it.
-      host, port: where to listen (port 0 picks one; see ``Server.port``).
+    Keys:
+      host, port: where to listen (port 0 picks one; see ``ProxyServer.port``).
       handshake_timeout: seconds a client has to send its request head.
       max_message_size: bytes; a bigger message from a client closes both sides with
         1009, and one from the backend does too. Nothing past it is buffered.
@@ -132,7 +116,77 @@ async def proxy(
         ``Room.rate_limit``: a message with no token is dropped and answered with a
         ``rate_limited`` error, a client that keeps flooding is closed with 1008 (and
         its backend connection too). None for no limit.
+    """
+
+    host: Annotated[str, HOST]
+    port: Annotated[int, PORT]
+    handshake_timeout: Annotated[
+        float,
+        Option(
+            default=HANDSHAKE_TIMEOUT,
+            group="limits",
+            parse=positive_seconds,
+            check=check_positive_seconds,
+            metavar="SECONDS",
+            help="time a client has to send its request head; a slower one is dropped",
+        ),
+    ]
+    max_message_size: Annotated[
+        int,
+        Option(
+            default=MAX_MESSAGE_SIZE,
+            group="limits",
+            parse=positive_int,
+            check=check_count,
+            metavar="BYTES",
+            help="largest message passed on, either way; a bigger one closes both sides with 1009",
+        ),
+    ]
+    max_connections: Annotated[
+        int,
+        Option(
+            default=MAX_CONNECTIONS,
+            group="limits",
+            parse=positive_int,
+            check=check_count,
+            metavar="N",
+            help="WebSockets forwarded at once; beyond, handshakes get 503",
+        ),
+    ]
+    rate_limit: Annotated[
+        RateLimit | None,
+        Option(
+            default=RATE_LIMIT,
+            group="limits",
+            parse=rate_limit,
+            check=_check_rate_limit,
+            metavar="PER_SECOND,BURST",
+            shown=f"{RATE_LIMIT.per_second:g},{RATE_LIMIT.burst}",
+            help="each client's messages (and pings) a second, and bursts; beyond, a message "
+            "is dropped with an error, and a client that keeps on is closed with 1008; off "
+            "for none",
+        ),
+    ]
+
+
+#: proxy's options, read from :class:`ProxyOptions`.
+PROXY_OPTIONS: Final = OptionSet[ProxyOptions](ProxyOptions, "proxy")
+
+
+async def proxy(
+    backend_url: str,
+    *,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    **options: Unpack[ProxyOptions],
+) -> None:
+    """Forward every WebSocket to ``backend_url`` until cancelled or :meth:`Server.shutdown`.
+
+    Args:
+      backend_url: ``ws://host:port`` (or ``wss://``) of the backend; a client's path
+        and query are appended to it.
       task_status: for ``nursery.start``, which returns a :class:`Server` once listening.
+      options: the keywords of :class:`ProxyOptions` (``host``, ``port``, the limits),
+        each left out at its default.
 
     ``Server.statistics()`` counts the client TCP connections being served, the bytes of
     client messages received in part (``receive_buffer_bytes``, each within
@@ -143,12 +197,14 @@ async def proxy(
     client, each within ``max_message_size`` (in characters, for text).
 
     Raises:
-      ValueError: for a ``backend_url`` that is not a WebSocket URL, or a bad limit.
+      ValueError: for a ``backend_url`` that is not a WebSocket URL, or a bad limit
+        (TypeError for a ``rate_limit`` that is not a ``RateLimit``).
     """
     backend = WebSocketURL.parse(backend_url)
-    limits = _Limits(max_message_size, max_connections, rate_limit, handshake_timeout)
+    limits = PROXY_OPTIONS.complete(options)
     front = _Proxy(backend, limits)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    host = limits["host"]
+    listeners = await trio.open_tcp_listeners(limits["port"], host=host)
     server = Server(host, listeners[0].socket.getsockname()[1], statistics=front.statistics)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
@@ -161,15 +217,15 @@ async def proxy(
 class _Client:
     """One client's TCP connection through the proxy: what it holds, and its writes."""
 
-    def __init__(self, stream: trio.SocketStream, limits: _Limits) -> None:
+    def __init__(self, stream: trio.SocketStream, limits: ProxyOptions) -> None:
         self.id: Final = connection_id()
         self.stream: Final = stream
         self.remote: Final = remote_address(stream)
         self.target: str | None = None  # once its request head is read
         self.ws: WSConnection | None = None  # once it is being forwarded
         self.answered = False  # whether an HTTP response (101 or refusal) went out
-        self.message: Final = MessageAssembler(limits.max_message_size)
-        rate = limits.rate_limit
+        self.message: Final = MessageAssembler(limits["max_message_size"])
+        rate = limits["rate_limit"]
         self.bucket: TokenBucket | None = None if rate is None else rate.bucket(trio.current_time())
         #: Bytes held to be written: a message on its way to the backend, a frame to
         #: the client.
@@ -222,7 +278,7 @@ class _Client:
 class _Proxy:
     """The clients of one ``proxy``: serving each, and counting what they hold."""
 
-    def __init__(self, backend: WebSocketURL, limits: _Limits) -> None:
+    def __init__(self, backend: WebSocketURL, limits: ProxyOptions) -> None:
         self._backend = backend
         self._limits = limits
         self._files = static_files()
@@ -260,7 +316,7 @@ class _Proxy:
 
     async def _answer(self, client: _Client) -> None:
         raw: bytes | Response | None = None
-        with trio.move_on_after(self._limits.handshake_timeout):
+        with trio.move_on_after(self._limits["handshake_timeout"]):
             raw = await read_head(client.stream)
         if raw is None:
             return
@@ -275,7 +331,7 @@ class _Proxy:
             return
         assert isinstance(head, RequestHead)
         client.target = head.target
-        if self._forwarding >= self._limits.max_connections:
+        if self._forwarding >= self._limits["max_connections"]:
             await client.respond(Response(503, "Server is full"))
             return
         self._forwarding += 1
@@ -307,7 +363,7 @@ class _Proxy:
                         backend.path.rstrip("/") + head.target,
                         subprotocols=subprotocols(head),
                         extra_headers=forwarded_headers(head, client.remote_host),
-                        max_message_size=self._limits.max_message_size,
+                        max_message_size=self._limits["max_message_size"],
                         message_queue_size=0,  # a message is held by the pump, not queued
                         receive_buffer_size=_RECEIVE_BYTES,
                     )

@@ -28,7 +28,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Annotated, Any, Final, TypedDict, Unpack
 
 import attrs
 import trio
@@ -40,6 +40,18 @@ from ._core.frontdoor import Page, Router
 from ._core.limits import HANDSHAKE_TIMEOUT
 from ._exposition import metrics_page
 from ._metrics import Metrics
+from ._options import (
+    HOST,
+    PORT,
+    Option,
+    OptionSet,
+    check_count_or_none,
+    check_seconds,
+    origins,
+    positive_int,
+    positive_seconds,
+    seconds,
+)
 from ._room import Room
 from ._roomid import RoomId
 from ._runtime import Runtime
@@ -47,7 +59,7 @@ from ._static import static_files
 from ._statistics import ServerStatistics
 from .storage import SQLiteStore, Store
 
-__all__ = ["Server", "serve"]
+__all__ = ["SERVE_OPTIONS", "ServeOptions", "Server", "serve"]
 
 
 @attrs.define(eq=False)
@@ -103,33 +115,24 @@ class Server:
         return self._statistics()
 
 
-async def serve(
-    rooms: type[Room] | Mapping[str, type[Room]],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    storage: str | os.PathLike[str] | Store = ":memory:",
-    group_commit: bool = True,
-    handshake_timeout: float = HANDSHAKE_TIMEOUT,
-    allowed_origins: Iterable[str] | None = None,
-    max_connections: int | None = None,
-    drain_timeout: float = 10.0,
-    ssl_context: ssl.SSLContext | None = None,
-    demo_page: bool = False,
-    metrics: bool = False,
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve rooms over WebSockets until cancelled or :meth:`Server.shutdown`.
+class ServeOptions(TypedDict, total=False):
+    """The options of :func:`serve`, every one a keyword: ``serve(ChatRoom, port=0)``.
 
-    Args:
-      rooms: a Room subclass, served at ``ws://host:port/{name}``; or a mapping from
-        prefix to Room subclass, ``{"/chat": ChatRoom}``, served at ``/chat/{name}``.
+    Each is also a flag of ``roomkit serve`` and a ``ROOMKIT_*`` environment variable
+    (``drain_timeout``: ``--drain-timeout``, ``ROOMKIT_DRAIN_TIMEOUT``), but
+    ``ssl_context``, which the command line makes of ``--certfile`` and ``--keyfile``.
+
+    Keys:
       host: the address to listen on.
       port: the port; 0 picks a free one (see ``Server.port``).
+      ssl_context: serve ``wss://`` (and ``https://``) with this server-side context,
+        e.g. ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` with
+        ``load_cert_chain(certfile, keyfile)``. None serves plain ``ws://``.
       storage: the rooms' durable storage: a SQLite database file (created if need be,
         and locked for this server alone while it runs: see docs/storage.md),
         ``":memory:"`` (the default: nothing survives the process), or a
-        :class:`roomkit.storage.Store`.
+        :class:`roomkit.storage.Store`. ``roomkit serve``'s default is a file,
+        ``roomkit.sqlite3``.
       group_commit: write the changes of many hooks in one transaction (one fsync);
         False commits each hook's changes on its own, for comparison.
       handshake_timeout: seconds a client has to finish its TLS handshake (with
@@ -143,19 +146,122 @@ async def serve(
       drain_timeout: at shutdown, seconds that connections have to finish their closing
         handshakes and rooms their ``on_close`` hooks; what is left then is cancelled,
         and storage is committed (at most ``FLUSH_TIMEOUT`` more).
-      ssl_context: serve ``wss://`` (and ``https://``) with this server-side context,
-        e.g. ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` with
-        ``load_cert_chain(certfile, keyfile)``. None serves plain ``ws://``.
       demo_page: serve the chat demo page at ``GET /`` (for ``examples.chat``).
       metrics: serve the server's metrics at ``GET /metrics``, in the Prometheus text
         format (see docs/observability.md). Off by default: anyone who reaches the port
         could read them (see docs/security.md).
+    """
+
+    host: Annotated[str, HOST]
+    port: Annotated[int, PORT]
+    ssl_context: Annotated[
+        ssl.SSLContext | None,
+        Option(default=None, group="TLS", parse=None, help="made of --certfile and --keyfile"),
+    ]
+    storage: Annotated[
+        str | os.PathLike[str] | Store,
+        Option(
+            default=":memory:",
+            command_default="roomkit.sqlite3",
+            group="storage",
+            metavar="PATH",
+            help="SQLite database file for the rooms' storage; :memory: keeps nothing",
+        ),
+    ]
+    group_commit: Annotated[
+        bool,
+        Option(
+            default=True,
+            group="storage",
+            help="write the changes of many hooks in one transaction (one fsync)",
+        ),
+    ]
+    handshake_timeout: Annotated[
+        float,
+        Option(
+            default=HANDSHAKE_TIMEOUT,
+            group="connections",
+            parse=positive_seconds,
+            metavar="SECONDS",
+            help="time a client has to send its request head; a slower one is dropped",
+        ),
+    ]
+    max_connections: Annotated[
+        int | None,
+        Option(
+            default=None,
+            group="connections",
+            parse=positive_int,
+            check=check_count_or_none,
+            metavar="N",
+            shown="no limit",
+            help="WebSocket connections the server holds at once; beyond, handshakes get 503",
+        ),
+    ]
+    allowed_origins: Annotated[
+        Iterable[str] | None,
+        Option(
+            default=None,
+            group="connections",
+            parse=origins,
+            metavar="ORIGINS",
+            shown="any origin",
+            help="comma-separated origins browser pages may connect from "
+            "(https://example.com); others get 403",
+        ),
+    ]
+    drain_timeout: Annotated[
+        float,
+        Option(
+            default=10.0,
+            group="shutdown",
+            parse=seconds,
+            check=check_seconds,
+            metavar="SECONDS",
+            help="at SIGTERM or SIGINT, time clients and rooms get to finish before the rest "
+            "is cancelled and storage committed",
+        ),
+    ]
+    demo_page: Annotated[
+        bool,
+        Option(
+            default=False, group="demo", help="serve the chat demo page at / (for examples.chat)"
+        ),
+    ]
+    metrics: Annotated[
+        bool,
+        Option(
+            default=False,
+            group="operations",
+            help="serve Prometheus metrics at GET /metrics (see docs/observability.md)",
+        ),
+    ]
+
+
+#: serve's options, read from :class:`ServeOptions`.
+SERVE_OPTIONS: Final = OptionSet[ServeOptions](ServeOptions, "serve")
+
+
+async def serve(
+    rooms: type[Room] | Mapping[str, type[Room]],
+    *,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    **options: Unpack[ServeOptions],
+) -> None:
+    """Serve rooms over WebSockets until cancelled or :meth:`Server.shutdown`.
+
+    Args:
+      rooms: a Room subclass, served at ``ws://host:port/{name}``; or a mapping from
+        prefix to Room subclass, ``{"/chat": ChatRoom}``, served at ``/chat/{name}``.
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
         listening and every stored alarm is scheduled.
+      options: the keywords of :class:`ServeOptions` (``host``, ``port``, ``storage``,
+        ``max_connections``, ...), each left out at its default.
 
     Raises:
       StorageError: before listening, if another server holds the ``storage`` file,
         or this process cannot open or write it.
+      TypeError, ValueError: before listening, for a bad route or a bad option.
 
     Besides WebSockets, the port answers ``GET /healthz`` with 200 ``ok``, serves the
     browser client at ``GET /roomkit.js``, and answers any other plain HTTP request with
@@ -171,25 +277,14 @@ async def serve(
         server = await nursery.start(partial(roomkit.serve, MyRoom, port=0))
         async with trio_websocket.open_websocket_url(f"{server.url}/lobby") as ws: ...
     """
+    given = SERVE_OPTIONS.complete(options)
+    host, port = given["host"], given["port"]
 
     async def listen() -> tuple[list[trio.SocketListener], str, int]:
         listeners = await trio.open_tcp_listeners(port, host=host)
         return listeners, host, listeners[0].socket.getsockname()[1]
 
-    await _serve_on(
-        listen,
-        rooms,
-        storage=storage,
-        group_commit=group_commit,
-        handshake_timeout=handshake_timeout,
-        allowed_origins=allowed_origins,
-        max_connections=max_connections,
-        drain_timeout=drain_timeout,
-        ssl_context=ssl_context,
-        demo_page=demo_page,
-        metrics=metrics,
-        task_status=task_status,
-    )
+    await _serve_on(listen, rooms, given, task_status=task_status)
 
 
 #: Opens ``serve``'s listeners, once its options are checked: the listeners, and the
@@ -200,55 +295,42 @@ Listen = Callable[[], Awaitable[tuple[Sequence[trio.abc.Listener[Any]], str, int
 async def _serve_on(
     listen: Listen,
     rooms: type[Room] | Mapping[str, type[Room]],
+    options: ServeOptions,
     *,
-    storage: str | os.PathLike[str] | Store = ":memory:",
-    group_commit: bool = True,
-    handshake_timeout: float = HANDSHAKE_TIMEOUT,
-    allowed_origins: Iterable[str] | None = None,
-    max_connections: int | None = None,
-    drain_timeout: float = 10.0,
-    ssl_context: ssl.SSLContext | None = None,
-    demo_page: bool = False,
-    metrics: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     wall_time: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
     on_unhandled: Callable[[Exception], None] | None = None,
 ) -> None:
     """``serve`` over whatever listeners ``listen`` opens (TCP, or roomkit.testing's
-    in-memory one); the options are ``serve``'s. ``wall_time`` and ``jitter`` are the
-    alarms' clock and their retries' randomness, and ``on_unhandled`` hears of hook
-    errors left to ``Room.on_error``'s default (see ``RoomHost``): for the test kit."""
+    in-memory one), with ``options`` complete and checked (``SERVE_OPTIONS.complete``);
+    their ``host`` and ``port`` are ``listen``'s business. ``wall_time`` and ``jitter``
+    are the alarms' clock and their retries' randomness, and ``on_unhandled`` hears of
+    hook errors left to ``Room.on_error``'s default (see ``RoomHost``): for the test kit."""
     live: dict[RoomId, RoomActor] = {}
     counters = Metrics()
-    files: dict[str, Page] = {**static_files(demo_page=demo_page)}
-    if metrics:
+    files: dict[str, Page] = {**static_files(demo_page=options["demo_page"])}
+    if options["metrics"]:
         files["/metrics"] = metrics_page(counters, live.values)
-    router = Router[type[Room]](rooms, allowed_origins=allowed_origins, files=files)
-    if max_connections is not None and (
-        isinstance(max_connections, bool)
-        or not isinstance(max_connections, int)
-        or max_connections < 1
-    ):
-        raise ValueError(f"max_connections must be positive or None, not {max_connections!r}")
-    if not drain_timeout >= 0:
-        raise ValueError(f"drain_timeout must be 0 or more seconds, not {drain_timeout!r}")
+    router = Router[type[Room]](rooms, allowed_origins=options["allowed_origins"], files=files)
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
         if not (isinstance(route, type) and issubclass(route, Room)):
             raise TypeError(f"a route must be a Room subclass, not {route!r}")
         counters.room(route)  # its metrics are listed, at zero, before its first room
+    storage = options["storage"]
     store = storage if isinstance(storage, Store) else await SQLiteStore.open(storage)
     try:
         listeners, bound_host, bound_port = await listen()
-        handshake = partial(read_request, ssl_context, handshake_timeout)
+        ssl_context = options["ssl_context"]
+        handshake = partial(read_request, ssl_context, options["handshake_timeout"])
         runtime = Runtime(
             live,
             router,
             store,
             counters,
-            group_commit,
+            options["group_commit"],
             handshake,
-            max_connections,
+            options["max_connections"],
             wall_time=wall_time,
             jitter=jitter,
             on_unhandled=on_unhandled,
@@ -271,7 +353,7 @@ async def _serve_on(
             finally:
                 doors.cancel()
                 with trio.CancelScope(shield=True):
-                    await runtime.shutdown(server._close_code, drain_timeout)
+                    await runtime.shutdown(server._close_code, options["drain_timeout"])
     finally:
         if store is not storage:
             with trio.CancelScope(shield=True):

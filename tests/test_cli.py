@@ -7,7 +7,6 @@ waits for the process with a bounded timeout.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shutil
@@ -25,6 +24,10 @@ from websockets.sync.client import ClientConnection, connect
 
 import roomkit
 from roomkit._cli import _runner, main, parse_args
+from roomkit._envoptions import flag_of
+from roomkit._options import OptionSet
+from roomkit._proxy import PROXY_OPTIONS
+from roomkit._server import SERVE_OPTIONS
 from roomkit.storage._sqlite import SQLiteCore
 
 from .helpers import ROOT, call, roomkit_serve, roomkit_serve_refused
@@ -177,6 +180,10 @@ def serve_args(*argv: str, **environ: str) -> argparse.Namespace:
     return parse_args(["serve", TARGET, *argv], environ)
 
 
+def proxy_args(*argv: str, **environ: str) -> argparse.Namespace:
+    return parse_args(["proxy", "ws://127.0.0.1:9000", *argv], environ)
+
+
 def test_serve_options_and_their_defaults() -> None:
     args = serve_args()
     assert args.target == TARGET
@@ -189,8 +196,45 @@ def test_serve_options_and_their_defaults() -> None:
     assert (args.handshake_timeout, args.max_connections, args.allowed_origins) == (10, None, None)
     assert (args.drain_timeout, args.demo_page) == (10, False)
     # Every option of serve() has its flag (ssl_context has two: --certfile, --keyfile).
-    options = set(inspect.signature(roomkit.serve).parameters) - {"rooms", "task_status"}
-    assert options - {"ssl_context"} <= set(vars(args))
+    assert set(SERVE_OPTIONS.options) - {"ssl_context"} <= set(vars(args))
+
+
+#: For each option of serve() and proxy() but the switches, a value other than its
+#: default, as a flag or a variable gives it.
+SAMPLES = {
+    "host": "::1",
+    "port": "9000",
+    "storage": "rooms.sqlite3",
+    "handshake_timeout": "2.5",
+    "max_connections": "100",
+    "allowed_origins": "https://a.example",
+    "drain_timeout": "30",
+    "max_message_size": "1000",
+    "rate_limit": "10,5",
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "prefix", "options"),
+    [(serve_args, "ROOMKIT_", SERVE_OPTIONS), (proxy_args, "ROOMKIT_PROXY_", PROXY_OPTIONS)],
+    ids=["serve", "proxy"],
+)
+def test_every_option_has_a_flag_and_a_variable_that_give_the_same_value(
+    command: Any, prefix: str, options: OptionSet[Any]
+) -> None:
+    given = {name: option for name, option in options.options.items() if option.on_command_line}
+    assert set(options.options) - set(given) <= {"ssl_context"}  # --certfile, --keyfile
+    for name, option in given.items():
+        flag = flag_of(name)
+        if isinstance(option.default, bool):
+            argv, text = (f"--no-{flag[2:]}", "off") if option.default else (flag, "on")
+        else:
+            argv, text = f"{flag}={SAMPLES[name]}", SAMPLES[name]
+        by_flag = command(argv)
+        by_variable = command(**{prefix + name.upper(): text})
+        value = getattr(by_flag, name)
+        assert value == getattr(by_variable, name) != option.default_of_command, name
+        assert _runner(by_flag).keywords[name] == value  # and the function gets it
 
 
 def test_every_option_from_the_environment() -> None:
@@ -302,10 +346,6 @@ def test_certfile_and_keyfile_go_together(
     assert f"cannot load certificate {str(missing)!r} with key" in capsys.readouterr().err
 
 
-def proxy_args(*argv: str, **environ: str) -> argparse.Namespace:
-    return parse_args(["proxy", "ws://127.0.0.1:9000", *argv], environ)
-
-
 def test_proxy_limits_default_to_the_servers_and_have_flags_and_variables() -> None:
     run = _runner(proxy_args())
     assert run.keywords == {
@@ -317,8 +357,7 @@ def test_proxy_limits_default_to_the_servers_and_have_flags_and_variables() -> N
         "rate_limit": roomkit.Room.rate_limit,
     }
     # Every option of proxy() has its flag.
-    options = set(inspect.signature(roomkit.proxy).parameters) - {"backend_url", "task_status"}
-    assert options == set(run.keywords)
+    assert set(PROXY_OPTIONS.options) == set(run.keywords)
     run = _runner(
         proxy_args(
             "--max-message-size=1000",

@@ -174,6 +174,14 @@ async def test_websockets_package_client(start: Start) -> None:
     assert await trio.to_thread.run_sync(talk) == ["text", b"\x01\x02"]
 
 
+def test_serve_refuses_an_unknown_option_as_python_would() -> None:
+    async def main() -> None:
+        await roomkit.serve(Goodbye, prot=0)  # type: ignore[call-arg]
+
+    with pytest.raises(TypeError, match="serve\\(\\) got an unexpected keyword argument 'prot'"):
+        trio.run(main)
+
+
 def test_serve_refuses_routes_that_are_not_rooms() -> None:
     async def main() -> None:
         await roomkit.serve({"/x": object})  # type: ignore[dict-item]

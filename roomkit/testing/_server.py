@@ -7,7 +7,6 @@ needs and a client cannot: see a room's live instance, hibernate a room, run its
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 import unicodedata
@@ -22,7 +21,7 @@ import trio.testing
 from .._room import Room
 from .._roomid import RoomId
 from .._runtime import Runtime
-from .._server import Server, _serve_on
+from .._server import SERVE_OPTIONS, ServeOptions, Server, _serve_on
 from ..storage import SQLiteStore, Store
 from ..storage._sqlite import SQLiteCore
 from ._client import RECEIVE_TIMEOUT, RoomErrors, TestClient
@@ -32,18 +31,9 @@ __all__ = ["TestServer", "open_test_server"]
 
 #: The Host header of test clients over the in-memory transport.
 MEMORY_HOST: Final = "roomkit.test"
-#: The options of serve that open_test_server passes on: not host and port, nor
-#: ssl_context (test clients speak plain ws://).
-SERVE_OPTIONS: Final = frozenset(inspect.signature(_serve_on).parameters) - {
-    "listen",
-    "rooms",
-    "storage",
-    "ssl_context",
-    "task_status",
-    "wall_time",
-    "jitter",
-    "on_unhandled",
-}
+#: The options of serve that open_test_server passes on: not host and port (it picks
+#: the listener), nor ssl_context (test clients speak plain ws://); storage is its own.
+PASSED_ON: Final = frozenset(SERVE_OPTIONS.options) - {"host", "port", "ssl_context", "storage"}
 
 
 class TestServer:
@@ -214,11 +204,11 @@ async def open_test_server(
         ``allowed_origins``, ``max_connections``, ``drain_timeout``, ``demo_page``,
         ``metrics``); not ``host``, ``port`` or ``ssl_context``.
     """
-    unknown = sorted(serve_options.keys() - SERVE_OPTIONS)
+    unknown = sorted(serve_options.keys() - PASSED_ON)
     if unknown:
         raise TypeError(
             f"open_test_server() got {', '.join(unknown)}; "
-            f"it takes serve's {', '.join(sorted(SERVE_OPTIONS))}"
+            f"it takes serve's {', '.join(sorted(PASSED_ON))}"
         )
     store = (
         storage if isinstance(storage, Store) else SQLiteStore(SQLiteCore(storage), in_thread=False)
@@ -228,8 +218,8 @@ async def open_test_server(
             listener = None if real_sockets else MemoryListener()
             serving, stopped = trio.CancelScope(), trio.Event()
             errors = RoomErrors(raise_room_errors)
-            options = {**serve_options, "storage": store, "on_unhandled": errors.add}
-            server = await nursery.start(_serve, listener, rooms, options, serving, stopped)
+            options = SERVE_OPTIONS.complete({**serve_options, "storage": store})
+            server = await nursery.start(_serve, listener, rooms, options, errors, serving, stopped)
             try:
                 yield TestServer(server, listener, nursery, receive_timeout, errors)
             finally:
@@ -247,7 +237,8 @@ async def open_test_server(
 async def _serve(
     listener: MemoryListener | None,
     rooms: type[Room] | Mapping[str, type[Room]],
-    options: dict[str, Any],
+    options: ServeOptions,
+    errors: RoomErrors,
     scope: trio.CancelScope,
     stopped: trio.Event,
     task_status: trio.TaskStatus[Server],
@@ -265,10 +256,11 @@ async def _serve(
             await _serve_on(
                 listen,
                 rooms,
+                options,
                 task_status=task_status,
                 wall_time=lambda: epoch + trio.current_time(),
                 jitter=lambda: 0.0,
-                **options,
+                on_unhandled=errors.add,
             )
     finally:
         stopped.set()

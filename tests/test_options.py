@@ -1,0 +1,106 @@
+"""``_options``: options declared once, as annotated keys of a TypedDict.
+
+Plain tests of ``OptionSet``, and one that runs mypy on a user's calls of ``serve`` and
+``proxy``: their keywords are type-checked although the signatures are ``**options``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Annotated, TypedDict
+
+import pytest
+from mypy import api as mypy_api
+
+import roomkit
+from roomkit._options import Option, OptionSet, check_count_or_none
+from roomkit._proxy import PROXY_OPTIONS
+from roomkit._server import SERVE_OPTIONS
+
+from .helpers import ROOT
+
+
+class Knobs(TypedDict, total=False):
+    size: Annotated[int | None, Option(default=3, group="g", check=check_count_or_none, help="")]
+    name: Annotated[str, Option(default="x", group="g", help="")]
+
+
+KNOBS = OptionSet[Knobs](Knobs, "knobs")
+
+
+def test_complete_fills_in_defaults_in_declared_order() -> None:
+    assert list(KNOBS.options) == ["size", "name"]
+    assert KNOBS.complete({}) == {"size": 3, "name": "x"}
+    assert KNOBS.complete({"name": "y", "size": None}) == {"size": None, "name": "y"}
+
+
+def test_complete_checks_values_and_refuses_unknown_keywords() -> None:
+    with pytest.raises(ValueError, match="size must be positive or None, not 0"):
+        KNOBS.complete({"size": 0})
+    with pytest.raises(TypeError, match="knobs\\(\\) got an unexpected keyword argument 'sise'"):
+        KNOBS.complete({"sise": 1})
+
+
+def test_a_key_without_its_option_is_refused_at_once() -> None:
+    class Bare(TypedDict, total=False):
+        size: int
+
+    with pytest.raises(TypeError, match="'size' is annotated"):
+        OptionSet[Bare](Bare, "bare")
+
+
+def test_the_defaults_are_those_documented() -> None:
+    serve = {name: option.default for name, option in SERVE_OPTIONS.options.items()}
+    assert serve == {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "storage": ":memory:",
+        "group_commit": True,
+        "handshake_timeout": 10.0,
+        "max_connections": None,
+        "allowed_origins": None,
+        "drain_timeout": 10.0,
+        "ssl_context": None,
+        "demo_page": False,
+        "metrics": False,
+    }
+    proxy = {name: option.default for name, option in PROXY_OPTIONS.options.items()}
+    assert proxy == {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "handshake_timeout": 10.0,
+        "max_message_size": roomkit.Room.max_message_size,
+        "max_connections": roomkit.Room.max_connections,
+        "rate_limit": roomkit.Room.rate_limit,
+    }
+
+
+def test_mypy_checks_the_keywords_of_serve_and_proxy(tmp_path: Path) -> None:
+    program = tmp_path / "user.py"
+    program.write_text(
+        textwrap.dedent(
+            """\
+            import roomkit
+
+            class App(roomkit.Room): ...
+
+            async def main() -> None:
+                await roomkit.serve(App, host="127.0.0.1", port=0, max_connections=5)
+                await roomkit.serve(App, port="8080")
+                await roomkit.serve(App, prot=0)
+                await roomkit.proxy("ws://127.0.0.1:9000", port=0, rate_limit=None)
+                await roomkit.proxy("ws://127.0.0.1:9000", drain_timeout=1)
+                options: roomkit.ServeOptions = {"port": 0, "metrics": True}
+                await roomkit.serve(App, **options)
+            """
+        )
+    )
+    cache = ROOT / ".mypy_cache"
+    out, err, status = mypy_api.run(["--strict", "--cache-dir", str(cache), str(program)])
+    errors = [line.partition(":")[2] for line in out.splitlines() if ": error: " in line]
+    assert [error.partition(":")[0] for error in errors] == ["7", "8", "10"], out + err
+    assert 'incompatible type "str"; expected "int"' in errors[0]
+    assert 'Unexpected keyword argument "prot" for "serve"' in errors[1]
+    assert 'Unexpected keyword argument "drain_timeout" for "proxy"' in errors[2]
+    assert status == 1
