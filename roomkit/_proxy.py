@@ -2,8 +2,8 @@
 
 The first mode of the Durable Objects WebSocket guide: a front that accepts a client's
 WebSocket, opens one to the backend with the same path and query and the headers that
-matter, and pumps frames both ways. Each pair lives in its own nursery, so either side
-ending ends both.
+matter, and pumps frames both ways (``_proxyclient``). Each pair lives in its own
+nursery, so either side ending ends both.
 
 What the client gets when things go wrong: plain HTTP → 426 (``/roomkit.js`` and
 ``/healthz`` are served); a request the proxy will not pass on (see ``_core.forwarding``)
@@ -23,39 +23,27 @@ the ``roomkit.proxy`` logger and counted; it never reaches the proxy's own nurse
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Annotated, Any, Final, TypedDict, Unpack
+from typing import Annotated, Final, TypedDict, Unpack
 
 import h11
 import trio
 import trio_websocket
 import wsproto.utilities
 from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState as WSState
 from wsproto.connection import ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from ._accept import accept_loop, read_head, remote_address
-from ._closecodes import CloseCode
+from ._accept import accept_loop, read_head
 from ._core.forwarding import forwarded_headers, forwarding_error, subprotocols
-from ._core.frames import encode_message
 from ._core.frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
 from ._core.limits import (
-    CLOSE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_MESSAGE_SIZE,
     RATE_LIMIT,
-    RATE_LIMITED,
-    MessageAssembler,
-    MessageTooBig,
-    byte_length,
 )
-from ._core.ratelimit import RateLimit, TokenBucket, Verdict
+from ._core.ratelimit import RateLimit
 from ._errors import first_leaf
-from ._ids import connection_id
-from ._logs import format_address
 from ._options import (
     HOST,
     PORT,
@@ -67,6 +55,7 @@ from ._options import (
     positive_seconds,
     rate_limit,
 )
+from ._proxyclient import GONE, RECEIVE_BYTES, ProxyClient, pump
 from ._server import Server
 from ._static import static_files
 from ._statistics import ServerStatistics
@@ -78,8 +67,6 @@ logger = logging.getLogger("roomkit.proxy")
 
 #: Seconds the backend has to answer the handshake before the client gets 502.
 BACKEND_TIMEOUT: Final = 10.0
-#: Bytes asked of a client's socket per read.
-_RECEIVE_BYTES: Final = 64 * 1024
 #: Errors of a backend that answers the handshake with something that is not HTTP or
 #: not a WebSocket's answer (a bare 101, say), as trio-websocket lets them through.
 _BACKEND_NONSENSE: Final = (
@@ -87,9 +74,6 @@ _BACKEND_NONSENSE: Final = (
     h11.ProtocolError,
     wsproto.utilities.ProtocolError,
 )
-_GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
-#: The close for a client that keeps sending into an empty token bucket, as a server's.
-_FLOODED: Final = (int(CloseCode.POLICY_VIOLATION), "rate limit exceeded")
 
 
 def _check_rate_limit(name: str, value: object) -> None:
@@ -214,67 +198,6 @@ async def proxy(
         nursery.cancel_scope.cancel()
 
 
-class _Client:
-    """One client's TCP connection through the proxy: what it holds, and its writes."""
-
-    def __init__(self, stream: trio.SocketStream, limits: ProxyOptions) -> None:
-        self.id: Final = connection_id()
-        self.stream: Final = stream
-        self.remote: Final = remote_address(stream)
-        self.target: str | None = None  # once its request head is read
-        self.ws: WSConnection | None = None  # once it is being forwarded
-        self.answered = False  # whether an HTTP response (101 or refusal) went out
-        self.message: Final = MessageAssembler(limits["max_message_size"])
-        rate = limits["rate_limit"]
-        self.bucket: TokenBucket | None = None if rate is None else rate.bucket(trio.current_time())
-        #: Bytes held to be written: a message on its way to the backend, a frame to
-        #: the client.
-        self.owed = 0
-        self._writing = trio.StrictFIFOLock()  # the two pumps both write to the client
-
-    @property
-    def remote_host(self) -> str | None:
-        return None if self.remote is None else self.remote[0]
-
-    def fields(self) -> dict[str, Any]:
-        """What log lines about this connection carry as fields (``extra=``)."""
-        return {
-            "connection": self.id,
-            "remote": format_address(self.remote),
-            "target": self.target,
-        }
-
-    def take(self) -> Verdict:
-        """Spend a token of the rate limit for a message or a ping arriving now."""
-        return Verdict.ALLOW if self.bucket is None else self.bucket.take(trio.current_time())
-
-    async def write(self, data: bytes) -> None:
-        """Write ``data`` to the client, after whatever another task is writing."""
-        self.owed += len(data)
-        try:
-            async with self._writing:
-                await self.stream.send_all(data)
-        finally:
-            self.owed -= len(data)
-
-    async def respond(self, answer: Response | bytes) -> None:
-        """Answer the request head: a refusal, or the 101 that opens the WebSocket."""
-        self.answered = True
-        await self.write(answer if isinstance(answer, bytes) else answer.to_bytes())
-
-    async def fail(self) -> None:
-        """Tell the client, as far as it can still be told, that the proxy gave up on it."""
-        with (
-            trio.move_on_after(CLOSE_TIMEOUT),
-            contextlib.suppress(*_GONE, wsproto.utilities.LocalProtocolError),
-        ):
-            if not self.answered:
-                await self.respond(Response(502, "Bad gateway: the proxy failed"))
-            elif self.ws is not None and self.ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
-                frame = CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error")
-                await self.write(self.ws.send(frame))
-
-
 class _Proxy:
     """The clients of one ``proxy``: serving each, and counting what they hold."""
 
@@ -282,7 +205,7 @@ class _Proxy:
         self._backend = backend
         self._limits = limits
         self._files = static_files()
-        self._clients: set[_Client] = set()  # every TCP connection being served
+        self._clients: set[ProxyClient] = set()  # every TCP connection being served
         self._forwarding = 0  # of which WebSockets, counted against max_connections
         self.failures = 0  # connections ended by an unexpected error
 
@@ -298,13 +221,14 @@ class _Proxy:
 
     async def serve_client(self, stream: trio.SocketStream) -> None:
         """Serve one TCP connection; whatever goes wrong with it ends it, and only it."""
-        client = _Client(stream, self._limits)
+        limits = self._limits
+        client = ProxyClient(stream, limits["max_message_size"], limits["rate_limit"])
         self._clients.add(client)
         try:
             async with stream:
                 try:
                     await self._answer(client)
-                except* _GONE:
+                except* GONE:
                     pass  # the client left; nothing to tell it
                 except* Exception:
                     self.failures += 1
@@ -314,7 +238,7 @@ class _Proxy:
         finally:
             self._clients.discard(client)
 
-    async def _answer(self, client: _Client) -> None:
+    async def _answer(self, client: ProxyClient) -> None:
         raw: bytes | Response | None = None
         with trio.move_on_after(self._limits["handshake_timeout"]):
             raw = await read_head(client.stream)
@@ -341,7 +265,7 @@ class _Proxy:
         finally:
             self._forwarding -= 1
 
-    async def _forward(self, client: _Client, head: RequestHead, accept: bytes) -> None:
+    async def _forward(self, client: ProxyClient, head: RequestHead, accept: bytes) -> None:
         """Open the backend's side, then answer the client: 101, or the backend's refusal."""
         backend = self._backend
         try:
@@ -365,13 +289,13 @@ class _Proxy:
                         extra_headers=forwarded_headers(head, client.remote_host),
                         max_message_size=self._limits["max_message_size"],
                         message_queue_size=0,  # a message is held by the pump, not queued
-                        receive_buffer_size=_RECEIVE_BYTES,
+                        receive_buffer_size=RECEIVE_BYTES,
                     )
                 chosen = upstream.subprotocol
                 if chosen:
                     accept = accept[:-2] + f"Sec-WebSocket-Protocol: {chosen}\r\n\r\n".encode()
                 await client.respond(accept)
-                await _pump(client, upstream)
+                await pump(client, upstream)
                 pair.cancel_scope.cancel()
         except* trio_websocket.ConnectionRejected as group:
             refusal = first_leaf(group)
@@ -412,132 +336,3 @@ def _passed_on(refusal: trio_websocket.ConnectionRejected) -> Response:
     if not 400 <= status <= 599:
         return Response(502, f"Bad gateway: the backend answered {status}")
     return Response(status, refusal.body or b"")
-
-
-async def _pump(client: _Client, upstream: trio_websocket.WebSocketConnection) -> None:
-    """Frames both ways until either side closes; the other then closes the same way."""
-    async with trio.open_nursery() as both:
-        both.start_soon(_client_to_backend, client, upstream, both.cancel_scope)
-        both.start_soon(_backend_to_client, client, upstream, both.cancel_scope)
-
-
-async def _client_to_backend(
-    client: _Client, upstream: trio_websocket.WebSocketConnection, done: trio.CancelScope
-) -> None:
-    ws = client.ws
-    assert ws is not None
-    try:
-        while True:
-            data = await client.stream.receive_some(_RECEIVE_BYTES)
-            ws.receive_data(data or None)
-            for event in ws.events():
-                close = await _from_client(client, upstream, event)
-                if close is not None:
-                    await _close_both(client, upstream, *close)
-                    await _await_answer(client)
-                    done.cancel()
-                    return
-    except (*_GONE, trio_websocket.ConnectionClosed):
-        await _close_both(client, upstream, CloseCode.ABNORMAL_CLOSURE, "")
-        done.cancel()
-
-
-async def _from_client(
-    client: _Client, upstream: trio_websocket.WebSocketConnection, event: object
-) -> tuple[int, str] | None:
-    """Act on one event from the client: the close to pass on to both sides, if any."""
-    if isinstance(event, TextMessage | BytesMessage):
-        try:
-            message = client.message.feed(event.data, event.message_finished)
-        except MessageTooBig:
-            return CloseCode.MESSAGE_TOO_BIG, "Message too big"
-        if message is not None:
-            return await _pass_on(client, upstream, message)
-    elif isinstance(event, Ping):
-        return await _answer_ping(client, event)
-    elif isinstance(event, CloseConnection):
-        return event.code, event.reason or ""
-    return None
-
-
-async def _pass_on(
-    client: _Client, upstream: trio_websocket.WebSocketConnection, message: str | bytes
-) -> tuple[int, str] | None:
-    """Send a whole message on to the backend, as the client's rate limit decides."""
-    verdict = client.take()
-    if verdict is Verdict.ALLOW:
-        size = byte_length(message)
-        client.owed += size
-        try:
-            await upstream.send_message(message)
-        finally:
-            client.owed -= size
-    elif verdict is Verdict.DROP:
-        await client.write(RATE_LIMITED)
-    else:
-        return _FLOODED
-    return None
-
-
-async def _answer_ping(client: _Client, ping: Ping) -> tuple[int, str] | None:
-    """Answer a client's ping: it takes a token; one that finds none is not answered."""
-    verdict = client.take()
-    ws = client.ws
-    assert ws is not None
-    if verdict is Verdict.ALLOW and ws.state is WSState.OPEN:
-        await client.write(ws.send(ping.response()))
-    return _FLOODED if verdict is Verdict.FLOOD else None
-
-
-async def _backend_to_client(
-    client: _Client, upstream: trio_websocket.WebSocketConnection, done: trio.CancelScope
-) -> None:
-    try:
-        while True:
-            message = await upstream.get_message()
-            await client.write(encode_message(message))
-    except trio_websocket.ConnectionClosed as closed:
-        ws = client.ws
-        if ws is not None and ws.state is WSState.LOCAL_CLOSING:
-            return  # the proxy closed first: the other pump waits for the client's answer
-        reason = closed.reason
-        code = reason.code if reason is not None else CloseCode.ABNORMAL_CLOSURE
-        await _close_both(client, upstream, code, (reason.reason or "") if reason else "")
-    except _GONE:
-        await _close_both(client, upstream, CloseCode.ABNORMAL_CLOSURE, "")
-    done.cancel()
-
-
-async def _await_answer(client: _Client) -> None:
-    """After a close the proxy sent first (a flood, a message too big), read and drop
-    what the client still sends until its answer: closed with data unread, its socket
-    would be reset, and the client would see 1006 instead of the close."""
-    ws = client.ws
-    assert ws is not None
-    with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(*_GONE):
-        while ws.state is WSState.LOCAL_CLOSING:
-            data = await client.stream.receive_some(_RECEIVE_BYTES)
-            if not data:
-                return
-            ws.receive_data(data)
-            for _ in ws.events():
-                pass
-
-
-async def _close_both(
-    client: _Client, upstream: trio_websocket.WebSocketConnection, code: int, reason: str
-) -> None:
-    """Pass a close on: to the client with the code the backend used, and back again.
-
-    1005 (no code) and 1006 (no close frame) cannot be sent: for 1005 the other side
-    gets 1000, for 1006 the client's TCP connection ends and the backend gets 1000.
-    """
-    ws = client.ws
-    assert ws is not None
-    with trio.move_on_after(CLOSE_TIMEOUT):
-        if ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING) and code != 1006:
-            frame = CloseConnection(code if code != 1005 else 1000, reason if code != 1005 else "")
-            with contextlib.suppress(*_GONE):
-                await client.write(ws.send(frame))
-        if not upstream.closed:
-            await upstream.aclose(code if code not in (1005, 1006) else 1000, reason or None)

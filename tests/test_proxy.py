@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 import roomkit
-import roomkit._proxy
+import roomkit._proxyclient
 from roomkit._core.frames import encode_message
 from roomkit._core.ratelimit import FLOOD_SECONDS
 
@@ -312,14 +312,14 @@ async def test_a_refusal_with_a_status_http_does_not_name_is_passed_on(
 async def test_an_error_in_one_connection_ends_only_that_one(
     start: Start, nursery: trio.Nursery, monkeypatch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = roomkit._proxy.encode_message
+    real = roomkit._proxyclient.encode_message
 
     def encode(message: str | bytes) -> bytes:
         if message == "boom":
             raise RuntimeError("a bug in the proxy")
         return real(message)
 
-    monkeypatch.setattr(roomkit._proxy, "encode_message", encode)
+    monkeypatch.setattr(roomkit._proxyclient, "encode_message", encode)
     backend = await start(Backend)
     front = await start_proxy(nursery, backend.url)
     async with open_client(f"{front.url}/r") as bystander:
