@@ -20,12 +20,14 @@ from ._errors import StorageError as StorageError
 from ._protocol import Protocol as Protocol
 from ._protocol import converter as converter
 from ._proxy import ProxyOptions as ProxyOptions
+from ._proxy import ProxyServer as ProxyServer
 from ._proxy import proxy as proxy
 from ._request import Request as Request
 from ._room import Room as Room
 from ._server import ServeOptions as ServeOptions
 from ._server import Server as Server
 from ._server import serve as serve
+from ._statistics import ProxyStatistics as ProxyStatistics
 from ._statistics import ServerStatistics as ServerStatistics
 from ._storage import Storage as Storage
 from ._storage import Transaction as Transaction
@@ -41,6 +43,8 @@ __all__ = [
     "ErrorMessage",
     "Protocol",
     "ProxyOptions",
+    "ProxyServer",
+    "ProxyStatistics",
     "RateLimit",
     "Reject",
     "Request",

@@ -26,7 +26,7 @@ from ._envoptions import EnvOptions, UsageError
 from ._errors import StorageError, first_leaf
 from ._logs import configure_logging
 from ._options import Option
-from ._proxy import PROXY_OPTIONS, proxy
+from ._proxy import PROXY_OPTIONS, ProxyServer, proxy
 from ._room import Room
 from ._server import SERVE_OPTIONS, Server, serve
 from ._wsurl import WebSocketURL
@@ -139,21 +139,25 @@ def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
 
 
 async def _serve_until_signalled(run: Any) -> None:
-    """Run the server (or proxy) until SIGINT or SIGTERM, then shut it down as a restart.
+    """Run the server (or proxy) until SIGINT or SIGTERM, then shut it down.
 
-    Clients get 1012 "Service restart" and come back at once, to this server's successor.
-    A second signal while it drains exits at once, with status 128 + the signal's number.
+    A server shuts down as a restart: clients get 1012 "Service restart" and come back
+    at once, to this server's successor. A proxy stops. A second signal while it
+    drains exits at once, with status 128 + the signal's number.
     """
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            server: Server = await nursery.start(run)
-            logger.info("roomkit listening on %s", server.url)
+            running: Server | ProxyServer = await nursery.start(run)
+            logger.info("roomkit listening on %s", running.url)
             signum = await anext(signals)
         # A plain handler, not Trio's receiver: it runs even if a hook is stuck in a loop.
         for each in (signal.SIGINT, signal.SIGTERM):
             signal.signal(each, _exit_at_once)
         logger.info("%s: shutting down (a second signal exits at once)", _name(signum))
-        server.shutdown(restart=True)
+        if isinstance(running, Server):
+            running.shutdown(restart=True)
+        else:
+            running.shutdown()
 
 
 def _exit_at_once(signum: int, frame: object) -> None:

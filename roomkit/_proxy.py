@@ -24,8 +24,10 @@ the ``roomkit.proxy`` logger and counted; it never reaches the proxy's own nurse
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated, Final, TypedDict, Unpack
 
+import attrs
 import h11
 import trio
 import trio_websocket
@@ -56,12 +58,11 @@ from ._options import (
     rate_limit,
 )
 from ._proxyclient import GONE, RECEIVE_BYTES, ProxyClient, pump
-from ._server import Server
 from ._static import static_files
-from ._statistics import ServerStatistics
-from ._wsurl import WebSocketURL
+from ._statistics import ProxyStatistics
+from ._wsurl import WebSocketURL, base_url
 
-__all__ = ["PROXY_OPTIONS", "ProxyOptions", "proxy"]
+__all__ = ["PROXY_OPTIONS", "ProxyOptions", "ProxyServer", "proxy"]
 
 logger = logging.getLogger("roomkit.proxy")
 
@@ -160,25 +161,21 @@ PROXY_OPTIONS: Final = OptionSet[ProxyOptions](ProxyOptions, "proxy")
 async def proxy(
     backend_url: str,
     *,
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[ProxyServer] = trio.TASK_STATUS_IGNORED,
     **options: Unpack[ProxyOptions],
 ) -> None:
-    """Forward every WebSocket to ``backend_url`` until cancelled or :meth:`Server.shutdown`.
+    """Forward each WebSocket to ``backend_url`` until cancelled or :meth:`ProxyServer.shutdown`.
 
     Args:
       backend_url: ``ws://host:port`` (or ``wss://``) of the backend; a client's path
         and query are appended to it.
-      task_status: for ``nursery.start``, which returns a :class:`Server` once listening.
+      task_status: for ``nursery.start``, which returns a :class:`ProxyServer` once
+        listening.
       options: the keywords of :class:`ProxyOptions` (``host``, ``port``, the limits),
         each left out at its default.
 
-    ``Server.statistics()`` counts the client TCP connections being served, the bytes of
-    client messages received in part (``receive_buffer_bytes``, each within
-    ``max_message_size``), and the bytes being written (``send_queue_bytes``): for each
-    client, at most a message on its way to the backend and a frame on its way back,
-    and a pong or an error reply waiting behind it. Not counted: what trio-websocket
-    holds of the backend's side, at most one message read and one being read per
-    client, each within ``max_message_size`` (in characters, for text).
+    What it holds is bounded by the options, and counted by
+    :meth:`ProxyServer.statistics` (see :class:`ProxyStatistics`).
 
     Raises:
       ValueError: for a ``backend_url`` that is not a WebSocket URL, or a bad limit
@@ -189,13 +186,47 @@ async def proxy(
     front = _Proxy(backend, limits)
     host = limits["host"]
     listeners = await trio.open_tcp_listeners(limits["port"], host=host)
-    server = Server(host, listeners[0].socket.getsockname()[1], statistics=front.statistics)
+    running = ProxyServer(host, listeners[0].socket.getsockname()[1], front.statistics)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(accept_loop, listener, nursery, front.serve_client)
-        task_status.started(server)
-        await server._stop.wait()
+        task_status.started(running)
+        await running._stop.wait()
         nursery.cancel_scope.cancel()
+
+
+@attrs.define(eq=False)
+class ProxyServer:
+    """A running proxy, as reported by ``nursery.start(proxy, ...)``.
+
+    Attributes:
+      host: the address it listens on.
+      port: the bound port (useful with ``port=0``); with several listeners (a
+        ``host`` of several addresses), the first one's.
+    """
+
+    host: str
+    port: int
+    _statistics: Callable[[], ProxyStatistics] = attrs.field(alias="statistics", repr=False)
+    _stop: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The base WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:8080``."""
+        return base_url(self.host, self.port, secure=False)
+
+    def shutdown(self) -> None:
+        """Stop the proxy as if it were cancelled; ``proxy`` then returns.
+
+        It stops accepting and drops every connection, forwarded or not: a proxy holds
+        nothing worth a drain (the backend's rooms hold the state, and clients
+        reconnect). Never blocks; later calls change nothing.
+        """
+        self._stop.set()
+
+    def statistics(self) -> ProxyStatistics:
+        """What the proxy holds right now: connections and their buffered bytes."""
+        return self._statistics()
 
 
 class _Proxy:
@@ -209,14 +240,13 @@ class _Proxy:
         self._forwarding = 0  # of which WebSockets, counted against max_connections
         self.failures = 0  # connections ended by an unexpected error
 
-    def statistics(self) -> ServerStatistics:
+    def statistics(self) -> ProxyStatistics:
         clients = self._clients
-        return ServerStatistics(
-            rooms=0,
+        return ProxyStatistics(
             connections=len(clients),
+            forwarded=self._forwarding,
             send_queue_bytes=sum(client.owed for client in clients),
             receive_buffer_bytes=sum(client.message.buffered for client in clients),
-            timers=0,
         )
 
     async def serve_client(self, stream: trio.SocketStream) -> None:

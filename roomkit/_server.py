@@ -57,6 +57,7 @@ from ._roomid import RoomId
 from ._runtime import Runtime
 from ._static import static_files
 from ._statistics import ServerStatistics
+from ._wsurl import base_url
 from .storage import SQLiteStore, Store
 
 __all__ = ["SERVE_OPTIONS", "ServeOptions", "Server", "serve"]
@@ -80,7 +81,7 @@ class Server:
     _close_code: CloseCode = attrs.field(default=CloseCode.GOING_AWAY, init=False)
     #: What serves it, for roomkit.testing to reach rooms and alarms; set once serving.
     _runtime: Runtime | None = attrs.field(default=None, init=False, repr=False)
-    #: Counts what it holds: its runtime's, or a proxy's.
+    #: Counts what it holds: its runtime's.
     _statistics: Callable[[], ServerStatistics] = attrs.field(
         kw_only=True, alias="statistics", repr=False
     )
@@ -88,8 +89,7 @@ class Server:
     @property
     def url(self) -> str:
         """The base WebSocket URL, e.g. ``ws://127.0.0.1:8080`` (``wss://`` with TLS)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}"
+        return base_url(self.host, self.port, secure=self.tls)
 
     def shutdown(self, *, restart: bool = False) -> None:
         """Shut the server down gracefully; ``serve`` then returns instead of running on.
@@ -99,7 +99,6 @@ class Server:
         "Service restart" instead, which tells clients to come back at once (roomkit's
         clients reconnect without waiting). Never blocks: wait for ``serve`` to return
         (the end of its nursery) to know the server is done. Later calls change nothing.
-        ``proxy`` stops as when cancelled.
         """
         if not self._stop.is_set():
             self._close_code = CloseCode.SERVICE_RESTART if restart else CloseCode.GOING_AWAY

@@ -1,4 +1,5 @@
-"""A ``ws://`` or ``wss://`` URL to connect to: shared by the client and the proxy."""
+"""``ws://`` and ``wss://`` URLs: one to connect to (for the client, and the proxy's
+backend), and the base URL of a server or a proxy listening."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-__all__ = ["WebSocketURL"]
+__all__ = ["WebSocketURL", "base_url"]
 
 
 @attrs.frozen
@@ -50,3 +51,10 @@ class WebSocketURL:
                 self.host, self.port, ssl_context=ssl_context
             )
         return await trio.open_tcp_stream(self.host, self.port)
+
+
+def base_url(host: str, port: int, *, secure: bool) -> str:
+    """The base URL of a server listening on ``host:port``: ``ws://127.0.0.1:8080``,
+    ``wss://`` with TLS, an IPv6 host in brackets (``ws://[::1]:8080``)."""
+    bracketed = f"[{host}]" if ":" in host else host
+    return f"{'wss' if secure else 'ws'}://{bracketed}:{port}"

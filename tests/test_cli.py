@@ -30,7 +30,7 @@ from roomkit._proxy import PROXY_OPTIONS
 from roomkit._server import SERVE_OPTIONS
 from roomkit.storage._sqlite import SQLiteCore
 
-from .helpers import ROOT, call, roomkit_serve, roomkit_serve_refused
+from .helpers import ROOT, call, roomkit_command, roomkit_serve, roomkit_serve_refused
 
 ROOMKIT = (sys.executable, "-m", "roomkit")
 TARGET = "examples.chat:ChatRoom"
@@ -68,6 +68,12 @@ def test_sigterm_closes_with_1012_commits_storage_and_exits_0(tmp_path: Path) ->
         assert process.wait(timeout=10) == 0
     # "goodbye" was written by on_close, during the drain: committed before the exit.
     assert stored(db, "ledger", ["a", "goodbye"]) == {"a": 1, "goodbye": [1012, "Service restart"]}
+
+
+def test_sigterm_stops_a_proxy_with_status_0() -> None:
+    with roomkit_command("proxy", "ws://127.0.0.1:9", "--port", "0") as (process, _):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
 
 
 def test_a_room_refusing_with_an_unnamed_status_leaves_the_process_serving() -> None:

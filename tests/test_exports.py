@@ -17,6 +17,8 @@ def test_public_names() -> None:
         "ErrorMessage",
         "Protocol",
         "ProxyOptions",
+        "ProxyServer",
+        "ProxyStatistics",
         "RateLimit",
         "Reject",
         "Request",

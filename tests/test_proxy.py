@@ -2,7 +2,7 @@
 
 Misbehaving clients and backends are raw sockets (``trio.open_tcp_stream``, a fake
 backend on ``trio.serve_tcp``); the proxy's limits are checked through what it reports
-in ``Server.statistics()``, never through timings. Everything listens on 127.0.0.1,
+in ``ProxyServer.statistics()``, never through timings. Everything listens on 127.0.0.1,
 port 0.
 """
 
@@ -68,8 +68,10 @@ def _reset() -> None:
     Backend.seen, Backend.closed, Backend.done = [], [], trio.Event()
 
 
-async def start_proxy(nursery: trio.Nursery, backend_url: str, **kwargs: Any) -> roomkit.Server:
-    server: roomkit.Server = await nursery.start(
+async def start_proxy(
+    nursery: trio.Nursery, backend_url: str, **kwargs: Any
+) -> roomkit.ProxyServer:
+    server: roomkit.ProxyServer = await nursery.start(
         partial(roomkit.proxy, backend_url, port=0, **kwargs)
     )
     return server
@@ -206,7 +208,7 @@ async def upgrade(port: int, target: bytes = b"/r", headers: bytes = b"") -> tup
     return status, data.partition(b"\r\n\r\n")[2]
 
 
-async def still_serving(front: roomkit.Server) -> None:
+async def still_serving(front: roomkit.ProxyServer) -> None:
     async with open_client(f"{front.url}/r") as ws:
         await ws.send_message("still there?")
         with trio.fail_after(5):
@@ -355,14 +357,55 @@ def test_a_proxy_survives_a_handshake_it_cannot_pass_on_and_serves_on() -> None:
         assert process.poll() is None
 
 
-# The proxy's limits: a server's by default, each with what the peer past it gets.
-
-
 async def until(condition: Callable[[], bool]) -> None:
     """Wait, for at most 5 s, until ``condition()`` holds."""
     with trio.fail_after(5):
         while not condition():  # noqa: ASYNC110 (statistics have no event to wait on)
             await trio.sleep(0.001)
+
+
+# The proxy's handle.
+
+
+async def test_the_handle_counts_what_the_proxy_holds_and_has_nothing_of_a_servers(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url)
+    assert front.url == f"ws://127.0.0.1:{front.port}"
+    assert front.statistics() == roomkit.ProxyStatistics(
+        connections=0, forwarded=0, send_queue_bytes=0, receive_buffer_bytes=0
+    )
+    with trio.fail_after(5):
+        idle = await trio.open_tcp_stream("127.0.0.1", front.port)  # no request head yet
+    async with idle, open_client(f"{front.url}/r") as ws:
+        await ws.send_message("x")
+        with trio.fail_after(5):
+            assert await ws.get_message() == "x"
+        await until(lambda: front.statistics().connections == 2)
+        assert front.statistics().forwarded == 1
+    await until(lambda: front.statistics() == roomkit.ProxyStatistics(0, 0, 0, 0))
+    assert not hasattr(front, "room_count")
+
+
+async def test_shutdown_drops_every_connection_and_the_proxy_returns(start: Start) -> None:
+    backend = await start(Backend)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as own:
+            front: roomkit.ProxyServer = await own.start(
+                partial(roomkit.proxy, backend.url, port=0)
+            )
+            async with open_client(f"{front.url}/r") as ws:
+                front.shutdown()
+                front.shutdown()  # a second call changes nothing
+                with pytest.raises(trio_websocket.ConnectionClosed):
+                    await ws.get_message()
+        # the nursery is done: proxy() returned
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", front.port)
+
+
+# The proxy's limits: a server's by default, each with what the peer past it gets.
 
 
 async def test_fragments_past_the_limit_close_with_1009_and_are_never_held_whole(
