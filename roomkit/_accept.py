@@ -1,4 +1,10 @@
-"""The TCP edge shared by ``serve`` and ``proxy``: accepting, and reading request heads."""
+"""The TCP edge shared by ``serve`` and ``proxy``: accepting, and reading request heads.
+
+Both read a new connection's request head the same way, with :func:`read_request`: at
+most ``MAX_HEAD`` bytes (431 beyond), within one deadline (with the TLS handshake, for
+``serve`` over TLS), parsed (400 if it is not HTTP); what comes after the head is kept,
+as the first bytes of a WebSocket.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,13 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
+import attrs
 import trio
 
-from ._core.frontdoor import Response
+from ._core.frontdoor import RequestHead, Response, parse_head
 from ._metrics import RefusalReason
 
-__all__ = ["MAX_HEAD", "accept_loop", "read_head", "read_request", "remote_address"]
+__all__ = ["MAX_HEAD", "Head", "accept_loop", "read_head", "read_request", "remote_address"]
 
 logger = logging.getLogger("roomkit.server")
 
@@ -52,10 +59,21 @@ async def accept_loop(
             nursery.start_soon(handler, stream)
 
 
-async def read_head(stream: trio.abc.ReceiveStream) -> bytes | Response | None:
-    """Read until a request head is complete; None if the peer left first.
+@attrs.frozen
+class Head:
+    """A request head, read whole and parsed, and the bytes that came after it."""
 
-    Returns every byte read: the head and whatever came after it.
+    request: RequestHead
+    #: What the client sent past the head's blank line: a WebSocket's first frames.
+    rest: bytes
+
+
+async def read_head(stream: trio.abc.ReceiveStream) -> Head | Response | None:
+    """Read a request head until its blank line, and parse it.
+
+    Returns:
+      the head; or the response that refuses it, 431 past ``MAX_HEAD`` bytes, 400 if it
+      is not an HTTP request; or None if the peer left first.
     """
     too_large = Response(431, "Request header fields too large")
     buffer = bytearray()
@@ -66,7 +84,11 @@ async def read_head(stream: trio.abc.ReceiveStream) -> bytes | Response | None:
         if not chunk:
             return None
         buffer += chunk
-    return too_large if end > MAX_HEAD else bytes(buffer)
+    if end > MAX_HEAD:
+        return too_large
+    end += 4
+    head = parse_head(bytes(buffer[:end]))
+    return head if isinstance(head, Response) else Head(head, bytes(buffer[end:]))
 
 
 def remote_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
@@ -88,9 +110,9 @@ def remote_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
 
 async def read_request(
     ssl_context: ssl.SSLContext | None, seconds: float, stream: trio.abc.Stream
-) -> tuple[trio.abc.Stream, bytes | Response | None, RefusalReason | None]:
-    """The stream to speak on (TLS-wrapped with a context), its request head, and why
-    there is none when the client failed.
+) -> tuple[trio.abc.Stream, Head | Response | None, RefusalReason | None]:
+    """The stream to speak on (TLS-wrapped with a context), its request head (or the
+    refusal it gets: see :func:`read_head`), and why there is none when the client failed.
 
     The TLS handshake and the head share one deadline, ``seconds`` away: a client that
     finishes neither in time is dropped (``"timeout"``), and so is one whose TLS

@@ -35,9 +35,9 @@ import wsproto.utilities
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
-from ._accept import accept_loop, read_head
+from ._accept import Head, accept_loop, read_request
 from ._core.forwarding import forwarded_headers, forwarding_error, subprotocols
-from ._core.frontdoor import RequestHead, Response, handshake_response, parse_head, plain_response
+from ._core.frontdoor import RequestHead, Response, handshake_response, plain_response
 from ._core.limits import (
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
@@ -269,28 +269,23 @@ class _Proxy:
             self._clients.discard(client)
 
     async def _answer(self, client: ProxyClient) -> None:
-        raw: bytes | Response | None = None
-        with trio.move_on_after(self._limits["handshake_timeout"]):
-            raw = await read_head(client.stream)
-        if raw is None:
-            return
-        if isinstance(raw, Response):
-            await client.respond(raw)
-            return
-        end = raw.index(b"\r\n\r\n") + 4
-        head = parse_head(raw[:end])
-        answer = _door(head, self._files)
+        timeout = self._limits["handshake_timeout"]
+        _, read, _ = await read_request(None, timeout, client.stream)
+        if read is None:
+            return  # silent, slow or gone: nobody to answer
+        answer = read if isinstance(read, Response) else _door(read.request, self._files)
         if isinstance(answer, Response):
             await client.respond(answer)
             return
-        assert isinstance(head, RequestHead)
+        assert isinstance(read, Head)
+        head = read.request
         client.target = head.target
         if self._forwarding >= self._limits["max_connections"]:
             await client.respond(Response(503, "Server is full"))
             return
         self._forwarding += 1
         try:
-            client.ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
+            client.ws = WSConnection(ConnectionType.SERVER, trailing_data=read.rest)
             await self._forward(client, head, answer)
         finally:
             self._forwarding -= 1
@@ -342,11 +337,9 @@ class _Proxy:
                 await client.respond(Response(502, "Bad gateway: the backend failed"))
 
 
-def _door(head: RequestHead | Response, files: dict[str, Response]) -> Response | bytes:
+def _door(head: RequestHead, files: dict[str, Response]) -> Response | bytes:
     """What a client's request head gets at the proxy: a response, or the 101 to send
     once the backend has accepted."""
-    if isinstance(head, Response):
-        return head
     if not head.is_websocket:
         return plain_response(head, files)
     answer = handshake_response(head)

@@ -21,13 +21,13 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection
 
-from ._accept import remote_address
+from ._accept import Head, remote_address
 from ._actor import RoomActor
 from ._alarms import Scheduler
 from ._closecodes import CloseCode
 from ._committer import Committer
 from ._connection import Connection
-from ._core.frontdoor import Response, Router, handshake_response, parse_head
+from ._core.frontdoor import Response, Router, handshake_response
 from ._logs import format_address
 from ._metrics import Metrics, RefusalReason
 from ._request import Request
@@ -63,7 +63,7 @@ _SHUTDOWN_REASONS: Final = {
 #: Reads a new connection's request head, through TLS if need be: see ``_accept.read_request``.
 Handshake = Callable[
     [trio.abc.Stream],
-    Awaitable[tuple[trio.abc.Stream, bytes | Response | None, RefusalReason | None]],
+    Awaitable[tuple[trio.abc.Stream, Head | Response | None, RefusalReason | None]],
 ]
 
 
@@ -297,7 +297,7 @@ class Runtime:
             return  # silent, slow, gone, or not speaking TLS: nobody to answer
         visit.secured = secured
         if isinstance(head, Response):
-            decision: Response | Upgrade = self._refuse("too_large", head, remote)
+            decision: Response | Upgrade = self._refuse(_HEAD_REFUSALS[head.status], head, remote)
         else:
             decision = self._decide(head, remote)
         full = self._max_connections is not None and self.connections >= self._max_connections
@@ -332,11 +332,8 @@ class Runtime:
         with trio.move_on_after(_ERROR_ANSWER_TIMEOUT), gone:
             await visit.secured.send_all(_INTERNAL_ERROR)
 
-    def _decide(self, raw: bytes, remote: tuple[str, int] | None) -> Response | Upgrade:
-        end = raw.index(b"\r\n\r\n") + 4
-        head = parse_head(raw[:end])
-        if isinstance(head, Response):
-            return self._refuse("bad_request", head, remote)
+    def _decide(self, read: Head, remote: tuple[str, int] | None) -> Response | Upgrade:
+        head = read.request
         target = self._router.route(head)
         if isinstance(target, Response):
             if not head.is_websocket:  # plain HTTP: not a handshake
@@ -345,7 +342,7 @@ class Runtime:
         accept = handshake_response(head)
         if isinstance(accept, Response):
             return self._refuse("bad_handshake", accept, remote)
-        ws = WSConnection(ConnectionType.SERVER, trailing_data=raw[end:])
+        ws = WSConnection(ConnectionType.SERVER, trailing_data=read.rest)
         request = Request(head.path, target.room.name, head.query, head.headers, remote)
         return Upgrade(target.route, target.room, ws, accept, request)
 
@@ -421,6 +418,8 @@ class Runtime:
         await done.wait()
 
 
+#: Why a request head was refused as it was read, by the status it got.
+_HEAD_REFUSALS: Final[dict[int, RefusalReason]] = {431: "too_large", 400: "bad_request"}
 #: Why the Router refused a WebSocket upgrade, by the status it answered with.
 _ROUTE_REFUSALS: Final[dict[int, RefusalReason]] = {
     404: "not_found",

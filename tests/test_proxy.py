@@ -23,6 +23,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 
 import roomkit
 import roomkit._proxyclient
+from roomkit._accept import MAX_HEAD
 from roomkit._core.frames import encode_message
 from roomkit._core.ratelimit import FLOOD_SECONDS
 
@@ -213,6 +214,25 @@ async def still_serving(front: roomkit.ProxyServer) -> None:
         await ws.send_message("still there?")
         with trio.fail_after(5):
             assert await ws.get_message() == "still there?"
+
+
+async def test_request_heads_are_read_as_the_server_reads_them(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url, handshake_timeout=0.2)
+    filler = b"X-Filler: " + b"a" * MAX_HEAD + b"\r\n"
+    status, _, body = await http(front.port, b"GET /r HTTP/1.1\r\n" + filler + b"\r\n")
+    assert (status, body) == (431, b"Request header fields too large")
+    status, _, body = await http(front.port, b"HELLO\r\n\r\n")
+    assert status == 400 and body.startswith(b"Bad request: ")
+    with trio.fail_after(5):  # a client that never finishes its head is dropped, unanswered
+        silent = await trio.open_tcp_stream("127.0.0.1", front.port)
+        async with silent:
+            await silent.send_all(b"GET /r HTTP/1.1\r\n")
+            assert await silent.receive_some() == b""
+    assert Backend.seen == []
+    await still_serving(front)
 
 
 async def test_a_subprotocol_that_is_not_a_token_is_400_and_others_are_served(
