@@ -19,9 +19,11 @@ from typing import Any, Final, Generic, TypeVar, cast, get_args, get_type_hints
 
 import attrs
 
+from ._core.limits import HANDSHAKE_TIMEOUT
 from ._core.ratelimit import RateLimit
 
 __all__ = [
+    "HANDSHAKE",
     "HOST",
     "PORT",
     "Option",
@@ -235,3 +237,11 @@ def rate_limit(text: str) -> RateLimit | None:
 
 HOST: Final = Option(default="127.0.0.1", group="listening", help="address to listen on")
 PORT: Final = Option(default=8080, group="listening", parse=port, help="port; 0 picks a free one")
+HANDSHAKE: Final = Option(
+    default=HANDSHAKE_TIMEOUT,
+    group="connections",
+    parse=positive_seconds,
+    check=check_positive_seconds,
+    metavar="SECONDS",
+    help="time a client has to send its request head; a slower one is dropped",
+)

@@ -39,7 +39,6 @@ from ._accept import Head, accept_loop, read_request
 from ._core.forwarding import forwarded_headers, forwarding_error, subprotocols
 from ._core.frontdoor import RequestHead, Response, handshake_response, plain_response
 from ._core.limits import (
-    HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_MESSAGE_SIZE,
     RATE_LIMIT,
@@ -47,14 +46,13 @@ from ._core.limits import (
 from ._core.ratelimit import RateLimit
 from ._errors import first_leaf
 from ._options import (
+    HANDSHAKE,
     HOST,
     PORT,
     Option,
     OptionSet,
     check_count,
-    check_positive_seconds,
     positive_int,
-    positive_seconds,
     rate_limit,
 )
 from ._proxyclient import GONE, RECEIVE_BYTES, ProxyClient, pump
@@ -105,17 +103,7 @@ class ProxyOptions(TypedDict, total=False):
 
     host: Annotated[str, HOST]
     port: Annotated[int, PORT]
-    handshake_timeout: Annotated[
-        float,
-        Option(
-            default=HANDSHAKE_TIMEOUT,
-            group="limits",
-            parse=positive_seconds,
-            check=check_positive_seconds,
-            metavar="SECONDS",
-            help="time a client has to send its request head; a slower one is dropped",
-        ),
-    ]
+    handshake_timeout: Annotated[float, HANDSHAKE]
     max_message_size: Annotated[
         int,
         Option(

@@ -37,10 +37,10 @@ from ._accept import accept_loop, read_request
 from ._actor import RoomActor
 from ._closecodes import CloseCode
 from ._core.frontdoor import Page, Router
-from ._core.limits import HANDSHAKE_TIMEOUT
 from ._exposition import metrics_page
 from ._metrics import Metrics
 from ._options import (
+    HANDSHAKE,
     HOST,
     PORT,
     Option,
@@ -49,7 +49,6 @@ from ._options import (
     check_seconds,
     origins,
     positive_int,
-    positive_seconds,
     seconds,
 )
 from ._room import Room
@@ -175,16 +174,7 @@ class ServeOptions(TypedDict, total=False):
             help="write the changes of many hooks in one transaction (one fsync)",
         ),
     ]
-    handshake_timeout: Annotated[
-        float,
-        Option(
-            default=HANDSHAKE_TIMEOUT,
-            group="connections",
-            parse=positive_seconds,
-            metavar="SECONDS",
-            help="time a client has to send its request head; a slower one is dropped",
-        ),
-    ]
+    handshake_timeout: Annotated[float, HANDSHAKE]
     max_connections: Annotated[
         int | None,
         Option(

@@ -174,6 +174,14 @@ async def test_websockets_package_client(start: Start) -> None:
     assert await trio.to_thread.run_sync(talk) == ["text", b"\x01\x02"]
 
 
+def test_serve_refuses_a_handshake_timeout_that_is_no_time() -> None:
+    async def main() -> None:
+        await roomkit.serve(Goodbye, port=0, handshake_timeout=0)
+
+    with pytest.raises(ValueError, match="handshake_timeout must be positive seconds, not 0"):
+        trio.run(main)
+
+
 def test_serve_refuses_an_unknown_option_as_python_would() -> None:
     async def main() -> None:
         await roomkit.serve(Goodbye, prot=0)  # type: ignore[call-arg]
