@@ -427,7 +427,7 @@ class RoomActor:
         else:
             # Open while its own on_connect runs (it is among connections(), sends to it
             # are queued for after the handshake); handshakes still waiting are not.
-            conn.state = ConnectionState.OPEN
+            conn._state = ConnectionState.OPEN
             settle = functools.partial(self._connect_settled, event)
             error = await self._hook("on_connect", conn, conn.request, settle=settle)
             if isinstance(error, Reject):
@@ -441,7 +441,7 @@ class RoomActor:
                     sweep = ("sweep", self.room)  # ...but it may be the first to need one
                     self._host.set_timer(sweep, conn.last_seen + timeout, earlier_only=True)
                 return  # decided when its changes are durable
-            conn.state = ConnectionState.CLOSED
+            conn._state = ConnectionState.CLOSED
         self._forget(conn)
         event.decided.set()
 
@@ -463,7 +463,7 @@ class RoomActor:
         if isinstance(event, Connect) and not event.decided.is_set():
             self._refuse(event, "internal_error", 500, "Internal error")
             conn = event.conn
-            conn.state = ConnectionState.CLOSED
+            conn._state = ConnectionState.CLOSED
             if conn in self._connections:
                 self._forget(conn)
             event.decided.set()
@@ -612,7 +612,7 @@ class RoomActor:
             return  # already refused: roomkit failed handling the handshake after on_connect
         if not durable:
             self._refuse(event, "error", 500, "Internal error")
-            event.conn.state = ConnectionState.CLOSED
+            event.conn._state = ConnectionState.CLOSED
             self._forget(event.conn)
             self._poke()
         event.decided.set()

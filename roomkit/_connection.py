@@ -113,6 +113,7 @@ class Connection:
         "_read_scope",
         "_send_limit",
         "_serve_scope",
+        "_state",
         "_stream",
         "_tags",
         "_wakeup",
@@ -123,7 +124,6 @@ class Connection:
         "id",
         "last_seen",
         "request",
-        "state",
     )
 
     def __init__(
@@ -136,9 +136,7 @@ class Connection:
     ) -> None:
         self.id: Final = connection_id()
         self.request: Final = request
-        #: CONNECTING until its on_connect starts, OPEN, CLOSING once a close frame is
-        #: queued or received, CLOSED when its TCP connection is gone.
-        self.state = ConnectionState.CONNECTING
+        self._state = ConnectionState.CONNECTING
         #: When the peer last sent a message, in Trio's clock (``trio.current_time()``).
         self.last_seen = trio.current_time()
         self._actor = actor
@@ -178,6 +176,12 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} room={self.request.room!r} {self.state.value}>"
+
+    @property
+    def state(self) -> ConnectionState:
+        """CONNECTING until its on_connect starts, OPEN, CLOSING once a close frame is
+        queued or received, CLOSED when its TCP connection is gone: read-only."""
+        return self._state
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -323,7 +327,7 @@ class Connection:
         instead of holding its connection for as long as it likes. A room's own close
         waits for a slow reader, as its sends do.
         """
-        self.state = ConnectionState.CLOSING
+        self._state = ConnectionState.CLOSING
         self._close_frame = frame
         if self._cut_reason is not None:
             deadline = trio.current_time() + CLOSE_TIMEOUT
@@ -402,7 +406,7 @@ class Connection:
                     await self._stream.send_all(self._ws.send(frame))
         finally:
             self._fd = None  # before the close: the number may be reused at once
-            self.state = ConnectionState.CLOSED
+            self._state = ConnectionState.CLOSED
             self._actor.cancel_timer(("ping", self))
             await trio.aclose_forcefully(self._stream)
             if opened:

@@ -323,6 +323,21 @@ async def test_an_application_can_keep_its_own_attributes_on_a_connection(start:
             assert await ann.get_message() == "ann: hi"
 
 
+class StateWriter(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        try:
+            conn.state = roomkit.ConnectionState.CLOSED  # type: ignore[misc]
+        except AttributeError:
+            conn.send(f"read-only, still {conn.state.value}")
+
+
+async def test_a_connections_state_is_read_only(start: Start) -> None:
+    server = await start(StateWriter)
+    async with open_client(f"{server.url}/r") as ws:
+        with trio.fail_after(5):
+            assert await ws.get_message() == "read-only, still open"
+
+
 class Echo(roomkit.Room):
     max_message_size = 10
 
