@@ -35,6 +35,7 @@ from wsproto.events import CloseConnection
 from ._alarms import MAX_RETRIES, AlarmInfo, retry_delay
 from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
+from ._connlog import connection_fields
 from ._core.frames import encode_message
 from ._core.tags import TagIndex
 from ._errors import Reject, RoomkitError
@@ -45,6 +46,7 @@ from ._room import Room
 from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
 from ._storage import Storage
+from ._transport import Transport
 from .storage import AlarmWrite, Changes
 
 __all__ = ["HookName", "RoomActor"]
@@ -106,11 +108,11 @@ class RoomActor:
     def __init__(self, room_class: type[Room], room: RoomId, host: RoomHost) -> None:
         self.room_class: Final = room_class
         self.room: Final = room
-        self.tags: Final[TagIndex[Connection]] = TagIndex()
+        self.tags: Final[TagIndex[Transport]] = TagIndex()
         self.store: Final = host.store
         self.metrics: Final = host.metrics.room(room_class)
         self._host = host
-        self._connections: dict[Connection, None] = {}
+        self._connections: dict[Transport, None] = {}
         # The event channel exists while the room is awake, and is dropped when it
         # hibernates (a channel is over 1 KiB): _wake() makes it again.
         self._send: trio.MemorySendChannel[Event] | None = None
@@ -150,11 +152,11 @@ class RoomActor:
             self._gate_or_none = OutputGate(on_failure=self._storage_failed)
         return self._gate_or_none
 
-    def admit(self, conn: Connection) -> None:
+    def admit(self, conn: Transport) -> None:
         """Take ownership of a new connection and start its task."""
         self._connections[conn] = None
         self._host.connections += 1
-        self._host.spawn(conn._run)
+        self._host.spawn(conn.run)
 
     def shutdown(self, code: CloseCode, reason: str) -> None:
         """Close every connection with ``code`` and refuse new ones with 503.
@@ -164,25 +166,25 @@ class RoomActor:
         """
         self._closing = True
         for conn in self._connections:
-            conn._drain()
+            conn.drain()
         self._post_soon(Drain(CloseConnection(code, reason)))
 
     def close_now(self, frame: CloseConnection) -> None:
         """Close every connection with ``frame`` at once, ahead of what the room holds
         for it: the end of a drain that ran out of time, or one that failed."""
         for conn in list(self._connections):
-            conn._push(frame)
+            conn.push(frame)
 
-    def close_behind(self, conns: Sequence[Connection], frame: CloseConnection) -> None:
+    def close_behind(self, conns: Sequence[Transport], frame: CloseConnection) -> None:
         """Close ``conns`` with ``frame`` after what the room has released or still holds
         for them at the output gate."""
         if self._gate_or_none is None:  # nothing held (and no gate to make, asleep)
             for conn in conns:
-                conn._push(frame)
+                conn.push(frame)
         else:
             self._gate.finish(None, [(frame, conns)], None, self._commit)
 
-    async def cut(self, conn: Connection, frame: CloseConnection) -> None:
+    async def cut(self, conn: Transport, frame: CloseConnection) -> None:
         """Close ``conn`` (for the reader) after the messages it has already delivered."""
         await self._wake().send(Cut(conn, frame))
 
@@ -191,21 +193,21 @@ class RoomActor:
         timeout = self.room_class.idle_timeout
         assert timeout is not None
         now = trio.current_time()
-        for conn in self.connections():
+        for conn in self.members():
             if now - conn.last_seen >= timeout:
-                conn._cut("idle", CloseCode.NORMAL_CLOSURE, "Idle timeout")
-        if open_ := self.connections():  # the next sweep: when the quietest may be idle
+                conn.cut("idle", CloseCode.NORMAL_CLOSURE, "Idle timeout")
+        if open_ := self.members():  # the next sweep: when the quietest may be idle
             deadline = min(c.last_seen for c in open_) + timeout
             self._host.set_timer(("sweep", self.room), deadline)
 
-    async def connect(self, conn: Connection) -> tuple[int, str] | None:
+    async def connect(self, conn: Transport) -> tuple[int, str] | None:
         """Run ``on_connect``; return None to accept, or the ``(status, reason)`` to refuse."""
         event = Connect(conn)
         await self._wake().send(event)
         await event.decided.wait()
         return event.rejection
 
-    async def message(self, conn: Connection, message: Any) -> None:
+    async def message(self, conn: Transport, message: Any) -> None:
         send = self._wake()
         event = Message(conn, message)
         try:
@@ -239,7 +241,7 @@ class RoomActor:
             if not queued:
                 self._expected -= 1
 
-    async def closed(self, conn: Connection) -> None:
+    async def closed(self, conn: Transport) -> None:
         """Report that ``conn`` has closed; ``on_close`` will run."""
         # Broken or closed: the room itself was cancelled, and nobody is left to tell.
         gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
@@ -307,15 +309,20 @@ class RoomActor:
 
     # What the Room's methods, its storage and the Connection's send/close call.
 
-    def all_connections(self) -> list[Connection]:
+    def all_connections(self) -> list[Transport]:
         """Every connection the room holds, whatever its state."""
         return list(self._connections)
 
-    def connections(self, tag: str | None = None) -> list[Connection]:
+    def members(self, tag: str | None = None) -> list[Transport]:
+        """The open connections, or those carrying ``tag``, in join order."""
         members = self._connections if tag is None else self.tags.members(tag)
         return [c for c in members if c.state is ConnectionState.OPEN]
 
-    def retag(self, conn: Connection, old: tuple[str, ...], new: tuple[str, ...]) -> None:
+    def connections(self, tag: str | None = None) -> list[Connection]:
+        """``members(tag)`` as the hooks see them."""
+        return [c.handle for c in self.members(tag)]
+
+    def retag(self, conn: Transport, old: tuple[str, ...], new: tuple[str, ...]) -> None:
         """Move ``conn`` from ``old`` tags to ``new`` in the index, while it is in the room."""
         if conn in self._connections:
             self.tags.remove(conn, old)
@@ -337,14 +344,14 @@ class RoomActor:
         self, message: Any, tag: str | None, exclude: Connection | Iterable[Connection] | None
     ) -> int:
         frame = self.encode(message)
-        recipients = self.connections(tag)
+        recipients = self.members(tag)
         if exclude is not None:
             left_out = {exclude} if isinstance(exclude, Connection) else set(exclude)
-            recipients = [c for c in recipients if c not in left_out]
+            recipients = [c for c in recipients if c.handle not in left_out]
         self.emit(frame, recipients)
         return len(recipients)
 
-    def emit(self, item: bytes | CloseConnection, recipients: Iterable[Connection]) -> None:
+    def emit(self, item: bytes | CloseConnection, recipients: Iterable[Transport]) -> None:
         """Queue ``item`` for ``recipients``, through the output gate when a hook is running.
 
         The gate counts what it holds against each recipient's ``max_send_queue`` and
@@ -353,7 +360,7 @@ class RoomActor:
         """
         if self._outbox is None or trio.lowlevel.current_task() is not self._task:
             for conn in recipients:
-                conn._push(item)
+                conn.push(item)
             return
         self._gate.hold(self._outbox, item, recipients)
 
@@ -397,7 +404,7 @@ class RoomActor:
             if self._drained:
                 return
             if self._instance is not None or await self._room() is not None:
-                await self._run(event.conn, "on_message", event.conn, event.message)
+                await self._run(event.conn, "on_message", event.conn.handle, event.message)
         elif isinstance(event, Cut):
             self.close_behind((event.conn,), event.frame)
         elif isinstance(event, Drain):
@@ -407,9 +414,7 @@ class RoomActor:
             conn = event.conn
             self._forget(conn)
             if await self._room() is not None:
-                await self._run(
-                    conn, "on_close", conn, conn._close_code, conn._close_reason, conn._was_clean
-                )
+                await self._run(conn, "on_close", conn.handle, *conn.close_report)
         elif isinstance(event, Alarm):
             await self._handle_alarm(event)
             if event.done is not None:  # roomkit.testing waits until its sends are out
@@ -427,9 +432,10 @@ class RoomActor:
         else:
             # Open while its own on_connect runs (it is among connections(), sends to it
             # are queued for after the handshake); handshakes still waiting are not.
-            conn._state = ConnectionState.OPEN
+            conn.open()
             settle = functools.partial(self._connect_settled, event)
-            error = await self._hook("on_connect", conn, conn.request, settle=settle)
+            handle = conn.handle
+            error = await self._hook("on_connect", handle, handle.request, settle=settle)
             if isinstance(error, Reject):
                 self._refuse(event, "rejected", error.status, error.reason)
             elif error is not None:
@@ -441,7 +447,7 @@ class RoomActor:
                     sweep = ("sweep", self.room)  # ...but it may be the first to need one
                     self._host.set_timer(sweep, conn.last_seen + timeout, earlier_only=True)
                 return  # decided when its changes are durable
-            conn._state = ConnectionState.CLOSED
+            conn.reject()
         self._forget(conn)
         event.decided.set()
 
@@ -455,7 +461,7 @@ class RoomActor:
         Called from an ``except`` block, whose exception is logged.
         """
         about = event.conn if isinstance(event, (Connect, Message, Closed, Cut)) else None
-        fields = self.log_fields() if about is None else about._log_fields()
+        fields = self.log_fields() if about is None else about.log_fields()
         logger.exception(
             "room %s: handling %s failed", self.room, type(event).__name__, extra=fields
         )
@@ -463,16 +469,16 @@ class RoomActor:
         if isinstance(event, Connect) and not event.decided.is_set():
             self._refuse(event, "internal_error", 500, "Internal error")
             conn = event.conn
-            conn._state = ConnectionState.CLOSED
+            conn.reject()
             if conn in self._connections:
                 self._forget(conn)
             event.decided.set()
         elif isinstance(event, Message):
-            event.conn._cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
+            event.conn.cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
         elif isinstance(event, Closed) and event.conn in self._connections:
             self._forget(event.conn)
         elif isinstance(event, Cut):
-            event.conn._push(event.frame)  # the close it was for, without waiting
+            event.conn.push(event.frame)  # the close it was for, without waiting
         elif isinstance(event, Drain):
             self._drained = True
             self.close_now(event.frame)
@@ -529,7 +535,7 @@ class RoomActor:
             await self._report(None, error)
         return room
 
-    async def _run(self, conn: Connection | None, hook: HookName, *args: Any) -> None:
+    async def _run(self, conn: Transport | None, hook: HookName, *args: Any) -> None:
         error = await self._hook(hook, *args)
         if error is not None:
             await self._report(conn, error)
@@ -586,11 +592,11 @@ class RoomActor:
         self._gate.fail()
         self._instance = None
         for conn in list(self._connections):
-            conn._cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
+            conn.cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
 
-    async def _report(self, conn: Connection | None, error: Exception) -> None:
+    async def _report(self, conn: Transport | None, error: Exception) -> None:
         if self._instance is None:  # a failed commit reset the room while the hook ran
-            fields = self.log_fields() if conn is None else conn._log_fields()
+            fields = self.log_fields() if conn is None else conn.log_fields()
             logger.error(
                 "room %s: a hook raised after the room was reset",
                 self.room,
@@ -599,12 +605,12 @@ class RoomActor:
             )
             self._host.unhandled(error)
             return
-        failure = await self._hook("on_error", conn, error)
+        failure = await self._hook("on_error", None if conn is None else conn.handle, error)
         if failure is not None:
-            fields = self.log_fields() if conn is None else conn._log_fields()
+            fields = self.log_fields() if conn is None else conn.log_fields()
             logger.error("room %s: on_error raised", self.room, exc_info=failure, extra=fields)
             if conn is not None:
-                conn._cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
+                conn.cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
 
     def _connect_settled(self, event: Connect, durable: bool) -> None:
         """Answer the handshake once on_connect's changes are durable, or refuse it (500)."""
@@ -612,7 +618,7 @@ class RoomActor:
             return  # already refused: roomkit failed handling the handshake after on_connect
         if not durable:
             self._refuse(event, "error", 500, "Internal error")
-            event.conn._state = ConnectionState.CLOSED
+            event.conn.reject()
             self._forget(event.conn)
             self._poke()
         event.decided.set()
@@ -623,7 +629,7 @@ class RoomActor:
         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
             self._wake().send_nowait(Check())
 
-    def _forget(self, conn: Connection) -> None:
+    def _forget(self, conn: Transport) -> None:
         del self._connections[conn]
         self._host.connections -= 1
         self.tags.remove(conn, conn.tags)
@@ -636,9 +642,9 @@ class RoomActor:
     def unhandled(self, error: Exception) -> None:
         self._host.unhandled(error)
 
-    def log_fields(self) -> dict[str, Any]:
-        """What log lines about the room itself carry as fields (``extra=``)."""
-        return {"room": str(self.room)}
+    def log_fields(self, conn: Connection | None = None) -> dict[str, Any]:
+        """What log lines about the room, or ``conn`` in it, carry as fields (``extra=``)."""
+        return {"room": str(self.room)} if conn is None else connection_fields(self.room, conn)
 
     def set_timer(self, key: TimerKey, deadline: float) -> None:
         self._host.set_timer(key, deadline)

@@ -1,70 +1,25 @@
-"""A room's WebSocket connection: its public face, its reader loop and its writer task.
+"""A room's WebSocket connection as its hooks see it: the public handle, and nothing more.
 
-Theory of operation. A connection has one reader and one writer, both tasks in its
-room's nursery:
-
-* ``send``/``close`` (and a room's ``broadcast``) only append to the connection's queue
-  of encoded frames, then kick it; they never block and never await.
-* A kick writes the queue straight to the socket (one non-blocking write) when the
-  writer task is idle; whatever the socket does not take wakes the writer, which takes
-  *everything* queued and writes it with one ``send_all``. So a burst of messages costs
-  one system call, not one each, and usually no task switch at all.
-* The reader feeds received bytes to wsproto and turns its events into room events
-  (message, close), answering pings itself.
-
-States::
-
-    CONNECTING --accepted--> OPEN --close sent or received--> CLOSING --> CLOSED
-        \\--rejected---------------------------------------------------/
-
-A connection becomes OPEN when its ``on_connect`` starts: from then on it is among the
-room's connections and sends to it are queued (those made before the handshake is
-answered go out right after it). Once closing, sends are silently dropped: the peer
-may vanish at any moment, and a room should not have to race it.
-
-Closing: whoever closes first sends a close frame; the other side answers with one, and
-the server then drops the TCP connection. A peer that does not answer our close frame
-within ``CLOSE_TIMEOUT`` is dropped anyway, and its close counts as unclean (1006).
+A :class:`Connection` is a facade over the connection's transport (``_transport.py``),
+which reads, writes and decides; the handle only names what a room may ask of it,
+through the small :class:`Peer` protocol, so it imports neither the transport nor the
+actor. What the application keeps on it (its attachment, attributes of its own) lives
+here; what roomkit decides with (state, tags, the queue) lives in the transport.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
-import math
-import os
-from typing import TYPE_CHECKING, Any, Final
-
-import trio
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState as WSState
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from typing import Any, Final, Protocol
 
 from ._closecodes import CloseCode
-from ._connlog import log_closed, log_failed, log_opened, log_refused
-from ._core.frames import encode_message
-from ._core.frontdoor import Response
-from ._core.limits import CLOSE_TIMEOUT, RATE_LIMITED, MessageAssembler, MessageTooBig
-from ._core.ratelimit import Verdict
 from ._core.tags import validate_tags
-from ._errors import DecodeError
 from ._ids import connection_id
-from ._logs import format_address
-from ._metrics import CutReason
-from ._protocol import error_message
 from ._request import Request
 
-if TYPE_CHECKING:
-    from ._actor import RoomActor
+__all__ = ["MAX_ATTACHMENT", "MAX_CLOSE_REASON", "Connection", "ConnectionState", "Peer"]
 
-__all__ = ["Connection", "ConnectionState"]
-
-
-#: Tuples, not unions, for the isinstance checks made per message (about twice as fast).
-_DATA_EVENTS: Final = (TextMessage, BytesMessage)
-#: Bytes asked of the socket per read: big enough for a burst of small messages.
-RECEIVE_BYTES: Final = 64 * 1024
 #: Largest attachment, serialised, in bytes: the Durable Objects limit.
 MAX_ATTACHMENT: Final = 16 * 1024
 #: Longest close reason in bytes (a control frame's payload is at most 125 bytes).
@@ -80,6 +35,28 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+class Peer(Protocol):
+    """What a :class:`Connection` asks of the transport behind it."""
+
+    @property
+    def state(self) -> ConnectionState: ...
+
+    @property
+    def last_seen(self) -> float: ...
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+
+    def retag(self, tags: tuple[str, ...]) -> None:
+        """Replace the connection's tags (valid ones) in its room's index."""
+
+    def send(self, message: Any) -> None:
+        """Encode ``message`` and queue it, through the output gate in a hook."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Queue a close frame (a valid one) after what is already queued."""
+
+
 class Connection:
     """One client's WebSocket in a room.
 
@@ -89,110 +66,38 @@ class Connection:
       request: the handshake request it was opened with.
     """
 
-    # Slots: a server holds thousands of these, each touched per message; __dict__ stays
-    # for attributes an application sets on its connections (made only if it does).
-    __slots__ = (
-        "__dict__",
-        "_accept",
-        "_actor",
-        "_attachment",
-        "_awaiting_pong",
-        "_bucket",
-        "_close_code",
-        "_close_frame",
-        "_close_reason",
-        "_cut_reason",
-        "_deaf",
-        "_fd",
-        "_gated",
-        "_message",
-        "_metrics",
-        "_pong",
-        "_queue",
-        "_queued",
-        "_read_scope",
-        "_send_limit",
-        "_serve_scope",
-        "_state",
-        "_stream",
-        "_tags",
-        "_wakeup",
-        "_was_clean",
-        "_writer_done",
-        "_writing",
-        "_ws",
-        "id",
-        "last_seen",
-        "request",
-    )
+    # Slots: a server holds thousands of these; __dict__ stays for attributes an
+    # application sets on its connections (made only if it does).
+    __slots__ = ("__dict__", "_attachment", "_peer", "id", "request")
 
-    def __init__(
-        self,
-        actor: RoomActor,
-        stream: trio.abc.Stream,
-        ws: WSConnection,
-        accept: bytes,
-        request: Request,
-    ) -> None:
+    def __init__(self, peer: Peer, request: Request) -> None:
         self.id: Final = connection_id()
         self.request: Final = request
-        self._state = ConnectionState.CONNECTING
-        #: When the peer last sent a message, in Trio's clock (``trio.current_time()``).
-        self.last_seen = trio.current_time()
-        self._actor = actor
-        self._metrics = actor.metrics
-        self._stream = stream
-        self._ws = ws
-        self._accept: bytes | None = accept  # the 101 response, until it is sent
+        self._peer: Final = peer
         self._attachment: str | None = None
-        self._tags: tuple[str, ...] = ()
-        self._queue: list[bytes] = []
-        #: The socket's file descriptor while it is open and past its handshake, for
-        #: writes that need no task (see _kick); None otherwise.
-        self._fd: int | None = None
-        # Bytes waiting for this peer: queued, being written, held by the output gate.
-        self._queued = self._writing = self._gated = 0
-        self._send_limit = actor.room_class.max_send_queue
-        limit = actor.room_class.rate_limit
-        self._bucket = None if limit is None else limit.bucket(trio.current_time())
-        self._wakeup = trio.Event()
-        self._close_frame: CloseConnection | None = None  # to send once the queue is out
-        self._read_scope = trio.CancelScope()
-        self._serve_scope = trio.CancelScope()
-        self._writer_done = trio.Event()
-        self._awaiting_pong = False
-        #: The pong queued and not yet written, with its place in the queue: a newer
-        #: ping's pong takes its place (see _answer).
-        self._pong: tuple[int, bytes] | None = None
-        #: Set once what the peer sends is no longer delivered: it is being cut off, or
-        #: the server is draining. Frames are still read, for the peer's close.
-        self._deaf = False
-        self._message = MessageAssembler(actor.room_class.max_message_size)
-        # What on_close reports.
-        self._close_code: int = CloseCode.ABNORMAL_CLOSURE
-        self._close_reason = ""
-        self._was_clean = False
-        self._cut_reason: CutReason | None = None  # why roomkit closed it, if it did
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} room={self.request.room!r} {self.state.value}>"
 
     @property
     def state(self) -> ConnectionState:
-        """CONNECTING until its on_connect starts, OPEN, CLOSING once a close frame is
-        queued or received, CLOSED when its TCP connection is gone: read-only."""
-        return self._state
+        """CONNECTING until its ``on_connect`` starts, OPEN, CLOSING once a close frame
+        is queued or received, CLOSED when its TCP connection is gone."""
+        return self._peer.state
+
+    @property
+    def last_seen(self) -> float:
+        """When the peer last sent a message, in Trio's clock (``trio.current_time()``)."""
+        return self._peer.last_seen
 
     @property
     def tags(self) -> tuple[str, ...]:
         """The connection's tags; assign an iterable of strings to replace them."""
-        return self._tags
+        return self._peer.tags
 
     @tags.setter
     def tags(self, tags: Any) -> None:
-        new = validate_tags(tags)
-        self._actor.retag(self, self._tags, new)
-        self._tags = new
+        self._peer.retag(validate_tags(tags))
 
     @property
     def attachment(self) -> Any:
@@ -222,7 +127,7 @@ class Connection:
         Raises:
           TypeError: if ``message`` is none of those.
         """
-        self._actor.emit(self._actor.encode(message), (self,))
+        self._peer.send(message)
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection after what is already queued for it; never blocks.
@@ -232,378 +137,7 @@ class Connection:
             may; 1004-1006 and 1015 are reserved) or ``reason`` is longer than 123 bytes.
         """
         _check_close(code, reason)
-        self._actor.emit(CloseConnection(code, reason), (self,))
-
-    # The room's side: called by the actor, the server and the loops below.
-
-    def _push(self, item: bytes | CloseConnection, *, kick: bool = True) -> None:
-        """Queue an encoded frame, or ask for a close; dropped once the connection is closing.
-
-        A frame that would take the bytes waiting for this peer past ``max_send_queue``
-        cuts the connection off as a slow consumer instead. With ``kick=False`` the
-        caller kicks once after queueing several frames, so they go out in one write.
-        """
-        if self.state not in (ConnectionState.CONNECTING, ConnectionState.OPEN):
-            return
-        if isinstance(item, CloseConnection):
-            self._queue_close(item)
-        elif self._room_for(len(item)):
-            self._metrics.messages_sent += 1
-            self._enqueue(item)
-            if kick:
-                self._kick()
-
-    def _hold(self, size: int) -> bool:
-        """Count ``size`` bytes that the output gate holds for this connection.
-
-        Returns False (and cuts the connection off, if that is why) when the connection
-        takes no more: the gate then keeps nothing for it.
-        """
-        if self.state is not ConnectionState.OPEN or not self._room_for(size):
-            return False
-        self._gated += size
-        return True
-
-    def _unhold(self, size: int) -> None:
-        self._gated -= size
-
-    def _owed(self) -> int:
-        """Bytes waiting for this peer: queued, being written, held by the output gate."""
-        return self._queued + self._writing + self._gated
-
-    def _buffered(self) -> int:
-        """Bytes of a message received in part, waiting for its other fragments."""
-        return self._message.buffered
-
-    def _room_for(self, size: int) -> bool:
-        if self._queued + self._writing + self._gated + size <= self._send_limit:
-            return True
-        self._cut_off()
-        return False
-
-    def _cut(self, reason: CutReason, code: int, text: str) -> None:
-        """Close the connection on roomkit's own account (not the room's) for ``reason``,
-        behind what the room has already sent it (released, or held at the output gate)."""
-        if self.state in (ConnectionState.CONNECTING, ConnectionState.OPEN):
-            self._count_cut(reason)
-            self._actor.close_behind((self,), CloseConnection(code, text))
-
-    async def _refuse_more(self, reason: CutReason, code: int, text: str) -> None:
-        """The reader's cut: nothing more the peer sends is delivered, and the close
-        goes out after the replies to every message already delivered to the room."""
-        if self.state is ConnectionState.OPEN and not self._deaf:
-            self._deaf = True
-            self._count_cut(reason)
-            await self._actor.cut(self, CloseConnection(code, text))
-
-    def _drain(self) -> None:
-        """The server is shutting down: deliver nothing more that the peer sends."""
-        self._deaf = True
-
-    def _count_cut(self, reason: CutReason) -> None:
-        """Count the cut in the metrics; its reason goes in the close's log line.
-
-        The first reason stands: a peer cut off for one thing may well break another
-        rule before it is gone, and it is one connection cut.
-        """
-        if self._cut_reason is None:
-            self._cut_reason = reason
-            self._metrics.cut[reason] += 1
-
-    def _cut_off(self) -> None:
-        """Close a slow consumer (1008) and free its queue; drop it if it cannot even take
-        the close frame within ``CLOSE_TIMEOUT``. The room never waits for it."""
-        self._count_cut("slow_consumer")
-        self._queue.clear()
-        self._queued = 0
-        self._pong = None
-        self._queue_close(CloseConnection(CloseCode.POLICY_VIOLATION, "slow consumer"))
-
-    def _queue_close(self, frame: CloseConnection) -> None:
-        """Have the writer send ``frame`` once the queue is out; whatever the state.
-
-        A peer that roomkit cuts off has ``CLOSE_TIMEOUT`` to take what is queued and
-        the close frame: one that stopped reading (a flooder, say) is dropped then,
-        instead of holding its connection for as long as it likes. A room's own close
-        waits for a slow reader, as its sends do.
-        """
-        self._state = ConnectionState.CLOSING
-        self._close_frame = frame
-        if self._cut_reason is not None:
-            deadline = trio.current_time() + CLOSE_TIMEOUT
-            self._serve_scope.deadline = min(self._serve_scope.deadline, deadline)
-        self._wakeup.set()
-
-    def _enqueue(self, frame: bytes) -> None:
-        """Queue a frame, control frames included; no limit, no state check, no kick."""
-        self._queue.append(frame)
-        self._queued += len(frame)
-
-    def _kick(self) -> None:
-        """Get what is queued moving.
-
-        When the writer is idle, the queue is written straight to the socket, which does
-        not block: usually the kernel takes it all, and no task had to wake for it (two
-        trips through Trio's scheduler saved per write). Whatever the socket does not
-        take, and any close, is left to the writer task.
-        """
-        fd = self._fd
-        if fd is not None and self._queue and not self._writing:
-            data = b"".join(self._queue) if len(self._queue) > 1 else self._queue[0]
-            try:
-                sent = os.write(fd, data)
-            except OSError:  # full (BlockingIOError), or broken: the writer finds out
-                sent = 0
-            if sent:
-                self._metrics.bytes_sent += sent
-                rest = data[sent:]
-                if rest:
-                    self._queue = [rest]
-                else:
-                    self._queue.clear()  # no new list per write: this runs per recipient
-                self._queued = len(rest)
-        if self._queue or self._close_frame is not None:
-            self._wakeup.set()
-
-    async def _run(self) -> None:
-        """Finish the handshake as the room decides, then serve the connection until closed.
-
-        Owns the stream: it is closed when this returns, however it returns.
-        """
-        opened = False
-        try:
-            rejection = await self._actor.connect(self)
-            if rejection is not None:
-                log_refused(self._log_fields, *rejection)
-                await self._stream.send_all(Response(*rejection).to_bytes())
-                return
-            opened = True
-            accept, self._accept = self._accept, None
-            assert accept is not None
-            await self._stream.send_all(accept)
-            self._metrics.connections_opened += 1
-            log_opened(self._log_fields)
-            if isinstance(self._stream, trio.SocketStream) and os.name == "posix":
-                self._fd = self._stream.socket.fileno()
-            self._kick()  # what on_connect sent
-            self._expect_pong(False)
-            await self._serve()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer left during the handshake
-        except Exception:
-            # roomkit's own code failed serving this connection (a bug): that ends this
-            # connection only, with 1011 if it is open, else without an answer.
-            log_failed(self._log_fields)
-            self._metrics.internal_errors += 1
-            self._count_cut("internal_error")
-            # Not if a write was cut short, or a frame's tail waits: mid-frame, a close
-            # frame would corrupt the stream.
-            idle = not self._writing and not self._queue
-            if opened and idle and self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
-                frame = CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error")
-                gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
-                with trio.move_on_after(CLOSE_TIMEOUT), gone:
-                    await self._stream.send_all(self._ws.send(frame))
-        finally:
-            self._fd = None  # before the close: the number may be reused at once
-            self._state = ConnectionState.CLOSED
-            self._actor.cancel_timer(("ping", self))
-            await trio.aclose_forcefully(self._stream)
-            if opened:
-                log_closed(
-                    self._log_fields,
-                    self._close_code,
-                    self._close_reason,
-                    self._was_clean,
-                    self._cut_reason,
-                )
-                await self._actor.closed(self)
-
-    def _log_fields(self) -> dict[str, Any]:
-        """What log lines about this connection carry as fields (``extra=``)."""
-        return {
-            "room": str(self._actor.room),
-            "connection": self.id,
-            "remote": format_address(self.request.remote),
-        }
-
-    def _heartbeat(self) -> None:
-        """Called by the server's scheduler: ping the peer, or drop it if it never answered.
-
-        A peer that does not answer within ``ping_timeout`` is gone (or hopelessly
-        stuck): its TCP connection is dropped at once, without a closing handshake it
-        would never finish, and ``on_close`` gets 1006.
-        """
-        if self.state is not ConnectionState.OPEN or self._ws.state is not WSState.OPEN:
-            return
-        if self._awaiting_pong:
-            self._count_cut("ping_timeout")
-            self._serve_scope.cancel()
-            return
-        ping = self._ws.send(Ping(b"roomkit"))
-        if self._room_for(len(ping)):  # control frames count like the others
-            self._enqueue(ping)
-            self._kick()
-            self._expect_pong(True)
-
-    def _expect_pong(self, waiting: bool) -> None:
-        """Schedule the next ping, or (``waiting``) the deadline for the pong just asked for."""
-        room = self._actor.room_class
-        if room.ping_interval is None:
-            return
-        self._awaiting_pong = waiting
-        wait = room.ping_timeout if waiting else room.ping_interval
-        self._actor.set_timer(("ping", self), trio.current_time() + wait)
-
-    async def _serve(self) -> None:
-        with self._serve_scope:
-            await self._serve_until_closed()
-
-    async def _serve_until_closed(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop)
-            with self._read_scope:
-                await self._read_loop()
-            if self._close_code != CloseCode.ABNORMAL_CLOSURE:
-                # The peer is still there: give the writer the time to send our close reply.
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await self._writer_done.wait()
-            nursery.cancel_scope.cancel()
-
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                if not self._queue and self._close_frame is None:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-                if self._queue:
-                    data, self._queue = b"".join(self._queue), []
-                    self._queued, self._writing = 0, len(data)
-                    await self._stream.send_all(data)
-                    self._metrics.bytes_sent += len(data)
-                    self._writing = 0
-                elif self._close_frame is not None:
-                    await self._write_close(self._close_frame)
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._read_scope.cancel()  # the peer is gone: nothing more will be read
-        finally:
-            self._writer_done.set()
-
-    async def _write_close(self, frame: CloseConnection) -> None:
-        if self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
-            data = self._ws.send(frame)
-            await self._stream.send_all(data)
-            self._metrics.bytes_sent += len(data)
-        self._serve_scope.deadline = math.inf  # the frame is out: the peer took it
-        if self._ws.state is WSState.LOCAL_CLOSING:
-            # We closed first: wait for the peer's answer, but not for ever.
-            self._read_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
-
-    async def _read_loop(self) -> None:
-        eof = False
-        while True:
-            for event in self._ws.events():  # first, what came along with the handshake
-                if isinstance(event, CloseConnection):
-                    await self._peer_closed(event, clean=not eof)
-                    return
-                await self._on_event(event)
-            try:
-                data = await self._stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            self._metrics.bytes_received += len(data)
-            eof = not data
-            self._ws.receive_data(bytes(data) or None)
-
-    async def _on_event(self, event: object) -> None:
-        if isinstance(event, _DATA_EVENTS):
-            if self.state is not ConnectionState.OPEN or self._deaf:
-                return  # closing: what the peer still sends is discarded
-            try:
-                message = self._message.feed(event.data, event.message_finished)
-            except MessageTooBig:
-                code, text = CloseCode.MESSAGE_TOO_BIG, "Message too big"
-                await self._refuse_more("message_too_big", code, text)
-                return
-            if message is not None:
-                self._metrics.messages_received += 1
-                self.last_seen = now = trio.current_time()
-                verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
-                if verdict is Verdict.ALLOW:
-                    await self._deliver(message)
-                elif verdict is Verdict.DROP:
-                    self._push(RATE_LIMITED)
-                else:
-                    await self._flooded()
-        elif isinstance(event, Ping):
-            if self._ws.state is not WSState.OPEN or self._deaf:
-                return
-            # A ping takes a token like a message: one that finds none goes unanswered,
-            # and counts toward the flood.
-            verdict = (
-                Verdict.ALLOW if self._bucket is None else self._bucket.take(trio.current_time())
-            )
-            if verdict is Verdict.ALLOW:
-                self._answer(event)
-            elif verdict is Verdict.FLOOD:
-                await self._flooded()
-        elif isinstance(event, Pong) and self._awaiting_pong:
-            self._expect_pong(False)
-
-    async def _flooded(self) -> None:
-        await self._refuse_more("rate_limit", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-
-    def _answer(self, ping: Ping) -> None:
-        """Queue the pong for ``ping``: a peer is owed only the latest (RFC 6455 5.5.3).
-
-        A pong still waiting in the queue is replaced where it stands, so a peer that
-        pings and never reads is owed one pong, not one per ping. A new pong counts
-        against ``max_send_queue`` like any frame.
-        """
-        frame = self._ws.send(ping.response())
-        queue, waiting = self._queue, self._pong
-        if waiting is not None:
-            at, old = waiting
-            if at < len(queue) and queue[at] is old:  # not written yet, not even in part
-                queue[at] = frame
-                self._queued += len(frame) - len(old)
-                self._pong = (at, frame)
-                return
-        if self._room_for(len(frame)):
-            self._pong = (len(queue), frame)
-            self._enqueue(frame)
-            self._kick()
-
-    async def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
-        """Record how the connection ended and answer a close frame that needs an answer."""
-        self._close_code, self._close_reason = int(event.code), event.reason or ""
-        if not clean:  # TCP ended without a close frame
-            self._close_code, self._was_clean = CloseCode.ABNORMAL_CLOSURE, False
-        elif self._ws.state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it
-            self._was_clean = True
-            self._queue_close(event.response())  # even if we were closing ourselves
-        elif self._ws.state is WSState.CLOSED:  # the peer answered our close
-            self._was_clean = True
-        else:  # wsproto found a protocol error (1002, 1007): tell the peer, then drop it
-            self._was_clean = False
-            await self._refuse_more("protocol_error", event.code, event.reason or "")
-
-    async def _deliver(self, message: Any) -> None:
-        auto = self._actor.auto_response
-        if auto is not None and type(message) is type(auto[0]) and message == auto[0]:
-            self._push(auto[1])  # answered here: the room is not woken
-            return
-        protocol = self._actor.room_class.protocol
-        if protocol is not None:
-            try:
-                if isinstance(message, bytes):
-                    raise DecodeError("binary messages are not part of this room's protocol")
-                message = protocol.client.decode(message)
-            except DecodeError as exc:
-                self._push(encode_message(error_message(str(exc))))
-                return
-        await self._actor.message(self, message)
+        self._peer.close(code, reason)
 
 
 def _check_close(code: int, reason: str) -> None:

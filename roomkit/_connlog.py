@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["log_closed", "log_failed", "log_opened", "log_refused"]
+from ._logs import format_address
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._roomid import RoomId
+
+__all__ = ["connection_fields", "log_closed", "log_failed", "log_opened", "log_refused"]
 
 logger = logging.getLogger("roomkit.connection")
 
@@ -20,6 +26,11 @@ Fields = dict[str, Any]
 #: Makes a connection's fields, only when a line is to be written: a connect storm with
 #: INFO off pays nothing for them.
 FieldsOf = Callable[[], Fields]
+
+
+def connection_fields(room: RoomId, conn: Connection) -> Fields:
+    """What log lines about ``conn`` carry as fields (``extra=``)."""
+    return {"room": str(room), "connection": conn.id, "remote": format_address(conn.request.remote)}
 
 
 def log_opened(fields_of: FieldsOf) -> None:

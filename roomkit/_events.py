@@ -11,7 +11,7 @@ import attrs
 import trio
 from wsproto.events import CloseConnection
 
-from ._connection import Connection
+from ._transport import Transport
 
 __all__ = ["Alarm", "Check", "Closed", "Connect", "Cut", "Drain", "Event", "Message"]
 
@@ -21,7 +21,7 @@ class Connect:
     """A handshake waiting for ``on_connect``: ``decided`` is set once it is accepted
     (``rejection`` None) or refused (the status and reason to answer with)."""
 
-    conn: Connection
+    conn: Transport
     decided: trio.Event = attrs.Factory(trio.Event)
     rejection: tuple[int, str] | None = None
 
@@ -30,7 +30,7 @@ class Connect:
 class Message:
     """A message read from ``conn``, for ``on_message``."""
 
-    conn: Connection
+    conn: Transport
     message: Any
 
 
@@ -38,7 +38,7 @@ class Message:
 class Closed:
     """``conn`` has closed, for ``on_close``."""
 
-    conn: Connection
+    conn: Transport
 
 
 @attrs.frozen(eq=False)
@@ -57,7 +57,7 @@ class Alarm:
 class Cut:
     """roomkit closes ``conn`` with ``frame``, behind the messages it read before."""
 
-    conn: Connection
+    conn: Transport
     frame: CloseConnection
 
 

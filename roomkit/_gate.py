@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
@@ -24,12 +24,23 @@ from wsproto.events import CloseConnection
 
 from .storage import Changes
 
-if TYPE_CHECKING:
-    from ._connection import Connection
+__all__ = ["Outbox", "OutputGate", "Recipient"]
 
-__all__ = ["Outbox", "OutputGate"]
 
-Outbox = list[tuple[bytes | CloseConnection, Iterable["Connection"]]]
+class Recipient(Protocol):
+    """What the gate asks of a connection it holds frames for (``Transport``)."""
+
+    def hold(self, size: int) -> bool:
+        """Count ``size`` bytes held for it; False if it takes no more."""
+
+    def unhold(self, size: int) -> None: ...
+
+    def push(self, item: bytes | CloseConnection, *, kick: bool = True) -> None: ...
+
+    def kick(self) -> None: ...
+
+
+Outbox = list[tuple[bytes | CloseConnection, Iterable[Recipient]]]
 Settle = Callable[[bool], None]
 Commit = Callable[[Changes, Callable[[bool], None], Callable[[], None]], None]
 
@@ -59,12 +70,12 @@ class OutputGate:
 
     @staticmethod
     def hold(
-        outbox: Outbox, item: bytes | CloseConnection, recipients: Iterable[Connection]
+        outbox: Outbox, item: bytes | CloseConnection, recipients: Iterable[Recipient]
     ) -> None:
         """Collect ``item`` for ``recipients`` in a running hook's ``outbox``."""
         if isinstance(item, bytes):
             size = len(item)
-            recipients = [conn for conn in recipients if conn._hold(size)]
+            recipients = [conn for conn in recipients if conn.hold(size)]
             if not recipients:
                 return
         outbox.append((item, recipients))
@@ -143,14 +154,14 @@ class OutputGate:
 
 def _deliver(outboxes: list[Outbox]) -> None:
     """Queue every item of ``outboxes`` in order, then write once per connection."""
-    touched: dict[Connection, None] = {}
+    touched: dict[Recipient, None] = {}
     for outbox in outboxes:
         for item, recipients in outbox:
             for conn in recipients:
-                conn._push(item, kick=False)
+                conn.push(item, kick=False)
                 touched[conn] = None
     for conn in touched:  # one write each for everything the hooks sent it
-        conn._kick()
+        conn.kick()
 
 
 def _unhold(outbox: Outbox) -> None:
@@ -159,4 +170,4 @@ def _unhold(outbox: Outbox) -> None:
         if isinstance(item, bytes):
             size = len(item)
             for conn in recipients:
-                conn._unhold(size)
+                conn.unhold(size)

@@ -177,7 +177,7 @@ class Room:
         ``on_alarm``).
         The default logs the error with its traceback and closes ``conn`` with 1011.
         """
-        fields = self._roomkit_actor.log_fields() if conn is None else conn._log_fields()
+        fields = self._roomkit_actor.log_fields(conn)
         logger.error("room %r: unhandled error in a hook", self.name, exc_info=error, extra=fields)
         self._roomkit_actor.unhandled(error)
         if conn is not None:

@@ -26,7 +26,6 @@ from ._actor import RoomActor
 from ._alarms import Scheduler
 from ._closecodes import CloseCode
 from ._committer import Committer
-from ._connection import Connection
 from ._core.frontdoor import Response, Router, handshake_response
 from ._logs import format_address
 from ._metrics import Metrics, RefusalReason
@@ -35,6 +34,7 @@ from ._room import Room
 from ._roomhost import TimerKey
 from ._roomid import RoomId
 from ._statistics import ServerStatistics
+from ._transport import Transport
 from .storage import AlarmWrite, Changes, Store
 
 __all__ = ["FLUSH_TIMEOUT", "Handshake", "Runtime"]
@@ -161,8 +161,8 @@ class Runtime:
         owed = buffered = 0
         for actor in self._rooms.values():
             for conn in actor.all_connections():
-                owed += conn._owed()
-                buffered += conn._buffered()
+                owed += conn.owed()
+                buffered += conn.buffered()
         return ServerStatistics(
             rooms=len(self._rooms),
             connections=self.connections,
@@ -235,10 +235,10 @@ class Runtime:
         """Log and count a timer that failed; called from an ``except`` block."""
         kind, subject = key
         fields: dict[str, Any] = {"room": str(subject)}
-        if isinstance(subject, Connection):
-            fields = subject._log_fields()
-            subject._metrics.internal_errors += 1
-            subject._cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
+        if isinstance(subject, Transport):
+            fields = subject.log_fields()
+            subject.metrics.internal_errors += 1
+            subject.cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
         elif isinstance(subject, RoomId) and (route := self._router.route_for(subject.namespace)):
             self.metrics.room(route).internal_errors += 1
         logger.exception("room %s: %s timer failed", fields["room"], kind, extra=fields)
@@ -246,8 +246,8 @@ class Runtime:
     def _run_timer(self, key: TimerKey) -> None:
         kind, subject = key
         if kind == "ping":
-            assert isinstance(subject, Connection)
-            subject._heartbeat()
+            assert isinstance(subject, Transport)
+            subject.heartbeat()
             return
         assert isinstance(subject, RoomId)
         if kind == "sweep":
@@ -315,7 +315,7 @@ class Runtime:
                     await secured.aclose()
             return
         actor = self._room_for(decision.room_class, decision.room)
-        actor.admit(Connection(actor, secured, decision.ws, decision.accept, decision.request))
+        actor.admit(Transport(actor, secured, decision.ws, decision.accept, decision.request))
         visit.handed_off = True
 
     async def _door_failed(self, visit: _Visit) -> None:

@@ -10,7 +10,7 @@ The tree::
         ├── the scheduler (alarms, idle sweeps, pings, on Trio's clock)
         └── rooms scope: the tasks of every room, each belonging to one room
             ├── a room's event loop (hooks, one at a time; ends on hibernation)
-            └── one Connection._run per connection (reader + writer)
+            └── one Transport.run per connection (reader + writer)
 
 Shutdown, when ``serve`` is cancelled or :meth:`Server.shutdown` is called, in order:
 stop accepting and drop half-read request heads; close every open connection with 1001

@@ -18,6 +18,7 @@ import trio.testing
 import roomkit
 from roomkit._alarms import Timers, retry_delay
 from roomkit._roomid import RoomId
+from roomkit._transport import Transport
 from roomkit.storage import AlarmWrite, Changes
 from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
@@ -372,14 +373,14 @@ async def test_a_failing_timer_ends_what_it_was_about_only(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    heartbeat = roomkit.Connection._heartbeat
+    heartbeat = Transport.heartbeat
 
-    def broken(conn: roomkit.Connection) -> None:
-        if conn.request.room == "doomed":
+    def broken(conn: Transport) -> None:
+        if conn.handle.request.room == "doomed":
             raise RuntimeError("a bug in the ping")
         heartbeat(conn)
 
-    monkeypatch.setattr(roomkit.Connection, "_heartbeat", broken)
+    monkeypatch.setattr(Transport, "heartbeat", broken)
     server = await start(Pinged)
     async with open_client(f"{server.url}/doomed") as doomed, open_client(f"{server.url}/r") as ws:
         t0 = trio.current_time()

@@ -19,6 +19,7 @@ from wsproto.events import BytesMessage, Request, TextMessage
 
 import roomkit
 from roomkit._errors import first_leaf
+from roomkit._transport import Transport
 
 from .helpers import (
     Start,
@@ -378,14 +379,14 @@ class Chatty(roomkit.Room):
 async def test_a_failure_serving_one_connection_ends_that_connection_only(
     start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    deliver = roomkit.Connection._deliver
+    deliver = Transport._deliver
 
-    async def broken(conn: roomkit.Connection, message: Any) -> None:
+    async def broken(conn: Transport, message: Any) -> None:
         if message == "boom":
             raise RuntimeError("a bug in the reader")
         await deliver(conn, message)
 
-    monkeypatch.setattr(roomkit.Connection, "_deliver", broken)
+    monkeypatch.setattr(Transport, "_deliver", broken)
     server = await start(Chatty, metrics=True)
     async with open_client(f"{server.url}/r") as doomed, open_client(f"{server.url}/r") as other:
         await doomed.send_message("boom")
