@@ -633,6 +633,7 @@ class RoomActor:
         del self._connections[conn]
         self._host.connections -= 1
         self.tags.remove(conn, conn.tags)
+        conn.tags = ()  # what on_close sees, as docs/api.md says
 
     def _idle(self, receive: trio.MemoryReceiveChannel[Event]) -> bool:
         if self._connections or self._expected:  # the common case, known without statistics

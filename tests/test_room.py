@@ -178,8 +178,10 @@ class Tagged(roomkit.Room):
             conn.send(str(len(self.connections(arg or None))))
 
     async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        before = ",".join(conn.tags) or "no tags"  # removed before on_close runs
         conn.tags = ["gone"]  # a connection that has left can be retagged; it stays out
-        self.broadcast(f"left with {','.join(conn.tags)}; {len(self.connections('gone'))} gone")
+        n = len(self.connections("gone"))
+        self.broadcast(f"left with {before}, retagged {','.join(conn.tags)}; {n} gone")
 
 
 async def test_broadcast_with_tag_and_exclude(start: Start) -> None:
@@ -238,7 +240,7 @@ async def test_broadcast_counts_and_connections_by_tag(start: Start) -> None:
             assert await blue.get_message() == "to green"
             assert await red.get_message() == "1"
             await blue.aclose()
-            assert await red.get_message() == "left with gone; 0 gone"
+            assert await red.get_message() == "left with no tags, retagged gone; 0 gone"
 
 
 class Overlapping(roomkit.Room):
