@@ -61,7 +61,9 @@ class ProxyClient:
         self.ws: WSConnection | None = None  # once it is being forwarded
         self.answered = False  # whether an HTTP response (101 or refusal) went out
         self.message: Final = MessageAssembler(max_message_size)
-        self.bucket: TokenBucket | None = None if rate is None else rate.bucket(trio.current_time())
+        self.bucket: TokenBucket | None = (
+            None if rate is None else TokenBucket(rate, trio.current_time())
+        )
         #: Bytes held to be written: a message on its way to the backend, a frame to
         #: the client.
         self.owed = 0

@@ -52,7 +52,7 @@ from ._connlog import connection_fields, log_closed, log_failed, log_opened, log
 from ._core.frames import encode_message
 from ._core.frontdoor import Response
 from ._core.limits import CLOSE_TIMEOUT, RATE_LIMITED, MessageAssembler, MessageTooBig
-from ._core.ratelimit import Verdict
+from ._core.ratelimit import TokenBucket, Verdict
 from ._errors import DecodeError
 from ._metrics import CutReason, RoomMetrics
 from ._protocol import error_message
@@ -181,7 +181,7 @@ class Transport:
         self._queued = self._writing = self._gated = 0
         self._send_limit = actor.room_class.max_send_queue
         limit = actor.room_class.rate_limit
-        self._bucket = None if limit is None else limit.bucket(trio.current_time())
+        self._bucket = None if limit is None else TokenBucket(limit, trio.current_time())
         self._wakeup = trio.Event()
         self._close_frame: CloseConnection | None = None  # to send once the queue is out
         self._read_scope = trio.CancelScope()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from roomkit import RateLimit
-from roomkit._core.ratelimit import FLOOD_SECONDS, Verdict
+from roomkit._core.ratelimit import FLOOD_SECONDS, TokenBucket, Verdict
 
 
 def test_burst_then_refill() -> None:
-    bucket = RateLimit(per_second=10, burst=5).bucket(now=0.0)
+    bucket = TokenBucket(RateLimit(per_second=10, burst=5), now=0.0)
     assert [bucket.take(0.0) for _ in range(6)] == [Verdict.ALLOW] * 5 + [Verdict.DROP]
     assert bucket.take(0.1) is Verdict.ALLOW  # one token back after 1/10 s
     assert bucket.take(0.1) is Verdict.DROP
@@ -17,13 +17,13 @@ def test_burst_then_refill() -> None:
 
 
 def test_a_steady_sender_at_the_rate_is_never_dropped() -> None:
-    bucket = RateLimit(per_second=10, burst=1).bucket(now=0.0)
+    bucket = TokenBucket(RateLimit(per_second=10, burst=1), now=0.0)
     assert all(bucket.take(i / 10) is Verdict.ALLOW for i in range(1000))
 
 
 def test_a_flood_runs_out_of_patience() -> None:
     limit = RateLimit(per_second=10, burst=5)
-    bucket = limit.bucket(now=0.0)
+    bucket = TokenBucket(limit, now=0.0)
     verdicts = [bucket.take(0.0) for _ in range(5 + int(10 * FLOOD_SECONDS))]
     assert verdicts[:5] == [Verdict.ALLOW] * 5
     assert verdicts[5:-1] == [Verdict.DROP] * (int(10 * FLOOD_SECONDS) - 1)
@@ -31,7 +31,7 @@ def test_a_flood_runs_out_of_patience() -> None:
 
 
 def test_a_steady_sender_over_the_rate_is_closed_within_seconds() -> None:
-    bucket = RateLimit(per_second=10, burst=5).bucket(now=0.0)
+    bucket = TokenBucket(RateLimit(per_second=10, burst=5), now=0.0)
     verdicts = [bucket.take(i / 20) for i in range(20 * 60)]  # twice the rate, a minute
     flood_at = verdicts.index(Verdict.FLOOD) / 20
     assert 3 < flood_at < 4  # 3 s of patience spent at 10 drops a second, once over burst
@@ -39,11 +39,11 @@ def test_a_steady_sender_over_the_rate_is_closed_within_seconds() -> None:
 
 def test_patience_comes_back() -> None:
     limit = RateLimit(per_second=10, burst=5)
-    bucket = limit.bucket(now=0.0)
+    bucket = TokenBucket(limit, now=0.0)
     for _ in range(5 + 25):  # spends most of the patience
         bucket.take(0.0)
     # Ten quiet seconds later, tokens and patience are full: it acts like a new bucket.
-    fresh = limit.bucket(now=10.0)
+    fresh = TokenBucket(limit, now=10.0)
     assert [bucket.take(10.0) for _ in range(40)] == [fresh.take(10.0) for _ in range(40)]
 
 

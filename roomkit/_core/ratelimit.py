@@ -40,9 +40,6 @@ class RateLimit:
         if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
             raise ValueError(f"burst must be a positive int, not {self.burst!r}")
 
-    def bucket(self, now: float) -> TokenBucket:
-        return TokenBucket(self, now)
-
 
 class Verdict(enum.Enum):
     ALLOW = "allow"
@@ -51,7 +48,9 @@ class Verdict(enum.Enum):
 
 
 class TokenBucket:
-    """One connection's tokens and patience, refilled lazily from the time it is given."""
+    """One connection's tokens and patience under ``limit``, full at ``now``, refilled
+    lazily from the time it is given. roomkit makes one per connection: a ``RateLimit``
+    is the public, shareable setting, and the bucket its private, mutable state."""
 
     __slots__ = ("_limit", "_patience", "_then", "_tokens")
 
