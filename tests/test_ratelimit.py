@@ -30,6 +30,14 @@ def test_a_flood_runs_out_of_patience() -> None:
     assert verdicts[-1] is Verdict.FLOOD
 
 
+def test_the_flood_comes_after_exactly_three_seconds_of_refills() -> None:
+    # Written out, not derived from FLOOD_SECONDS: 10 a second for 3 s is 30 drops'
+    # patience; the 30th drop is the flood, not the 29th nor the 31st.
+    bucket = TokenBucket(RateLimit(per_second=10, burst=5), now=0.0)
+    verdicts = [bucket.take(0.0) for _ in range(5 + 30)]
+    assert verdicts == [Verdict.ALLOW] * 5 + [Verdict.DROP] * 29 + [Verdict.FLOOD]
+
+
 def test_a_steady_sender_over_the_rate_is_closed_within_seconds() -> None:
     bucket = TokenBucket(RateLimit(per_second=10, burst=5), now=0.0)
     verdicts = [bucket.take(i / 20) for i in range(20 * 60)]  # twice the rate, a minute
