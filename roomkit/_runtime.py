@@ -161,7 +161,7 @@ class Runtime:
         owed = buffered = 0
         for actor in self._rooms.values():
             for conn in actor.all_connections():
-                owed += conn.owed()
+                owed += conn.queue.owed
                 buffered += conn.buffered()
         return ServerStatistics(
             rooms=len(self._rooms),

@@ -53,6 +53,7 @@ from ._core.frames import encode_message
 from ._core.frontdoor import Response
 from ._core.limits import CLOSE_TIMEOUT, RATE_LIMITED, MessageAssembler, MessageTooBig
 from ._core.ratelimit import TokenBucket, Verdict
+from ._core.sendqueue import SendQueue
 from ._errors import DecodeError
 from ._metrics import CutReason, RoomMetrics
 from ._protocol import error_message
@@ -118,6 +119,7 @@ class Transport:
       state: where the connection is in its life (see the module docstring).
       last_seen: when the peer last sent a message, in Trio's clock.
       tags: the connection's tags, as the room's tag index has them.
+      queue: the bytes owed to the peer, and the verdicts on them.
       metrics: its Room class's counters.
     """
 
@@ -129,28 +131,22 @@ class Transport:
         "_awaiting_pong",
         "_bucket",
         "_close_code",
-        "_close_frame",
         "_close_reason",
         "_cut_reason",
         "_deaf",
         "_fd",
-        "_gated",
         "_message",
-        "_pong",
-        "_queue",
-        "_queued",
         "_read_scope",
-        "_send_limit",
         "_serve_scope",
         "_stream",
         "_wakeup",
         "_was_clean",
         "_writer_done",
-        "_writing",
         "_ws",
         "handle",
         "last_seen",
         "metrics",
+        "queue",
         "state",
         "tags",
     )
@@ -173,24 +169,17 @@ class Transport:
         self._stream = stream
         self._ws = ws
         self._accept: bytes | None = accept  # the 101 response, until it is sent
-        self._queue: list[bytes] = []
+        self.queue: Final = SendQueue(actor.room_class.max_send_queue)
         #: The socket's file descriptor while it is open and past its handshake, for
         #: writes that need no task (see kick); None otherwise.
         self._fd: int | None = None
-        # Bytes waiting for this peer: queued, being written, held by the output gate.
-        self._queued = self._writing = self._gated = 0
-        self._send_limit = actor.room_class.max_send_queue
         limit = actor.room_class.rate_limit
         self._bucket = None if limit is None else TokenBucket(limit, trio.current_time())
         self._wakeup = trio.Event()
-        self._close_frame: CloseConnection | None = None  # to send once the queue is out
         self._read_scope = trio.CancelScope()
         self._serve_scope = trio.CancelScope()
         self._writer_done = trio.Event()
         self._awaiting_pong = False
-        #: The pong queued and not yet written, with its place in the queue: a newer
-        #: ping's pong takes its place (see _answer).
-        self._pong: tuple[int, bytes] | None = None
         #: Set once what the peer sends is no longer delivered: it is being cut off, or
         #: the server is draining. Frames are still read, for the peer's close.
         self._deaf = False
@@ -243,11 +232,12 @@ class Transport:
             return
         if isinstance(item, CloseConnection):
             self._queue_close(item)
-        elif self._room_for(len(item)):
+        elif self.queue.push(item):
             self.metrics.messages_sent += 1
-            self._enqueue(item)
             if kick:
                 self.kick()
+        else:
+            self._cut_off()
 
     def hold(self, size: int) -> bool:
         """Count ``size`` bytes that the output gate holds for this connection.
@@ -255,28 +245,20 @@ class Transport:
         Returns False (and cuts the connection off, if that is why) when the connection
         takes no more: the gate then keeps nothing for it.
         """
-        if self.state is not ConnectionState.OPEN or not self._room_for(size):
+        if self.state is not ConnectionState.OPEN:
             return False
-        self._gated += size
-        return True
+        if self.queue.hold(size):
+            return True
+        self._cut_off()
+        return False
 
     def unhold(self, size: int) -> None:
         """Give back ``size`` bytes the output gate held for this connection."""
-        self._gated -= size
-
-    def owed(self) -> int:
-        """Bytes waiting for this peer: queued, being written, held by the output gate."""
-        return self._queued + self._writing + self._gated
+        self.queue.unhold(size)
 
     def buffered(self) -> int:
         """Bytes of a message received in part, waiting for its other fragments."""
         return self._message.buffered
-
-    def _room_for(self, size: int) -> bool:
-        if self._queued + self._writing + self._gated + size <= self._send_limit:
-            return True
-        self._cut_off()
-        return False
 
     def cut(self, reason: CutReason, code: int, text: str) -> None:
         """Close the connection on roomkit's own account (not the room's) for ``reason``,
@@ -308,16 +290,19 @@ class Transport:
             self.metrics.cut[reason] += 1
 
     def _cut_off(self) -> None:
-        """Close a slow consumer (1008) and free its queue; drop it if it cannot even take
-        the close frame within ``CLOSE_TIMEOUT``. The room never waits for it."""
+        """The queue found a slow consumer (it freed itself and owes the 1008 close):
+        close it, and drop it if it cannot even take the close frame within
+        ``CLOSE_TIMEOUT``. The room never waits for it."""
         self._count_cut("slow_consumer")
-        self._queue.clear()
-        self._queued = 0
-        self._pong = None
-        self._queue_close(CloseConnection(CloseCode.POLICY_VIOLATION, "slow consumer"))
+        self._closing()
 
     def _queue_close(self, frame: CloseConnection) -> None:
-        """Have the writer send ``frame`` once the queue is out; whatever the state.
+        """Have the writer send ``frame`` once the queue is out; whatever the state."""
+        self.queue.owe_close(frame)
+        self._closing()
+
+    def _closing(self) -> None:
+        """A close is owed: the connection is closing, and the writer has work.
 
         A peer that roomkit cuts off has ``CLOSE_TIMEOUT`` to take what is queued and
         the close frame: one that stopped reading (a flooder, say) is dropped then,
@@ -325,16 +310,10 @@ class Transport:
         waits for a slow reader, as its sends do.
         """
         self.state = ConnectionState.CLOSING
-        self._close_frame = frame
         if self._cut_reason is not None:
             deadline = trio.current_time() + CLOSE_TIMEOUT
             self._serve_scope.deadline = min(self._serve_scope.deadline, deadline)
         self._wakeup.set()
-
-    def _enqueue(self, frame: bytes) -> None:
-        """Queue a frame, control frames included; no limit, no state check, no kick."""
-        self._queue.append(frame)
-        self._queued += len(frame)
 
     def kick(self) -> None:
         """Get what is queued moving.
@@ -344,22 +323,18 @@ class Transport:
         trips through Trio's scheduler saved per write). Whatever the socket does not
         take, and any close, is left to the writer task.
         """
-        fd = self._fd
-        if fd is not None and self._queue and not self._writing:
-            data = b"".join(self._queue) if len(self._queue) > 1 else self._queue[0]
+        queue, fd = self.queue, self._fd
+        frames = queue.frames
+        if fd is not None and frames and not queue.writing:
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
             try:
                 sent = os.write(fd, data)
             except OSError:  # full (BlockingIOError), or broken: the writer finds out
                 sent = 0
             if sent:
                 self.metrics.bytes_sent += sent
-                rest = data[sent:]
-                if rest:
-                    self._queue = [rest]
-                else:
-                    self._queue.clear()  # no new list per write: this runs per recipient
-                self._queued = len(rest)
-        if self._queue or self._close_frame is not None:
+                queue.sent(data, sent)
+        if queue.frames or queue.close is not None:
             self._wakeup.set()
 
     async def run(self) -> None:
@@ -395,7 +370,7 @@ class Transport:
             self._count_cut("internal_error")
             # Not if a write was cut short, or a frame's tail waits: mid-frame, a close
             # frame would corrupt the stream.
-            idle = not self._writing and not self._queue
+            idle = not self.queue.writing and not self.queue.frames
             if opened and idle and self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
                 frame = CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error")
                 gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
@@ -433,11 +408,11 @@ class Transport:
             self._count_cut("ping_timeout")
             self._serve_scope.cancel()
             return
-        ping = self._ws.send(Ping(b"roomkit"))
-        if self._room_for(len(ping)):  # control frames count like the others
-            self._enqueue(ping)
+        if self.queue.push(self._ws.send(Ping(b"roomkit"))):  # counted like any frame
             self.kick()
             self._expect_pong(True)
+        else:
+            self._cut_off()
 
     def _expect_pong(self, waiting: bool) -> None:
         """Schedule the next ping, or (``waiting``) the deadline for the pong just asked for."""
@@ -464,19 +439,19 @@ class Transport:
             nursery.cancel_scope.cancel()
 
     async def _write_loop(self) -> None:
+        queue = self.queue
         try:
             while True:
-                if not self._queue and self._close_frame is None:
+                if not queue.frames and queue.close is None:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
-                if self._queue:
-                    data, self._queue = b"".join(self._queue), []
-                    self._queued, self._writing = 0, len(data)
+                if queue.frames:
+                    data = queue.take()
                     await self._stream.send_all(data)
                     self.metrics.bytes_sent += len(data)
-                    self._writing = 0
-                elif self._close_frame is not None:
-                    await self._write_close(self._close_frame)
+                    queue.written()
+                elif queue.close is not None:
+                    await self._write_close(queue.close)
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._read_scope.cancel()  # the peer is gone: nothing more will be read
@@ -548,25 +523,11 @@ class Transport:
         await self._refuse_more("rate_limit", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
 
     def _answer(self, ping: Ping) -> None:
-        """Queue the pong for ``ping``: a peer is owed only the latest (RFC 6455 5.5.3).
-
-        A pong still waiting in the queue is replaced where it stands, so a peer that
-        pings and never reads is owed one pong, not one per ping. A new pong counts
-        against ``max_send_queue`` like any frame.
-        """
-        frame = self._ws.send(ping.response())
-        queue, waiting = self._queue, self._pong
-        if waiting is not None:
-            at, old = waiting
-            if at < len(queue) and queue[at] is old:  # not written yet, not even in part
-                queue[at] = frame
-                self._queued += len(frame) - len(old)
-                self._pong = (at, frame)
-                return
-        if self._room_for(len(frame)):
-            self._pong = (len(queue), frame)
-            self._enqueue(frame)
+        """Queue the pong for ``ping``: a peer is owed only the latest (see SendQueue)."""
+        if self.queue.push_pong(self._ws.send(ping.response())):
             self.kick()
+        else:
+            self._cut_off()
 
     async def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
         """Record how the connection ended and answer a close frame that needs an answer."""
