@@ -414,7 +414,7 @@ class RoomActor:
             conn = event.conn
             self._forget(conn)
             if await self._room() is not None:
-                await self._run(conn, "on_close", conn.handle, *conn.close_report)
+                await self._run(conn, "on_close", conn.handle, *conn.peer.report)
         elif isinstance(event, Alarm):
             await self._handle_alarm(event)
             if event.done is not None:  # roomkit.testing waits until its sends are out

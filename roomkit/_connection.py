@@ -2,23 +2,23 @@
 
 A :class:`Connection` is a facade over the connection's transport (``_transport.py``),
 which reads, writes and decides; the handle only names what a room may ask of it,
-through the small :class:`Peer` protocol, so it imports neither the transport nor the
+through the small :class:`Link` protocol, so it imports neither the transport nor the
 actor. What the application keeps on it (its attachment, attributes of its own) lives
 here; what roomkit decides with (state, tags, the queue) lives in the transport.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 from typing import Any, Final, Protocol
 
 from ._closecodes import CloseCode
+from ._core.lifecycle import ConnectionState
 from ._core.tags import validate_tags
 from ._ids import connection_id
 from ._request import Request
 
-__all__ = ["MAX_ATTACHMENT", "MAX_CLOSE_REASON", "Connection", "ConnectionState", "Peer"]
+__all__ = ["MAX_ATTACHMENT", "MAX_CLOSE_REASON", "Connection", "ConnectionState", "Link"]
 
 #: Largest attachment, serialised, in bytes: the Durable Objects limit.
 MAX_ATTACHMENT: Final = 16 * 1024
@@ -26,16 +26,7 @@ MAX_ATTACHMENT: Final = 16 * 1024
 MAX_CLOSE_REASON: Final = 123
 
 
-class ConnectionState(enum.Enum):
-    """Where a connection is in its life; see ``Connection.state``."""
-
-    CONNECTING = "connecting"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-class Peer(Protocol):
+class Link(Protocol):
     """What a :class:`Connection` asks of the transport behind it."""
 
     @property
@@ -68,12 +59,12 @@ class Connection:
 
     # Slots: a server holds thousands of these; __dict__ stays for attributes an
     # application sets on its connections (made only if it does).
-    __slots__ = ("__dict__", "_attachment", "_peer", "id", "request")
+    __slots__ = ("__dict__", "_attachment", "_link", "id", "request")
 
-    def __init__(self, peer: Peer, request: Request) -> None:
+    def __init__(self, link: Link, request: Request) -> None:
         self.id: Final = connection_id()
         self.request: Final = request
-        self._peer: Final = peer
+        self._link: Final = link
         self._attachment: str | None = None
 
     def __repr__(self) -> str:
@@ -83,21 +74,21 @@ class Connection:
     def state(self) -> ConnectionState:
         """CONNECTING until its ``on_connect`` starts, OPEN, CLOSING once a close frame
         is queued or received, CLOSED when its TCP connection is gone."""
-        return self._peer.state
+        return self._link.state
 
     @property
     def last_seen(self) -> float:
         """When the peer last sent a message, in Trio's clock (``trio.current_time()``)."""
-        return self._peer.last_seen
+        return self._link.last_seen
 
     @property
     def tags(self) -> tuple[str, ...]:
         """The connection's tags; assign an iterable of strings to replace them."""
-        return self._peer.tags
+        return self._link.tags
 
     @tags.setter
     def tags(self, tags: Any) -> None:
-        self._peer.retag(validate_tags(tags))
+        self._link.retag(validate_tags(tags))
 
     @property
     def attachment(self) -> Any:
@@ -127,7 +118,7 @@ class Connection:
         Raises:
           TypeError: if ``message`` is none of those.
         """
-        self._peer.send(message)
+        self._link.send(message)
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection after what is already queued for it; never blocks.
@@ -137,7 +128,7 @@ class Connection:
             may; 1004-1006 and 1015 are reserved) or ``reason`` is longer than 123 bytes.
         """
         _check_close(code, reason)
-        self._peer.close(code, reason)
+        self._link.close(code, reason)
 
 
 def _check_close(code: int, reason: str) -> None:

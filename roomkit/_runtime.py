@@ -161,8 +161,8 @@ class Runtime:
         owed = buffered = 0
         for actor in self._rooms.values():
             for conn in actor.all_connections():
-                owed += conn.queue.owed
-                buffered += conn.buffered()
+                owed += conn.peer.queue.owed
+                buffered += conn.peer.buffered
         return ServerStatistics(
             rooms=len(self._rooms),
             connections=self.connections,

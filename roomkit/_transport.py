@@ -1,36 +1,33 @@
 """A room's WebSocket connection on the wire: its reader loop and its writer task.
 
-Theory of operation. A :class:`Transport` is one peer's socket in a room. It has one
-reader and one writer, both tasks in its room's nursery, and it is what the room holds
-and sends to; the hooks see its :class:`~roomkit._connection.Connection` handle.
+Theory of operation. A :class:`Transport` is one peer's socket in a room: what the room
+holds and sends to (the hooks see its :class:`~roomkit._connection.Connection`
+handle). It decides nothing itself: its :class:`~roomkit._core.peer.Peer`, pure, says
+what the bytes read mean and what the peer is owed, and the transport carries it out.
+It has one reader and one writer, both tasks in its room's nursery:
 
+* The reader feeds each chunk read to the peer machine, delivers the messages it
+  returns to the room in order, and carries out the rest (kick the queue, tell the
+  room to cut the peer off, schedule the next ping, stop).
 * ``push`` (what ``send``, ``close`` and a room's ``broadcast`` come to) only appends
-  to the queue of encoded frames, then kicks it; it never blocks and never awaits.
-* A kick writes the queue straight to the socket (one non-blocking write) when the
-  writer task is idle; whatever the socket does not take wakes the writer, which takes
-  *everything* queued and writes it with one ``send_all``. So a burst of messages costs
-  one system call, not one each, and usually no task switch at all.
-* The reader feeds received bytes to wsproto and turns its events into room events
-  (message, close), answering pings itself.
+  to the send queue, then kicks it; it never blocks and never awaits.
+* A kick writes the queue straight to the socket (one non-blocking ``os.write``) when
+  the writer task is idle; whatever the socket does not take wakes the writer, which
+  takes *everything* queued and writes it with one ``send_all``. So a burst of messages
+  costs one system call, not one each, and usually no task switch at all.
 
 What the room and the output gate call, per recipient of a hook's sends:
 ``hold(size) -> bool`` counts bytes the gate keeps for it (False: it takes no more),
 ``unhold(size)`` gives them back, ``push(item, kick=False)`` queues a released frame,
 and ``kick()`` then writes what was queued, once per recipient.
 
-States::
-
-    CONNECTING --open()--> OPEN --close sent or received--> CLOSING --> CLOSED
-        \\--reject()----------------------------------------------------/
-
-A connection becomes OPEN when its ``on_connect`` starts: from then on it is among the
-room's connections and sends to it are queued (those made before the handshake is
-answered go out right after it). Once closing, sends are silently dropped: the peer
-may vanish at any moment, and a room should not have to race it.
-
 Closing: whoever closes first sends a close frame; the other side answers with one, and
 the server then drops the TCP connection. A peer that does not answer our close frame
-within ``CLOSE_TIMEOUT`` is dropped anyway, and its close counts as unclean (1006).
+within ``CLOSE_TIMEOUT`` is dropped anyway, and its close counts as unclean (1006). A
+peer that roomkit cuts off has ``CLOSE_TIMEOUT`` to take what is queued and the close
+frame as well; a room's own close waits for a slow reader, as its sends do. When
+roomkit's own code fails serving a connection (a bug), that connection alone ends,
+with 1011 if a close frame can still go out whole.
 """
 
 from __future__ import annotations
@@ -43,20 +40,16 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState as WSState
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.events import CloseConnection
 
 from ._closecodes import CloseCode
-from ._connection import Connection, ConnectionState
+from ._connection import Connection
 from ._connlog import connection_fields, log_closed, log_failed, log_opened, log_refused
-from ._core.frames import encode_message
 from ._core.frontdoor import Response
-from ._core.limits import CLOSE_TIMEOUT, RATE_LIMITED, MessageAssembler, MessageTooBig
-from ._core.ratelimit import TokenBucket, Verdict
-from ._core.sendqueue import SendQueue
-from ._errors import DecodeError
+from ._core.lifecycle import ConnectionState, Trigger
+from ._core.limits import CLOSE_TIMEOUT
+from ._core.peer import CLOSE, CUT, END, PING, PONG, TIMEOUT, WRITE, Peer
 from ._metrics import CutReason, RoomMetrics
-from ._protocol import error_message
 from ._request import Request
 from ._roomid import RoomId
 
@@ -65,11 +58,12 @@ if TYPE_CHECKING:
 
 __all__ = ["RoomSide", "Transport"]
 
-
-#: Tuples, not unions, for the isinstance checks made per message (about twice as fast).
-_DATA_EVENTS: Final = (TextMessage, BytesMessage)
 #: Bytes asked of the socket per read: big enough for a burst of small messages.
 RECEIVE_BYTES: Final = 64 * 1024
+
+#: The states in which a connection takes sends (made before its handshake is
+#: answered, they go out right after it).
+_TAKES_SENDS: Final = (ConnectionState.CONNECTING, ConnectionState.OPEN)
 
 
 class RoomSide(Protocol):
@@ -116,10 +110,8 @@ class Transport:
 
     Attributes:
       handle: the connection as its room's hooks see it.
-      state: where the connection is in its life (see the module docstring).
-      last_seen: when the peer last sent a message, in Trio's clock.
+      peer: the machine that decides what the peer's bytes mean and what it is owed.
       tags: the connection's tags, as the room's tag index has them.
-      queue: the bytes owed to the peer, and the verdicts on them.
       metrics: its Room class's counters.
     """
 
@@ -128,26 +120,15 @@ class Transport:
         "_accept",
         "_actor",
         "_alone",
-        "_awaiting_pong",
-        "_bucket",
-        "_close_code",
-        "_close_reason",
-        "_cut_reason",
-        "_deaf",
         "_fd",
-        "_message",
         "_read_scope",
         "_serve_scope",
         "_stream",
         "_wakeup",
-        "_was_clean",
         "_writer_done",
-        "_ws",
         "handle",
-        "last_seen",
         "metrics",
-        "queue",
-        "state",
+        "peer",
         "tags",
     )
 
@@ -159,41 +140,46 @@ class Transport:
         accept: bytes,
         request: Request,
     ) -> None:
+        room = actor.room_class
+        self.peer: Final = Peer(
+            ws,
+            trio.current_time(),
+            max_message_size=room.max_message_size,
+            max_send_queue=room.max_send_queue,
+            rate_limit=room.rate_limit,
+            auto_response=actor.auto_response,
+            protocol=room.protocol,
+            metrics=actor.metrics,
+        )
         self.handle: Final = Connection(self, request)
-        self.state = ConnectionState.CONNECTING
-        self.last_seen = trio.current_time()
         self.tags: tuple[str, ...] = ()
         self.metrics: Final = actor.metrics
         self._actor = actor
         self._alone = (self,)  # the recipients of a send to this connection alone
         self._stream = stream
-        self._ws = ws
         self._accept: bytes | None = accept  # the 101 response, until it is sent
-        self.queue: Final = SendQueue(actor.room_class.max_send_queue)
         #: The socket's file descriptor while it is open and past its handshake, for
         #: writes that need no task (see kick); None otherwise.
         self._fd: int | None = None
-        limit = actor.room_class.rate_limit
-        self._bucket = None if limit is None else TokenBucket(limit, trio.current_time())
         self._wakeup = trio.Event()
         self._read_scope = trio.CancelScope()
         self._serve_scope = trio.CancelScope()
         self._writer_done = trio.Event()
-        self._awaiting_pong = False
-        #: Set once what the peer sends is no longer delivered: it is being cut off, or
-        #: the server is draining. Frames are still read, for the peer's close.
-        self._deaf = False
-        self._message = MessageAssembler(actor.room_class.max_message_size)
-        # What on_close reports.
-        self._close_code: int = CloseCode.ABNORMAL_CLOSURE
-        self._close_reason = ""
-        self._was_clean = False
-        self._cut_reason: CutReason | None = None  # why roomkit closed it, if it did
 
     def __repr__(self) -> str:
         return f"<Transport {self.handle.id} room={self.handle.request.room!r} {self.state.value}>"
 
-    # The handle's Peer protocol.
+    # The handle's Link protocol.
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in its life, as rooms see it."""
+        return self.peer.state
+
+    @property
+    def last_seen(self) -> float:
+        """When the peer last completed a message, in Trio's clock."""
+        return self.peer.last_seen
 
     def retag(self, tags: tuple[str, ...]) -> None:
         self._actor.retag(self, self.tags, tags)
@@ -208,36 +194,38 @@ class Transport:
 
     # The room's side: called by the actor, the output gate and the server.
 
-    @property
-    def close_report(self) -> tuple[int, str, bool]:
-        """What ``on_close`` is told: the close code, its reason, and ``was_clean``."""
-        return self._close_code, self._close_reason, self._was_clean
-
     def open(self) -> None:
         """The room admits the connection: its ``on_connect`` starts."""
-        self.state = ConnectionState.OPEN
+        self.peer.move(Trigger.ADMIT)
 
     def reject(self) -> None:
         """The room refuses the handshake (or failed to decide it): it ends here."""
-        self.state = ConnectionState.CLOSED
+        self.peer.move(Trigger.REJECT)
+
+    def drain(self) -> None:
+        """The server is shutting down: deliver nothing more that the peer sends."""
+        self.peer.move(Trigger.DEAFEN)
 
     def push(self, item: bytes | CloseConnection, *, kick: bool = True) -> None:
         """Queue an encoded frame, or ask for a close; dropped once the connection is closing.
 
-        A frame that would take the bytes waiting for this peer past ``max_send_queue``
+        A frame that would take the bytes owed to this peer past ``max_send_queue``
         cuts the connection off as a slow consumer instead. With ``kick=False`` the
         caller kicks once after queueing several frames, so they go out in one write.
         """
-        if self.state not in (ConnectionState.CONNECTING, ConnectionState.OPEN):
+        peer = self.peer
+        if peer.state not in _TAKES_SENDS:
             return
         if isinstance(item, CloseConnection):
-            self._queue_close(item)
-        elif self.queue.push(item):
+            peer.owe_close(item)
+            self._closing()
+        elif peer.queue.push(item):
             self.metrics.messages_sent += 1
             if kick:
                 self.kick()
         else:
-            self._cut_off()
+            peer.slow_consumer()
+            self._closing()
 
     def hold(self, size: int) -> bool:
         """Count ``size`` bytes that the output gate holds for this connection.
@@ -245,72 +233,31 @@ class Transport:
         Returns False (and cuts the connection off, if that is why) when the connection
         takes no more: the gate then keeps nothing for it.
         """
-        if self.state is not ConnectionState.OPEN:
+        peer = self.peer
+        if peer.state is not ConnectionState.OPEN:
             return False
-        if self.queue.hold(size):
+        if peer.queue.hold(size):
             return True
-        self._cut_off()
+        peer.slow_consumer()
+        self._closing()
         return False
 
     def unhold(self, size: int) -> None:
         """Give back ``size`` bytes the output gate held for this connection."""
-        self.queue.unhold(size)
-
-    def buffered(self) -> int:
-        """Bytes of a message received in part, waiting for its other fragments."""
-        return self._message.buffered
+        self.peer.queue.unhold(size)
 
     def cut(self, reason: CutReason, code: int, text: str) -> None:
         """Close the connection on roomkit's own account (not the room's) for ``reason``,
         behind what the room has already sent it (released, or held at the output gate)."""
-        if self.state in (ConnectionState.CONNECTING, ConnectionState.OPEN):
-            self._count_cut(reason)
+        if self.peer.state in _TAKES_SENDS:
+            self.peer.note_cut(reason)
             self._actor.close_behind(self._alone, CloseConnection(code, text))
 
-    async def _refuse_more(self, reason: CutReason, code: int, text: str) -> None:
-        """The reader's cut: nothing more the peer sends is delivered, and the close
-        goes out after the replies to every message already delivered to the room."""
-        if self.state is ConnectionState.OPEN and not self._deaf:
-            self._deaf = True
-            self._count_cut(reason)
-            await self._actor.cut(self, CloseConnection(code, text))
-
-    def drain(self) -> None:
-        """The server is shutting down: deliver nothing more that the peer sends."""
-        self._deaf = True
-
-    def _count_cut(self, reason: CutReason) -> None:
-        """Count the cut in the metrics; its reason goes in the close's log line.
-
-        The first reason stands: a peer cut off for one thing may well break another
-        rule before it is gone, and it is one connection cut.
-        """
-        if self._cut_reason is None:
-            self._cut_reason = reason
-            self.metrics.cut[reason] += 1
-
-    def _cut_off(self) -> None:
-        """The queue found a slow consumer (it freed itself and owes the 1008 close):
-        close it, and drop it if it cannot even take the close frame within
-        ``CLOSE_TIMEOUT``. The room never waits for it."""
-        self._count_cut("slow_consumer")
-        self._closing()
-
-    def _queue_close(self, frame: CloseConnection) -> None:
-        """Have the writer send ``frame`` once the queue is out; whatever the state."""
-        self.queue.owe_close(frame)
-        self._closing()
-
     def _closing(self) -> None:
-        """A close is owed: the connection is closing, and the writer has work.
-
-        A peer that roomkit cuts off has ``CLOSE_TIMEOUT`` to take what is queued and
-        the close frame: one that stopped reading (a flooder, say) is dropped then,
-        instead of holding its connection for as long as it likes. A room's own close
-        waits for a slow reader, as its sends do.
-        """
-        self.state = ConnectionState.CLOSING
-        if self._cut_reason is not None:
+        """A close is owed to the peer: wake the writer, and if roomkit is cutting the
+        peer off, give the whole close ``CLOSE_TIMEOUT`` (a peer that stopped reading,
+        a flooder say, is dropped then instead of holding its connection for ever)."""
+        if self.peer.cut_reason is not None:
             deadline = trio.current_time() + CLOSE_TIMEOUT
             self._serve_scope.deadline = min(self._serve_scope.deadline, deadline)
         self._wakeup.set()
@@ -323,7 +270,7 @@ class Transport:
         trips through Trio's scheduler saved per write). Whatever the socket does not
         take, and any close, is left to the writer task.
         """
-        queue, fd = self.queue, self._fd
+        queue, fd = self.peer.queue, self._fd
         frames = queue.frames
         if fd is not None and frames and not queue.writing:
             data = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -336,6 +283,28 @@ class Transport:
                 queue.sent(data, sent)
         if queue.frames or queue.close is not None:
             self._wakeup.set()
+
+    def heartbeat(self) -> None:
+        """Called by the server's scheduler: ping the peer, or drop it if it never answered.
+
+        A peer that does not answer within ``ping_timeout`` is gone (or hopelessly
+        stuck): its TCP connection is dropped at once, without a closing handshake it
+        would never finish, and ``on_close`` gets 1006.
+        """
+        todo = self.peer.heartbeat()
+        if todo & PING:
+            self.kick()
+            self._expect_pong(True)
+        elif todo & TIMEOUT:
+            self._serve_scope.cancel()
+        elif todo & CLOSE:
+            self._closing()
+
+    def log_fields(self) -> dict[str, Any]:
+        """What log lines about this connection carry as fields (``extra=``)."""
+        return connection_fields(self._actor.room, self.handle)
+
+    # The connection's task.
 
     async def run(self) -> None:
         """Finish the handshake as the room decides, then serve the connection until closed.
@@ -363,63 +332,41 @@ class Transport:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer left during the handshake
         except Exception:
-            # roomkit's own code failed serving this connection (a bug): that ends this
-            # connection only, with 1011 if it is open, else without an answer.
-            log_failed(self.log_fields)
-            self.metrics.internal_errors += 1
-            self._count_cut("internal_error")
-            # Not if a write was cut short, or a frame's tail waits: mid-frame, a close
-            # frame would corrupt the stream.
-            idle = not self.queue.writing and not self.queue.frames
-            if opened and idle and self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
-                frame = CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error")
-                gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
-                with trio.move_on_after(CLOSE_TIMEOUT), gone:
-                    await self._stream.send_all(self._ws.send(frame))
+            await self._failed(opened)
         finally:
             self._fd = None  # before the close: the number may be reused at once
-            self.state = ConnectionState.CLOSED
+            self.peer.move(Trigger.GONE)
             self._actor.cancel_timer(("ping", self))
             await trio.aclose_forcefully(self._stream)
             if opened:
-                log_closed(
-                    self.log_fields,
-                    self._close_code,
-                    self._close_reason,
-                    self._was_clean,
-                    self._cut_reason,
-                )
+                log_closed(self.log_fields, *self.peer.report, self.peer.cut_reason)
                 await self._actor.closed(self)
 
-    def log_fields(self) -> dict[str, Any]:
-        """What log lines about this connection carry as fields (``extra=``)."""
-        return connection_fields(self._actor.room, self.handle)
+    async def _failed(self, opened: bool) -> None:
+        """roomkit's own code failed serving this connection (a bug): that ends this
+        connection only, with 1011 if it is open, else without an answer.
 
-    def heartbeat(self) -> None:
-        """Called by the server's scheduler: ping the peer, or drop it if it never answered.
-
-        A peer that does not answer within ``ping_timeout`` is gone (or hopelessly
-        stuck): its TCP connection is dropped at once, without a closing handshake it
-        would never finish, and ``on_close`` gets 1006.
+        Called from an ``except`` block, whose exception is logged.
         """
-        if self.state is not ConnectionState.OPEN or self._ws.state is not WSState.OPEN:
+        log_failed(self.log_fields)
+        self.metrics.internal_errors += 1
+        self.peer.note_cut("internal_error")
+        queue = self.peer.queue
+        # Not if a write was cut short, or a frame's tail waits: mid-frame, a close
+        # frame would corrupt the stream.
+        if not opened or queue.writing or queue.frames:
             return
-        if self._awaiting_pong:
-            self._count_cut("ping_timeout")
-            self._serve_scope.cancel()
-            return
-        if self.queue.push(self._ws.send(Ping(b"roomkit"))):  # counted like any frame
-            self.kick()
-            self._expect_pong(True)
-        else:
-            self._cut_off()
+        data = self.peer.close_frame(CloseConnection(CloseCode.INTERNAL_ERROR, "Internal error"))
+        if data is not None:
+            gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
+            with trio.move_on_after(CLOSE_TIMEOUT), gone:
+                await self._stream.send_all(data)
 
     def _expect_pong(self, waiting: bool) -> None:
         """Schedule the next ping, or (``waiting``) the deadline for the pong just asked for."""
         room = self._actor.room_class
         if room.ping_interval is None:
             return
-        self._awaiting_pong = waiting
         wait = room.ping_timeout if waiting else room.ping_interval
         self._actor.set_timer(("ping", self), trio.current_time() + wait)
 
@@ -432,14 +379,14 @@ class Transport:
             nursery.start_soon(self._write_loop)
             with self._read_scope:
                 await self._read_loop()
-            if self._close_code != CloseCode.ABNORMAL_CLOSURE:
+            if self.peer.report[0] != CloseCode.ABNORMAL_CLOSURE:
                 # The peer is still there: give the writer the time to send our close reply.
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self._writer_done.wait()
             nursery.cancel_scope.cancel()
 
     async def _write_loop(self) -> None:
-        queue = self.queue
+        queue = self.peer.queue
         try:
             while True:
                 if not queue.frames and queue.close is None:
@@ -459,102 +406,40 @@ class Transport:
             self._writer_done.set()
 
     async def _write_close(self, frame: CloseConnection) -> None:
-        if self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
-            data = self._ws.send(frame)
+        data = self.peer.close_frame(frame)
+        if data is not None:
             await self._stream.send_all(data)
             self.metrics.bytes_sent += len(data)
         self._serve_scope.deadline = math.inf  # the frame is out: the peer took it
-        if self._ws.state is WSState.LOCAL_CLOSING:
+        if self.peer.awaiting_close:
             # We closed first: wait for the peer's answer, but not for ever.
             self._read_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
 
     async def _read_loop(self) -> None:
-        eof = False
+        peer, actor = self.peer, self._actor
+        data: bytes | None = b""  # first, what came along with the handshake
         while True:
-            for event in self._ws.events():  # first, what came along with the handshake
-                if isinstance(event, CloseConnection):
-                    await self._peer_closed(event, clean=not eof)
-                    return
-                await self._on_event(event)
+            messages, todo = peer.receive(data, trio.current_time())
+            for message in messages:
+                await actor.message(self, message)
+            if todo and await self._carry_out(todo):
+                return
             try:
-                data = await self._stream.receive_some(RECEIVE_BYTES)
+                chunk = await self._stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            self.metrics.bytes_received += len(data)
-            eof = not data
-            self._ws.receive_data(bytes(data) or None)
+                chunk = b""
+            self.metrics.bytes_received += len(chunk)
+            data = bytes(chunk) or None  # b"": the stream ended
 
-    async def _on_event(self, event: object) -> None:
-        if isinstance(event, _DATA_EVENTS):
-            if self.state is not ConnectionState.OPEN or self._deaf:
-                return  # closing: what the peer still sends is discarded
-            try:
-                message = self._message.feed(event.data, event.message_finished)
-            except MessageTooBig:
-                code, text = CloseCode.MESSAGE_TOO_BIG, "Message too big"
-                await self._refuse_more("message_too_big", code, text)
-                return
-            if message is not None:
-                self.metrics.messages_received += 1
-                self.last_seen = now = trio.current_time()
-                verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
-                if verdict is Verdict.ALLOW:
-                    await self._deliver(message)
-                elif verdict is Verdict.DROP:
-                    self.push(RATE_LIMITED)
-                else:
-                    await self._flooded()
-        elif isinstance(event, Ping):
-            if self._ws.state is not WSState.OPEN or self._deaf:
-                return
-            # A ping takes a token like a message: one that finds none goes unanswered,
-            # and counts toward the flood.
-            verdict = (
-                Verdict.ALLOW if self._bucket is None else self._bucket.take(trio.current_time())
-            )
-            if verdict is Verdict.ALLOW:
-                self._answer(event)
-            elif verdict is Verdict.FLOOD:
-                await self._flooded()
-        elif isinstance(event, Pong) and self._awaiting_pong:
-            self._expect_pong(False)
-
-    async def _flooded(self) -> None:
-        await self._refuse_more("rate_limit", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-
-    def _answer(self, ping: Ping) -> None:
-        """Queue the pong for ``ping``: a peer is owed only the latest (see SendQueue)."""
-        if self.queue.push_pong(self._ws.send(ping.response())):
+    async def _carry_out(self, todo: int) -> bool:
+        """Do what the peer machine left to the transport; True once reading is over."""
+        if todo & WRITE:
             self.kick()
-        else:
-            self._cut_off()
-
-    async def _peer_closed(self, event: CloseConnection, *, clean: bool) -> None:
-        """Record how the connection ended and answer a close frame that needs an answer."""
-        self._close_code, self._close_reason = int(event.code), event.reason or ""
-        if not clean:  # TCP ended without a close frame
-            self._close_code, self._was_clean = CloseCode.ABNORMAL_CLOSURE, False
-        elif self._ws.state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it
-            self._was_clean = True
-            self._queue_close(event.response())  # even if we were closing ourselves
-        elif self._ws.state is WSState.CLOSED:  # the peer answered our close
-            self._was_clean = True
-        else:  # wsproto found a protocol error (1002, 1007): tell the peer, then drop it
-            self._was_clean = False
-            await self._refuse_more("protocol_error", event.code, event.reason or "")
-
-    async def _deliver(self, message: Any) -> None:
-        auto = self._actor.auto_response
-        if auto is not None and type(message) is type(auto[0]) and message == auto[0]:
-            self.push(auto[1])  # answered here: the room is not woken
-            return
-        protocol = self._actor.room_class.protocol
-        if protocol is not None:
-            try:
-                if isinstance(message, bytes):
-                    raise DecodeError("binary messages are not part of this room's protocol")
-                message = protocol.client.decode(message)
-            except DecodeError as exc:
-                self.push(encode_message(error_message(str(exc))))
-                return
-        await self._actor.message(self, message)
+        if todo & CLOSE:
+            self._closing()
+        if todo & PONG:
+            self._expect_pong(False)
+        if todo & CUT:
+            assert self.peer.cut is not None  # set with the CUT bit
+            await self._actor.cut(self, CloseConnection(*self.peer.cut))
+        return bool(todo & END)

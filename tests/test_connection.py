@@ -18,8 +18,8 @@ from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Request, TextMessage
 
 import roomkit
+from roomkit._core.peer import Peer
 from roomkit._errors import first_leaf
-from roomkit._transport import Transport
 
 from .helpers import (
     Start,
@@ -379,14 +379,15 @@ class Chatty(roomkit.Room):
 async def test_a_failure_serving_one_connection_ends_that_connection_only(
     start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    deliver = Transport._deliver
+    receive = Peer.receive
 
-    async def broken(conn: Transport, message: Any) -> None:
-        if message == "boom":
+    def broken(peer: Peer, data: bytes | None, now: float) -> tuple[list[Any], int]:
+        messages, todo = receive(peer, data, now)
+        if "boom" in messages:
             raise RuntimeError("a bug in the reader")
-        await deliver(conn, message)
+        return messages, todo
 
-    monkeypatch.setattr(Transport, "_deliver", broken)
+    monkeypatch.setattr(Peer, "receive", broken)
     server = await start(Chatty, metrics=True)
     async with open_client(f"{server.url}/r") as doomed, open_client(f"{server.url}/r") as other:
         await doomed.send_message("boom")

@@ -1,0 +1,90 @@
+"""The Connection handle alone (pure): its checks, against a stand-in for its transport."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import pytest
+
+from roomkit._connection import Connection
+from roomkit._core.lifecycle import ConnectionState
+from roomkit._request import Request
+
+
+@attrs.define
+class FakeLink:
+    """Records what the handle asks of its transport."""
+
+    state: ConnectionState = ConnectionState.OPEN
+    last_seen: float = 1.5
+    tags: tuple[str, ...] = ()
+    calls: list[tuple[Any, ...]] = attrs.Factory(list)
+
+    def retag(self, tags: tuple[str, ...]) -> None:
+        self.calls.append(("retag", tags))
+
+    def send(self, message: Any) -> None:
+        self.calls.append(("send", message))
+
+    def close(self, code: int, reason: str) -> None:
+        self.calls.append(("close", code, reason))
+
+
+def handle() -> tuple[Connection, FakeLink]:
+    link = FakeLink()
+    return Connection(link, Request("/r", "r", {}, {}, None)), link
+
+
+def test_it_passes_sends_closes_and_tags_on() -> None:
+    conn, link = handle()
+    conn.send("hi")
+    conn.close(4000, "bye")
+    conn.tags = ["a", "b", "a"]
+    assert link.calls == [("send", "hi"), ("close", 4000, "bye"), ("retag", ("a", "b"))]
+    assert (conn.state, conn.last_seen, conn.tags) == (ConnectionState.OPEN, 1.5, ())
+
+
+def test_the_attachment_limit_is_16_kib_of_utf8() -> None:
+    conn, _ = handle()
+    conn.attachment = "a" * (16384 - 2)  # with its quotes, exactly 16384 bytes
+    with pytest.raises(ValueError, match="at most 16384 bytes serialised, this one is 16385"):
+        conn.attachment = "a" * (16384 - 1)
+    with pytest.raises(ValueError, match="this one is 16386"):
+        conn.attachment = "é" * 8192  # 8,194 characters, 16,386 bytes
+    assert conn.attachment == "a" * (16384 - 2)
+
+
+def test_the_attachment_is_kept_serialised() -> None:
+    conn, _ = handle()
+    value = {"n": [1, 2]}
+    conn.attachment = value
+    value["n"].append(3)
+    assert conn.attachment == {"n": [1, 2]}
+    assert json.loads(json.dumps(conn.attachment)) == {"n": [1, 2]}
+
+
+def test_a_close_reason_is_at_most_123_bytes_of_utf8() -> None:
+    conn, link = handle()
+    conn.close(1000, "a" * 123)
+    with pytest.raises(ValueError, match="at most 123 bytes of UTF-8"):
+        conn.close(1000, "a" * 124)
+    with pytest.raises(ValueError, match="at most 123 bytes of UTF-8"):
+        conn.close(1000, "é" * 62)  # 62 characters, 124 bytes
+    conn.close(1000, "é" * 61)
+    assert link.calls == [("close", 1000, "a" * 123), ("close", 1000, "é" * 61)]
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2999, 5000])
+def test_codes_that_may_not_be_sent_are_refused(code: int) -> None:
+    conn, link = handle()
+    with pytest.raises(ValueError, match=f"close code {code} may not be sent"):
+        conn.close(code)
+    assert link.calls == []
+
+
+def test_its_state_is_read_only() -> None:
+    conn, _ = handle()
+    with pytest.raises(AttributeError):
+        conn.state = ConnectionState.CLOSED  # type: ignore[misc]
