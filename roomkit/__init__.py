@@ -14,6 +14,7 @@ from ._connection import ConnectionState as ConnectionState
 from ._core.ratelimit import RateLimit as RateLimit
 from ._errors import ClientClosed as ClientClosed
 from ._errors import DecodeError as DecodeError
+from ._errors import OutsideHookError as OutsideHookError
 from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
 from ._errors import StorageError as StorageError
@@ -41,6 +42,7 @@ __all__ = [
     "ConnectionState",
     "DecodeError",
     "ErrorMessage",
+    "OutsideHookError",
     "Protocol",
     "ProxyOptions",
     "ProxyServer",

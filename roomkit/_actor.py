@@ -38,7 +38,7 @@ from ._connection import Connection, ConnectionState
 from ._connlog import connection_fields
 from ._core.frames import encode_message
 from ._core.tags import TagIndex
-from ._errors import Reject, RoomkitError
+from ._errors import OutsideHookError, Reject
 from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, Message
 from ._gate import Outbox, OutputGate
 from ._metrics import RefusalReason
@@ -382,7 +382,7 @@ class RoomActor:
 
     def _check_in_hook(self) -> None:
         if self._outbox is None or trio.lowlevel.current_task() is not self._task:
-            raise RoomkitError("room storage can only be used inside a hook")
+            raise OutsideHookError("room storage can only be used inside a hook")
 
     def wall_time(self) -> float:
         return self._host.wall_time()

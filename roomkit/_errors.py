@@ -6,6 +6,7 @@ The tree::
     ├── Reject            raised by a room's on_connect to refuse a handshake
     ├── DecodeError       a peer sent a message the room's Protocol cannot decode
     ├── StorageError      a server cannot use its storage file, at start
+    ├── OutsideHookError  a room's storage was used outside its hooks
     └── ClientClosed      a client (roomkit.connect's, or roomkit.testing's) is closed
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "ClientClosed",
     "DecodeError",
+    "OutsideHookError",
     "Reject",
     "RoomkitError",
     "StorageError",
@@ -62,6 +64,16 @@ class StorageError(RoomkitError):
     file and what is wrong, and the underlying ``OSError`` or ``sqlite3.Error``, if
     any, is its ``__cause__``. ``roomkit serve`` logs the message and exits with
     status 1.
+    """
+
+
+class OutsideHookError(RoomkitError):
+    """Raised when a room's storage is used outside its hooks.
+
+    ``Room.storage`` works only inside a hook, from the hook's own task: each hook is a
+    transaction, and a write from anywhere else would belong to none. Load stored state
+    in ``on_start`` rather than in ``__init__``, and keep storage calls out of tasks a
+    hook starts.
     """
 
 

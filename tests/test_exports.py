@@ -15,6 +15,7 @@ def test_public_names() -> None:
         "ConnectionState",
         "DecodeError",
         "ErrorMessage",
+        "OutsideHookError",
         "Protocol",
         "ProxyOptions",
         "ProxyServer",
@@ -60,3 +61,4 @@ def test_the_testing_kit_is_a_subpackage_imported_on_demand() -> None:
 def test_errors_share_a_root() -> None:
     assert issubclass(roomkit.Reject, roomkit.RoomkitError)
     assert issubclass(roomkit.DecodeError, roomkit.RoomkitError)
+    assert issubclass(roomkit.OutsideHookError, roomkit.RoomkitError)

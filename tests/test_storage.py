@@ -407,7 +407,7 @@ async def test_storage_outside_a_hook_is_an_error(start: Start) -> None:
 
     server = await start(Remembered)
     async with open_client(f"{server.url}/x"):
-        with pytest.raises(roomkit.RoomkitError, match="only be used inside a hook"):
+        with pytest.raises(roomkit.OutsideHookError, match="only be used inside a hook"):
             await rooms[0].storage.put("k", 1)
 
 
