@@ -3,6 +3,8 @@
 One live actor per room name, written by subclassing :class:`Room`; see docs/.
 """
 
+from typing import TYPE_CHECKING
+
 from . import storage as storage
 from ._alarms import AlarmInfo as AlarmInfo
 from ._client import Client as Client
@@ -19,7 +21,6 @@ from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
 from ._errors import StorageError as StorageError
 from ._protocol import Protocol as Protocol
-from ._protocol import converter as converter
 from ._proxy import ProxyOptions as ProxyOptions
 from ._proxy import ProxyServer as ProxyServer
 from ._proxy import proxy as proxy
@@ -59,8 +60,11 @@ __all__ = [
     "StorageError",
     "Transaction",
     "connect",
-    "converter",
     "proxy",
     "serve",
     "storage",
 ]
+
+if not TYPE_CHECKING:  # to a type checker a removed name is simply missing
+    # PEP 562: Python calls it for a name the module lacks, such as a removed one.
+    from ._removed import removed_name as __getattr__  # noqa: F401

@@ -1,11 +1,12 @@
-"""Typed messages: attrs classes encoded as JSON tagged unions by one cattrs converter.
+"""Typed messages: attrs classes encoded as JSON tagged unions by their protocol's converter.
 
 A message class ``UserJoined`` travels as ``{"type": "user_joined", ...its fields}``.
 :class:`Protocol` names the classes a client may send (``client``) and the ones the
 server sends (``server``); each side is a :class:`MessageSet` that encodes and decodes
-its classes. Decoding is strict (a JSON number is never a string, a float is never
-truncated to an int) and every failure is a :class:`~roomkit.DecodeError` whose text
-says what was wrong, ready to send back to the peer. Pure: no I/O.
+its classes with the protocol's own cattrs converter, so that hooks registered for one
+protocol change no other. Decoding is strict (a JSON number is never a string, a float
+is never truncated to an int) and every failure is a :class:`~roomkit.DecodeError`
+whose text says what was wrong, ready to send back to the peer. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ import json
 import re
 import types
 import typing
-from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
 import cattrs
-import cattrs.gen
 from cattrs.errors import ClassValidationError
 
+from ._converter import json_type_name, make_converter
 from ._errors import DecodeError
 
-__all__ = ["MessageSet", "Protocol", "converter", "error_message", "type_tag"]
+__all__ = ["MessageSet", "Protocol", "error_message", "type_tag"]
 
 #: The field that carries a message's type; no message class may define it.
 TYPE_FIELD: Final = "type"
@@ -34,79 +34,6 @@ def _with_field(line: str) -> str:
     """``"is missing @ $.user.name"`` → ``"field 'user.name' is missing"``."""
     problem, _, path = line.rpartition(" @ $")
     return f"field {path.lstrip('.')!r} {problem}"
-
-
-_JSON_NAMES: Final[Mapping[type, str]] = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-    type(None): "null",
-    list: "an array",
-    tuple: "an array",
-    dict: "an object",
-}
-
-
-def _json_type_name(tp: Any) -> str:
-    return _JSON_NAMES.get(tp, getattr(tp, "__name__", repr(tp)))
-
-
-def _strict_scalar(*accepted: type) -> Any:
-    """A structure hook that accepts only values already of an ``accepted`` JSON type."""
-    names = _json_type_name(accepted[-1])
-
-    def structure(value: Any, _: Any) -> Any:
-        # bool is an int subclass in Python but never a number in JSON.
-        if isinstance(value, bool) is (bool not in accepted) or not isinstance(value, accepted):
-            raise TypeError(f"must be {names}, not {_json_type_name(type(value))}")
-        return value
-
-    return structure
-
-
-def _strict_array_factory(tp: Any, conv: cattrs.Converter) -> Any:
-    """Structure hooks for lists and homogeneous tuples that refuse a string or an object.
-
-    cattrs would otherwise iterate any iterable, turning ``"ab"`` into ``["a", "b"]``.
-    """
-    if typing.get_origin(tp) is tuple:
-        base = cattrs.cols.homogenous_tuple_structure_factory(tp, conv)
-    else:
-        base = cattrs.cols.list_structure_factory(tp, conv)
-    return _only(list, "an array", base)
-
-
-def _strict_attrs_factory(cls: Any, conv: cattrs.Converter) -> Any:
-    """Structure hooks for attrs classes that say so when given something not an object."""
-    return _only(dict, "an object", cattrs.gen.make_dict_structure_fn(cls, conv))
-
-
-def _only(json_type: type, described: str, base: Any) -> Any:
-    """``base``, a structure hook, for values of ``json_type`` only; a TypeError else."""
-
-    def structure(value: Any, t: Any) -> Any:
-        if not isinstance(value, json_type):
-            raise TypeError(f"must be {described}, not {_json_type_name(type(value))}")
-        return base(value, t)
-
-    return structure
-
-
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(detailed_validation=True)
-    conv.register_structure_hook(str, _strict_scalar(str))
-    conv.register_structure_hook(bool, _strict_scalar(bool))
-    conv.register_structure_hook(int, _strict_scalar(int))
-    float_hook = _strict_scalar(int, float)  # JSON does not tell 1 from 1.0
-    conv.register_structure_hook(float, lambda v, t: float(float_hook(v, t)))
-    conv.register_structure_hook_factory(cattrs.cols.is_sequence, _strict_array_factory)
-    conv.register_structure_hook_factory(attrs.has, _strict_attrs_factory)
-    return conv
-
-
-#: The one converter, for messages and for attrs values in storage; strict on input.
-converter: Final = _make_converter()
 
 
 def type_tag(cls: type) -> str:
@@ -130,13 +57,14 @@ class MessageSet:
     Args:
       classes: one attrs class, or a union of them (``Chat | Typing`` or
         ``typing.Union[Chat, Typing]``).
+      converter: the cattrs converter that encodes and decodes them: the protocol's.
 
     Raises:
       TypeError: if a member is not an attrs class, or has a ``type`` field.
       ValueError: if two classes have the same wire name.
     """
 
-    def __init__(self, classes: Any) -> None:
+    def __init__(self, classes: Any, converter: cattrs.Converter) -> None:
         members = _union_members(classes)
         by_tag: dict[str, type] = {}
         for cls in members:
@@ -150,6 +78,7 @@ class MessageSet:
             by_tag[tag] = cls
         self._by_tag: Final = by_tag
         self._tags: Final = {cls: tag for tag, cls in by_tag.items()}
+        self._converter: Final = converter
 
     @property
     def classes(self) -> tuple[type, ...]:
@@ -167,7 +96,7 @@ class MessageSet:
             raise TypeError(
                 f"{type(message).__name__} is not one of this protocol's messages ({expected})"
             )
-        body = converter.unstructure(message)
+        body = self._converter.unstructure(message)
         return json.dumps({TYPE_FIELD: tag, **body}, ensure_ascii=False)
 
     def decode(self, data: str | bytes) -> Any:
@@ -182,7 +111,7 @@ class MessageSet:
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise DecodeError(f"malformed JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise DecodeError(f"a message must be a JSON object, not {_json_type_name(type(body))}")
+            raise DecodeError(f"a message must be a JSON object, not {json_type_name(type(body))}")
         if TYPE_FIELD not in body:
             raise DecodeError(
                 f"the message has no {TYPE_FIELD!r} field; expected one of: {self._expected()}"
@@ -190,13 +119,13 @@ class MessageSet:
         tag = body.pop(TYPE_FIELD)
         if not isinstance(tag, str):
             raise DecodeError(
-                f"the {TYPE_FIELD!r} field must be a string, not {_json_type_name(type(tag))}"
+                f"the {TYPE_FIELD!r} field must be a string, not {json_type_name(type(tag))}"
             )
         cls = self._by_tag.get(tag)
         if cls is None:
             raise DecodeError(f"unknown message type {tag!r}; expected one of: {self._expected()}")
         try:
-            return converter.structure(body, cls)
+            return self._converter.structure(body, cls)
         except ClassValidationError as exc:
             lines = cattrs.transform_error(exc, format_exception=_describe)
             problems = "; ".join(_with_field(line) for line in lines)
@@ -212,14 +141,40 @@ class Protocol:
 
     Set it as a Room's ``protocol`` class attribute; ``on_message`` then receives decoded
     instances of ``client`` classes, and ``send``/``broadcast`` accept ``server`` ones.
-    Each argument is one attrs class or a union of them.
+
+    Args:
+      client, server: each one attrs class or a union of them.
+      converter: a cattrs converter to start from, hooks and all; the protocol uses a
+        copy of it. By default, a new one of roomkit's strict converters.
+
+    Attributes:
+      converter: the protocol's own converter, which encodes and decodes both sides'
+        messages and nothing else: register hooks on it to change them, before the
+        room serves. No other protocol, and not storage, shares it.
+
+    Raises:
+      TypeError: if ``converter`` is not a ``cattrs.Converter``; as :class:`MessageSet`.
+      ValueError: as :class:`MessageSet`.
     """
 
     client: MessageSet
     server: MessageSet
+    converter: cattrs.Converter
 
-    def __init__(self, client: Any, server: Any) -> None:
-        self.__attrs_init__(MessageSet(client), MessageSet(server))
+    def __init__(
+        self, client: Any, server: Any, *, converter: cattrs.Converter | None = None
+    ) -> None:
+        own = _own_converter(converter)
+        self.__attrs_init__(MessageSet(client, own), MessageSet(server, own), own)
+
+
+def _own_converter(given: cattrs.Converter | None) -> cattrs.Converter:
+    """A converter for one protocol alone: a copy of ``given``, or a new strict one."""
+    if given is None:
+        return make_converter()
+    if not isinstance(given, cattrs.Converter):
+        raise TypeError(f"converter must be a cattrs.Converter, not {type(given).__name__}")
+    return given.copy()
 
 
 def _union_members(classes: Any) -> tuple[type, ...]:
@@ -237,5 +192,5 @@ def _describe(exc: BaseException, type_: type | None) -> str:
     if isinstance(exc, TypeError) and str(exc).startswith("must be "):
         return str(exc)
     if isinstance(exc, AttributeError | TypeError) and type_ is not None:
-        return f"must be {_json_type_name(typing.get_origin(type_) or type_)}"
+        return f"must be {json_type_name(typing.get_origin(type_) or type_)}"
     return f"invalid value ({exc})"

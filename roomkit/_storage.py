@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ._protocol import converter
+from ._converter import make_converter
 from .storage import AlarmWrite, Changes, KeyRange
 from .storage._changes import deletions_in, lookup, lookup_alarm, merge_listing, store_is_hidden
 
@@ -32,15 +32,20 @@ __all__ = ["Storage", "Transaction"]
 MAX_KEY: Final = 2048
 #: One encoder for every value: json.dumps with options builds a new one per call.
 _JSON: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: Storage's own converter, for attrs values; no protocol shares it and nothing registers
+#: hooks on it, so what a value is stored as depends on the value alone, never on which
+#: rooms a process happens to serve.
+_VALUES: Final = make_converter()
 
 
 class Storage:
     """A room's durable storage; use it from inside hooks.
 
     Keys are strings, ordered by code point; values are anything JSON can hold (dicts,
-    lists, str, numbers, bool, None), and attrs instances, which are stored as the
-    converter unstructures them (read them back with ``roomkit.converter.structure``).
-    Values are copied in and out: change a value by putting it again.
+    lists, str, numbers, bool, None), and attrs instances, which are stored as cattrs
+    unstructures them by default, as dicts of their fields (read them back with
+    ``cattrs.structure(value, cls)``, or a protocol's ``converter``). Values are copied
+    in and out: change a value by putting it again.
     """
 
     __slots__ = ("_actor",)
@@ -220,7 +225,7 @@ _JSON_TYPES: Final = frozenset({str, int, float, bool, dict, list, type(None)})
 
 def _encode(value: Any) -> str:
     if type(value) not in _JSON_TYPES and attrs.has(type(value)):
-        value = converter.unstructure(value)
+        value = _VALUES.unstructure(value)
     try:
         return _JSON.encode(value)
     except (TypeError, ValueError) as exc:

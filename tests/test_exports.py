@@ -32,12 +32,11 @@ def test_public_names() -> None:
         "StorageError",
         "Transaction",
         "connect",
-        "converter",
         "proxy",
         "serve",
         "storage",
     ]
-    for name in set(roomkit.__all__) - {"converter", "storage"}:
+    for name in set(roomkit.__all__) - {"storage"}:
         assert getattr(roomkit, name).__module__.startswith("roomkit._")
     assert sorted(roomkit.storage.__all__) == [
         "AlarmWrite",

@@ -11,9 +11,15 @@ import pytest
 import trio
 
 import roomkit
+from roomkit._converter import make_converter
 from roomkit._protocol import MessageSet, type_tag
 
 from .helpers import Start, open_client, receive_json
+
+
+def message_set(classes: Any) -> MessageSet:
+    """One side of a protocol, with a strict converter of its own."""
+    return MessageSet(classes, make_converter())
 
 
 @attrs.frozen
@@ -47,7 +53,7 @@ def test_type_tags_are_snake_case_class_names() -> None:
 
 
 def test_round_trip_through_json() -> None:
-    messages = MessageSet(Chat | Move)
+    messages = message_set(Chat | Move)
     assert messages.decode(messages.encode(Chat("hi", 2))) == Chat("hi", 2)
     assert messages.decode('{"type": "move", "x": 1, "y": 2.5}') == Move(1.0, 2.5)
     assert json.loads(messages.encode(Move(1, 2, ["a"]))) == {
@@ -59,8 +65,8 @@ def test_round_trip_through_json() -> None:
 
 
 def test_single_class_and_typing_union_are_accepted() -> None:
-    assert MessageSet(Chat).classes == (Chat,)
-    assert MessageSet(typing.Union[Chat, Move]).classes == (Chat, Move)  # noqa: UP007
+    assert message_set(Chat).classes == (Chat,)
+    assert message_set(typing.Union[Chat, Move]).classes == (Chat, Move)  # noqa: UP007
 
 
 @pytest.mark.parametrize(
@@ -101,7 +107,7 @@ def test_single_class_and_typing_union_are_accepted() -> None:
 )
 def test_decode_errors_say_what_is_wrong(data: str, error: str) -> None:
     with pytest.raises(roomkit.DecodeError) as info:
-        MessageSet(Chat | Move).decode(data)
+        message_set(Chat | Move).decode(data)
     assert str(info.value).startswith(error)
 
 
@@ -117,7 +123,7 @@ class Place:
 
 
 def test_nested_messages_are_checked_too() -> None:
-    messages = MessageSet(Place)
+    messages = message_set(Place)
     assert messages.decode('{"type": "place", "at": {"x": 1, "y": 2}}') == Place(Point(1, 2))
     with pytest.raises(roomkit.DecodeError, match="field 'at' must be an object, not a string"):
         messages.decode('{"type": "place", "at": "a"}')
@@ -127,14 +133,14 @@ def test_nested_messages_are_checked_too() -> None:
 
 def test_several_problems_are_all_named() -> None:
     with pytest.raises(roomkit.DecodeError) as info:
-        MessageSet(Move).decode('{"type": "move", "x": null}')
+        message_set(Move).decode('{"type": "move", "x": null}')
     assert "field 'x' must be a number, not null" in str(info.value)
     assert "field 'y' is missing" in str(info.value)
 
 
 def test_encoding_a_foreign_message_is_a_type_error() -> None:
     with pytest.raises(TypeError, match=r"Move is not one of this protocol's messages \(Chat\)"):
-        MessageSet(Chat).encode(Move(1, 2))
+        message_set(Chat).encode(Move(1, 2))
 
 
 def test_bad_message_sets_are_refused() -> None:
@@ -143,18 +149,18 @@ def test_bad_message_sets_are_refused() -> None:
         type: str
 
     with pytest.raises(TypeError, match="has a field named 'type'"):
-        MessageSet(Typed)
+        message_set(Typed)
     with pytest.raises(TypeError, match="is not an attrs class"):
-        MessageSet(int)
+        message_set(int)
     with pytest.raises(TypeError, match="expected an attrs class or a union"):
-        MessageSet("chat")
+        message_set("chat")
 
     @attrs.frozen
     class Chat:  # same wire name as the module's Chat
         pass
 
     with pytest.raises(ValueError, match="share the tag 'chat'"):
-        MessageSet(Chat | globals()["Chat"])
+        message_set(Chat | globals()["Chat"])
 
 
 def test_a_room_protocol_must_be_a_protocol() -> None:
@@ -219,3 +225,52 @@ async def test_sending_a_message_outside_the_protocol_raises_in_the_hook(start: 
         await ws.send_message('{"type": "chat", "text": "x"}')
         with trio.fail_after(5):
             assert "Move is not one of this protocol's messages" in await ws.get_message()
+
+
+# One converter per protocol.
+
+
+def lenient_strings(protocol: roomkit.Protocol) -> roomkit.Protocol:
+    """``protocol``, made to take any JSON value for a ``str`` field, as its text."""
+    protocol.converter.register_structure_hook(str, lambda value, _: str(value))
+    return protocol
+
+
+def test_a_protocols_hooks_change_its_own_messages_only() -> None:
+    lenient = lenient_strings(roomkit.Protocol(client=Chat, server=Chat))
+    strict = roomkit.Protocol(client=Chat, server=Chat)
+    assert lenient.client.decode('{"type": "chat", "text": 5}') == Chat("5")
+    assert lenient.server.decode('{"type": "chat", "text": 5}') == Chat("5")
+    with pytest.raises(roomkit.DecodeError, match="field 'text' must be a string"):
+        strict.client.decode('{"type": "chat", "text": 5}')
+    assert lenient.converter is not strict.converter
+
+
+def test_hooks_registered_after_a_decode_apply_from_the_next() -> None:
+    protocol = roomkit.Protocol(client=Place, server=Chat)
+    with pytest.raises(roomkit.DecodeError, match=r"field 'at\.x' must be a number"):
+        protocol.client.decode('{"type": "place", "at": {"x": "1", "y": 2}}')
+    protocol.converter.register_structure_hook(float, lambda value, _: float(value))
+    assert protocol.client.decode('{"type": "place", "at": {"x": "1", "y": 2}}') == Place(
+        Point(1, 2)
+    )
+
+
+def test_a_given_converter_is_copied_hooks_and_all() -> None:
+    given = lenient_strings(roomkit.Protocol(client=Chat, server=Chat)).converter
+    protocol = roomkit.Protocol(client=Chat, server=Chat, converter=given)
+    given.register_structure_hook(str, lambda value, _: "changed later")
+    assert protocol.converter is not given
+    assert protocol.client.decode('{"type": "chat", "text": 5}') == Chat("5")
+
+
+def test_a_converter_must_be_a_cattrs_converter() -> None:
+    with pytest.raises(TypeError, match=r"converter must be a cattrs\.Converter, not dict"):
+        roomkit.Protocol(client=Chat, server=Chat, converter={})  # type: ignore[arg-type]
+
+
+def test_the_process_wide_converter_is_gone_with_a_pointer() -> None:
+    with pytest.raises(AttributeError, match=r"roomkit\.converter was removed: .*protocol\.conv"):
+        roomkit.converter  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(AttributeError, match="module 'roomkit' has no attribute 'nothing'"):
+        roomkit.nothing  # type: ignore[attr-defined]  # noqa: B018

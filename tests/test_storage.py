@@ -14,6 +14,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
+import cattrs
 import pytest
 import trio
 import trio.testing
@@ -26,6 +28,7 @@ from roomkit._roomid import RoomId
 from roomkit.storage import AlarmWrite, Changes, KeyRange, SQLiteStore, Store
 from roomkit.storage._changes import lookup, merge, merge_listing
 from roomkit.storage._sqlite import SQLiteCore
+from roomkit.testing import open_test_server
 
 from .apps import KV
 from .helpers import Start, open_client, raw_handshake, receive_json
@@ -396,6 +399,49 @@ async def test_a_file_that_is_not_a_database_is_refused_naming_it(tmp_path: Path
     assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
     db.unlink()  # the failed open released its lock: the file opens once it is right
     await (await SQLiteStore.open(db)).aclose()
+
+
+@attrs.frozen
+class Point:
+    x: float
+    y: float
+
+
+@attrs.frozen
+class Score:
+    player: str
+    points: int
+    at: Point
+    history: list[float]
+    tags: tuple[str, ...]
+    note: str | None = None
+
+
+async def test_attrs_values_are_stored_as_cattrs_unstructures_them_whatever_the_hooks() -> None:
+    class Scored(roomkit.Room):
+        protocol = roomkit.Protocol(client=Point, server=Score)
+
+        async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+            score = Score("adá", 3, message, [1.5, 2], ("a", "b"))
+            await self.storage.put("score", score)
+            conn.send(score)
+
+    # A hook of the room's protocol changes its messages, not what storage writes.
+    Scored.protocol.converter.register_unstructure_hook(Score, lambda s: {"who": s.player})
+    store = await SQLiteStore.open(":memory:")
+    async with open_test_server(Scored, storage=store) as server, server.connect("/r") as client:
+        await client.send(Point(1, 2.5))
+        assert await client.receive() == {"type": "score", "who": "adá"}
+    stored = await store.get_many(RoomId("", "r"), ["score"])
+    await store.aclose()
+    # The exact text stored before each protocol had a converter of its own.
+    text = (
+        '{"player":"adá","points":3,"at":{"x":1.0,"y":2.5},'
+        '"history":[1.5,2],"tags":["a","b"],"note":null}'
+    )
+    assert stored == {"score": text}
+    score = cattrs.structure(json.loads(text), Score)
+    assert score == Score("adá", 3, Point(1, 2.5), [1.5, 2], ("a", "b"))
 
 
 async def test_storage_outside_a_hook_is_an_error(start: Start) -> None:
