@@ -23,6 +23,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request
 
 import roomkit
 from roomkit._errors import first_leaf
+from roomkit.testing import TestClient, TestServer
 
 #: The ``start`` fixture: ``await start(RoomClass or mapping, **serve_kwargs)``.
 Start = Callable[..., Awaitable[roomkit.Server]]
@@ -32,6 +33,37 @@ async def receive_json(ws: trio_websocket.WebSocketConnection, within: float = 5
     """The next message, parsed as JSON; fails after ``within`` seconds."""
     with trio.fail_after(within):
         return json.loads(await ws.get_message())
+
+
+class MemoryKV:
+    """``tests.apps:KV``'s operations through a ``roomkit.testing`` client: each one's result."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    async def __call__(self, op: str, **args: Any) -> Any:
+        await self.client.send({"op": op, **args})
+        reply = await self.client.receive()
+        assert reply.get("op") == op, reply
+        return reply["result"]
+
+
+async def memory_stream(server: TestServer) -> trio.abc.Stream:
+    """A bare in-memory stream to ``server``, for a peer that must misbehave in ways a
+    test client will not (never read, write HTTP)."""
+    assert server._listener is not None, "a test server over the in-memory transport"
+    return await server._listener.connect()
+
+
+async def memory_handshake(server: TestServer, target: str) -> tuple[trio.abc.Stream, WSConnection]:
+    """:func:`raw_handshake` over the in-memory transport of ``server``."""
+    stream = await memory_stream(server)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host="roomkit.test", target=target)))
+    while True:
+        ws.receive_data(await stream.receive_some())
+        if any(isinstance(event, AcceptConnection) for event in ws.events()):
+            return stream, ws
 
 
 async def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:

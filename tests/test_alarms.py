@@ -1,4 +1,8 @@
-"""Alarms and idle sweeps: the pure timer heap, then rooms on a virtual clock."""
+"""Alarms and idle sweeps: the pure timer heap, then rooms on a virtual clock.
+
+A test on ``autojump_clock`` runs over ``roomkit.testing``'s in-memory transport, whose
+alarms keep Trio's time and retry without jitter: the times it asserts are exact.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
 
 from .apps import KV
-from .helpers import Start, expect_close, open_client, receive_json
+from .helpers import MemoryKV, Start, open_client
 from .test_storage import Client
 
 
@@ -138,30 +142,28 @@ def test_retry_delays_double_from_two_seconds_with_bounded_jitter() -> None:
 
 
 async def test_alarm_fires_on_time_and_get_alarm_reports_it(
-    start: Start, autojump_clock: trio.testing.MockClock
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server = await start(KV)
-    async with open_client(f"{server.url}/a") as ws:
-        kv = Client(ws)
+    async with open_test_server(KV) as server, server.connect("/a") as client:
+        kv = MemoryKV(client)
         t0 = trio.current_time()
         due = await kv("set_alarm", delay=30)
-        assert due == pytest.approx(await kv("get_alarm"))
-        assert await receive_json(ws, 1000) == {"alarm": 0, "is_retry": False}
-        assert trio.current_time() - t0 == pytest.approx(30, abs=0.5)
+        assert due == await kv("get_alarm")
+        assert await client.receive() == {"alarm": 0, "is_retry": False}
+        assert trio.current_time() - t0 == 30
         assert await kv("get_alarm") is None  # deleted before the handler ran
 
 
 async def test_a_new_alarm_replaces_the_old_and_delete_cancels(
-    start: Start, autojump_clock: trio.testing.MockClock
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server = await start(KV)
-    async with open_client(f"{server.url}/a") as ws:
-        kv = Client(ws)
+    async with open_test_server(KV) as server, server.connect("/a") as client:
+        kv = MemoryKV(client)
         t0 = trio.current_time()
         await kv("set_alarm", delay=100)
         await kv("set_alarm", delay=10)
-        assert await receive_json(ws, 1000) == {"alarm": 0, "is_retry": False}
-        assert trio.current_time() - t0 == pytest.approx(10, abs=0.5)
+        assert await client.receive() == {"alarm": 0, "is_retry": False}
+        assert trio.current_time() - t0 == 10
         await kv("set_alarm", delay=5)
         await kv("delete_alarm")
         await trio.sleep(60)  # virtual: nothing fires
@@ -170,28 +172,26 @@ async def test_a_new_alarm_replaces_the_old_and_delete_cancels(
 
 
 async def test_an_alarm_moved_later_fires_at_its_new_time_only(
-    start: Start, autojump_clock: trio.testing.MockClock
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server = await start(KV)
-    async with open_client(f"{server.url}/a") as ws:
-        kv = Client(ws)
+    async with open_test_server(KV) as server, server.connect("/a") as client:
+        kv = MemoryKV(client)
         t0 = trio.current_time()
         await kv("set_alarm", delay=10)
         await kv("set_alarm", delay=100)  # later: its timer entry is moved, not copied
-        assert await receive_json(ws, 1000) == {"alarm": 0, "is_retry": False}
-        assert trio.current_time() - t0 == pytest.approx(100, abs=0.5)
+        assert await client.receive() == {"alarm": 0, "is_retry": False}
+        assert trio.current_time() - t0 == 100
         assert len(await kv("get", key="fired")) == 1
 
 
 async def test_failing_alarm_retries_six_times_with_backoff(
-    start: Start, autojump_clock: trio.testing.MockClock
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server = await start(KV)
-    async with open_client(f"{server.url}/a") as ws:
-        kv = Client(ws)
+    async with open_test_server(KV) as server, server.connect("/a") as client:
+        kv = MemoryKV(client)
         await kv("put", key="fail_alarm", value=True)
         await kv("set_alarm", delay=1)
-        runs = [await receive_json(ws, 1000) for _ in range(7)]
+        runs = [await client.receive() for _ in range(7)]
         error = "RuntimeError: on_alarm failed on purpose"
         assert runs == [{"error": error, "retry": n} for n in range(7)]
         await trio.sleep(1000)  # no eighth run
@@ -201,9 +201,7 @@ async def test_failing_alarm_retries_six_times_with_backoff(
         assert await kv("get_alarm") is None
 
 
-async def test_retry_times_follow_the_schedule(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
+async def test_retry_times_follow_the_schedule(autojump_clock: trio.testing.MockClock) -> None:
     times: list[float] = []
 
     class Flaky(roomkit.Room):
@@ -218,30 +216,26 @@ async def test_retry_times_follow_the_schedule(
         async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
             pass
 
-    server: roomkit.Server = await nursery.start(partial(roomkit.serve, Flaky, port=0))
-    async with open_client(f"{server.url}/f"):
-        pass  # on_connect set the alarm; it runs with nobody connected
-    await trio.sleep(100)  # virtual time: the four runs are over by then
-    assert len(times) == 4
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    for gap, base in zip(gaps, (2, 4, 8), strict=True):
-        assert base <= gap <= base * 1.25 + 1
+    async with open_test_server(Flaky) as server:
+        async with server.connect("/f"):
+            pass  # on_connect set the alarm; it runs with nobody connected
+        await trio.sleep(100)  # virtual time: the four runs are over by then
+    # The test server retries without jitter (test_retry_delays_... bounds the jitter).
+    assert [b - a for a, b in itertools.pairwise(times)] == [2, 4, 8]
 
 
-async def test_an_alarm_wakes_a_room_nobody_is_in(
-    start: Start, autojump_clock: trio.testing.MockClock
-) -> None:
-    server = await start(KV)
-    async with open_client(f"{server.url}/a") as ws:
-        kv = Client(ws)
-        await kv("put", key="repeat_alarm", value=60)
-        await kv("set_alarm", delay=60)
-    await trio.testing.wait_all_tasks_blocked()
-    assert server.room_count == 0
-    await trio.sleep(200)  # three runs, each setting the next, with nobody connected
-    async with open_client(f"{server.url}/a") as ws:
-        fired = await Client(ws)("get", key="fired")
-    assert len(fired) == 3
+async def test_an_alarm_wakes_a_room_nobody_is_in(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(KV) as server:
+        async with server.connect("/a") as client:
+            kv = MemoryKV(client)
+            await kv("put", key="repeat_alarm", value=60)
+            await kv("set_alarm", delay=60)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server._server.room_count == 0
+        await trio.sleep(200)  # three runs, each setting the next, with nobody connected
+        async with server.connect("/a") as client:
+            fired = await MemoryKV(client)("get", key="fired")
+    assert [run["at"] - fired[0]["at"] for run in fired] == [0, 60, 120]
 
 
 async def test_overdue_alarms_fire_when_the_server_starts(tmp_path: Path) -> None:
@@ -368,7 +362,6 @@ class Pinged(roomkit.Room):
 
 
 async def test_a_failing_timer_ends_what_it_was_about_only(
-    start: Start,
     autojump_clock: trio.testing.MockClock,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -381,21 +374,21 @@ async def test_a_failing_timer_ends_what_it_was_about_only(
         heartbeat(conn)
 
     monkeypatch.setattr(Transport, "heartbeat", broken)
-    server = await start(Pinged)
-    async with open_client(f"{server.url}/doomed") as doomed, open_client(f"{server.url}/r") as ws:
+    async with (
+        open_test_server(Pinged) as server,
+        server.connect("/doomed") as doomed,
+        server.connect("/r") as client,
+    ):
         t0 = trio.current_time()
-        close = await expect_close(doomed, within=100)
-        assert (close.code, close.reason) == (1011, "Internal error")
-        assert trio.current_time() - t0 == pytest.approx(20, abs=0.5)
+        assert await doomed.receive_close() == (1011, "Internal error")
+        assert trio.current_time() - t0 == 20
         await trio.sleep(60)  # virtual: three more pings, each answered by the client
-        await ws.send_message("still here")
-        with trio.fail_after(1):
-            assert await ws.get_message() == "r: still here"
+        await client.send("still here")
+        assert await client.receive() == "r: still here"
+        assert server._runtime.metrics.rooms["Pinged"].internal_errors == 1
     [failed] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert (failed.name, failed.getMessage()) == (
         "roomkit.server",
         "room /doomed: ping timer failed",
     )
     assert failed.exc_info is not None and str(failed.exc_info[1]) == "a bug in the ping"
-    assert server._runtime is not None
-    assert server._runtime.metrics.rooms["Pinged"].internal_errors == 1
