@@ -68,7 +68,16 @@ async def memory_handshake(server: TestServer, target: str) -> tuple[trio.abc.St
 
 async def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes, read the response to EOF: (status, headers, body)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    return await exchange(await trio.open_tcp_stream("127.0.0.1", port), request)
+
+
+async def memory_http(server: TestServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """:func:`http` over the in-memory transport of ``server``."""
+    return await exchange(await memory_stream(server), request)
+
+
+async def exchange(stream: trio.abc.Stream, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` on ``stream``, read the response to EOF, close the stream."""
     async with stream:
         await stream.send_all(request)
         data = b""

@@ -1,7 +1,9 @@
 """Metrics: the plain counters as pure logic, and ``GET /metrics`` over a real socket.
 
 Scrapes are parsed with prometheus-client's own text parser. Servers listen on
-127.0.0.1 port 0; time that must pass (hibernation, alarms) is ``autojump_clock``'s.
+127.0.0.1 port 0; time that must pass (hibernation, alarms) is ``autojump_clock``'s,
+over ``roomkit.testing``'s in-memory transport (the scrape too), so that the clock never
+jumps with I/O in flight. The front door's timeout is real time, kept short.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import trio
@@ -21,8 +23,9 @@ from wsproto.events import TextMessage
 import roomkit
 from roomkit._exposition import MetricsCollector
 from roomkit._metrics import CUT_REASONS, REFUSAL_REASONS, Histogram, Metrics, RoomMetrics
+from roomkit.testing import TestServer, open_test_server
 
-from .helpers import Start, expect_close, http, open_client
+from .helpers import Start, expect_close, http, memory_http, open_client
 from .test_connection import raw_handshake, read_close
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -41,8 +44,14 @@ def parse(text: str) -> Samples:
     }
 
 
-async def scrape(server: roomkit.Server) -> Samples:
-    status, headers, body = await http(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+SCRAPE: Final = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def scrape(server: roomkit.Server | TestServer) -> Samples:
+    if isinstance(server, TestServer):
+        status, headers, body = await memory_http(server, SCRAPE)
+    else:
+        status, headers, body = await http(server.port, SCRAPE)
     assert status == 200
     assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     return parse(body.decode("utf-8"))
@@ -257,11 +266,8 @@ async def test_hooks_are_timed_by_their_names_whatever_they_are(start: Start) ->
     assert value(samples, hooks, room_class="Decorated", hook="on_message") == 1
 
 
-async def test_hibernated_rooms_are_counted_apart(
-    start: Start, autojump_clock: trio.testing.MockClock
-) -> None:
-    server = await start(Echo, metrics=True)
-    async with open_client(f"{server.url}/r"):
+async def test_hibernated_rooms_are_counted_apart(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(Echo, metrics=True) as server, server.connect("/r"):
         samples = await scrape(server)
         assert value(samples, "roomkit_rooms", room_class="Echo", state="awake") == 1
         assert value(samples, "roomkit_rooms", room_class="Echo", state="hibernated") == 0
@@ -302,10 +308,8 @@ async def test_refused_handshakes_are_counted_by_reason(start: Start) -> None:
     }
 
 
-async def test_a_head_that_never_comes_is_counted(
-    start: Start, autojump_clock: trio.testing.MockClock
-) -> None:
-    server = await start(Echo, metrics=True, handshake_timeout=5)
+async def test_a_head_that_never_comes_is_counted(start: Start) -> None:
+    server = await start(Echo, metrics=True, handshake_timeout=0.1)
     async with await trio.open_tcp_stream("127.0.0.1", server.port) as silent:
         await silent.send_all(b"GET /r HTTP/1.1\r\n")  # and nothing more
         with trio.fail_after(6):
@@ -349,11 +353,10 @@ class Alarmed(roomkit.Room):
         pass
 
 
-async def test_alarms_run_and_retried(start: Start, autojump_clock: trio.testing.MockClock) -> None:
-    server = await start(Alarmed, metrics=True)
-    async with open_client(f"{server.url}/r") as ws:
+async def test_alarms_run_and_retried(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(Alarmed, metrics=True) as server, server.connect("/r") as client:
         with trio.fail_after(120):
-            assert json.loads(await ws.get_message()) == {"retry": 1}
+            assert await client.receive() == {"retry": 1}
         samples = await scrape(server)
     assert value(samples, "roomkit_alarms_run_total", room_class="Alarmed") == 2
     assert value(samples, "roomkit_alarms_retried_total", room_class="Alarmed") == 1
