@@ -162,7 +162,7 @@ async def raw_handshake(
                 return stream, ws
 
 
-async def read_close(stream: trio.SocketStream, ws: WSConnection) -> CloseConnection:
+async def read_close(stream: trio.abc.Stream, ws: WSConnection) -> CloseConnection:
     with trio.fail_after(10):
         while True:
             data = await stream.receive_some()

@@ -2,7 +2,9 @@
 tags and attachments, and wire-level garbage.
 
 Loopback only, port 0; trio-websocket's client, or a raw wsproto client where a test
-must misbehave on purpose. Virtual time (``autojump_clock``) where seconds must pass.
+must misbehave on purpose. Where seconds must pass, virtual time (``autojump_clock``)
+over ``roomkit.testing``'s in-memory transport, so that the clock never jumps with bytes
+in flight.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Request, TextMessage
 
 import roomkit
+from roomkit._core.limits import CLOSE_TIMEOUT
 from roomkit._core.peer import Peer
 from roomkit._errors import first_leaf
+from roomkit.testing import open_test_server
 
 from .helpers import (
     Start,
     expect_close,
     http,
+    memory_handshake,
     open_client,
     raw_handshake,
     read_close,
@@ -257,21 +262,21 @@ async def test_invalid_utf8_text_closes_1007(start: Start) -> None:
 
 
 async def test_peer_that_never_answers_our_close_is_dropped(
-    start: Start, autojump_clock: trio.testing.MockClock
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server = await start(Recorder)
-    stream, ws = await raw_handshake(server.port, "/r")
-    async with stream, open_client(f"{server.url}/r") as bystander:
-        await stream.send_all(ws.send(TextMessage(data="kick 1000")))
-        before = trio.current_time()
-        assert (await read_close(stream, ws)).code == 1000
-        await bystander.send_message("no waiting on the dead")  # served while it waits
-        with trio.fail_after(1):
-            assert await bystander.get_message() == "no waiting on the dead"
-        # We never answer; the server gives up after CLOSE_TIMEOUT and calls it unclean.
-        assert await wait_closed() == (1006, "", False)
-        assert 5 <= trio.current_time() - before < 6
-        assert await stream.receive_some() == b""
+    async with open_test_server(Recorder) as server, server.connect("/r") as bystander:
+        stream, ws = await memory_handshake(server, "/r")
+        async with stream:
+            await stream.send_all(ws.send(TextMessage(data="kick 1000")))
+            before = trio.current_time()
+            assert (await read_close(stream, ws)).code == 1000
+            await bystander.send("no waiting on the dead")  # served while it waits
+            with trio.fail_after(1):
+                assert await bystander.receive_text() == "no waiting on the dead"
+            # We never answer; the server gives up after CLOSE_TIMEOUT and calls it unclean.
+            assert await wait_closed() == (1006, "", False)
+            assert trio.current_time() - before == CLOSE_TIMEOUT
+            assert await stream.receive_some() == b""
 
 
 async def test_frames_sent_with_the_handshake_are_not_lost(start: Start) -> None:
