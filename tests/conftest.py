@@ -4,6 +4,13 @@ Rules for the whole suite: servers listen on 127.0.0.1 port 0 and are started wi
 ``nursery.start``; clients are ones roomkit did not write (trio-websocket's, the
 ``websockets`` package's); nothing sleeps for real: waiting is ``fail_after`` around an
 event, and time that must pass is a MockClock's.
+
+``autojump_clock`` jumps whenever every task waits, even for bytes still in flight
+(Trio's MockClock documentation warns of it). So a test that needs it runs over
+``roomkit.testing``'s in-memory transport, where nothing is ever in flight, and asserts
+exact times. Where the socket is the point (TLS, the front door, ``serve`` itself, the
+clients), a test keeps autojump only if the clock can jump to nothing but the deadline
+it measures, and otherwise uses real time with short bounds.
 """
 
 from __future__ import annotations
