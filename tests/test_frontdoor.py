@@ -467,6 +467,7 @@ def test_upgrade_may_be_one_connection_token_of_several() -> None:
 def test_list_elements_strip_only_spaces_and_tabs() -> None:
     assert list_elements(" a,\tb ,, c\t") == ["a", "b", "c"]
     assert list_elements("a\n, b") == ["a\n", "b"]  # not a list separator: a bad token
+    assert list_elements("X, aX") == ["X", "aX"]
 
 
 @pytest.mark.parametrize(
@@ -484,6 +485,7 @@ def test_each_bad_room_name_gets_its_exact_answer(segment: str, problem: str) ->
 
 def test_a_prefix_with_a_trailing_slash_is_the_same_route() -> None:
     assert Router({"/chat/": "C"}).route(head("/chat/x")) == RoomTarget("C", RoomId("/chat", "x"))
+    assert Router({"/X/": "C"}).route(head("/X/x")) == RoomTarget("C", RoomId("/X", "x"))
 
 
 def test_origins_compare_without_case_or_trailing_slashes() -> None:
