@@ -59,6 +59,11 @@ def test_binary_messages_are_delivered_as_bytes() -> None:
     assert peer.receive(client.send(BytesMessage(b"\x00\x01")), 0.0) == ([b"\x00\x01"], 0)
 
 
+def test_an_empty_message_is_delivered() -> None:
+    peer, client, _ = open_peer()
+    assert peer.receive(text(client, "", "x"), 0.0) == (["", "x"], 0)
+
+
 def test_a_message_in_fragments_is_delivered_once_whole() -> None:
     peer, client, _ = open_peer()
     first = client.send(TextMessage("hel", message_finished=False))
@@ -254,6 +259,14 @@ def test_our_close_answered_is_clean() -> None:
     assert isinstance(event, CloseConnection)
     assert peer.receive(late + client.send(event.response()), 0.0) == ([], END)
     assert peer.report == (1001, "away", True)
+
+
+def test_a_ping_after_our_close_went_out_is_not_answered() -> None:
+    peer, client, _ = open_peer()
+    peer.owe_close(CloseConnection(1000))
+    assert peer.close_frame(CloseConnection(1000)) is not None
+    assert peer.receive(client.send(Ping(b"p")), 0.0) == ([], 0)  # no pong after a close
+    assert peer.queue.frames == []
 
 
 def test_a_protocol_error_is_cut_with_its_code_and_unclean() -> None:

@@ -257,8 +257,7 @@ class Peer:
     def _closed(self, event: CloseConnection, *, eof: bool) -> int:
         """The peer's close frame (or the end of the stream): record how it ended."""
         self._close_code, self._close_reason = int(event.code), event.reason or ""
-        if eof:  # the stream ended without a close frame
-            self._close_code, self._was_clean = CloseCode.ABNORMAL_CLOSURE, False
+        if eof:  # the stream ended without a close frame: wsproto reports 1006, unclean
             return END
         if self._ws.state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it
             self._was_clean = True
