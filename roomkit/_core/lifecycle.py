@@ -54,6 +54,10 @@ class ConnectionState(enum.Enum):
 class Phase(enum.Enum):
     """Where a connection is in its life, as roomkit needs to know it."""
 
+    # Members are singletons: identity hashing is right, and much cheaper than Enum's
+    # own __hash__ (a Python call) on the table lookups made per connection.
+    __hash__ = object.__hash__
+
     CONNECTING = "connecting"  # the handshake waits for its room's on_connect
     OPEN = "open"  # on_connect has started; what the peer sends is delivered
     DEAF = "deaf"  # still open, but what the peer sends is not delivered
@@ -64,6 +68,8 @@ class Phase(enum.Enum):
 
 class Trigger(enum.Enum):
     """What moves a connection from one phase to another."""
+
+    __hash__ = object.__hash__  # as Phase's
 
     ADMIT = "admit"  # its on_connect starts
     REJECT = "reject"  # its handshake is refused (or could not be decided)

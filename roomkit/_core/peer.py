@@ -190,12 +190,14 @@ class Peer:
     # Reading.
 
     def receive(self, data: bytes | None, now: float) -> tuple[list[Any], int]:
-        """Take ``data`` read from the socket (None: the stream ended) at ``now``.
+        """Take ``data`` read from the socket (None: the stream ended; ``b""``: nothing
+        new, for what came along with the handshake) at ``now``.
 
         Returns the messages to deliver, in order, and the Todo bits of the rest.
         """
         ws = self._ws
-        ws.receive_data(data)
+        if data != b"":
+            ws.receive_data(data)
         messages: list[Any] = []
         todo = 0
         for event in ws.events():
