@@ -6,13 +6,13 @@ One live actor per room name, written by subclassing :class:`Room`; see docs/.
 from typing import TYPE_CHECKING
 
 from . import storage as storage
-from ._alarms import AlarmInfo as AlarmInfo
 from ._client import Client as Client
 from ._client import ErrorMessage as ErrorMessage
 from ._client import connect as connect
 from ._closecodes import CloseCode as CloseCode
 from ._connection import Connection as Connection
 from ._connection import ConnectionState as ConnectionState
+from ._core.alarms import AlarmInfo as AlarmInfo
 from ._core.ratelimit import RateLimit as RateLimit
 from ._errors import ClientClosed as ClientClosed
 from ._errors import DecodeError as DecodeError

@@ -32,10 +32,10 @@ from typing import Any, Final, Literal
 import trio
 from wsproto.events import CloseConnection
 
-from ._alarms import MAX_RETRIES, AlarmInfo, retry_delay
 from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
 from ._connlog import connection_fields
+from ._core.alarms import AlarmInfo, after_failure
 from ._core.frames import encode_message
 from ._core.tags import TagIndex
 from ._errors import OutsideHookError, Reject
@@ -500,19 +500,17 @@ class RoomActor:
         if error is None:
             return
         await self._report(None, error)
-        retry = event.retry + 1
-        if retry > MAX_RETRIES:
+        alarm = after_failure(event.retry, self._host.wall_time(), self._host.jitter())
+        if alarm.due is None:
             logger.error(
                 "room %s: on_alarm failed %d times; alarm dropped",
                 self.room,
-                retry,
+                event.retry + 1,
                 extra=self.log_fields(),
             )
-            self._finish(Changes(alarm=AlarmWrite(None)), [])
         else:
             self.metrics.alarms_retried += 1
-            due = self._host.wall_time() + retry_delay(retry, self._host.jitter())
-            self._finish(Changes(alarm=AlarmWrite(due, retry)), [])
+        self._finish(Changes(alarm=alarm), [])
 
     async def _room(self) -> Room | None:
         """The room's instance, created (and started) on its first event."""

@@ -13,8 +13,8 @@ from ._protocol import Protocol
 
 if TYPE_CHECKING:
     from ._actor import RoomActor
-    from ._alarms import AlarmInfo
     from ._connection import Connection
+    from ._core.alarms import AlarmInfo
     from ._request import Request
     from ._storage import Storage
 

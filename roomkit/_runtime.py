@@ -23,7 +23,6 @@ from wsproto.events import CloseConnection
 
 from ._accept import Head, remote_address
 from ._actor import RoomActor
-from ._alarms import Scheduler
 from ._closecodes import CloseCode
 from ._committer import Committer
 from ._core.frontdoor import Response, Router, handshake_response
@@ -33,6 +32,7 @@ from ._request import Request
 from ._room import Room
 from ._roomhost import TimerKey
 from ._roomid import RoomId
+from ._scheduler import Scheduler
 from ._statistics import ServerStatistics
 from ._transport import Transport
 from .storage import AlarmWrite, Changes, Store

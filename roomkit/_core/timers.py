@@ -1,55 +1,21 @@
-"""Timers on Trio's clock: rooms' alarms, their retries, idle sweeps and pings.
+"""Deadlines by key: a pure heap of timers, one deadline per key. Pure, no I/O.
 
-:class:`Timers` is a pure heap of deadlines, one per key, where setting a key again
-replaces its deadline; its memory stays proportional to the live timers.
-:class:`Scheduler` is the one task per server that sleeps until the earliest deadline
-and calls back for each key that came due; adding an earlier deadline moves its
-wake-up, so nothing polls.
+Setting a key again replaces its deadline, and memory stays proportional to the live
+timers. The server's one Trio scheduler task (``_scheduler.py``) sleeps until
+:meth:`Timers.next_deadline` and hands each key :meth:`Timers.pop_due` returns to
+what it is for: rooms' alarms and their retries, idle sweeps and pings.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any, Final, Generic, TypeVar
 
-import attrs
-import trio
-
-__all__ = ["MAX_RETRIES", "AlarmInfo", "Scheduler", "Timers", "retry_delay"]
-
-#: How often a failing ``on_alarm`` is retried before the alarm is dropped.
-MAX_RETRIES: Final = 6
-#: Seconds before the first retry; each later one waits twice as long (2, 4, ... 64 s).
-FIRST_RETRY_DELAY: Final = 2.0
-#: Up to this fraction is added to each retry delay, so that rooms failing together
-#: (say, on a shared outage) do not all retry in the same instant.
-RETRY_JITTER: Final = 0.25
+__all__ = ["Timers"]
 
 K = TypeVar("K", bound=Hashable)
-
-
-@attrs.frozen
-class AlarmInfo:
-    """What ``on_alarm`` is told about the alarm it handles.
-
-    Attributes:
-      retry_count: how many times this alarm was retried after ``on_alarm`` raised; 0 on
-        the first run.
-    """
-
-    retry_count: int = 0
-
-    @property
-    def is_retry(self) -> bool:
-        """Whether an earlier run of ``on_alarm`` for this alarm raised."""
-        return self.retry_count > 0
-
-
-def retry_delay(retry: int, jitter: float) -> float:
-    """Seconds before retry number ``retry`` (1-based), given ``jitter`` in [0, 1)."""
-    return FIRST_RETRY_DELAY * 2.0 ** (retry - 1) * (1 + RETRY_JITTER * jitter)
 
 
 #: What a heap entry holds instead of its key once it is stale (its key was cancelled,
@@ -150,34 +116,3 @@ class Timers(Generic[K]):
         self._heap = [entry for entry in self._heap if entry[2] is not _STALE]
         heapq.heapify(self._heap)
         self._stale = 0
-
-
-class Scheduler(Generic[K]):
-    """Calls ``fire(key)`` when a key's deadline passes on Trio's clock.
-
-    ``fire`` runs in the scheduler's task and must not block; hand real work to
-    another task.
-    """
-
-    def __init__(self, fire: Callable[[K], None]) -> None:
-        self.timers = Timers[K]()
-        self._fire = fire
-        self._wakeup: trio.CancelScope | None = None
-
-    def set(self, key: K, deadline: float, *, earlier_only: bool = False) -> None:
-        self.timers.set(key, deadline, earlier_only=earlier_only)
-        if self._wakeup is not None:
-            self._wakeup.deadline = min(self._wakeup.deadline, deadline)
-
-    def cancel(self, key: K) -> None:
-        self.timers.cancel(key)
-
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            with trio.CancelScope(deadline=self.timers.next_deadline()) as wakeup:
-                self._wakeup = wakeup
-                await trio.sleep_forever()
-            self._wakeup = None
-            for key in self.timers.pop_due(trio.current_time()):
-                self._fire(key)
