@@ -8,15 +8,19 @@ tasks never call hooks themselves; they put events
 (connect, message, closed, alarm) on the actor's bounded channel, and the actor runs
 the matching hook to completion before taking the next, in arrival order.
 
+What the room decides lives in its pure core (``_core/room.py``): its members and
+their tags, admission, the idle sweep, when it may end or hibernate, and its
+lifecycle state (``_core/roomstate.py``). The actor carries the decisions out.
+
 Each hook is a transaction behind an output gate. What it sends (``send``,
 ``broadcast``, ``close``) is collected in an outbox instead of queued, and what it
 writes to storage in a :class:`~roomkit.storage.Changes`. When the hook returns, its
 changes go to the group committer and the actor takes its next event at once; the
-outbox waits in the room's :class:`~roomkit._gate.OutputGate` until the commit is
+outbox waits in the room's :class:`~roomkit._core.gate.OutputGate` until the commit is
 durable and every earlier outbox has been released, so sends leave in hook order and
-never before the writes they acknowledge. When the hook raises, both are dropped and
-``on_error`` runs. Sends from any task but the actor's (the reader answering bad input,
-an auto-response) bypass the gate.
+never before the writes they acknowledge; the actor then delivers it. When the hook
+raises, both are dropped and ``on_error`` runs. Sends from any task but the actor's
+(the reader answering bad input, an auto-response) bypass the gate.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal
 
 import trio
@@ -37,11 +41,11 @@ from ._connection import Connection, ConnectionState
 from ._connlog import connection_fields
 from ._core.alarms import AlarmInfo, after_failure
 from ._core.frames import encode_message
-from ._core.tags import TagIndex
+from ._core.gate import Outbox, OutputGate, Pending, Settle
+from ._core.room import HOOK_FAILED, INTERNAL_ERROR, Refusal, RoomCore
+from ._core.roomstate import Change, RoomState
 from ._errors import OutsideHookError, Reject
 from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, Message
-from ._gate import Outbox, OutputGate
-from ._metrics import RefusalReason
 from ._room import Room
 from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
@@ -64,8 +68,13 @@ EVENTS_PER_CHECKPOINT: Final = 32
 #: than on a union, and this runs per send).
 _RAW: Final = (str, bytes)
 
-#: The events that _post queues, counted in _expected until the loop takes them.
+#: The events that _post queues, expected by the room core until the loop takes them.
 _POSTED: Final = (Alarm, Drain)
+
+#: The states checked per message, as names of their own (a global is a cheaper lookup).
+_ASLEEP: Final = RoomState.ASLEEP
+_DRAINING: Final = RoomState.DRAINING
+_OPEN: Final = ConnectionState.OPEN
 
 HookName = Literal["on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error"]
 """A Room hook, by name: what a hook transaction runs, and its metrics label."""
@@ -80,53 +89,43 @@ class RoomActor:
       host: the server's services: the store, the committer, alarms and sweeps.
     """
 
-    # Slots: thousands of hibernated rooms each keep one of these (issue 7's 1 KiB).
+    # Slots: thousands of hibernated rooms each keep one of these.
     __slots__ = (
-        "_awake",
         "_changes",
-        "_closing",
-        "_connections",
-        "_drained",
-        "_expected",
+        "_core",
         "_gate_or_none",
-        "_gone",
         "_hibernated",
         "_host",
         "_instance",
         "_outbox",
         "_receive",
         "_send",
+        "_settled",
         "_task",
         "auto_response",
         "metrics",
         "room",
         "room_class",
         "store",
-        "tags",
     )
 
     def __init__(self, room_class: type[Room], room: RoomId, host: RoomHost) -> None:
         self.room_class: Final = room_class
         self.room: Final = room
-        self.tags: Final[TagIndex[Transport]] = TagIndex()
         self.store: Final = host.store
         self.metrics: Final = host.metrics.room(room_class)
         self._host = host
-        self._connections: dict[Transport, None] = {}
+        self._core = RoomCore[Transport](room_class.max_connections, room_class.idle_timeout)
         # The event channel exists while the room is awake, and is dropped when it
         # hibernates (a channel is over 1 KiB): _wake() makes it again.
         self._send: trio.MemorySendChannel[Event] | None = None
         self._receive: trio.MemoryReceiveChannel[Event] | None = None
         self._instance: Room | None = None
-        self._outbox: Outbox | None = None
+        self._outbox: Outbox[Transport] | None = None
         self._changes: Changes | None = None
-        self._gate_or_none: OutputGate | None = None  # see _gate
+        self._gate_or_none: OutputGate[Transport] | None = None  # see _gate
+        self._settled: trio.Event | None = None  # set when the gate settles, if awaited
         self._task: trio.lowlevel.Task | None = None  # the event loop's, while awake
-        self._closing = False
-        self._drained = False  # the shutdown's closes are queued: messages go unhandled
-        self._expected = 0  # events that _post queues, until the loop takes them
-        self._awake = False  # whether the event loop task runs
-        self._gone = False  # the room has ended: nothing may wake it
         self._hibernated: trio.Event | None = None  # set when hibernate_now() is waiting
         response = room_class.auto_response
         #: The auto-response pair, the answer already framed.
@@ -137,24 +136,29 @@ class RoomActor:
     @property
     def awake(self) -> bool:
         """Whether the room's instance is in memory (its event loop runs)."""
-        return self._awake
+        return self._core.state not in (RoomState.ASLEEP, RoomState.GONE)
 
-    # Entry points for the server and the connections.
+    @property
+    def instance(self) -> Room | None:
+        """The room's live Room instance; None while it sleeps (or before its first event)."""
+        return self._instance
 
     @property
     def name(self) -> str:
         return self.room.name
 
     @property
-    def _gate(self) -> OutputGate:
+    def _gate(self) -> OutputGate[Transport]:
         """The output gate, made on first use and dropped, empty, when the room sleeps."""
         if self._gate_or_none is None:
-            self._gate_or_none = OutputGate(on_failure=self._storage_failed)
+            self._gate_or_none = OutputGate()
         return self._gate_or_none
+
+    # Entry points for the server and the connections.
 
     def admit(self, conn: Transport) -> None:
         """Take ownership of a new connection and start its task."""
-        self._connections[conn] = None
+        self._core.join(conn)
         self._host.connections += 1
         self._host.spawn(conn.run)
 
@@ -164,15 +168,16 @@ class RoomActor:
         What the connections read from now on is not handled; the events already
         queued run, their commits finish, and their sends go out before the closes.
         """
-        self._closing = True
-        for conn in self._connections:
+        self._wake()  # a room asleep wakes to shut down
+        self._core.change(Change.SHUTDOWN)
+        for conn in self._core.members():
             conn.drain()
         self._post_soon(Drain(CloseConnection(code, reason)))
 
     def close_now(self, frame: CloseConnection) -> None:
         """Close every connection with ``frame`` at once, ahead of what the room holds
         for it: the end of a drain that ran out of time, or one that failed."""
-        for conn in list(self._connections):
+        for conn in self.all_connections():
             conn.push(frame)
 
     def close_behind(self, conns: Sequence[Transport], frame: CloseConnection) -> None:
@@ -182,7 +187,7 @@ class RoomActor:
             for conn in conns:
                 conn.push(frame)
         else:
-            self._gate.finish(None, [(frame, conns)], None, self._commit)
+            self._finish(None, [(frame, conns)])
 
     async def cut(self, conn: Transport, frame: CloseConnection) -> None:
         """Close ``conn`` (for the reader) after the messages it has already delivered."""
@@ -190,15 +195,11 @@ class RoomActor:
 
     def sweep(self) -> None:
         """Close the connections idle for ``idle_timeout``; schedule the next sweep."""
-        timeout = self.room_class.idle_timeout
-        assert timeout is not None
-        now = trio.current_time()
-        for conn in self.members():
-            if now - conn.last_seen >= timeout:
-                conn.cut("idle", CloseCode.NORMAL_CLOSURE, "Idle timeout")
-        if open_ := self.members():  # the next sweep: when the quietest may be idle
-            deadline = min(c.last_seen for c in open_) + timeout
-            self._host.set_timer(("sweep", self.room), deadline)
+        idle, due = self._core.sweep(trio.current_time(), self.members())
+        for conn in idle:
+            conn.cut("idle", CloseCode.NORMAL_CLOSURE, "Idle timeout")
+        if due is not None:
+            self._host.set_timer(("sweep", self.room), due)
 
     async def connect(self, conn: Transport) -> tuple[int, str] | None:
         """Run ``on_connect``; return None to accept, or the ``(status, reason)`` to refuse."""
@@ -224,7 +225,7 @@ class RoomActor:
 
     def _post_soon(self, event: Alarm | Drain) -> None:
         """Queue ``event`` from synchronous code; the room stays up until it is queued."""
-        self._expected += 1
+        self._core.expect()
         self._host.spawn(functools.partial(self._post, event))
 
     async def _post(self, event: Alarm | Drain) -> None:
@@ -239,7 +240,7 @@ class RoomActor:
                 event.done.set()  # the room is gone: nobody will run it
         finally:
             if not queued:
-                self._expected -= 1
+                self._core.arrived()
 
     async def closed(self, conn: Transport) -> None:
         """Report that ``conn`` has closed; ``on_close`` will run."""
@@ -249,16 +250,17 @@ class RoomActor:
             await self._wake().send(Closed(conn))
 
     def _wake(self) -> trio.MemorySendChannel[Event]:
-        """Start the event loop if the room is hibernating (or new); its event channel.
+        """Start the event loop if the room is asleep; its event channel.
 
         Once the room is gone the channel stays closed: a send raises BrokenResourceError.
         """
-        if self._send is None:
+        if self._core.state is _ASLEEP:
+            self._core.change(Change.WAKE)
             self._send, self._receive = trio.open_memory_channel[Event](EVENT_QUEUE)
-        if not (self._awake or self._gone):
-            self._awake = True
             self._host.spawn(self._event_loop)
-        return self._send
+        send = self._send
+        assert send is not None  # made when the room woke
+        return send
 
     async def _event_loop(self) -> None:
         """Handle events until the room is gone, or has been idle for ``hibernate_after``.
@@ -270,7 +272,6 @@ class RoomActor:
         self._task = trio.lowlevel.current_task()
         receive = self._receive
         assert receive is not None  # made by the _wake() that started this loop
-        idle_for = self.room_class.hibernate_after
         in_a_row = 0
         while True:
             event = None
@@ -281,8 +282,7 @@ class RoomActor:
                     await trio.lowlevel.checkpoint()  # ...but never so many that others starve
             except trio.WouldBlock:
                 in_a_row = 0
-                wait = 0 if self._hibernated is not None else idle_for  # hibernate_now: at once
-                with trio.move_on_after(math.inf if wait is None else wait):
+                with trio.move_on_after(self._patience()):
                     event = await receive.receive()
             if event is not None:
                 try:
@@ -291,32 +291,54 @@ class RoomActor:
                     self._event_failed(event)
                 if not self._idle(receive):
                     continue
-            await self._gate.settled()  # no commit of this room may be left in flight
-            if receive.statistics().current_buffer_used or self._expected:
-                continue
-            self._awake = False
-            self._instance = self._task = self._gate_or_none = None  # the gate is empty
-            if self._connections:  # hibernate: the next event makes a new channel
-                self._send = self._receive = None
-            else:  # the room is gone: senders find the channel closed
-                self._gone = True
-                receive.close()
-                self._host.room_gone(self)
-            if self._hibernated is not None:
-                self._hibernated.set()
-                self._hibernated = None
-            return
+            await self._settle()  # no commit of this room may be left in flight
+            change = None if receive.statistics().current_buffer_used else self._core.at_rest()
+            if change is not None:
+                self._rest(change, receive)
+                return
+
+    def _patience(self) -> float:
+        """Seconds the loop waits for an event before the room hibernates."""
+        if self._core.state is not RoomState.AWAKE:
+            return math.inf  # a room shutting down stays awake until it ends
+        if self._hibernated is not None:
+            return 0  # hibernate_now: at once
+        idle_for = self.room_class.hibernate_after
+        return math.inf if idle_for is None else idle_for
+
+    def _idle(self, receive: trio.MemoryReceiveChannel[Event]) -> bool:
+        if not self._core.quiet:  # the common case, known without statistics
+            return False
+        return not receive.statistics().current_buffer_used
+
+    def _rest(self, change: Change, receive: trio.MemoryReceiveChannel[Event]) -> None:
+        """Hibernate, or end: the room's events are handled and its commits durable."""
+        self._core.change(change)
+        self._instance = self._task = self._gate_or_none = None  # the gate is empty
+        if change is Change.HIBERNATE:  # the next event makes a new channel
+            self._send = self._receive = None
+        else:  # the room is gone: senders find the channel closed
+            receive.close()
+            self._host.room_gone(self.room)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Tell hibernate_now(), if it waits, that the room sleeps or ended."""
+        if self._hibernated is not None:
+            self._hibernated.set()
+            self._hibernated = None
+        if self._settled is not None:
+            self._settled.set()
 
     # What the Room's methods, its storage and the Connection's send/close call.
 
     def all_connections(self) -> list[Transport]:
         """Every connection the room holds, whatever its state."""
-        return list(self._connections)
+        return list(self._core.members())
 
     def members(self, tag: str | None = None) -> list[Transport]:
         """The open connections, or those carrying ``tag``, in join order."""
-        members = self._connections if tag is None else self.tags.members(tag)
-        return [c for c in members if c.state is ConnectionState.OPEN]
+        return [c for c in self._core.members(tag) if c.state is _OPEN]
 
     def connections(self, tag: str | None = None) -> list[Connection]:
         """``members(tag)`` as the hooks see them."""
@@ -324,9 +346,7 @@ class RoomActor:
 
     def retag(self, conn: Transport, old: tuple[str, ...], new: tuple[str, ...]) -> None:
         """Move ``conn`` from ``old`` tags to ``new`` in the index, while it is in the room."""
-        if conn in self._connections:
-            self.tags.remove(conn, old)
-            self.tags.add(conn, new)
+        self._core.retag(conn, old, new)
 
     def encode(self, message: Any) -> bytes:
         """The frame for ``message``, encoded by the room's protocol when it is typed."""
@@ -351,7 +371,7 @@ class RoomActor:
         self.emit(frame, recipients)
         return len(recipients)
 
-    def emit(self, item: bytes | CloseConnection, recipients: Iterable[Transport]) -> None:
+    def emit(self, item: bytes | CloseConnection, recipients: Sequence[Transport]) -> None:
         """Queue ``item`` for ``recipients``, through the output gate when a hook is running.
 
         The gate counts what it holds against each recipient's ``max_send_queue`` and
@@ -394,22 +414,22 @@ class RoomActor:
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, _POSTED):
-            self._expected -= 1  # on its way no longer (see _post)
+            self._core.arrived()  # on its way no longer (see _post)
         if isinstance(event, Connect):
             await self._handle_connect(event)
         elif isinstance(event, Message):
             # Delivered even if the connection has started closing since: the peer sent
             # it while open, and on_close comes after every message read before it. But
             # not once the drain has closed it: its writes could never be acknowledged.
-            if self._drained:
+            if self._core.state is _DRAINING:
                 return
             if self._instance is not None or await self._room() is not None:
                 await self._run(event.conn, "on_message", event.conn.handle, event.message)
         elif isinstance(event, Cut):
             self.close_behind((event.conn,), event.frame)
         elif isinstance(event, Drain):
-            self._drained = True
-            self.close_behind(list(self._connections), event.frame)
+            self._core.change(Change.DRAIN)
+            self.close_behind(self.all_connections(), event.frame)
         elif isinstance(event, Closed):
             conn = event.conn
             self._forget(conn)
@@ -418,38 +438,41 @@ class RoomActor:
         elif isinstance(event, Alarm):
             await self._handle_alarm(event)
             if event.done is not None:  # roomkit.testing waits until its sends are out
-                await self._gate.settled()
+                await self._settle()
                 event.done.set()
 
     async def _handle_connect(self, event: Connect) -> None:
-        conn = event.conn
-        if self._closing:
-            self._refuse(event, "shutting_down", 503, "Server shutting down")
-        elif len(self._connections) > self.room_class.max_connections:
-            self._refuse(event, "room_full", 503, "Room is full")
-        elif await self._room() is None:
-            self._refuse(event, "error", 500, "Internal error")
-        else:
-            # Open while its own on_connect runs (it is among connections(), sends to it
-            # are queued for after the handshake); handshakes still waiting are not.
-            conn.open()
-            settle = functools.partial(self._connect_settled, event)
-            handle = conn.handle
-            error = await self._hook("on_connect", handle, handle.request, settle=settle)
-            if isinstance(error, Reject):
-                self._refuse(event, "rejected", error.status, error.reason)
-            elif error is not None:
-                self._refuse(event, "error", 500, "Internal error")
-                await self._report(conn, error)
-            else:
-                timeout = self.room_class.idle_timeout
-                if timeout is not None:  # a newcomer never brings the sweep forward...
-                    sweep = ("sweep", self.room)  # ...but it may be the first to need one
-                    self._host.set_timer(sweep, conn.last_seen + timeout, earlier_only=True)
-                return  # decided when its changes are durable
-            conn.reject()
-        self._forget(conn)
+        refusal = self._core.admission()
+        if refusal is None and await self._room() is None:
+            refusal = HOOK_FAILED
+        if refusal is not None:
+            self._refuse(event, refusal)
+        elif await self._on_connect(event):
+            return  # decided when its changes are durable
+        self._forget(event.conn)
         event.decided.set()
+
+    async def _on_connect(self, event: Connect) -> bool:
+        """Run ``on_connect`` for the handshake; False if it refused it (or raised)."""
+        conn = event.conn
+        # Open while its own on_connect runs (it is among connections(), sends to it are
+        # queued for after the handshake); handshakes still waiting are not.
+        conn.open()
+        settle = functools.partial(self._connect_settled, event)
+        handle = conn.handle
+        error = await self._hook("on_connect", handle, handle.request, settle=settle)
+        if error is None:
+            due = self._core.joined(conn)
+            if due is not None:  # a newcomer never brings the sweep forward, but it may
+                self._host.set_timer(("sweep", self.room), due, earlier_only=True)  # be first
+            return True
+        if isinstance(error, Reject):
+            self._refuse(event, Refusal("rejected", error.status, error.reason))
+        else:
+            self._refuse(event, HOOK_FAILED)
+            await self._report(conn, error)
+        conn.reject()
+        return False
 
     def _event_failed(self, event: Event) -> None:
         """roomkit's own code failed handling ``event`` (a bug): log it, count it, and
@@ -467,27 +490,26 @@ class RoomActor:
         )
         self.metrics.internal_errors += 1
         if isinstance(event, Connect) and not event.decided.is_set():
-            self._refuse(event, "internal_error", 500, "Internal error")
-            conn = event.conn
-            conn.reject()
-            if conn in self._connections:
-                self._forget(conn)
+            self._refuse(event, INTERNAL_ERROR)
+            event.conn.reject()
+            self._forget(event.conn)
             event.decided.set()
         elif isinstance(event, Message):
             event.conn.cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
-        elif isinstance(event, Closed) and event.conn in self._connections:
+        elif isinstance(event, Closed):
             self._forget(event.conn)
         elif isinstance(event, Cut):
             event.conn.push(event.frame)  # the close it was for, without waiting
         elif isinstance(event, Drain):
-            self._drained = True
+            if self._core.state is RoomState.CLOSING:
+                self._core.change(Change.DRAIN)
             self.close_now(event.frame)
         elif isinstance(event, Alarm) and event.done is not None:
             event.done.set()
 
-    def _refuse(self, event: Connect, reason: RefusalReason, status: int, text: str) -> None:
-        event.rejection = (status, text)
-        self._host.metrics.refuse(reason)
+    def _refuse(self, event: Connect, refusal: Refusal) -> None:
+        event.rejection = (refusal.status, refusal.text)
+        self._host.metrics.refuse(refusal.reason)
 
     async def _handle_alarm(self, event: Alarm) -> None:
         if await self._room() is None:
@@ -543,11 +565,11 @@ class RoomActor:
         hook: HookName,
         *args: Any,
         changes: Changes | None = None,
-        settle: Callable[[bool], None] | None = None,
+        settle: Settle | None = None,
     ) -> Exception | None:
         """Run the instance's ``hook`` as a transaction behind the output gate; return
         what it raised."""
-        outbox: Outbox = []
+        outbox: Outbox[Transport] = []
         self._outbox, self._changes = outbox, changes  # changes made on the first write
         started = time.perf_counter()
         try:
@@ -561,21 +583,44 @@ class RoomActor:
         self._finish(changes, outbox, settle)
         return None
 
+    # The output gate: committing, releasing, delivering.
+
     def _finish(
-        self,
-        changes: Changes | None,
-        outbox: Outbox,
-        settle: Callable[[bool], None] | None = None,
+        self, changes: Changes | None, outbox: Outbox[Transport], settle: Settle | None = None
     ) -> None:
         """Commit a returned hook's changes; its outbox is released once they are durable."""
         if changes is not None and changes.alarm is not None:
             self._host.alarm_changed(self.room, changes.alarm)
-        self._gate.finish(changes, outbox, settle, self._commit)
+        pending = self._gate.finish(changes, outbox, settle)
+        if pending is None:
+            self._release()
+        else:
+            assert pending.changes is not None
+            done = functools.partial(self._committed, pending)
+            self._host.commit(self.room, pending.changes, done, self._release)
 
-    def _commit(
-        self, changes: Changes, done: Callable[[bool], None], after: Callable[[], None]
-    ) -> None:
-        self._host.commit(self.room, changes, done, after)
+    def _committed(self, pending: Pending[Transport], durable: bool) -> None:
+        gate = self._gate_or_none
+        if gate is not None and gate.committed(pending, durable):
+            self._storage_failed()
+
+    def _release(self) -> None:
+        """Deliver every outbox the gate lets go of, in hook order."""
+        gate = self._gate_or_none
+        if gate is None:
+            return
+        released = gate.release()
+        if released:
+            _deliver(released)
+        if self._settled is not None and gate.settled:
+            self._settled.set()
+
+    async def _settle(self) -> None:
+        """Wait until no outbox of this room is in flight."""
+        while self._gate_or_none is not None and not self._gate_or_none.settled:
+            self._settled = settled = trio.Event()
+            await settled.wait()
+        self._settled = None
 
     def _storage_failed(self) -> None:
         """A commit failed: nothing held back may go out, and memory may be ahead of disk.
@@ -587,9 +632,13 @@ class RoomActor:
         logger.error(
             "room %s: storage failed; resetting the room", self.room, extra=self.log_fields()
         )
-        self._gate.fail()
+        for pending in self._gate.fail():
+            if pending.settle is not None:
+                pending.settle(False)
+        if self._settled is not None:
+            self._settled.set()
         self._instance = None
-        for conn in list(self._connections):
+        for conn in self.all_connections():
             conn.cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
 
     async def _report(self, conn: Transport | None, error: Exception) -> None:
@@ -615,7 +664,7 @@ class RoomActor:
         if event.decided.is_set():
             return  # already refused: roomkit failed handling the handshake after on_connect
         if not durable:
-            self._refuse(event, "error", 500, "Internal error")
+            self._refuse(event, HOOK_FAILED)
             event.conn.reject()
             self._forget(event.conn)
             self._poke()
@@ -628,15 +677,9 @@ class RoomActor:
             self._wake().send_nowait(Check())
 
     def _forget(self, conn: Transport) -> None:
-        del self._connections[conn]
-        self._host.connections -= 1
-        self.tags.remove(conn, conn.tags)
-        conn.tags = ()  # what on_close sees, as docs/api.md says
-
-    def _idle(self, receive: trio.MemoryReceiveChannel[Event]) -> bool:
-        if self._connections or self._expected:  # the common case, known without statistics
-            return False
-        return not receive.statistics().current_buffer_used
+        if self._core.leave(conn, conn.tags):
+            self._host.connections -= 1
+            conn.tags = ()  # what on_close sees, as docs/api.md says
 
     def unhandled(self, error: Exception) -> None:
         self._host.unhandled(error)
@@ -656,11 +699,28 @@ class RoomActor:
     async def hibernate_now(self) -> None:
         """Hibernate as soon as the events already queued are handled and this room's
         commits are durable, however recent its last event; return once it has (or has
-        ended, if it has no connection left). A hibernating room is left as it is."""
-        if not self._awake:
+        ended, if it has no connection left). A room asleep, or shutting down, is left
+        as it is."""
+        if self._core.state is not RoomState.AWAKE:
             return
         if self._hibernated is None:
             self._hibernated = trio.Event()
         hibernated = self._hibernated
         self._poke()  # a loop waiting for its next event looks again, and finds it must stop
         await hibernated.wait()
+
+
+def _deliver(released: list[Pending[Transport]]) -> None:
+    """Queue every item of the ``released`` outboxes in order, then write once per
+    connection; then answer the handshakes that waited for them."""
+    touched: dict[Transport, None] = {}
+    for pending in released:
+        for item, recipients in pending.outbox:
+            for conn in recipients:
+                conn.push(item, kick=False)
+                touched[conn] = None
+    for conn in touched:  # one write each for everything the hooks sent it
+        conn.kick()
+    for pending in released:
+        if pending.settle is not None:
+            pending.settle(True)

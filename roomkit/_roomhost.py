@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ._metrics import Metrics
 from ._roomid import RoomId
 from .storage import AlarmWrite, Changes, Store
-
-if TYPE_CHECKING:
-    from ._actor import RoomActor
 
 __all__ = ["RoomHost", "TimerKey"]
 
@@ -42,7 +39,8 @@ class RoomHost(Protocol):
 
     def cancel_timer(self, key: TimerKey) -> None: ...
 
-    def room_gone(self, actor: RoomActor) -> None: ...
+    def room_gone(self, room: RoomId) -> None:
+        """``room`` has ended: it leaves the server's registry."""
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
         """Start ``task`` in the server's rooms nursery."""

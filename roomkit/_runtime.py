@@ -215,9 +215,9 @@ class Runtime:
         assert self._rooms_nursery is not None
         self._rooms_nursery.start_soon(task)
 
-    def room_gone(self, actor: RoomActor) -> None:
-        del self._rooms[actor.room]
-        self._scheduler.cancel(("sweep", actor.room))
+    def room_gone(self, room: RoomId) -> None:
+        del self._rooms[room]
+        self._scheduler.cancel(("sweep", room))
         self._room_gone.set()
 
     def _fire(self, key: TimerKey) -> None:
@@ -387,7 +387,7 @@ class Runtime:
     def live_room(self, room: RoomId) -> Room | None:
         """The live Room instance of ``room``; None if it is not live, or hibernates."""
         actor = self._rooms.get(room)
-        return None if actor is None else actor._instance
+        return None if actor is None else actor.instance
 
     async def hibernate(self, room: RoomId) -> bool:
         """Hibernate ``room`` now (see ``RoomActor.hibernate_now``); False if it is not live."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
@@ -92,7 +92,7 @@ class RoomSide(Protocol):
 
     async def closed(self, conn: Transport) -> None: ...
 
-    def emit(self, item: bytes | CloseConnection, recipients: Iterable[Transport]) -> None: ...
+    def emit(self, item: bytes | CloseConnection, recipients: Sequence[Transport]) -> None: ...
 
     def encode(self, message: Any) -> bytes: ...
 

@@ -560,17 +560,17 @@ class Counter(roomkit.Room):
 async def test_a_bug_releasing_one_rooms_commit_spares_the_committer(
     start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from roomkit._gate import OutputGate
+    from roomkit._core.gate import OutputGate, Pending
 
-    release = OutputGate.release
+    committed = OutputGate.committed  # what the committer's report of a commit reaches
     broken = {"once": True}
 
-    def release_once_broken(self: OutputGate) -> None:
+    def committed_once_broken(self: OutputGate[Any], pending: Pending[Any], ok: bool) -> bool:
         if broken.pop("once", False):
             raise RuntimeError("a bug in roomkit")
-        release(self)
+        return committed(self, pending, ok)
 
-    monkeypatch.setattr(OutputGate, "release", release_once_broken)
+    monkeypatch.setattr(OutputGate, "committed", committed_once_broken)
     server = await start(Counter)
     async with open_client(f"{server.url}/first") as first:
         await first.send_message("x")  # the first commit's release raises
