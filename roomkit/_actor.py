@@ -1,10 +1,10 @@
 """The room actor: one task per live room, handling its events one at a time.
 
-A :class:`RoomActor` owns a room's tasks: its event loop while awake, and a task per
-connection it admitted. They run in the server's rooms nursery, not in a nursery of the
-room's own, which would cost a hibernated room a task (see docs/architecture.md); the
-room ends only once it has no connection, no event and no commit in flight. Connection
-tasks never call hooks themselves; they put events
+A :class:`RoomActor` owns a room's tasks in a nursery of the room's own, run by the
+room's task (:meth:`RoomActor.run`) for as long as the room is live, asleep or awake:
+its event loop while awake, a task per connection it admitted, and the short tasks
+that deliver its alarms. Cancelling the room (:meth:`RoomActor.cancel`) cancels those
+and nothing else. Connection tasks never call hooks themselves; they put events
 (connect, message, closed, alarm) on the actor's bounded channel, and the actor runs
 the matching hook to completion before taking the next, in arrival order.
 
@@ -30,7 +30,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, Literal
 
 import trio
@@ -79,6 +79,9 @@ _OPEN: Final = ConnectionState.OPEN
 HookName = Literal["on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error"]
 """A Room hook, by name: what a hook transaction runs, and its metrics label."""
 
+#: A task of the room's, started in its nursery.
+_Task = Callable[[], Awaitable[None]]
+
 
 class RoomActor:
     """The live room ``room``: its connections, tags, instance, storage and event loop.
@@ -93,14 +96,18 @@ class RoomActor:
     __slots__ = (
         "_changes",
         "_core",
+        "_ended",
         "_gate_or_none",
         "_hibernated",
         "_host",
         "_instance",
+        "_nursery",
         "_outbox",
         "_receive",
+        "_scope",
         "_send",
         "_settled",
+        "_starting",
         "_task",
         "auto_response",
         "metrics",
@@ -116,6 +123,11 @@ class RoomActor:
         self.metrics: Final = host.metrics.room(room_class)
         self._host = host
         self._core = RoomCore[Transport](room_class.max_connections, room_class.idle_timeout)
+        # The room's nursery, once its task runs; the tasks to start in it until then.
+        self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._starting: list[_Task] = []
+        self._ended = trio.Event()  # set when the room ends: its task then returns
         # The event channel exists while the room is awake, and is dropped when it
         # hibernates (a channel is over 1 KiB): _wake() makes it again.
         self._send: trio.MemorySendChannel[Event] | None = None
@@ -154,13 +166,58 @@ class RoomActor:
             self._gate_or_none = OutputGate()
         return self._gate_or_none
 
+    # The room's task and its nursery.
+
+    async def run(self) -> None:
+        """Run the room's nursery until the room ends, or is cancelled (:meth:`cancel`).
+
+        Its event loop, its connections' tasks and its alarm deliveries run in it; the
+        room's end waits for the last of them to return.
+        """
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                starting, self._starting = self._starting, []
+                for task in starting:
+                    nursery.start_soon(task)
+                try:
+                    await self._ended.wait()
+                finally:
+                    if self._core.state is not RoomState.GONE:
+                        self._abandon()
+
+    def cancel(self) -> None:
+        """Cancel the room's tasks, and only them: its event loop, its connections
+        (dropped, without a close frame or ``on_close``) and its alarm deliveries. The
+        room leaves the server at once; a new handshake for its name makes a new room."""
+        self._scope.cancel()
+
+    def _spawn(self, task: _Task) -> None:
+        """Start ``task`` in the room's nursery (as soon as the room's task runs)."""
+        if self._nursery is None:
+            self._starting.append(task)
+        else:
+            self._nursery.start_soon(task)
+
+    def _abandon(self) -> None:
+        """The room was cancelled: it is gone, and whoever still sends to it finds its
+        channel closed instead of waiting on a loop that will never read it."""
+        self._core.change(Change.CANCEL)
+        for conn in self.all_connections():  # dropped: no longer the server's to count
+            self._forget(conn)
+        if self._receive is None:
+            self._send, self._receive = trio.open_memory_channel[Event](0)
+        self._receive.close()
+        self._host.room_gone(self.room)
+        self._wake_waiters()
+
     # Entry points for the server and the connections.
 
     def admit(self, conn: Transport) -> None:
         """Take ownership of a new connection and start its task."""
         self._core.join(conn)
         self._host.connections += 1
-        self._host.spawn(conn.run)
+        self._spawn(conn.run)
 
     def shutdown(self, code: CloseCode, reason: str) -> None:
         """Close every connection with ``code`` and refuse new ones with 503.
@@ -226,7 +283,7 @@ class RoomActor:
     def _post_soon(self, event: Alarm | Drain) -> None:
         """Queue ``event`` from synchronous code; the room stays up until it is queued."""
         self._core.expect()
-        self._host.spawn(functools.partial(self._post, event))
+        self._spawn(functools.partial(self._post, event))
 
     async def _post(self, event: Alarm | Drain) -> None:
         # The loop counts the event off when it takes it: counted here, once this task
@@ -257,7 +314,7 @@ class RoomActor:
         if self._core.state is _ASLEEP:
             self._core.change(Change.WAKE)
             self._send, self._receive = trio.open_memory_channel[Event](EVENT_QUEUE)
-            self._host.spawn(self._event_loop)
+            self._spawn(self._event_loop)
         send = self._send
         assert send is not None  # made when the room woke
         return send
@@ -320,10 +377,11 @@ class RoomActor:
         else:  # the room is gone: senders find the channel closed
             receive.close()
             self._host.room_gone(self.room)
+            self._ended.set()
         self._wake_waiters()
 
     def _wake_waiters(self) -> None:
-        """Tell hibernate_now(), if it waits, that the room sleeps or ended."""
+        """Tell hibernate_now() and _settle(), if they wait, that the room sleeps or ended."""
         if self._hibernated is not None:
             self._hibernated.set()
             self._hibernated = None

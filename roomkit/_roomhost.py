@@ -1,8 +1,8 @@
-"""What a room needs from the server that runs it: storage, commits, timers, tasks."""
+"""What a room needs from the server that runs it: storage, commits, timers, its registry."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from ._metrics import Metrics
@@ -40,10 +40,7 @@ class RoomHost(Protocol):
     def cancel_timer(self, key: TimerKey) -> None: ...
 
     def room_gone(self, room: RoomId) -> None:
-        """``room`` has ended: it leaves the server's registry."""
-
-    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Start ``task`` in the server's rooms nursery."""
+        """``room`` has ended, or was cancelled: it leaves the server's registry."""
 
     def wall_time(self) -> float:
         """Seconds since the epoch, as alarms are stored: ``time.time()`` in a server,

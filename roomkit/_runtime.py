@@ -209,12 +209,6 @@ class Runtime:
         if self._on_unhandled is not None:
             self._on_unhandled(error)
 
-    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
-        if self._rooms_scope.cancel_called:
-            return  # the drain is over and the rooms are being cancelled: nothing new starts
-        assert self._rooms_nursery is not None
-        self._rooms_nursery.start_soon(task)
-
     def room_gone(self, room: RoomId) -> None:
         del self._rooms[room]
         self._scheduler.cancel(("sweep", room))
@@ -376,7 +370,20 @@ class Runtime:
         if actor is None:
             actor = RoomActor(room_class, room, self)
             self._rooms[room] = actor
+            # Unless the drain is over and the rooms are being cancelled: nothing new starts.
+            if not self._rooms_scope.cancel_called:
+                assert self._rooms_nursery is not None
+                self._rooms_nursery.start_soon(actor.run)
         return actor
+
+    def cancel_room(self, room: RoomId) -> bool:
+        """Cancel ``room``'s tasks, and no other room's (see ``RoomActor.cancel``);
+        False if it is not live."""
+        actor = self._rooms.get(room)
+        if actor is None:
+            return False
+        actor.cancel()
+        return True
 
     # For roomkit.testing.
 

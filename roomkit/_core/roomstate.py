@@ -13,12 +13,16 @@ first: CLOSING refuses the handshakes still waiting for ``on_connect`` (503) and
 the events queued before it run. Its DRAIN event queues every connection's close behind
 their replies: DRAINING, a room no longer handles the messages it reads (their writes
 could never be acknowledged). Neither hibernates; each ENDs once its connections are
-gone::
+gone.
+
+A room CANCELled (its nursery's scope, or the server's at the end of a shutdown) is
+GONE from any state: its tasks are cancelled and its connections dropped::
 
     ASLEEP --WAKE--> AWAKE --END--> GONE
        ^               |  \\
        +--HIBERNATE----+   SHUTDOWN--> CLOSING --DRAIN--> DRAINING
                                           \\--END--> GONE     \\--END--> GONE
+    ASLEEP, AWAKE, CLOSING, DRAINING --CANCEL--> GONE
 """
 
 from __future__ import annotations
@@ -48,18 +52,24 @@ class Change(enum.Enum):
     SHUTDOWN = "shut down"
     DRAIN = "drain"
     END = "end"
+    CANCEL = "be cancelled"
 
 
 #: Every transition a room may make: state, then change, then the state it leads to.
 TRANSITIONS: Final[Mapping[RoomState, Mapping[Change, RoomState]]] = {
-    RoomState.ASLEEP: {Change.WAKE: RoomState.AWAKE},
+    RoomState.ASLEEP: {Change.WAKE: RoomState.AWAKE, Change.CANCEL: RoomState.GONE},
     RoomState.AWAKE: {
         Change.HIBERNATE: RoomState.ASLEEP,
         Change.SHUTDOWN: RoomState.CLOSING,
         Change.END: RoomState.GONE,
+        Change.CANCEL: RoomState.GONE,
     },
-    RoomState.CLOSING: {Change.DRAIN: RoomState.DRAINING, Change.END: RoomState.GONE},
-    RoomState.DRAINING: {Change.END: RoomState.GONE},
+    RoomState.CLOSING: {
+        Change.DRAIN: RoomState.DRAINING,
+        Change.END: RoomState.GONE,
+        Change.CANCEL: RoomState.GONE,
+    },
+    RoomState.DRAINING: {Change.END: RoomState.GONE, Change.CANCEL: RoomState.GONE},
     RoomState.GONE: {},
 }
 
