@@ -3,14 +3,15 @@
 The tree::
 
     serve()
-    ├── accept loop, and one front-door task per new TCP connection (reads the request
-    │   head, answers plain HTTP, hands WebSocket upgrades to a room)
-    └── runtime scope (shielded until shutdown)
+    ├── the gateway: accept loop, and one front-door task per new TCP connection
+    │   (reads the request head, answers plain HTTP, hands WebSocket upgrades to a room)
+    └── the room host's scope (shielded until shutdown)
         ├── the committer (group commit of every room's writes)
         ├── the scheduler (alarms, idle sweeps, pings, on Trio's clock)
-        └── rooms scope: the tasks of every room, each belonging to one room
-            ├── a room's event loop (hooks, one at a time; ends on hibernation)
-            └── one Transport.run per connection (reader + writer)
+        └── rooms scope: one task per live room, asleep or awake, with its nursery
+            ├── the room's event loop (hooks, one at a time; ends on hibernation)
+            ├── one Transport.run per connection (reader + writer)
+            └── the short tasks that deliver its alarms
 
 Shutdown, when ``serve`` is cancelled or :meth:`Server.shutdown` is called, in order:
 stop accepting and drop half-read request heads; close every open connection with 1001
@@ -38,6 +39,8 @@ from ._actor import RoomActor
 from ._closecodes import CloseCode
 from ._core.frontdoor import Page, Router
 from ._exposition import metrics_page
+from ._gateway import Gateway
+from ._host import Host
 from ._metrics import Metrics
 from ._options import (
     HANDSHAKE,
@@ -53,7 +56,6 @@ from ._options import (
 )
 from ._room import Room
 from ._roomid import RoomId
-from ._runtime import Runtime
 from ._static import static_files
 from ._statistics import ServerStatistics
 from ._wsurl import base_url
@@ -78,9 +80,7 @@ class Server:
     _rooms: dict[RoomId, RoomActor] = attrs.field(factory=dict, alias="rooms")
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
     _close_code: CloseCode = attrs.field(default=CloseCode.GOING_AWAY, init=False)
-    #: What serves it, for roomkit.testing to reach rooms and alarms; set once serving.
-    _runtime: Runtime | None = attrs.field(default=None, init=False, repr=False)
-    #: Counts what it holds: its runtime's.
+    #: Counts what it holds: its room host's.
     _statistics: Callable[[], ServerStatistics] = attrs.field(
         kw_only=True, alias="statistics", repr=False
     )
@@ -290,12 +290,14 @@ async def _serve_on(
     wall_time: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
     on_unhandled: Callable[[Exception], None] | None = None,
+    on_host: Callable[[Host], None] | None = None,
 ) -> None:
     """``serve`` over whatever listeners ``listen`` opens (TCP, or roomkit.testing's
     in-memory one), with ``options`` complete and checked (``SERVE_OPTIONS.complete``);
     their ``host`` and ``port`` are ``listen``'s business. ``wall_time`` and ``jitter``
-    are the alarms' clock and their retries' randomness, and ``on_unhandled`` hears of
-    hook errors left to ``Room.on_error``'s default (see ``RoomHost``): for the test kit."""
+    are the alarms' clock and their retries' randomness, ``on_unhandled`` hears of hook
+    errors left to ``Room.on_error``'s default (see ``RoomHost``), and ``on_host`` is
+    given the room host once it exists (its ``TestHooks``): for the test kit."""
     live: dict[RoomId, RoomActor] = {}
     counters = Metrics()
     files: dict[str, Page] = {**static_files(demo_page=options["demo_page"])}
@@ -312,37 +314,37 @@ async def _serve_on(
         listeners, bound_host, bound_port = await listen()
         ssl_context = options["ssl_context"]
         handshake = partial(read_request, ssl_context, options["handshake_timeout"])
-        runtime = Runtime(
+        host = Host(
             live,
             router,
             store,
             counters,
             options["group_commit"],
-            handshake,
-            options["max_connections"],
             wall_time=wall_time,
             jitter=jitter,
             on_unhandled=on_unhandled,
         )
+        gateway = Gateway(host, router, counters, handshake, options["max_connections"])
         server = Server(
             bound_host,
             bound_port,
             tls=ssl_context is not None,
             rooms=live,
-            statistics=runtime.statistics,
+            statistics=host.statistics,
         )
-        server._runtime = runtime
+        if on_host is not None:
+            on_host(host)
         async with trio.open_nursery() as nursery:
-            await nursery.start(runtime.run)
+            await nursery.start(host.run)
             doors = trio.CancelScope()
-            nursery.start_soon(_accept, listeners, runtime.front_door, doors)
+            nursery.start_soon(_accept, listeners, gateway.front_door, doors)
             task_status.started(server)
             try:
                 await server._stop.wait()
             finally:
                 doors.cancel()
                 with trio.CancelScope(shield=True):
-                    await runtime.shutdown(server._close_code, options["drain_timeout"])
+                    await host.shutdown(server._close_code, options["drain_timeout"])
     finally:
         if store is not storage:
             with trio.CancelScope(shield=True):

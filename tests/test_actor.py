@@ -1,7 +1,7 @@
 """The room actor: a room's own nursery, and what keeps a room up.
 
 Over roomkit's test server (in memory), under ``autojump_clock``; the room host is
-reached through the test server.
+reached through the test server's hooks, as roomkit.testing itself does.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import trio
 import trio.testing
 
 import roomkit
+from roomkit._host import Host
 from roomkit._roomid import RoomId
-from roomkit._runtime import Runtime
 from roomkit.testing import TestServer, open_test_server
 
 
-def host_of(server: TestServer) -> Runtime:
-    return server._runtime
+def host_of(server: TestServer) -> Host:
+    host = server._hooks
+    assert isinstance(host, Host)
+    return host
 
 
 #: The functions a room's tasks run.
@@ -65,7 +67,7 @@ async def test_cancelling_a_room_cancels_its_tasks_and_no_other_rooms(
                 assert await client.receive() == f"{name}: hi"
             per_room = Counter(  # each room's own task, and the two in its nursery
                 {
-                    ("RoomActor.run", "Runtime._run_rooms"): 1,
+                    ("RoomActor.run", "Host._run_rooms"): 1,
                     ("RoomActor._event_loop", "RoomActor.run"): 1,
                     ("Transport.run", "RoomActor.run"): 1,
                 }

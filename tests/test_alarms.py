@@ -18,6 +18,7 @@ import trio.testing
 
 import roomkit
 from roomkit._core.alarms import MAX_RETRIES, after_failure, retry_delay
+from roomkit._host import Host
 from roomkit._roomid import RoomId
 from roomkit._transport import Transport
 from roomkit.storage import AlarmWrite, Changes
@@ -290,7 +291,9 @@ async def test_a_failing_timer_ends_what_it_was_about_only(
         await trio.sleep(60)  # virtual: three more pings, each answered by the client
         await client.send("still here")
         assert await client.receive() == "r: still here"
-        assert server._runtime.metrics.rooms["Pinged"].internal_errors == 1
+        host = server._hooks
+        assert isinstance(host, Host)
+        assert host.metrics.rooms["Pinged"].internal_errors == 1
     [failed] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert (failed.name, failed.getMessage()) == (
         "roomkit.server",

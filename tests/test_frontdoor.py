@@ -8,7 +8,7 @@ import trio.testing
 import trio_websocket
 
 import roomkit
-import roomkit._runtime
+import roomkit._gateway
 from roomkit._core.frontdoor import (
     RequestHead,
     Response,
@@ -312,7 +312,7 @@ async def test_a_failure_of_the_front_door_ends_that_connection_only(
             raise RuntimeError("a bug in the front door")
         return handshake_response(head)
 
-    monkeypatch.setattr(roomkit._runtime, "handshake_response", broken)
+    monkeypatch.setattr(roomkit._gateway, "handshake_response", broken)
     server = await start(Hello, metrics=True)
     raw = b"GET /doomed HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n"
     status, _, body = await http(server.port, raw)

@@ -1,8 +1,9 @@
 """``open_test_server``: the real server, on an in-memory transport, with handles for tests.
 
 The server is ``roomkit.serve``'s own code (accept loop, front door, rooms, storage,
-scheduler); only the listener differs. The handles reach into it to do what a test
-needs and a client cannot: see a room's live instance, hibernate a room, run its alarm.
+scheduler); only the listener differs. The handles do what a test needs and a client
+cannot (see a room's live instance, hibernate a room, run its alarm) through the room
+host's ``TestHooks``, and nothing else of the server's inside.
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from __future__ import annotations
 import os
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlencode
 
 import trio
 import trio.testing
 
+from .._host import Host, TestHooks
 from .._room import Room
 from .._roomid import RoomId
-from .._runtime import Runtime
 from .._server import SERVE_OPTIONS, ServeOptions, Server, _serve_on
 from ..storage import SQLiteStore, Store
 from ..storage._sqlite import SQLiteCore
@@ -49,16 +51,16 @@ class TestServer:
     def __init__(
         self,
         server: Server,
+        hooks: TestHooks,
         listener: MemoryListener | None,
         nursery: trio.Nursery,
         receive_timeout: float | None,
         errors: RoomErrors,
     ) -> None:
-        assert server._runtime is not None
         self._receive_timeout = receive_timeout
         self._errors = errors
         self._server = server
-        self._runtime: Runtime = server._runtime
+        self._hooks = hooks
         self._listener = listener
         self._nursery = nursery
         self.url: str | None = None if listener is not None else server.url
@@ -103,7 +105,7 @@ class TestServer:
             stream = await trio.open_tcp_stream(server.host, server.port)
             host = f"{server.host}:{server.port}"
         prefix = path.partition("?")[0].rpartition("/")[0]
-        room_class = self._runtime.room_class(prefix)
+        room_class = self._hooks.room_class(prefix)
         client = TestClient(
             stream,
             None if room_class is None else room_class.protocol,
@@ -127,7 +129,7 @@ class TestServer:
             a mapping of routes; ``""`` with a single Room class.
         """
         _check_name(name)
-        return self._runtime.live_room(_room_id(route, name))
+        return self._hooks.live_room(_room_id(route, name))
 
     async def hibernate(self, name: str, route: str = "") -> None:
         """Hibernate room ``name`` now, however recent its last event, and return once
@@ -142,7 +144,7 @@ class TestServer:
           LookupError: if the room is not live.
         """
         _check_name(name)
-        if not await self._runtime.hibernate(_room_id(route, name)):
+        if not await self._hooks.hibernate(_room_id(route, name)):
             raise LookupError(f"room {_describe(route, name)} is not live")
 
     async def fire_alarm(self, name: str, route: str = "") -> None:
@@ -160,7 +162,7 @@ class TestServer:
         _check_name(name)
         await trio.testing.wait_all_tasks_blocked()  # what was sent before goes first
         try:
-            await self._runtime.run_alarm_now(_room_id(route, name))
+            await self._hooks.run_alarm_now(_room_id(route, name))
         except LookupError as exc:  # name the room as the test did
             raise LookupError(f"room {_describe(route, name)} {exc}") from None
         await trio.testing.wait_all_tasks_blocked()
@@ -219,9 +221,11 @@ async def open_test_server(
             serving, stopped = trio.CancelScope(), trio.Event()
             errors = RoomErrors(raise_room_errors)
             options = SERVE_OPTIONS.complete({**serve_options, "storage": store})
-            server = await nursery.start(_serve, listener, rooms, options, errors, serving, stopped)
+            hosts: list[Host] = []
+            serve = partial(_serve, listener, rooms, options, errors, hosts.append)
+            server = await nursery.start(serve, serving, stopped)
             try:
-                yield TestServer(server, listener, nursery, receive_timeout, errors)
+                yield TestServer(server, hosts[0], listener, nursery, receive_timeout, errors)
             finally:
                 serving.cancel()  # shut down while the clients' readers still answer
                 with trio.CancelScope(shield=True):
@@ -239,6 +243,7 @@ async def _serve(
     rooms: type[Room] | Mapping[str, type[Room]],
     options: ServeOptions,
     errors: RoomErrors,
+    on_host: Callable[[Host], None],
     scope: trio.CancelScope,
     stopped: trio.Event,
     task_status: trio.TaskStatus[Server],
@@ -261,6 +266,7 @@ async def _serve(
                 wall_time=lambda: epoch + trio.current_time(),
                 jitter=lambda: 0.0,
                 on_unhandled=errors.add,
+                on_host=on_host,
             )
     finally:
         stopped.set()

@@ -1,34 +1,28 @@
-"""The running server's shared parts: the front door and the room host.
+"""The room host: the rooms of a running server, and the services they share.
 
-:class:`Runtime` is what ``serve`` runs once it listens. Its front door reads each new
-connection's request head, answers plain HTTP, and hands WebSocket upgrades to their
-rooms; as the rooms' :class:`~roomkit._roomhost.RoomHost` it owns the committer, the
-scheduler (alarms, sweeps, pings) and the rooms nursery, and it shuts them down in order.
+:class:`Host` is what ``serve`` runs once it listens, besides the front door
+(``_gateway.py``): the registry of live rooms by id, each room's task in the rooms
+nursery, the group committer, the scheduler (alarms, sweeps, pings) and the rooms'
+alarms. It is the rooms' :class:`~roomkit._roomhost.RoomHost`, and it shuts them down
+in order. Its :class:`TestHooks` are what ``roomkit.testing`` may do besides.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
-import attrs
 import trio
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection
 
-from ._accept import Head, remote_address
 from ._actor import RoomActor
 from ._closecodes import CloseCode
 from ._committer import Committer
-from ._core.frontdoor import Response, Router, handshake_response
-from ._logs import format_address
-from ._metrics import Metrics, RefusalReason
-from ._request import Request
+from ._core.frontdoor import Router
+from ._metrics import Metrics
 from ._room import Room
 from ._roomhost import TimerKey
 from ._roomid import RoomId
@@ -37,7 +31,7 @@ from ._statistics import ServerStatistics
 from ._transport import Transport
 from .storage import AlarmWrite, Changes, Store
 
-__all__ = ["FLUSH_TIMEOUT", "Handshake", "Runtime"]
+__all__ = ["DRAIN_LAST_CALL", "FLUSH_TIMEOUT", "Host", "TestHooks"]
 
 logger = logging.getLogger("roomkit.server")
 
@@ -48,27 +42,49 @@ FLUSH_TIMEOUT: Final = 5.0
 #: close at once instead of after what their rooms still hold (a stuck commit or hook):
 #: a client then hears 1001/1012, not the 1006 of a cancelled socket.
 DRAIN_LAST_CALL: Final = 0.1
-#: Seconds a plain-HTTP answer over TLS waits for the client's close_notify.
-_TLS_CLOSE_TIMEOUT: Final = 1.0
-#: What a request gets when the front door itself fails (a bug of roomkit's)...
-_INTERNAL_ERROR: Final = Response(500, "Internal error").to_bytes()
-#: ...and the seconds it may take to go out: a peer that does not read is dropped.
-_ERROR_ANSWER_TIMEOUT: Final = 1.0
 #: The close frame every connection gets at shutdown, by the code asked for.
 _SHUTDOWN_REASONS: Final = {
     CloseCode.GOING_AWAY: "Going away",
     CloseCode.SERVICE_RESTART: "Service restart",
 }
 
-#: Reads a new connection's request head, through TLS if need be: see ``_accept.read_request``.
-Handshake = Callable[
-    [trio.abc.Stream],
-    Awaitable[tuple[trio.abc.Stream, Head | Response | None, RefusalReason | None]],
-]
+
+class TestHooks(Protocol):
+    """What ``roomkit.testing`` does to a running server that a client cannot.
+
+    The host implements these; the test kit uses nothing else of the server's inside.
+    """
+
+    def room_class(self, namespace: str) -> type[Room] | None:
+        """The Room class serving the rooms of ``namespace`` (a route prefix), or None."""
+
+    def live_room(self, room: RoomId) -> Room | None:
+        """The live Room instance of ``room``; None if it is not live, or sleeps."""
+
+    async def hibernate(self, room: RoomId) -> bool:
+        """Hibernate ``room`` now, and return once it has; False if it is not live."""
+
+    async def run_alarm_now(self, room: RoomId) -> None:
+        """Run ``room``'s alarm now, due or not; return once it ran and its sends are out.
+
+        Raises:
+          LookupError: if the room has no alarm set, or no route serves it.
+        """
 
 
-class Runtime:
-    """The parts of a running server that its tasks share: the room host."""
+class Host:
+    """The live rooms of a server and what they share: the room host.
+
+    Args:
+      rooms: the server's registry of live rooms by id (``Server`` counts it).
+      router: the server's routes, for the Room class of a room an alarm wakes.
+      store: the rooms' storage.
+      metrics: the server's counters.
+      group_commit: whether the committer writes many hooks' changes in one transaction.
+      wall_time: the alarms' clock (seconds since the epoch).
+      jitter: a number in [0, 1) for each alarm retry.
+      on_unhandled: told of each hook error left to ``Room.on_error``'s default.
+    """
 
     def __init__(
         self,
@@ -77,8 +93,6 @@ class Runtime:
         store: Store,
         metrics: Metrics,
         group_commit: bool,
-        handshake: Handshake,
-        max_connections: int | None,
         wall_time: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         on_unhandled: Callable[[Exception], None] | None = None,
@@ -89,8 +103,6 @@ class Runtime:
         self.store = store
         self.metrics = metrics
         self._router = router
-        self._handshake = handshake  # the request head, through TLS if need be
-        self._max_connections = max_connections
         self.connections = 0  # open or opening WebSocket connections, all rooms
         self._rooms = rooms  # the server's: live rooms by id
         self._committer = Committer(store, metrics, group=group_commit)
@@ -101,6 +113,11 @@ class Runtime:
         self._rooms_nursery: trio.Nursery | None = None
         self._room_gone = trio.Event()
         self._closing = False
+
+    @property
+    def closing(self) -> bool:
+        """Whether the server is shutting down: no room takes a new connection."""
+        return self._closing
 
     async def run(self, task_status: trio.TaskStatus[None]) -> None:
         """Run the committer, the scheduler and the rooms; shielded from ``serve``'s
@@ -260,112 +277,10 @@ class Runtime:
         if route is None:
             logger.warning("alarm of room %s not run: no route serves %r", room, room.namespace)
             return
-        self._room_for(route, room).post_alarm(alarm.retry)
+        self.room_for(route, room).post_alarm(alarm.retry)
 
-    async def front_door(self, stream: trio.abc.Stream) -> None:
-        """Read one request head; answer it, or hand the stream to its room.
-
-        Whatever goes wrong here ends this connection only: a failure of roomkit's own
-        (a bug) is logged with its traceback, counted (refused, ``internal_error``), and
-        answered with 500 if nothing was sent yet; the stream is closed unless a room
-        took it.
-        """
-        visit = _Visit(stream)
-        try:
-            await self._serve_visit(visit)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except Exception:
-            await self._door_failed(visit)
-        finally:
-            if not visit.handed_off:
-                await trio.aclose_forcefully(stream)
-
-    async def _serve_visit(self, visit: _Visit) -> None:
-        stream = visit.stream
-        secured, head, failure = await self._handshake(stream)
-        remote = visit.remote = remote_address(stream)
-        if head is None:
-            if failure is not None:
-                self._refused(failure, None, remote)
-            return  # silent, slow, gone, or not speaking TLS: nobody to answer
-        visit.secured = secured
-        if isinstance(head, Response):
-            decision: Response | Upgrade = self._refuse(_HEAD_REFUSALS[head.status], head, remote)
-        else:
-            decision = self._decide(head, remote)
-        full = self._max_connections is not None and self.connections >= self._max_connections
-        if self._closing and not isinstance(decision, Response):
-            # A head read just as shutdown began: no room takes it. (The front door
-            # is cancelled by then, so the 503 goes no further than the attempt.)
-            decision = self._refuse("shutting_down", Response(503, "Server shutting down"), remote)
-        elif full and not isinstance(decision, Response):
-            decision = self._refuse("server_full", Response(503, "Server is full"), remote)
-        if isinstance(decision, Response):
-            visit.answered = True
-            await secured.send_all(decision.to_bytes())
-            if secured is not stream:  # end TLS properly: close_notify, not a bare EOF
-                with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
-                    await secured.aclose()
-            return
-        actor = self._room_for(decision.room_class, decision.room)
-        actor.admit(Transport(actor, secured, decision.ws, decision.accept, decision.request))
-        visit.handed_off = True
-
-    async def _door_failed(self, visit: _Visit) -> None:
-        """Log and count a failure of the front door's own; answer 500 if it still can.
-
-        Called from an ``except`` block, whose exception is logged.
-        """
-        address = format_address(visit.remote)
-        logger.exception("front door: serving %s failed", address, extra={"remote": address})
-        self.metrics.refuse("internal_error")
-        if visit.secured is None or visit.answered:
-            return  # no request read (or, with TLS, no handshake done), or half answered
-        gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
-        with trio.move_on_after(_ERROR_ANSWER_TIMEOUT), gone:
-            await visit.secured.send_all(_INTERNAL_ERROR)
-
-    def _decide(self, read: Head, remote: tuple[str, int] | None) -> Response | Upgrade:
-        head = read.request
-        target = self._router.route(head)
-        if isinstance(target, Response):
-            if not head.is_websocket:  # plain HTTP: not a handshake
-                return target
-            return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
-        accept = handshake_response(head)
-        if isinstance(accept, Response):
-            return self._refuse("bad_handshake", accept, remote)
-        ws = WSConnection(ConnectionType.SERVER, trailing_data=read.rest)
-        request = Request(head.path, target.room.name, head.query, head.headers, remote)
-        return Upgrade(target.route, target.room, ws, accept, request)
-
-    def _refuse(
-        self, reason: RefusalReason, response: Response, remote: tuple[str, int] | None
-    ) -> Response:
-        """Count and log a handshake refused with ``response``; return it."""
-        self._refused(reason, response.status, remote)
-        return response
-
-    def _refused(
-        self, reason: RefusalReason, status: int | None, remote: tuple[str, int] | None
-    ) -> None:
-        """Count a refused handshake, and log it (at DEBUG: anyone can send these).
-
-        ``status`` is the answer's; None when the client is dropped without one.
-        """
-        self.metrics.refuse(reason)
-        if logger.isEnabledFor(logging.DEBUG):
-            address = format_address(remote)
-            logger.debug(
-                "handshake from %s refused: %s %s",
-                address,
-                "dropped" if status is None else status,
-                reason,
-                extra={"remote": address, "status": status, "reason": reason},
-            )
-
-    def _room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
+    def room_for(self, room_class: type[Room], room: RoomId) -> RoomActor:
+        """The live room ``room``, made (an instance of ``room_class``) if need be."""
         actor = self._rooms.get(room)
         if actor is None:
             actor = RoomActor(room_class, room, self)
@@ -385,7 +300,7 @@ class Runtime:
         actor.cancel()
         return True
 
-    # For roomkit.testing.
+    # TestHooks, for roomkit.testing.
 
     def room_class(self, namespace: str) -> type[Room] | None:
         """The Room class serving the rooms of ``namespace`` (a route prefix), or None."""
@@ -421,38 +336,5 @@ class Runtime:
         del self._alarms[room]
         self._scheduler.cancel(("alarm", room))
         done = trio.Event()
-        self._room_for(route, room).post_alarm(alarm.retry, done)
+        self.room_for(route, room).post_alarm(alarm.retry, done)
         await done.wait()
-
-
-#: Why a request head was refused as it was read, by the status it got.
-_HEAD_REFUSALS: Final[dict[int, RefusalReason]] = {431: "too_large", 400: "bad_request"}
-#: Why the Router refused a WebSocket upgrade, by the status it answered with.
-_ROUTE_REFUSALS: Final[dict[int, RefusalReason]] = {
-    404: "not_found",
-    400: "bad_room_name",
-    403: "origin",
-}
-
-
-@attrs.define
-class _Visit:
-    """One connection at the front door: how far it got, for when something fails."""
-
-    stream: trio.abc.Stream
-    #: The stream to answer on (through TLS if need be), once a request head was read.
-    secured: trio.abc.Stream | None = None
-    remote: tuple[str, int] | None = None
-    answered: bool = False  # an answer began to go out
-    handed_off: bool = False  # a room took the stream
-
-
-@attrs.frozen
-class Upgrade:
-    """A valid WebSocket handshake for ``room``, an instance of ``room_class``."""
-
-    room_class: type[Room]
-    room: RoomId
-    ws: WSConnection
-    accept: bytes
-    request: Request
