@@ -4,23 +4,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._closecodes import CloseCode
 from ._core.limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
 from ._core.ratelimit import RateLimit
-from ._protocol import Protocol
+from ._protocol import Protocol as MessageProtocol
 
 if TYPE_CHECKING:
-    from ._actor import RoomActor
     from ._connection import Connection
     from ._core.alarms import AlarmInfo
     from ._request import Request
     from ._storage import Storage
 
-__all__ = ["Room"]
+__all__ = ["Room", "RoomBackend"]
 
 logger = logging.getLogger("roomkit.room")
+
+
+class RoomBackend(Protocol):
+    """What a Room needs of the actor that runs it (``RoomActor``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def connections(self, tag: str | None) -> list[Connection]:
+        """The room's open connections, or those carrying ``tag``, in join order."""
+
+    def broadcast(
+        self, message: Any, tag: str | None, exclude: Connection | Iterable[Connection] | None
+    ) -> int:
+        """Send ``message`` to ``connections(tag)`` but ``exclude``; how many it went to."""
+
+    def log_fields(self, conn: Connection | None = None) -> dict[str, Any]:
+        """The fields of a log line about the room, or about ``conn`` in it."""
+
+    def unhandled(self, error: Exception) -> None:
+        """A hook's ``error`` reached ``on_error``'s default, which logged it."""
 
 
 class Room:
@@ -61,7 +81,7 @@ class Room:
         dropped (``on_close`` then gets 1006).
     """
 
-    protocol: ClassVar[Protocol | None] = None
+    protocol: ClassVar[MessageProtocol | None] = None
     max_message_size: ClassVar[int] = MAX_MESSAGE_SIZE
     max_connections: ClassVar[int] = MAX_CONNECTIONS
     max_send_queue: ClassVar[int] = 1 << 20
@@ -72,12 +92,12 @@ class Room:
     ping_interval: ClassVar[float | None] = 20.0
     ping_timeout: ClassVar[float] = 20.0
 
-    _roomkit_actor: RoomActor
+    _roomkit_actor: RoomBackend
     _roomkit_storage: Storage
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.protocol is not None and not isinstance(cls.protocol, Protocol):
+        if cls.protocol is not None and not isinstance(cls.protocol, MessageProtocol):
             raise TypeError(f"{cls.__name__}.protocol must be a roomkit.Protocol or None")
         if cls.rate_limit is not None and not isinstance(cls.rate_limit, RateLimit):
             raise TypeError(f"{cls.__name__}.rate_limit must be a roomkit.RateLimit or None")

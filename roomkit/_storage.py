@@ -15,18 +15,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 
 from ._converter import make_converter
-from .storage import AlarmWrite, Changes, KeyRange
+from .storage import AlarmWrite, Changes, KeyRange, RoomId, Store
 from .storage._changes import deletions_in, lookup, lookup_alarm, merge_listing, store_is_hidden
 
-if TYPE_CHECKING:
-    from ._actor import RoomActor
-
-__all__ = ["Storage", "Transaction"]
+__all__ = ["Storage", "StorageBackend", "Transaction"]
 
 #: Longest key, in bytes of UTF-8 (the Durable Objects limit).
 MAX_KEY: Final = 2048
@@ -36,6 +33,28 @@ _JSON: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=
 #: hooks on it, so what a value is stored as depends on the value alone, never on which
 #: rooms a process happens to serve.
 _VALUES: Final = make_converter()
+
+
+class StorageBackend(Protocol):
+    """What a room's storage needs of the actor that runs the room (``RoomActor``)."""
+
+    @property
+    def room(self) -> RoomId: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    def current_changes(self) -> Changes:
+        """The running hook's changes, for writes; raises outside a hook."""
+
+    def storage_layers(self) -> list[Changes]:
+        """The changes not yet durable, oldest first, then the running hook's."""
+
+    def stored_alarm(self) -> AlarmWrite | None:
+        """The room's alarm as the store has it."""
+
+    def wall_time(self) -> float:
+        """Seconds since the epoch, on the alarms' clock."""
 
 
 class Storage:
@@ -50,7 +69,7 @@ class Storage:
 
     __slots__ = ("_actor",)
 
-    def __init__(self, actor: RoomActor) -> None:
+    def __init__(self, actor: StorageBackend) -> None:
         self._actor = actor
 
     async def get(self, key: str, default: Any = None) -> Any:
