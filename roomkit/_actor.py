@@ -46,7 +46,7 @@ from ._core.room import HOOK_FAILED, INTERNAL_ERROR, Refusal, RoomCore
 from ._core.roomstate import Change, RoomState
 from ._errors import OutsideHookError, Reject
 from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, Message
-from ._room import Room
+from ._room import Room, instantiate
 from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
 from ._storage import Storage
@@ -598,10 +598,7 @@ class RoomActor:
             return self._instance
         cls = self.room_class
         try:
-            room = cls.__new__(cls)
-            room._roomkit_actor = self
-            room._roomkit_storage = Storage(self)
-            cls.__init__(room)  # after binding, so name and connections work in __init__
+            room = instantiate(cls, self, Storage(self))
         except Exception:
             logger.exception(
                 "room %s: %s() raised", self.room, cls.__name__, extra=self.log_fields()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from ._closecodes import CloseCode
 from ._core.limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._request import Request
     from ._storage import Storage
 
-__all__ = ["Room", "RoomBackend"]
+__all__ = ["Room", "RoomBackend", "instantiate"]
 
 logger = logging.getLogger("roomkit.room")
 
@@ -208,3 +208,19 @@ def _positive_number(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return value > 0
+
+
+R = TypeVar("R", bound=Room)
+
+
+def instantiate(cls: type[R], backend: RoomBackend, storage: Storage) -> R:
+    """A new instance of ``cls``, run by ``backend`` with ``storage``.
+
+    Both are bound before ``__init__`` runs, so that ``name``, ``connections()`` and
+    ``storage`` work in it. Raises what ``__init__`` raises.
+    """
+    room = cls.__new__(cls)
+    room._roomkit_actor = backend
+    room._roomkit_storage = storage
+    cls.__init__(room)
+    return room
