@@ -94,9 +94,9 @@ class RoomActor:
 
     # Slots: thousands of hibernated rooms each keep one of these.
     __slots__ = (
+        "_cancelled",
         "_changes",
         "_core",
-        "_ended",
         "_gate_or_none",
         "_hibernated",
         "_host",
@@ -104,7 +104,6 @@ class RoomActor:
         "_nursery",
         "_outbox",
         "_receive",
-        "_scope",
         "_send",
         "_settled",
         "_starting",
@@ -124,10 +123,9 @@ class RoomActor:
         self._host = host
         self._core = RoomCore[Transport](room_class.max_connections, room_class.idle_timeout)
         # The room's nursery, once its task runs; the tasks to start in it until then.
-        self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._starting: list[_Task] = []
-        self._ended = trio.Event()  # set when the room ends: its task then returns
+        self._starting: list[_Task] | None = []
+        self._cancelled = False  # cancel() came before the room's task ran
         # The event channel exists while the room is awake, and is dropped when it
         # hibernates (a channel is over 1 KiB): _wake() makes it again.
         self._send: trio.MemorySendChannel[Event] | None = None
@@ -172,29 +170,37 @@ class RoomActor:
         """Run the room's nursery until the room ends, or is cancelled (:meth:`cancel`).
 
         Its event loop, its connections' tasks and its alarm deliveries run in it; the
-        room's end waits for the last of them to return.
+        room's end waits for the last of them to return. The task waits for the end by
+        the lowest means Trio has (``_rest`` reschedules it): a hibernated room keeps
+        this task, so each object it waits on is paid by every sleeping room.
         """
-        with self._scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                starting, self._starting = self._starting, []
-                for task in starting:
-                    nursery.start_soon(task)
-                try:
-                    await self._ended.wait()
-                finally:
-                    if self._core.state is not RoomState.GONE:
-                        self._abandon()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            starting, self._starting = self._starting, None
+            assert starting is not None
+            for task in starting:
+                nursery.start_soon(task)
+            if self._cancelled:
+                nursery.cancel_scope.cancel()
+            try:
+                await trio.lowlevel.wait_task_rescheduled(_cancellable)
+            finally:
+                if self._core.state is not RoomState.GONE:
+                    self._abandon()
 
     def cancel(self) -> None:
         """Cancel the room's tasks, and only them: its event loop, its connections
         (dropped, without a close frame or ``on_close``) and its alarm deliveries. The
         room leaves the server at once; a new handshake for its name makes a new room."""
-        self._scope.cancel()
+        if self._nursery is None:
+            self._cancelled = True
+        else:
+            self._nursery.cancel_scope.cancel()
 
     def _spawn(self, task: _Task) -> None:
         """Start ``task`` in the room's nursery (as soon as the room's task runs)."""
         if self._nursery is None:
+            assert self._starting is not None
             self._starting.append(task)
         else:
             self._nursery.start_soon(task)
@@ -377,7 +383,8 @@ class RoomActor:
         else:  # the room is gone: senders find the channel closed
             receive.close()
             self._host.room_gone(self.room)
-            self._ended.set()
+            assert self._nursery is not None  # the loop runs in it
+            trio.lowlevel.reschedule(self._nursery.parent_task)  # the room's task returns
         self._wake_waiters()
 
     def _wake_waiters(self) -> None:
@@ -763,6 +770,11 @@ class RoomActor:
         hibernated = self._hibernated
         self._poke()  # a loop waiting for its next event looks again, and finds it must stop
         await hibernated.wait()
+
+
+def _cancellable(_: Callable[[], None]) -> trio.lowlevel.Abort:
+    """A room's task may be cancelled while it waits for the room's end."""
+    return trio.lowlevel.Abort.SUCCEEDED
 
 
 def _deliver(released: list[Pending[Transport]]) -> None:
