@@ -653,7 +653,13 @@ class RoomActor:
         """Commit a returned hook's changes; its outbox is released once they are durable."""
         if changes is not None and changes.alarm is not None:
             self._host.alarm_changed(self.room, changes.alarm)
-        pending = self._gate.finish(changes, outbox, settle)
+        gate = self._gate
+        if gate.passes(changes, outbox):  # nothing to wait for: out at once
+            _deliver((outbox,))
+            if settle is not None:
+                settle(True)
+            return
+        pending = gate.finish(changes, outbox, settle)
         if pending is None:
             self._release()
         else:
@@ -673,7 +679,10 @@ class RoomActor:
             return
         released = gate.release()
         if released:
-            _deliver(released)
+            _deliver([pending.outbox for pending in released])
+            for pending in released:  # the handshakes that waited for them
+                if pending.settle is not None:
+                    pending.settle(True)
         if self._settled is not None and gate.settled:
             self._settled.set()
 
@@ -777,17 +786,13 @@ def _cancellable(_: Callable[[], None]) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.SUCCEEDED
 
 
-def _deliver(released: list[Pending[Transport]]) -> None:
-    """Queue every item of the ``released`` outboxes in order, then write once per
-    connection; then answer the handshakes that waited for them."""
+def _deliver(outboxes: Iterable[Outbox[Transport]]) -> None:
+    """Queue every item of ``outboxes`` in order, then write once per connection."""
     touched: dict[Transport, None] = {}
-    for pending in released:
-        for item, recipients in pending.outbox:
+    for outbox in outboxes:
+        for item, recipients in outbox:
             for conn in recipients:
                 conn.push(item, kick=False)
                 touched[conn] = None
     for conn in touched:  # one write each for everything the hooks sent it
         conn.kick()
-    for pending in released:
-        if pending.settle is not None:
-            pending.settle(True)

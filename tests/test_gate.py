@@ -42,7 +42,26 @@ def outboxes(released: list[Pending[Peer]]) -> list[Outbox[Peer]]:
     return [pending.outbox for pending in released]
 
 
-def test_an_outbox_with_nothing_to_wait_for_is_released_at_once() -> None:
+def test_an_outbox_with_nothing_to_wait_for_passes_at_once() -> None:
+    gate, ann = OutputGate[Peer](), Peer()
+    box = outbox((b"hi", [ann]))
+    assert gate.passes(None, box) is True
+    assert ann.held == 0  # given back: the caller delivers it now
+    assert gate.passes(Changes(), []) is True  # rolled back: nothing to commit
+    assert gate.settled
+
+
+def test_an_outbox_passes_neither_with_changes_nor_behind_one_in_flight() -> None:
+    gate, ann = OutputGate[Peer](), Peer()
+    box = outbox((b"hi", [ann]))
+    assert gate.passes(WRITE, box) is False
+    assert ann.held == 2  # still held, for finish()
+    gate.finish(WRITE, box, None)
+    assert gate.passes(None, outbox((b"x", [ann]))) is False  # behind the write
+    assert ann.held == 3
+
+
+def test_an_outbox_in_line_with_nothing_to_wait_for_is_released_at_once() -> None:
     gate, ann = OutputGate[Peer](), Peer()
     box = outbox((b"hi", [ann]))
     assert ann.held == 2

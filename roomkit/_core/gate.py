@@ -15,7 +15,9 @@ hook sends stays bounded however much it broadcasts.
 How a caller drives it::
 
     hold(outbox, item, recipients)     while the hook runs, for each send
-    finish(changes, outbox, settle)    when it returns:
+    passes(changes, outbox)            when it returns: True if it waits for nothing
+                                       (deliver it now, then settle(True)); else
+    finish(changes, outbox, settle)
         -> None                        nothing of its own to commit: release()
         -> entry                       commit entry.changes; on the outcome,
                                        committed(entry, ok), then release()
@@ -104,6 +106,19 @@ class OutputGate(Generic[R]):
     def layers(self) -> list[Changes]:
         """The changes of returned hooks that are not durable yet, oldest first."""
         return [p.changes for p in self._inflight if p.changes is not None]
+
+    def passes(self, changes: Changes | None, outbox: Outbox[R]) -> bool:
+        """Whether a returned hook's outbox goes out at once, past the gate: nothing
+        to commit (changes rolled back count as none) and nothing in flight before it.
+
+        If so, what it held is given back, and the caller delivers it; if not, the
+        caller puts it in line with :meth:`finish`. (The common case, a hook that
+        writes nothing, costs no entry.)
+        """
+        if changes or self._inflight:
+            return False
+        _unhold(outbox)
+        return True
 
     def finish(
         self, changes: Changes | None, outbox: Outbox[R], settle: Settle | None
