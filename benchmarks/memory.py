@@ -1,4 +1,4 @@
-"""Memory of idle connections and hibernated rooms (issues 4 and 7).
+"""Memory of idle connections and hibernated rooms (issues 4, 7 and 13).
 
 Reads the server process's resident memory (``/proc/PID/status``) before and after
 opening connections, and reports KiB per connection:
