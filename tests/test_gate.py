@@ -163,3 +163,14 @@ def test_a_failed_commit_resets_once_and_drops_everything_in_flight() -> None:
     assert (ann.held, gate.settled) == (0, True)
     assert gate.committed(second, False) is False  # the same batch's failure: moot
     assert gate.release() == []
+
+
+def test_release_stops_at_the_first_entry_not_durable() -> None:
+    gate = OutputGate[Peer]()
+    first = gate.finish(WRITE, [], None)
+    gate.finish(Changes({"j": "w"}), [], None)  # its commit still in flight
+    gate.finish(None, [], None)  # nothing to commit, but behind the second
+    assert first is not None
+    gate.committed(first, True)
+    assert [p.changes for p in gate.release()] == [WRITE]
+    assert len(gate.layers()) == 1

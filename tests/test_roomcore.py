@@ -43,6 +43,16 @@ def test_a_member_that_leaves_is_forgotten_by_its_tags_too() -> None:
     assert list(room.members("red")) == []
 
 
+def test_retagging_moves_a_member_from_its_old_tags_to_its_new() -> None:
+    room, (a, b) = core(), (Peer(), Peer())
+    room.join(a)
+    room.join(b)
+    room.retag(a, (), ("red",))
+    room.retag(b, (), ("red",))
+    room.retag(a, ("red",), ("blue",))
+    assert (list(room.members("red")), list(room.members("blue"))) == ([b], [a])
+
+
 def test_retagging_a_non_member_changes_nothing() -> None:
     room, stranger = core(), Peer()
     room.retag(stranger, (), ("red",))
