@@ -61,7 +61,7 @@ from ._statistics import ServerStatistics
 from ._wsurl import base_url
 from .storage import SQLiteStore, Store
 
-__all__ = ["SERVE_OPTIONS", "ServeOptions", "Server", "serve"]
+__all__ = ["SERVE_OPTIONS", "ServeOptions", "Server", "serve", "serve_on"]
 
 
 @attrs.define(eq=False)
@@ -273,7 +273,7 @@ async def serve(
         listeners = await trio.open_tcp_listeners(port, host=host)
         return listeners, host, listeners[0].socket.getsockname()[1]
 
-    await _serve_on(listen, rooms, given, task_status=task_status)
+    await serve_on(listen, rooms, given, task_status=task_status)
 
 
 #: Opens ``serve``'s listeners, once its options are checked: the listeners, and the
@@ -281,7 +281,7 @@ async def serve(
 Listen = Callable[[], Awaitable[tuple[Sequence[trio.abc.Listener[Any]], str, int]]]
 
 
-async def _serve_on(
+async def serve_on(
     listen: Listen,
     rooms: type[Room] | Mapping[str, type[Room]],
     options: ServeOptions,

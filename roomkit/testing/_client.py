@@ -14,7 +14,7 @@ import contextlib
 import json
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 import attrs
@@ -37,7 +37,7 @@ from .._closecodes import CloseCode
 from .._errors import ClientClosed
 from .._protocol import Protocol
 
-__all__ = ["TestClient"]
+__all__ = ["TestClient", "opened"]
 
 #: Bytes asked of the stream per read.
 RECEIVE_BYTES: Final = 64 * 1024
@@ -368,3 +368,25 @@ def _within(timeout: float | None, what: str) -> Iterator[None]:
         yield
     if waited.cancelled_caught:
         raise AssertionError(f"expected {what} within {timeout} s (of Trio's clock)")
+
+
+@contextlib.asynccontextmanager
+async def opened(
+    client: TestClient,
+    nursery: trio.Nursery,
+    host: str,
+    target: str,
+    headers: list[tuple[str, str]],
+) -> AsyncIterator[TestClient]:
+    """``client``, its reader started in ``nursery`` and its handshake for ``target``
+    answered; it leaves (politely, within bounds) when the block ends.
+
+    Raises:
+      ClientClosed: if the room refuses the handshake.
+    """
+    try:
+        await nursery.start(client._run)
+        await client._open(host, target, headers)
+        yield client
+    finally:
+        await client._stop()

@@ -23,10 +23,10 @@ import trio.testing
 from .._host import Host, TestHooks
 from .._room import Room
 from .._roomid import RoomId
-from .._server import SERVE_OPTIONS, ServeOptions, Server, _serve_on
+from .._server import SERVE_OPTIONS, ServeOptions, Server, serve_on
 from ..storage import SQLiteStore, Store
 from ..storage._sqlite import SQLiteCore
-from ._client import RECEIVE_TIMEOUT, RoomErrors, TestClient
+from ._client import RECEIVE_TIMEOUT, RoomErrors, TestClient, opened
 from ._memory import MemoryListener
 
 __all__ = ["TestServer", "open_test_server"]
@@ -112,12 +112,8 @@ class TestServer:
             self._receive_timeout,
             self._errors,
         )
-        try:
-            await self._nursery.start(client._run)
-            await client._open(host, path, header_list)
+        async with opened(client, self._nursery, host, path, header_list):
             yield client
-        finally:
-            await client._stop()
 
     def room(self, name: str, route: str = "") -> Room | None:
         """The live Room instance of room ``name``, to inspect; None if the room is not
@@ -258,7 +254,7 @@ async def _serve(
         with scope:
             # Alarms keep Trio's time, from today, and retry without jitter: exactly.
             epoch = time.time() - trio.current_time()
-            await _serve_on(
+            await serve_on(
                 listen,
                 rooms,
                 options,
