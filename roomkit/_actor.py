@@ -12,15 +12,9 @@ What the room decides lives in its pure core (``_core/room.py``): its members an
 their tags, admission, the idle sweep, when it may end or hibernate, and its
 lifecycle state (``_core/roomstate.py``). The actor carries the decisions out.
 
-Each hook is a transaction behind an output gate. What it sends (``send``,
-``broadcast``, ``close``) is collected in an outbox instead of queued, and what it
-writes to storage in a :class:`~roomkit.storage.Changes`. When the hook returns, its
-changes go to the group committer and the actor takes its next event at once; the
-outbox waits in the room's :class:`~roomkit._core.gate.OutputGate` until the commit is
-durable and every earlier outbox has been released, so sends leave in hook order and
-never before the writes they acknowledge; the actor then delivers it. When the hook
-raises, both are dropped and ``on_error`` runs. Sends from any task but the actor's
-(the reader answering bad input, an auto-response) bypass the gate.
+Each hook runs as a transaction behind the room's output gate (``_hooks.py``): what
+it sends waits there until what it wrote is durable. Sends from any task but the
+actor's (the reader answering bad input, an auto-response) bypass the gate.
 """
 
 from __future__ import annotations
@@ -29,9 +23,8 @@ import contextlib
 import functools
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import trio
 from wsproto.events import CloseConnection
@@ -41,11 +34,11 @@ from ._connection import Connection, ConnectionState
 from ._connlog import connection_fields
 from ._core.alarms import AlarmInfo, after_failure
 from ._core.frames import encode_message
-from ._core.gate import Outbox, OutputGate, Pending, Settle
 from ._core.room import HOOK_FAILED, INTERNAL_ERROR, Refusal, RoomCore
 from ._core.roomstate import Change, RoomState
-from ._errors import OutsideHookError, Reject
+from ._errors import Reject
 from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, Message
+from ._hooks import HookRunner
 from ._room import Room, instantiate
 from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
@@ -53,7 +46,7 @@ from ._storage import Storage
 from ._transport import Transport
 from .storage import AlarmWrite, Changes
 
-__all__ = ["HookName", "RoomActor"]
+__all__ = ["RoomActor"]
 
 logger = logging.getLogger("roomkit.room")
 
@@ -76,9 +69,6 @@ _ASLEEP: Final = RoomState.ASLEEP
 _DRAINING: Final = RoomState.DRAINING
 _OPEN: Final = ConnectionState.OPEN
 
-HookName = Literal["on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error"]
-"""A Room hook, by name: what a hook transaction runs, and its metrics label."""
-
 #: A task of the room's, started in its nursery.
 _Task = Callable[[], Awaitable[None]]
 
@@ -95,19 +85,14 @@ class RoomActor:
     # Slots: thousands of hibernated rooms each keep one of these.
     __slots__ = (
         "_cancelled",
-        "_changes",
         "_core",
-        "_gate_or_none",
         "_hibernated",
+        "_hooks",
         "_host",
-        "_instance",
         "_nursery",
-        "_outbox",
         "_receive",
         "_send",
-        "_settled",
         "_starting",
-        "_task",
         "auto_response",
         "metrics",
         "room",
@@ -130,12 +115,7 @@ class RoomActor:
         # hibernates (a channel is over 1 KiB): _wake() makes it again.
         self._send: trio.MemorySendChannel[Event] | None = None
         self._receive: trio.MemoryReceiveChannel[Event] | None = None
-        self._instance: Room | None = None
-        self._outbox: Outbox[Transport] | None = None
-        self._changes: Changes | None = None
-        self._gate_or_none: OutputGate[Transport] | None = None  # see _gate
-        self._settled: trio.Event | None = None  # set when the gate settles, if awaited
-        self._task: trio.lowlevel.Task | None = None  # the event loop's, while awake
+        self._hooks = HookRunner(host, room, self.metrics, self)
         self._hibernated: trio.Event | None = None  # set when hibernate_now() is waiting
         response = room_class.auto_response
         #: The auto-response pair, the answer already framed.
@@ -151,18 +131,11 @@ class RoomActor:
     @property
     def instance(self) -> Room | None:
         """The room's live Room instance; None while it sleeps (or before its first event)."""
-        return self._instance
+        return self._hooks.instance
 
     @property
     def name(self) -> str:
         return self.room.name
-
-    @property
-    def _gate(self) -> OutputGate[Transport]:
-        """The output gate, made on first use and dropped, empty, when the room sleeps."""
-        if self._gate_or_none is None:
-            self._gate_or_none = OutputGate()
-        return self._gate_or_none
 
     # The room's task and its nursery.
 
@@ -246,11 +219,7 @@ class RoomActor:
     def close_behind(self, conns: Sequence[Transport], frame: CloseConnection) -> None:
         """Close ``conns`` with ``frame`` after what the room has released or still holds
         for them at the output gate."""
-        if self._gate_or_none is None:  # nothing held (and no gate to make, asleep)
-            for conn in conns:
-                conn.push(frame)
-        else:
-            self._finish(None, [(frame, conns)])
+        self._hooks.close_behind(conns, frame)
 
     async def cut(self, conn: Transport, frame: CloseConnection) -> None:
         """Close ``conn`` (for the reader) after the messages it has already delivered."""
@@ -332,7 +301,7 @@ class RoomActor:
         tags and attachments, and the alarm stay. The next event starts a new loop,
         which makes a new instance (``on_start``) before handling it.
         """
-        self._task = trio.lowlevel.current_task()
+        self._hooks.task = trio.lowlevel.current_task()
         receive = self._receive
         assert receive is not None  # made by the _wake() that started this loop
         in_a_row = 0
@@ -354,7 +323,7 @@ class RoomActor:
                     self._event_failed(event)
                 if not self._idle(receive):
                     continue
-            await self._settle()  # no commit of this room may be left in flight
+            await self._hooks.settle()  # no commit of this room may be left in flight
             change = None if receive.statistics().current_buffer_used else self._core.at_rest()
             if change is not None:
                 self._rest(change, receive)
@@ -377,7 +346,7 @@ class RoomActor:
     def _rest(self, change: Change, receive: trio.MemoryReceiveChannel[Event]) -> None:
         """Hibernate, or end: the room's events are handled and its commits durable."""
         self._core.change(change)
-        self._instance = self._task = self._gate_or_none = None  # the gate is empty
+        self._hooks.rest()
         if change is Change.HIBERNATE:  # the next event makes a new channel
             self._send = self._receive = None
         else:  # the room is gone: senders find the channel closed
@@ -388,12 +357,11 @@ class RoomActor:
         self._wake_waiters()
 
     def _wake_waiters(self) -> None:
-        """Tell hibernate_now() and _settle(), if they wait, that the room sleeps or ended."""
+        """Tell hibernate_now() and settle(), if they wait, that the room sleeps or ended."""
         if self._hibernated is not None:
             self._hibernated.set()
             self._hibernated = None
-        if self._settled is not None:
-            self._settled.set()
+        self._hooks.wake_settle()
 
     # What the Room's methods, its storage and the Connection's send/close call.
 
@@ -443,31 +411,21 @@ class RoomActor:
         keeps a frame only for recipients with room for it, so what one hook sends stays
         bounded however much it broadcasts.
         """
-        if self._outbox is None or trio.lowlevel.current_task() is not self._task:
+        hooks = self._hooks
+        outbox = hooks.outbox
+        if outbox is None or trio.lowlevel.current_task() is not hooks.task:
             for conn in recipients:
                 conn.push(item)
             return
-        self._gate.hold(self._outbox, item, recipients)
+        hooks.gate.hold(outbox, item, recipients)
 
     def current_changes(self) -> Changes:
         """The running hook's changes, for writes; raises outside a hook."""
-        self._check_in_hook()
-        if self._changes is None:
-            self._changes = Changes()
-        return self._changes
+        return self._hooks.current_changes()
 
     def storage_layers(self) -> list[Changes]:
-        """The changes not yet durable, oldest first; the running hook's last if it has
-        written (for reads, which make no changes of their own)."""
-        self._check_in_hook()
-        layers = self._gate.layers()
-        if self._changes is not None:
-            layers.append(self._changes)
-        return layers
-
-    def _check_in_hook(self) -> None:
-        if self._outbox is None or trio.lowlevel.current_task() is not self._task:
-            raise OutsideHookError("room storage can only be used inside a hook")
+        """The changes not yet durable, oldest first (see ``HookRunner``)."""
+        return self._hooks.storage_layers()
 
     def wall_time(self) -> float:
         return self._host.wall_time()
@@ -488,8 +446,9 @@ class RoomActor:
             # not once the drain has closed it: its writes could never be acknowledged.
             if self._core.state is _DRAINING:
                 return
-            if self._instance is not None or await self._room() is not None:
-                await self._run(event.conn, "on_message", event.conn.handle, event.message)
+            hooks = self._hooks
+            if hooks.instance is not None or await self._room() is not None:
+                await hooks.run(event.conn, "on_message", event.conn.handle, event.message)
         elif isinstance(event, Cut):
             self.close_behind((event.conn,), event.frame)
         elif isinstance(event, Drain):
@@ -499,11 +458,11 @@ class RoomActor:
             conn = event.conn
             self._forget(conn)
             if await self._room() is not None:
-                await self._run(conn, "on_close", conn.handle, *conn.peer.report)
+                await self._hooks.run(conn, "on_close", conn.handle, *conn.peer.report)
         elif isinstance(event, Alarm):
             await self._handle_alarm(event)
             if event.done is not None:  # roomkit.testing waits until its sends are out
-                await self._settle()
+                await self._hooks.settle()
                 event.done.set()
 
     async def _handle_connect(self, event: Connect) -> None:
@@ -525,7 +484,7 @@ class RoomActor:
         conn.open()
         settle = functools.partial(self._connect_settled, event)
         handle = conn.handle
-        error = await self._hook("on_connect", handle, handle.request, settle=settle)
+        error = await self._hooks.transaction("on_connect", handle, handle.request, settle=settle)
         if error is None:
             due = self._core.joined(conn)
             if due is not None:  # a newcomer never brings the sweep forward, but it may
@@ -535,7 +494,7 @@ class RoomActor:
             self._refuse(event, Refusal("rejected", error.status, error.reason))
         else:
             self._refuse(event, HOOK_FAILED)
-            await self._report(conn, error)
+            await self._hooks.report(conn, error)
         conn.reject()
         return False
 
@@ -583,10 +542,11 @@ class RoomActor:
         # if on_alarm sets a new one, that one stands.
         changes = Changes(alarm=AlarmWrite(None))
         self.metrics.alarms_run += 1
-        error = await self._hook("on_alarm", AlarmInfo(event.retry), changes=changes)
+        hooks = self._hooks
+        error = await hooks.transaction("on_alarm", AlarmInfo(event.retry), changes=changes)
         if error is None:
             return
-        await self._report(None, error)
+        await hooks.report(None, error)
         alarm = after_failure(event.retry, self._host.wall_time(), self._host.jitter())
         if alarm.due is None:
             logger.error(
@@ -597,12 +557,13 @@ class RoomActor:
             )
         else:
             self.metrics.alarms_retried += 1
-        self._finish(Changes(alarm=alarm), [])
+        hooks.finish(Changes(alarm=alarm), [])
 
     async def _room(self) -> Room | None:
         """The room's instance, created (and started) on its first event."""
-        if self._instance is not None:
-            return self._instance
+        hooks = self._hooks
+        if hooks.instance is not None:
+            return hooks.instance
         cls = self.room_class
         try:
             room = instantiate(cls, self, Storage(self))
@@ -611,124 +572,9 @@ class RoomActor:
                 "room %s: %s() raised", self.room, cls.__name__, extra=self.log_fields()
             )
             return None
-        self._instance = room
-        error = await self._hook("on_start")
-        if error is not None:
-            await self._report(None, error)
+        hooks.instance = room
+        await hooks.run(None, "on_start")
         return room
-
-    async def _run(self, conn: Transport | None, hook: HookName, *args: Any) -> None:
-        error = await self._hook(hook, *args)
-        if error is not None:
-            await self._report(conn, error)
-
-    async def _hook(
-        self,
-        hook: HookName,
-        *args: Any,
-        changes: Changes | None = None,
-        settle: Settle | None = None,
-    ) -> Exception | None:
-        """Run the instance's ``hook`` as a transaction behind the output gate; return
-        what it raised."""
-        outbox: Outbox[Transport] = []
-        self._outbox, self._changes = outbox, changes  # changes made on the first write
-        started = time.perf_counter()
-        try:
-            await getattr(self._instance, hook)(*args)
-        except Exception as exc:
-            self._gate.drop(outbox)
-            return exc
-        finally:
-            self.metrics.hook_ran(hook, time.perf_counter() - started)
-            changes, self._outbox, self._changes = self._changes, None, None
-        self._finish(changes, outbox, settle)
-        return None
-
-    # The output gate: committing, releasing, delivering.
-
-    def _finish(
-        self, changes: Changes | None, outbox: Outbox[Transport], settle: Settle | None = None
-    ) -> None:
-        """Commit a returned hook's changes; its outbox is released once they are durable."""
-        if changes is not None and changes.alarm is not None:
-            self._host.alarm_changed(self.room, changes.alarm)
-        gate = self._gate
-        if gate.passes(changes, outbox):  # nothing to wait for: out at once
-            _deliver((outbox,))
-            if settle is not None:
-                settle(True)
-            return
-        pending = gate.finish(changes, outbox, settle)
-        if pending is None:
-            self._release()
-        else:
-            assert pending.changes is not None
-            done = functools.partial(self._committed, pending)
-            self._host.commit(self.room, pending.changes, done, self._release)
-
-    def _committed(self, pending: Pending[Transport], durable: bool) -> None:
-        gate = self._gate_or_none
-        if gate is not None and gate.committed(pending, durable):
-            self._storage_failed()
-
-    def _release(self) -> None:
-        """Deliver every outbox the gate lets go of, in hook order."""
-        gate = self._gate_or_none
-        if gate is None:
-            return
-        released = gate.release()
-        if released:
-            _deliver([pending.outbox for pending in released])
-            for pending in released:  # the handshakes that waited for them
-                if pending.settle is not None:
-                    pending.settle(True)
-        if self._settled is not None and gate.settled:
-            self._settled.set()
-
-    async def _settle(self) -> None:
-        """Wait until no outbox of this room is in flight."""
-        while self._gate_or_none is not None and not self._gate_or_none.settled:
-            self._settled = settled = trio.Event()
-            await settled.wait()
-        self._settled = None
-
-    def _storage_failed(self) -> None:
-        """A commit failed: nothing held back may go out, and memory may be ahead of disk.
-
-        Like a Durable Object whose storage failed, the room resets: every connection is
-        closed with 1011 and the instance is dropped, so the next event starts afresh
-        from what the store really holds.
-        """
-        logger.error(
-            "room %s: storage failed; resetting the room", self.room, extra=self.log_fields()
-        )
-        for pending in self._gate.fail():
-            if pending.settle is not None:
-                pending.settle(False)
-        if self._settled is not None:
-            self._settled.set()
-        self._instance = None
-        for conn in self.all_connections():
-            conn.cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
-
-    async def _report(self, conn: Transport | None, error: Exception) -> None:
-        if self._instance is None:  # a failed commit reset the room while the hook ran
-            fields = self.log_fields() if conn is None else conn.log_fields()
-            logger.error(
-                "room %s: a hook raised after the room was reset",
-                self.room,
-                exc_info=error,
-                extra=fields,
-            )
-            self._host.unhandled(error)
-            return
-        failure = await self._hook("on_error", None if conn is None else conn.handle, error)
-        if failure is not None:
-            fields = self.log_fields() if conn is None else conn.log_fields()
-            logger.error("room %s: on_error raised", self.room, exc_info=failure, extra=fields)
-            if conn is not None:
-                conn.cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
 
     def _connect_settled(self, event: Connect, durable: bool) -> None:
         """Answer the handshake once on_connect's changes are durable, or refuse it (500)."""
@@ -784,15 +630,3 @@ class RoomActor:
 def _cancellable(_: Callable[[], None]) -> trio.lowlevel.Abort:
     """A room's task may be cancelled while it waits for the room's end."""
     return trio.lowlevel.Abort.SUCCEEDED
-
-
-def _deliver(outboxes: Iterable[Outbox[Transport]]) -> None:
-    """Queue every item of ``outboxes`` in order, then write once per connection."""
-    touched: dict[Transport, None] = {}
-    for outbox in outboxes:
-        for item, recipients in outbox:
-            for conn in recipients:
-                conn.push(item, kick=False)
-                touched[conn] = None
-    for conn in touched:  # one write each for everything the hooks sent it
-        conn.kick()

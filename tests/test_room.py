@@ -15,7 +15,7 @@ import trio.testing
 import trio_websocket
 
 import roomkit
-from roomkit._actor import RoomActor
+from roomkit._hooks import HookRunner
 from roomkit._roomid import RoomId
 from roomkit.storage import Changes, SQLiteStore, Store
 
@@ -351,20 +351,20 @@ async def test_a_hook_raising_after_its_room_was_reset_ends_that_room_only(
 async def test_a_failure_handling_one_event_ends_what_it_was_about_only(
     start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    finish, run = RoomActor._finish, RoomActor._run
+    finish, run = HookRunner.finish, HookRunner.run
 
-    def broken_finish(actor: RoomActor, *args: Any) -> None:
-        if actor.name == "doomed":
+    def broken_finish(hooks: HookRunner, *args: Any) -> None:
+        if hooks.room.name == "doomed":
             raise RuntimeError("a bug after on_start")
-        finish(actor, *args)
+        finish(hooks, *args)
 
-    async def broken_run(actor: RoomActor, conn: Any, hook: Any, *args: Any) -> None:
+    async def broken_run(hooks: HookRunner, conn: Any, hook: Any, *args: Any) -> None:
         if "boom" in args:
             raise RuntimeError("a bug before on_message")
-        await run(actor, conn, hook, *args)
+        await run(hooks, conn, hook, *args)
 
-    monkeypatch.setattr(RoomActor, "_finish", broken_finish)
-    monkeypatch.setattr(RoomActor, "_run", broken_run)
+    monkeypatch.setattr(HookRunner, "finish", broken_finish)
+    monkeypatch.setattr(HookRunner, "run", broken_run)
     server = await start(Echo, metrics=True)
     with pytest.raises(trio_websocket.ConnectionRejected) as info:
         async with open_client(f"{server.url}/doomed"):
