@@ -43,7 +43,7 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.events import CloseConnection
 
 from ._closecodes import CloseCode
-from ._connection import Connection
+from ._connection import Connection, detach
 from ._connlog import connection_fields, log_closed, log_failed, log_opened, log_refused
 from ._core.frontdoor import Response
 from ._core.lifecycle import ConnectionState, Trigger
@@ -155,7 +155,8 @@ class Transport:
         self.tags: tuple[str, ...] = ()
         self.metrics: Final = actor.metrics
         self._actor = actor
-        self._alone = (self,)  # the recipients of a send to this connection alone
+        # The recipients of a send to this connection alone (emptied once it is closed).
+        self._alone: tuple[Transport, ...] = (self,)
         self._stream = stream
         self._accept: bytes | None = accept  # the 101 response, until it is sent
         #: The socket's file descriptor while it is open and past its handshake, for
@@ -341,6 +342,11 @@ class Transport:
             if opened:
                 log_closed(self.log_fields, *self.peer.report, self.peer.cut_reason)
                 await self._actor.closed(self)
+            # Break the cycles through this transport (its one-recipient tuple, its
+            # handle), so that reference counting frees a closed connection: left to the
+            # garbage collector, each handshake paid for a collection.
+            self._alone = ()
+            detach(self.handle)
 
     async def _failed(self, opened: bool) -> None:
         """roomkit's own code failed serving this connection (a bug): that ends this

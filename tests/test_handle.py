@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
 import attrs
 import pytest
+import trio
+import trio.testing
 
-from roomkit._connection import Connection
+import roomkit
+from roomkit._connection import Connection, detach
 from roomkit._core.lifecycle import ConnectionState
 from roomkit._request import Request
+from roomkit.testing import open_test_server
 
 
 @attrs.define
@@ -88,3 +93,35 @@ def test_its_state_is_read_only() -> None:
     conn, _ = handle()
     with pytest.raises(AttributeError):
         conn.state = ConnectionState.CLOSED  # type: ignore[misc]
+
+
+def test_a_detached_handle_keeps_what_hooks_read_and_drops_sends() -> None:
+    conn, link = handle()
+    detach(conn)
+    assert (conn.state, conn.last_seen, conn.tags) == (ConnectionState.CLOSED, 1.5, ())
+    conn.tags = ["gone"]  # a connection that has left may be retagged; it stays out
+    conn.send("late")
+    conn.close()
+    assert conn.tags == ("gone",) and link.calls == []
+
+
+class Echo(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
+
+
+async def test_a_closed_connection_is_freed_without_the_garbage_collector() -> None:
+    # Each cycle through a connection left a collection for every handshake to pay.
+    async with open_test_server(Echo) as server:
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(5):
+                async with server.connect("/r") as client:
+                    await client.send("hi")
+                    assert await client.receive() == "hi"
+            await trio.testing.wait_all_tasks_blocked()  # every close handled
+            left = [o for o in gc.get_objects() if type(o) is roomkit.Connection]
+        finally:
+            gc.enable()
+    assert left == []
