@@ -457,3 +457,23 @@ async def test_a_flooder_that_does_not_read_is_dropped_after_the_close_timeout(
         await stream.send_all(ws.send(TextMessage(data="m")) * 100)
         with trio.fail_after(CLOSE_TIMEOUT + 5):
             await Bulky.closed.wait()
+
+
+def test_each_message_is_measured_from_zero() -> None:
+    # The limit applies to each message alone: what the last one weighed is forgotten.
+    assembler = MessageAssembler(4)
+    assert assembler.feed(b"abcd", True) == b"abcd"
+    assert assembler.feed(b"ab", False) is None
+    assert assembler.feed(b"cd", True) == b"abcd"
+    assert assembler.feed("abcd", True) == "abcd"
+
+
+def test_a_message_past_the_limit_says_the_limit() -> None:
+    with pytest.raises(MessageTooBig) as raised:
+        MessageAssembler(3).feed(b"abcd", True)
+    assert str(raised.value) == "a message is at most 3 bytes"
+
+
+def test_a_whole_binary_message_is_returned_as_bytes() -> None:
+    message = MessageAssembler(10).feed(bytearray(b"ab"), True)
+    assert type(message) is bytes and message == b"ab"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from roomkit import RateLimit
@@ -59,3 +61,21 @@ def test_patience_comes_back() -> None:
 def test_bad_limits_are_refused(per_second: float, burst: int) -> None:
     with pytest.raises(ValueError):
         RateLimit(per_second=per_second, burst=burst)
+
+
+@pytest.mark.parametrize(
+    ("per_second", "burst", "message"),
+    [
+        (0, 1, "per_second must be a positive number, not 0"),
+        (math.inf, 1, "per_second must be a positive number, not inf"),
+        (1, 0, "burst must be a positive int, not 0"),
+        (1, True, "burst must be a positive int, not True"),
+        (1, 1.5, "burst must be a positive int, not 1.5"),
+    ],
+)
+def test_each_bad_rate_limit_gets_its_exact_error(
+    per_second: float, burst: int, message: str
+) -> None:
+    with pytest.raises(ValueError) as raised:
+        RateLimit(per_second, burst)
+    assert str(raised.value) == message

@@ -135,3 +135,11 @@ def test_the_close_owed_is_the_last_asked_for() -> None:
     queue.owe_close(CloseConnection(1000, "bye"))
     queue.owe_close(CloseConnection(1001, "going"))
     assert queue.close == CloseConnection(1001, "going")
+
+
+def test_bytes_being_written_count_against_a_hold() -> None:
+    queue = SendQueue(10)
+    assert queue.push(b"abcdef")
+    assert queue.take() == b"abcdef"  # 6 being written, none queued
+    assert not queue.hold(5)  # 6 + 5 > 10: cut off, though nothing is queued
+    assert queue.close is not None
