@@ -342,3 +342,37 @@ for request, message, kind in [("ping", b"ping", BytesMessage), (b"ping", "ping"
     assert peer.receive(data, 0.0) == ([message], 0)
 """
     subprocess.run([sys.executable, "-bb", "-c", script], check=True, timeout=60)
+
+
+def test_a_protocol_error_is_cut_with_wsprotos_reason() -> None:
+    peer, _, _ = open_peer()
+    peer.receive(b"\x81\x02hi", 0.0)
+    assert peer.cut == (1002, "server received unexpected unmasked frame")
+
+
+def test_a_pong_after_a_ping_in_one_chunk_leaves_both_to_do() -> None:
+    peer, client, _ = open_peer()
+    assert peer.heartbeat() == PING
+    chunk = client.send(Ping(b"a")) + client.send(Pong(b"roomkit"))
+    assert peer.receive(chunk, 0.0) == ([], WRITE | PONG)
+
+
+def test_the_counters_add_up_over_peers_and_replies() -> None:
+    limit = roomkit.RateLimit(per_second=1, burst=1)
+    first, client, metrics = open_peer(rate_limit=limit)
+    second = Peer(
+        WSConnection(ConnectionType.SERVER),
+        0.0,
+        max_message_size=5,
+        max_send_queue=1000,
+        rate_limit=None,
+        auto_response=None,
+        protocol=None,
+        metrics=metrics,
+    )
+    second.move(Trigger.ADMIT)
+    first.receive(text(client, "a", "b", "c"), 0.0)  # one allowed, two dropped and answered
+    assert metrics.messages_sent == 2
+    first.receive(b"\x81\x02hi", 0.0)
+    second.receive(b"\x81\x02hi", 0.0)
+    assert metrics.cut["protocol_error"] == 2
