@@ -1,10 +1,12 @@
 """A room's WebSocket connection as its hooks see it: the public handle, and nothing more.
 
 A :class:`Connection` is a facade over the connection's transport (``_transport.py``),
-which reads, writes and decides; the handle only names what a room may ask of it,
-through the small :class:`Link` protocol, so it imports neither the transport nor the
-actor. What the application keeps on it (its attachment, attributes of its own) lives
-here; what roomkit decides with (state, tags, the queue) lives in the transport.
+which reads and writes, and carries out what the connection's machine
+(``_core/peer.py``) and its room decide; the handle only names what a room may ask of
+it, through the small :class:`Link` protocol, so it imports neither the transport nor
+the actor. What the application keeps on it (its attachment, attributes of its own)
+lives here; what roomkit decides with (its phase, its queue, its tags in the room's
+index) lives behind the link.
 """
 
 from __future__ import annotations
