@@ -38,9 +38,10 @@ def open_peer(**settings: Any) -> tuple[Peer, WSConnection, RoomMetrics]:
         "protocol": None,
         "metrics": metrics,
     }
-    peer = Peer(WSConnection(ConnectionType.SERVER), 0.0, **options | settings)
+    options |= settings
+    peer = Peer(WSConnection(ConnectionType.SERVER), 0.0, **options)
     peer.move(Trigger.ADMIT)
-    return peer, WSConnection(ConnectionType.CLIENT), metrics
+    return peer, WSConnection(ConnectionType.CLIENT), options["metrics"]
 
 
 def text(client: WSConnection, *messages: str) -> bytes:
@@ -360,17 +361,7 @@ def test_a_pong_after_a_ping_in_one_chunk_leaves_both_to_do() -> None:
 def test_the_counters_add_up_over_peers_and_replies() -> None:
     limit = roomkit.RateLimit(per_second=1, burst=1)
     first, client, metrics = open_peer(rate_limit=limit)
-    second = Peer(
-        WSConnection(ConnectionType.SERVER),
-        0.0,
-        max_message_size=5,
-        max_send_queue=1000,
-        rate_limit=None,
-        auto_response=None,
-        protocol=None,
-        metrics=metrics,
-    )
-    second.move(Trigger.ADMIT)
+    second, _, _ = open_peer(metrics=metrics)  # the same room's counters
     first.receive(text(client, "a", "b", "c"), 0.0)  # one allowed, two dropped and answered
     assert metrics.messages_sent == 2
     first.receive(b"\x81\x02hi", 0.0)
