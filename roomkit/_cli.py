@@ -18,7 +18,7 @@ import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import trio
 
@@ -27,6 +27,7 @@ from ._errors import StorageError, first_leaf
 from ._logs import configure_logging
 from ._options import Option
 from ._proxy import PROXY_OPTIONS, ProxyServer, proxy
+from ._request import RouteHook
 from ._room import Room
 from ._server import SERVE_OPTIONS, Server, serve
 from ._wsurl import WebSocketURL
@@ -77,8 +78,10 @@ def _runner(args: argparse.Namespace) -> Any:
             raise UsageError(str(exc)) from None
         return partial(proxy, args.backend, **_given(args, PROXY_OPTIONS.options))
     ssl_context = _ssl_context(args.certfile, args.keyfile)
+    rooms = load_rooms(args.target)
+    route = None if args.route is None else load_route(args.route)
     options = _given(args, SERVE_OPTIONS.options)
-    return partial(serve, load_rooms(args.target), ssl_context=ssl_context, **options)
+    return partial(serve, rooms, ssl_context=ssl_context, route=route, **options)
 
 
 def _given(args: argparse.Namespace, options: Mapping[str, Option]) -> dict[str, Any]:
@@ -111,6 +114,26 @@ def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
     The working directory is importable, as with ``python -m``. An error raised by the
     module's own code propagates with its traceback; only a bad name is a UsageError.
     """
+    value = _load(target)
+    if isinstance(value, type) and issubclass(value, Room):
+        return value
+    if isinstance(value, Mapping) and all(
+        isinstance(v, type) and issubclass(v, Room) for v in value.values()
+    ):
+        return value
+    raise UsageError(f"{target} is neither a Room subclass nor a mapping of them")
+
+
+def load_route(target: str) -> RouteHook:
+    """Import ``"module:attr"`` and return the route hook it names, as :func:`load_rooms`."""
+    value = _load(target)
+    if not callable(value):
+        raise UsageError(f"{target} is not a function (a route hook), but {value!r}")
+    return cast(RouteHook, value)
+
+
+def _load(target: str) -> Any:
+    """What ``"module:attr"`` names; UsageError for a bad name."""
     module_name, colon, attr = target.partition(":")
     if not colon or not module_name or not attr:
         raise UsageError(f"expected MODULE:ATTR (e.g. examples.chat:ChatRoom), not {target!r}")
@@ -129,13 +152,7 @@ def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
         if not hasattr(value, part):
             raise UsageError(f"{target}: {value!r} has no attribute {part!r}")
         value = getattr(value, part)
-    if isinstance(value, type) and issubclass(value, Room):
-        return value
-    if isinstance(value, Mapping) and all(
-        isinstance(v, type) and issubclass(v, Room) for v in value.values()
-    ):
-        return value
-    raise UsageError(f"{target} is neither a Room subclass nor a mapping of them")
+    return value
 
 
 async def _serve_until_signalled(run: Any) -> None:
@@ -212,6 +229,20 @@ _TLS_OPTIONS: Final = {
 }
 
 
+#: ``roomkit serve``'s name of ``serve``'s route hook, to import.
+_ROUTE_OPTION: Final = {
+    "route": Option(
+        default=None,
+        group="routing",
+        metavar="MODULE:ATTR",
+        shown="none: by path alone",
+        help="a function of the request that chooses its room, or refuses it (see docs/api.md)",
+    ),
+}
+#: What ``roomkit serve`` has in place of ``serve``'s options that are no text.
+_STAND_INS: Final = {"ssl_context": _TLS_OPTIONS, "route": _ROUTE_OPTION}
+
+
 def log_level(text: str) -> str:
     """A logging level's name, in lower case; ValueError if there is no such level."""
     level = text.strip().lower()
@@ -235,9 +266,9 @@ _LOGGING_OPTIONS: Final = {
 
 def _serve_options(options: EnvOptions) -> EnvOptions:
     """``roomkit serve``'s options: ``serve``'s, with the two files of its
-    ``ssl_context`` in its place, and logging."""
+    ``ssl_context`` and the name of its ``route`` in their place, and logging."""
     for name, option in SERVE_OPTIONS.options.items():
-        options.add_all(_TLS_OPTIONS if name == "ssl_context" else {name: option})
+        options.add_all(_STAND_INS.get(name, {name: option}))
     options.add_all(_LOGGING_OPTIONS)
     return options
 

@@ -1,14 +1,17 @@
 """The gateway: the server's front door, one task per new TCP connection.
 
 :class:`Gateway` reads each new connection's request head (through TLS if need be),
-answers plain HTTP, refuses what it must (``_core/frontdoor.py`` decides), and hands
-each WebSocket upgrade to its room, which the room host finds or makes.
+answers plain HTTP, refuses what it must (``_core/frontdoor.py`` decides), asks the
+user's route hook, if any, for the room, and hands each WebSocket upgrade to its room,
+which the room host finds or makes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -18,11 +21,12 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
 from ._accept import Head, remote_address
-from ._core.frontdoor import Response, Router, handshake_response
+from ._core.frontdoor import RequestHead, Response, RoomTarget, Router, handshake_response
+from ._errors import Reject
 from ._host import Host
 from ._logs import format_address
 from ._metrics import Metrics, RefusalReason
-from ._request import Request
+from ._request import Request, RouteHook
 from ._room import Room
 from ._roomid import RoomId
 from ._transport import Transport
@@ -37,6 +41,10 @@ _TLS_CLOSE_TIMEOUT: Final = 1.0
 _INTERNAL_ERROR: Final = Response(500, "Internal error").to_bytes()
 #: ...and the seconds it may take to go out: a peer that does not read is dropped.
 _ERROR_ANSWER_TIMEOUT: Final = 1.0
+#: What a handshake gets when the route hook raised (anything but Reject)...
+_ROUTE_FAILED: Final = Response(500, "Internal error")
+#: ...or took longer than the handshake timeout: a slow service it awaits, say.
+_ROUTE_TIMED_OUT: Final = Response(503, "Routing timed out")
 
 #: Reads a new connection's request head, through TLS if need be: see ``_accept.read_request``.
 Handshake = Callable[
@@ -54,6 +62,8 @@ class Gateway:
       metrics: the server's counters (refusals).
       handshake: reads a new connection's request head.
       max_connections: WebSocket connections the server holds at once, or None.
+      route: the user's route hook (``serve``'s ``route``), or None to route by path.
+      route_timeout: the seconds the route hook has to choose.
     """
 
     def __init__(
@@ -63,12 +73,17 @@ class Gateway:
         metrics: Metrics,
         handshake: Handshake,
         max_connections: int | None,
+        *,
+        route: RouteHook | None = None,
+        route_timeout: float = math.inf,
     ) -> None:
         self._host = host
         self._router = router
         self._metrics = metrics
         self._handshake = handshake  # the request head, through TLS if need be
         self._max_connections = max_connections
+        self._route = route
+        self._route_timeout = route_timeout
 
     async def front_door(self, stream: trio.abc.Stream) -> None:
         """Read one request head; answer it, or hand the stream to its room.
@@ -101,7 +116,7 @@ class Gateway:
         if isinstance(head, Response):
             decision: Response | Upgrade = self._refuse(_HEAD_REFUSALS[head.status], head, remote)
         else:
-            decision = self._decide(head, remote)
+            decision = await self._decide(head, remote)
         full = self._max_connections is not None and self._host.connections >= self._max_connections
         if self._host.closing and not isinstance(decision, Response):
             # A head read just as shutdown began: no room takes it. (The front door
@@ -134,19 +149,61 @@ class Gateway:
         with trio.move_on_after(_ERROR_ANSWER_TIMEOUT), gone:
             await visit.secured.send_all(_INTERNAL_ERROR)
 
-    def _decide(self, read: Head, remote: tuple[str, int] | None) -> Response | Upgrade:
+    async def _decide(self, read: Head, remote: tuple[str, int] | None) -> Response | Upgrade:
         head = read.request
-        target = self._router.route(head)
-        if isinstance(target, Response):
-            if not head.is_websocket:  # plain HTTP: not a handshake
-                return target
-            return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
+        target: RoomTarget[type[Room]] | Response | None = None  # None: the hook chooses
+        if self._route is None or not head.is_websocket:
+            target = self._router.route(head)
+            if isinstance(target, Response):
+                if not head.is_websocket:  # plain HTTP: not a handshake
+                    return target
+                return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
         accept = handshake_response(head)
         if isinstance(accept, Response):
             return self._refuse("bad_handshake", accept, remote)
+        if target is None:  # the route hook chooses
+            target = await self._hooked(head, remote)
+        if isinstance(target, Response):
+            return target
         ws = WSConnection(ConnectionType.SERVER, trailing_data=read.rest)
         request = Request(head.path, target.room.name, head.query, head.headers, remote)
         return Upgrade(target.route, target.room, ws, accept, request)
+
+    async def _hooked(
+        self, head: RequestHead, remote: tuple[str, int] | None
+    ) -> RoomTarget[type[Room]] | Response:
+        """The room the route hook chooses for ``head``, or the refusal it leads to.
+
+        The hook has ``route_timeout`` seconds; a failure of its own (anything it
+        raises but Reject, or a choice that is no choice) is logged, and ends this
+        handshake only.
+        """
+        refusal = self._router.check_origin(head)
+        if refusal is not None:
+            return self._refuse("origin", refusal, remote)
+        asked = Request(
+            head.path, self._router.path_room(head.path), head.query, head.headers, remote
+        )
+        address = format_address(remote)
+        try:
+            with trio.move_on_after(self._route_timeout) as deadline:
+                choice = await _called(self._route, asked)
+            if deadline.cancelled_caught:
+                logger.warning(
+                    "route hook: no room for %s in time", address, extra={"remote": address}
+                )
+                return self._refuse("error", _ROUTE_TIMED_OUT, remote)
+            if not isinstance(choice, Reject):
+                target = self._router.choose(head.path, choice)
+                if isinstance(target, Response):
+                    return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
+                return target
+        except Reject as reject:
+            choice = reject
+        except Exception:
+            logger.exception("route hook failed for %s", address, extra={"remote": address})
+            return self._refuse("error", _ROUTE_FAILED, remote)
+        return self._refuse("rejected", Response(choice.status, choice.reason), remote)
 
     def _refuse(
         self, reason: RefusalReason, response: Response, remote: tuple[str, int] | None
@@ -182,6 +239,13 @@ _ROUTE_REFUSALS: Final[dict[int, RefusalReason]] = {
     400: "bad_room_name",
     403: "origin",
 }
+
+
+async def _called(hook: RouteHook | None, request: Request) -> object:
+    """What ``hook`` returns for ``request``, awaited if it is awaitable."""
+    assert hook is not None  # asked only of a gateway that has one
+    choice = hook(request)
+    return await choice if inspect.isawaitable(choice) else choice
 
 
 @attrs.define

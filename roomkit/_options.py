@@ -19,6 +19,7 @@ from typing import Any, Final, Generic, TypeVar, cast, get_args, get_type_hints
 
 import attrs
 
+from ._core.frontdoor import room_name_problem
 from ._core.limits import HANDSHAKE_TIMEOUT
 from ._core.ratelimit import RateLimit
 
@@ -29,15 +30,18 @@ __all__ = [
     "Option",
     "OptionSet",
     "boolean",
+    "check_callable_or_none",
     "check_count",
     "check_count_or_none",
     "check_positive_seconds",
+    "check_room_name",
     "check_seconds",
     "origins",
     "port",
     "positive_int",
     "positive_seconds",
     "rate_limit",
+    "room_name",
     "seconds",
 ]
 
@@ -140,6 +144,21 @@ def check_count_or_none(name: str, value: object) -> None:
         raise ValueError(f"{name} must be positive or None, not {value!r}")
 
 
+def check_room_name(name: str, value: object) -> None:
+    """A room name, as a path's last segment decodes to (see docs/api.md#room-names)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a room name (a str), not {value!r}")
+    problem = room_name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{name} must be a room name, not {value!r}: {problem}")
+
+
+def check_callable_or_none(name: str, value: object) -> None:
+    """A function (or another callable), or None."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a callable or None, not {value!r}")
+
+
 def check_seconds(name: str, value: Any) -> None:
     """Seconds, 0 or more (infinity is no bound)."""
     if not value >= 0:
@@ -186,6 +205,14 @@ def positive_int(text: str) -> int:
     if number < 1:
         raise ValueError(f"expected a whole number, 1 or more, not {text!r}")
     return number
+
+
+def room_name(text: str) -> str:
+    """A room name (not percent-encoded: ``general talk``)."""
+    problem = room_name_problem(text)
+    if problem is not None:
+        raise ValueError(f"expected a room name, not {text!r}: {problem}")
+    return text
 
 
 def seconds(text: str) -> float:

@@ -1,12 +1,14 @@
-"""The handshake request a connection was opened with."""
+"""The handshake request a connection was opened with, and what a route hook makes of it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 
-__all__ = ["Request"]
+from ._errors import Reject
+
+__all__ = ["Request", "RouteChoice", "RouteHook"]
 
 
 @attrs.frozen
@@ -15,7 +17,9 @@ class Request:
 
     Attributes:
       path: the request path as sent, without the query (``"/chat/general"``).
-      room: the room's name: the percent-decoded last path segment, in Unicode NFC.
+      room: the room's name: the percent-decoded last path segment, in Unicode NFC, or
+        the room ``serve``'s ``route`` hook chose. A route hook itself is given the name
+        the path reaches, or ``""`` when the path reaches no room.
       query: the query parameters; a repeated name keeps its last value.
       headers: the request headers, names in lower case; repeated headers are joined
         with ``", "`` (``"; "`` for ``cookie``).
@@ -27,3 +31,13 @@ class Request:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     remote: tuple[str, int] | None = None
+
+
+#: What a route hook returns: None for the room the path reaches; a room name (``""``
+#: for the default room) in the route of the path; a ``(prefix, name)`` pair for a room
+#: of another route; or a :class:`Reject` (which it may raise instead) to refuse.
+RouteChoice = str | tuple[str, str] | Reject | None
+
+#: ``serve``'s ``route`` option: a function of the request that chooses its room before
+#: any room runs, or a coroutine function doing so.
+RouteHook = Callable[[Request], RouteChoice | Awaitable[RouteChoice]]

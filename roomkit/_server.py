@@ -37,7 +37,7 @@ import trio
 from ._accept import accept_loop, read_request
 from ._actor import RoomActor
 from ._closecodes import CloseCode
-from ._core.frontdoor import Page, Router
+from ._core.frontdoor import DEFAULT_ROOM, Page, Router
 from ._exposition import metrics_page
 from ._gateway import Gateway
 from ._host import Host
@@ -48,12 +48,16 @@ from ._options import (
     PORT,
     Option,
     OptionSet,
+    check_callable_or_none,
     check_count_or_none,
+    check_room_name,
     check_seconds,
     origins,
     positive_int,
+    room_name,
     seconds,
 )
+from ._request import RouteHook
 from ._room import Room
 from ._roomid import RoomId
 from ._static import static_files
@@ -133,6 +137,13 @@ class ServeOptions(TypedDict, total=False):
         ``roomkit.sqlite3``.
       group_commit: write the changes of many hooks in one transaction (one fsync);
         False commits each hook's changes on its own, for comparison.
+      default_room: the room an empty name reaches: ``/`` with a single Room class,
+        ``/chat`` and ``/chat/`` with a route ``"/chat"`` (and a route hook's ``""``).
+      route: a function of the :class:`Request` (or a coroutine function) that chooses
+        its room before any room runs, or refuses it with :class:`Reject`: see
+        ``RouteChoice`` for what it returns. It runs in the connection's front-door
+        task, for at most ``handshake_timeout`` seconds (then 503); anything it raises
+        but a Reject is logged and answered with 500. None routes by path alone.
       handshake_timeout: seconds a client has to finish its TLS handshake (with
         ``ssl_context``) and send its whole request head; a slower one is dropped.
       allowed_origins: the ``Origin`` values (``"https://example.com"``) that browser
@@ -172,6 +183,27 @@ class ServeOptions(TypedDict, total=False):
             default=True,
             group="storage",
             help="write the changes of many hooks in one transaction (one fsync)",
+        ),
+    ]
+    default_room: Annotated[
+        str,
+        Option(
+            default=DEFAULT_ROOM,
+            group="routing",
+            parse=room_name,
+            check=check_room_name,
+            metavar="NAME",
+            help="the room that / reaches (and /chat, /chat/ for a route /chat)",
+        ),
+    ]
+    route: Annotated[
+        RouteHook | None,
+        Option(
+            default=None,
+            group="routing",
+            parse=None,
+            check=check_callable_or_none,
+            help="made of --route MODULE:ATTR",
         ),
     ]
     handshake_timeout: Annotated[float, HANDSHAKE]
@@ -242,6 +274,7 @@ async def serve(
     Args:
       rooms: a Room subclass, served at ``ws://host:port/{name}``; or a mapping from
         prefix to Room subclass, ``{"/chat": ChatRoom}``, served at ``/chat/{name}``.
+        No name (``/``, ``/chat``, ``/chat/``) is the room ``default_room``.
       task_status: for ``nursery.start``, which returns the :class:`Server` once it is
         listening and every stored alarm is scheduled.
       options: the keywords of :class:`ServeOptions` (``host``, ``port``, ``storage``,
@@ -303,7 +336,12 @@ async def serve_on(
     files: dict[str, Page] = {**static_files(demo_page=options["demo_page"])}
     if options["metrics"]:
         files["/metrics"] = metrics_page(counters, live.values)
-    router = Router[type[Room]](rooms, allowed_origins=options["allowed_origins"], files=files)
+    router = Router[type[Room]](
+        rooms,
+        default_room=options["default_room"],
+        allowed_origins=options["allowed_origins"],
+        files=files,
+    )
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
         if not (isinstance(route, type) and issubclass(route, Room)):
             raise TypeError(f"a route must be a Room subclass, not {route!r}")
@@ -324,7 +362,15 @@ async def serve_on(
             jitter=jitter,
             on_unhandled=on_unhandled,
         )
-        gateway = Gateway(host, router, counters, handshake, options["max_connections"])
+        gateway = Gateway(
+            host,
+            router,
+            counters,
+            handshake,
+            options["max_connections"],
+            route=options["route"],
+            route_timeout=options["handshake_timeout"],
+        )
         server = Server(
             bound_host,
             bound_port,

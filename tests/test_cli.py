@@ -24,13 +24,14 @@ from websockets.sync.client import ClientConnection, connect
 
 import roomkit
 from roomkit._cli import _runner, main, parse_args
-from roomkit._envoptions import flag_of
+from roomkit._envoptions import UsageError, flag_of
 from roomkit._options import OptionSet
 from roomkit._proxy import PROXY_OPTIONS
 from roomkit._server import SERVE_OPTIONS
 from roomkit.storage._sqlite import SQLiteCore
 
 from .helpers import ROOT, call, roomkit_command, roomkit_serve, roomkit_serve_refused
+from .test_routing import by_header
 
 ROOMKIT = (sys.executable, "-m", "roomkit")
 TARGET = "examples.chat:ChatRoom"
@@ -86,6 +87,16 @@ def test_a_room_refusing_with_an_unnamed_status_leaves_the_process_serving() -> 
             ws.send("still serving")
             assert ws.recv(timeout=5) == "still serving"
         assert process.poll() is None
+
+
+def test_the_default_room_and_the_route_hook_from_the_command_line() -> None:
+    options = ("--storage", ":memory:", "--default-room", "lobby")
+    route = ("--route", "tests.test_routing:by_header")
+    with roomkit_serve("tests.test_routing:Where", *options, *route) as (_, url):
+        with connect(f"{url}/") as ws:
+            assert ws.recv(timeout=5) == "Where 'lobby' 'lobby' /"
+        with connect(f"{url}/", additional_headers={"X-Room": "team"}) as ws:
+            assert ws.recv(timeout=5) == "Where 'team' 'team' /"
 
 
 def test_a_second_signal_during_a_held_up_drain_exits_at_once(tmp_path: Path) -> None:
@@ -180,6 +191,22 @@ def test_cli_usage_errors() -> None:
     assert result.returncode == 2 and "no module named 'no_such_module'" in result.stderr
     result = run([*ROOMKIT, "serve", "examples.chat:Nope"])
     assert result.returncode == 2 and "has no attribute 'Nope'" in result.stderr
+    result = run([*ROOMKIT, "serve", TARGET, "--route", "examples.chat:Nope"])
+    assert result.returncode == 2 and "has no attribute 'Nope'" in result.stderr
+
+
+def test_route_names_a_function_to_import() -> None:
+    assert _runner(serve_args()).keywords["route"] is None
+    by_flag = _runner(serve_args("--route", "tests.test_routing:by_header"))
+    by_variable = _runner(serve_args(ROOMKIT_ROUTE="tests.test_routing:by_header"))
+    assert by_flag.keywords["route"] is by_variable.keywords["route"] is by_header
+    with pytest.raises(UsageError) as raised:
+        _runner(serve_args("--route", "tests.test_routing:TOKENS"))
+    assert str(raised.value).startswith(
+        "tests.test_routing:TOKENS is not a function (a route hook), but {"
+    )
+    with pytest.raises(UsageError, match="expected MODULE:ATTR"):
+        _runner(serve_args("--route", "by_header"))
 
 
 def serve_args(*argv: str, **environ: str) -> argparse.Namespace:
@@ -211,6 +238,7 @@ SAMPLES = {
     "host": "::1",
     "port": "9000",
     "storage": "rooms.sqlite3",
+    "default_room": "lobby",
     "handshake_timeout": "2.5",
     "max_connections": "100",
     "allowed_origins": "https://a.example",
@@ -229,7 +257,8 @@ def test_every_option_has_a_flag_and_a_variable_that_give_the_same_value(
     command: Any, prefix: str, options: OptionSet[Any]
 ) -> None:
     given = {name: option for name, option in options.options.items() if option.on_command_line}
-    assert set(options.options) - set(given) <= {"ssl_context"}  # --certfile, --keyfile
+    # --certfile and --keyfile make ssl_context; --route names a function to import.
+    assert set(options.options) - set(given) <= {"ssl_context", "route"}
     for name, option in given.items():
         flag = flag_of(name)
         if isinstance(option.default, bool):
@@ -254,6 +283,7 @@ def test_every_option_from_the_environment() -> None:
         ROOMKIT_ALLOWED_ORIGINS="https://a.example, https://b.example:8443/",
         ROOMKIT_DRAIN_TIMEOUT="30",
         ROOMKIT_DEMO_PAGE="Yes",
+        ROOMKIT_DEFAULT_ROOM="general talk",
     )
     assert (args.host, args.port, args.storage) == (
         "0.0.0.0",
@@ -262,7 +292,7 @@ def test_every_option_from_the_environment() -> None:
     )
     assert (args.group_commit, args.handshake_timeout, args.max_connections) == (False, 2.5, 100)
     assert args.allowed_origins == ("https://a.example", "https://b.example:8443/")
-    assert (args.drain_timeout, args.demo_page) == (30, True)
+    assert (args.drain_timeout, args.demo_page, args.default_room) == (30, True, "general talk")
 
 
 def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset() -> None:
@@ -295,6 +325,11 @@ def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset() -> None:
         ("ROOMKIT_GROUP_COMMIT", "maybe", "expected 1, true, yes, on, 0, false, no or off"),
         ("ROOMKIT_ALLOWED_ORIGINS", "example.com", "expected comma-separated origins"),
         ("ROOMKIT_ALLOWED_ORIGINS", "https://a.example,", "expected comma-separated origins"),
+        (
+            "ROOMKIT_DEFAULT_ROOM",
+            "a/b",
+            "expected a room name, not 'a/b': a room name cannot contain '/'",
+        ),
     ],
 )
 def test_a_bad_variable_is_a_usage_error_naming_it(
@@ -331,6 +366,10 @@ def test_help_shows_each_option_with_its_default_and_variable(
     assert "[default: on; env: ROOMKIT_GROUP_COMMIT]" in text
     assert "[default: no limit; env: ROOMKIT_MAX_CONNECTIONS]" in text
     assert "[default: 10; env: ROOMKIT_DRAIN_TIMEOUT]" in text
+    assert "--default-room NAME the room that / reaches" in text
+    assert "[default: default; env: ROOMKIT_DEFAULT_ROOM]" in text
+    assert "--route MODULE:ATTR a function of the request" in text
+    assert "[default: none: by path alone; env: ROOMKIT_ROUTE]" in text
 
 
 def test_certfile_and_keyfile_go_together(

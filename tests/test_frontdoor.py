@@ -18,6 +18,7 @@ from roomkit._core.frontdoor import (
     list_elements,
     parse_head,
     room_name,
+    room_name_problem,
 )
 from roomkit._roomid import RoomId
 
@@ -76,10 +77,137 @@ def test_mapping_routes_by_prefix() -> None:
         Router({"chat": "C"})
 
 
+def test_an_empty_name_reaches_the_default_room() -> None:
+    router = Router("R")
+    default = RoomTarget("R", RoomId("", "default"))
+    assert router.route(head("/")) == router.route(head("/?x=y")) == default
+    assert Router("R", default_room="lobby").route(head("/")) == RoomTarget(
+        "R", RoomId("", "lobby")
+    )
+    assert router.route(head("/a/")) == Response(404, "No room route for /a/")
+    assert router.route(head("//")) == Response(404, "No room route for //")
+
+
+def test_a_route_prefix_alone_reaches_its_default_room() -> None:
+    router = Router({"/chat": "C", "/game/": "G"}, default_room="hall")
+    hall = RoomTarget("C", RoomId("/chat", "hall"))
+    assert router.route(head("/chat")) == router.route(head("/chat/?x=1")) == hall
+    assert router.route(head("/game")) == RoomTarget("G", RoomId("/game", "hall"))
+    assert router.route(head("/")) == Response(404, "No room route for /")
+    assert router.route(head("/chatty")) == Response(404, "No room route for /chatty")
+    # An empty last segment is the default room of the route before it: here, none.
+    assert router.route(head("/chat/a/")) == Response(404, "No room route for /chat/a/")
+    assert router.route(head("/chat//")) == Response(404, "No room route for /chat//")
+
+
+def test_the_longest_prefix_a_path_is_or_starts_with_is_its_route() -> None:
+    router = Router({"/": "L", "/chat": "C", "/chat/vip": "V"})
+    assert router.route(head("/chat")) == RoomTarget("C", RoomId("/chat", "default"))
+    assert router.route(head("/chat/vip")) == RoomTarget("V", RoomId("/chat/vip", "default"))
+    assert router.route(head("/chat/vip/x")) == RoomTarget("V", RoomId("/chat/vip", "x"))
+    assert router.route(head("/chat/x")) == RoomTarget("C", RoomId("/chat", "x"))
+    assert router.route(head("/x")) == RoomTarget("L", RoomId("", "x"))
+    assert router.route(head("/")) == RoomTarget("L", RoomId("", "default"))
+    assert router.route(head("/x/y")) == Response(404, "No room route for /x/y")
+    assert [router.prefix_of(p) for p in ("/chat/vipx", "/chatvip", "/a/b", "x")] == [
+        "/chat",
+        "",
+        "",
+        None,
+    ]
+
+
+def test_the_default_room_must_be_a_room_name() -> None:
+    with pytest.raises(ValueError) as raised:
+        Router("R", default_room="a/b")
+    assert str(raised.value) == "default_room 'a/b' is no room name: a room name cannot contain '/'"
+    for bad in ("", "x" * 257, "tab\t"):
+        with pytest.raises(ValueError, match="is no room name"):
+            Router("R", default_room=bad)
+    assert Router("R", default_room="cafe\u0301").route(head("/")) == RoomTarget(
+        "R", RoomId("", "café")
+    )
+
+
+def test_room_name_problem_says_what_is_wrong_with_a_decoded_name() -> None:
+    assert room_name_problem("general talk") is None
+    assert room_name_problem("%2F") is None  # a name, not a segment: nothing to decode
+    assert room_name_problem("é" * 256) is None
+    assert room_name_problem("e\u0301" * 256) is None  # 256 characters in NFC
+    assert room_name_problem("") == "a room name must be 1 to 256 characters long"
+    assert room_name_problem("x" * 257) == "a room name must be 1 to 256 characters long"
+    assert room_name_problem("a/b") == "a room name cannot contain '/'"
+    assert room_name_problem("a\x00") == (
+        "a room name must be printable characters (no control characters)"
+    )
+
+
+def test_a_route_hooks_choice_is_checked_as_a_paths() -> None:
+    router = Router({"/chat": "C", "/game": "G"}, default_room="hall")
+    # None: the room of the path, refusals included.
+    assert router.choose("/chat/x", None) == RoomTarget("C", RoomId("/chat", "x"))
+    assert router.choose("/nope/x", None) == Response(404, "No room route for /nope/x")
+    assert router.choose("/chat/a%2Fb", None) == Response(
+        400, "Bad room name: a room name cannot contain '/'"
+    )
+    # A name: that room of the path's route, whatever follows the prefix.
+    assert router.choose("/chat/x", "y") == RoomTarget("C", RoomId("/chat", "y"))
+    assert router.choose("/chat/a/b/c", "y") == RoomTarget("C", RoomId("/chat", "y"))
+    assert router.choose("/chat", "") == RoomTarget("C", RoomId("/chat", "hall"))
+    assert router.choose("/chat", "caf%C3%A9") == RoomTarget("C", RoomId("/chat", "caf%C3%A9"))
+    assert router.choose("/chat", "cafe\u0301") == RoomTarget("C", RoomId("/chat", "café"))
+    assert router.choose("/ws", "y") == Response(404, "No room route for /ws")
+    assert router.choose("/chat", "a/b") == Response(
+        400, "Bad room name: a room name cannot contain '/'"
+    )
+    assert router.choose("/chat", "x" * 257) == Response(
+        400, "Bad room name: a room name must be 1 to 256 characters long"
+    )
+    # A pair: that room of that route, whatever the path.
+    assert router.choose("/ws", ("/game", "y")) == RoomTarget("G", RoomId("/game", "y"))
+    assert router.choose("/ws", ("/game/", "")) == RoomTarget("G", RoomId("/game", "hall"))
+    assert router.choose("/ws", ("/game", "\x00")) == Response(
+        400, "Bad room name: a room name must be printable characters (no control characters)"
+    )
+    assert Router("R").choose("/a/b", ("/", "y")) == RoomTarget("R", RoomId("", "y"))
+    assert Router("R").choose("/a/b", ("", "y")) == RoomTarget("R", RoomId("", "y"))
+
+
+def test_a_choice_that_is_no_choice_is_the_hooks_error() -> None:
+    router = Router({"/chat": "C"})
+    with pytest.raises(ValueError) as raised:
+        router.choose("/chat", ("/game", "y"))
+    assert str(raised.value) == "a route hook chose the prefix '/game', which no route has"
+    for bad in (42, ("/chat",), ("/chat", "y", "z"), ("/chat", 1), (b"/chat", "y"), ["/chat", "y"]):
+        with pytest.raises(TypeError) as wrong:
+            router.choose("/chat", bad)
+        assert str(wrong.value) == (
+            "a route hook returns a room name, a (prefix, name) pair, a Reject or None, "
+            f"not {bad!r}"
+        )
+
+
+def test_path_room_is_the_name_the_path_reaches_or_nothing() -> None:
+    router = Router({"/chat": "C"})
+    assert [router.path_room(p) for p in ("/chat/x", "/chat", "/ws", "/chat/a%2Fb")] == [
+        "x",
+        "default",
+        "",
+        "",
+    ]
+
+
+def test_check_origin_refuses_only_origins_not_allowed() -> None:
+    router = Router("R", allowed_origins=["https://app.example"])
+    foreign = RequestHead("GET", "/x", {**head("/x").headers, "origin": "https://evil.example"})
+    assert router.check_origin(foreign) == Response(403, "Origin not allowed")
+    assert router.check_origin(head("/x")) is None  # no Origin: not a browser
+    assert Router("R").check_origin(foreign) is None
+
+
 @pytest.mark.parametrize(
     ("target", "problem"),
     [
-        ("/", "1 to 256 characters"),
         ("/" + "x" * 257, "1 to 256 characters"),
         ("/a%2Fb", "cannot contain '/'"),
         ("/a%00b", "printable"),

@@ -14,7 +14,14 @@ import pytest
 from mypy import api as mypy_api
 
 import roomkit
-from roomkit._options import Option, OptionSet, check_count_or_none
+from roomkit._options import (
+    Option,
+    OptionSet,
+    check_callable_or_none,
+    check_count_or_none,
+    check_room_name,
+    room_name,
+)
 from roomkit._proxy import PROXY_OPTIONS
 from roomkit._server import SERVE_OPTIONS
 
@@ -50,6 +57,31 @@ def test_a_key_without_its_option_is_refused_at_once() -> None:
         OptionSet[Bare](Bare, "bare")
 
 
+def test_a_room_name_is_checked_as_a_paths_last_segment_decodes_to() -> None:
+    check_room_name("default_room", "general talk")
+    check_room_name("default_room", "%2F")  # a name, not encoded
+    with pytest.raises(ValueError) as raised:
+        check_room_name("default_room", "")
+    assert str(raised.value) == (
+        "default_room must be a room name, not '': a room name must be 1 to 256 characters long"
+    )
+    with pytest.raises(TypeError) as wrong:
+        check_room_name("default_room", b"lobby")
+    assert str(wrong.value) == "default_room must be a room name (a str), not b'lobby'"
+    assert room_name("general talk") == "general talk"
+    with pytest.raises(ValueError) as bad:
+        room_name("a/b")
+    assert str(bad.value) == "expected a room name, not 'a/b': a room name cannot contain '/'"
+
+
+def test_a_route_hook_is_a_callable_or_none() -> None:
+    check_callable_or_none("route", None)
+    check_callable_or_none("route", len)
+    with pytest.raises(TypeError) as raised:
+        check_callable_or_none("route", "app:route")
+    assert str(raised.value) == "route must be a callable or None, not 'app:route'"
+
+
 def test_the_defaults_are_those_documented() -> None:
     serve = {name: option.default for name, option in SERVE_OPTIONS.options.items()}
     assert serve == {
@@ -57,6 +89,8 @@ def test_the_defaults_are_those_documented() -> None:
         "port": 8080,
         "storage": ":memory:",
         "group_commit": True,
+        "default_room": "default",
+        "route": None,
         "handshake_timeout": 10.0,
         "max_connections": None,
         "allowed_origins": None,
@@ -93,14 +127,26 @@ def test_mypy_checks_the_keywords_of_serve_and_proxy(tmp_path: Path) -> None:
                 await roomkit.proxy("ws://127.0.0.1:9000", drain_timeout=1)
                 options: roomkit.ServeOptions = {"port": 0, "metrics": True}
                 await roomkit.serve(App, **options)
+
+            def by_header(request: roomkit.Request) -> str | None:
+                return request.headers.get("x-room")
+
+            async def by_token(request: roomkit.Request) -> tuple[str, str] | roomkit.Reject:
+                return roomkit.Reject(401)
+
+            async def more() -> None:
+                await roomkit.serve(App, default_room="lobby", route=by_header)
+                await roomkit.serve(App, route=by_token)
+                await roomkit.serve(App, route=len)
             """
         )
     )
     cache = ROOT / ".mypy_cache"
     out, err, status = mypy_api.run(["--strict", "--cache-dir", str(cache), str(program)])
     errors = [line.partition(":")[2] for line in out.splitlines() if ": error: " in line]
-    assert [error.partition(":")[0] for error in errors] == ["7", "8", "10"], out + err
+    assert [error.partition(":")[0] for error in errors] == ["7", "8", "10", "23"], out + err
     assert 'incompatible type "str"; expected "int"' in errors[0]
     assert 'Unexpected keyword argument "prot" for "serve"' in errors[1]
     assert 'Unexpected keyword argument "drain_timeout" for "proxy"' in errors[2]
+    assert 'Argument "route" to "serve" has incompatible type' in errors[3]
     assert status == 1

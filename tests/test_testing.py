@@ -370,7 +370,9 @@ async def test_an_error_in_the_block_comes_out_as_itself() -> None:
 
 
 async def test_it_takes_serves_options_but_host_and_port() -> None:
-    with pytest.raises(TypeError, match="got port; it takes serve's allowed_origins, demo_page"):
+    with pytest.raises(
+        TypeError, match="got port; it takes serve's allowed_origins, default_room, demo_page"
+    ):
         async with open_test_server(ChatRoom, port=8080):
             pass  # pragma: no cover
     with pytest.raises(TypeError, match="got ssl_context;"):

@@ -7,8 +7,15 @@ for a bad room name, 404 for an unknown route) or handed to a room as a
 :class:`RoomTarget`.
 
 Routes: a single Room class serves ``/{name}``; a mapping ``{"/chat": ChatRoom}`` serves
-``/chat/{name}``. A room name is the percent-decoded last path segment, in Unicode
-normalization form C: 1 to ``MAX_ROOM_NAME`` printable characters, with no ``/``.
+``/chat/{name}``. The route of a path is the one with the longest prefix that the path
+is or starts with, segment by segment (``/chat`` and ``/chat/...`` are ``/chat``'s;
+a single class is the route of every path starting with ``/``). What follows the
+prefix names the room: one segment, percent-decoded, in Unicode normalization form C,
+1 to ``MAX_ROOM_NAME`` printable characters with no ``/``; nothing (``/``, ``/chat``,
+``/chat/``) names the router's default room.
+
+A route hook (``serve``'s ``route=``, run by the gateway) may choose another room:
+:meth:`Router.choose` checks its choice as it would a path's.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import h11
 from .._roomid import RoomId
 
 __all__ = [
+    "DEFAULT_ROOM",
     "MAX_ROOM_NAME",
     "Page",
     "RequestHead",
@@ -40,10 +48,14 @@ __all__ = [
     "plain_response",
     "reason_phrase",
     "room_name",
+    "room_name_problem",
 ]
 
 #: Longest room name, in characters; a name is a key, not a document.
 MAX_ROOM_NAME: Final = 256
+#: The room that ``/`` (or ``/chat``, ``/chat/`` for a route ``/chat``) reaches, as the
+#: Durable Objects guide's entry point falls back on ``idFromName("default")``.
+DEFAULT_ROOM: Final = "default"
 
 T = TypeVar("T")
 
@@ -231,16 +243,34 @@ def room_name(segment: str) -> str | Response:
     the same. The rules apply to that normal form.
     """
     try:
-        name = unicodedata.normalize("NFC", unquote(segment, errors="strict"))
+        name = unquote(segment, errors="strict")
     except UnicodeDecodeError:
         return _bad_room_name("the room name is not valid UTF-8")
+    return _checked_name(name)
+
+
+def room_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` (already decoded) as a room name, in NFC; None if
+    nothing is."""
+    return _problem(unicodedata.normalize("NFC", name))
+
+
+def _checked_name(name: str) -> str | Response:
+    """``name`` in NFC, or why it is no room name (400)."""
+    normal = unicodedata.normalize("NFC", name)
+    problem = _problem(normal)
+    return normal if problem is None else _bad_room_name(problem)
+
+
+def _problem(name: str) -> str | None:
+    """What is wrong with ``name``, in NFC, as a room name; None if nothing is."""
     if not 1 <= len(name) <= MAX_ROOM_NAME:
-        return _bad_room_name(f"a room name must be 1 to {MAX_ROOM_NAME} characters long")
+        return f"a room name must be 1 to {MAX_ROOM_NAME} characters long"
     if "/" in name:
-        return _bad_room_name("a room name cannot contain '/'")
+        return "a room name cannot contain '/'"
     if not name.isprintable():
-        return _bad_room_name("a room name must be printable characters (no control characters)")
-    return name
+        return "a room name must be printable characters (no control characters)"
+    return None
 
 
 def _bad_room_name(problem: str) -> Response:
@@ -253,20 +283,31 @@ class Router(Generic[T]):
     Args:
       routes: the route object for ``/{name}`` (e.g. a Room class), or a mapping from
         a prefix (``"/chat"``) to the route object for ``/chat/{name}``.
+      default_room: the room that an empty name reaches: ``/`` for a single route
+        object, ``/chat`` and ``/chat/`` for a prefix ``"/chat"``.
       allowed_origins: the ``Origin`` values (``"https://example.com"``) a browser page
         may open WebSockets from; others get 403. A request without an ``Origin``
         header (not from a browser) is always allowed. None allows every origin.
       files: plain ``GET`` responses by path (``"/roomkit.js"``), or functions that make
         them (``"/metrics"``): the only pages served.
+
+    Raises:
+      ValueError: for a prefix that does not start with ``/``, or a ``default_room``
+        that is no room name.
     """
 
     def __init__(
         self,
         routes: T | Mapping[str, T],
         *,
+        default_room: str = DEFAULT_ROOM,
         allowed_origins: Iterable[str] | None = None,
         files: Mapping[str, Page] | None = None,
     ) -> None:
+        problem = room_name_problem(default_room)
+        if problem is not None:
+            raise ValueError(f"default_room {default_room!r} is no room name: {problem}")
+        self._default_room = unicodedata.normalize("NFC", default_room)
         self._origins = None if allowed_origins is None else _origins(allowed_origins)
         self._files = files or {}
         if isinstance(routes, Mapping):
@@ -277,28 +318,97 @@ class Router(Generic[T]):
                 self._routes[prefix.rstrip("/")] = route
         else:
             self._routes = {"": routes}
+        #: The prefixes, longest first: the first a path matches is its route's.
+        self._prefixes = sorted(self._routes, key=len, reverse=True)
 
     def route(self, head: RequestHead) -> RoomTarget[T] | Response:
-        path = head.path
+        """What ``head`` gets by its path: a plain response, a refusal, or its room."""
         if not head.is_websocket:
             return plain_response(head, self._files)
-        prefix, _, segment = path.rpartition("/")
-        route = self._routes.get(prefix)
-        if route is None:
-            return Response(404, f"No room route for {path}")
-        name = room_name(segment)
-        if isinstance(name, Response):
-            return name
+        target = self._path_target(head.path)
+        if isinstance(target, Response):
+            return target
+        return self.check_origin(head) or target
+
+    def check_origin(self, head: RequestHead) -> Response | None:
+        """403 if ``head`` comes from a browser page of an origin not allowed; else None."""
         origin = head.headers.get("origin")
         if origin is not None and self._origins is not None:
             allowed = origin.strip().lower().rstrip("/") in self._origins
             if not allowed:
                 return Response(403, "Origin not allowed")
-        return RoomTarget(route, RoomId(prefix, name))
+        return None
+
+    def path_room(self, path: str) -> str:
+        """The name of the room ``path`` reaches, or ``""`` if it reaches none."""
+        target = self._path_target(path)
+        return "" if isinstance(target, Response) else target.room.name
+
+    def choose(self, path: str, choice: object) -> RoomTarget[T] | Response:
+        """The room a route hook chose for a request to ``path``, or why there is none.
+
+        Args:
+          choice: what the hook returned: None for the room of the path; a room name
+            (``""`` for the default room) in the route of the path (404 if no route
+            serves it); or a pair of a prefix and a name (``("/chat", "lobby")``;
+            ``""`` or ``"/"`` is the prefix of a single route object). A name is
+            checked as a path's (400), but not percent-decoded.
+
+        Raises:
+          ValueError: for a prefix no route has.
+          TypeError: for a choice of another type.
+        """
+        if choice is None:
+            return self._path_target(path)
+        if isinstance(choice, str):
+            prefix = self.prefix_of(path)
+            return _no_route(path) if prefix is None else self._target(prefix, choice)
+        if isinstance(choice, tuple) and len(choice) == 2:
+            prefix, name = choice
+            if isinstance(prefix, str) and isinstance(name, str):
+                if prefix.rstrip("/") not in self._routes:
+                    raise ValueError(
+                        f"a route hook chose the prefix {prefix!r}, which no route has"
+                    )
+                return self._target(prefix.rstrip("/"), name)
+        raise TypeError(
+            "a route hook returns a room name, a (prefix, name) pair, a Reject or None, "
+            f"not {choice!r}"
+        )
+
+    def prefix_of(self, path: str) -> str | None:
+        """The prefix of the route of ``path``: the longest that ``path`` is or starts
+        with, segment by segment; None if there is none."""
+        for prefix in self._prefixes:
+            if path.startswith(prefix + "/") or path == prefix:
+                return prefix
+        return None
 
     def route_for(self, namespace: str) -> T | None:
         """The route serving rooms of ``namespace`` (a prefix), or None if none does."""
         return self._routes.get(namespace)
+
+    def _path_target(self, path: str) -> RoomTarget[T] | Response:
+        prefix = self.prefix_of(path)
+        if prefix is None:
+            return _no_route(path)
+        segment = path[len(prefix) + 1 :]
+        if "/" in segment:
+            return _no_route(path)
+        name = room_name(segment) if segment else self._default_room
+        if isinstance(name, Response):
+            return name
+        return RoomTarget(self._routes[prefix], RoomId(prefix, name))
+
+    def _target(self, prefix: str, name: str) -> RoomTarget[T] | Response:
+        checked = _checked_name(name) if name else self._default_room
+        if isinstance(checked, Response):
+            return checked
+        return RoomTarget(self._routes[prefix], RoomId(prefix, checked))
+
+
+def _no_route(path: str) -> Response:
+    return Response(404, f"No room route for {path}")
 
 
 def _origins(origins: Iterable[str]) -> frozenset[str]:

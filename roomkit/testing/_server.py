@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 import trio
 import trio.testing
 
+from .._core.frontdoor import Router
 from .._host import Host, TestHooks
 from .._room import Room
 from .._roomid import RoomId
@@ -52,11 +53,13 @@ class TestServer:
         self,
         server: Server,
         hooks: TestHooks,
+        router: Router[type[Room]],
         listener: MemoryListener | None,
         nursery: trio.Nursery,
         receive_timeout: float | None,
         errors: RoomErrors,
     ) -> None:
+        self._router = router  # for the route, and so the protocol, of a path
         self._receive_timeout = receive_timeout
         self._errors = errors
         self._server = server
@@ -83,6 +86,9 @@ class TestServer:
           params: query parameters to add, encoded here (``{"userId": "zoë smith"}``).
           headers: extra handshake headers (``Origin``, ``Cookie``, ``Authorization``).
 
+        The client sends typed messages in the protocol of the route of ``path``; when
+        a ``route`` hook sends it to another route's room, send that room's JSON.
+
         Raises:
           ClientClosed: if the handshake is refused; ``status`` is the HTTP status
             (403 for ``Reject(403, ...)``) and ``reason`` the response's body.
@@ -104,8 +110,8 @@ class TestServer:
             server = self._server
             stream = await trio.open_tcp_stream(server.host, server.port)
             host = f"{server.host}:{server.port}"
-        prefix = path.partition("?")[0].rpartition("/")[0]
-        room_class = self._hooks.room_class(prefix)
+        prefix = self._router.prefix_of(path.partition("?")[0])
+        room_class = None if prefix is None else self._hooks.room_class(prefix)
         client = TestClient(
             stream,
             None if room_class is None else room_class.protocol,
@@ -198,9 +204,10 @@ async def open_test_server(
         1011): from the next ``receive``, ``receive_nothing`` or ``receive_close`` of
         any client, ``fire_alarm``, or at the end of the block. A room with its own
         ``on_error`` has handled its errors. False: only the logs and the 1011 tell.
-      serve_options: ``serve``'s other options (``group_commit``, ``handshake_timeout``,
-        ``allowed_origins``, ``max_connections``, ``drain_timeout``, ``demo_page``,
-        ``metrics``); not ``host``, ``port`` or ``ssl_context``.
+      serve_options: ``serve``'s other options (``group_commit``, ``default_room``,
+        ``route``, ``handshake_timeout``, ``allowed_origins``, ``max_connections``,
+        ``drain_timeout``, ``demo_page``, ``metrics``); not ``host``, ``port`` or
+        ``ssl_context``.
     """
     unknown = sorted(serve_options.keys() - PASSED_ON)
     if unknown:
@@ -220,8 +227,11 @@ async def open_test_server(
             hosts: list[Host] = []
             serve = partial(_serve, listener, rooms, options, errors, hosts.append)
             server = await nursery.start(serve, serving, stopped)
+            router = Router[type[Room]](rooms)  # serve has checked the routes
             try:
-                yield TestServer(server, hosts[0], listener, nursery, receive_timeout, errors)
+                yield TestServer(
+                    server, hosts[0], router, listener, nursery, receive_timeout, errors
+                )
             finally:
                 serving.cancel()  # shut down while the clients' readers still answer
                 with trio.CancelScope(shield=True):
