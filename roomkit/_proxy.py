@@ -1,9 +1,14 @@
 """``proxy``: forward WebSockets to a backend, frames and closes unchanged.
 
 The first mode of the Durable Objects WebSocket guide: a front that accepts a client's
-WebSocket, opens one to the backend with the same path and query and the headers that
-matter, and pumps frames both ways (``_proxyclient``). Each pair lives in its own
-nursery, so either side ending ends both.
+WebSocket, opens one to the backend with the same path, query and end-to-end headers,
+and pumps frames both ways (``_proxyclient``). Each pair lives in its own nursery, so
+either side ending ends both.
+
+The client's end-to-end headers go on to the backend, but those the ``forward_headers``
+and ``drop_headers`` options leave out; the hop-by-hop ones and the handshake's never
+do, and the client's address is appended to ``X-Forwarded-For`` and ``Forwarded``
+(``_core.forwarding`` decides).
 
 What the client gets when things go wrong: plain HTTP → 426 (``/roomkit.js`` and
 ``/healthz`` are served); a request the proxy will not pass on (see ``_core.forwarding``)
@@ -24,7 +29,7 @@ the ``roomkit.proxy`` logger and counted; it never reaches the proxy's own nurse
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Annotated, Final, TypedDict, Unpack
 
 import attrs
@@ -36,7 +41,13 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
 from ._accept import Head, accept_loop, read_request
-from ._core.forwarding import forwarded_headers, forwarding_error, subprotocols
+from ._core.forwarding import (
+    HeaderChoice,
+    forwarded_headers,
+    forwarding_error,
+    header_name_error,
+    subprotocols,
+)
 from ._core.frontdoor import RequestHead, Response, handshake_response, plain_response
 from ._core.limits import (
     MAX_CONNECTIONS,
@@ -80,6 +91,40 @@ def _check_rate_limit(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a RateLimit or None, not {value!r}")
 
 
+def _check_header_names(name: str, value: object) -> None:
+    """``value`` is a collection of header names (None too, for ``forward_headers``)."""
+    to_pass_on = name == "forward_headers"
+    if value is None and to_pass_on:
+        return
+    if isinstance(value, str | bytes) or not isinstance(value, Collection):
+        raise TypeError(f"{name} must be a collection of header names, not {value!r}")
+    for header in value:
+        if not isinstance(header, str):
+            raise TypeError(f"{name} must be a collection of header names, not {value!r}")
+        problem = header_name_error(header, to_pass_on=to_pass_on)
+        if problem is not None:
+            raise ValueError(f"{name}: {problem}")
+
+
+def _header_names(text: str, *, to_pass_on: bool) -> tuple[str, ...]:
+    names = tuple(part.strip().lower() for part in text.split(","))
+    for name in names:
+        problem = header_name_error(name, to_pass_on=to_pass_on)
+        if problem is not None:
+            raise ValueError(f"expected comma-separated header names: {problem}")
+    return names
+
+
+def _only_headers(text: str) -> tuple[str, ...] | None:
+    """Comma-separated header names (``x-tenant,cookie``), or ``*`` for every one."""
+    return None if text.strip() == "*" else _header_names(text, to_pass_on=True)
+
+
+def _dropped_headers(text: str) -> tuple[str, ...]:
+    """Comma-separated header names (``x-forwarded-for,forwarded``)."""
+    return _header_names(text, to_pass_on=False)
+
+
 class ProxyOptions(TypedDict, total=False):
     """The options of :func:`proxy`, every one a keyword; the limits are a server's
     defaults (``roomkit.Room``'s), so that clients get from the proxy what they would
@@ -92,6 +137,13 @@ class ProxyOptions(TypedDict, total=False):
     Keys:
       host, port: where to listen (port 0 picks one; see ``ProxyServer.port``).
       handshake_timeout: seconds a client has to send its request head.
+      forward_headers: the names of the only headers of the client's passed on to the
+        backend (any case), or None, the default, for every end-to-end one. A header
+        the proxy never passes on (``Connection``, ``Host``...: see docs/proxy.md) is
+        refused (ValueError).
+      drop_headers: the names of headers of the client's never passed on, on top of
+        those the proxy never passes on. ``("x-forwarded-for", "forwarded")`` starts
+        the chains of addresses at the proxy's client.
       max_message_size: bytes; a bigger message from a client closes both sides with
         1009, and one from the backend does too. Nothing past it is buffered.
       max_connections: WebSockets forwarded at once; beyond, handshakes get 503.
@@ -104,6 +156,32 @@ class ProxyOptions(TypedDict, total=False):
     host: Annotated[str, HOST]
     port: Annotated[int, PORT]
     handshake_timeout: Annotated[float, HANDSHAKE]
+    forward_headers: Annotated[
+        Collection[str] | None,
+        Option(
+            default=None,
+            group="forwarding",
+            parse=_only_headers,
+            check=_check_header_names,
+            metavar="NAMES",
+            shown="* (every end-to-end header)",
+            help="comma-separated headers of the client's, the only ones passed on to the "
+            "backend; * for every end-to-end one",
+        ),
+    ]
+    drop_headers: Annotated[
+        Collection[str],
+        Option(
+            default=(),
+            group="forwarding",
+            parse=_dropped_headers,
+            check=_check_header_names,
+            metavar="NAMES",
+            shown="none",
+            help="comma-separated headers of the client's never passed on to the backend "
+            "(x-forwarded-for,forwarded: the chains start at the proxy)",
+        ),
+    ]
     max_message_size: Annotated[
         int,
         Option(
@@ -159,15 +237,16 @@ async def proxy(
         and query are appended to it.
       task_status: for ``nursery.start``, which returns a :class:`ProxyServer` once
         listening.
-      options: the keywords of :class:`ProxyOptions` (``host``, ``port``, the limits),
-        each left out at its default.
+      options: the keywords of :class:`ProxyOptions` (``host``, ``port``, the headers
+        passed on, the limits), each left out at its default.
 
     What it holds is bounded by the options, and counted by
     :meth:`ProxyServer.statistics` (see :class:`ProxyStatistics`).
 
     Raises:
-      ValueError: for a ``backend_url`` that is not a WebSocket URL, or a bad limit
-        (TypeError for a ``rate_limit`` that is not a ``RateLimit``).
+      ValueError: for a ``backend_url`` that is not a WebSocket URL, a bad limit or a
+        bad header name (TypeError for an option of the wrong type: a ``rate_limit``
+        that is not a ``RateLimit``, a header list that is a string).
     """
     backend = WebSocketURL.parse(backend_url)
     limits = PROXY_OPTIONS.complete(options)
@@ -223,6 +302,7 @@ class _Proxy:
     def __init__(self, backend: WebSocketURL, limits: ProxyOptions) -> None:
         self._backend = backend
         self._limits = limits
+        self._choice = HeaderChoice.of(limits["forward_headers"], limits["drop_headers"])
         self._files = static_files()
         self._clients: set[ProxyClient] = set()  # every TCP connection being served
         self._forwarding = 0  # of which WebSockets, counted against max_connections
@@ -261,7 +341,10 @@ class _Proxy:
         _, read, _ = await read_request(None, timeout, client.stream)
         if read is None:
             return  # silent, slow or gone: nobody to answer
-        answer = read if isinstance(read, Response) else _door(read.request, self._files)
+        if isinstance(read, Response):
+            answer: Response | bytes = read
+        else:
+            answer = _door(read.request, self._files, self._choice)
         if isinstance(answer, Response):
             await client.respond(answer)
             return
@@ -299,7 +382,7 @@ class _Proxy:
                         backend.host_header,
                         backend.path.rstrip("/") + head.target,
                         subprotocols=subprotocols(head),
-                        extra_headers=forwarded_headers(head, client.remote_host),
+                        extra_headers=forwarded_headers(head, client.remote_host, self._choice),
                         max_message_size=self._limits["max_message_size"],
                         message_queue_size=0,  # a message is held by the pump, not queued
                         receive_buffer_size=RECEIVE_BYTES,
@@ -325,15 +408,15 @@ class _Proxy:
                 await client.respond(Response(502, "Bad gateway: the backend failed"))
 
 
-def _door(head: RequestHead, files: dict[str, Response]) -> Response | bytes:
+def _door(head: RequestHead, files: dict[str, Response], choice: HeaderChoice) -> Response | bytes:
     """What a client's request head gets at the proxy: a response, or the 101 to send
-    once the backend has accepted."""
+    once the backend has accepted; ``choice`` says which of its headers go on."""
     if not head.is_websocket:
         return plain_response(head, files)
     answer = handshake_response(head)
     if isinstance(answer, Response):
         return answer
-    problem = forwarding_error(head)
+    problem = forwarding_error(head, choice)
     return answer if problem is None else Response(400, f"Bad request: {problem}")
 
 

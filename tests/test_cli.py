@@ -245,6 +245,8 @@ SAMPLES = {
     "drain_timeout": "30",
     "max_message_size": "1000",
     "rate_limit": "10,5",
+    "forward_headers": "x-tenant,cookie",
+    "drop_headers": "x-forwarded-for",
 }
 
 
@@ -397,6 +399,8 @@ def test_proxy_limits_default_to_the_servers_and_have_flags_and_variables() -> N
         "host": "127.0.0.1",
         "port": 8080,
         "handshake_timeout": 10.0,
+        "forward_headers": None,
+        "drop_headers": (),
         "max_message_size": roomkit.Room.max_message_size,
         "max_connections": 10_000,
         "rate_limit": roomkit.Room.rate_limit,

@@ -104,6 +104,8 @@ def test_the_defaults_are_those_documented() -> None:
         "host": "127.0.0.1",
         "port": 8080,
         "handshake_timeout": 10.0,
+        "forward_headers": None,
+        "drop_headers": (),
         "max_message_size": roomkit.Room.max_message_size,
         "max_connections": roomkit.Room.max_connections,
         "rate_limit": roomkit.Room.rate_limit,

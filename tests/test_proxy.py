@@ -8,9 +8,12 @@ port 0.
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, ClassVar
 
@@ -19,11 +22,15 @@ import trio
 import trio.testing
 import trio_websocket
 from websockets.sync.client import connect
+from websockets.sync.server import ServerConnection
+from websockets.sync.server import serve as serve_websockets
+from websockets.typing import Subprotocol
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 import roomkit
 import roomkit._proxyclient
 from roomkit._accept import MAX_HEAD
+from roomkit._cli import _runner, parse_args
 from roomkit._core.frames import encode_message
 from roomkit._core.ratelimit import FLOOD_SECONDS
 
@@ -93,25 +100,158 @@ async def test_frames_flow_both_ways_unchanged(start: Start, nursery: trio.Nurse
     assert (path, query) == ("/room", {"x": "1"})
 
 
-async def test_headers_that_matter_are_forwarded(start: Start, nursery: trio.Nursery) -> None:
-    backend = await start(Backend)
+class HeaderEcho(roomkit.Room):
+    """Greets each connection with the headers its handshake came with."""
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.send(json.dumps(dict(request.headers)))
+
+
+#: The headers of the backend's handshake with the proxy that are not the client's.
+PROXYS_OWN = {"host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version"}
+
+
+async def headers_through(front: roomkit.ProxyServer, *headers: tuple[str, str]) -> Any:
+    """The headers the backend got when the ``websockets`` client sent ``headers``."""
+
+    def talk() -> Any:
+        with connect(f"{front.url}/r", additional_headers=list(headers), open_timeout=5) as ws:
+            return json.loads(ws.recv(timeout=5))
+
+    return await trio.to_thread.run_sync(talk)
+
+
+async def test_every_end_to_end_header_is_forwarded_and_no_hop_by_hop_one(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(HeaderEcho)
     front = await start_proxy(nursery, backend.url)
-    stream = await trio.open_tcp_stream("127.0.0.1", front.port)
-    async with stream:
-        await stream.send_all(
-            b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Origin: https://app.example\r\nCookie: session=abc\r\n"
-            b"Authorization: Bearer t0k3n\r\nX-Secret-Internal: no\r\n\r\n"
-        )
-        with trio.fail_after(5):
-            assert (await stream.receive_some()).startswith(b"HTTP/1.1 101")
-    _, _, headers = Backend.seen[0]
-    assert headers["origin"] == "https://app.example"
-    assert headers["cookie"] == "session=abc"
-    assert headers["authorization"] == "Bearer t0k3n"
-    assert headers["x-forwarded-for"] == "127.0.0.1"
-    assert "x-secret-internal" not in headers
+    got = await headers_through(
+        front,
+        ("X-Custom", "one"),
+        ("Accept-Language", "fr, en;q=0.5"),
+        ("Cookie", "a=1"),
+        ("Cookie", "b=2"),
+        ("Authorization", "Bearer t0k3n"),
+        ("X-Custom", "two"),
+        ("Origin", "https://app.example"),
+        ("Connection", "keep-alive, X-Hop"),  # after the client's own "Upgrade"
+        ("X-Hop", "for this connection only"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Authorization", "Basic cHJveHk6c2VjcmV0"),
+        ("TE", "trailers"),
+        ("Proxy-Connection", "keep-alive"),
+        ("Content-Length", "0"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("Forwarded", "for=6.6.6.6"),
+        ("X_Forwarded_For", "6.6.6.6"),
+    )
+    assert set(got) - PROXYS_OWN == {
+        "user-agent",
+        "x-custom",
+        "accept-language",
+        "cookie",
+        "authorization",
+        "origin",
+        "x-forwarded-for",
+        "forwarded",
+    }
+    assert got["host"] == f"127.0.0.1:{backend.port}"  # the backend's, not the proxy's
+    assert got["connection"] == "Upgrade"  # the proxy's own handshake's
+    assert got["user-agent"].startswith("Python/")  # the websockets client's
+    assert (got["x-custom"], got["accept-language"]) == ("one, two", "fr, en;q=0.5")
+    assert (got["cookie"], got["authorization"]) == ("a=1; b=2", "Bearer t0k3n")
+    assert got["origin"] == "https://app.example"
+    # The client's chains stay in front; the last element is the proxy's, which the
+    # client cannot write: it is the address the proxy's socket sees.
+    assert got["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"
+    assert got["forwarded"] == "for=6.6.6.6, for=127.0.0.1"
+
+
+async def test_a_backend_behind_two_proxies_sees_the_whole_chain(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(HeaderEcho)
+    inner = await start_proxy(nursery, backend.url)
+    outer = await start_proxy(nursery, inner.url)
+    got = await headers_through(outer, ("X-Custom", "through both"))
+    assert set(got) - PROXYS_OWN == {"user-agent", "x-custom", "x-forwarded-for", "forwarded"}
+    assert got["x-forwarded-for"] == "127.0.0.1, 127.0.0.1"
+    assert got["forwarded"] == "for=127.0.0.1, for=127.0.0.1"
+
+
+async def test_forward_headers_passes_on_only_the_headers_it_names(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(HeaderEcho)
+    front = await start_proxy(nursery, backend.url, forward_headers=["X-Tenant", "cookie"])
+    got = await headers_through(
+        front,
+        ("X-Tenant", "acme"),
+        ("Cookie", "a=1"),
+        ("X-Custom", "left out"),
+        ("X-Forwarded-For", "6.6.6.6"),
+    )
+    assert set(got) - PROXYS_OWN == {"x-tenant", "cookie", "x-forwarded-for", "forwarded"}
+    assert (got["x-tenant"], got["cookie"]) == ("acme", "a=1")
+    assert got["x-forwarded-for"] == "127.0.0.1"  # the client's chain was not named
+
+
+async def test_drop_headers_passes_on_all_but_the_headers_it_names(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(HeaderEcho)
+    drop = ("x-forwarded-for", "Forwarded", "X-Debug")
+    front = await start_proxy(nursery, backend.url, drop_headers=drop)
+    got = await headers_through(
+        front,
+        ("X-Debug", "1"),
+        ("X-Custom", "kept"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("Forwarded", "for=6.6.6.6"),
+    )
+    assert set(got) - PROXYS_OWN == {"user-agent", "x-custom", "x-forwarded-for", "forwarded"}
+    assert (got["x-forwarded-for"], got["forwarded"]) == ("127.0.0.1", "for=127.0.0.1")
+
+
+@contextmanager
+def websockets_backend() -> Iterator[str]:
+    """A backend of the ``websockets`` package's, in a thread: it chooses the
+    subprotocol ``v2`` if offered, and sends the header lines of its handshake."""
+
+    def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        ws.send(json.dumps(list(ws.request.headers.raw_items())))
+        ws.recv(timeout=5)
+
+    with serve_websockets(handler, "127.0.0.1", 0, subprotocols=[Subprotocol("v2")]) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+async def test_subprotocols_are_negotiated_end_to_end(nursery: trio.Nursery) -> None:
+    with websockets_backend() as backend_url:
+        front = await start_proxy(nursery, backend_url)
+
+        def talk() -> tuple[str | None, Any]:
+            offer = [Subprotocol("chat"), Subprotocol("v2")]
+            with connect(f"{front.url}/r", subprotocols=offer, open_timeout=5) as ws:
+                lines = json.loads(ws.recv(timeout=5))
+                ws.send("done")
+                return ws.subprotocol, lines
+
+        chosen, lines = await trio.to_thread.run_sync(talk)
+    assert chosen == "v2"  # the backend's choice, passed back
+    names = [name.lower() for name, _ in lines]
+    # The client's offer went on once, as the proxy's own; its extensions did not.
+    assert [v for n, v in lines if n.lower() == "sec-websocket-protocol"] == ["chat, v2"]
+    assert "sec-websocket-extensions" not in names
+    assert len(names) == len(set(names))  # no header twice
 
 
 async def test_client_close_reaches_the_backend(start: Start, nursery: trio.Nursery) -> None:
@@ -255,6 +395,7 @@ async def test_a_subprotocol_that_is_not_a_token_is_400_and_others_are_served(
         b"Cookie: caf\xc3\xa9=1\r\n",  # non-ASCII
         b"User-Agent: a\tb\r\n",  # a control character
         b"X-Forwarded-For: 10.0.0.\xff\r\n",
+        b"X-Custom: caf\xc3\xa9\r\n",  # any header passed on
     ],
 )
 async def test_a_forwarded_header_that_is_not_printable_ascii_is_400(
@@ -266,6 +407,18 @@ async def test_a_forwarded_header_that_is_not_printable_ascii_is_400(
     assert status == 400 and b"must be printable ASCII" in body
     assert Backend.seen == []
     await still_serving(front)
+
+
+async def test_a_header_that_is_not_passed_on_is_not_checked(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url, drop_headers=["x-custom"])
+    hop = b"Keep-Alive: caf\xc3\xa9\r\n"  # hop-by-hop: never passed on either
+    status, _ = await upgrade(front.port, headers=b"X-Custom: caf\xc3\xa9\r\n" + hop)
+    assert status == 101  # the backend ran on_connect before it accepted
+    _, _, headers = Backend.seen[0]
+    assert "x-custom" not in headers and "keep-alive" not in headers
 
 
 @pytest.mark.parametrize(
@@ -573,6 +726,12 @@ async def test_what_a_client_that_does_not_read_costs_is_one_frame(
         ({"max_connections": True}, ValueError),
         ({"handshake_timeout": 0}, ValueError),
         ({"rate_limit": 100}, TypeError),
+        ({"forward_headers": "cookie"}, TypeError),  # a string, not a list of names
+        ({"drop_headers": None}, TypeError),
+        ({"drop_headers": [b"cookie"]}, TypeError),
+        ({"forward_headers": ["Host"]}, ValueError),  # never passed on as it is
+        ({"forward_headers": ["connection"]}, ValueError),
+        ({"drop_headers": ["x header"]}, ValueError),
     ],
 )
 async def test_a_bad_limit_is_refused_before_listening(
@@ -580,3 +739,50 @@ async def test_a_bad_limit_is_refused_before_listening(
 ) -> None:
     with trio.fail_after(5), pytest.raises(error):
         await roomkit.proxy("ws://127.0.0.1:9", port=0, **limits)
+
+
+# The command line: roomkit proxy's flags and variables for the headers.
+
+
+def proxy_args(*argv: str, **environ: str) -> argparse.Namespace:
+    return parse_args(["proxy", "ws://127.0.0.1:9000", *argv], environ)
+
+
+def test_the_header_options_have_flags_and_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        proxy_args("--help")
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--forward-headers NAMES" in shown and "env: ROOMKIT_PROXY_FORWARD_HEADERS" in shown
+    assert "--drop-headers NAMES" in shown and "env: ROOMKIT_PROXY_DROP_HEADERS" in shown
+    run = _runner(proxy_args("--forward-headers", "X-Tenant, Cookie"))
+    assert run.keywords["forward_headers"] == ("x-tenant", "cookie")
+    run = _runner(proxy_args(ROOMKIT_PROXY_DROP_HEADERS="x-forwarded-for,Forwarded"))
+    assert run.keywords["drop_headers"] == ("x-forwarded-for", "forwarded")
+    everything = proxy_args("--forward-headers=*", ROOMKIT_PROXY_FORWARD_HEADERS="cookie")
+    assert _runner(everything).keywords["forward_headers"] is None  # the flag wins
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "error"),
+    [
+        (
+            ["--forward-headers", "cookie,host"],
+            {},
+            "argument --forward-headers: expected comma-separated header names: "
+            "'host' is never passed on as it is",
+        ),
+        (
+            [],
+            {"ROOMKIT_PROXY_DROP_HEADERS": "x-a,,x-b"},
+            "environment variable ROOMKIT_PROXY_DROP_HEADERS: expected comma-separated "
+            "header names: '' is not a header name",
+        ),
+    ],
+)
+def test_a_bad_header_name_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str], environ: dict[str, str], error: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        proxy_args(*argv, **environ)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"roomkit proxy: error: {error}"
