@@ -4,7 +4,8 @@
 ``ROOMKIT_*`` environment variable (``roomkit serve --help`` lists them). ``roomkit proxy
 BACKEND_URL [options]`` forwards WebSockets to a backend, with the server's limits by
 default; its options fall back on ``ROOMKIT_PROXY_*`` variables (``roomkit proxy
---help``). Both take ``--log-level LEVEL`` and ``--log-json``.
+--help``). Both take ``--log-level LEVEL`` and ``--log-json``, and serve ``wss://``
+with ``--certfile`` and ``--keyfile``.
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ def _runner(args: argparse.Namespace) -> Any:
             WebSocketURL.parse(args.backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        return partial(proxy, args.backend, **_given(args, PROXY_OPTIONS.options))
-    ssl_context = _ssl_context(args.certfile, args.keyfile)
+        ssl_context = _ssl_context(args)
+        options = _given(args, PROXY_OPTIONS.options)
+        return partial(proxy, args.backend, ssl_context=ssl_context, **options)
+    ssl_context = _ssl_context(args)
     rooms = load_rooms(args.target)
     route = None if args.route is None else load_route(args.route)
     options = _given(args, SERVE_OPTIONS.options)
@@ -89,13 +92,16 @@ def _given(args: argparse.Namespace, options: Mapping[str, Option]) -> dict[str,
     return {name: getattr(args, name) for name, option in options.items() if option.on_command_line}
 
 
-def _ssl_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """A server-side TLS context for the certificate chain and key, if they are given."""
+    certfile: str | None = args.certfile
+    keyfile: str | None = args.keyfile
     if certfile is None and keyfile is None:
         return None
     if certfile is None or keyfile is None:
+        variables = ", ".join(map(args.env_options.variable, ("certfile", "keyfile")))
         raise UsageError(
-            "--certfile and --keyfile (ROOMKIT_CERTFILE, ROOMKIT_KEYFILE) go together; "
+            f"--certfile and --keyfile ({variables}) go together; "
             f"only {'--certfile' if keyfile is None else '--keyfile'} was given"
         )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -210,14 +216,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: ``roomkit serve``'s options that are not ``serve``'s: the files of its ``ssl_context``.
+#: The options of both commands that are not their functions': the files of the
+#: ``ssl_context``.
 _TLS_OPTIONS: Final = {
     "certfile": Option(
         default=None,
         group="TLS",
         metavar="PATH",
         shown="none: plain ws://",
-        help="PEM file of the certificate chain; with --keyfile, serves wss://",
+        help="PEM file of the certificate chain; with --keyfile, listens for wss://",
     ),
     "keyfile": Option(
         default=None,
@@ -274,6 +281,9 @@ def _serve_options(options: EnvOptions) -> EnvOptions:
 
 
 def _proxy_options(options: EnvOptions) -> EnvOptions:
-    """``roomkit proxy``'s options: ``proxy``'s, and logging."""
-    options.add_all({**PROXY_OPTIONS.options, **_LOGGING_OPTIONS})
+    """``roomkit proxy``'s options: ``proxy``'s, with the two files of its
+    ``ssl_context`` in its place, and logging."""
+    for name, option in PROXY_OPTIONS.options.items():
+        options.add_all(_TLS_OPTIONS if name == "ssl_context" else {name: option})
+    options.add_all(_LOGGING_OPTIONS)
     return options

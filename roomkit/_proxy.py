@@ -8,7 +8,10 @@ either side ending ends both.
 The client's end-to-end headers go on to the backend, but those the ``forward_headers``
 and ``drop_headers`` options leave out; the hop-by-hop ones and the handshake's never
 do, and the client's address is appended to ``X-Forwarded-For`` and ``Forwarded``
-(``_core.forwarding`` decides).
+(``_core.forwarding`` decides). With ``ssl_context``, the proxy's own listener speaks
+TLS (``wss://``), as a server's does: the TLS handshake counts against
+``handshake_timeout``, a failed one is counted and logged (at DEBUG), and a plain HTTP
+answer ends with a close_notify.
 
 What the client gets when things go wrong: plain HTTP → 426 (``/roomkit.js`` and
 ``/healthz`` are served); a request the proxy will not pass on (see ``_core.forwarding``)
@@ -29,6 +32,8 @@ the ``roomkit.proxy`` logger and counted; it never reaches the proxy's own nurse
 from __future__ import annotations
 
 import logging
+import ssl
+from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Annotated, Final, TypedDict, Unpack
 
@@ -56,6 +61,7 @@ from ._core.limits import (
 )
 from ._core.ratelimit import RateLimit
 from ._errors import first_leaf
+from ._metrics import RefusalReason
 from ._options import (
     HANDSHAKE,
     HOST,
@@ -89,6 +95,11 @@ _BACKEND_NONSENSE: Final = (
 def _check_rate_limit(name: str, value: object) -> None:
     if value is not None and not isinstance(value, RateLimit):
         raise TypeError(f"{name} must be a RateLimit or None, not {value!r}")
+
+
+def _check_ssl_context(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, ssl.SSLContext):
+        raise TypeError(f"{name} must be an ssl.SSLContext or None, not {value!r}")
 
 
 def _check_header_names(name: str, value: object) -> None:
@@ -136,7 +147,11 @@ class ProxyOptions(TypedDict, total=False):
 
     Keys:
       host, port: where to listen (port 0 picks one; see ``ProxyServer.port``).
-      handshake_timeout: seconds a client has to send its request head.
+      ssl_context: listen for ``wss://`` with this server-side context, as ``serve``'s
+        (``roomkit proxy`` makes it of ``--certfile`` and ``--keyfile``). None listens
+        for plain ``ws://``.
+      handshake_timeout: seconds a client has to finish its TLS handshake (with
+        ``ssl_context``) and send its request head.
       forward_headers: the names of the only headers of the client's passed on to the
         backend (any case), or None, the default, for every end-to-end one. A header
         the proxy never passes on (``Connection``, ``Host``...: see docs/proxy.md) is
@@ -155,6 +170,16 @@ class ProxyOptions(TypedDict, total=False):
 
     host: Annotated[str, HOST]
     port: Annotated[int, PORT]
+    ssl_context: Annotated[
+        ssl.SSLContext | None,
+        Option(
+            default=None,
+            group="TLS",
+            parse=None,
+            check=_check_ssl_context,
+            help="made of --certfile and --keyfile",
+        ),
+    ]
     handshake_timeout: Annotated[float, HANDSHAKE]
     forward_headers: Annotated[
         Collection[str] | None,
@@ -237,8 +262,9 @@ async def proxy(
         and query are appended to it.
       task_status: for ``nursery.start``, which returns a :class:`ProxyServer` once
         listening.
-      options: the keywords of :class:`ProxyOptions` (``host``, ``port``, the headers
-        passed on, the limits), each left out at its default.
+      options: the keywords of :class:`ProxyOptions` (``host``, ``port``,
+        ``ssl_context``, the headers passed on, the limits), each left out at its
+        default.
 
     What it holds is bounded by the options, and counted by
     :meth:`ProxyServer.statistics` (see :class:`ProxyStatistics`).
@@ -253,7 +279,9 @@ async def proxy(
     front = _Proxy(backend, limits)
     host = limits["host"]
     listeners = await trio.open_tcp_listeners(limits["port"], host=host)
-    running = ProxyServer(host, listeners[0].socket.getsockname()[1], front.statistics)
+    port = listeners[0].socket.getsockname()[1]
+    tls = limits["ssl_context"] is not None
+    running = ProxyServer(host, port, front.statistics, tls=tls)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(accept_loop, listener, nursery, front.serve_client)
@@ -270,17 +298,20 @@ class ProxyServer:
       host: the address it listens on.
       port: the bound port (useful with ``port=0``); with several listeners (a
         ``host`` of several addresses), the first one's.
+      tls: whether it speaks TLS (``wss://``): whether it was given an ``ssl_context``.
     """
 
     host: str
     port: int
     _statistics: Callable[[], ProxyStatistics] = attrs.field(alias="statistics", repr=False)
+    tls: bool = attrs.field(default=False, kw_only=True)
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
 
     @property
     def url(self) -> str:
-        """The base WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:8080``."""
-        return base_url(self.host, self.port, secure=False)
+        """The base WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:8080``
+        (``wss://`` with TLS)."""
+        return base_url(self.host, self.port, secure=self.tls)
 
     def shutdown(self) -> None:
         """Stop the proxy as if it were cancelled; ``proxy`` then returns.
@@ -307,6 +338,8 @@ class _Proxy:
         self._clients: set[ProxyClient] = set()  # every TCP connection being served
         self._forwarding = 0  # of which WebSockets, counted against max_connections
         self.failures = 0  # connections ended by an unexpected error
+        #: Clients dropped before their request head: a failed TLS handshake, a timeout.
+        self.dropped: Counter[RefusalReason] = Counter()
 
     def statistics(self) -> ProxyStatistics:
         clients = self._clients
@@ -326,6 +359,7 @@ class _Proxy:
             async with stream:
                 try:
                     await self._answer(client)
+                    await client.end()
                 except* GONE:
                     pass  # the client left; nothing to tell it
                 except* Exception:
@@ -333,14 +367,20 @@ class _Proxy:
                     fields = client.fields() | {"failures": self.failures}
                     logger.exception("proxy: %s failed", client.id, extra=fields)
                     await client.fail()
+                    await client.end()
         finally:
             self._clients.discard(client)
 
     async def _answer(self, client: ProxyClient) -> None:
-        timeout = self._limits["handshake_timeout"]
-        _, read, _ = await read_request(None, timeout, client.stream)
+        limits = self._limits
+        secured, read, failure = await read_request(
+            limits["ssl_context"], limits["handshake_timeout"], client.stream
+        )
+        client.stream = secured
         if read is None:
-            return  # silent, slow or gone: nobody to answer
+            if failure is not None:
+                self._dropped(client, failure)
+            return  # silent, slow, gone, or not speaking TLS: nobody to answer
         if isinstance(read, Response):
             answer: Response | bytes = read
         else:
@@ -360,6 +400,17 @@ class _Proxy:
             await self._forward(client, head, answer)
         finally:
             self._forwarding -= 1
+
+    def _dropped(self, client: ProxyClient, reason: RefusalReason) -> None:
+        """Count a client dropped before its request head, and log it (at DEBUG, as a
+        server does: anyone can send these)."""
+        self.dropped[reason] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            fields = client.fields() | {"reason": reason, "dropped": self.dropped[reason]}
+            address = fields["remote"]
+            logger.debug(
+                "proxy: handshake from %s refused: dropped %s", address, reason, extra=fields
+            )
 
     async def _forward(self, client: ProxyClient, head: RequestHead, accept: bytes) -> None:
         """Open the backend's side, then answer the client: 101, or the backend's refusal."""

@@ -1,8 +1,9 @@
 """One client of ``proxy``: its connection, what it holds, and the frames pumped both ways.
 
 A :class:`ProxyClient` is what the proxy keeps of a client's TCP connection: its id and
-address for the logs, the message it is receiving, its token bucket, and the bytes it
-is owed; its writes go one at a time, since both pumps write to it. :func:`pump` moves
+address for the logs, the stream it speaks on (through TLS if need be), the message it
+is receiving, its token bucket, and the bytes it is owed; its writes go one at a time,
+since both pumps write to it. :func:`pump` moves
 frames between it and the backend's WebSocket until either side closes, and passes
 the close on to the other.
 """
@@ -40,6 +41,8 @@ __all__ = ["GONE", "RECEIVE_BYTES", "ProxyClient", "pump"]
 RECEIVE_BYTES: Final = 64 * 1024
 #: What a stream raises once its peer has gone.
 GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+#: Seconds a plain-HTTP answer over TLS may take to send its close_notify, as a server's.
+TLS_CLOSE_TIMEOUT: Final = 1.0
 #: The close for a client that keeps sending into an empty token bucket, as a server's.
 _FLOODED: Final = (int(CloseCode.POLICY_VIOLATION), "rate limit exceeded")
 
@@ -48,18 +51,20 @@ class ProxyClient:
     """One client's TCP connection through the proxy: what it holds, and its writes.
 
     Its messages are of at most ``max_message_size`` bytes, and its messages and pings
-    take tokens of ``rate`` (None: no limit).
+    take tokens of ``rate`` (None: no limit). It speaks on ``stream`` until the proxy
+    replaces it with its TLS layer.
     """
 
     def __init__(
         self, stream: trio.SocketStream, max_message_size: int, rate: RateLimit | None
     ) -> None:
         self.id: Final = connection_id()
-        self.stream: Final = stream
+        self.stream: trio.abc.Stream = stream
         self.remote: Final = remote_address(stream)
         self.target: str | None = None  # once its request head is read
         self.ws: WSConnection | None = None  # once it is being forwarded
         self.answered = False  # whether an HTTP response (101 or refusal) went out
+        self.upgraded = False  # whether that response was the 101
         self.message: Final = MessageAssembler(max_message_size)
         self.bucket: TokenBucket | None = (
             None if rate is None else TokenBucket(rate, trio.current_time())
@@ -97,7 +102,16 @@ class ProxyClient:
     async def respond(self, answer: Response | bytes) -> None:
         """Answer the request head: a refusal, or the 101 that opens the WebSocket."""
         self.answered = True
+        self.upgraded = isinstance(answer, bytes)
         await self.write(answer if isinstance(answer, bytes) else answer.to_bytes())
+
+    async def end(self) -> None:
+        """After a plain HTTP answer over TLS, end TLS properly, with a close_notify
+        rather than a bare EOF, as a server does (and, as a server's, a WebSocket's
+        connection ends without one)."""
+        if isinstance(self.stream, trio.SSLStream) and self.answered and not self.upgraded:
+            with trio.move_on_after(TLS_CLOSE_TIMEOUT), contextlib.suppress(*GONE):
+                await self.stream.aclose()
 
     async def fail(self) -> None:
         """Tell the client, as far as it can still be told, that the proxy gave up on it."""
@@ -127,7 +141,7 @@ async def _client_to_backend(
     try:
         while True:
             data = await client.stream.receive_some(RECEIVE_BYTES)
-            ws.receive_data(data or None)
+            ws.receive_data(bytes(data) or None)
             for event in ws.events():
                 close = await _from_client(client, upstream, event)
                 if close is not None:
@@ -217,7 +231,7 @@ async def _await_answer(client: ProxyClient) -> None:
             data = await client.stream.receive_some(RECEIVE_BYTES)
             if not data:
                 return
-            ws.receive_data(data)
+            ws.receive_data(bytes(data))
             for _ in ws.events():
                 pass
 

@@ -398,6 +398,7 @@ def test_proxy_limits_default_to_the_servers_and_have_flags_and_variables() -> N
     assert run.keywords == {
         "host": "127.0.0.1",
         "port": 8080,
+        "ssl_context": None,
         "handshake_timeout": 10.0,
         "forward_headers": None,
         "drop_headers": (),

@@ -103,6 +103,7 @@ def test_the_defaults_are_those_documented() -> None:
     assert proxy == {
         "host": "127.0.0.1",
         "port": 8080,
+        "ssl_context": None,
         "handshake_timeout": 10.0,
         "forward_headers": None,
         "drop_headers": (),

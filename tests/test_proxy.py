@@ -30,7 +30,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 import roomkit
 import roomkit._proxyclient
 from roomkit._accept import MAX_HEAD
-from roomkit._cli import _runner, parse_args
+from roomkit._cli import _runner, main, parse_args
 from roomkit._core.frames import encode_message
 from roomkit._core.ratelimit import FLOOD_SECONDS
 
@@ -732,6 +732,7 @@ async def test_what_a_client_that_does_not_read_costs_is_one_frame(
         ({"forward_headers": ["Host"]}, ValueError),  # never passed on as it is
         ({"forward_headers": ["connection"]}, ValueError),
         ({"drop_headers": ["x header"]}, ValueError),
+        ({"ssl_context": "cert.pem"}, TypeError),
     ],
 )
 async def test_a_bad_limit_is_refused_before_listening(
@@ -754,6 +755,8 @@ def test_the_header_options_have_flags_and_variables(capsys: pytest.CaptureFixtu
     shown = " ".join(capsys.readouterr().out.split())
     assert "--forward-headers NAMES" in shown and "env: ROOMKIT_PROXY_FORWARD_HEADERS" in shown
     assert "--drop-headers NAMES" in shown and "env: ROOMKIT_PROXY_DROP_HEADERS" in shown
+    assert "--certfile PATH" in shown and "env: ROOMKIT_PROXY_CERTFILE" in shown
+    assert "--keyfile PATH" in shown and "env: ROOMKIT_PROXY_KEYFILE" in shown
     run = _runner(proxy_args("--forward-headers", "X-Tenant, Cookie"))
     assert run.keywords["forward_headers"] == ("x-tenant", "cookie")
     run = _runner(proxy_args(ROOMKIT_PROXY_DROP_HEADERS="x-forwarded-for,Forwarded"))
@@ -786,3 +789,13 @@ def test_a_bad_header_name_is_a_usage_error(
         proxy_args(*argv, **environ)
     assert info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"roomkit proxy: error: {error}"
+
+
+def test_a_certfile_without_a_keyfile_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["proxy", "ws://127.0.0.1:9000", "--certfile", "cert.pem"])
+    assert info.value.code == 2
+    together = "--certfile and --keyfile (ROOMKIT_PROXY_CERTFILE, ROOMKIT_PROXY_KEYFILE)"
+    assert f"{together} go together; only --certfile was given" in capsys.readouterr().err

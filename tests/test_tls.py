@@ -1,14 +1,17 @@
 """TLS: ``wss://`` with a certificate from a throwaway CA (trustme), over real sockets.
 
-Clients: trio-websocket's, the ``websockets`` package's and ``roomkit.connect``; the
-command line's ``--certfile``/``--keyfile`` in one subprocess.
+Served by ``serve`` and by ``proxy``'s own listener. Clients: trio-websocket's, the
+``websockets`` package's and ``roomkit.connect``; the command line's
+``--certfile``/``--keyfile`` in a subprocess, for each command.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from websockets.sync.client import connect
 
 import roomkit
 
-from .helpers import Start, open_client, roomkit_serve
+from .helpers import Start, open_client, roomkit_command, roomkit_serve
 
 
 @pytest.fixture(scope="module")
@@ -191,4 +194,140 @@ def test_cli_serves_wss_with_certfile_and_keyfile(
     with roomkit_serve("examples.chat:ChatRoom", *options) as (_, url):
         assert url.startswith("wss://127.0.0.1:")
         with connect(f"{url}/lobby?userId=ann", ssl=client_context) as ws:
+            assert '"type": "welcome"' in str(ws.recv(timeout=5))
+
+
+# The proxy's own listener.
+
+
+async def start_proxy(nursery: trio.Nursery, backend: str, **kwargs: Any) -> roomkit.ProxyServer:
+    front: roomkit.ProxyServer = await nursery.start(
+        partial(roomkit.proxy, backend, port=0, **kwargs)
+    )
+    return front
+
+
+async def test_a_proxy_listens_for_wss_with_an_ssl_context(
+    start: Start,
+    nursery: trio.Nursery,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+) -> None:
+    backend = await start(Chorus)
+    front = await start_proxy(nursery, backend.url, ssl_context=server_context)
+    assert front.tls and front.url == f"wss://127.0.0.1:{front.port}"
+
+    def talk() -> list[Any]:
+        with connect(f"{front.url}/r", ssl=client_context, open_timeout=5) as ws:
+            greeting = json.loads(ws.recv(timeout=5))
+            ws.send("hello")
+            ws.send("burst 3")
+            return [greeting, *(ws.recv(timeout=5) for _ in range(4))]
+
+    greeting, *replies = await trio.to_thread.run_sync(talk)
+    assert greeting["remote"][0] == "127.0.0.1"  # the proxy's address, as the backend sees it
+    assert replies[0] == "echo hello" and [r[:4] for r in replies[1:]] == ["0000", "0001", "0002"]
+    async with open_client(f"{front.url}/r", client_context) as ws:  # trio-websocket's too
+        with trio.fail_after(5):
+            assert "remote" in json.loads(await ws.get_message())
+            await ws.send_message("hi")
+            assert await ws.get_message() == "echo hi"
+
+
+async def read_to_the_end(
+    front: roomkit.ProxyServer, client_context: ssl.SSLContext, request: bytes
+) -> bytes:
+    """Send ``request`` over TLS and read the answer to its end, which must be a
+    close_notify: a bare EOF would raise BrokenResourceError."""
+    tls = trio.SSLStream(
+        await trio.open_tcp_stream("127.0.0.1", front.port),
+        client_context,
+        server_hostname="127.0.0.1",
+    )
+    async with tls:
+        await tls.send_all(request)
+        answer = b""
+        with trio.fail_after(5):
+            while data := await tls.receive_some():
+                answer += data
+    return answer
+
+
+async def test_plain_http_to_the_proxys_tls_port_is_dropped_counted_and_logged(
+    start: Start,
+    nursery: trio.Nursery,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "roomkit.proxy")
+    backend = await start(Chorus)
+    front = await start_proxy(nursery, backend.url, ssl_context=server_context)
+    for _ in range(2):
+        stream = await trio.open_tcp_stream("127.0.0.1", front.port)
+        async with stream:
+            await stream.send_all(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
+            with trio.fail_after(5):
+                data = await stream.receive_some()
+            assert b"HTTP/1.1" not in data  # a TLS alert at most, then the end
+    # Plain HTTP answers over TLS end with a close_notify.
+    health = await read_to_the_end(
+        front, client_context, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert health.startswith(b"HTTP/1.1 200 ") and health.endswith(b"ok")
+    refused = await read_to_the_end(
+        front,
+        client_context,
+        b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 12\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    assert refused.startswith(b"HTTP/1.1 426 ")
+    dropped = [r for r in caplog.records if r.name == "roomkit.proxy"]
+    assert [(r.levelname, r.__dict__["reason"], r.__dict__["dropped"]) for r in dropped] == [
+        ("DEBUG", "tls", 1),
+        ("DEBUG", "tls", 2),
+    ]
+    assert dropped[0].getMessage() == (
+        f"proxy: handshake from {dropped[0].__dict__['remote']} refused: dropped tls"
+    )
+
+
+async def test_a_client_that_never_finishes_tls_with_the_proxy_is_dropped_in_time(
+    nursery: trio.Nursery,
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "roomkit.proxy")
+    front = await start_proxy(
+        nursery, "ws://127.0.0.1:9", ssl_context=server_context, handshake_timeout=3
+    )
+    # A ClientHello, then silence: the proxy answers and waits for the rest.
+    tls = client_context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    stream = await trio.open_tcp_stream("127.0.0.1", front.port)
+    async with stream:
+        began = trio.current_time()
+        await stream.send_all(outgoing.read())
+        with trio.fail_after(10):
+            while await stream.receive_some():
+                pass  # the proxy's hello
+        assert trio.current_time() - began == 3
+    [record] = [r for r in caplog.records if r.name == "roomkit.proxy"]
+    assert (record.__dict__["reason"], record.__dict__["dropped"]) == ("timeout", 1)
+
+
+def test_cli_proxy_listens_for_wss_with_certfile_and_keyfile(
+    pem_files: tuple[Path, Path], client_context: ssl.SSLContext
+) -> None:
+    certfile, keyfile = pem_files
+    files = ("--certfile", str(certfile), "--keyfile", str(keyfile))
+    with (
+        roomkit_serve("examples.chat:ChatRoom", "--storage", ":memory:") as (_, backend),
+        roomkit_command("proxy", backend, "--port", "0", *files) as (_, url),
+    ):
+        assert url.startswith("wss://127.0.0.1:")
+        with connect(f"{url}/lobby?userId=ann", ssl=client_context, open_timeout=10) as ws:
             assert '"type": "welcome"' in str(ws.recv(timeout=5))
