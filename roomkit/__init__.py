@@ -21,6 +21,7 @@ from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
 from ._errors import StorageError as StorageError
 from ._protocol import Protocol as Protocol
+from ._protocol import wire_name as wire_name
 from ._proxy import ProxyOptions as ProxyOptions
 from ._proxy import ProxyServer as ProxyServer
 from ._proxy import proxy as proxy
@@ -63,6 +64,7 @@ __all__ = [
     "proxy",
     "serve",
     "storage",
+    "wire_name",
 ]
 
 if not TYPE_CHECKING:  # to a type checker a removed name is simply missing

@@ -7,21 +7,25 @@ writes, which must not depend on which rooms happen to be imported.
 
 Strict means that no value is converted from one JSON type to another, but for an
 integer where a float is expected: a number is never a string, ``true`` never an int,
-a string never a list of characters. Unstructuring is cattrs' own, untouched. Pure: no
-I/O.
+a string never a list of characters. Unstructuring is cattrs' own, untouched.
+
+:func:`name_fields` gives a protocol's converter its field names on the wire: hooks for
+every attrs class that read and write each field under the name the protocol gives it,
+and name that field so in decode errors. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
 import cattrs
 import cattrs.gen
+from cattrs.errors import AttributeValidationNote, ClassValidationError
 
-__all__ = ["json_type_name", "make_converter"]
+__all__ = ["json_type_name", "make_converter", "name_fields"]
 
 _JSON_NAMES: Final[Mapping[type, str]] = {
     str: "a string",
@@ -81,6 +85,56 @@ def _strict_array_factory(tp: Any, conv: cattrs.Converter) -> Any:
 def _strict_attrs_factory(cls: Any, conv: cattrs.Converter) -> Any:
     """Structure hooks for attrs classes that say so when given something not an object."""
     return _only(dict, "an object", cattrs.gen.make_dict_structure_fn(cls, conv))
+
+
+def name_fields(conv: cattrs.Converter, wire_names: Callable[[type], Mapping[str, str]]) -> None:
+    """Make ``conv`` read and write every attrs class's fields under their wire names.
+
+    ``wire_names(cls)`` maps the Python names of ``cls``'s fields to their names on the
+    wire, for those that differ. The hooks replace, for attrs classes, every hook factory
+    registered on ``conv`` before (another protocol's naming, copied with its converter,
+    included); a hook registered for a class itself still takes precedence, and so does a
+    factory registered later. Decoding stays strict, and a decode error names a field by
+    its wire name.
+    """
+
+    def structure_fn(cls: Any, conv: cattrs.Converter) -> Any:
+        names = wire_names(cls)
+        base = cattrs.gen.make_dict_structure_fn(cls, conv, **_renames(names))
+        return _only(dict, "an object", _wire_errors(base, names) if names else base)
+
+    def unstructure_fn(cls: Any, conv: cattrs.Converter) -> Any:
+        return cattrs.gen.make_dict_unstructure_fn(
+            cls, conv, _cattrs_omit_if_default=conv.omit_if_default, **_renames(wire_names(cls))
+        )
+
+    conv.register_structure_hook_factory(attrs.has, structure_fn)
+    conv.register_unstructure_hook_factory(attrs.has, unstructure_fn)
+
+
+def _renames(names: Mapping[str, str]) -> dict[str, Any]:
+    return {name: cattrs.gen.override(rename=wire) for name, wire in names.items()}
+
+
+def _wire_errors(base: Any, names: Mapping[str, str]) -> Any:
+    """``base``, a structure hook, with the fields its errors name renamed by ``names``."""
+
+    def structure(value: Any, t: Any) -> Any:
+        try:
+            return base(value, t)
+        except ClassValidationError as exc:
+            for error in exc.exceptions:
+                notes = getattr(error, "__notes__", [])
+                error.__notes__ = [_renamed(note, names) for note in notes]
+            raise
+
+    return structure
+
+
+def _renamed(note: Any, names: Mapping[str, str]) -> Any:
+    if isinstance(note, AttributeValidationNote) and note.name in names:
+        return AttributeValidationNote(note, names[note.name], note.type)
+    return note
 
 
 def _only(json_type: type, described: str, base: Any) -> Any:

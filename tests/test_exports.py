@@ -35,6 +35,7 @@ def test_public_names() -> None:
         "proxy",
         "serve",
         "storage",
+        "wire_name",
     ]
     for name in set(roomkit.__all__) - {"storage"}:
         assert getattr(roomkit, name).__module__.startswith("roomkit._")

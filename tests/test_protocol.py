@@ -1,7 +1,10 @@
-"""The message codec (pure), and what a client gets for bad input (real sockets)."""
+"""The message codec (pure), what a client gets for bad input (real sockets), and the
+guide's typed protocol in a room driven through roomkit.testing (in memory,
+``autojump_clock``)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import typing
 from typing import Any
@@ -12,14 +15,15 @@ import trio
 
 import roomkit
 from roomkit._converter import make_converter
-from roomkit._protocol import MessageSet, type_tag
+from roomkit._protocol import MessageSet, error_message, type_tag
+from roomkit.testing import open_test_server
 
 from .helpers import Start, open_client, receive_json
 
 
 def message_set(classes: Any) -> MessageSet:
     """One side of a protocol, with a strict converter of its own."""
-    return MessageSet(classes, make_converter())
+    return roomkit.Protocol(client=classes, server=classes).client
 
 
 @attrs.frozen
@@ -148,7 +152,7 @@ def test_bad_message_sets_are_refused() -> None:
     class Typed:
         type: str
 
-    with pytest.raises(TypeError, match="has a field named 'type'"):
+    with pytest.raises(TypeError, match="Typed has a field named 'type': that is the tag"):
         message_set(Typed)
     with pytest.raises(TypeError, match="is not an attrs class"):
         message_set(int)
@@ -274,3 +278,415 @@ def test_the_process_wide_converter_is_gone_with_a_pointer() -> None:
         roomkit.converter  # type: ignore[attr-defined]  # noqa: B018
     with pytest.raises(AttributeError, match="module 'roomkit' has no attribute 'nothing'"):
         roomkit.nothing  # type: ignore[attr-defined]  # noqa: B018
+
+
+# Wire names: of message types, and of fields.
+
+# The typed protocol of Cloudflare's WebSockets guide. Client: chat{message}, typing,
+# ping. Server: chat{from, message, timestamp}, typing{userId}, pong, user_joined{userId},
+# user_left{userId}, error{message}.
+
+
+@attrs.frozen
+class SendChat:
+    message: str
+
+
+@attrs.frozen
+class Typing:
+    pass
+
+
+@attrs.frozen
+class Ping:
+    pass
+
+
+@attrs.frozen
+class ChatPosted:
+    from_: str
+    message: str
+    timestamp: int
+
+
+@attrs.frozen
+class UserTyping:
+    user_id: str
+
+
+@attrs.frozen
+class Pong:
+    pass
+
+
+@attrs.frozen
+class Joined:
+    user_id: str
+
+
+@attrs.frozen
+class Left:
+    user_id: str
+
+
+@attrs.frozen
+class Error:
+    message: str
+
+
+GUIDE = roomkit.Protocol(
+    client={"chat": SendChat, "typing": Typing, "ping": Ping},
+    server={
+        "chat": ChatPosted,
+        "typing": UserTyping,
+        "pong": Pong,
+        "user_joined": Joined,
+        "user_left": Left,
+        "error": Error,
+    },
+    field_names="camelCase",
+)
+
+
+def test_a_mapping_names_each_message_type() -> None:
+    assert GUIDE.client.classes == (SendChat, Typing, Ping)
+    assert GUIDE.client.encode(SendChat("hi")) == '{"type": "chat", "message": "hi"}'
+    assert GUIDE.client.decode('{"type": "typing"}') == Typing()
+    with pytest.raises(roomkit.DecodeError, match=r"expected one of: chat, typing, ping$"):
+        GUIDE.client.decode('{"type": "send_chat", "message": "hi"}')
+
+
+def test_a_client_and_a_server_type_may_share_a_wire_name() -> None:
+    posted = ChatPosted(from_="ann", message="hi", timestamp=1700000000000)
+    text = '{"type": "chat", "from": "ann", "message": "hi", "timestamp": 1700000000000}'
+    assert GUIDE.server.encode(posted) == text
+    assert GUIDE.server.decode(text) == posted
+    assert GUIDE.client.decode(text) == SendChat("hi")
+    assert GUIDE.server.encode(Joined("ann")) == '{"type": "user_joined", "userId": "ann"}'
+
+
+@pytest.mark.parametrize(
+    ("classes", "error", "match"),
+    [
+        ({}, ValueError, "a mapping of message classes must name at least one"),
+        ({1: Chat}, TypeError, "a message type's wire name must be a str, not int"),
+        ({"": Chat}, ValueError, "wire name must be a non-empty string .*, not ''"),
+        ({" chat": Chat}, ValueError, "with no space at either end, not ' chat'"),
+        ({"chat\n": Chat}, ValueError, "of printable characters.*, not 'chat\\\\n'"),
+        ({"a": Chat, "b": Move, "c": Chat}, ValueError, "Chat is listed twice, as 'a' and 'c'"),
+        ({"chat": int}, TypeError, "<class 'int'> is not an attrs class"),
+        ({"chat": "Chat"}, TypeError, "'chat' must name an attrs class, not 'Chat'"),
+        ({"chat": Chat(1)}, TypeError, "'chat' must name an attrs class, not Chat"),
+    ],
+)
+def test_bad_mappings_are_refused(classes: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        roomkit.Protocol(client=classes, server=Chat)
+    with pytest.raises(error, match=match):
+        roomkit.Protocol(client=Chat, server=classes)
+
+
+@attrs.frozen
+class Keywords:
+    from_: str
+    class_: int = 0
+    id_: str = ""  # not a keyword: it keeps its underscore
+
+
+def test_a_keyword_field_travels_as_the_keyword() -> None:
+    messages = message_set(Keywords)
+    text = '{"type": "keywords", "from": "ann", "class": 2, "id_": "x"}'
+    assert messages.encode(Keywords("ann", 2, "x")) == text
+    assert messages.decode(text) == Keywords("ann", 2, "x")
+    with pytest.raises(roomkit.DecodeError, match=r"field 'from' is missing$"):
+        messages.decode('{"type": "keywords", "from_": "ann"}')
+
+
+@attrs.frozen
+class Spot:
+    x_pos: float
+    label: str = attrs.field(default="", metadata=roomkit.wire_name("name"))
+
+
+@attrs.frozen
+class Named:
+    sender: str = attrs.field(metadata=roomkit.wire_name("from"))
+    room_id: str = attrs.field(metadata={**roomkit.wire_name("room-id"), "doc": "kept"})
+    spots: list[Spot] = attrs.Factory(list)
+
+
+def test_wire_name_metadata_names_a_field_in_every_protocol() -> None:
+    message = Named("ann", "r1", [Spot(1.0, "here")])
+    for field_names in (None, "camelCase"):
+        messages = roomkit.Protocol(client=Named, server=Named, field_names=field_names).client
+        assert json.loads(messages.encode(message)) == {
+            "type": "named",
+            "from": "ann",
+            "room-id": "r1",
+            "spots": [{"xPos" if field_names else "x_pos": 1.0, "name": "here"}],
+        }
+        assert messages.decode(messages.encode(message)) == message
+    assert attrs.fields(Named).room_id.metadata["doc"] == "kept"
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "match"),
+    [
+        (7, TypeError, "a field's wire name must be a str, not int"),
+        ("", ValueError, "a field's wire name must be a non-empty string"),
+        ("from ", ValueError, "no space at either end, not 'from '"),
+    ],
+)
+def test_a_bad_wire_name_is_refused(name: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        roomkit.wire_name(name)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ('{"type": "named", "room-id": "r"}', "invalid 'named' message: field 'from' is missing"),
+        (
+            '{"type": "named", "from": 1, "room-id": "r"}',
+            "invalid 'named' message: field 'from' must be a string, not an integer",
+        ),
+        (
+            '{"type": "named", "from": "a", "room-id": "r", "spots": [{"xPos": 1}, {"name": 2}]}',
+            "invalid 'named' message: field 'spots[1].xPos' is missing; "
+            "field 'spots[1].name' must be a string, not an integer",
+        ),
+        (
+            '{"type": "chat", "from": "a", "message": "m", "timestamp": 1.5}',
+            "invalid 'chat' message: field 'timestamp' must be an integer, not a number",
+        ),
+        (
+            '{"type": "typing", "user_id": "a"}',
+            "invalid 'typing' message: field 'userId' is missing",
+        ),
+    ],
+)
+def test_decode_errors_name_fields_as_the_peer_sent_them(data: str, error: str) -> None:
+    messages = roomkit.Protocol(
+        client=Named,
+        server={"named": Named, "chat": ChatPosted, "typing": UserTyping},
+        field_names="camelCase",
+    ).server
+    with pytest.raises(roomkit.DecodeError) as info:
+        messages.decode(data)
+    assert str(info.value) == error
+
+
+@attrs.frozen
+class Cased:
+    user_id: str
+    target_user_id: str = ""
+    x2_y: int = 0
+    _secret: str = ""
+    a__b: int = 0
+
+
+def test_camel_case_field_names() -> None:
+    messages = roomkit.Protocol(client=Cased, server=Cased, field_names="camelCase").client
+    message = Cased("u", "t", 2, "s", 3)
+    text = (
+        '{"type": "cased", "userId": "u", "targetUserId": "t", "x2Y": 2, "_secret": "s", "a__b": 3}'
+    )
+    assert messages.encode(message) == text
+    assert messages.decode(text) == message
+
+
+def test_field_names_may_be_a_function_of_the_python_name() -> None:
+    seen: list[str] = []
+
+    def upper(name: str) -> str:
+        seen.append(name)
+        return name.upper()
+
+    messages = roomkit.Protocol(client=Keywords | Named, server=Chat, field_names=upper).client
+    assert (
+        messages.encode(Keywords("ann"))
+        == '{"type": "keywords", "FROM": "ann", "CLASS": 0, "ID_": ""}'
+    )
+    assert messages.decode('{"type": "keywords", "FROM": "b"}') == Keywords("b")
+    assert {"from", "class", "id_", "spots", "x_pos"} <= set(seen)
+    assert {"from_", "sender", "room_id", "label"}.isdisjoint(seen)  # keyword; wire_name
+
+
+@pytest.mark.parametrize(
+    ("field_names", "error", "match"),
+    [
+        (
+            "snake_case",
+            ValueError,
+            "field_names must be one of 'camelCase' or a function, not 'snake_case'",
+        ),
+        (3, TypeError, "field_names must be a str or a function, not int"),
+        (lambda name: "", ValueError, r"field_names\('text'\) for Chat must be a non-empty string"),
+        (lambda name: 5, TypeError, r"field_names\('text'\) for Chat must be a str, not int"),
+        (lambda name: "same", ValueError, "Chat.text and Chat.count share the wire name 'same'"),
+        (
+            lambda name: "type" if name == "text" else name,
+            TypeError,
+            "Chat has a field 'text' that travels as 'type'",
+        ),
+    ],
+)
+def test_bad_field_names_are_refused(field_names: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        roomkit.Protocol(client=Chat, server=Chat, field_names=field_names)
+
+
+@attrs.frozen
+class Clash:
+    to: str
+    target: str = attrs.field(default="", metadata=roomkit.wire_name("to"))
+
+
+@attrs.frozen
+class HoldsClash:
+    inner: Clash | None = None
+
+
+@attrs.frozen
+class Kind:
+    type: str = attrs.field(metadata=roomkit.wire_name("kind"))
+
+
+@attrs.frozen
+class Tagged:
+    kind: str = attrs.field(metadata=roomkit.wire_name("type"))
+
+
+def test_a_field_may_be_named_type_only_off_the_wire() -> None:
+    messages = message_set(Kind)
+    assert messages.encode(Kind("a")) == '{"type": "kind", "kind": "a"}'
+    with pytest.raises(
+        TypeError, match="Tagged has a field 'kind' that travels as 'type': that is the tag"
+    ):
+        message_set(Tagged)
+
+
+def test_two_fields_with_one_wire_name_are_refused_nested_ones_too() -> None:
+    with pytest.raises(ValueError, match=r"Clash\.to and Clash\.target share the wire name 'to'"):
+        message_set(Clash)
+    with pytest.raises(ValueError, match=r"Clash\.to and Clash\.target share the wire name 'to'"):
+        roomkit.Protocol(client=Chat, server=HoldsClash)
+
+
+def test_protocols_naming_one_class_differently_do_not_interfere() -> None:
+    camel = roomkit.Protocol(client=Joined, server=Joined, field_names="camelCase")
+    plain = roomkit.Protocol(client=Joined, server=Joined)
+    copied = roomkit.Protocol(client=Joined, server=Joined, converter=camel.converter)
+    for _ in range(2):  # and after their hooks are cached
+        assert camel.server.encode(Joined("a")) == '{"type": "joined", "userId": "a"}'
+        assert plain.server.encode(Joined("a")) == '{"type": "joined", "user_id": "a"}'
+        assert copied.server.encode(Joined("a")) == '{"type": "joined", "user_id": "a"}'
+        assert camel.client.decode('{"type": "joined", "userId": "b"}') == Joined("b")
+        assert plain.client.decode('{"type": "joined", "user_id": "b"}') == Joined("b")
+    with pytest.raises(roomkit.DecodeError, match="field 'user_id' is missing"):
+        plain.client.decode('{"type": "joined", "userId": "b"}')
+
+
+@attrs.frozen
+class Stamp:
+    at: datetime.datetime
+
+
+@attrs.frozen
+class Stamped:
+    user_id: str
+    stamp: Stamp
+    when: datetime.datetime
+
+
+def test_hooks_of_a_given_converter_still_apply_beside_the_names() -> None:
+    given = make_converter()
+    given.register_unstructure_hook(datetime.datetime, datetime.datetime.isoformat)
+    given.register_structure_hook(
+        datetime.datetime, lambda value, _: datetime.datetime.fromisoformat(value)
+    )
+    given.register_unstructure_hook(Stamp, lambda stamp: stamp.at.timestamp())
+    given.register_structure_hook(
+        Stamp, lambda value, _: Stamp(datetime.datetime.fromtimestamp(value, datetime.UTC))
+    )
+    protocol = roomkit.Protocol(
+        client=Stamped, server=Stamped, converter=given, field_names="camelCase"
+    )
+    at = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    text = (
+        '{"type": "stamped", "userId": "a", "stamp": 1767312000.0, '
+        '"when": "2026-01-02T00:00:00+00:00"}'
+    )
+    assert protocol.server.encode(Stamped("a", Stamp(at), at)) == text
+    assert protocol.client.decode(text) == Stamped("a", Stamp(at), at)
+
+
+def test_roomkits_error_replies_decode_as_a_servers_own_error_class() -> None:
+    for reply in (error_message("malformed JSON"), error_message("slow down", code="rate_limited")):
+        assert isinstance(GUIDE.server.decode(reply), Error)
+    assert GUIDE.server.decode(error_message("no")) == Error("no")
+
+
+class GuideRoom(roomkit.Room):
+    """The guide's ProtocolRoom: user ids from ``?userId=``, time from Trio's clock."""
+
+    protocol = GUIDE
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.attachment = request.query.get("userId", "anonymous")
+        self.broadcast(Joined(conn.attachment), exclude=[conn])
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        user = conn.attachment
+        if isinstance(message, SendChat):
+            millis = int(trio.current_time() * 1000)
+            self.broadcast(ChatPosted(from_=user, message=message.message, timestamp=millis))
+        elif isinstance(message, Typing):
+            self.broadcast(UserTyping(user), exclude=[conn])
+        else:
+            conn.send(Pong())
+
+    async def on_close(
+        self, conn: roomkit.Connection, code: int, reason: str, was_clean: bool
+    ) -> None:
+        self.broadcast(Left(conn.attachment), exclude=[conn])
+
+
+async def test_a_room_speaks_the_guides_protocol(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(GuideRoom) as server, server.connect("/r?userId=ann") as ann:
+        async with server.connect("/r?userId=bob") as bob:
+            assert await ann.receive() == {"type": "user_joined", "userId": "bob"}
+            await trio.sleep(1.5)
+            await bob.send({"type": "chat", "message": "hi"})
+            posted = {"type": "chat", "from": "bob", "message": "hi", "timestamp": 1500}
+            assert await ann.receive() == posted
+            assert await bob.receive() == posted
+            await ann.send(Typing())
+            assert await bob.receive() == {"type": "typing", "userId": "ann"}
+            await bob.send({"type": "ping"})
+            assert await bob.receive() == {"type": "pong"}
+            await bob.send({"type": "chat", "text": "hi"})
+            reply = await bob.receive_text()
+            assert reply == error_message("invalid 'chat' message: field 'message' is missing")
+            assert GUIDE.server.decode(reply) == Error(
+                "invalid 'chat' message: field 'message' is missing"
+            )
+            await ann.receive_nothing()
+        assert await ann.receive() == {"type": "user_left", "userId": "bob"}
+
+
+async def test_roomkits_client_receives_error_replies_as_the_servers_error_class(
+    start: Start,
+) -> None:
+    server = await start(GuideRoom)
+    async with roomkit.connect(f"{server.url}/r?userId=ann", protocol=GUIDE) as client:
+        await client.send('{"type": "chat"}')
+        with trio.fail_after(5):
+            assert await client.receive() == Error(
+                "invalid 'chat' message: field 'message' is missing"
+            )
+        await client.send(SendChat("hi"))
+        with trio.fail_after(5):
+            posted = await client.receive()
+        assert isinstance(posted, ChatPosted)
+        assert (posted.from_, posted.message) == ("ann", "hi")
