@@ -9,6 +9,9 @@ from . import storage as storage
 from ._client import Client as Client
 from ._client import ErrorMessage as ErrorMessage
 from ._client import connect as connect
+from ._clientevents import CloseEvent as CloseEvent
+from ._clientevents import OpenEvent as OpenEvent
+from ._clientevents import ReconnectEvent as ReconnectEvent
 from ._closecodes import CloseCode as CloseCode
 from ._connection import Connection as Connection
 from ._connection import ConnectionState as ConnectionState
@@ -40,16 +43,19 @@ __all__ = [
     "Client",
     "ClientClosed",
     "CloseCode",
+    "CloseEvent",
     "Connection",
     "ConnectionState",
     "DecodeError",
     "ErrorMessage",
+    "OpenEvent",
     "OutsideHookError",
     "Protocol",
     "ProxyOptions",
     "ProxyServer",
     "ProxyStatistics",
     "RateLimit",
+    "ReconnectEvent",
     "Reject",
     "Request",
     "Room",

@@ -1,13 +1,14 @@
 """``roomkit.connect``: a Python client that comes back by itself when its room drops.
 
-The client keeps one WebSocket open to a room (with trio-websocket) and opens a new one
-whenever it drops, after a backoff with full jitter: the wait before try ``n`` is a
-random time up to ``min(max_delay, initial_delay * growth ** n)`` (the PartySocket
-defaults are the same order: half a second growing to ten). After a 1012 "Service
-restart" close the server's successor is expected any moment: the first try is made at
-once, and if it fails, the backoff goes on as after any other close. What you send
-while it is disconnected waits in a bounded queue and goes out, in order, once it is
-back. A close
+It runs under asyncio and Trio alike (through anyio), on its own WebSocket layer
+(``_wsclient``: wsproto over anyio's streams). It keeps one WebSocket open to a room and
+opens a new one whenever it drops, after a backoff with full jitter whose schedule
+``_reconnect`` decides: a random wait up to ``min(initial_delay * growth ** n,
+max_delay)``, and no more than ``early_max_delay`` in the first ``early_period``
+seconds of an outage, so that a server back within a minute has its clients back within
+about two seconds. After a 1012 "Service restart" close the server's successor is
+expected any moment: the first try is made at once. What you send while it is
+disconnected waits in a bounded queue and goes out, in order, once it is back. A close
 with a code that means "don't come back" (1008, or 4000-4999 chosen by the room; but
 not 1008 "slow consumer"), or a handshake refused with a 4xx status, stops it for good.
 
@@ -16,31 +17,42 @@ It never imports the server's modules: only the message codec and the errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+import anyio
 import attrs
-import trio
-import trio_websocket
 
+from ._clientevents import CloseEvent, OpenEvent, ReconnectEvent
 from ._closecodes import CloseCode
-from ._errors import ClientClosed, DecodeError, first_leaf
+from ._errors import ClientClosed, DecodeError
 from ._protocol import Protocol
+from ._reconnect import Backoff, GiveUp, Reconnection
+from ._wsclient import (
+    ConnectionClosed,
+    HandshakeFailed,
+    HandshakeRefused,
+    WebSocket,
+    open_websocket,
+)
 from ._wsurl import WebSocketURL
 
 __all__ = ["Client", "ErrorMessage", "connect", "is_final_close"]
 
 logger = logging.getLogger("roomkit.client")
 
-#: Seconds the closing handshake may take once a connection is over.
+#: Seconds the closing handshake may take once the application leaves the block.
 CLOSE_WAIT: Final = 5.0
 #: HTTP statuses of a refused handshake that are worth trying again.
 _RETRY_STATUSES: Final = frozenset({408, 429})
+
+_Event = TypeVar("_Event", OpenEvent, CloseEvent, ReconnectEvent)
 
 
 def is_final_close(code: int, reason: str = "") -> bool:
@@ -67,15 +79,17 @@ class ErrorMessage:
 class _Options:
     protocol: Protocol | None
     hello: str | bytes | None
-    headers: tuple[tuple[bytes, bytes], ...]
-    initial_delay: float
-    max_delay: float
-    growth: float
+    headers: Mapping[str, str]
+    backoff: Backoff
     max_retries: int | None
     connect_timeout: float
     ping_interval: float | None
     ping_timeout: float
+    max_message_size: int
     ssl_context: ssl.SSLContext | None
+    on_open: Callable[[OpenEvent], object] | None
+    on_close: Callable[[CloseEvent], object] | None
+    on_reconnect: Callable[[ReconnectEvent], object] | None
 
 
 class Client:
@@ -92,11 +106,16 @@ class Client:
         if options.ssl_context is not None and not self._url.secure:
             raise ValueError(f"an ssl_context is for wss:// URLs, not {url!r}")
         self._options = options
-        self._outbox_send, self._outbox = trio.open_memory_channel[str | bytes](max_queue)
-        self._inbox_send, self._inbox = trio.open_memory_channel[Any](max_queue)
+        self._outbox_send, self._outbox = anyio.create_memory_object_stream[str | bytes](max_queue)
+        self._inbox_send, self._inbox = anyio.create_memory_object_stream[Any](max_queue)
+        self._queues = contextlib.ExitStack()  # closes all four ends, once the client is done
+        for end in (self._outbox_send, self._outbox, self._inbox_send, self._inbox):
+            self._queues.callback(end.close)
         self._unsent: str | bytes | None = None  # taken from the queue, not yet sent
-        self._up = trio.Event()
-        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._up = anyio.Event()
+        self._ws: WebSocket | None = None
+        self._ended = anyio.Event()  # set once the open WebSocket's end is handled
+        self._delivery: anyio.CancelScope | None = None  # a message being put in the inbox
         self._stopped: ClientClosed | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -122,12 +141,17 @@ class Client:
           TypeError: if ``message`` is not something the protocol sends.
         """
         self._check_running()
-        if not isinstance(message, str | bytes):
-            protocol = self._options.protocol
-            if protocol is None:
-                raise TypeError("a client without a protocol sends str or bytes")
-            message = protocol.client.encode(message)
-        await self._outbox_send.send(message)
+        await self._outbox_send.send(self._encode(message))
+
+    def send_nowait(self, message: Any) -> None:
+        """:meth:`send`, but never waits: for callbacks, and code that must not block.
+
+        Raises:
+          anyio.WouldBlock: if the queue is full (``max_queue`` messages wait).
+          ClientClosed, TypeError: as :meth:`send`.
+        """
+        self._check_running()
+        self._outbox_send.send_nowait(self._encode(message))
 
     async def receive(self) -> Any:
         """The next message from the room, decoded when the client has a protocol.
@@ -139,7 +163,7 @@ class Client:
         """
         try:
             item = await self._inbox.receive()
-        except trio.EndOfChannel:
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
             assert self._stopped is not None
             raise self._stopped from None
         if isinstance(item, DecodeError):
@@ -159,95 +183,92 @@ class Client:
         if self._stopped is not None:
             raise self._stopped
 
+    def _encode(self, message: Any) -> str | bytes:
+        if isinstance(message, str | bytes):
+            return message
+        protocol = self._options.protocol
+        if protocol is None:
+            raise TypeError("a client without a protocol sends str or bytes")
+        return protocol.client.encode(message)
+
     # The connection loop.
 
     async def _run(self) -> None:
-        failures = 0
-        at_once = False  # the try after a 1012 close: made without waiting, and free
+        o = self._options
+        reconnection = Reconnection(o.backoff, o.max_retries, outage_began=anyio.current_time())
         async with self._inbox_send:
             while True:
                 opened = await self._session()
-                if opened:
-                    failures = 0
-                elif not at_once:
-                    failures += 1
-                at_once = opened and self.close_code == CloseCode.SERVICE_RESTART
                 if self._stopped is not None:
                     return
-                retries = self._options.max_retries
-                if retries is not None and failures > retries:
-                    self._stop(f"gave up after {failures} failed tries")
+                now = anyio.current_time()
+                step = reconnection.after(opened=opened, close_code=self.close_code, now=now)
+                if isinstance(step, GiveUp):
+                    self._stop(f"gave up after {step.failures} failed tries")
                     return
-                if not at_once:
-                    await trio.sleep(self._delay(failures))
-
-    def _delay(self, failures: int) -> float:
-        o = self._options
-        return random.uniform(0, min(o.max_delay, o.initial_delay * o.growth**failures))
+                delay = random.uniform(0, step.ceiling)
+                self._emit(o.on_reconnect, ReconnectEvent(step.attempt, delay))
+                await anyio.sleep(delay)
 
     async def _session(self) -> bool:
         """One WebSocket, from connecting to its end; whether it opened at all."""
+        o = self._options
         try:
-            with trio.fail_after(self._options.connect_timeout):
-                stream = await self._url.open_stream(self._options.ssl_context)
-        except (OSError, trio.TooSlowError) as exc:
-            logger.info("connecting to %s failed: %s", self._url.host_header, exc)
-            return False
-        try:
-            async with stream, trio.open_nursery() as nursery:
-                with trio.fail_after(self._options.connect_timeout):
-                    ws = await trio_websocket.wrap_client_stream(
-                        nursery,
-                        stream,
-                        self._url.host_header,
-                        self._url.resource,
-                        extra_headers=list(self._options.headers),
-                    )
-                await self._serve(ws, nursery)
-                return True
-        except* trio_websocket.ConnectionRejected as group:
-            refusal = first_leaf(group)
-            assert isinstance(refusal, trio_websocket.ConnectionRejected)
-            status = refusal.status_code
+            ws = await open_websocket(
+                self._url,
+                headers=o.headers,
+                ssl_context=o.ssl_context,
+                max_message_size=o.max_message_size,
+                connect_timeout=o.connect_timeout,
+            )
+        except HandshakeRefused as refusal:
+            status = refusal.status
+            logger.info("%s refused the handshake with %d", self._url.host_header, status)
             if 400 <= status < 500 and status not in _RETRY_STATUSES:
-                self._stop(f"handshake refused with {status}", status=status)
-        except* (
-            trio_websocket.HandshakeError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,  # TLS failed: say, a certificate not trusted
-            OSError,
-        ) as group:
-            logger.info("handshake with %s failed: %r", self._url.host, first_leaf(group))
-        return False
+                body = refusal.body.decode("utf-8", "replace")
+                self._stop(f"handshake refused with {status}", status=status, reason=body)
+            return False
+        except HandshakeFailed as exc:
+            logger.info("%s", exc)
+            return False
+        async with ws:
+            await self._serve(ws)
+        return True
 
-    async def _serve(self, ws: trio_websocket.WebSocketConnection, session: trio.Nursery) -> None:
-        """Run one open WebSocket; ``session`` also holds trio-websocket's reader task."""
-        self._ws = ws
+    async def _serve(self, ws: WebSocket) -> None:
+        """Run one open WebSocket until it ends."""
+        self._ws, self._ended = ws, anyio.Event()
         self.connections += 1
         self._up.set()
+        self._emit(self._options.on_open, OpenEvent(self.connections))
         try:
-            async with trio.open_nursery() as ours:
-                ours.start_soon(self._write, ws)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._write, ws)
                 if self._options.ping_interval is not None:
-                    ours.start_soon(self._heartbeat, ws, session.cancel_scope)
+                    tasks.start_soon(self._heartbeat, ws, tasks.cancel_scope)
                 await self._read(ws)
-                ours.cancel_scope.cancel()
+                tasks.cancel_scope.cancel()
         finally:
-            self._ws = None
-            self._up = trio.Event()
-            # Let trio-websocket's reader finish the closing handshake, but not for ever.
-            session.cancel_scope.deadline = trio.current_time() + CLOSE_WAIT
+            self._ws, self._up = None, anyio.Event()
+            self._ended.set()
+        assert self.close_code is not None and self.close_reason is not None
+        will_reconnect = self._stopped is None
+        self._emit(
+            self._options.on_close, CloseEvent(self.close_code, self.close_reason, will_reconnect)
+        )
 
-    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _read(self, ws: WebSocket) -> None:
         try:
             while True:
-                await self._inbox_send.send(self._decode(await ws.get_message()))
-        except trio_websocket.ConnectionClosed as exc:
-            reason = exc.reason
-            self.close_code = reason.code if reason else CloseCode.ABNORMAL_CLOSURE
-            self.close_reason = (reason.reason or "") if reason else ""
-            if is_final_close(self.close_code, self.close_reason):
-                self._stop(f"the room closed with {self.close_code} {self.close_reason}")
+                message = await ws.receive()
+                if self._stopped is None:  # else the application has left: dropped
+                    with anyio.CancelScope() as self._delivery:
+                        await self._inbox_send.send(self._decode(message))
+                    self._delivery = None
+        except ConnectionClosed as closed:
+            self.close_code, self.close_reason = closed.code, closed.reason
+            if is_final_close(closed.code, closed.reason):
+                self._stop(f"the room closed with {closed.code} {closed.reason}")
 
     def _decode(self, message: str | bytes) -> Any:
         protocol = self._options.protocol
@@ -259,44 +280,65 @@ class Client:
             error = _error_reply(message)
             return exc if error is None else error
 
-    async def _write(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _write(self, ws: WebSocket) -> None:
         hello = self._options.hello
-        if hello is not None:
-            try:
-                await ws.send_message(hello)  # first on every connection
-            except trio_websocket.ConnectionClosed:
-                return
-        while True:
-            if self._unsent is None:
-                self._unsent = await self._outbox.receive()
-            try:
-                await ws.send_message(self._unsent)
-            except trio_websocket.ConnectionClosed:
-                return  # kept, and sent first on the next connection
-            self._unsent = None
+        try:
+            if hello is not None:
+                await ws.send(hello)  # first on every connection
+            while True:
+                if self._unsent is None:
+                    self._unsent = await self._outbox.receive()
+                await ws.send(self._unsent)  # if cut off, kept and sent first next time
+                self._unsent = None
+        except ConnectionClosed:
+            return
 
-    async def _heartbeat(
-        self, ws: trio_websocket.WebSocketConnection, session: trio.CancelScope
-    ) -> None:
+    async def _heartbeat(self, ws: WebSocket, session: anyio.CancelScope) -> None:
         assert self._options.ping_interval is not None
         while True:
-            await trio.sleep(self._options.ping_interval)
+            await anyio.sleep(self._options.ping_interval)
             try:
-                with trio.fail_after(self._options.ping_timeout):
+                with anyio.fail_after(self._options.ping_timeout):
                     await ws.ping()
-            except trio.TooSlowError:
-                logger.info("no pong from %s: reconnecting", self._url.host)
+            except TimeoutError:
+                logger.info("no pong from %s: reconnecting", self._url.host_header)
                 self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, "no pong"
                 session.cancel()  # the stream is closed on the way out
                 return
-            except trio_websocket.ConnectionClosed:
+            except ConnectionClosed:
                 return
 
-    def _stop(self, why: str, *, status: int | None = None) -> None:
+    def _emit(self, callback: Callable[[_Event], object] | None, event: _Event) -> None:
+        """Call an ``on_*`` callback; what it raises is logged, and the client goes on."""
+        if callback is None:
+            return
+        try:
+            callback(event)
+        except Exception:
+            logger.exception("the %s callback raised", type(event).__name__)
+
+    def _stop(self, why: str, *, status: int | None = None, reason: str | None = None) -> None:
         self._stopped = ClientClosed(
-            why, code=self.close_code, reason=self.close_reason, status=status
+            why,
+            code=self.close_code,
+            reason=self.close_reason if reason is None else reason,
+            status=status,
         )
-        self._inbox_send.close()
+        if self._delivery is not None:
+            self._delivery.cancel()
+
+    async def _close(self, tasks: anyio.CancelScope) -> None:
+        """Stop, as the application leaves its block: close the open WebSocket (1000)
+        and wait, up to CLOSE_WAIT, for its end; then end the client's tasks."""
+        if self._stopped is None:
+            self._stop("closed by the application")
+        ws = self._ws
+        if ws is not None:
+            with anyio.move_on_after(CLOSE_WAIT):
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.close(CloseCode.NORMAL_CLOSURE)
+                await self._ended.wait()
+        tasks.cancel()
 
 
 def _error_reply(message: str | bytes) -> ErrorMessage | None:
@@ -323,14 +365,22 @@ async def connect(
     initial_delay: float = 0.5,
     max_delay: float = 10.0,
     growth: float = 2.0,
+    early_max_delay: float = 2.0,
+    early_period: float = 60.0,
     max_retries: int | None = None,
     connect_timeout: float = 10.0,
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
     max_queue: int = 1000,
+    max_message_size: int = 2**20,
     ssl_context: ssl.SSLContext | None = None,
+    on_open: Callable[[OpenEvent], object] | None = None,
+    on_close: Callable[[CloseEvent], object] | None = None,
+    on_reconnect: Callable[[ReconnectEvent], object] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a room and stay connected; yields a :class:`Client`.
+
+    Runs under asyncio and Trio alike.
 
     Args:
       url: ``ws://host:port/room`` (or ``wss://``), query included.
@@ -339,9 +389,11 @@ async def connect(
       hello: a message sent first on every connection, before anything queued: a join,
         a resubscription, an auth token.
       headers: extra handshake headers (``Authorization``, ``Cookie``, ``Origin``).
-      initial_delay, max_delay, growth: the backoff: the wait before try ``n`` is random,
-        up to ``min(max_delay, initial_delay * growth ** n)`` seconds. After a 1012
-        "Service restart" close, the first try is made at once (and does not count).
+      initial_delay, max_delay, growth, early_max_delay, early_period: the backoff: the
+        wait before the next try is random, up to ``min(initial_delay * growth ** n,
+        max_delay)`` seconds after ``n`` failed tries in a row, and up to
+        ``early_max_delay`` in the first ``early_period`` seconds of an outage. After a
+        1012 "Service restart" close, the first try is made at once (and does not count).
       max_retries: failed tries in a row before giving up; None never gives up.
       connect_timeout: seconds for the TCP connection and for the handshake.
       ping_interval, ping_timeout: a ping every so often; no pong in time means the
@@ -349,44 +401,63 @@ async def connect(
       max_queue: messages that may wait to be sent (``send`` then waits), and messages
         that may wait to be received (reading then stops; a room that keeps sending
         cuts the client off as a slow consumer, and it reconnects).
+      max_message_size: the longest message received, in characters (text) or bytes;
+        a longer one closes the connection with 1009, and the client reconnects.
       ssl_context: for ``wss://``, the client-side context that decides which servers
         to trust (``ssl.create_default_context(cafile=...)``); None trusts the system's
         certificate authorities.
+      on_open, on_close, on_reconnect: plain functions called with an
+        :class:`OpenEvent` when a WebSocket opens, a :class:`CloseEvent` when an open
+        one ends, a :class:`ReconnectEvent` before each wait for a new try. They run in
+        the client's task and must not block; what they raise is logged and ignored.
 
     Raises:
-      ValueError: for a URL that is not ``ws://`` or ``wss://``, or an ``ssl_context``
-        with a ``ws://`` URL.
+      ValueError: for a URL that is not ``ws://`` or ``wss://``, an ``ssl_context``
+        with a ``ws://`` URL, or a negative delay.
 
     The client starts connecting at once; sends made before it is connected wait.
-    Leaving the block closes the connection (1000) and stops the client.
+    Leaving the block closes the connection (1000) and stops the client; an exception
+    raised in the block comes out of it as raised.
     """
-    if hello is not None and not isinstance(hello, str | bytes):
-        if protocol is None:
-            raise TypeError("a client without a protocol sends str or bytes")
-        hello = protocol.client.encode(hello)
+    if hello is not None:
+        hello = _encode_hello(protocol, hello)
     options = _Options(
         protocol,
         hello,
-        tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()),
-        initial_delay,
-        max_delay,
-        growth,
+        dict(headers or {}),
+        Backoff(initial_delay, growth, max_delay, early_max_delay, early_period),
         max_retries,
         connect_timeout,
         ping_interval,
         ping_timeout,
+        max_message_size,
         ssl_context,
+        on_open,
+        on_close,
+        on_reconnect,
     )
     client = Client(url, options, max_queue)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client._run)
-        try:
-            yield client
-        finally:
-            if client._stopped is None:
-                client._stop("closed by the application")
-            ws = client._ws
-            if ws is not None:
-                with trio.move_on_after(CLOSE_WAIT):
-                    await ws.aclose()
-            nursery.cancel_scope.cancel()
+    raised: BaseException | None = None  # by the application's block
+    with client._queues:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(client._run)
+            try:
+                yield client
+            except BaseException as exc:
+                # Out of the task group unwrapped, but cancellation goes through it: the
+                # task group, and the scopes around it, take their own cancellation back.
+                if isinstance(exc, anyio.get_cancelled_exc_class() | GeneratorExit):
+                    raise
+                raised = exc
+            finally:
+                await client._close(tasks.cancel_scope)
+    if raised is not None:
+        raise raised
+
+
+def _encode_hello(protocol: Protocol | None, hello: Any) -> str | bytes:
+    if isinstance(hello, str | bytes):
+        return hello
+    if protocol is None:
+        raise TypeError("a client without a protocol sends str or bytes")
+    return protocol.client.encode(hello)

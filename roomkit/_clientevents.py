@@ -1,0 +1,39 @@
+"""What the Python client tells its ``on_open``, ``on_close`` and ``on_reconnect`` callbacks.
+
+Small frozen classes, one per event, named after the browser's events that
+``/roomkit.js``'s ``RoomSocket`` (and PartySocket) dispatch.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["CloseEvent", "OpenEvent", "ReconnectEvent"]
+
+
+@attrs.frozen
+class OpenEvent:
+    """A WebSocket opened; ``connections`` counts them, this one included (2 and up: a
+    reconnection)."""
+
+    connections: int
+
+
+@attrs.frozen
+class CloseEvent:
+    """An open WebSocket ended with ``code`` and ``reason`` (1006 and ``""`` when it was
+    lost without a close frame); ``will_reconnect`` is False when the client stops."""
+
+    code: int
+    reason: str
+    will_reconnect: bool
+
+
+@attrs.frozen
+class ReconnectEvent:
+    """The client will try again after ``delay`` seconds; ``attempt`` counts the tries
+    since the last WebSocket ended, this one included (the immediate try after a 1012
+    close has attempt 0 and delay 0)."""
+
+    attempt: int
+    delay: float

@@ -1,0 +1,123 @@
+"""The servers the Python client's tests talk to: rooms, and a roomkit server in a thread.
+
+The client's tests run under asyncio and Trio (``anyio.run`` with either backend), so
+the roomkit server they talk to runs in its own thread, under its own ``trio.run``:
+real sockets on 127.0.0.1, port 0, and a server that can be stopped and started again
+on the same port, as a deploy does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import anyio
+import trio
+
+import roomkit
+from examples.chat import ChatRoom
+
+
+class Echo(roomkit.Room):
+    """``close CODE`` closes with CODE "go away"; ``big N`` sends N characters; ``header
+    NAME`` answers that handshake header; anything else comes back as ``echo ...``."""
+
+    headers: dict[roomkit.Connection, dict[str, str]]
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        if not hasattr(self, "headers"):
+            self.headers = {}
+        self.headers[conn] = dict(request.headers)
+
+    async def on_close(
+        self, conn: roomkit.Connection, code: int, reason: str, was_clean: bool
+    ) -> None:
+        self.headers.pop(conn, None)
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        verb, _, argument = message.partition(" ")
+        if verb == "close":
+            conn.close(int(argument), "go away")
+        elif verb == "big":
+            conn.send("x" * int(argument))
+        elif verb == "header":
+            conn.send(str(self.headers[conn].get(argument)))
+        else:
+            conn.send(f"echo {message}")
+
+
+class Refusing(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        raise roomkit.Reject(int(request.query["status"]), "not you")
+
+
+ROOMS: Mapping[str, type[roomkit.Room]] = {"/echo": Echo, "/chat": ChatRoom, "/refuse": Refusing}
+
+
+class ThreadServer:
+    """``roomkit.serve(ROOMS)`` in a thread of its own, until :meth:`stop`.
+
+    ``ThreadServer(port)`` listens on that port (0: any free one); ``url`` is its base
+    URL. :meth:`stop` shuts it down (1001, or 1012 with ``restart=True``) and waits;
+    from async code, ``await astop()`` or ``async with``, which leave the loop running.
+    """
+
+    def __init__(self, port: int = 0, **options: Any) -> None:
+        self._started = threading.Event()
+        self._server: roomkit.Server | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main, port, options))
+        self._thread.start()
+        if not self._started.wait(10):
+            raise AssertionError("the server did not start")
+        assert self._server is not None, "the server failed to start"
+
+    async def _main(self, port: int, options: dict[str, Any]) -> None:
+        try:
+            self._token = trio.lowlevel.current_trio_token()
+            serve = partial(roomkit.serve, ROOMS, host="127.0.0.1", port=port, **options)
+            async with trio.open_nursery() as nursery:
+                self._server = await nursery.start(serve)
+                self._started.set()
+        finally:
+            self._started.set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return self._server.url
+
+    def stop(self, *, restart: bool = False) -> None:
+        """Shut the server down, its connections closed with 1001 (1012 with ``restart``)."""
+        assert self._server is not None and self._token is not None
+        # The token's own thread-safe entry: from_thread refuses a thread that is a
+        # worker of another Trio run (the client's test, through anyio.to_thread).
+        self._token.run_sync_soon(partial(self._server.shutdown, restart=restart))
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the server did not stop"
+
+    async def astop(self, *, restart: bool = False) -> None:
+        """:meth:`stop` from async code, whose loop must go on meanwhile: the server
+        waits for its clients' answers to its close."""
+        await anyio.to_thread.run_sync(partial(self.stop, restart=restart))
+
+    def __enter__(self) -> ThreadServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread.is_alive():
+            self.stop()
+
+    async def __aenter__(self) -> ThreadServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._thread.is_alive():
+            await self.astop()
