@@ -34,7 +34,9 @@ class WebSocketURL:
 
     @property
     def host_header(self) -> str:
-        return self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
+        """The Host header: an IPv6 host in brackets, the port unless the scheme's own."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == (443 if self.secure else 80) else f"{host}:{self.port}"
 
     @property
     def resource(self) -> str:
