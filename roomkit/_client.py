@@ -126,9 +126,14 @@ class Client:
         return self._ws is not None
 
     async def wait_connected(self) -> None:
-        """Wait until a WebSocket is open (at once if one is)."""
+        """Wait until a WebSocket is open (at once if one is).
+
+        Raises:
+          ClientClosed: if the client has stopped for good, or stops while waiting.
+        """
         self._check_running()
         await self._up.wait()
+        self._check_running()
 
     async def send(self, message: Any) -> None:
         """Send ``message``: ``str``, ``bytes``, or a ``protocol.client`` message.
@@ -326,6 +331,7 @@ class Client:
         )
         if self._delivery is not None:
             self._delivery.cancel()
+        self._up.set()  # wakes wait_connected, to raise
 
     async def _close(self, tasks: anyio.CancelScope) -> None:
         """Stop, as the application leaves its block: close the open WebSocket (1000)

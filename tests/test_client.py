@@ -339,8 +339,10 @@ def test_a_4xx_refusal_stops_the_client_and_a_503_does_not(backend: str, url: st
     async def main() -> None:
         async with roomkit.connect(f"{url}/refuse/r?status=403") as client:
             with anyio.fail_after(5), pytest.raises(roomkit.ClientClosed) as info:
-                await client.receive()
+                await client.wait_connected()  # woken when the client stops
             assert (info.value.status, info.value.reason) == (403, "not you")
+            with pytest.raises(roomkit.ClientClosed):
+                await client.receive()
         options = {"max_retries": 3, "initial_delay": 0.01}
         async with roomkit.connect(f"{url}/refuse/r?status=503", **options) as client:
             with anyio.fail_after(5), pytest.raises(roomkit.ClientClosed) as info:
