@@ -57,7 +57,9 @@ def talk(ws: ServerConnection) -> None:
 @backends
 def test_against_the_websockets_package_server(backend: str) -> None:
     async def main(url: str) -> None:
-        async with roomkit.connect(f"{url}/r", ping_interval=None) as client:
+        closes: list[roomkit.CloseEvent] = []
+        options = {"ping_interval": 0.05, "ping_timeout": 0.2}  # its pongs come back
+        async with roomkit.connect(f"{url}/r", **options, on_close=closes.append) as client:
             with anyio.fail_after(5):
                 await client.send("hello")
                 assert await client.receive() == "hello"
@@ -65,8 +67,8 @@ def test_against_the_websockets_package_server(backend: str) -> None:
                 assert await client.receive() == "one two three"
                 await client.send("binary")
                 assert await client.receive() == b"\x00\xff"
-                await anyio.sleep(0.5)  # the server pings every 0.1 s: answered
-                assert client.connections == 1
+                await anyio.sleep(0.5)  # pings both ways, answered both ways
+                assert closes == [] and client.connections == 1
                 await client.send("close")
                 with pytest.raises(roomkit.ClientClosed) as info:
                     await client.receive()
@@ -162,5 +164,25 @@ def test_a_server_that_never_answers_the_handshake_costs_one_timeout_per_try(
                 with anyio.fail_after(5), pytest.raises(roomkit.ClientClosed, match="gave up"):
                     await client.receive()
             assert 0.2 <= anyio.current_time() - began < 0.2 + 0.3
+
+    anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("reply", [b"", b"HTTP/1.1 101 Switching Protocols\r\n", b"SSH-2.0\r\n"])
+@backends
+def test_a_server_that_hangs_up_in_the_handshake_is_a_failed_try(
+    backend: str, reply: bytes
+) -> None:
+    async def main() -> None:
+        async def hang_up(stream: anyio.abc.SocketStream) -> None:
+            async with stream:
+                await stream.receive()
+                await stream.send(reply)
+
+        async with serve_raw(hang_up) as url:
+            async with roomkit.connect(f"{url}/r", max_retries=0) as client:
+                with anyio.fail_after(5), pytest.raises(roomkit.ClientClosed, match="gave up"):
+                    await client.receive()
+            assert client.connections == 0
 
     anyio.run(main, backend=backend)
