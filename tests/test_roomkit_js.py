@@ -89,3 +89,28 @@ async def test_after_a_1012_close_roomkit_js_comes_back_at_once(
     assert closed["close"] == code
     assert reconnecting == {"attempt": attempt, "delay": delay}
     assert reopened["open"] >= closed["at"]  # it came back, after the delay it reported
+
+
+#: Prints backoffDelay's waits at their ceilings, early in an outage and after a minute.
+SCHEDULE = """
+import { backoffDelay } from "./roomkit.mjs";
+const options = { minDelay: 500, maxDelay: 10000, growFactor: 2,
+                  earlyMaxDelay: 2000, earlyPeriod: 60000 };
+const at = (outage) => [0, 1, 2, 3, 4, 5].map((n) => backoffDelay(n, options, outage, () => 1));
+console.log(JSON.stringify({ early: at(0), late: at(60000) }));
+"""
+
+
+def test_roomkit_js_keeps_the_python_clients_schedule(tmp_path: Path) -> None:
+    assert NODE is not None
+    shutil.copy(ROOMKIT_JS, tmp_path / "roomkit.mjs")
+    (tmp_path / "main.mjs").write_text(SCHEDULE)
+    result = subprocess.run(
+        [NODE, "main.mjs"], cwd=tmp_path, capture_output=True, timeout=30, check=True
+    )
+    waits = json.loads(result.stdout)
+    # Within the first minute a wait is at most 2 s, as roomkit.connect's (clients.md).
+    assert waits == {
+        "early": [500, 1000, 2000, 2000, 2000, 2000],
+        "late": [500, 1000, 2000, 4000, 8000, 10000],
+    }

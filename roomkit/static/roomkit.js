@@ -7,7 +7,9 @@
 //
 // Served by roomkit at /roomkit.js; no dependencies. Reconnects on any drop with
 // exponential backoff and full jitter (the delay before try n is a random time up to
-// min(maxDelay, minDelay * growFactor ** n)). Messages sent while disconnected are kept
+// min(maxDelay, minDelay * growFactor ** n), and up to earlyMaxDelay during the first
+// earlyPeriod of an outage, so that a server back within a minute has its clients back
+// within about 2 s; the same schedule as roomkit.connect). Messages sent while disconnected are kept
 // (up to maxQueue) and sent, in order, once open again. After a 1012 "Service restart"
 // close, the server's successor is expected any moment: the first try is made at once
 // (attempt 0, delay 0) and does not count; if it fails, the backoff goes on as after any
@@ -20,6 +22,8 @@ const DEFAULTS = {
   minDelay: 500, // ms before the first retry, at most
   maxDelay: 10000, // ms: no wait is longer than this
   growFactor: 2, // each failed try doubles the ceiling
+  earlyMaxDelay: 2000, // ms: no wait is longer than this early in an outage...
+  earlyPeriod: 60000, // ms: ...that is, for this long after the connection was lost
   maxRetries: Infinity, // tries in a row before giving up
   connectTimeout: 10000, // ms for a handshake before it counts as failed
   maxQueue: 1000, // messages kept while disconnected; older ones are dropped first
@@ -35,8 +39,10 @@ export function isFinalClose(code, reason = "") {
 
 const SERVICE_RESTART = 1012; // "Service restart": come back at once
 
-export function backoffDelay(attempt, options, random = Math.random) {
-  const ceiling = Math.min(options.maxDelay, options.minDelay * options.growFactor ** attempt);
+// The wait before try `attempt` (0-based) of an outage that began `outage` ms ago.
+export function backoffDelay(attempt, options, outage = 0, random = Math.random) {
+  let ceiling = Math.min(options.maxDelay, options.minDelay * options.growFactor ** attempt);
+  if (outage < options.earlyPeriod) ceiling = Math.min(ceiling, options.earlyMaxDelay);
   return Math.floor(random() * ceiling);
 }
 
@@ -57,6 +63,7 @@ export class RoomSocket extends EventTarget {
     this.stopped = false;
     this.ws = null;
     this.timer = null;
+    this.lostAt = performance.now(); // when the outage began: the start, or the last drop
     this.connect();
   }
 
@@ -89,6 +96,7 @@ export class RoomSocket extends EventTarget {
       clearTimeout(timeout);
       opened = true;
       this.attempt = 0;
+      this.lostAt = null;
       this.dispatchEvent(new Event("open"));
       while (this.queue.length && this.connected) this.ws.send(this.queue.shift());
     });
@@ -104,13 +112,15 @@ export class RoomSocket extends EventTarget {
       const closed = new Event("close");
       Object.assign(closed, { code: event.code, reason: event.reason, willReconnect });
       this.dispatchEvent(closed);
+      if (this.lostAt === null) this.lostAt = performance.now();
       if (willReconnect) this.scheduleReconnect(opened && event.code === SERVICE_RESTART);
       else this.stopped = true;
     });
   }
 
   scheduleReconnect(atOnce = false) {
-    const delay = atOnce ? 0 : backoffDelay(this.attempt, this.options);
+    const outage = performance.now() - this.lostAt;
+    const delay = atOnce ? 0 : backoffDelay(this.attempt, this.options, outage);
     if (!atOnce) this.attempt += 1;
     const reconnecting = new Event("reconnecting");
     Object.assign(reconnecting, { attempt: this.attempt, delay });
