@@ -19,6 +19,7 @@ from ._core.alarms import AlarmInfo as AlarmInfo
 from ._core.ratelimit import RateLimit as RateLimit
 from ._errors import ClientClosed as ClientClosed
 from ._errors import DecodeError as DecodeError
+from ._errors import FencedError as FencedError
 from ._errors import OutsideHookError as OutsideHookError
 from ._errors import Reject as Reject
 from ._errors import RoomkitError as RoomkitError
@@ -48,6 +49,7 @@ __all__ = [
     "ConnectionState",
     "DecodeError",
     "ErrorMessage",
+    "FencedError",
     "OpenEvent",
     "OutsideHookError",
     "Protocol",

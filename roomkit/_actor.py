@@ -560,10 +560,23 @@ class RoomActor:
         hooks.finish(Changes(alarm=alarm), [])
 
     async def _room(self) -> Room | None:
-        """The room's instance, created (and started) on its first event."""
+        """The room's instance, created (and started) on its first event; the room is
+        claimed in the store first. None if that fails, or once the room is fenced."""
         hooks = self._hooks
         if hooks.instance is not None:
             return hooks.instance
+        if hooks.fenced:
+            return None  # another process owns the room now
+        if hooks.claim is None:
+            try:
+                hooks.claim = await self._host.claim(self.room)
+            except Exception:
+                logger.exception(
+                    "room %s: claiming the room in the store failed",
+                    self.room,
+                    extra=self.log_fields(),
+                )
+                return None
         cls = self.room_class
         try:
             room = instantiate(cls, self, Storage(self))

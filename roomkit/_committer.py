@@ -6,6 +6,10 @@ room holds back that hook's sends until the callback says the changes are durabl
 (the output gate). The committer's task takes everything submitted since its last
 commit and writes it in one transaction: under load, one fsync serves hundreds of
 hooks. With ``group=False`` it commits one hook's changes at a time (for comparison).
+
+Each submission carries its room's :class:`~roomkit.storage.Claim`; the store refuses
+the changes of a room claimed again since (by another process) and lands the rest, and
+each hook is told its own outcome.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import Final
 
 import trio
 
+from ._errors import FencedError
 from ._metrics import Metrics
 from ._roomid import RoomId
-from .storage import Changes, Store
+from .storage import Changes, Claim, Store
 
 __all__ = ["Committer"]
 
@@ -27,7 +32,9 @@ logger = logging.getLogger("roomkit.storage")
 #: Most hooks' changes written in one transaction; bounds a commit's size and latency.
 MAX_BATCH: Final = 1000
 
-Done = Callable[[bool], None]
+#: Told how a submission's commit went: None once durable, the FencedError that refused
+#: its room's changes, or the exception that failed the whole commit.
+Done = Callable[[Exception | None], None]
 After = Callable[[], None]
 
 
@@ -42,19 +49,20 @@ class Committer:
         self._store = store
         self._metrics = metrics
         self._batch_size = MAX_BATCH if group else 1
-        self._queue: list[tuple[RoomId, Changes, Done, After]] = []
+        self._queue: list[tuple[Claim, Changes, Done, After]] = []
         self._wakeup = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
 
-    def submit(self, room: RoomId, changes: Changes, done: Done, after: After) -> None:
-        """Queue ``changes``; ``done(True)`` once durable, ``done(False)`` if the store failed.
+    def submit(self, claim: Claim, changes: Changes, done: Done, after: After) -> None:
+        """Queue ``changes`` to ``claim``'s room; ``done(None)`` once durable, else
+        ``done(error)``: the room's FencedError, or what failed the commit.
 
         ``after()`` is called once a batch's ``done`` calls are all made, once per batch
         however many of the batch's changes it was given with: a room releases what the
         whole batch held back at once, in one write per connection.
         """
-        self._queue.append((room, changes, done, after))
+        self._queue.append((claim, changes, done, after))
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._wakeup.set()
 
@@ -72,23 +80,27 @@ class Committer:
             batch = self._queue[: self._batch_size]
             del self._queue[: self._batch_size]
             started = trio.current_time()
+            failed: Exception | None = None
+            refused: dict[Claim, FencedError] = {}
             try:
-                await self._store.commit([(room, changes) for room, changes, _, _ in batch])
+                fenced = await self._store.commit(
+                    [(claim, changes) for claim, changes, _, _ in batch]
+                )
             except Exception as error:
                 logger.exception(
                     "storage commit failed: %s; %d hooks' changes are lost", error, len(batch)
                 )
                 self._metrics.commit_failures += 1
-                ok = False
+                failed = error
             else:
-                ok = True
+                refused = {Claim(error.room, error.epoch): error for error in fenced}
             self._metrics.commits.observe(trio.current_time() - started)
-            for room, _, done, _ in batch:
-                self._report(room, done, ok)
-            for after, room in {after: room for room, _, _, after in batch}.items():
-                self._report(room, after)
+            for claim, _, done, _ in batch:
+                self._report(claim.room, done, failed or refused.get(claim))
+            for after, claim in {after: claim for claim, _, _, after in batch}.items():
+                self._report(claim.room, after)
 
-    def _report(self, room: RoomId, callback: Callable[..., None], *args: bool) -> None:
+    def _report(self, room: RoomId, callback: Callable[..., None], *args: object) -> None:
         """Call one room's ``callback``: a bug in it ends that room's wait, not the
         committer (every room's commits would stop with it)."""
         try:

@@ -6,15 +6,19 @@ The tree::
     ├── Reject            raised by a room's on_connect to refuse a handshake
     ├── DecodeError       a peer sent a message the room's Protocol cannot decode
     ├── StorageError      a server cannot use its storage file, at start
+    │   └── FencedError   a room's writes refused: another process claimed the room
     ├── OutsideHookError  a room's storage was used outside its hooks
     └── ClientClosed      a client (roomkit.connect's, or roomkit.testing's) is closed
 """
 
 from __future__ import annotations
 
+from ._roomid import RoomId
+
 __all__ = [
     "ClientClosed",
     "DecodeError",
+    "FencedError",
     "OutsideHookError",
     "Reject",
     "RoomkitError",
@@ -57,7 +61,8 @@ class DecodeError(RoomkitError):
 
 
 class StorageError(RoomkitError):
-    """Raised when a server cannot use its SQLite storage file, as it starts.
+    """Raised when a server cannot use its SQLite storage file, as it starts (and, as
+    :class:`FencedError`, when a store refuses a room's writes).
 
     The file is in use by another server (one server per file: see docs/storage.md),
     or it cannot be opened, or this process cannot write it. ``str(error)`` names the
@@ -65,6 +70,35 @@ class StorageError(RoomkitError):
     any, is its ``__cause__``. ``roomkit serve`` logs the message and exits with
     status 1.
     """
+
+
+class FencedError(StorageError):
+    """Raised when a store refuses a room's writes because another process has claimed
+    the room since this one did: its epoch has moved on.
+
+    Each process that runs a room first claims it in the store, which gives the room a
+    new epoch; every commit of the room's writes checks, in the same transaction, that
+    the epoch is still the one its process got. A process that lost a room (it hung,
+    it was stopped and resumed, another took the room over) so never writes over the
+    new owner's data. Stores report it per room, in what ``Store.commit`` returns, so
+    that the other rooms of the same commit land; the room whose writes were refused
+    closes its connections with 1012 and ends (see docs/storage.md).
+
+    Attributes:
+      room: the room (a ``roomkit.storage.RoomId``).
+      epoch: the epoch the refused writes were made under.
+      owner: who holds the room now, as the store has it (the claiming process's id),
+        or None if the store does not say.
+    """
+
+    def __init__(self, room: RoomId, epoch: int, owner: str | None) -> None:
+        holder = "another process" if owner is None else f"{owner!r}"
+        super().__init__(
+            f"room {room}: writes under epoch {epoch} refused: {holder} has claimed the room since"
+        )
+        self.room = room
+        self.epoch = epoch
+        self.owner = owner
 
 
 class OutsideHookError(RoomkitError):

@@ -8,7 +8,10 @@ next event at once; the outbox waits in the room's
 outbox has been released, so sends leave in hook order and never before the writes
 they acknowledge; it is then delivered. When the hook raises, both are dropped and
 ``on_error`` runs. When a commit fails, the room resets, as a Durable Object whose
-storage failed does.
+storage failed does. When the store refuses a commit because another process has
+claimed the room since (:class:`~roomkit.FencedError`), the room is not this process's
+any more: nothing it held goes out, its connections are closed with 1012 so that their
+clients reconnect to the owner, and it runs no hook again.
 
 The gate decides and awaits nothing; :class:`HookRunner` carries out what it returns:
 commits, releases, deliveries. The actor decides when hooks run, one at a time.
@@ -27,13 +30,13 @@ from wsproto.events import CloseConnection
 
 from ._closecodes import CloseCode
 from ._core.gate import Outbox, OutputGate, Pending, Settle
-from ._errors import OutsideHookError
+from ._errors import FencedError, OutsideHookError
 from ._metrics import RoomMetrics
 from ._room import Room
 from ._roomhost import RoomHost
 from ._roomid import RoomId
 from ._transport import Transport
-from .storage import Changes
+from .storage import AlarmWrite, Changes, Claim
 
 __all__ = ["HookName", "HookRunner", "Members"]
 
@@ -70,6 +73,8 @@ class HookRunner:
         "_metrics",
         "_settled",
         "changes",
+        "claim",
+        "fenced",
         "instance",
         "outbox",
         "room",
@@ -87,6 +92,10 @@ class HookRunner:
         self.instance: Room | None = None
         #: The event loop's task, while the room is awake: the only one hooks run in.
         self.task: trio.lowlevel.Task | None = None
+        #: The room's claim in the store, once its first hook is about to run.
+        self.claim: Claim | None = None
+        #: Whether another process has claimed the room since: no hook runs again.
+        self.fenced = False
         #: The running hook's outbox, and its changes once it has written.
         self.outbox: Outbox[Transport] | None = None
         self.changes: Changes | None = None
@@ -202,14 +211,17 @@ class HookRunner:
         if pending is None:
             self._release()
         else:
-            assert pending.changes is not None
+            assert pending.changes is not None and self.claim is not None
             done = functools.partial(self._committed, pending)
-            self._host.commit(self.room, pending.changes, done, self._release)
+            self._host.commit(self.claim, pending.changes, done, self._release)
 
-    def _committed(self, pending: Pending[Transport], durable: bool) -> None:
+    def _committed(self, pending: Pending[Transport], error: Exception | None) -> None:
         gate = self._gate
-        if gate is not None and gate.committed(pending, durable):
-            self._storage_failed()
+        if gate is not None and gate.committed(pending, error is None):
+            if isinstance(error, FencedError):
+                self._fenced(error)
+            else:
+                self._storage_failed()
 
     def _release(self) -> None:
         """Deliver every outbox the gate lets go of, in hook order."""
@@ -249,13 +261,36 @@ class HookRunner:
             self.room,
             extra=self._members.log_fields(),
         )
+        self._drop_all()
+        for conn in self._members.all_connections():
+            conn.cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
+
+    def _fenced(self, error: FencedError) -> None:
+        """Another process claimed the room: its writes were refused, and it is theirs.
+
+        Nothing held back goes out (it acknowledged writes that did not land); every
+        connection is closed with 1012 "Room moved", so that its client comes back at
+        once, to the owner; and the room runs no hook again (``fenced``), not even
+        ``on_close``: it ends once its connections are gone. Its alarm is forgotten
+        here, where its timer would claim the room back: the owner schedules it.
+        """
+        logger.warning(
+            "%s; closing its connections with 1012", error, extra=self._members.log_fields()
+        )
+        self.fenced = True
+        self._drop_all()
+        self._host.alarm_changed(self.room, AlarmWrite(None))
+        for conn in self._members.all_connections():
+            conn.cut("fenced", CloseCode.SERVICE_RESTART, "Room moved")
+
+    def _drop_all(self) -> None:
+        """Drop every outbox in flight (refusing the handshakes that waited on them)
+        and the instance: the room's memory may be ahead of what the store holds."""
         for pending in self.gate.fail():
             if pending.settle is not None:
                 pending.settle(False)
         self.wake_settle()
         self.instance = None
-        for conn in self._members.all_connections():
-            conn.cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
 
 
 def _deliver(outboxes: Iterable[Outbox[Transport]]) -> None:

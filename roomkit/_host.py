@@ -10,7 +10,9 @@ in order. Its :class:`TestHooks` are what ``roomkit.testing`` may do besides.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -29,7 +31,7 @@ from ._roomid import RoomId
 from ._scheduler import Scheduler
 from ._statistics import ServerStatistics
 from ._transport import Transport
-from .storage import AlarmWrite, Changes, Store
+from .storage import AlarmWrite, Changes, Claim, Store
 
 __all__ = ["DRAIN_LAST_CALL", "FLUSH_TIMEOUT", "Host", "TestHooks"]
 
@@ -84,6 +86,9 @@ class Host:
       wall_time: the alarms' clock (seconds since the epoch).
       jitter: a number in [0, 1) for each alarm retry.
       on_unhandled: told of each hook error left to ``Room.on_error``'s default.
+
+    Each room claims itself in the store as ``"<host name>:<pid>"`` when its actor
+    starts (see ``Store.claim``).
     """
 
     def __init__(
@@ -100,6 +105,8 @@ class Host:
         self.wall_time: Final = wall_time
         self.jitter: Final = jitter
         self._on_unhandled = on_unhandled
+        #: Who this process is, as the store records a room's owner.
+        self.owner: Final = f"{socket.gethostname()}:{os.getpid()}"
         self.store = store
         self.metrics = metrics
         self._router = router
@@ -195,14 +202,17 @@ class Host:
 
     # RoomHost: what the rooms call.
 
+    async def claim(self, room: RoomId) -> Claim:
+        return await self.store.claim(room, self.owner)
+
     def commit(
         self,
-        room: RoomId,
+        claim: Claim,
         changes: Changes,
-        done: Callable[[bool], None],
+        done: Callable[[Exception | None], None],
         after: Callable[[], None],
     ) -> None:
-        self._committer.submit(room, changes, done, after)
+        self._committer.submit(claim, changes, done, after)
 
     def stored_alarm(self, room: RoomId) -> AlarmWrite | None:
         return self._alarms.get(room)

@@ -55,6 +55,7 @@ CutReason = Literal[
     "ping_timeout",
     "idle",
     "storage_failure",
+    "fenced",
     "internal_error",
 ]
 """Why roomkit closed a connection that the room had not asked to close."""

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from ._metrics import Metrics
 from ._roomid import RoomId
-from .storage import AlarmWrite, Changes, Store
+from .storage import AlarmWrite, Changes, Claim, Store
 
 __all__ = ["RoomHost", "TimerKey"]
 
@@ -22,13 +22,17 @@ class RoomHost(Protocol):
     connections: int  # the server's count, kept by its rooms
     metrics: Metrics
 
+    async def claim(self, room: RoomId) -> Claim:
+        """Claim ``room`` for this process in the store: a new epoch, before its first hook."""
+
     def commit(
         self,
-        room: RoomId,
+        claim: Claim,
         changes: Changes,
-        done: Callable[[bool], None],
+        done: Callable[[Exception | None], None],
         after: Callable[[], None],
-    ) -> None: ...
+    ) -> None:
+        """Commit ``changes`` to ``claim``'s room; ``done`` hears how (see ``Committer``)."""
 
     def alarm_changed(self, room: RoomId, alarm: AlarmWrite) -> None: ...
 

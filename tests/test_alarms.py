@@ -148,7 +148,8 @@ async def test_overdue_alarms_fire_when_the_server_starts(tmp_path: Path) -> Non
     db = tmp_path / "rooms.sqlite3"
     # As a server that was killed would have left it: an alarm that came due since.
     core = SQLiteCore(db)
-    core.commit([(RoomId("", "a"), Changes({"x": "1"}, alarm=AlarmWrite(time.time() - 60)))])
+    claim = core.claim(RoomId("", "a"), "an earlier server")
+    core.commit([(claim, Changes({"x": "1"}, alarm=AlarmWrite(time.time() - 60)))])
     core.close()
     ran = trio.Event()
 

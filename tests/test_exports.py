@@ -16,6 +16,7 @@ def test_public_names() -> None:
         "ConnectionState",
         "DecodeError",
         "ErrorMessage",
+        "FencedError",
         "OpenEvent",
         "OutsideHookError",
         "Protocol",
@@ -45,6 +46,7 @@ def test_public_names() -> None:
     assert sorted(roomkit.storage.__all__) == [
         "AlarmWrite",
         "Changes",
+        "Claim",
         "KeyRange",
         "RoomId",
         "SQLiteStore",

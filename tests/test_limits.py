@@ -36,8 +36,7 @@ from roomkit._core.limits import (
     byte_length,
 )
 from roomkit._core.ratelimit import FLOOD_SECONDS
-from roomkit._roomid import RoomId
-from roomkit.storage import Changes, SQLiteStore
+from roomkit.storage import Changes, Claim, SQLiteStore
 
 from .helpers import Start, expect_close, open_client, raw_handshake, read_until_close, receive_json
 
@@ -333,9 +332,9 @@ class Acker(roomkit.Room):
 class SlowCommits(SQLiteStore):
     """Takes 50 ms per commit: replies wait at the output gate when a verdict comes."""
 
-    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+    async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
         await trio.sleep(0.05)
-        await super().commit(batch)
+        return await super().commit(batch)
 
 
 async def test_a_flooder_gets_the_reply_to_every_message_handled_before_its_close(

@@ -17,7 +17,7 @@ import trio_websocket
 import roomkit
 from roomkit._hooks import HookRunner
 from roomkit._roomid import RoomId
-from roomkit.storage import Changes, SQLiteStore, Store
+from roomkit.storage import Changes, Claim, SQLiteStore, Store
 
 from .helpers import Start, expect_close, http, open_client
 from .test_storage import GatedStore
@@ -314,7 +314,7 @@ class ResetMidHook(GatedStore):
         await self.failed.wait()
         return await super().get_many(room, keys)
 
-    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+    async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
         await self.reading.wait()
         self.failed.set()
         raise OSError("disk full")

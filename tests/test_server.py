@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 import roomkit
 from roomkit._roomid import RoomId
-from roomkit.storage import Changes, KeyRange, SQLiteStore
+from roomkit.storage import Changes, Claim, KeyRange, SQLiteStore
 
 from .helpers import Start, expect_close, open_client, read_until_close
 
@@ -114,10 +114,10 @@ class SlowStore(SQLiteStore):
 
     slow = False
 
-    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+    async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
         if self.slow:
             await trio.sleep(3)
-        await super().commit(batch)
+        return await super().commit(batch)
 
 
 class Alarmed(roomkit.Room):

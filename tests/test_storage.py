@@ -25,7 +25,7 @@ from wsproto.events import TextMessage
 
 import roomkit
 from roomkit._roomid import RoomId
-from roomkit.storage import AlarmWrite, Changes, KeyRange, SQLiteStore, Store
+from roomkit.storage import AlarmWrite, Changes, Claim, KeyRange, SQLiteStore, Store
 from roomkit.storage._changes import lookup, merge, merge_listing
 from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
@@ -34,6 +34,8 @@ from .apps import KV
 from .helpers import Start, open_client, raw_handshake, receive_json
 
 ROOM = RoomId("", "r")
+#: ``ROOM``'s first claim in a new store: what its writes carry.
+CLAIM = Claim(ROOM, 1)
 
 
 # The layers, pure.
@@ -77,19 +79,20 @@ def test_sqlite_core_commits_lists_and_survives_reopening(tmp_path: Path) -> Non
     path = tmp_path / "rooms.sqlite3"
     core = SQLiteCore(path)
     other = RoomId("/x", "r")
+    assert core.claim(ROOM, "test") == CLAIM
     core.commit(
         [
-            (ROOM, Changes({"a": "1", "b": "2", "c": "3"}, alarm=AlarmWrite(100.0, 2))),
-            (other, Changes({"a": "other"})),
+            (CLAIM, Changes({"a": "1", "b": "2", "c": "3"}, alarm=AlarmWrite(100.0, 2))),
+            (core.claim(other, "test"), Changes({"a": "other"})),
         ]
     )
-    core.commit([(ROOM, Changes({"b": None}))])
+    core.commit([(CLAIM, Changes({"b": None}))])
     core.close()
     core = SQLiteCore(path)
     assert core.get_many(ROOM, ["a", "b", "zz"]) == {"a": "1"}
     assert core.list(ROOM, KeyRange(), True, 1) == [("c", "3")]
     assert core.alarms() == [(ROOM, 100.0, 2)]
-    core.commit([(ROOM, Changes(cleared=True, alarm=AlarmWrite(None)))])
+    core.commit([(CLAIM, Changes(cleared=True, alarm=AlarmWrite(None)))])
     assert core.list(ROOM, KeyRange(), False, None) == []
     assert core.alarms() == []
     assert core.get_many(other, ["a"]) == {"a": "other"}
@@ -100,11 +103,12 @@ def test_sqlite_core_commits_lists_and_survives_reopening(tmp_path: Path) -> Non
 @pytest.mark.parametrize("count", [1, 7, 64, 65, 200])
 def test_sqlite_core_writes_every_row_of_a_large_commit(tmp_path: Path, count: int) -> None:
     core = SQLiteCore(tmp_path / "rooms.sqlite3")
-    core.commit([(ROOM, Changes({"old": "x", "k0000": "stale"}))])
+    core.claim(ROOM, "test")
+    core.commit([(CLAIM, Changes({"old": "x", "k0000": "stale"}))])
     writes: dict[str, str | None] = {f"k{i:04}": json.dumps(i) for i in range(count)}
     writes["old"] = None
     # Several hooks' changes to one room, in one group commit: the last write wins.
-    core.commit([(ROOM, Changes({"k0000": "older"})), (ROOM, Changes(writes))])
+    core.commit([(CLAIM, Changes({"k0000": "older"})), (CLAIM, Changes(writes))])
     assert core.list(ROOM, KeyRange(), False, None) == [
         (f"k{i:04}", json.dumps(i)) for i in range(count)
     ]
@@ -113,8 +117,9 @@ def test_sqlite_core_writes_every_row_of_a_large_commit(tmp_path: Path, count: i
 
 def test_a_failing_commit_leaves_nothing_behind(tmp_path: Path) -> None:
     core = SQLiteCore(tmp_path / "db")
+    core.claim(ROOM, "test")
     with pytest.raises(Exception, match="Error binding parameter"):
-        core.commit([(ROOM, Changes({"a": "1"})), (ROOM, Changes({"b": object()}))])  # type: ignore[dict-item]
+        core.commit([(CLAIM, Changes({"a": "1"})), (CLAIM, Changes({"b": object()}))])  # type: ignore[dict-item]
     assert core.get_many(ROOM, ["a", "b"]) == {}
     core.close()
 
@@ -240,6 +245,9 @@ class GatedStore(Store):
     def release(self) -> None:
         self._open.set()
 
+    async def claim(self, room: RoomId, owner: str) -> Claim:
+        return await self.inner.claim(room, owner)
+
     async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
         return await self.inner.get_many(room, keys)
 
@@ -248,10 +256,10 @@ class GatedStore(Store):
     ) -> list[tuple[str, str]]:
         return await self.inner.list(room, keys, reverse=reverse, limit=limit)
 
-    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+    async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
         await self._open.wait()
         self.batches.append(len(batch))
-        await self.inner.commit(batch)
+        return await self.inner.commit(batch)
 
     async def alarms(self) -> list[tuple[RoomId, float, int]]:
         return await self.inner.alarms()
@@ -312,10 +320,10 @@ async def test_a_failed_commit_resets_the_room_and_sends_nothing(start: Start) -
     class Failing(GatedStore):
         fail = False
 
-        async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+        async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
             if self.fail:
                 raise OSError("disk full")
-            await super().commit(batch)
+            return await super().commit(batch)
 
     store = Failing(await SQLiteStore.open(":memory:"))
     server = await start(KV, storage=store)
@@ -501,7 +509,7 @@ async def test_list_is_right_when_a_commit_lands_during_its_read(start: Start) -
 
 async def test_a_failed_commit_of_on_connect_refuses_the_handshake(start: Start) -> None:
     class Failing(GatedStore):
-        async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+        async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
             raise OSError("disk full")
 
     class Greeter(roomkit.Room):
@@ -537,13 +545,14 @@ def test_merge_keeps_the_net_effect_in_order() -> None:
 
 def test_a_merged_batch_applies_like_its_parts(tmp_path: Path) -> None:
     core = SQLiteCore(tmp_path / "db")
+    core.claim(ROOM, "test")
     core.commit(
         [
-            (ROOM, Changes({"a": "1"})),
-            (ROOM, Changes({"a": None})),  # put then delete: gone
-            (ROOM, Changes({"b": "1"})),
-            (ROOM, Changes({}, cleared=True)),  # then everything: gone
-            (ROOM, Changes({"c": "1"})),
+            (CLAIM, Changes({"a": "1"})),
+            (CLAIM, Changes({"a": None})),  # put then delete: gone
+            (CLAIM, Changes({"b": "1"})),
+            (CLAIM, Changes({}, cleared=True)),  # then everything: gone
+            (CLAIM, Changes({"c": "1"})),
         ]
     )
     assert core.list(ROOM, KeyRange(), False, None) == [("c", "1")]

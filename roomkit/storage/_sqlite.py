@@ -5,10 +5,18 @@ worker thread, one call at a time, so the event loop never waits on the disk. Th
 database is in WAL mode with ``synchronous=FULL``: a commit that returned has been
 fsynced, so neither a killed process nor a lost machine takes it back.
 
-A database file is served by one process at a time: its core holds an ``flock`` on a
+A database file is served by one server at a time: its core holds an ``flock`` on a
 lock file beside it, ``<database>.roomkit.lock``, for as long as it is open (see
 ``_lockfile``); a second one refuses to open it. ``":memory:"`` takes no lock. A file
 that cannot be written is refused when it is opened, not at the first commit.
+
+The worker processes of one server (``roomkit serve --workers N``) share the file: each
+opens it with ``lock=False``, since their supervisor holds the lock. WAL lets them all
+read while one writes; writers take turns, each ``BEGIN IMMEDIATE`` waiting up to
+``BUSY_TIMEOUT`` for the write lock. Ownership keeps them apart: the ``rooms`` table
+holds each room's epoch and owner; a claim adds one to the epoch, and a commit reads
+the epoch of each of its rooms inside its write transaction (which holds the write
+lock, so no claim comes in between) and skips the rooms whose epoch moved on.
 
 ``":memory:"`` has no disk to wait on, so its calls run on the event loop itself: a
 microsecond of SQL is cheaper than a thread hop, and tests on
@@ -27,9 +35,9 @@ from typing import Final, TypeVar
 
 import trio
 
-from .._errors import StorageError
+from .._errors import FencedError, StorageError
 from .._roomid import RoomId
-from ._base import Store, StoredAlarm
+from ._base import Claim, Store, StoredAlarm
 from ._changes import Changes, KeyRange, merge
 from ._lockfile import LockFile
 
@@ -42,6 +50,10 @@ _KEYS_PER_QUERY: Final = 500
 #: Most rows one ``INSERT`` statement writes. A statement binding many rows costs about
 #: 0.5 µs a row less than ``executemany`` (measured at 40 rows a commit).
 _ROWS_PER_INSERT: Final = 64
+#: Seconds a write transaction waits for another process's to end before it fails
+#: ("database is locked"). Commits take milliseconds; a process stopped mid-commit
+#: (SIGSTOP) holds the lock until its supervisor kills it, within about a second.
+BUSY_TIMEOUT: Final = 5.0
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -58,27 +70,66 @@ CREATE TABLE IF NOT EXISTS alarms (
     retry INTEGER NOT NULL,
     PRIMARY KEY (namespace, room)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rooms (
+    namespace TEXT NOT NULL,
+    room TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (namespace, room)
+) WITHOUT ROWID;
+"""
+#: A claim: the room's epoch plus one, or 1 for a room never claimed.
+_CLAIM: Final = """
+INSERT INTO rooms VALUES (?, ?, 1, ?)
+ON CONFLICT (namespace, room) DO UPDATE SET epoch = epoch + 1, owner = excluded.owner
+RETURNING epoch
 """
 
 
 class SQLiteCore:
     """The SQL of :class:`SQLiteStore`, synchronous; one thread at a time may use it."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, lock: bool = True) -> None:
         """Open (creating if need be) the database at ``path``, or ``":memory:"``.
 
-        A file is locked for as long as the core is open (see ``_lockfile``).
+        With ``lock``, a file is locked for as long as the core is open (see
+        ``_lockfile``); without, whoever shares the file holds the lock for it (the
+        supervisor of ``--workers``). A file of an older roomkit gets the tables it
+        lacks (``rooms``).
 
         Raises:
           StorageError: another server holds the file's lock, or the file cannot be
             opened or written.
         """
-        self._lock = None if os.fspath(path) == ":memory:" else LockFile.acquire(path)
+        memory = os.fspath(path) == ":memory:"
+        self._lock = LockFile.acquire(path) if lock and not memory else None
         try:
             self._db = _connect(path)
         except BaseException:
             self._release()
             raise
+
+    def claim(self, room: RoomId, owner: str) -> Claim:
+        """Make ``owner`` the room's owner under a new epoch (see ``Store.claim``).
+
+        Committed with ``synchronous=NORMAL``, without an fsync of its own: the next
+        durable commit of any room fsyncs the write-ahead log, this claim's frames with
+        it, and every write made under the claim is such a commit. A machine that loses
+        the claim loses every process that could have written under it too.
+        """
+        db = self._db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (epoch,) = db.execute(_CLAIM, (room.namespace, room.name, owner)).fetchall()[0]
+                db.execute("COMMIT")
+            except BaseException as error:
+                _roll_back(db, error)
+                raise
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+        return Claim(room, epoch)
 
     def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -109,12 +160,22 @@ class SQLiteCore:
             args.append(limit)
         return list(self._db.execute(sql, args))
 
-    def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
+    def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> builtins.list[FencedError]:
         db = self._db
+        refused: list[FencedError] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            for room, changes in merge(batch).items():
+            for claim, changes in merge(batch).items():
+                room = claim.room
                 where = (room.namespace, room.name)
+                stored = db.execute(
+                    "SELECT epoch, owner FROM rooms WHERE namespace = ? AND room = ?", where
+                ).fetchone()
+                if stored is None or stored[0] != claim.epoch:
+                    refused.append(
+                        FencedError(room, claim.epoch, None if stored is None else stored[1])
+                    )
+                    continue
                 if changes.cleared:
                     db.execute("DELETE FROM kv WHERE namespace = ? AND room = ?", where)
                 puts = [(*where, k, v) for k, v in changes.writes.items() if v is not None]
@@ -136,6 +197,7 @@ class SQLiteCore:
         except BaseException as error:
             _roll_back(db, error)
             raise
+        return refused
 
     def alarms(self) -> builtins.list[StoredAlarm]:
         rows = self._db.execute("SELECT namespace, room, due, retry FROM alarms")
@@ -161,7 +223,9 @@ def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
       StorageError: SQLite cannot open the file, or this process cannot write it.
     """
     try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
     except sqlite3.Error as exc:
         raise _unusable(path, exc) from exc
     try:
@@ -251,8 +315,13 @@ class SQLiteStore(Store):
         self._limiter = trio.CapacityLimiter(1)
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
+    async def open(cls, path: str | os.PathLike[str], *, lock: bool = True) -> SQLiteStore:
         """Open (creating if need be) the database at ``path``, or ``":memory:"``.
+
+        Args:
+          path: the database file.
+          lock: take the file's lock (one server per file). Without it, several
+            processes share the file, and whoever started them holds its lock.
 
         Raises:
           StorageError: another server holds the file's lock, or the file cannot be
@@ -260,13 +329,17 @@ class SQLiteStore(Store):
         """
         if os.fspath(path) == ":memory:":
             return cls(SQLiteCore(path), in_thread=False)
-        return cls(await trio.to_thread.run_sync(SQLiteCore, path))
+        core = await trio.to_thread.run_sync(functools.partial(SQLiteCore, path, lock=lock))
+        return cls(core)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         if not self._in_thread:
             await trio.lowlevel.checkpoint()
             return fn(*args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def claim(self, room: RoomId, owner: str) -> Claim:
+        return await self._run(self._core.claim, room, owner)
 
     async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
         return await self._run(self._core.get_many, room, keys)
@@ -276,8 +349,8 @@ class SQLiteStore(Store):
     ) -> list[tuple[str, str]]:
         return await self._run(self._core.list, room, keys, reverse, limit)
 
-    async def commit(self, batch: Sequence[tuple[RoomId, Changes]]) -> None:
-        await self._run(self._core.commit, batch)
+    async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> builtins.list[FencedError]:
+        return await self._run(self._core.commit, batch)
 
     async def alarms(self) -> builtins.list[StoredAlarm]:
         return await self._run(self._core.alarms)
