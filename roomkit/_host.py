@@ -86,6 +86,9 @@ class Host:
       wall_time: the alarms' clock (seconds since the epoch).
       jitter: a number in [0, 1) for each alarm retry.
       on_unhandled: told of each hook error left to ``Room.on_error``'s default.
+      owns: whether a room lives in this process (``Placement.owns`` of a worker):
+        only the stored alarms of those rooms are scheduled here, so that each fires
+        in its owner. None: every room's.
 
     Each room claims itself in the store as ``"<host name>:<pid>"`` when its actor
     starts (see ``Store.claim``).
@@ -101,10 +104,12 @@ class Host:
         wall_time: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         on_unhandled: Callable[[Exception], None] | None = None,
+        owns: Callable[[RoomId], bool] | None = None,
     ) -> None:
         self.wall_time: Final = wall_time
         self.jitter: Final = jitter
         self._on_unhandled = on_unhandled
+        self._owns = owns
         #: Who this process is, as the store records a room's owner.
         self.owner: Final = f"{socket.gethostname()}:{os.getpid()}"
         self.store = store
@@ -134,8 +139,10 @@ class Host:
                 nursery.start_soon(self._committer.run)
                 await nursery.start(self._scheduler.run)
                 await nursery.start(self._run_rooms)
+                owns = self._owns
                 for room, due, retry in await self.store.alarms():
-                    self.alarm_changed(room, AlarmWrite(due, retry))
+                    if owns is None or owns(room):
+                        self.alarm_changed(room, AlarmWrite(due, retry))
                 task_status.started()
 
     async def _run_rooms(self, task_status: trio.TaskStatus[None]) -> None:

@@ -1,7 +1,7 @@
 """Fenced storage: a room's writes land only under its latest claim.
 
 The SQLite store with two connections to one real file, as two worker processes have
-them; then two real server processes sharing a file.
+them; then two real server processes sharing a file; then the host's alarm filter.
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ from websockets.sync.client import ClientConnection, connect
 
 import roomkit
 from roomkit._closecodes import CloseCode
+from roomkit._core.frontdoor import Router
+from roomkit._host import Host
+from roomkit._metrics import Metrics
 from roomkit.storage import AlarmWrite, Changes, Claim, KeyRange, SQLiteStore
 from roomkit.storage._sqlite import SQLiteCore
 
+from .apps import KV
 from .helpers import ROOT, Start, call, expect_close, open_client, roomkit_env
 
 ROOM = roomkit.storage.RoomId("", "r")
@@ -282,3 +286,23 @@ def test_a_process_that_lost_a_room_has_its_writes_refused_and_its_clients_close
             assert dict(call(a3, "list")) == {"k1": "A", "k2": "B", "k4": "B", "k5": "A"}
             with connect(f"{a}/o") as ao2:
                 assert dict(call(ao2, "list")) == {"o1": "A", "o2": "A", "o3": "A"}
+
+
+# The host: only the alarms of its own rooms.
+
+
+async def test_a_host_schedules_only_the_stored_alarms_of_the_rooms_it_owns() -> None:
+    store = await SQLiteStore.open(":memory:")
+    due = time.time() + 3600
+    for room in (ROOM, OTHER):
+        claim = await store.claim(room, "an earlier server")
+        assert await store.commit([(claim, Changes(alarm=AlarmWrite(due)))]) == []
+    host = Host({}, Router[type[roomkit.Room]](KV), store, Metrics(), True, owns=ROOM.__eq__)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        scheduled = [host.stored_alarm(ROOM), host.stored_alarm(OTHER)]
+        timers = host.statistics().timers
+        await host.shutdown(CloseCode.GOING_AWAY, 1.0)  # the host's run ends only so
+    await store.aclose()
+    assert scheduled == [AlarmWrite(due), None]
+    assert timers == 1
