@@ -27,6 +27,9 @@ MAX_ATTACHMENT: Final = 16 * 1024
 #: Longest close reason in bytes (a control frame's payload is at most 125 bytes).
 MAX_CLOSE_REASON: Final = 123
 
+#: The states in which a close is already decided: another close() does nothing.
+_CLOSING_OR_CLOSED: Final = (ConnectionState.CLOSING, ConnectionState.CLOSED)
+
 
 class Link(Protocol):
     """What a :class:`Connection` asks of the transport behind it."""
@@ -125,10 +128,17 @@ class Connection:
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection after what is already queued for it; never blocks.
 
+        A connection already CLOSING or CLOSED is left as it is, whatever ``code`` and
+        ``reason``: its close is on its way, or over (so ``on_close`` may pass on the
+        1006 it was told, as Durable Objects' ``webSocketClose`` does).
+
         Raises:
-          ValueError: if ``code`` may not be sent (1000-1003, 1007-1014 and 3000-4999
-            may; 1004-1006 and 1015 are reserved) or ``reason`` is longer than 123 bytes.
+          ValueError: if the connection is not closing yet and ``code`` may not be sent
+            (1000-1003, 1007-1014 and 3000-4999 may; 1004-1006 and 1015 are reserved)
+            or ``reason`` is longer than 123 bytes.
         """
+        if self._link.state in _CLOSING_OR_CLOSED:
+            return
         _check_close(code, reason)
         self._link.close(code, reason)
 

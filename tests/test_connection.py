@@ -1,20 +1,22 @@
 """Connections through real sockets: closing both ways, errors in hooks, size limits,
 tags and attachments, and wire-level garbage.
 
-Loopback only, port 0; trio-websocket's client, or a raw wsproto client where a test
-must misbehave on purpose. Where seconds must pass, virtual time (``autojump_clock``)
-over ``roomkit.testing``'s in-memory transport, so that the clock never jumps with bytes
-in flight.
+Loopback only, port 0; trio-websocket's client and the ``websockets`` package's, or a
+raw wsproto client where a test must misbehave on purpose. Where seconds must pass,
+virtual time (``autojump_clock``) over ``roomkit.testing``'s in-memory transport, so
+that the clock never jumps with bytes in flight.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, ClassVar
 
 import pytest
 import trio
 import trio_websocket
+from websockets.sync.client import connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Request, TextMessage
@@ -126,6 +128,80 @@ async def test_raising_hook_closes_1011_drops_its_sends_and_spares_the_room(star
         with trio.fail_after(5):
             # Neither "never delivered" nor "never broadcast" came first.
             assert await good.get_message() == "still here"
+
+
+class Reclose(roomkit.Room):
+    """Closes each connection again in on_close, with what it was told: the guide's
+    ``webSocketClose`` calls ``ws.close(code, reason)``."""
+
+    seen: ClassVar[list[tuple[str, int, str]]] = []
+    errors: ClassVar[list[Exception]] = []
+    done = trio.Event()
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        if message == "kick":
+            conn.close(1000, "kicked")
+        else:  # delivered after the kick, read before it: the connection is closing
+            conn.close(1006, "not sent")
+            Reclose.seen.append((conn.state.value, 1006, message))
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        try:
+            conn.close(code, reason)
+        except Exception as exc:
+            Reclose.errors.append(exc)
+            raise
+        finally:
+            Reclose.seen.append((conn.state.value, code, reason))
+            Reclose.done.set()
+
+    async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
+        Reclose.errors.append(error)
+
+
+@pytest.fixture
+def reclose() -> type[Reclose]:
+    Reclose.seen, Reclose.errors, Reclose.done = [], [], trio.Event()
+    return Reclose
+
+
+@pytest.mark.parametrize("abrupt", [False, True])
+async def test_closing_a_closed_connection_in_on_close_does_nothing(
+    start: Start, reclose: type[Reclose], caplog: pytest.LogCaptureFixture, abrupt: bool
+) -> None:
+    server = await start(reclose)
+
+    def leave() -> None:
+        with connect(f"{server.url}/r") as ws:
+            if abrupt:
+                ws.close_socket()  # the TCP connection ends without a close frame
+            else:
+                ws.close(1000, "bye")
+
+    caplog.set_level(logging.INFO, logger="roomkit")
+    await trio.to_thread.run_sync(leave)
+    with trio.fail_after(10):
+        await reclose.done.wait()
+    expected = ("closed", 1006, "") if abrupt else ("closed", 1000, "bye")
+    assert reclose.seen == [expected]
+    assert reclose.errors == []
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_closing_a_closing_connection_does_nothing(reclose: type[Reclose]) -> None:
+    async with open_test_server(reclose) as server:
+        stream, ws = await memory_handshake(server, "/r")
+        async with stream:
+            # Both in one write: "late" is read, and delivered, before the kick's close.
+            kick, late = ws.send(TextMessage("kick")), ws.send(TextMessage("late"))
+            await stream.send_all(kick + late)
+            close = await read_close(stream, ws)
+            assert (close.code, close.reason) == (1000, "kicked")  # not 1006, not twice
+            await stream.send_all(ws.send(close.response()))
+            with trio.fail_after(5):
+                await reclose.done.wait()
+    assert reclose.seen == [("closing", 1006, "late"), ("closed", 1000, "kicked")]
+    assert reclose.errors == []
 
 
 class CustomErrors(roomkit.Room):

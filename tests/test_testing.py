@@ -12,12 +12,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
 import roomkit
 from examples.chat import Chat, ChatRoom, Message
 from roomkit.testing import TestServer, open_test_server
 
-from .helpers import open_client, receive_json
+from .helpers import memory_handshake, open_client, receive_json
 
 
 async def test_the_demo_chat_in_memory() -> None:
@@ -114,6 +115,25 @@ async def test_a_client_closes_with_its_code_and_the_room_hears_it() -> None:
         assert await ann.receive() == {"type": "user_joined", "user": "bob"}
         assert await ann.receive() == {"type": "user_left", "user": "bob"}
         assert closes == [(4001, "bye")]
+
+
+async def test_on_close_may_close_again_with_what_it_was_told() -> None:
+    closes: list[tuple[int, str, str]] = []
+
+    class Reclosing(ChatRoom):  # the guide's webSocketClose: ws.close(code, reason)
+        async def on_close(
+            self, conn: roomkit.Connection, code: int, reason: str, clean: bool
+        ) -> None:
+            conn.close(code, reason)  # a room error here would be raised in the test
+            closes.append((conn.state.value, code, reason))
+
+    async with open_test_server(Reclosing) as server:
+        async with server.connect("/x?userId=ann") as ann:
+            await ann.close(1000, "bye")
+        stream, _ = await memory_handshake(server, "/x?userId=bob")
+        await stream.aclose()  # gone without a close frame: 1006
+        await trio.testing.wait_all_tasks_blocked()
+    assert closes == [("closed", 1000, "bye"), ("closed", 1006, "")]
 
 
 class QuietChat(ChatRoom):
