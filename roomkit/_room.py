@@ -39,6 +39,9 @@ class RoomBackend(Protocol):
     def log_fields(self, conn: Connection | None = None) -> dict[str, Any]:
         """The fields of a log line about the room, or about ``conn`` in it."""
 
+    def wall_time(self) -> float:
+        """Seconds since the epoch, on the clock the room's alarms keep."""
+
     def unhandled(self, error: Exception) -> None:
         """A hook's ``error`` reached ``on_error``'s default, which logged it."""
 
@@ -136,6 +139,17 @@ class Room:
     def connections(self, tag: str | None = None) -> list[Connection]:
         """The room's open connections, or only those carrying ``tag``, in join order."""
         return self._roomkit_actor.connections(tag)
+
+    def time(self) -> float:
+        """The wall clock, in seconds since the epoch: what ``Date.now() / 1000`` is to a
+        Durable Object, the clock the room's alarms keep.
+
+        ``time.time()`` in a server. Under ``roomkit.testing`` it follows Trio's clock
+        (from the wall time at which the test server started), so a room that measures
+        staleness with it sees the time that ``trio.sleep`` and alarms see, under
+        ``autojump_clock`` too; ``time.time()`` there does not move with them.
+        """
+        return self._roomkit_actor.wall_time()
 
     def broadcast(
         self,

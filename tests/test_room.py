@@ -5,6 +5,7 @@ Loopback only, port 0, trio-websocket's client; ``fail_after`` bounds every wait
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, ClassVar
@@ -383,3 +384,17 @@ async def test_a_failure_handling_one_event_ends_what_it_was_about_only(
     assert b'roomkit_internal_errors_total{room_class="Echo"} 2.0' in page
     assert b'roomkit_handshakes_refused_total{reason="internal_error"} 1.0' in page
     assert b'roomkit_connections_cut_total{reason="internal_error",room_class="Echo"} 1.0' in page
+
+
+class Clock(roomkit.Room):
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        conn.send(repr(self.time()))
+
+
+async def test_room_time_is_the_wall_clock_in_a_server(start: Start) -> None:
+    server = await start(Clock)
+    before = time.time()
+    async with open_client(f"{server.url}/lobby") as ws:
+        with trio.fail_after(5):
+            told = float(await ws.get_message())
+    assert before - 1 < told < time.time() + 1

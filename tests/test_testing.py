@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -159,6 +160,43 @@ async def test_an_idle_sweep_runs_on_the_virtual_clock(autojump_clock: trio.abc.
         assert await bob.receive() == {"type": "user_left", "user": "ann"}
         assert await bob.receive_close() == (1000, "Idle timeout")
         assert trio.current_time() - start == pytest.approx(90)
+
+
+class Clocked(roomkit.Room):
+    """Answers "time" with its wall clock; "alarm N" sets its alarm N seconds ahead, and
+    the alarm broadcasts the wall clock when it runs."""
+
+    async def on_message(self, conn: roomkit.Connection, message: object) -> None:
+        if message == "time":
+            conn.send(repr(self.time()))
+        else:
+            await self.storage.set_alarm(delay=float(str(message).split()[1]))
+            alarm = await self.storage.get_alarm()
+            assert alarm is not None
+            conn.send(repr(alarm.timestamp()))
+
+    async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+        self.broadcast(repr(self.time()))
+
+
+async def test_room_time_follows_the_virtual_clock(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Clocked) as server, server.connect("/x") as ann:
+        start = trio.current_time()
+
+        async def wall() -> float:
+            await ann.send("time")
+            return float(await ann.receive_text())
+
+        first = await wall()
+        assert abs(first - time.time()) < 5  # from the wall time at which the server started
+        await trio.sleep(30)
+        assert await wall() - first == pytest.approx(30, abs=1e-6)
+        await ann.send("alarm 90")
+        due = float(await ann.receive_text())
+        assert due - first == pytest.approx(120, abs=1e-6)  # as the alarm is stored
+        ran = float(await ann.receive_text())
+        assert ran - first == pytest.approx(120, abs=1e-6)
+        assert trio.current_time() - start == pytest.approx(120, abs=1e-6)
 
 
 class Digest(ChatRoom):
