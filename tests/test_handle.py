@@ -89,6 +89,28 @@ def test_codes_that_may_not_be_sent_are_refused(code: int) -> None:
     assert link.calls == []
 
 
+@pytest.mark.parametrize("state", [ConnectionState.CLOSING, ConnectionState.CLOSED])
+def test_closing_a_connection_already_closing_does_nothing_whatever_the_code(
+    state: ConnectionState,
+) -> None:
+    conn, link = handle()
+    link.state = state
+    conn.close(1006)  # what on_close is told of a dropped connection
+    conn.close(1000, "x" * 124)
+    conn.close()
+    assert link.calls == []
+
+
+@pytest.mark.parametrize("state", [ConnectionState.CONNECTING, ConnectionState.OPEN])
+def test_closing_a_connection_not_closing_yet_is_checked(state: ConnectionState) -> None:
+    conn, link = handle()
+    link.state = state
+    with pytest.raises(ValueError, match="close code 1006 may not be sent"):
+        conn.close(1006)
+    conn.close(4000)
+    assert link.calls == [("close", 4000, "")]
+
+
 def test_its_state_is_read_only() -> None:
     conn, _ = handle()
     with pytest.raises(AttributeError):
