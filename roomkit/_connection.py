@@ -41,6 +41,9 @@ class Link(Protocol):
     def last_seen(self) -> float: ...
 
     @property
+    def auto_response_timestamp(self) -> float | None: ...
+
+    @property
     def tags(self) -> tuple[str, ...]: ...
 
     def retag(self, tags: tuple[str, ...]) -> None:
@@ -85,6 +88,16 @@ class Connection:
     def last_seen(self) -> float:
         """When the peer last sent a message, in Trio's clock (``trio.current_time()``)."""
         return self._link.last_seen
+
+    @property
+    def auto_response_timestamp(self) -> float | None:
+        """When the room's ``auto_response`` last answered the peer, in seconds since the
+        epoch on the room's clock (``Room.time()``); None if it never has.
+
+        Durable Objects' ``getWebSocketAutoResponseTimestamp``. Kept with the connection
+        across hibernation; answering never wakes the room.
+        """
+        return self._link.auto_response_timestamp
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -150,20 +163,22 @@ def detach(handle: Connection) -> None:
     garbage collector, which then ran for every connection that closed (about a
     seventieth of a handshake's cost). What a hook still reads of a closed connection
     stays as it was (``CLOSED``, no tags until it is given some, when its peer was last
-    seen), and what it sends to it is dropped, as it was once the connection closed.
+    seen and last auto-answered), and what it sends to it is dropped, as it was once the
+    connection closed.
     """
-    handle._link = _Ended(handle.last_seen)
+    handle._link = _Ended(handle.last_seen, handle.auto_response_timestamp)
 
 
 class _Ended:
     """The :class:`Link` of a connection that has ended."""
 
-    __slots__ = ("last_seen", "tags")
+    __slots__ = ("auto_response_timestamp", "last_seen", "tags")
 
     state: Final = ConnectionState.CLOSED
 
-    def __init__(self, last_seen: float) -> None:
+    def __init__(self, last_seen: float, auto_response_timestamp: float | None) -> None:
         self.last_seen: Final = last_seen
+        self.auto_response_timestamp: Final = auto_response_timestamp
         self.tags: tuple[str, ...] = ()
 
     def retag(self, tags: tuple[str, ...]) -> None:

@@ -7,8 +7,9 @@ what the bytes read mean and what the peer is owed, and the transport carries it
 It has one reader and one writer, both tasks in its room's nursery:
 
 * The reader feeds each chunk read to the peer machine, delivers the messages it
-  returns to the room in order, and carries out the rest (kick the queue, tell the
-  room to cut the peer off, schedule the next ping, stop).
+  returns to the room in order, and carries out the rest (note when the auto-response
+  went out, kick the queue, tell the room to cut the peer off, schedule the next ping,
+  stop).
 * ``push`` (what ``send``, ``close`` and a room's ``broadcast`` come to) only appends
   to the send queue, then kicks it; it never blocks and never awaits.
 * A kick writes the queue straight to the socket (one non-blocking ``os.write``) when
@@ -48,7 +49,7 @@ from ._connlog import connection_fields, log_closed, log_failed, log_opened, log
 from ._core.frontdoor import Response
 from ._core.lifecycle import ConnectionState, Trigger
 from ._core.limits import CLOSE_TIMEOUT
-from ._core.peer import CLOSE, CUT, END, PING, PONG, TIMEOUT, WRITE, Peer
+from ._core.peer import AUTO, CLOSE, CUT, END, PING, PONG, TIMEOUT, WRITE, Peer
 from ._metrics import CutReason, RoomMetrics
 from ._request import Request
 from ._roomid import RoomId
@@ -104,6 +105,9 @@ class RoomSide(Protocol):
 
     def cancel_timer(self, key: tuple[str, Hashable]) -> None: ...
 
+    def wall_time(self) -> float:
+        """Seconds since the epoch, on the clock of ``Room.time()``."""
+
 
 class Transport:
     """One peer's WebSocket in a room: what the room sends to, and its two loops.
@@ -113,6 +117,8 @@ class Transport:
       peer: the machine that decides what the peer's bytes mean and what it is owed.
       tags: the connection's tags, as the room's tag index has them.
       metrics: its Room class's counters.
+      auto_response_timestamp: when the auto-response was last sent, on the room's wall
+        clock (``Room.time()``); None before the first.
     """
 
     # Slots: a server holds thousands of these, each touched per message.
@@ -126,6 +132,7 @@ class Transport:
         "_stream",
         "_wakeup",
         "_writer_done",
+        "auto_response_timestamp",
         "handle",
         "metrics",
         "peer",
@@ -154,6 +161,7 @@ class Transport:
         self.handle: Final = Connection(self, request)
         self.tags: tuple[str, ...] = ()
         self.metrics: Final = actor.metrics
+        self.auto_response_timestamp: float | None = None
         self._actor = actor
         # The recipients of a send to this connection alone (emptied once it is closed).
         self._alone: tuple[Transport, ...] = (self,)
@@ -439,6 +447,8 @@ class Transport:
 
     async def _carry_out(self, todo: int) -> bool:
         """Do what the peer machine left to the transport; True once reading is over."""
+        if todo & AUTO:  # first: the auto-response goes out with the kick below
+            self.auto_response_timestamp = self._actor.wall_time()
         if todo & WRITE:
             self.kick()
         if todo & CLOSE:

@@ -24,6 +24,7 @@ class FakeLink:
 
     state: ConnectionState = ConnectionState.OPEN
     last_seen: float = 1.5
+    auto_response_timestamp: float | None = None
     tags: tuple[str, ...] = ()
     calls: list[tuple[Any, ...]] = attrs.Factory(list)
 
@@ -119,8 +120,10 @@ def test_its_state_is_read_only() -> None:
 
 def test_a_detached_handle_keeps_what_hooks_read_and_drops_sends() -> None:
     conn, link = handle()
+    link.auto_response_timestamp = 1_700_000_000.25
     detach(conn)
     assert (conn.state, conn.last_seen, conn.tags) == (ConnectionState.CLOSED, 1.5, ())
+    assert conn.auto_response_timestamp == 1_700_000_000.25
     conn.tags = ["gone"]  # a connection that has left may be retagged; it stays out
     conn.send("late")
     conn.close()

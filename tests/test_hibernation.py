@@ -2,19 +2,22 @@
 
 Time that passes is a MockClock's, over ``roomkit.testing``'s in-memory transport, so
 that nothing is in flight when the clock jumps and the times asserted are exact. The
-one test of a client's own pings uses trio-websocket over a socket, on real time.
+test of a client's own pings uses trio-websocket over a socket, and the one of the
+auto-response's timestamp the ``websockets`` package's client, on real time.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import time
 import weakref
 from typing import Any, ClassVar
 
 import pytest
 import trio
 import trio.testing
+from websockets.sync.client import connect
 from wsproto.events import CloseConnection
 
 import roomkit
@@ -127,6 +130,57 @@ async def test_auto_response_answers_without_waking_the_room(
         await binary.send("ping")  # not the binary pair: reaches the room
         assert (await binary.receive())["starts"] == 3
         assert Sleepy.messages == 1
+
+
+class Stamped(Sleepy):
+    """Auto-answers "ping"; any other message is answered with when that last happened
+    and the room's time now."""
+
+    auto_response = ("ping", "pong")
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        Sleepy.messages += 1
+        conn.send(json.dumps([conn.auto_response_timestamp, self.time()]))
+
+
+async def test_the_auto_response_timestamp_survives_hibernation_without_a_wake(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(Stamped) as server, server.connect("/r?user=ann") as ann:
+        await ann.send("when?")
+        never, start = await ann.receive_json()
+        assert never is None  # no auto-response yet
+        await trio.sleep(15)
+        assert server.room("r") is None  # hibernated
+        await ann.send("ping")
+        assert await ann.receive_text() == "pong"
+        await trio.sleep(20)
+        assert Sleepy.starts == 1  # the auto-response did not wake the room
+        await ann.send("when?")
+        stamp, now = await ann.receive_json()
+        assert Sleepy.starts == 2  # a new instance reads it
+        assert stamp - start == pytest.approx(15, abs=1e-6)
+        assert now - stamp == pytest.approx(20, abs=1e-6)
+        await ann.send("ping")
+        assert await ann.receive_text() == "pong"
+        await ann.send("when?")
+        assert (await ann.receive_json())[0] == pytest.approx(now, abs=1e-6)  # the latest
+
+
+async def test_the_auto_response_timestamp_is_the_wall_time_it_was_sent(start: Start) -> None:
+    server = await start(Stamped)
+
+    def talk() -> tuple[float, float, list[float]]:
+        with connect(f"{server.url}/r?user=ann") as ws:
+            before = time.time()
+            ws.send("ping")
+            assert ws.recv(timeout=5) == "pong"
+            after = time.time()
+            ws.send("when?")
+            return before, after, json.loads(ws.recv(timeout=5))
+
+    before, after, (stamp, _) = await trio.to_thread.run_sync(talk)
+    assert before <= stamp <= after
 
 
 class Alarmed(Sleepy):

@@ -21,7 +21,7 @@ import roomkit
 from roomkit._core.frames import encode_message
 from roomkit._core.lifecycle import ConnectionState, Phase, Trigger
 from roomkit._core.limits import RATE_LIMITED
-from roomkit._core.peer import CLOSE, CUT, END, PING, PONG, TIMEOUT, WRITE, Peer
+from roomkit._core.peer import AUTO, CLOSE, CUT, END, PING, PONG, TIMEOUT, WRITE, Peer
 from roomkit._core.sendqueue import SLOW_CONSUMER
 from roomkit._metrics import RoomMetrics
 from roomkit._protocol import error_message
@@ -110,11 +110,20 @@ def test_the_flood_cut_comes_after_exactly_the_patience() -> None:
     assert len(peer.queue.frames) == 29  # no reply to the flood, nor to what follows
 
 
-def test_an_auto_response_answers_its_request_here() -> None:
+def test_an_auto_response_answers_its_request_here_and_says_so() -> None:
     pong = encode_message("pong")
     peer, client, _ = open_peer(auto_response=("ping", pong))
-    assert peer.receive(text(client, "ping", "other"), 0.0) == (["other"], WRITE)
+    assert peer.receive(text(client, "ping", "other"), 0.0) == (["other"], WRITE | AUTO)
     assert peer.queue.frames == [pong]
+    assert peer.receive(text(client, "other"), 0.0) == (["other"], 0)  # AUTO only for it
+
+
+def test_an_auto_response_that_does_not_fit_is_not_reported_as_sent() -> None:
+    pong = encode_message("pong")
+    peer, client, _ = open_peer(auto_response=("ping", pong), max_send_queue=len(pong))
+    assert peer.receive(text(client, "ping"), 0.0) == ([], WRITE | AUTO)
+    assert peer.receive(text(client, "ping"), 0.0) == ([], CLOSE)  # a slow consumer
+    assert peer.queue.close is SLOW_CONSUMER
 
 
 def test_a_text_request_is_not_answered_for_a_binary_message() -> None:
@@ -126,7 +135,7 @@ def test_a_text_request_is_not_answered_for_a_binary_message() -> None:
 def test_a_binary_request_is_not_answered_for_a_text_message() -> None:
     peer, client, _ = open_peer(auto_response=(b"ping", encode_message(b"pong")))
     assert peer.receive(text(client, "ping"), 0.0) == (["ping"], 0)
-    assert peer.receive(client.send(BytesMessage(b"ping")), 0.0) == ([], WRITE)
+    assert peer.receive(client.send(BytesMessage(b"ping")), 0.0) == ([], WRITE | AUTO)
 
 
 def test_an_auto_response_takes_a_token() -> None:
@@ -134,8 +143,11 @@ def test_an_auto_response_takes_a_token() -> None:
         auto_response=("ping", encode_message("pong")),
         rate_limit=roomkit.RateLimit(per_second=1, burst=1),
     )
-    assert peer.receive(text(client, "ping", "ping"), 0.0) == ([], WRITE)
+    assert peer.receive(text(client, "ping", "ping"), 0.0) == ([], WRITE | AUTO)
     assert peer.queue.frames == [encode_message("pong"), RATE_LIMITED]
+    # Dropped for want of a token: answered, but not with the auto-response.
+    assert peer.receive(text(client, "ping"), 0.5) == ([], WRITE)
+    assert peer.queue.frames == [encode_message("pong"), RATE_LIMITED, RATE_LIMITED]
 
 
 @attrs.frozen

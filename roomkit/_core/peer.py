@@ -11,7 +11,8 @@ read from the socket with :meth:`Peer.receive`, which returns, for the whole chu
 * an ``int`` of :data:`Todo` bits for the rest: frames were queued (``WRITE``: kick
   the queue), a close is owed (``CLOSE``), the reader cut the peer off (``CUT``: tell
   the room, behind the messages, to close it with :attr:`Peer.cut`), the awaited pong
-  came (``PONG``), the reader is done (``END``).
+  came (``PONG``), the reader is done (``END``), the auto-response was queued
+  (``AUTO``: the transport notes the wall time, which this machine does not know).
 
 Everything the peer is answered directly goes into the queue here: the auto-response,
 the error reply to a message that does not decode, the ``rate_limited`` reply to a
@@ -50,7 +51,7 @@ from .limits import RATE_LIMITED, MessageAssembler, MessageTooBig
 from .ratelimit import RateLimit, TokenBucket, Verdict
 from .sendqueue import SendQueue
 
-__all__ = ["CLOSE", "CUT", "END", "PING", "PONG", "TIMEOUT", "WRITE", "Peer"]
+__all__ = ["AUTO", "CLOSE", "CUT", "END", "PING", "PONG", "TIMEOUT", "WRITE", "Peer"]
 
 # Todo bits, what receive() and heartbeat() leave to the transport.
 WRITE: Final = 1  # frames were queued: kick the queue
@@ -60,6 +61,7 @@ PONG: Final = 8  # the pong awaited came: schedule the next ping
 END: Final = 16  # nothing more is read: the peer closed, broke the protocol, or left
 PING: Final = 32  # a ping was queued: kick, and expect its pong
 TIMEOUT: Final = 64  # the last ping went unanswered: drop the connection
+AUTO: Final = 128  # the auto-response was queued (with WRITE): note when, on the wall clock
 
 #: The payload of roomkit's pings.
 PING_PAYLOAD: Final = b"roomkit"
@@ -232,7 +234,7 @@ class Peer:
             return self._flooded()
         auto = self._auto
         if auto is not None and type(message) is type(auto[0]) and message == auto[0]:
-            return self._reply(auto[1])  # answered here: the room is not woken
+            return self._reply(auto[1], WRITE | AUTO)  # answered here: the room is not woken
         protocol = self._protocol
         if protocol is not None:
             try:
@@ -285,11 +287,12 @@ class Peer:
         self.cut = (code, text)
         return CUT
 
-    def _reply(self, frame: bytes) -> int:
-        """Queue a direct answer to the peer, counted as a message sent."""
+    def _reply(self, frame: bytes, queued: int = WRITE) -> int:
+        """Queue a direct answer to the peer, counted as a message sent; the Todo bits
+        ``queued`` if it fits."""
         if self.queue.push(frame):
             self._metrics.messages_sent += 1
-            return WRITE
+            return queued
         self.slow_consumer()
         return CLOSE
 
