@@ -337,6 +337,42 @@ async def test_invalid_utf8_text_closes_1007(start: Start) -> None:
             assert await bystander.get_message() == "unbothered"
 
 
+class Watchful(roomkit.Room):
+    """Records what reaches on_close and on_error (Durable Objects' webSocketError)."""
+
+    seen: ClassVar[list[tuple[str, Any]]] = []
+    closed = trio.Event()
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Watchful.seen.append(("on_close", (code, clean)))
+        Watchful.closed.set()
+
+    async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
+        Watchful.seen.append(("on_error", error))
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [("not a frame", 1002), ("invalid UTF-8", 1007), ("dropped", 1006)],
+)
+async def test_a_websocket_failure_reaches_on_close_and_never_on_error(
+    start: Start, failure: str, code: int
+) -> None:
+    Watchful.seen, Watchful.closed = [], trio.Event()
+    server = await start(Watchful)
+    stream, ws = await raw_handshake(server.port, "/r")
+    async with stream:
+        if failure == "not a frame":
+            await stream.send_all(b"\x8f\x00GARBAGE")
+        elif failure == "invalid UTF-8":
+            frame = bytearray(ws.send(TextMessage(data="ab")))
+            frame[-2:] = bytes(b ^ m for b, m in zip(b"\xff\xfe", frame[-6:-4], strict=True))
+            await stream.send_all(bytes(frame))
+    with trio.fail_after(10):
+        await Watchful.closed.wait()
+    assert Watchful.seen == [("on_close", (code, False))]
+
+
 async def test_peer_that_never_answers_our_close_is_dropped(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
