@@ -117,8 +117,10 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 def load_rooms(target: str) -> type[Room] | Mapping[str, type[Room]]:
     """Import ``"module:attr"`` and return the Room subclass or route mapping it names.
 
-    The working directory is importable, as with ``python -m``. An error raised by the
-    module's own code propagates with its traceback; only a bad name is a UsageError.
+    The module is looked for in the working directory first, as ``python -m`` and
+    uvicorn do, then on the rest of ``sys.path`` (``PYTHONPATH``, installed packages).
+    An error raised by the module's own code propagates with its traceback; only a bad
+    name is a UsageError.
     """
     value = _load(target)
     if isinstance(value, type) and issubclass(value, Room):
@@ -153,7 +155,10 @@ def _load(target: str) -> Any:
         )
         if not named:  # the module exists, but something it imports does not
             raise
-        raise UsageError(f"no module named {exc.name!r}") from None
+        raise UsageError(
+            f"no module named {exc.name!r} in the current directory ({os.getcwd()}) "
+            "or on the Python path"
+        ) from None
     for part in attr.split("."):
         if not hasattr(value, part):
             raise UsageError(f"{target}: {value!r} has no attribute {part!r}")

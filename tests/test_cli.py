@@ -30,7 +30,14 @@ from roomkit._proxy import PROXY_OPTIONS
 from roomkit._server import SERVE_OPTIONS
 from roomkit.storage._sqlite import SQLiteCore
 
-from .helpers import ROOT, call, roomkit_command, roomkit_serve, roomkit_serve_refused
+from .helpers import (
+    ROOT,
+    call,
+    roomkit_command,
+    roomkit_env,
+    roomkit_serve,
+    roomkit_serve_refused,
+)
 from .test_routing import by_header
 
 ROOMKIT = (sys.executable, "-m", "roomkit")
@@ -207,6 +214,49 @@ def test_route_names_a_function_to_import() -> None:
     )
     with pytest.raises(UsageError, match="expected MODULE:ATTR"):
         _runner(serve_args("--route", "by_header"))
+
+
+#: The command as installed (``pip install -e .``), not ``python -m roomkit``, which puts
+#: the working directory on ``sys.path`` by itself.
+INSTALLED = str(Path(sys.executable).with_name("roomkit"))
+
+
+def serve_from(cwd: Path, target: str, **environ: str) -> str:
+    """What ``roomkit serve TARGET`` run in ``cwd`` answers "hi" with, or its usage error."""
+    command = [INSTALLED, "serve", target, "--port", "0", "--storage", ":memory:"]
+    env = {**roomkit_env(), **environ}
+    with subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            line = process.stderr.readline()
+            if "listening on" not in line:
+                process.wait(timeout=10)
+                return line + process.stderr.read()
+            with connect(f"{line.split()[-1]}/lobby?userId=ann") as ws:
+                ws.send(json.dumps({"type": "chat", "text": "hi"}))
+                return str(ws.recv(timeout=5))
+        finally:
+            process.kill()
+
+
+def test_the_module_is_imported_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "lobby.py").write_text(
+        "import roomkit\n\n"
+        "class Lobby(roomkit.Room):\n"
+        "    async def on_message(self, conn, message):\n"
+        "        conn.send('lobby: ' + message)\n"
+    )
+    assert serve_from(tmp_path, "lobby:Lobby").startswith('lobby: {"type": "chat"')
+
+
+def test_examples_are_served_from_the_repository_or_with_it_on_the_path(tmp_path: Path) -> None:
+    # examples/ is the repository's, not installed: elsewhere it is not found...
+    refused = serve_from(tmp_path, TARGET)
+    assert "no module named 'examples' in the current directory" in refused
+    assert f"({tmp_path})" in refused
+    # ...unless the repository is on PYTHONPATH, or is the working directory.
+    for cwd, environ in ((tmp_path, {"PYTHONPATH": str(ROOT)}), (ROOT, {})):
+        assert json.loads(serve_from(cwd, TARGET, **environ))["type"] == "welcome"
 
 
 def serve_args(*argv: str, **environ: str) -> argparse.Namespace:
