@@ -1,0 +1,137 @@
+"""The examples of Cloudflare's guide "WebSockets in Cloudflare Workers", as roomkit rooms.
+
+Each room speaks its example's wire protocol exactly, so that a client written for the
+guide works against it unchanged. Serve them all with
+``roomkit serve examples.guide:ROUTES``, then connect to ``ws://127.0.0.1:8080/chat/{room}``,
+``/tagged/{room}?userId=ada``, and so on. docs/porting.md walks the guide section by
+section, its TypeScript beside this file's Python, and names every difference.
+
+Where the guide has a bug that would bite, the room fixes it and says so in a comment:
+a user called ``all`` (TaggedChatRoom).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, TypeGuard
+
+import roomkit
+
+__all__ = ["ROUTES", "ChatRoom", "TaggedChatRoom"]
+
+
+def as_text(message: str | bytes) -> str:
+    """A message as the guide reads it: text as sent, binary decoded as UTF-8.
+
+    ``new TextDecoder().decode(message)`` drops a leading byte order mark and replaces
+    bytes that are not UTF-8 with U+FFFD, as ``utf-8-sig`` with ``errors="replace"`` does.
+    """
+    return message if isinstance(message, str) else message.decode("utf-8-sig", "replace")
+
+
+def parse(text: str) -> Any:
+    """``JSON.parse(text)``: raises ValueError where JavaScript throws.
+
+    Python's ``json`` also reads ``NaN``, ``Infinity`` and ``-Infinity``, which are not
+    JSON and which ``JSON.parse`` refuses; so are they here.
+    """
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise ValueError(f"malformed JSON: {exc}") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def stringify(value: Any) -> str:
+    """``JSON.stringify(value)``: compact, keys in their order, non-ASCII text as is.
+
+    Raises ValueError for what JSON cannot carry on the wire, where JavaScript writes
+    something else: a number out of a float's range (``1e400`` reads as infinity,
+    which ``JSON.stringify`` writes as ``null``), and a string holding a lone surrogate
+    (``"\\ud800"``), which UTF-8 cannot encode and ``JSON.stringify`` escapes.
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise ValueError("a number is out of the range JSON can carry") from None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone surrogate, which UTF-8 cannot carry") from None
+    return text
+
+
+def error(message: str) -> str:
+    """The reply to a message the room cannot read: the shape of roomkit's own."""
+    return stringify({"type": "error", "message": message})
+
+
+class ChatRoom(roomkit.Room):
+    """The guide's basic handler: every message goes to every socket of the room.
+
+    The sender's own socket gets it too, as ``getWebSockets()`` includes it. The guide's
+    ``webSocketError`` has no hook here: a socket that breaks the WebSocket protocol,
+    sends text that is not UTF-8 or drops is closed (1002, 1007, 1006), and ``on_close``
+    hears of it with ``was_clean=False``. What its body does, logging and closing with
+    1011 "Internal error", is what roomkit's default ``on_error`` does when a hook raises.
+    """
+
+    async def on_message(self, conn: roomkit.Connection, message: str | bytes) -> None:
+        self.broadcast(as_text(message))
+
+
+#: The longest ``userId`` TaggedChatRoom takes: a tag is at most 256 characters, as in
+#: Durable Objects, and the user's tag has :data:`USER_TAG`'s 5 before it.
+MAX_USER_ID: Final = 251
+#: What a user's tag starts with: see :meth:`TaggedChatRoom.on_connect`.
+USER_TAG: Final = "user:"
+
+
+class TaggedChatRoom(roomkit.Room):
+    """The guide's tagged room: ``broadcast`` messages go to everyone, ``direct`` ones
+    to every socket of ``targetUserId``.
+
+    What goes out is the message as the client sent it, as ``JSON.stringify(data)``
+    writes it again: keys in the order sent, no whitespace (``{"type":"broadcast"}``),
+    strings as they were. Numbers are written as Python writes them: ``1.0`` stays
+    ``1.0`` where JavaScript writes ``1``, and integers past 2**53 stay exact.
+    """
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        user_id = request.query.get("userId") or "anonymous"
+        if len(user_id) > MAX_USER_ID:
+            raise roomkit.Reject(400, f"userId is at most {MAX_USER_ID} characters")
+        # The guide tags a socket [userId, "all"]: a user called "all" then shares the
+        # tag of everyone, and a direct message to "all" reaches every socket. Giving
+        # user tags a prefix keeps the two apart: "user:all" is that user alone.
+        conn.tags = [USER_TAG + user_id, "all"]
+
+    async def on_message(self, conn: roomkit.Connection, message: str | bytes) -> None:
+        # The guide's JSON.parse throws on a message that is not JSON; here the sender
+        # is told, in the shape of roomkit's error replies, and stays connected.
+        try:
+            data = parse(as_text(message))
+            text = stringify(data)
+        except ValueError as exc:
+            conn.send(error(str(exc)))
+            return
+        if not isinstance(data, dict):
+            return  # data.type is undefined: neither branch of the guide's is taken
+        if data.get("type") == "broadcast":
+            self.broadcast(text, tag="all")
+        elif data.get("type") == "direct" and _is_user_id(target := data.get("targetUserId")):
+            self.broadcast(text, tag=USER_TAG + target)
+
+
+def _is_user_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` could be a connected user's id (the guide: any truthy value)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_USER_ID
+
+
+ROUTES: Final[dict[str, type[roomkit.Room]]] = {
+    "/chat": ChatRoom,
+    "/tagged": TaggedChatRoom,
+}

@@ -1,0 +1,177 @@
+"""The guide's examples (examples/guide.py), driven as the guide's own clients would.
+
+Every room is served as ``roomkit serve examples.guide:ROUTES`` serves it, on 127.0.0.1
+port 0 through the ``start`` fixture, and spoken to with clients roomkit did not write
+(the ``websockets`` package's Trio client, trio-websocket's) sending the guide's JSON,
+compared as the exact text that comes back. What takes time (hibernation, the minute
+of the managed room's idle sweep) runs over ``roomkit.testing``'s in-memory transport
+under ``autojump_clock``, which is never used with a real socket. Each fix of a bug of
+the guide's has a test that the guide's own code fails.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as connect_sync
+from websockets.trio.client import ClientConnection, connect
+
+from examples.guide import ROUTES
+
+from .helpers import Start, open_client, roomkit_serve
+
+#: Seconds any one wait on a real socket may take before the test fails.
+WAIT = 5
+
+
+def opened(url: str) -> connect:
+    """The ``websockets`` package's Trio client, its handshake done within :data:`WAIT`."""
+    return connect(url, open_timeout=WAIT)
+
+
+async def recv(ws: ClientConnection) -> str | bytes:
+    """The next message, within :data:`WAIT`."""
+    with trio.fail_after(WAIT):
+        return await ws.recv()
+
+
+# ChatRoom
+
+
+async def test_chat_sends_every_message_to_every_socket_the_senders_too(start: Start) -> None:
+    server = await start(ROUTES)
+    async with (
+        opened(f"{server.url}/chat/lobby") as ann,
+        open_client(f"{server.url}/chat/lobby") as bob,
+    ):
+        await ann.send("hello, room")
+        assert await recv(ann) == "hello, room"
+        with trio.fail_after(WAIT):
+            assert await bob.get_message() == "hello, room"
+        # Binary is decoded as the guide's TextDecoder does: its byte order mark
+        # dropped, a byte that is not UTF-8 replaced, and sent on as text.
+        await bob.send_message(b"\xef\xbb\xbfcaf\xc3\xa9 \xff!")
+        assert await recv(ann) == "café \ufffd!"
+        with trio.fail_after(WAIT):
+            assert await bob.get_message() == "café \ufffd!"
+
+
+async def test_chat_rooms_of_other_names_hear_nothing(start: Start) -> None:
+    server = await start(ROUTES)
+    async with opened(f"{server.url}/chat/a") as a, opened(f"{server.url}/chat/b") as b:
+        await a.send("for a")
+        await b.send("for b")
+        assert await recv(a) == "for a"
+        assert await recv(b) == "for b"
+
+
+# TaggedChatRoom
+
+
+async def test_tagged_broadcasts_reach_everyone_as_json_stringify_writes_them(
+    start: Start,
+) -> None:
+    server = await start(ROUTES)
+    url = f"{server.url}/tagged/lobby?userId="
+    async with opened(url + "ann") as ann, opened(url + "bob") as bob:
+        await ann.send('{"type": "broadcast", "text": "hi, é", "n": [1, 2.5, null], "ok": true}')
+        sent = '{"type":"broadcast","text":"hi, é","n":[1,2.5,null],"ok":true}'
+        assert await recv(ann) == sent
+        assert await recv(bob) == sent
+
+
+async def test_tagged_direct_messages_reach_every_socket_of_their_user_only(start: Start) -> None:
+    server = await start(ROUTES)
+    url = f"{server.url}/tagged/lobby?userId="
+    async with (
+        opened(url + "ann") as ann,
+        opened(url + "bob") as bob_1,
+        opened(url + "bob") as bob_2,
+        opened(url + "cy") as cy,
+    ):
+        await ann.send('{"type": "direct", "targetUserId": "bob", "text": "psst"}')
+        for ws in (bob_1, bob_2):
+            assert await recv(ws) == '{"type":"direct","targetUserId":"bob","text":"psst"}'
+        # Neither the sender nor cy got it: what each gets next is the broadcast.
+        await ann.send('{"type": "broadcast"}')
+        for ws in (ann, cy, bob_1, bob_2):
+            assert await recv(ws) == '{"type":"broadcast"}'
+
+
+async def test_tagged_users_without_an_id_are_anonymous(start: Start) -> None:
+    server = await start(ROUTES)
+    base = f"{server.url}/tagged/lobby"
+    async with (
+        opened(base) as nobody,
+        opened(base + "?userId=") as empty,
+        opened(base + "?userId=ann") as ann,
+    ):
+        await ann.send('{"type": "direct", "targetUserId": "anonymous"}')
+        for ws in (nobody, empty):
+            assert await recv(ws) == '{"type":"direct","targetUserId":"anonymous"}'
+
+
+async def test_tagged_a_user_called_all_gets_direct_messages_to_all_alone(start: Start) -> None:
+    # The guide's tags, [userId, "all"], would send this direct message to every socket.
+    server = await start(ROUTES)
+    url = f"{server.url}/tagged/lobby?userId="
+    async with opened(url + "ann") as ann, opened(url + "all") as all_, opened(url + "bob") as bob:
+        await ann.send('{"type": "direct", "targetUserId": "all", "text": "just you"}')
+        assert await recv(all_) == '{"type":"direct","targetUserId":"all","text":"just you"}'
+        await ann.send('{"type": "broadcast"}')
+        for ws in (ann, bob, all_):
+            assert await recv(ws) == '{"type":"broadcast"}'
+
+
+@pytest.mark.parametrize(
+    ("sent", "reply"),
+    [
+        ("hello", "malformed JSON: Expecting value: line 1 column 1 (char 0)"),
+        ('{"type": "broadcast", "n": NaN}', "malformed JSON: NaN is not JSON"),
+        ('{"type": "broadcast", "n": 1e400}', "a number is out of the range JSON can carry"),
+        (
+            '{"type": "broadcast", "s": "\\ud800"}',
+            "a string holds a lone surrogate, which UTF-8 cannot carry",
+        ),
+    ],
+)
+async def test_tagged_what_is_not_json_gets_an_error_and_the_socket_stays(
+    start: Start, sent: str, reply: str
+) -> None:
+    server = await start(ROUTES)
+    async with opened(f"{server.url}/tagged/lobby?userId=ann") as ann:
+        await ann.send(sent)
+        assert json.loads(await recv(ann)) == {"type": "error", "message": reply}
+        # JSON that is neither type, or not an object, is ignored, as the guide does.
+        for ignored in ('{"type": "shout"}', '{"type": "direct"}', "[1]", '"broadcast"', "null"):
+            await ann.send(ignored)
+        await ann.send('{"type": "broadcast"}')
+        assert await recv(ann) == '{"type":"broadcast"}'
+
+
+async def test_tagged_a_user_id_too_long_for_a_tag_is_refused(start: Start) -> None:
+    server = await start(ROUTES)
+    with pytest.raises(InvalidStatus) as refused:
+        async with opened(f"{server.url}/tagged/lobby?userId={'x' * 252}"):
+            pass
+    assert refused.value.response.status_code == 400
+    assert refused.value.response.body == b"userId is at most 251 characters"
+    async with opened(f"{server.url}/tagged/lobby?userId={'x' * 251}") as longest:
+        await longest.send(json.dumps({"type": "direct", "targetUserId": "x" * 251}))
+        assert json.loads(await recv(longest))["targetUserId"] == "x" * 251
+
+
+# The command line
+
+
+def test_roomkit_serve_serves_the_guide_routes() -> None:
+    with roomkit_serve("examples.guide:ROUTES", "--storage", ":memory:") as (_, url):
+        with connect_sync(f"{url}/chat/lobby") as chat:
+            chat.send("hello")
+            assert chat.recv(timeout=WAIT) == "hello"
+        with connect_sync(f"{url}/tagged/lobby?userId=ann") as tagged:
+            tagged.send('{"type": "direct", "targetUserId": "ann"}')
+            assert tagged.recv(timeout=WAIT) == '{"type":"direct","targetUserId":"ann"}'
