@@ -68,6 +68,18 @@ async def test_chat_rooms_of_other_names_hear_nothing(start: Start) -> None:
         assert await recv(b) == "for b"
 
 
+async def test_chat_a_path_without_a_room_name_reaches_the_room_default(start: Start) -> None:
+    # The guide's Worker: url.pathname.slice(1) || 'default'.
+    server = await start(ROUTES)
+    async with opened(f"{server.url}/chat") as bare, opened(f"{server.url}/chat/default") as named:
+        await bare.send("to default")
+        assert await recv(named) == "to default"
+    server = await start(ROUTES["/chat"])  # one class, served at /{room} as by the guide
+    async with opened(f"{server.url}/") as root, opened(f"{server.url}/default") as named:
+        await named.send("from default")
+        assert await recv(root) == "from default"
+
+
 # TaggedChatRoom
 
 
