@@ -7,17 +7,23 @@ guide works against it unchanged. Serve them all with
 section, its TypeScript beside this file's Python, and names every difference.
 
 Where the guide has a bug that would bite, the room fixes it and says so in a comment:
-a user called ``all`` (TaggedChatRoom).
+a user called ``all`` (TaggedChatRoom), and messages stored under keys that collide
+within one millisecond (HibernatingRoom).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Final, TypeGuard
+from typing import Any, ClassVar, Final, TypeGuard
 
 import roomkit
 
-__all__ = ["ROUTES", "ChatRoom", "TaggedChatRoom"]
+__all__ = [
+    "ROUTES",
+    "ChatRoom",
+    "HibernatingRoom",
+    "TaggedChatRoom",
+]
 
 
 def as_text(message: str | bytes) -> str:
@@ -131,7 +137,68 @@ def _is_user_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= MAX_USER_ID
 
 
+def millis(seconds: float) -> int:
+    """``Date.now()``'s unit, whole milliseconds, from :meth:`roomkit.Room.time`'s seconds."""
+    return int(seconds * 1000)
+
+
+#: The storage key of HibernatingRoom's count of the messages it has stored.
+MESSAGES: Final = "messages"
+
+
+def message_key(number: int) -> str:
+    """The storage key of message ``number``: zero-padded, keys sort in arrival order."""
+    return f"message:{number:016d}"
+
+
+class HibernatingRoom(roomkit.Room):
+    """The guide's hibernating room: every message stored, then sent to everyone as
+    ``{"from", "message", "timestamp"}``; a socket's leaving told to the others.
+
+    Who a socket is lives in its attachment, ``{"userId", "joinedAt"}``, which survives
+    hibernation; times are the guide's milliseconds since the epoch.
+    """
+
+    #: Messages kept in storage, the latest; the guide keeps every one, for ever.
+    history: ClassVar[int] = 1000
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        user_id = request.query.get("userId")
+        if user_id:
+            conn.attachment = {"userId": user_id, "joinedAt": millis(self.time())}
+
+    async def on_message(self, conn: roomkit.Connection, message: str | bytes) -> None:
+        attachment = conn.attachment
+        data = {
+            "from": (attachment or {}).get("userId") or "anonymous",
+            "message": as_text(message),
+            "timestamp": millis(self.time()),
+        }
+        # The guide stores each message at `message:${Date.now()}`: two messages in one
+        # millisecond get one key, and the second overwrites the first. Numbered with a
+        # count kept in storage (an attribute would not survive hibernation), each gets
+        # a key of its own.
+        number = await self.storage.get(MESSAGES, 0)
+        await self.storage.put_many({message_key(number): data, MESSAGES: number + 1})
+        if number >= self.history:
+            await self.storage.delete(message_key(number - self.history))
+        self.broadcast(stringify(data))
+
+    async def on_close(
+        self, conn: roomkit.Connection, code: int, reason: str, was_clean: bool
+    ) -> None:
+        # The closed socket is no longer among self.connections(): the guide's
+        # `socket !== ws` is done. Its userId is undefined without an attachment, and
+        # JSON.stringify leaves the key out.
+        left = {"type": "user_left"}
+        if (attachment := conn.attachment) is not None:
+            left["userId"] = attachment["userId"]
+        self.broadcast(stringify(left))
+        conn.close(code, reason)  # as the guide does: roomkit has closed it already
+
+
 ROUTES: Final[dict[str, type[roomkit.Room]]] = {
     "/chat": ChatRoom,
     "/tagged": TaggedChatRoom,
+    "/hibernating": HibernatingRoom,
 }

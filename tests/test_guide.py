@@ -12,6 +12,9 @@ the guide's has a test that the guide's own code fails.
 from __future__ import annotations
 
 import json
+import time
+from contextlib import aclosing
+from typing import Any
 
 import pytest
 import trio
@@ -19,9 +22,11 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as connect_sync
 from websockets.trio.client import ClientConnection, connect
 
-from examples.guide import ROUTES
+from examples.guide import ROUTES, HibernatingRoom
+from roomkit.storage import KeyRange, RoomId, SQLiteStore
+from roomkit.testing import open_test_server
 
-from .helpers import Start, open_client, roomkit_serve
+from .helpers import Start, memory_handshake, open_client, roomkit_serve
 
 #: Seconds any one wait on a real socket may take before the test fails.
 WAIT = 5
@@ -174,6 +179,104 @@ async def test_tagged_a_user_id_too_long_for_a_tag_is_refused(start: Start) -> N
     async with opened(f"{server.url}/tagged/lobby?userId={'x' * 251}") as longest:
         await longest.send(json.dumps({"type": "direct", "targetUserId": "x" * 251}))
         assert json.loads(await recv(longest))["targetUserId"] == "x" * 251
+
+
+# HibernatingRoom
+
+
+async def test_hibernating_stores_and_sends_messages_and_tells_who_left(start: Start) -> None:
+    server = await start(ROUTES)
+    base = f"{server.url}/hibernating/lobby"
+    async with opened(base + "?userId=ann") as ann:
+        async with opened(base) as nobody:
+            before = time.time()
+            await ann.send("hi")
+            for ws in (ann, nobody):
+                sent = json.loads(await recv(ws))
+                assert list(sent) == ["from", "message", "timestamp"]  # the guide's order
+                assert sent["from"] == "ann" and sent["message"] == "hi"
+                assert before * 1000 - 1 <= sent["timestamp"] <= time.time() * 1000
+                assert isinstance(sent["timestamp"], int)  # Date.now(): whole milliseconds
+            await nobody.send(b"caf\xc3\xa9")
+            sent = json.loads(await recv(ann))
+            assert (sent["from"], sent["message"]) == ("anonymous", "café")
+        # No userId, no attachment: JSON.stringify leaves the undefined userId out.
+        assert await recv(ann) == '{"type":"user_left"}'
+        async with opened(base + "?userId=bob") as bob:
+            await bob.aclose(4000, "bye")  # on_close's conn.close(4000, "bye") does nothing
+        assert await recv(ann) == '{"type":"user_left","userId":"bob"}'
+
+
+async def stored(store: SQLiteStore, room: str) -> dict[str, Any]:
+    """What HibernatingRoom ``room`` holds in ``store``, decoded."""
+    rows = await store.list(RoomId("/hibernating", room), KeyRange(), reverse=False, limit=None)
+    return {key: json.loads(value) for key, value in rows}
+
+
+async def test_hibernating_two_messages_in_one_millisecond_are_both_stored(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The guide's key, message:${Date.now()}, is the same for both: one would be lost.
+    async with (
+        aclosing(await SQLiteStore.open(":memory:")) as store,
+        open_test_server(ROUTES, storage=store) as server,
+        server.connect("/hibernating/lobby?userId=ann") as ann,
+    ):
+        await ann.send("one")
+        await ann.send("two")
+        first, second = [json.loads(await ann.receive_text()) for _ in range(2)]
+        assert first["timestamp"] == second["timestamp"]  # no virtual time passed
+        assert await stored(store, "lobby") == {
+            "message:0000000000000000": first,
+            "message:0000000000000001": second,
+            "messages": 2,
+        }
+
+
+class Sleepy(HibernatingRoom):
+    hibernate_after = 1.0
+    history = 2
+
+
+async def test_hibernating_attachments_and_the_count_survive_hibernation(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with (
+        aclosing(await SQLiteStore.open(":memory:")) as store,
+        open_test_server({"/hibernating": Sleepy}, storage=store) as server,
+        server.connect("/hibernating/lobby?userId=ann") as ann,
+    ):
+        await ann.send("before")
+        before = json.loads(await ann.receive_text())
+        await trio.sleep(90)
+        assert server.room("lobby", "/hibernating") is None  # hibernated
+        await ann.send("after")
+        after = json.loads(await ann.receive_text())
+        assert after["from"] == "ann"  # from the attachment, after the wake
+        assert after["timestamp"] - before["timestamp"] == 90_000
+        attachment = server.room("lobby", "/hibernating").connections()[0].attachment
+        assert attachment == {"userId": "ann", "joinedAt": before["timestamp"]}
+        await trio.sleep(90)
+        await ann.send("last")
+        last = json.loads(await ann.receive_text())
+        # Numbered on from where the count was; the oldest dropped past history = 2.
+        assert await stored(store, "lobby") == {
+            "message:0000000000000001": after,
+            "message:0000000000000002": last,
+            "messages": 3,
+        }
+
+
+async def test_hibernating_a_dropped_socket_is_told_to_the_others(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with (
+        open_test_server(ROUTES) as server,
+        server.connect("/hibernating/lobby?userId=ann") as ann,
+    ):
+        stream, _ = await memory_handshake(server, "/hibernating/lobby?userId=zed")
+        await stream.aclose()  # no close frame: on_close gets 1006, and closes with it
+        assert await ann.receive_text() == '{"type":"user_left","userId":"zed"}'
 
 
 # The command line
