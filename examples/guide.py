@@ -7,8 +7,9 @@ guide works against it unchanged. Serve them all with
 section, its TypeScript beside this file's Python, and names every difference.
 
 Where the guide has a bug that would bite, the room fixes it and says so in a comment:
-a user called ``all`` (TaggedChatRoom), and messages stored under keys that collide
-within one millisecond (HibernatingRoom).
+a user called ``all`` (TaggedChatRoom), messages stored under keys that collide within
+one millisecond (HibernatingRoom), and a sweep that never learns when a socket was last
+seen (ManagedRoom).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "ROUTES",
     "ChatRoom",
     "HibernatingRoom",
+    "ManagedRoom",
     "TaggedChatRoom",
 ]
 
@@ -197,8 +199,62 @@ class HibernatingRoom(roomkit.Room):
         conn.close(code, reason)  # as the guide does: roomkit has closed it already
 
 
+#: How long ManagedRoom lets a socket be silent: the guide's minute, in milliseconds.
+IDLE_TIMEOUT_MS: Final = 60_000
+
+
+class ManagedRoom(ChatRoom):
+    """The guide's managed room: a ChatRoom whose sockets are closed with 1000 "Idle
+    timeout" once silent for a minute, by a sweep its own alarm runs.
+
+    roomkit does this by itself with ``idle_timeout = 60``; this room does it as the
+    guide writes it. When a socket was last seen lives in its attachment, so that the
+    sweep works on a room that hibernated in between.
+    """
+
+    # The guide's second best practice, a heartbeat: "ping" is answered "pong" by the
+    # connection itself, without waking the room, and counts as being seen.
+    auto_response = ("ping", "pong")
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        user_id = request.query.get("userId") or "anonymous"
+        conn.attachment = {"userId": user_id, "lastSeen": millis(self.time())}
+        if await self.storage.get_alarm() is None:  # else it is due sooner
+            await self.storage.set_alarm(delay=(IDLE_TIMEOUT_MS + 1) / 1000)
+
+    async def on_message(self, conn: roomkit.Connection, message: str | bytes) -> None:
+        # The guide updates lastSeen in a map nothing ever fills, and its cleanup reads
+        # lastSeen from the attachment, where nothing ever writes it: nobody is closed.
+        # Here it is written to the attachment, which hibernation keeps as it would not
+        # keep a map.
+        attachment = conn.attachment
+        attachment["lastSeen"] = millis(self.time())
+        conn.attachment = attachment
+        await super().on_message(conn, message)
+
+    async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+        await self.cleanup()
+
+    async def cleanup(self) -> None:
+        """Close the sockets silent for over a minute; set the alarm for the next one."""
+        now = self.time() * 1000  # not floored as Date.now() is: the alarm is due at `due`
+        last_seen = []
+        for socket in self.connections():
+            seen = socket.attachment["lastSeen"]
+            if (pinged := socket.auto_response_timestamp) is not None:
+                seen = max(seen, millis(pinged))  # getWebSocketAutoResponseTimestamp
+            if now - seen > IDLE_TIMEOUT_MS:
+                socket.close(1000, "Idle timeout")
+            else:
+                last_seen.append(seen)
+        if last_seen:
+            due = min(last_seen) + IDLE_TIMEOUT_MS + 1  # the guide's test is `>`
+            await self.storage.set_alarm(delay=(due - now) / 1000)
+
+
 ROUTES: Final[dict[str, type[roomkit.Room]]] = {
     "/chat": ChatRoom,
     "/tagged": TaggedChatRoom,
     "/hibernating": HibernatingRoom,
+    "/managed": ManagedRoom,
 }

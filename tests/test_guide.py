@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as connect_sync
 from websockets.trio.client import ClientConnection, connect
 
-from examples.guide import ROUTES, HibernatingRoom
+from examples.guide import ROUTES, HibernatingRoom, ManagedRoom
 from roomkit.storage import KeyRange, RoomId, SQLiteStore
 from roomkit.testing import open_test_server
 
@@ -277,6 +277,92 @@ async def test_hibernating_a_dropped_socket_is_told_to_the_others(
         stream, _ = await memory_handshake(server, "/hibernating/lobby?userId=zed")
         await stream.aclose()  # no close frame: on_close gets 1006, and closes with it
         assert await ann.receive_text() == '{"type":"user_left","userId":"zed"}'
+
+
+# ManagedRoom
+
+
+async def test_managed_sockets_chat_as_in_chat_room(start: Start) -> None:
+    server = await start(ROUTES)
+    async with (
+        opened(f"{server.url}/managed/lobby?userId=ann") as ann,
+        opened(f"{server.url}/managed/lobby?userId=bob") as bob,
+    ):
+        await bob.send("hello")
+        assert await recv(ann) == "hello"
+        assert await recv(bob) == "hello"
+
+
+async def test_managed_a_silent_socket_is_closed_after_a_minute(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The guide's cleanup finds no lastSeen in any attachment and closes nobody.
+    async with (
+        open_test_server(ROUTES) as server,
+        server.connect("/managed/lobby?userId=ann") as ann,
+    ):
+        start = trio.current_time()
+        assert await ann.receive_close() == (1000, "Idle timeout")
+        assert trio.current_time() - start == pytest.approx(60.001, abs=1e-6)  # floats of 1.7e9 s
+
+
+async def test_managed_a_socket_that_speaks_stays(autojump_clock: trio.abc.Clock) -> None:
+    # The guide's webSocketMessage updates a map that nothing fills, not the attachment.
+    async with (
+        open_test_server(ROUTES) as server,
+        server.connect("/managed/lobby?userId=ann") as ann,
+        server.connect("/managed/lobby?userId=bob") as bob,
+    ):
+        start = trio.current_time()
+        for _ in range(3):
+            await trio.sleep(45)
+            await bob.send("still here")
+            assert await bob.receive_text() == "still here"
+            if trio.current_time() - start < 60:
+                assert await ann.receive_text() == "still here"
+        assert ann.close_code == 1000 and ann.close_reason == "Idle timeout"
+        assert bob.close_code is None
+        assert await bob.receive_close() == (1000, "Idle timeout")
+        # Due a minute and a millisecond after bob's last message, on Date.now()'s
+        # whole milliseconds: up to one of them sooner.
+        assert 135 + 60 < trio.current_time() - start <= 135 + 60.001 + 1e-6
+
+
+class Drowsy(ManagedRoom):
+    hibernate_after = 1.0
+
+
+async def test_managed_the_sweep_works_across_hibernation(autojump_clock: trio.abc.Clock) -> None:
+    async with (
+        open_test_server({"/managed": Drowsy}) as server,
+        server.connect("/managed/lobby?userId=ann") as ann,
+    ):
+        start = trio.current_time()
+        await trio.sleep(30)
+        assert server.room("lobby", "/managed") is None  # hibernated
+        await ann.send("at 30 s")  # wakes it: lastSeen goes to the attachment
+        assert await ann.receive_text() == "at 30 s"
+        await trio.sleep(2)
+        assert server.room("lobby", "/managed") is None  # hibernated again
+        assert await ann.receive_close() == (1000, "Idle timeout")
+        assert 30 + 60 < trio.current_time() - start <= 30 + 60.001 + 1e-6
+
+
+async def test_managed_pings_answered_without_waking_the_room_count_as_seen(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with (
+        open_test_server({"/managed": Drowsy}) as server,
+        server.connect("/managed/lobby?userId=ann") as ann,
+    ):
+        start = trio.current_time()
+        for _ in range(3):
+            await trio.sleep(45)
+            await ann.send("ping")
+            assert await ann.receive_text() == "pong"
+            assert server.room("lobby", "/managed") is None  # not woken
+        assert await ann.receive_close() == (1000, "Idle timeout")
+        assert 135 + 60 < trio.current_time() - start <= 135 + 60.001 + 1e-6
 
 
 # The command line
