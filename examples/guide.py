@@ -17,14 +17,26 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Final, TypeGuard
 
+import attrs
+
 import roomkit
 
 __all__ = [
     "ROUTES",
+    "Chat",
     "ChatRoom",
+    "Error",
     "HibernatingRoom",
     "ManagedRoom",
+    "Ping",
+    "Pong",
+    "ProtocolRoom",
+    "SendChat",
     "TaggedChatRoom",
+    "Typing",
+    "UserJoined",
+    "UserLeft",
+    "UserTyping",
 ]
 
 
@@ -252,9 +264,112 @@ class ManagedRoom(ChatRoom):
             await self.storage.set_alarm(delay=(due - now) / 1000)
 
 
+# What ProtocolRoom's clients send: the guide's ClientMessage.
+
+
+@attrs.frozen
+class SendChat:
+    message: str
+
+
+@attrs.frozen
+class Typing:
+    pass
+
+
+@attrs.frozen
+class Ping:
+    pass
+
+
+# What ProtocolRoom sends: the guide's ServerMessage, and its pong and typing.
+
+
+@attrs.frozen
+class Chat:
+    from_: str  # travels as "from", a keyword in Python
+    message: str
+    timestamp: int
+
+
+@attrs.frozen
+class UserTyping:
+    user_id: str
+
+
+@attrs.frozen
+class Pong:
+    pass
+
+
+@attrs.frozen
+class UserJoined:
+    user_id: str
+
+
+@attrs.frozen
+class UserLeft:
+    user_id: str
+
+
+@attrs.frozen
+class Error:
+    message: str
+
+
+#: The longest chat message ProtocolRoom passes on, in characters.
+MAX_CHAT_MESSAGE: Final = 4096
+
+
+class ProtocolRoom(roomkit.Room):
+    """The guide's typed messages: chat, typing and ping from clients; chat, typing,
+    pong, user_joined, user_left and error from the room.
+
+    roomkit checks every message against the protocol before ``on_message`` sees it,
+    and answers one that does not fit with ``{"type": "error", "message": ...}``, the
+    guide's own error message; the room adds the checks types cannot make.
+    """
+
+    protocol = roomkit.Protocol(
+        client={"chat": SendChat, "typing": Typing, "ping": Ping},
+        server={
+            "chat": Chat,
+            "typing": UserTyping,
+            "pong": Pong,
+            "user_joined": UserJoined,
+            "user_left": UserLeft,
+            "error": Error,
+        },
+        field_names="camelCase",  # user_id travels as userId
+    )
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        user_id = request.query.get("userId") or "anonymous"
+        conn.attachment = {"userId": user_id}
+        self.broadcast(UserJoined(user_id), exclude=conn)
+
+    async def on_message(self, conn: roomkit.Connection, message: object) -> None:
+        user_id: str = conn.attachment["userId"]
+        match message:
+            case SendChat(message=text) if not 0 < len(text) <= MAX_CHAT_MESSAGE:
+                conn.send(Error(f"a chat message is 1 to {MAX_CHAT_MESSAGE} characters"))
+            case SendChat(message=text):
+                self.broadcast(Chat(user_id, text, millis(self.time())))
+            case Typing():
+                self.broadcast(UserTyping(user_id), exclude=conn)  # broadcastExcept
+            case Ping():
+                conn.send(Pong())
+
+    async def on_close(
+        self, conn: roomkit.Connection, code: int, reason: str, was_clean: bool
+    ) -> None:
+        self.broadcast(UserLeft(conn.attachment["userId"]))
+
+
 ROUTES: Final[dict[str, type[roomkit.Room]]] = {
     "/chat": ChatRoom,
     "/tagged": TaggedChatRoom,
     "/hibernating": HibernatingRoom,
     "/managed": ManagedRoom,
+    "/protocol": ProtocolRoom,
 }

@@ -22,7 +22,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as connect_sync
 from websockets.trio.client import ClientConnection, connect
 
-from examples.guide import ROUTES, HibernatingRoom, ManagedRoom
+import roomkit
+from examples.guide import ROUTES, Chat, Error, HibernatingRoom, ManagedRoom, ProtocolRoom, SendChat
 from roomkit.storage import KeyRange, RoomId, SQLiteStore
 from roomkit.testing import open_test_server
 
@@ -365,6 +366,85 @@ async def test_managed_pings_answered_without_waking_the_room_count_as_seen(
         assert 135 + 60 < trio.current_time() - start <= 135 + 60.001 + 1e-6
 
 
+# ProtocolRoom
+
+
+async def test_protocol_room_speaks_the_guides_typed_messages(start: Start) -> None:
+    server = await start(ROUTES)
+    url = f"{server.url}/protocol/lobby?userId="
+    async with opened(url + "ann") as ann, open_client(url + "bob") as bob:
+        assert json.loads(await recv(ann)) == {"type": "user_joined", "userId": "bob"}
+        before = time.time()
+        with trio.fail_after(WAIT):
+            await bob.send_message('{"type": "chat", "message": "hi"}')
+            from_bob = [json.loads(await recv(ann)), json.loads(await bob.get_message())]
+        for sent in from_bob:
+            assert list(sent) == ["type", "from", "message", "timestamp"]
+            assert sent["type"] == "chat" and sent["from"] == "bob" and sent["message"] == "hi"
+            assert before * 1000 - 1 <= sent["timestamp"] <= time.time() * 1000
+        await ann.send('{"type": "typing"}')
+        with trio.fail_after(WAIT):
+            assert json.loads(await bob.get_message()) == {"type": "typing", "userId": "ann"}
+        await ann.send('{"type": "ping"}')  # the next thing ann gets: not its own typing
+        assert json.loads(await recv(ann)) == {"type": "pong"}
+
+
+async def test_protocol_room_tells_who_left(start: Start) -> None:
+    server = await start(ROUTES)
+    url = f"{server.url}/protocol/lobby?userId="
+    async with opened(url + "ann") as ann:
+        async with opened(url + "bob"):
+            assert json.loads(await recv(ann)) == {"type": "user_joined", "userId": "bob"}
+        assert json.loads(await recv(ann)) == {"type": "user_left", "userId": "bob"}
+        async with opened(f"{server.url}/protocol/lobby"):
+            assert json.loads(await recv(ann)) == {"type": "user_joined", "userId": "anonymous"}
+
+
+@pytest.mark.parametrize(
+    ("sent", "reply"),
+    [
+        ('{"type": "chat"}', "invalid 'chat' message: field 'message' is missing"),
+        (
+            '{"type": "chat", "message": 7}',
+            "invalid 'chat' message: field 'message' must be a string, not an integer",
+        ),
+        (
+            '{"type": "join", "userId": "ann"}',  # what the guide's client sends on open
+            "unknown message type 'join'; expected one of: chat, typing, ping",
+        ),
+        ('{"type": "chat", "message": ""}', "a chat message is 1 to 4096 characters"),
+        (
+            json.dumps({"type": "chat", "message": "x" * 4097}),
+            "a chat message is 1 to 4096 characters",
+        ),
+    ],
+)
+async def test_protocol_room_answers_what_it_cannot_take_with_an_error(
+    start: Start, sent: str, reply: str
+) -> None:
+    server = await start(ROUTES)
+    async with opened(f"{server.url}/protocol/lobby?userId=ann") as ann:
+        await ann.send(sent)
+        assert json.loads(await recv(ann)) == {"type": "error", "message": reply}
+        await ann.send('{"type": "ping"}')
+        assert json.loads(await recv(ann)) == {"type": "pong"}
+
+
+async def test_protocol_room_with_roomkits_client_decodes_to_the_guides_types(
+    start: Start,
+) -> None:
+    server = await start(ROUTES)
+    protocol = ProtocolRoom.protocol
+    url = f"{server.url}/protocol/lobby?userId=ann"
+    async with roomkit.connect(url, protocol=protocol) as ann:
+        with trio.fail_after(WAIT):
+            await ann.send(SendChat("x" * 4096))
+            chat = await ann.receive()
+            assert isinstance(chat, Chat) and (chat.from_, chat.message) == ("ann", "x" * 4096)
+            await ann.send(SendChat(""))
+            assert await ann.receive() == Error("a chat message is 1 to 4096 characters")
+
+
 # The command line
 
 
@@ -376,3 +456,6 @@ def test_roomkit_serve_serves_the_guide_routes() -> None:
         with connect_sync(f"{url}/tagged/lobby?userId=ann") as tagged:
             tagged.send('{"type": "direct", "targetUserId": "ann"}')
             assert tagged.recv(timeout=WAIT) == '{"type":"direct","targetUserId":"ann"}'
+        with connect_sync(f"{url}/protocol/lobby?userId=ann") as typed:
+            typed.send('{"type": "ping"}')
+            assert json.loads(typed.recv(timeout=WAIT)) == {"type": "pong"}
