@@ -15,6 +15,7 @@ import json
 import time
 from contextlib import aclosing
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 import trio
@@ -84,6 +85,19 @@ async def test_chat_a_path_without_a_room_name_reaches_the_room_default(start: S
     async with opened(f"{server.url}/") as root, opened(f"{server.url}/default") as named:
         await named.send("from default")
         assert await recv(root) == "from default"
+
+
+async def test_chat_the_guides_client_as_roomkit_connect_with_its_join_as_hello(
+    start: Start,
+) -> None:
+    server = await start(ROUTES)
+    query = urlencode({"userId": "ada lovelace"})
+    url = f"{server.url}/chat/{quote('the lobby', safe='')}?{query}"
+    join = json.dumps({"type": "join", "userId": "ada lovelace"})
+    async with roomkit.connect(url, hello=join) as client:
+        with trio.fail_after(WAIT):
+            assert await client.receive() == join  # ChatRoom sends it to its sender too
+            assert server.statistics().rooms == 1
 
 
 # TaggedChatRoom
