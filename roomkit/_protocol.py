@@ -34,6 +34,10 @@ __all__ = ["MessageSet", "Protocol", "WireNames", "error_message", "type_tag", "
 
 #: The field that carries a message's type; no message class's field may travel as it.
 TYPE_FIELD: Final = "type"
+#: Messages are written as JavaScript's JSON.stringify writes them: no spaces, and
+#: non-ASCII characters as they are. One encoder for all (json.dumps with options makes
+#: a new one per call).
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 #: The attrs metadata key under which :func:`wire_name` keeps a field's wire name.
 WIRE_NAME_KEY: Final = "roomkit.wire_name"
@@ -154,7 +158,7 @@ def error_message(message: str, *, code: str | None = None) -> str:
     if code is not None:
         body["code"] = code
     body["message"] = message
-    return json.dumps(body, ensure_ascii=False)
+    return _ENCODER.encode(body)
 
 
 class MessageSet:
@@ -207,7 +211,7 @@ class MessageSet:
                 f"{type(message).__name__} is not one of this protocol's messages ({expected})"
             )
         body = self._converter.unstructure(message)
-        return json.dumps({TYPE_FIELD: tag, **body}, ensure_ascii=False)
+        return _ENCODER.encode({TYPE_FIELD: tag, **body})
 
     def decode(self, data: str | bytes) -> Any:
         """Return the message that the JSON text ``data`` encodes.

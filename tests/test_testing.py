@@ -57,7 +57,7 @@ async def test_raw_text_and_bytes_and_error_replies() -> None:
     async with open_test_server(ChatRoom) as server, server.connect("/x?userId=ann") as ann:
         await ann.receive()
         await ann.send('{"type": "ping"}')
-        assert await ann.receive_text() == '{"type": "pong"}'
+        assert await ann.receive_text() == '{"type":"pong"}'
         await ann.send(b"\x00")
         assert await ann.receive() == {
             "type": "error",

@@ -194,7 +194,7 @@ def test_cli_serves_wss_with_certfile_and_keyfile(
     with roomkit_serve("examples.chat:ChatRoom", *options) as (_, url):
         assert url.startswith("wss://127.0.0.1:")
         with connect(f"{url}/lobby?userId=ann", ssl=client_context) as ws:
-            assert '"type": "welcome"' in str(ws.recv(timeout=5))
+            assert '"type":"welcome"' in str(ws.recv(timeout=5))
 
 
 # The proxy's own listener.
@@ -330,4 +330,4 @@ def test_cli_proxy_listens_for_wss_with_certfile_and_keyfile(
     ):
         assert url.startswith("wss://127.0.0.1:")
         with connect(f"{url}/lobby?userId=ann", ssl=client_context, open_timeout=10) as ws:
-            assert '"type": "welcome"' in str(ws.recv(timeout=5))
+            assert '"type":"welcome"' in str(ws.recv(timeout=5))
