@@ -66,6 +66,8 @@ class Head:
     request: RequestHead
     #: What the client sent past the head's blank line: a WebSocket's first frames.
     rest: bytes
+    #: The head as read, its blank line included (what a worker hands to another).
+    raw: bytes
 
 
 async def read_head(stream: trio.abc.ReceiveStream) -> Head | Response | None:
@@ -87,8 +89,9 @@ async def read_head(stream: trio.abc.ReceiveStream) -> Head | Response | None:
     if end > MAX_HEAD:
         return too_large
     end += 4
-    head = parse_head(bytes(buffer[:end]))
-    return head if isinstance(head, Response) else Head(head, bytes(buffer[end:]))
+    raw = bytes(buffer[:end])
+    head = parse_head(raw)
+    return head if isinstance(head, Response) else Head(head, bytes(buffer[end:]), raw)
 
 
 def remote_address(stream: trio.abc.Stream) -> tuple[str, int] | None:

@@ -5,12 +5,19 @@ and the live rooms when it is scraped, and only then builds metric families; not
 of prometheus-client runs on the hot path. Each server has its own
 ``CollectorRegistry``, never the global one, so that several servers can run in one
 process (as they do in tests).
+
+A worker of ``--workers N`` serves every worker's metrics: it gathers their pages (the
+text format, over their Unix sockets) and :func:`merged_exposition` reads them back with
+prometheus-client's parser and writes them as one page, each sample with a ``worker``
+label. The text format is the one contract the workers already share (a second
+encoding of the counters would have to follow every new metric), and it carries the
+process metrics too, so each worker's CPU time and memory show apart.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,12 +27,14 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.samples import Sample
 
 from ._core.frontdoor import Response
 from ._metrics import Histogram, Metrics
 
-__all__ = ["CONTENT_TYPE", "LiveRoom", "MetricsCollector", "metrics_page"]
+__all__ = ["CONTENT_TYPE", "LiveRoom", "MetricsCollector", "merged_exposition", "metrics_page"]
 
 #: The Prometheus text format that ``generate_latest`` writes for roomkit's metric names.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -67,6 +76,16 @@ class MetricsCollector:
         for reason, count in self._metrics.refused.items():
             refused.add_metric([reason], count)
         yield refused
+        handoffs = CounterMetricFamily(
+            "roomkit_handoffs",
+            "Connections between workers (--workers), by outcome: handed to their room's "
+            "worker (sent), relayed to it (relayed, TLS), taken from another worker "
+            "(adopted), or a message from one that was no hand-off (malformed).",
+            labels=["outcome"],
+        )
+        for outcome, count in self._metrics.handoffs.items():
+            handoffs.add_metric([outcome], count)
+        yield handoffs
         commits = HistogramMetricFamily(
             "roomkit_storage_commit_duration_seconds",
             "Time each storage commit (a group of hooks' writes) took.",
@@ -182,3 +201,50 @@ def metrics_page(
         return Response(200, generate_latest(registry), content_type=CONTENT_TYPE)
 
     return page
+
+
+def merged_exposition(pages: Mapping[str, bytes | None]) -> bytes:
+    """One metrics page of the workers' ``pages`` (their ids to their own pages, None
+    for a worker that did not answer): every sample with a ``worker`` label, the
+    families of the same name together, and ``roomkit_worker_up`` saying which
+    workers are in it (1) and which were left out (0)."""
+    families: dict[str, Metric] = {}
+    up = GaugeMetricFamily(
+        "roomkit_worker_up",
+        "Whether the worker's metrics are in this scrape (0: it did not answer in time).",
+        labels=["worker"],
+    )
+    for worker, page in sorted(pages.items(), key=lambda item: int(item[0])):
+        up.add_metric([worker], 0 if page is None else 1)
+        for family in () if page is None else text_string_to_metric_families(page.decode()):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+            merged.samples += [_labelled(sample, worker) for sample in family.samples]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families([up, *families.values()]))
+    return generate_latest(registry)
+
+
+def _labelled(sample: Sample, worker: str) -> Sample:
+    labels = {"worker": worker, **sample.labels}
+    return Sample(
+        sample.name,
+        labels,
+        sample.value,
+        sample.timestamp,
+        sample.exemplar,
+        sample.native_histogram,
+    )
+
+
+class _Families:
+    """A collector of families already made."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)

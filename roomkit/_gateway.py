@@ -3,7 +3,9 @@
 :class:`Gateway` reads each new connection's request head (through TLS if need be),
 answers plain HTTP, refuses what it must (``_core/frontdoor.py`` decides), asks the
 user's route hook, if any, for the room, and hands each WebSocket upgrade to its room,
-which the room host finds or makes.
+which the room host finds or makes. In a worker of ``--workers N``, an upgrade for a
+room that lives in another worker is handed to that worker (``_handoff.py``), whose
+gateway carries on with it where this one left off (:meth:`Gateway.adopt`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import contextlib
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Final
 
 import attrs
@@ -21,8 +24,17 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
 from ._accept import Head, remote_address
-from ._core.frontdoor import RequestHead, Response, RoomTarget, Router, handshake_response
+from ._core.frontdoor import (
+    RequestHead,
+    Response,
+    RoomTarget,
+    Router,
+    handshake_response,
+    parse_head,
+)
+from ._core.handoff import Handoff, HandoffError, HandTo, Refuse, where
 from ._errors import Reject
+from ._handoff import Handed, Peers
 from ._host import Host
 from ._logs import format_address
 from ._metrics import Metrics, RefusalReason
@@ -45,6 +57,9 @@ _ERROR_ANSWER_TIMEOUT: Final = 1.0
 _ROUTE_FAILED: Final = Response(500, "Internal error")
 #: ...or took longer than the handshake timeout: a slow service it awaits, say.
 _ROUTE_TIMED_OUT: Final = Response(503, "Routing timed out")
+#: What a handshake gets when its room's worker cannot take it (restarting, say), or
+#: when it was handed to a worker that does not hold its room.
+_UNAVAILABLE: Final = Response(503, "Service unavailable")
 
 #: Reads a new connection's request head, through TLS if need be: see ``_accept.read_request``.
 Handshake = Callable[
@@ -64,6 +79,10 @@ class Gateway:
       max_connections: WebSocket connections the server holds at once, or None.
       route: the user's route hook (``serve``'s ``route``), or None to route by path.
       route_timeout: the seconds the route hook has to choose.
+      peers: in a worker of ``--workers N``, where rooms live and how to hand a
+        connection to its room's worker; None serves every room here.
+      pages: plain ``GET`` pages made by awaiting (a worker's merged ``/metrics``),
+        served before the router's.
     """
 
     def __init__(
@@ -76,6 +95,8 @@ class Gateway:
         *,
         route: RouteHook | None = None,
         route_timeout: float = math.inf,
+        peers: Peers | None = None,
+        pages: Mapping[str, Callable[[], Awaitable[Response]]] | None = None,
     ) -> None:
         self._host = host
         self._router = router
@@ -84,25 +105,60 @@ class Gateway:
         self._max_connections = max_connections
         self._route = route
         self._route_timeout = route_timeout
+        self._peers = peers
+        self._pages = pages or {}
 
     async def front_door(self, stream: trio.abc.Stream) -> None:
-        """Read one request head; answer it, or hand the stream to its room.
+        """Read one request head; answer it, or hand the stream to its room (or to the
+        worker of its room).
 
         Whatever goes wrong here ends this connection only: a failure of roomkit's own
         (a bug) is logged with its traceback, counted (refused, ``internal_error``), and
         answered with 500 if nothing was sent yet; the stream is closed unless a room
-        took it.
+        (or a relay to its worker) took it.
         """
         visit = _Visit(stream)
+        await self._guarded(visit, partial(self._serve_visit, visit))
+
+    def prepare(self, handoff: Handoff) -> Upgrade:
+        """The upgrade another worker handed here, rebuilt as it routed it: the same
+        head, first bytes, room and address; the route hook does not run again.
+
+        Raises:
+          HandoffError: if the head is no valid WebSocket handshake, or no route here
+            serves its room (the workers disagree: they run different code).
+        """
+        head = parse_head(handoff.head)
+        if isinstance(head, Response) or not head.is_websocket:
+            raise HandoffError("a hand-off's request head is no WebSocket upgrade")
+        accept = handshake_response(head)
+        if isinstance(accept, Response):
+            raise HandoffError(f"a hand-off's handshake is refused here: {accept.body!r}")
+        room_class = self._router.route_for(handoff.room.namespace)
+        if room_class is None:
+            raise HandoffError(f"no route here serves the room {handoff.room} handed here")
+        request = Request(head.path, handoff.room.name, head.query, head.headers, handoff.remote)
+        read = Head(head, handoff.rest, handoff.head)
+        return Upgrade(room_class, handoff.room, read, accept, request)
+
+    async def adopt(self, stream: trio.abc.Stream, upgrade: Upgrade) -> None:
+        """Carry on with a connection another worker handed here (its socket, or the
+        Unix stream of a relay), as :meth:`prepare` made it: this worker checks again
+        that it holds the room (else 503), then its limits, and gives it to the room."""
+        visit = _Visit(stream, secured=stream, remote=upgrade.request.remote)
+        await self._guarded(visit, partial(self._conclude, visit, upgrade, handed=True))
+
+    async def _guarded(self, visit: _Visit, serve: Callable[[], Awaitable[None]]) -> None:
+        """Run ``serve`` for ``visit``; a failure ends this connection only."""
         try:
-            await self._serve_visit(visit)
+            await serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
             await self._door_failed(visit)
         finally:
             if not visit.handed_off:
-                await trio.aclose_forcefully(stream)
+                await trio.aclose_forcefully(visit.stream)
 
     async def _serve_visit(self, visit: _Visit) -> None:
         stream = visit.stream
@@ -117,23 +173,54 @@ class Gateway:
             decision: Response | Upgrade = self._refuse(_HEAD_REFUSALS[head.status], head, remote)
         else:
             decision = await self._decide(head, remote)
-        full = self._max_connections is not None and self._host.connections >= self._max_connections
+        await self._conclude(visit, decision, handed=False)
+
+    async def _conclude(self, visit: _Visit, decision: Response | Upgrade, *, handed: bool) -> None:
+        """Answer ``decision``, or give its upgrade to its room, here or in its worker."""
+        remote = visit.remote
         if self._host.closing and not isinstance(decision, Response):
             # A head read just as shutdown began: no room takes it. (The front door
             # is cancelled by then, so the 503 goes no further than the attempt.)
             decision = self._refuse("shutting_down", Response(503, "Server shutting down"), remote)
-        elif full and not isinstance(decision, Response):
+        elif isinstance(decision, Upgrade) and self._peers is not None:
+            placed = await self._place(visit, decision, self._peers, handed=handed)
+            if placed is None:
+                return  # handed to its worker
+            decision = placed
+        full = self._max_connections is not None and self._host.connections >= self._max_connections
+        if full and not isinstance(decision, Response):
             decision = self._refuse("server_full", Response(503, "Server is full"), remote)
+        secured = visit.secured
+        assert secured is not None, "a decision follows a request head"
         if isinstance(decision, Response):
             visit.answered = True
             await secured.send_all(decision.to_bytes())
-            if secured is not stream:  # end TLS properly: close_notify, not a bare EOF
+            if secured is not visit.stream:  # end TLS properly: close_notify, not a bare EOF
                 with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
                     await secured.aclose()
             return
+        ws = WSConnection(ConnectionType.SERVER, trailing_data=decision.head.rest)
         actor = self._host.room_for(decision.room_class, decision.room)
-        actor.admit(Transport(actor, secured, decision.ws, decision.accept, decision.request))
+        actor.admit(Transport(actor, secured, ws, decision.accept, decision.request))
         visit.handed_off = True
+
+    async def _place(
+        self, visit: _Visit, upgrade: Upgrade, peers: Peers, *, handed: bool
+    ) -> Upgrade | Response | None:
+        """``upgrade`` if its room lives here; else None once it is handed to the
+        room's worker, or the refusal it gets (503) if it cannot be."""
+        placed = where(peers.placement, upgrade.room, handed=handed)
+        if isinstance(placed, Refuse):
+            logger.warning("room %s: handed here, but it lives in another worker", upgrade.room)
+            return self._refuse("misplaced", _UNAVAILABLE, visit.remote)
+        if not isinstance(placed, HandTo):
+            return upgrade
+        assert visit.secured is not None, "an upgrade follows a request head"
+        outcome = await peers.hand(placed.owner, visit.secured, upgrade.handoff())
+        if outcome is Handed.NOT_TAKEN:
+            return self._refuse("owner_unavailable", _UNAVAILABLE, visit.remote)
+        visit.handed_off = outcome is Handed.RELAYED  # else this copy of the socket closes
+        return None
 
     async def _door_failed(self, visit: _Visit) -> None:
         """Log and count a failure of the front door's own; answer 500 if it still can.
@@ -151,6 +238,9 @@ class Gateway:
 
     async def _decide(self, read: Head, remote: tuple[str, int] | None) -> Response | Upgrade:
         head = read.request
+        page = self._pages.get(head.path) if head.method == "GET" else None
+        if page is not None and not head.is_websocket:
+            return await page()
         target: RoomTarget[type[Room]] | Response | None = None  # None: the hook chooses
         if self._route is None or not head.is_websocket:
             target = self._router.route(head)
@@ -165,9 +255,8 @@ class Gateway:
             target = await self._hooked(head, remote)
         if isinstance(target, Response):
             return target
-        ws = WSConnection(ConnectionType.SERVER, trailing_data=read.rest)
         request = Request(head.path, target.room.name, head.query, head.headers, remote)
-        return Upgrade(target.route, target.room, ws, accept, request)
+        return Upgrade(target.route, target.room, read, accept, request)
 
     async def _hooked(
         self, head: RequestHead, remote: tuple[str, int] | None
@@ -257,15 +346,20 @@ class _Visit:
     secured: trio.abc.Stream | None = None
     remote: tuple[str, int] | None = None
     answered: bool = False  # an answer began to go out
-    handed_off: bool = False  # a room took the stream
+    handed_off: bool = False  # a room took the stream, or a relay to its worker
 
 
 @attrs.frozen
 class Upgrade:
-    """A valid WebSocket handshake for ``room``, an instance of ``room_class``."""
+    """A valid WebSocket handshake for ``room``, an instance of ``room_class``: its
+    request head as read (and the bytes after it), its ``101``, its :class:`Request`."""
 
     room_class: type[Room]
     room: RoomId
-    ws: WSConnection
+    head: Head
     accept: bytes
     request: Request
+
+    def handoff(self) -> Handoff:
+        """This upgrade, for the worker of its room."""
+        return Handoff(self.room, self.request.remote, self.head.raw, self.head.rest)

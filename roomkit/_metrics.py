@@ -18,8 +18,10 @@ from typing import Final, Literal, get_args
 __all__ = [
     "CUT_REASONS",
     "DURATION_BUCKETS",
+    "HANDOFF_OUTCOMES",
     "REFUSAL_REASONS",
     "CutReason",
+    "HandoffOutcome",
     "Histogram",
     "Metrics",
     "RefusalReason",
@@ -73,12 +75,20 @@ RefusalReason = Literal[
     "server_full",
     "room_full",
     "shutting_down",
+    "owner_unavailable",
+    "misplaced",
     "rejected",
     "error",
     "internal_error",
 ]
 """Why a WebSocket handshake (or a request head that could not be read) was refused."""
 REFUSAL_REASONS: Final[tuple[RefusalReason, ...]] = get_args(RefusalReason)
+
+HandoffOutcome = Literal["sent", "relayed", "adopted", "malformed"]
+"""What became of a connection between workers (``--workers``): handed to its room's
+owner with its socket, or relayed to it (TLS); taken here from another worker; or a
+message from another worker that was no hand-off."""
+HANDOFF_OUTCOMES: Final[tuple[HandoffOutcome, ...]] = get_args(HandoffOutcome)
 
 
 class Histogram:
@@ -166,6 +176,7 @@ class Metrics:
       refused: refused handshakes, by reason.
       commits: the durations of storage commits (group commits: one per batch), in seconds.
       commit_failures: storage commits that raised.
+      handoffs: connections between workers, by outcome (``--workers``).
     """
 
     def __init__(self) -> None:
@@ -173,6 +184,7 @@ class Metrics:
         self.refused: Final = dict.fromkeys(REFUSAL_REASONS, 0)
         self.commits: Final = Histogram()
         self.commit_failures = 0
+        self.handoffs: Final = dict.fromkeys(HANDOFF_OUTCOMES, 0)
 
     def room(self, room_class: type) -> RoomMetrics:
         """The counters of ``room_class``, labelled by its name (made on first use).

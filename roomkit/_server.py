@@ -37,9 +37,10 @@ import trio
 from ._accept import accept_loop, read_request
 from ._actor import RoomActor
 from ._closecodes import CloseCode
-from ._core.frontdoor import DEFAULT_ROOM, Page, Router
-from ._exposition import metrics_page
+from ._core.frontdoor import DEFAULT_ROOM, Page, Response, Router
+from ._exposition import CONTENT_TYPE, merged_exposition, metrics_page
 from ._gateway import Gateway
+from ._handoff import Peers, serve_handoffs
 from ._host import Host
 from ._metrics import Metrics
 from ._options import (
@@ -62,6 +63,7 @@ from ._room import Room
 from ._roomid import RoomId
 from ._static import static_files
 from ._statistics import ServerStatistics
+from ._workerspec import WorkerSpec
 from ._wsurl import base_url
 from .storage import SQLiteStore, Store
 
@@ -324,18 +326,29 @@ async def serve_on(
     jitter: Callable[[], float] = random.random,
     on_unhandled: Callable[[Exception], None] | None = None,
     on_host: Callable[[Host], None] | None = None,
+    worker: WorkerSpec | None = None,
 ) -> None:
     """``serve`` over whatever listeners ``listen`` opens (TCP, or roomkit.testing's
     in-memory one), with ``options`` complete and checked (``SERVE_OPTIONS.complete``);
     their ``host`` and ``port`` are ``listen``'s business. ``wall_time`` and ``jitter``
     are the alarms' clock and their retries' randomness, ``on_unhandled`` hears of hook
     errors left to ``Room.on_error``'s default (see ``RoomHost``), and ``on_host`` is
-    given the room host once it exists (its ``TestHooks``): for the test kit."""
+    given the room host once it exists (its ``TestHooks``): for the test kit.
+
+    With ``worker``, this is one worker of ``roomkit serve --workers N``: it serves the
+    rooms that live in its slot, hands connections for the others' rooms to them over
+    their Unix sockets, takes theirs on its own (``worker.socket_path(worker.index)``),
+    and its ``/metrics`` covers every worker (``_handoff.py``)."""
     live: dict[RoomId, RoomActor] = {}
     counters = Metrics()
     files: dict[str, Page] = {**static_files(demo_page=options["demo_page"])}
-    if options["metrics"]:
-        files["/metrics"] = metrics_page(counters, live.values)
+    local_metrics = metrics_page(counters, live.values) if options["metrics"] else None
+    peers = None if worker is None else Peers(worker, options["handshake_timeout"], counters)
+    pages: dict[str, Callable[[], Awaitable[Response]]] = {}
+    if local_metrics is not None and peers is None:
+        files["/metrics"] = local_metrics
+    elif local_metrics is not None and peers is not None:
+        pages["/metrics"] = partial(_merged_metrics, peers, local_metrics)
     router = Router[type[Room]](
         rooms,
         default_room=options["default_room"],
@@ -370,6 +383,8 @@ async def serve_on(
             options["max_connections"],
             route=options["route"],
             route_timeout=options["handshake_timeout"],
+            peers=peers,
+            pages=pages,
         )
         server = Server(
             bound_host,
@@ -382,28 +397,63 @@ async def serve_on(
             on_host(host)
         async with trio.open_nursery() as nursery:
             await nursery.start(host.run)
+            if peers is not None:
+                await nursery.start(peers.run)
             doors = trio.CancelScope()
-            nursery.start_soon(_accept, listeners, gateway.front_door, doors)
+            handoffs = None
+            if peers is not None:
+                exposition = None if local_metrics is None else partial(_body, local_metrics)
+                path = peers.spec.socket_path(peers.spec.index)
+                handoffs = partial(serve_handoffs, path, gateway, counters, exposition)
+            await nursery.start(_accept, listeners, gateway.front_door, doors, handoffs)
             task_status.started(server)
             try:
                 await server._stop.wait()
             finally:
                 doors.cancel()
                 with trio.CancelScope(shield=True):
-                    await host.shutdown(server._close_code, options["drain_timeout"])
+                    await _drain(host, peers, server._close_code, options["drain_timeout"])
+                nursery.cancel_scope.cancel()  # the relays' nursery, if any
     finally:
         if store is not storage:
             with trio.CancelScope(shield=True):
                 await store.aclose()
 
 
+async def _drain(host: Host, peers: Peers | None, code: CloseCode, seconds: float) -> None:
+    """Shut the room host down; meanwhile, let the relays (if any) carry their owners'
+    closes until they end, for ``seconds`` at most."""
+    async with trio.open_nursery() as nursery:
+        if peers is not None:
+            nursery.start_soon(peers.drain, seconds)
+        await host.shutdown(code, seconds)
+
+
+async def _merged_metrics(peers: Peers, local: Callable[[], Response]) -> Response:
+    """A worker's ``/metrics``: its own and every other worker's, by ``worker`` label."""
+    pages = await peers.scrape()
+    pages[peers.placement.me] = _body(local)
+    return Response(200, merged_exposition(pages), content_type=CONTENT_TYPE)
+
+
+def _body(page: Callable[[], Response]) -> bytes:
+    body = page().body
+    return body.encode() if isinstance(body, str) else body
+
+
 async def _accept(
     listeners: Sequence[trio.abc.Listener[Any]],
     handler: Callable[[trio.abc.Stream], Awaitable[None]],
     scope: trio.CancelScope,
+    handoffs: Callable[[trio.TaskStatus[None]], Awaitable[None]] | None,
+    task_status: trio.TaskStatus[None],
 ) -> None:
-    """The accept loops and their front-door tasks, all inside ``scope``."""
+    """The accept loops and their front-door tasks, and the hand-offs from other
+    workers (once they listen) if any, all inside ``scope``."""
     with scope:
         async with trio.open_nursery() as nursery:
+            if handoffs is not None:
+                await nursery.start(handoffs)
             for listener in listeners:
                 nursery.start_soon(accept_loop, listener, nursery, handler)
+            task_status.started()

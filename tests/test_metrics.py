@@ -381,6 +381,7 @@ async def test_each_metric_family_has_a_type_and_help(start: Start) -> None:
         "roomkit_connections_cut": "counter",
         "roomkit_hook_duration_seconds": "histogram",
         "roomkit_handshakes_refused": "counter",
+        "roomkit_handoffs": "counter",
         "roomkit_storage_commit_duration_seconds": "histogram",
         "roomkit_storage_commit_failures": "counter",
     }
