@@ -207,7 +207,7 @@ def merged_exposition(pages: Mapping[str, bytes | None]) -> bytes:
     """One metrics page of the workers' ``pages`` (their ids to their own pages, None
     for a worker that did not answer): every sample with a ``worker`` label, the
     families of the same name together, and ``roomkit_worker_up`` saying which
-    workers are in it (1) and which were left out (0)."""
+    workers are in it (1) and which were left out (0: no answer, or no page)."""
     families: dict[str, Metric] = {}
     up = GaugeMetricFamily(
         "roomkit_worker_up",
@@ -215,8 +215,9 @@ def merged_exposition(pages: Mapping[str, bytes | None]) -> bytes:
         labels=["worker"],
     )
     for worker, page in sorted(pages.items(), key=lambda item: int(item[0])):
-        up.add_metric([worker], 0 if page is None else 1)
-        for family in () if page is None else text_string_to_metric_families(page.decode()):
+        parsed = None if page is None else _parsed(page)
+        up.add_metric([worker], 0 if parsed is None else 1)
+        for family in parsed or ():
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(
@@ -226,6 +227,14 @@ def merged_exposition(pages: Mapping[str, bytes | None]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families([up, *families.values()]))
     return generate_latest(registry)
+
+
+def _parsed(page: bytes) -> list[Metric] | None:
+    """The families of a worker's page; None if it is no page (it is left out)."""
+    try:
+        return list(text_string_to_metric_families(page.decode()))
+    except ValueError:  # UnicodeDecodeError too
+        return None
 
 
 def _labelled(sample: Sample, worker: str) -> Sample:

@@ -413,6 +413,9 @@ async def _serve_peer(
         logger.warning("hand-off refused: %s", exc)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the peer left: its hand-off failed there, and it answers for it
+    except Exception:  # a bug of roomkit's own: it ends this hand-off only
+        metrics.refuse("internal_error")
+        logger.exception("serving a hand-off failed")
     finally:
         for fd in fds:
             os.close(fd)

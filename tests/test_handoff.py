@@ -32,6 +32,8 @@ from websockets.sync.client import connect
 
 import roomkit
 from roomkit._core.handoff import Frame, Handoff, Kind, encode
+from roomkit._exposition import merged_exposition
+from roomkit._gateway import Gateway
 from roomkit._handoff import METRICS_TIMEOUT
 from roomkit._roomid import RoomId
 from roomkit._server import SERVE_OPTIONS, serve_on
@@ -506,3 +508,50 @@ async def test_metrics_cover_every_worker_and_say_which_are_missing(workers: Wor
     ]
     status, _, body = await http(workers.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (status, body) == (200, b"ok")
+
+
+def test_merged_metrics_label_every_sample_and_leave_out_what_is_no_page() -> None:
+    page = (
+        b"# HELP roomkit_x_total X.\n# TYPE roomkit_x_total counter\n"
+        b'roomkit_x_total{reason="a"} 2.0\n'
+    )
+    merged = merged_exposition({"1": page, "0": page, "2": None, "3": b"\xff{"})
+    assert merged.decode() == (
+        "# HELP roomkit_worker_up Whether the worker's metrics are in this scrape"
+        " (0: it did not answer in time).\n"
+        "# TYPE roomkit_worker_up gauge\n"
+        'roomkit_worker_up{worker="0"} 1.0\n'
+        'roomkit_worker_up{worker="1"} 1.0\n'
+        'roomkit_worker_up{worker="2"} 0.0\n'
+        'roomkit_worker_up{worker="3"} 0.0\n'
+        "# HELP roomkit_x_total X.\n"
+        "# TYPE roomkit_x_total counter\n"
+        'roomkit_x_total{reason="a",worker="0"} 2.0\n'
+        'roomkit_x_total{reason="a",worker="1"} 2.0\n'
+    )
+
+
+async def test_a_failure_of_roomkits_own_ends_that_handoff_only(
+    workers: Workers, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await workers.start_all(metrics=True)
+
+    def broken(self: object, handoff: Handoff) -> None:
+        raise RuntimeError("a bug")
+
+    room = room_of(workers, 1)
+    handoff = Handoff(RoomId("", room), None, UPGRADE.format(room=room).encode())
+    with monkeypatch.context() as patch:
+        patch.setattr(Gateway, "prepare", broken)
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            answer = await send_frame(
+                workers.spec(1).socket_path(1), encode(handoff.frame()), theirs.fileno()
+            )
+            theirs.close()
+            assert (answer, await read_to_end(ours)) == (b"", b"")
+    assert "serving a hand-off failed" in caplog.text
+    samples = await scrape(workers.port)
+    refused = frozenset({("reason", "internal_error"), ("worker", "1")})
+    assert samples[("roomkit_handshakes_refused_total", refused)] == 1
+    await everyone_hears_everyone(f"ws://127.0.0.1:{workers.port}", [room], 2)
