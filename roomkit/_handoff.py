@@ -347,25 +347,21 @@ async def open_handoff_listener(path: str) -> trio.SocketListener:
 
 
 async def serve_handoffs(
-    path: str,
+    listener: trio.SocketListener,
     owner: Owner[T],
     metrics: Metrics,
     exposition: Callable[[], bytes] | None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``path`` (see :func:`open_handoff_listener`), then take the connections
-    other workers hand here and answer their metrics requests until cancelled; then
-    remove the socket file.
+    """Take the connections other workers hand here, and answer their metrics requests,
+    until cancelled; then close ``listener`` and remove its socket file.
 
     Args:
-      path: this worker's Unix socket.
+      listener: this worker's Unix socket, from :func:`open_handoff_listener`.
       owner: what carries on with each connection.
       metrics: the server's counters (``handoffs``).
       exposition: this worker's own metrics page, or None if it serves none.
-      task_status: started once it listens.
     """
-    listener = await open_handoff_listener(path)
-    task_status.started()
+    path = listener.socket.getsockname()
     try:
         async with listener, trio.open_nursery() as nursery:
             while True:

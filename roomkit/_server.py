@@ -40,7 +40,7 @@ from ._closecodes import CloseCode
 from ._core.frontdoor import DEFAULT_ROOM, Page, Response, Router
 from ._exposition import CONTENT_TYPE, merged_exposition, metrics_page
 from ._gateway import Gateway
-from ._handoff import Peers, serve_handoffs
+from ._handoff import Peers, open_handoff_listener, serve_handoffs
 from ._host import Host
 from ._metrics import Metrics
 from ._options import (
@@ -362,7 +362,16 @@ async def serve_on(
     storage = options["storage"]
     store = storage if isinstance(storage, Store) else await SQLiteStore.open(storage)
     try:
-        listeners, bound_host, bound_port = await listen()
+        handoff_listener = None  # first: a worker whose socket fails opens nothing else
+        if peers is not None:
+            path = peers.spec.socket_path(peers.spec.index)
+            handoff_listener = await open_handoff_listener(path)
+        try:
+            listeners, bound_host, bound_port = await listen()
+        except BaseException:
+            if handoff_listener is not None:
+                await handoff_listener.aclose()
+            raise
         ssl_context = options["ssl_context"]
         handshake = partial(read_request, ssl_context, options["handshake_timeout"])
         host = Host(
@@ -401,10 +410,9 @@ async def serve_on(
                 await nursery.start(peers.run)
             doors = trio.CancelScope()
             handoffs = None
-            if peers is not None:
+            if handoff_listener is not None:
                 exposition = None if local_metrics is None else partial(_body, local_metrics)
-                path = peers.spec.socket_path(peers.spec.index)
-                handoffs = partial(serve_handoffs, path, gateway, counters, exposition)
+                handoffs = partial(serve_handoffs, handoff_listener, gateway, counters, exposition)
             await nursery.start(_accept, listeners, gateway.front_door, doors, handoffs)
             task_status.started(server)
             try:
@@ -445,15 +453,15 @@ async def _accept(
     listeners: Sequence[trio.abc.Listener[Any]],
     handler: Callable[[trio.abc.Stream], Awaitable[None]],
     scope: trio.CancelScope,
-    handoffs: Callable[[trio.TaskStatus[None]], Awaitable[None]] | None,
+    handoffs: Callable[[], Awaitable[None]] | None,
     task_status: trio.TaskStatus[None],
 ) -> None:
     """The accept loops and their front-door tasks, and the hand-offs from other
-    workers (once they listen) if any, all inside ``scope``."""
+    workers if any, all inside ``scope``."""
     with scope:
         async with trio.open_nursery() as nursery:
             if handoffs is not None:
-                await nursery.start(handoffs)
+                nursery.start_soon(handoffs)
             for listener in listeners:
                 nursery.start_soon(accept_loop, listener, nursery, handler)
             task_status.started()

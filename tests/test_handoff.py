@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -555,3 +556,20 @@ async def test_a_failure_of_roomkits_own_ends_that_handoff_only(
     refused = frozenset({("reason", "internal_error"), ("worker", "1")})
     assert samples[("roomkit_handshakes_refused_total", refused)] == 1
     await everyone_hears_everyone(f"ws://127.0.0.1:{workers.port}", [room], 2)
+
+
+async def test_a_workers_socket_replaces_a_stale_one_is_private_and_goes_at_the_end(
+    workers: Workers,
+) -> None:
+    path = workers.spec(0).socket_path(0)
+    with socket.socket(socket.AF_UNIX) as stale:  # left by a worker that died in slot 0
+        stale.bind(path)
+    await workers.start(0)
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    workers.servers[0].shutdown()
+    await until(lambda: not os.path.exists(path))
+    await trio.Path(path).write_text("")  # not a socket: never removed
+    with pytest.raises(FileExistsError, match="is not a socket"):
+        await workers.start(0)
+    assert await trio.Path(path).read_text() == ""
