@@ -573,3 +573,24 @@ async def test_a_workers_socket_replaces_a_stale_one_is_private_and_goes_at_the_
     with pytest.raises(FileExistsError, match="is not a socket"):
         await workers.start(0)
     assert await trio.Path(path).read_text() == ""
+
+
+async def test_a_relay_outlives_its_workers_drain_to_carry_the_owners_close(
+    workers: Workers, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = tls
+    servers = await workers.start_all(ssl_context=server_context, metrics=True)
+    url = f"wss://127.0.0.1:{workers.port}/{room_of(workers, 1)}"
+    relayed = ("roomkit_handoffs_total", frozenset({("outcome", "relayed"), ("worker", "0")}))
+    codes: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(100):  # clients of worker 1's room, until one is relayed by worker 0
+            before = (await tls_scrape(workers.port, client_context))[relayed]
+            await nursery.start(hold_client, url, client_context, codes)
+            if (await tls_scrape(workers.port, client_context))[relayed] > before:
+                break
+        assert (await tls_scrape(workers.port, client_context))[relayed]
+        servers[0].shutdown(restart=True)  # it holds no room: its own drain is over at once
+        await trio.sleep(0.3)  # and yet its relay goes on
+        servers[1].shutdown(restart=True)
+    assert codes and codes == [1012] * len(codes)
