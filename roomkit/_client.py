@@ -333,13 +333,14 @@ class Client:
             self._delivery.cancel()
         self._up.set()  # wakes wait_connected, to raise
 
-    async def _close(self, tasks: anyio.CancelScope) -> None:
+    async def _close(self, tasks: anyio.CancelScope, *, handshake: bool) -> None:
         """Stop, as the application leaves its block: close the open WebSocket (1000)
-        and wait, up to CLOSE_WAIT, for its end; then end the client's tasks."""
+        and wait, up to CLOSE_WAIT, for its end, if ``handshake``; then end the
+        client's tasks (which drops the TCP connection, if it is still open)."""
         if self._stopped is None:
             self._stop("closed by the application")
         ws = self._ws
-        if ws is not None:
+        if ws is not None and handshake:
             with anyio.move_on_after(CLOSE_WAIT):
                 with contextlib.suppress(ConnectionClosed):
                     await ws.close(CloseCode.NORMAL_CLOSURE)
@@ -423,7 +424,9 @@ async def connect(
 
     The client starts connecting at once; sends made before it is connected wait.
     Leaving the block closes the connection (1000) and stops the client; an exception
-    raised in the block comes out of it as raised.
+    raised in the block comes out of it as raised. A cancellation or a
+    ``KeyboardInterrupt`` leaves at once, dropping the connection without a closing
+    handshake.
     """
     if hello is not None:
         hello = _encode_hello(protocol, hello)
@@ -444,19 +447,24 @@ async def connect(
     )
     client = Client(url, options, max_queue)
     raised: BaseException | None = None  # by the application's block
+    # Left by a cancellation or a KeyboardInterrupt: no waiting for the closing
+    # handshake. (asyncio delivers a cancellation once, so a wait here would not be
+    # cut short: an asyncio.timeout around the block would overrun by CLOSE_WAIT.)
+    hurried = False
     with client._queues:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(client._run)
             try:
                 yield client
             except BaseException as exc:
+                hurried = not isinstance(exc, Exception)
                 # Out of the task group unwrapped, but cancellation goes through it: the
                 # task group, and the scopes around it, take their own cancellation back.
                 if isinstance(exc, anyio.get_cancelled_exc_class() | GeneratorExit):
                     raise
                 raised = exc
             finally:
-                await client._close(tasks.cancel_scope)
+                await client._close(tasks.cancel_scope, handshake=not hurried)
     if raised is not None:
         raise raised
 

@@ -13,6 +13,8 @@ the jitter is taken out and the waits the client chose are asserted exactly (thr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -23,6 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request
 
@@ -456,6 +459,48 @@ def test_cancelling_the_block_cancels_the_client(backend: str, url: str) -> None
         assert log.events == [roomkit.OpenEvent(1)]  # cancelled: no close handshake
         with pytest.raises(roomkit.ClientClosed):
             await client.receive()
+
+    run(backend, main)
+
+
+@asynccontextmanager
+async def native_timeout(backend: str, seconds: float) -> AsyncIterator[None]:
+    """The event loop's own timeout around a block, as an application would write it:
+    ``asyncio.timeout`` (whose cancellation asyncio delivers once), or Trio's."""
+    if backend == "asyncio":
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                yield
+    else:
+        with trio.move_on_after(seconds):
+            yield
+
+
+@backends
+@pytest.mark.parametrize("leave", ["cancelled", "interrupted"])
+def test_a_cancelled_or_interrupted_block_does_not_wait_for_the_closing_handshake(
+    backend: str, leave: str
+) -> None:
+    async def main() -> None:
+        async def deaf(stream: anyio.abc.SocketStream) -> None:  # never answers a close
+            async with stream:
+                ws = WSConnection(ConnectionType.SERVER)
+                ws.receive_data(await read_head(stream))
+                await stream.send(ws.send(AcceptConnection()))
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        await stream.receive()
+
+        async with serve_raw(deaf) as url:
+            start = anyio.current_time()
+            timeout = 0.3 if leave == "cancelled" else 60  # interrupted: never cancelled
+            with contextlib.suppress(KeyboardInterrupt):
+                async with native_timeout(backend, timeout), roomkit.connect(f"{url}/r") as client:
+                    await client.wait_connected()
+                    if leave == "interrupted":
+                        raise KeyboardInterrupt
+                    await anyio.sleep_forever()
+            assert anyio.current_time() - start < roomkit._client.CLOSE_WAIT / 2
 
     run(backend, main)
 
