@@ -79,9 +79,12 @@ class HandshakeRefused(Exception):
 class ConnectionClosed(Exception):
     """Raised by a :class:`WebSocket` once it is closed: ``code`` and ``reason`` are the
     close frame's (the peer's, or ours when we closed first for a fault of the peer's),
-    or 1006 when the connection was lost without one."""
+    or 1006 when the connection was lost without one. ``code`` is a plain ``int``,
+    never wsproto's ``CloseReason``, which would leak into ``CloseEvent`` and
+    ``ClientClosed`` (and their reprs) as a type roomkit does not export."""
 
     def __init__(self, code: int, reason: str = "") -> None:
+        code = int(code)
         super().__init__(code, reason)
         self.code = code
         self.reason = reason

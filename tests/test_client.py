@@ -173,6 +173,7 @@ def test_survives_a_server_restart_and_delivers_queued_sends_in_order(backend: s
                 assert replies == ["echo join", "echo one", "echo two", "echo three"]
                 assert client.connections == 2
         assert log.of(roomkit.CloseEvent)[0] == roomkit.CloseEvent(1001, "Going away", True)
+        assert repr(log.of(roomkit.CloseEvent)[0]).startswith("CloseEvent(code=1001,")
         assert log.of(roomkit.OpenEvent) == [roomkit.OpenEvent(1), roomkit.OpenEvent(2)]
 
     run(backend, main)
