@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -51,6 +52,10 @@ logger = logging.getLogger("roomkit.client")
 CLOSE_WAIT: Final = 5.0
 #: HTTP statuses of a refused handshake that are worth trying again.
 _RETRY_STATUSES: Final = frozenset({408, 429})
+#: A header name is an HTTP token (RFC 9110 section 5.6.2); a value is Latin-1 text
+#: without control characters but the tab (a CR or LF would end the header early).
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 _Event = TypeVar("_Event", OpenEvent, CloseEvent, ReconnectEvent)
 
@@ -75,6 +80,25 @@ class ErrorMessage:
     code: str | None = None
 
 
+def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """``headers`` as a dict, each one fit to go in a handshake.
+
+    Raises:
+      TypeError: if a name or a value is not a ``str``.
+      ValueError: if a name is not an HTTP token, or a value has a control character
+        (CR and LF included) or one beyond Latin-1.
+    """
+    checked = dict(headers or {})
+    for name, value in checked.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"a header is a str and a str, not {name!r}: {value!r}")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"the {name} header's value {value!r} cannot be sent")
+    return checked
+
+
 @attrs.frozen
 class _Options:
     protocol: Protocol | None
@@ -91,6 +115,26 @@ class _Options:
     on_close: Callable[[CloseEvent], object] | None
     on_reconnect: Callable[[ReconnectEvent], object] | None
 
+    def __attrs_post_init__(self) -> None:
+        positive = {"connect_timeout": self.connect_timeout, "ping_timeout": self.ping_timeout}
+        if self.ping_interval is not None:
+            positive["ping_interval"] = self.ping_interval
+        for name, value in positive.items():
+            if not value > 0:  # NaN too
+                raise ValueError(f"{name} must be more than 0 seconds, not {value!r}")
+        if self.max_retries is not None and not _is_count(self.max_retries, 0):
+            raise ValueError(
+                f"max_retries must be None or an int, 0 or more, not {self.max_retries!r}"
+            )
+        if not _is_count(self.max_message_size, 1):
+            raise ValueError(
+                f"max_message_size must be an int, 1 or more, not {self.max_message_size!r}"
+            )
+
+
+def _is_count(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
 
 class Client:
     """A connection to a room that reconnects; made by :func:`connect`.
@@ -102,6 +146,8 @@ class Client:
     """
 
     def __init__(self, url: str, options: _Options, max_queue: int) -> None:
+        if not _is_count(max_queue, 0):
+            raise ValueError(f"max_queue must be an int, 0 or more, not {max_queue!r}")
         self._url = WebSocketURL.parse(url)
         if options.ssl_context is not None and not self._url.secure:
             raise ValueError(f"an ssl_context is for wss:// URLs, not {url!r}")
@@ -420,7 +466,9 @@ async def connect(
 
     Raises:
       ValueError: for a URL that is not ``ws://`` or ``wss://``, an ``ssl_context``
-        with a ``ws://`` URL, or a negative delay.
+        with a ``ws://`` URL, a negative delay, a timeout or ``ping_interval`` that is
+        not more than 0, a count out of its range, or a header that cannot be sent.
+      TypeError: for a header name or value that is not a ``str``.
 
     The client starts connecting at once; sends made before it is connected wait.
     Leaving the block closes the connection (1000) and stops the client; an exception
@@ -433,7 +481,7 @@ async def connect(
     options = _Options(
         protocol,
         hello,
-        dict(headers or {}),
+        _checked_headers(headers),
         Backoff(initial_delay, growth, max_delay, early_max_delay, early_period),
         max_retries,
         connect_timeout,

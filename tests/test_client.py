@@ -550,6 +550,33 @@ def test_bad_urls_are_refused() -> None:
         anyio.run(main)
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"headers": {"X-A": "a\r\nX-Injected: 1"}}, ValueError, "X-A header's value"),
+        ({"headers": {"X A": "v"}}, ValueError, "'X A' is not a header name"),
+        ({"headers": {"X-A": "\u20ac"}}, ValueError, "cannot be sent"),
+        ({"headers": {"X-A": 1}}, TypeError, "a header is a str"),
+        ({"ping_interval": 0}, ValueError, "ping_interval must be more than 0"),
+        ({"ping_timeout": float("nan")}, ValueError, "ping_timeout must be more than 0"),
+        ({"connect_timeout": -1}, ValueError, "connect_timeout must be more than 0"),
+        ({"max_retries": -1}, ValueError, "max_retries must be None or an int"),
+        ({"max_message_size": 0}, ValueError, "max_message_size must be an int, 1 or more"),
+        ({"max_queue": -1}, ValueError, "max_queue must be an int, 0 or more"),
+    ],
+)
+def test_bad_options_are_refused_before_any_try(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    async def main() -> None:
+        async with roomkit.connect("ws://127.0.0.1:1/r", **options):
+            pass
+
+    with pytest.raises(error, match=match) as info:  # not an ExceptionGroup, at a try
+        anyio.run(main)
+    assert type(info.value) is error
+
+
 def test_which_closes_are_final() -> None:
     assert roomkit._client.is_final_close(1008, "rate limit exceeded")
     assert not roomkit._client.is_final_close(1008, "slow consumer")
