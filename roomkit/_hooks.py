@@ -217,7 +217,12 @@ class HookRunner:
 
     def _committed(self, pending: Pending[Transport], error: Exception | None) -> None:
         gate = self._gate
-        if gate is not None and gate.committed(pending, error is None):
+        try:
+            must_reset = gate is not None and gate.committed(pending, error is None)
+        except Exception:
+            self._broken("recording a commit")
+            return
+        if must_reset:
             if isinstance(error, FencedError):
                 self._fenced(error)
             else:
@@ -228,14 +233,32 @@ class HookRunner:
         gate = self._gate
         if gate is None:
             return
-        released = gate.release()
-        if released:
-            _deliver([pending.outbox for pending in released])
-            for pending in released:  # the handshakes that waited for them
-                if pending.settle is not None:
-                    pending.settle(True)
+        try:
+            released = gate.release()
+            if released:
+                _deliver([pending.outbox for pending in released])
+                for pending in released:  # the handshakes that waited for them
+                    if pending.settle is not None:
+                        pending.settle(True)
+        except Exception:
+            self._broken("releasing a commit")
+            return
         if self._settled is not None and gate.settled:
             self._settled.set()
+
+    def _broken(self, what: str) -> None:
+        """A bug of roomkit's own while ``what``: the room's output gate can no longer be
+        trusted to release what it holds, so the room resets as after a storage failure
+        (1011 to every connection), rather than hold its connections for ever."""
+        logger.exception(
+            "room %s: %s failed; resetting the room",
+            self.room,
+            what,
+            extra=self._members.log_fields(),
+        )
+        self._drop_all()
+        for conn in self._members.all_connections():
+            conn.cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
 
     async def settle(self) -> None:
         """Wait until no outbox of this room is in flight."""

@@ -566,26 +566,37 @@ class Counter(roomkit.Room):
         conn.send(str(count))
 
 
-async def test_a_bug_releasing_one_rooms_commit_spares_the_committer(
-    start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("method", "what"), [("committed", "recording a commit"), ("release", "releasing a commit")]
+)
+async def test_a_bug_releasing_one_rooms_commit_resets_that_room_only(
+    start: Start,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    what: str,
 ) -> None:
-    from roomkit._core.gate import OutputGate, Pending
+    from roomkit._core.gate import OutputGate
 
-    committed = OutputGate.committed  # what the committer's report of a commit reaches
+    original = getattr(OutputGate, method)  # what the committer's report of a commit reaches
     broken = {"once": True}
 
-    def committed_once_broken(self: OutputGate[Any], pending: Pending[Any], ok: bool) -> bool:
+    def once_broken(self: OutputGate[Any], *args: Any) -> Any:
         if broken.pop("once", False):
             raise RuntimeError("a bug in roomkit")
-        return committed(self, pending, ok)
+        return original(self, *args)
 
-    monkeypatch.setattr(OutputGate, "committed", committed_once_broken)
+    monkeypatch.setattr(OutputGate, method, once_broken)
     server = await start(Counter)
     async with open_client(f"{server.url}/first") as first:
-        await first.send_message("x")  # the first commit's release raises
+        await first.send_message("x")  # the first commit's report raises
+        # ...and that room resets, rather than hold its connection for ever.
+        with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+            await first.get_message()
+        assert closed.value.reason.code == 1011
         async with open_client(f"{server.url}/second") as second:
             for expected in ("1", "2"):
                 await second.send_message("x")
                 with trio.fail_after(5):
                     assert await second.get_message() == expected
-    assert "releasing a commit failed" in caplog.text
+    assert f"{what} failed; resetting the room" in caplog.text
