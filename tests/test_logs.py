@@ -86,6 +86,25 @@ def test_configure_logging(root_logger: logging.Logger) -> None:
         configure_logging("loud")
 
 
+def test_every_line_of_a_worker_says_which(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("info", worker=3)
+    logging.getLogger("roomkit.room").info("hello")
+    logging.getLogger("roomkit.supervisor").info("about another", extra={"worker": 1})
+    configure_logging("info")
+    logging.getLogger("roomkit.room").info("alone")
+    lines = [line.split(" ", 3)[3] for line in capsys.readouterr().err.splitlines()]
+    assert lines == [
+        "roomkit.room [worker 3]: hello",
+        "roomkit.supervisor [worker 1]: about another",
+        "roomkit.room: alone",
+    ]
+    configure_logging("info", json_lines=True, worker=0)
+    logging.getLogger("roomkit.room").info("hello")
+    assert json.loads(capsys.readouterr().err)["worker"] == 0
+
+
 class Chatty(roomkit.Room):
     max_message_size = 10
 
