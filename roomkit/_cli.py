@@ -1,7 +1,9 @@
 """The ``roomkit`` command.
 
 ``roomkit serve MODULE:ATTR [options]`` serves rooms; every option can also be set by a
-``ROOMKIT_*`` environment variable (``roomkit serve --help`` lists them). ``roomkit proxy
+``ROOMKIT_*`` environment variable (``roomkit serve --help`` lists them). With
+``--workers N``, it is a supervisor of N worker processes (``_supervisor``), each of
+which serves as ``roomkit serve`` alone would (``_worker``). ``roomkit proxy
 BACKEND_URL [options]`` forwards WebSockets to a backend, with the server's limits by
 default; its options fall back on ``ROOMKIT_PROXY_*`` variables (``roomkit proxy
 --help``). Both take ``--log-level LEVEL`` and ``--log-json``, and serve ``wss://``
@@ -26,14 +28,15 @@ import trio
 from ._envoptions import EnvOptions, UsageError
 from ._errors import StorageError, first_leaf
 from ._logs import configure_logging
-from ._options import Option
+from ._options import Option, worker_count
 from ._proxy import PROXY_OPTIONS, ProxyServer, proxy
 from ._request import RouteHook
 from ._room import Room
-from ._server import SERVE_OPTIONS, Server, serve
+from ._server import SERVE_OPTIONS, ServeOptions, Server, serve
+from ._supervisor import supervise
 from ._wsurl import WebSocketURL
 
-__all__ = ["main", "parse_args"]
+__all__ = ["main", "parse_args", "serve_arguments"]
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
@@ -42,17 +45,25 @@ logger = logging.getLogger("roomkit.server")
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; exits with 2 on a usage error, 1 if the storage is unusable."""
-    args = parse_args(argv)
+    command = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(command)
     try:
-        run = _runner(args)
+        run = _runner(args)  # with --workers, too: a bad command line is refused here, once
     except UsageError as exc:
         args.command_parser.error(str(exc))
     configure_logging(args.log_level, json_lines=args.log_json)
+    workers: int | None = getattr(args, "workers", None)
+    status = 0
     try:
-        trio.run(_serve_until_signalled, run)
+        if workers is None:
+            trio.run(_serve_until_signalled, run)
+        else:
+            status = trio.run(partial(_supervise, args, command, workers))
     except* StorageError as group:
         logger.critical("cannot start: %s", first_leaf(group))  # shown at every --log-level
         sys.exit(1)
+    if status:
+        sys.exit(status)
 
 
 def parse_args(
@@ -80,11 +91,36 @@ def _runner(args: argparse.Namespace) -> Any:
         ssl_context = _ssl_context(args)
         options = _given(args, PROXY_OPTIONS.options)
         return partial(proxy, args.backend, ssl_context=ssl_context, **options)
+    rooms, serve_options = serve_arguments(args)
+    return partial(serve, rooms, **serve_options)
+
+
+def serve_arguments(
+    args: argparse.Namespace,
+) -> tuple[type[Room] | Mapping[str, type[Room]], ServeOptions]:
+    """What ``roomkit serve`` ``args`` pass to ``serve``: the rooms, and the options.
+
+    Raises:
+      UsageError: for a bad ``MODULE:ATTR``, route hook or certificate.
+    """
     ssl_context = _ssl_context(args)
     rooms = load_rooms(args.target)
     route = None if args.route is None else load_route(args.route)
-    options = _given(args, SERVE_OPTIONS.options)
-    return partial(serve, rooms, ssl_context=ssl_context, route=route, **options)
+    given = _given(args, SERVE_OPTIONS.options)
+    return rooms, cast(ServeOptions, {**given, "ssl_context": ssl_context, "route": route})
+
+
+async def _supervise(args: argparse.Namespace, command: Sequence[str], workers: int) -> int:
+    """``roomkit serve --workers N``: the supervisor of ``workers`` processes, each
+    running ``command`` (this one's arguments); its exit status."""
+    return await supervise(
+        command,
+        workers,
+        host=args.host,
+        port=args.port,
+        tls=args.certfile is not None,
+        storage=args.storage,
+    )
 
 
 def _given(args: argparse.Namespace, options: Mapping[str, Option]) -> dict[str, Any]:
@@ -205,7 +241,9 @@ def _parser() -> argparse.ArgumentParser:
         help="serve rooms over WebSockets",
         description="Serve rooms over WebSockets. Each option falls back on its environment "
         "variable, then on its default. SIGTERM or SIGINT shuts the server down as a restart "
-        "(clients get 1012 and come back at once); a second signal exits at once.",
+        "(clients get 1012 and come back at once); a second signal exits at once. With "
+        "--workers N, N worker processes serve the port, each room in one of them, under a "
+        "supervisor that restarts a worker that dies or hangs.",
     )
     run.add_argument("target", metavar="MODULE:ATTR", help="a Room subclass or a route mapping")
     run.set_defaults(command_parser=run, env_options=_serve_options(EnvOptions(run)))
@@ -263,6 +301,20 @@ def log_level(text: str) -> str:
     return level
 
 
+#: ``roomkit serve``'s processes: ``serve`` itself is one.
+_WORKERS_OPTION: Final = {
+    "workers": Option(
+        default=None,
+        group="processes",
+        parse=worker_count,
+        metavar="N",
+        shown="none: one process",
+        help="N worker processes (auto: one per CPU) under a supervisor that restarts them "
+        "(see docs/operating.md)",
+    ),
+}
+
+
 #: How both commands log.
 _LOGGING_OPTIONS: Final = {
     "log_level": Option(
@@ -278,9 +330,11 @@ _LOGGING_OPTIONS: Final = {
 
 def _serve_options(options: EnvOptions) -> EnvOptions:
     """``roomkit serve``'s options: ``serve``'s, with the two files of its
-    ``ssl_context`` and the name of its ``route`` in their place, and logging."""
+    ``ssl_context`` and the name of its ``route`` in their place, the workers, and
+    logging."""
     for name, option in SERVE_OPTIONS.options.items():
         options.add_all(_STAND_INS.get(name, {name: option}))
+    options.add_all(_WORKERS_OPTION)
     options.add_all(_LOGGING_OPTIONS)
     return options
 

@@ -14,6 +14,7 @@ adding an option is adding one key.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Generic, TypeVar, cast, get_args, get_type_hints
 
@@ -43,6 +44,7 @@ __all__ = [
     "rate_limit",
     "room_name",
     "seconds",
+    "worker_count",
 ]
 
 T = TypeVar("T", bound=Mapping[str, Any])
@@ -205,6 +207,18 @@ def positive_int(text: str) -> int:
     if number < 1:
         raise ValueError(f"expected a whole number, 1 or more, not {text!r}")
     return number
+
+
+def worker_count(text: str) -> int:
+    """A number of worker processes, 1 or more, or ``auto``: one per CPU."""
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise ValueError(
+            f"expected a number of workers, 1 or more, or auto, not {text!r}"
+        ) from None
 
 
 def room_name(text: str) -> str:

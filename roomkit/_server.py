@@ -335,10 +335,12 @@ async def serve_on(
     errors left to ``Room.on_error``'s default (see ``RoomHost``), and ``on_host`` is
     given the room host once it exists (its ``TestHooks``): for the test kit.
 
-    With ``worker``, this is one worker of ``roomkit serve --workers N``: it serves the
-    rooms that live in its slot, hands connections for the others' rooms to them over
-    their Unix sockets, takes theirs on its own (``worker.socket_path(worker.index)``),
-    and its ``/metrics`` covers every worker (``_handoff.py``)."""
+    With ``worker``, this is one worker of ``roomkit serve --workers N`` (``_worker``): it
+    serves the rooms that live in its slot, hands connections for the others' rooms to
+    them over their Unix sockets, takes theirs on its own
+    (``worker.socket_path(worker.index)``), and its ``/metrics`` covers every worker
+    (``_handoff.py``); its storage file is opened without the lock, which the supervisor
+    holds for them all, and its host runs the alarms of its own rooms alone."""
     live: dict[RoomId, RoomActor] = {}
     counters = Metrics()
     files: dict[str, Page] = {**static_files(demo_page=options["demo_page"])}
@@ -360,7 +362,11 @@ async def serve_on(
             raise TypeError(f"a route must be a Room subclass, not {route!r}")
         counters.room(route)  # its metrics are listed, at zero, before its first room
     storage = options["storage"]
-    store = storage if isinstance(storage, Store) else await SQLiteStore.open(storage)
+    store = (
+        storage
+        if isinstance(storage, Store)
+        else await SQLiteStore.open(storage, lock=worker is None)
+    )
     try:
         handoff_listener = None  # first: a worker whose socket fails opens nothing else
         if peers is not None:
@@ -383,6 +389,7 @@ async def serve_on(
             wall_time=wall_time,
             jitter=jitter,
             on_unhandled=on_unhandled,
+            owns=None if worker is None else worker.placement.owns,
         )
         gateway = Gateway(
             host,

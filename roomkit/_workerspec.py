@@ -5,18 +5,33 @@ listeners and a control socket, and learns its place from a :class:`WorkerSpec`.
 are placed over the N worker slots by :mod:`roomkit._core.placement`; each worker also
 listens on a Unix socket in the supervisor's private run directory, through which the
 others hand it the connections of its rooms.
+
+On the control socket, the worker sends ``HEARTBEAT`` every
+``_core.supervision.HEARTBEAT_INTERVAL`` seconds, and ``READY`` once, when it serves;
+the supervisor sends nothing, and its end of file means it is gone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
+from typing import Final
 
 import attrs
 
 from ._core.placement import Placement
 
-__all__ = ["WorkerSpec"]
+__all__ = ["HEARTBEAT", "READY", "WorkerSpec"]
+
+#: A worker's heartbeat on its control socket.
+HEARTBEAT: Final = b"."
+#: What a worker sends once on its control socket, when it serves (it is a heartbeat too).
+READY: Final = b"!"
+
+
+def _fds(fds: Iterable[int]) -> tuple[int, ...]:
+    return tuple(fds)
 
 
 @attrs.frozen
@@ -37,7 +52,7 @@ class WorkerSpec:
     index: int = attrs.field(validator=attrs.validators.ge(0))
     count: int = attrs.field(validator=attrs.validators.ge(1))
     rundir: str
-    listen_fds: tuple[int, ...] = attrs.field(converter=tuple)
+    listen_fds: tuple[int, ...] = attrs.field(converter=_fds)
     control_fd: int
 
     def __attrs_post_init__(self) -> None:

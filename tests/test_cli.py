@@ -412,7 +412,7 @@ def test_help_shows_each_option_with_its_default_and_variable(
         parse_args(["serve", "--help"], {})
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for group in ("listening:", "storage:", "connections:", "shutdown:", "demo:"):
+    for group in ("listening:", "storage:", "connections:", "shutdown:", "demo:", "processes:"):
         assert group in text
     assert "--port PORT port; 0 picks a free one [default: 8080; env: ROOMKIT_PORT]" in text
     assert "[default: on; env: ROOMKIT_GROUP_COMMIT]" in text
@@ -422,6 +422,8 @@ def test_help_shows_each_option_with_its_default_and_variable(
     assert "[default: default; env: ROOMKIT_DEFAULT_ROOM]" in text
     assert "--route MODULE:ATTR a function of the request" in text
     assert "[default: none: by path alone; env: ROOMKIT_ROUTE]" in text
+    assert "--workers N N worker processes (auto: one per CPU)" in text
+    assert "[default: none: one process; env: ROOMKIT_WORKERS]" in text
 
 
 def test_certfile_and_keyfile_go_together(
@@ -484,3 +486,27 @@ def test_a_bad_proxy_rate_limit_is_a_usage_error(
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith("roomkit proxy: error: environment variable ROOMKIT_PROXY_RATE_LIMIT")
     assert "expected PER_SECOND,BURST (such as 100,200) or off" in error
+
+
+def test_workers_from_a_flag_or_its_variable_and_auto_is_one_per_cpu() -> None:
+    assert serve_args().workers is None  # one process, as ever
+    assert serve_args("--workers", "3").workers == 3
+    assert serve_args(ROOMKIT_WORKERS="2").workers == 2
+    assert serve_args("--workers=1", ROOMKIT_WORKERS="4").workers == 1
+    assert serve_args("--workers", "auto").workers == (os.cpu_count() or 1)
+    assert serve_args(ROOMKIT_WORKERS="AUTO").workers == (os.cpu_count() or 1)
+    assert "workers" not in _runner(serve_args("--workers", "2")).keywords  # not serve's
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_a_bad_worker_count_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        serve_args(ROOMKIT_WORKERS=value)
+    assert info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == (
+        "roomkit serve: error: environment variable ROOMKIT_WORKERS: "
+        f"expected a number of workers, 1 or more, or auto, not {value!r}"
+    )
