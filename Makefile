@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench mutation lint typecheck pytest clean
+.PHONY: demo test test-long bench mutation lint typecheck pytest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+# The long variants of the tests with real processes (many kills of workers): minutes.
+test-long: $(STAMP)
+	$(BIN)/pytest -q -m long
 
 # The benchmark suite against the peers; QUICK=1 runs it in under two minutes.
 BENCH_STAMP := $(VENV)/.bench-installed

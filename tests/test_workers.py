@@ -2,18 +2,25 @@
 
 Every test starts a real ``roomkit serve --workers N`` (or a worker alone) in a
 subprocess and sends real signals; processes are found in ``/proc`` (Linux), and
-waiting is polling with a bound. Each keeps to what holds however the kernel spreads
-connections over the workers: one connection per room.
+waiting is polling with a bound. The supervisor's own tests keep to one connection per
+room; the end-to-end ones, below, check that a room lives in one worker whichever
+accepts its connections (the hand-off), and what kill -9 and SIGSTOP of a worker leave
+(fencing). Each is short; the many-kill variant is marked ``long``, for
+``make test-long``.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import itertools
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,16 +28,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
+import trio
+import trio_websocket
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+import roomkit
+from roomkit._core import placement
+from roomkit._core.supervision import HEARTBEAT_TIMEOUT
+from roomkit._roomid import RoomId
 from roomkit._workerspec import WorkerSpec
 from roomkit.storage._sqlite import SQLiteCore
 
-from .helpers import ROOT, call, roomkit_env, roomkit_serve
+from .helpers import ROOT, call, open_client, roomkit_env, roomkit_serve
 from .test_cli import without_root_overrides
 
 pytestmark = pytest.mark.skipif(
@@ -152,8 +166,13 @@ def spec_of(pid: int) -> WorkerSpec:
 
 
 def healthz(port: int) -> bytes:
+    return http_get(port, "/healthz")
+
+
+def http_get(port: int, path: str) -> bytes:
+    """The whole response to ``GET path``, head and body."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(4096):
             data += chunk
@@ -405,3 +424,194 @@ def test_json_log_lines_say_which_worker(tmp_path: Path) -> None:
     assert (exits[0]["worker"], exits[0]["pid"], exits[0]["status"]) == (slot, pid, -9)
     assert entries[0]["message"].startswith("roomkit listening on ")
     assert "worker" not in entries[0]
+
+
+# End to end: whichever worker accepts a connection, its room lives in one worker (the
+# hand-off), and what a worker that died or hung had acknowledged is stored (fencing).
+
+
+def owner_slot(room: str, count: int) -> int:
+    """The slot ``room`` (of a single Room class) lives in, among ``count``."""
+    return int(placement.owner(RoomId("", room), [str(i) for i in range(count)]))
+
+
+def rooms_of(slot: int, count: int, how_many: int, prefix: str) -> list[str]:
+    """The first ``how_many`` room names ``prefix-N`` that live in ``slot``."""
+    names = (f"{prefix}-{n}" for n in itertools.count())
+    return list(itertools.islice((r for r in names if owner_slot(r, count) == slot), how_many))
+
+
+def stored_keys(db: Path) -> dict[str, set[str]]:
+    """Every room's keys in the SQLite file ``db``."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT room, key FROM kv").fetchall()
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    for room, key in rows:
+        found[room].add(key)
+    return found
+
+
+class Barrier:
+    """Trio tasks that wait until ``count`` of them have come."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._all_came = trio.Event()
+
+    async def wait(self) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._all_came.set()
+        await self._all_came.wait()
+
+
+async def kv(ws: trio_websocket.WebSocketConnection, said: list[str], op: str, **args: Any) -> Any:
+    """Run one operation of ``Where``; broadcasts read meanwhile go to ``said``."""
+    await ws.send_message(json.dumps({"op": op, **args}))
+    with trio.fail_after(10):
+        while True:
+            message = json.loads(await ws.get_message())
+            if "said" in message:
+                said.append(message["said"])
+            elif message.get("op") == op:
+                return message["result"]
+
+
+async def member(
+    url: str, room: str, name: str, round_: int, everyone_in: Barrier, seen: dict[str, set[int]]
+) -> None:
+    """One client's visit: say something once everyone is in, hear everyone, write."""
+    said: list[str] = []
+    async with open_client(f"{url}/{room}") as ws:
+        seen[room].add(await kv(ws, said, "pid"))
+        await everyone_in.wait()
+        await kv(ws, said, "say", text=f"{round_}:{name}")
+        with trio.fail_after(10):
+            while len([s for s in said if s.startswith(f"{round_}:")]) < 5:
+                said.append(json.loads(await ws.get_message())["said"])
+        assert sorted(said) == sorted(f"{round_}:{room}/{i}" for i in range(5))
+        assert await kv(ws, said, "put", key=f"{name}:{round_}", value=round_) is None
+
+
+@pytest.mark.parametrize("count", [2, 4])
+async def test_every_room_lives_in_one_worker_whichever_accepts(tmp_path: Path, count: int) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    rooms = [f"room-{n}" for n in range(8)]
+    seen: dict[str, set[int]] = collections.defaultdict(set)
+    options = ("--workers", str(count), "--storage", str(db), "--metrics")
+    with supervised(WHERE, *options) as server:
+        workers = server.workers()
+        for round_ in range(3):  # each client connects again: another worker may accept
+            everyone_in = Barrier(40)
+            async with trio.open_nursery() as nursery:
+                for room in rooms:
+                    for i in range(5):
+                        name = f"{room}/{i}"
+                        nursery.start_soon(
+                            member, server.url, room, name, round_, everyone_in, seen
+                        )
+        assert seen == {room: {workers[owner_slot(room, count)]} for room in rooms}
+        # Other workers accepted some of them, and handed them over.
+        page = http_get(server.port, "/metrics").decode()
+        sent = re.findall(r'^roomkit_handoffs_total\{[^}]*"sent"[^}]*\} (\S+)$', page, re.M)
+        assert sum(float(n) for n in sent) > 0, page
+    assert server.process.returncode == 0
+    written = {room: keys - {"goodbye"} for room, keys in stored_keys(db).items()}  # on_close's
+    assert written == {
+        room: {f"{room}/{i}:{round_}" for i in range(5) for round_ in range(3)} for room in rooms
+    }
+
+
+async def stream_writes(url: str, room: str, acked: dict[str, float], stop: trio.Event) -> None:
+    """Put ``k0``, ``k1``, ... in ``room`` with ``roomkit.connect``, one at a time, each
+    sent again until acknowledged; ``acked`` gets each key and when its ack came."""
+    async with roomkit.connect(f"{url}/{room}", initial_delay=0.05, max_delay=0.2) as client:
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            key = f"k{n}"
+            while key not in acked:
+                await client.send(json.dumps({"op": "put_key", "key": key, "value": n}))
+                with trio.move_on_after(0.5):  # lost with a connection: sent again
+                    while key not in acked:
+                        reply = json.loads(await client.receive())
+                        if reply.get("op") == "put_key" and reply["result"] == key:
+                            acked[key] = time.time()
+
+
+async def read_key(url: str, room: str, key: str) -> Any:
+    async with open_client(f"{url}/{room}") as ws:
+        return await kv(ws, [], "get", key=key)
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+async def test_a_dead_or_stopped_workers_rooms_come_back_with_every_acked_write(
+    tmp_path: Path, how: str
+) -> None:
+    """kill -9 (or SIGSTOP) of a worker mid-stream: its rooms' clients come back, and
+    its rooms' alarms fire, within 2 s (SIGSTOP: the second before it counts as hung,
+    more); no acknowledged write is lost; the new worker owns its rooms under a new
+    epoch, so that nothing the old one had in flight lands under the old."""
+    db = tmp_path / "rooms.sqlite3"
+    victims, others = rooms_of(0, 2, 2, "stream"), rooms_of(1, 2, 2, "stream")
+    (alarmed,) = rooms_of(0, 2, 1, "alarm")
+    acked: dict[str, dict[str, float]] = {room: {} for room in victims + others}
+    allowed = 2.0 if how == "kill" else 2.0 + HEARTBEAT_TIMEOUT
+    with supervised(WHERE, "--workers", "2", "--storage", str(db)) as server:
+        victim = server.workers()[0]
+        async with open_client(f"{server.url}/{alarmed}") as ws:
+            await kv(ws, [], "set_alarm", delay=1.5)  # due 0.5 s after the kill, below
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for room in acked:
+                nursery.start_soon(stream_writes, server.url, room, acked[room], stop)
+            await trio.sleep(1.0)
+            os.kill(victim, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+            struck = time.time()
+            await trio.sleep(allowed + 0.5)
+            stop.set()
+        for room in victims + others:
+            assert min(t for t in acked[room].values() if t > struck) - struck < allowed, room
+        fired_at = await read_key(server.url, alarmed, "fired_at")
+        assert struck < fired_at < struck + allowed
+        replacement = server.workers()[0]
+        assert replacement != victim and not alive(victim)
+    assert server.process.returncode == 0
+    stored = stored_keys(db)
+    for room, keys in acked.items():
+        assert set(keys) <= stored[room], room
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        claims = {
+            room: (epoch, owner)
+            for room, epoch, owner in connection.execute("SELECT room, epoch, owner FROM rooms")
+        }
+    for room in victims:  # claimed again, by the worker that replaced the victim
+        epoch, owner = claims[room]
+        assert epoch >= 2 and owner.endswith(f":{replacement}"), claims[room]
+
+
+@pytest.mark.long
+async def test_many_kills_and_stops_lose_no_acknowledged_write(tmp_path: Path) -> None:
+    """``make test-long``: a worker killed or stopped every few seconds, 12 times."""
+    db = tmp_path / "rooms.sqlite3"
+    rooms = rooms_of(0, 2, 2, "stream") + rooms_of(1, 2, 2, "stream")
+    acked: dict[str, dict[str, float]] = {room: {} for room in rooms}
+    with supervised(WHERE, "--workers", "2", "--storage", str(db)) as server:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for room in rooms:
+                nursery.start_soon(stream_writes, server.url, room, acked[room], stop)
+            for strike in range(12):
+                slot = strike % 2
+                victim = server.workers()[slot]
+                os.kill(victim, signal.SIGKILL if strike % 4 < 2 else signal.SIGSTOP)
+                struck = time.time()
+                await trio.sleep(2.0 + HEARTBEAT_TIMEOUT + 0.5)
+                for room in rooms:
+                    assert any(t > struck for t in acked[room].values()), (strike, room)
+                assert server.workers()[slot] != victim
+            stop.set()
+    assert server.process.returncode == 0
+    stored = stored_keys(db)
+    for room, keys in acked.items():
+        assert set(keys) <= stored[room], room
