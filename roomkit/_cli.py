@@ -253,7 +253,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Forward WebSockets to a backend, with a server's limits by default. Each "
         "option falls back on its environment variable, then on its default.",
     )
-    forward.add_argument("backend", metavar="BACKEND_URL", help="ws://host:port of the backend")
+    forward.add_argument(
+        "backend",
+        metavar="BACKEND_URL",
+        help="ws:// or wss:// URL of the backend, optionally with a path prefix",
+    )
     options = _proxy_options(EnvOptions(forward, prefix="ROOMKIT_PROXY_"))
     forward.set_defaults(command_parser=forward, env_options=options)
     return parser

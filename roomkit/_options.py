@@ -284,5 +284,8 @@ HANDSHAKE: Final = Option(
     parse=positive_seconds,
     check=check_positive_seconds,
     metavar="SECONDS",
-    help="time a client has to send its request head; a slower one is dropped",
+    help=(
+        "time a client has to finish TLS (with --certfile) and send its request head; "
+        "a slower one is dropped"
+    ),
 )
