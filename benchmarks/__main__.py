@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chat, connect_storm, durable_writes, echo, fanout, memory
+from . import chat, connect_storm, durable_writes, echo, fanout, memory, workers
 from ._common import RESULTS, environment
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -31,6 +31,7 @@ def collect(quick: bool) -> dict[str, Any]:
         ("connect_storm", connect_storm),
         ("memory", memory),
         ("durable_writes", durable_writes),
+        ("workers", workers),
     ):
         began = time.monotonic()
         report[name] = module.run(quick)
@@ -99,6 +100,10 @@ def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
             ">= 0.8",
         ),
     ]
+    by_n = report["workers"]["results"]
+    for scenario, what in (("echo", "echoed message"), ("fanout", "fan-out delivery")):
+        ratio = by_n["2"][scenario]["server_cpu_us"] / by_n["1"][scenario]["server_cpu_us"]
+        checks.append((f"CPU per {what}, --workers 2 vs 1", ratio, "<= 1.1"))
     return [(name, value, bound, _holds(value, bound)) for name, value, bound in checks]
 
 
@@ -128,6 +133,8 @@ def table(report: dict[str, Any]) -> str:
                 shown = f"{value:,.3g}" if value < 10 else f"{value:,.0f}"
                 cells.append(f"{shown} ({value / base:.2f}x)" if base else shown)
         lines.append(f"| {scenario} | {unit} | " + " | ".join(cells) + " |")
+    lines += ["", "`roomkit serve --workers N` (see benchmarking.md):", ""]
+    lines.append(workers.table(report["workers"]))
     lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
     for name, value, bound, met in targets(report):
         lines.append(f"| {name} | {value:.2f} | {bound} | {'yes' if met else 'no'} |")
