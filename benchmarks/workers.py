@@ -221,7 +221,7 @@ SCENARIOS = ("storm", "echo", "fanout")
 def run(quick: bool) -> dict[str, Any]:
     counts = (1, 2) if quick else (1, 2, 4)
     connections, per_client, messages, runs = (
-        (500, 2_500, 500, 3) if quick else (2_000, 10_000, 2_000, 5)
+        (500, 2_500, 1_000, 3) if quick else (2_000, 10_000, 2_000, 5)
     )
     latencies: dict[int, list[float]] = {n: [] for n in counts}
     load_before = os.getloadavg()
