@@ -32,7 +32,7 @@ pytest: $(STAMP)
 test-long: $(STAMP)
 	$(BIN)/pytest -q -m long
 
-# The benchmark suite against the peers; QUICK=1 runs it in under two minutes.
+# The benchmark suite against the peers; QUICK=1 runs it in about three minutes.
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
