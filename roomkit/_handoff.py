@@ -67,6 +67,10 @@ _BACKLOG: Final = 128
 _MAX_FDS: Final = 4
 #: Bytes asked of a Unix socket per read of a frame.
 _READ_CHUNK: Final = 64 * 1024
+#: recvmsg's flag that makes the sockets received close-on-exec at once (Linux), as
+#: Python makes every descriptor it opens itself: a handed client's socket must not
+#: live on in a process a room starts. Elsewhere they are made so once received.
+_CLOEXEC: Final = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 T = TypeVar("T")
 
@@ -251,7 +255,9 @@ async def _receive(unix: trio.SocketStream, fds: list[int] | None = None) -> tup
             data = await unix.receive_some(_READ_CHUNK)
         else:
             space = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
-            data, ancillary, _flags, _address = await unix.socket.recvmsg(_READ_CHUNK, space)
+            data, ancillary, _flags, _address = await unix.socket.recvmsg(
+                _READ_CHUNK, space, _CLOEXEC
+            )
             fds += _sockets_in(ancillary)
         if not data:
             raise HandoffError(f"the peer left after {reader.pending} bytes of a frame")
@@ -266,6 +272,9 @@ def _sockets_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
             numbers = array.array("i")
             numbers.frombytes(data[: len(data) - len(data) % numbers.itemsize])
             fds += numbers
+    if not _CLOEXEC:
+        for fd in fds:
+            os.set_inheritable(fd, False)
     return fds
 
 

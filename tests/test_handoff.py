@@ -10,6 +10,7 @@ short bounds (``fail_after``), no sleeps but the retries being measured.
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import shutil
@@ -408,6 +409,38 @@ async def test_a_handed_connection_keeps_its_first_frames_and_address(workers: W
     assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert b'"remote": ["10.0.0.1", 4000]' in data  # the greeting: the client's address
     assert data.endswith(b"\x81\x05hello")  # the frame sent with the head, broadcast back
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds descriptors in /proc")
+async def test_a_handed_socket_is_not_inherited_by_the_processes_a_room_starts(
+    workers: Workers,
+) -> None:
+    await workers.start_all()
+    room = room_of(workers, 1)
+    handoff = Handoff(RoomId("", room), None, UPGRADE.format(room=room).encode())
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        handed = os.fstat(theirs.fileno()).st_ino
+        answer = await send_frame(
+            workers.spec(1).socket_path(1), encode(handoff.frame()), theirs.fileno()
+        )
+        assert answer == encode(Frame(Kind.TAKEN))
+        theirs.close()
+        greeted = await read_to_end(ours, until=b'"remote": null}')  # the room's greeting
+        assert greeted.startswith(b"HTTP/1.1 101 ")
+        adopted = [fd for fd in descriptors() if os.fstat(fd).st_ino == handed]
+        assert adopted  # the owner's, which the room holds
+        assert not any(os.get_inheritable(fd) for fd in adopted)
+
+
+def descriptors() -> list[int]:
+    """This process's open file descriptors."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the directory's own, closed since
+            os.fstat(int(name))
+            found.append(int(name))
+    return found
 
 
 @pytest.fixture(scope="module")
