@@ -210,15 +210,23 @@ def positive_int(text: str) -> int:
 
 
 def worker_count(text: str) -> int:
-    """A number of worker processes, 1 or more, or ``auto``: one per CPU."""
+    """A number of worker processes, 1 or more, or ``auto``: one per CPU this process
+    may run on (its affinity: ``taskset``, a container's cpuset), not the machine's."""
     if text.strip().lower() == "auto":
-        return os.cpu_count() or 1
+        return usable_cpus()
     try:
         return positive_int(text)
     except ValueError:
         raise ValueError(
             f"expected a number of workers, 1 or more, or auto, not {text!r}"
         ) from None
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (``os.process_cpu_count`` of Python 3.13)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def room_name(text: str) -> str:

@@ -25,7 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 import roomkit
 from roomkit._cli import _runner, main, parse_args
 from roomkit._envoptions import UsageError, flag_of
-from roomkit._options import OptionSet
+from roomkit._options import OptionSet, usable_cpus
 from roomkit._proxy import PROXY_OPTIONS
 from roomkit._server import SERVE_OPTIONS
 from roomkit.storage._sqlite import SQLiteCore
@@ -493,9 +493,24 @@ def test_workers_from_a_flag_or_its_variable_and_auto_is_one_per_cpu() -> None:
     assert serve_args("--workers", "3").workers == 3
     assert serve_args(ROOMKIT_WORKERS="2").workers == 2
     assert serve_args("--workers=1", ROOMKIT_WORKERS="4").workers == 1
-    assert serve_args("--workers", "auto").workers == (os.cpu_count() or 1)
-    assert serve_args(ROOMKIT_WORKERS="AUTO").workers == (os.cpu_count() or 1)
+    assert serve_args("--workers", "auto").workers == usable_cpus()
+    assert serve_args(ROOMKIT_WORKERS="AUTO").workers == usable_cpus()
     assert "workers" not in _runner(serve_args("--workers", "2")).keywords  # not serve's
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+    reason="needs CPU affinity, and two CPUs to leave one out",
+)
+def test_auto_is_one_worker_per_cpu_the_server_may_run_on() -> None:
+    """Under ``taskset`` or a container's cpuset, ``auto`` counts the CPUs it is given,
+    not the machine's."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        assert serve_args("--workers", "auto").workers == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
