@@ -147,7 +147,8 @@ class Peers:
         stream; else (TLS) a relay of its bytes, which then owns ``stream``.
 
         Tries for ``timeout`` seconds, again every ``HANDOFF_RETRY`` while the owner's
-        socket is missing or refuses (its worker is restarting).
+        socket is missing or refuses (its worker is restarting), or resets the hand-off
+        unread (its worker, stopped, was killed).
 
         Returns:
           what became of it (:class:`Handed`). Unless ``RELAYED``, the caller still
@@ -161,23 +162,31 @@ class Peers:
             return Handed.NOT_TAKEN
         sent = False
         with trio.move_on_after(self._timeout):
-            unix = await _connect(self.spec.socket_path(int(owner)))
-            try:
-                if isinstance(stream, trio.SocketStream):
-                    await _send_with_socket(unix, message, stream.socket.fileno())
-                else:
-                    await unix.send_all(message)
-                sent = True
-                frame, first = await _receive(unix)
-                if frame.kind is not Kind.TAKEN:
-                    raise HandoffError(f"expected TAKEN, got {frame.kind.name}")
-            except (OSError, trio.BrokenResourceError, HandoffError) as exc:
-                logger.warning("hand-off of %s to worker %s failed: %s", handoff.room, owner, exc)
-                await trio.aclose_forcefully(unix)
-                return Handed.NOT_TAKEN
-            except BaseException:
-                await trio.aclose_forcefully(unix)
-                raise
+            while True:
+                unix = await _connect(self.spec.socket_path(int(owner)))
+                try:
+                    if isinstance(stream, trio.SocketStream):
+                        await _send_with_socket(unix, message, stream.socket.fileno())
+                    else:
+                        await unix.send_all(message)
+                    sent = True
+                    frame, first = await _receive(unix)
+                    if frame.kind is not Kind.TAKEN:
+                        raise HandoffError(f"expected TAKEN, got {frame.kind.name}")
+                    break
+                except (OSError, trio.BrokenResourceError, HandoffError) as exc:
+                    await trio.aclose_forcefully(unix)
+                    if _lost(exc):
+                        sent = False
+                        await trio.sleep(HANDOFF_RETRY)
+                        continue
+                    logger.warning(
+                        "hand-off of %s to worker %s failed: %s", handoff.room, owner, exc
+                    )
+                    return Handed.NOT_TAKEN
+                except BaseException:
+                    await trio.aclose_forcefully(unix)
+                    raise
             if isinstance(stream, trio.SocketStream):
                 self._metrics.handoffs["sent"] += 1
                 await trio.aclose_forcefully(unix)
@@ -214,6 +223,15 @@ class Peers:
                 if member != self.placement.me:
                     nursery.start_soon(ask, member)
         return pages
+
+
+def _lost(error: BaseException) -> bool:
+    """Whether ``error`` says that the owner went away with the hand-off unread: the
+    kernel resets the connections waiting on the socket of a process that ends (a
+    stopped worker's, killed). It surely took nothing; its replacement may."""
+    if isinstance(error, trio.BrokenResourceError):
+        error = error.__cause__ or error
+    return isinstance(error, ConnectionResetError | BrokenPipeError)
 
 
 async def _connect(path: str) -> trio.SocketStream:

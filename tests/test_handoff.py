@@ -307,6 +307,31 @@ async def test_an_owner_that_comes_back_in_time_gets_the_connection(workers: Wor
     assert json.loads(greeting[0])["room"] == room
 
 
+async def test_a_handoff_lost_with_an_owner_that_died_goes_to_its_replacement(
+    workers: Workers,
+) -> None:
+    """An owner stopped (SIGSTOP) takes hand-offs into its socket's backlog, and loses
+    them when it is killed: the connection goes to the worker that replaces it."""
+    await workers.start(0, handshake_timeout=5)
+    room = room_of(workers, 1)
+    greeting: list[str] = []
+
+    def client() -> None:
+        with connect(f"ws://127.0.0.1:{workers.port}/{room}", open_timeout=5) as ws:
+            greeting.append(str(ws.recv(timeout=5)))
+
+    stopped = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stopped.bind(workers.spec(1).socket_path(1))
+    stopped.listen(8)  # never accepts, as a stopped process does not
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.to_thread.run_sync, client, abandon_on_cancel=True))
+        await trio.sleep(0.3)  # the hand-off waits in the stopped owner's backlog
+        stopped.close()  # killed: the kernel resets what waited, and its file stays
+        await trio.sleep(0.1)
+        await workers.start(1)
+    assert json.loads(greeting[0])["room"] == room
+
+
 async def unix_connect(path: str) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.connect(path)
