@@ -242,6 +242,13 @@ class _Supervisor:
                     action.silent_for,
                     extra=fields,
                 )
+            elif action.unready_for is not None:
+                logger.warning(
+                    "pid %d not serving %.1f s after its start (stuck starting): killing it",
+                    worker.process.pid,
+                    action.unready_for,
+                    extra=fields,
+                )
             worker.process.kill()
         elif isinstance(action, Stop):
             worker.process.send_signal(signal.SIGTERM)

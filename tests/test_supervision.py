@@ -63,6 +63,27 @@ def test_a_new_worker_has_the_boot_timeout_until_its_first_heartbeat() -> None:
     assert supervision.state(0) is SlotState.KILLED
 
 
+def test_a_worker_that_beats_but_is_not_ready_within_the_boot_timeout_is_killed() -> None:
+    """Its event loop runs, but it never serves (stuck opening its storage, say): the
+    server would never listen, or a restarted slot's rooms never come back."""
+    supervision = Supervision(1, 0.0)
+    supervision.tick(0.0)
+    beat = 0.0
+    while beat + 0.25 < BOOT_TIMEOUT:
+        beat += 0.25
+        supervision.heard(0, beat)
+        assert supervision.tick(beat) == []
+    assert supervision.next_deadline() == BOOT_TIMEOUT
+    assert supervision.tick(BOOT_TIMEOUT) == [Kill(0, None, unready_for=BOOT_TIMEOUT)]
+    assert supervision.exited(0, BOOT_TIMEOUT) == [Exit(1)]  # at start: it cannot start
+    restarted = running(1)
+    restarted.exited(0, 10.0)
+    assert restarted.tick(10.0) == [Start(0)]
+    restarted.heard(0, 10.0 + BOOT_TIMEOUT - 0.5)
+    assert restarted.tick(10.0 + BOOT_TIMEOUT) == [Kill(0, None, unready_for=BOOT_TIMEOUT)]
+    assert restarted.phase is Phase.RUNNING  # it is started again, later
+
+
 def test_a_worker_silent_for_the_heartbeat_timeout_is_killed_and_started_again() -> None:
     supervision = running(2)
     supervision.heard(0, 5.0)

@@ -18,8 +18,9 @@ A slot's :class:`SlotState` moves only through :data:`TRANSITIONS`::
 A worker sends a heartbeat every ``HEARTBEAT_INTERVAL`` from a task of its event loop,
 so a hung loop stops them as surely as SIGSTOP does. One silent for
 ``HEARTBEAT_TIMEOUT`` is killed (SIGKILL, which also ends a stopped process and with it
-the SQLite write lock it may hold); before its first heartbeat, a new worker has
-``BOOT_TIMEOUT`` to import the application. A worker that exits is started again at
+the SQLite write lock it may hold); a new worker has ``BOOT_TIMEOUT`` to be ready,
+and one that sends heartbeats but is not ready by then (stuck as it starts) is killed
+too. A worker that exits is started again at
 once; one that keeps exiting soon after its start waits longer each time
 (:func:`restart_delay`), so a crash loop costs little.
 
@@ -67,8 +68,10 @@ HEARTBEAT_INTERVAL: Final = 0.25
 #: four heartbeats missed. A stopped worker may hold SQLite's write lock, blocking every
 #: other worker's commits for as long as it lives, so this is short.
 HEARTBEAT_TIMEOUT: Final = 1.0
-#: Seconds a new worker has to send its first heartbeat: to start Python and import the
-#: application (heartbeats start with its event loop).
+#: Seconds a new worker has to be ready: to start Python, import the application (its
+#: heartbeats start with its event loop, after that), open its storage and schedule its
+#: alarms. Past it, a worker is killed, silent or not: one stuck as it starts would keep
+#: the server from listening, or its slot's rooms away, for ever.
 BOOT_TIMEOUT: Final = 30.0
 #: Seconds a worker must have run before its exit counts as a fresh failure rather than
 #: one more of a crash loop. Restarting one that lived this long at once costs at most a
@@ -146,11 +149,13 @@ class Start:
 
 @attrs.frozen
 class Kill:
-    """SIGKILL the worker of ``slot``: silent for ``silent_for`` seconds, or (None) at
-    a second signal."""
+    """SIGKILL the worker of ``slot``: silent for ``silent_for`` seconds; or not ready
+    ``unready_for`` seconds after its start (then ``silent_for`` is None); or (both
+    None) at a second signal."""
 
     slot: int
     silent_for: float | None
+    unready_for: float | None = None
 
 
 @attrs.frozen
@@ -207,9 +212,11 @@ class _Slot:
         """When it counts as silent (infinity if it has no process to be silent)."""
         if self.state in (SlotState.DOWN, SlotState.KILLED):
             return math.inf
+        boot = self.started + BOOT_TIMEOUT
         if self.heard is None:
-            return self.started + BOOT_TIMEOUT
-        return self.heard + HEARTBEAT_TIMEOUT
+            return boot
+        beat = self.heard + HEARTBEAT_TIMEOUT
+        return min(beat, boot) if self.state is SlotState.STARTING else beat
 
 
 class Supervision:
@@ -248,9 +255,13 @@ class Supervision:
         actions: list[Action] = []
         for index, slot in enumerate(self._slots):
             if now >= slot.deadline:
+                beating = slot.heard is not None and now < slot.heard + HEARTBEAT_TIMEOUT
                 silent_for = now - (slot.started if slot.heard is None else slot.heard)
                 slot.move(Trigger.SILENT)
-                actions.append(Kill(index, silent_for))
+                if beating:
+                    actions.append(Kill(index, None, unready_for=now - slot.started))
+                else:
+                    actions.append(Kill(index, silent_for))
             elif slot.restart_at is not None and now >= slot.restart_at:
                 slot.move(Trigger.START)
                 slot.started, slot.heard, slot.restart_at = now, None, None
