@@ -90,14 +90,16 @@ def test_a_worker_silent_for_the_heartbeat_timeout_is_killed_and_started_again()
     supervision.heard(1, 5.5)
     assert supervision.next_deadline() == 5.0 + HEARTBEAT_TIMEOUT
     assert supervision.tick(5.0 + HEARTBEAT_TIMEOUT - 0.001) == []
-    assert supervision.tick(6.25) == [Kill(0, 1.25)]
+    late = 5.0 + HEARTBEAT_TIMEOUT + 0.25  # slot 1, heard at 5.5, is not silent so long
+    assert supervision.tick(late) == [Kill(0, HEARTBEAT_TIMEOUT + 0.25)]
     assert supervision.next_deadline() == 5.5 + HEARTBEAT_TIMEOUT  # slot 0 waits for its exit
-    assert supervision.heard(0, 6.3) == []  # too late: it is being killed
-    assert supervision.tick(6.3) == []
-    assert supervision.exited(0, 6.3) == []
-    assert supervision.restart_at(0) == 6.3  # at once: its first failure
-    assert supervision.tick(6.3) == [Start(0)]
-    assert supervision.heard(0, 6.9, ready=True) == [Ready(0)]
+    gone = late + 0.05
+    assert supervision.heard(0, gone) == []  # too late: it is being killed
+    assert supervision.tick(gone) == []
+    assert supervision.exited(0, gone) == []
+    assert supervision.restart_at(0) == gone  # at once: its first failure
+    assert supervision.tick(gone) == [Start(0)]
+    assert supervision.heard(0, gone + 0.6, ready=True) == [Ready(0)]
     assert supervision.phase is Phase.RUNNING
 
 
@@ -133,8 +135,8 @@ def test_sigterm_drains_every_worker_and_exits_0_once_all_are_gone() -> None:
     assert supervision.next_deadline() == 0.25 + HEARTBEAT_TIMEOUT
     assert supervision.exited(0, 1.0) == []
     assert supervision.restart_at(0) is None
-    assert supervision.tick(1.5) == [Kill(1, 1.0)]  # a hung drain is killed too
-    assert supervision.exited(1, 1.6) == [Exit(0)]
+    assert supervision.tick(0.5 + HEARTBEAT_TIMEOUT) == [Kill(1, HEARTBEAT_TIMEOUT)]  # hung
+    assert supervision.exited(1, 0.6 + HEARTBEAT_TIMEOUT) == [Exit(0)]
 
 
 def test_a_second_signal_kills_every_worker_and_exits_at_once() -> None:
