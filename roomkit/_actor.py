@@ -34,7 +34,7 @@ from ._connection import Connection, ConnectionState
 from ._connlog import connection_fields
 from ._core.alarms import AlarmInfo, after_failure
 from ._core.frames import encode_message
-from ._core.room import HOOK_FAILED, INTERNAL_ERROR, Refusal, RoomCore
+from ._core.room import HOOK_FAILED, INTERNAL_ERROR, ROOM_MOVED, Refusal, RoomCore
 from ._core.roomstate import Change, RoomState
 from ._errors import Reject
 from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, Message
@@ -590,11 +590,12 @@ class RoomActor:
         return room
 
     def _connect_settled(self, event: Connect, durable: bool) -> None:
-        """Answer the handshake once on_connect's changes are durable, or refuse it (500)."""
+        """Answer the handshake once on_connect's changes are durable, or refuse it: 503
+        if the room was fenced meanwhile (its new owner will take the client), else 500."""
         if event.decided.is_set():
             return  # already refused: roomkit failed handling the handshake after on_connect
         if not durable:
-            self._refuse(event, HOOK_FAILED)
+            self._refuse(event, ROOM_MOVED if self._hooks.fenced else HOOK_FAILED)
             event.conn.reject()
             self._forget(event.conn)
             self._poke()

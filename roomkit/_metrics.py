@@ -77,6 +77,7 @@ RefusalReason = Literal[
     "shutting_down",
     "owner_unavailable",
     "misplaced",
+    "fenced",
     "rejected",
     "error",
     "internal_error",

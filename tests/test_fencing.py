@@ -191,7 +191,7 @@ async def test_a_fenced_room_sends_nothing_it_held_runs_no_hook_and_ends(
         with pytest.raises(trio_websocket.ConnectionRejected) as refused:
             async with open_client(f"{server.url}/r"):
                 pass
-        assert refused.value.status_code == 500
+        assert refused.value.status_code == 503  # come back: to the room's new owner
         close = await expect_close(first)
         assert (close.code, close.reason) == (CloseCode.SERVICE_RESTART, "Room moved")
     with trio.fail_after(5):  # the room ends once its connections are gone

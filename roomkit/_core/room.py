@@ -26,6 +26,7 @@ __all__ = [
     "HOOK_FAILED",
     "INTERNAL_ERROR",
     "ROOM_FULL",
+    "ROOM_MOVED",
     "SHUTTING_DOWN",
     "Member",
     "Refusal",
@@ -60,6 +61,9 @@ ROOM_FULL: Final = Refusal("room_full", 503, "Room is full")
 HOOK_FAILED: Final = Refusal("error", 500, "Internal error")
 #: roomkit's own code failed handling it (a bug).
 INTERNAL_ERROR: Final = Refusal("internal_error", 500, "Internal error")
+#: Another process claimed the room while its on_connect's writes were in flight: they
+#: were refused, and the client may come straight back, to the room's new owner.
+ROOM_MOVED: Final = Refusal("fenced", 503, "Service unavailable: the room moved")
 
 
 class RoomCore(Generic[M]):
