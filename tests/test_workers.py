@@ -51,7 +51,7 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds processes in /proc"
 )
 
-WHERE = "tests.workerapps:Where"
+WHERE = "tests.workerapp:Where"
 
 
 @attrs.define

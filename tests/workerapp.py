@@ -1,4 +1,7 @@
-"""The rooms of tests/test_handoff.py, and one worker of theirs in a process of its own.
+"""The rooms of the workers' tests, and one worker of theirs in a process of its own.
+
+``Chat`` is tests/test_handoff.py's room, ``Where`` tests/test_workers.py's (served by
+``roomkit serve tests.workerapp:Where --workers N``).
 
 ``python -m tests.workerapp SPEC_JSON [OPTIONS_JSON]`` runs ``serve_on`` as worker
 ``spec.index`` over the inherited listening socket ``spec.listen_fds[0]``, prints
@@ -8,8 +11,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
+import time
 from functools import partial
 from typing import Any
 
@@ -18,6 +23,8 @@ import trio
 import roomkit
 from roomkit._server import SERVE_OPTIONS, serve_on
 from roomkit._workerspec import WorkerSpec
+
+from .apps import Farewell
 
 
 class Chat(roomkit.Room):
@@ -28,6 +35,33 @@ class Chat(roomkit.Room):
 
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         self.broadcast(message)
+
+
+class Where(Farewell):
+    """Farewell, with a few more operations: ``pid``, the process that serves the room;
+    ``say``, a broadcast of ``{"said": text}`` to everyone in it; ``put_key``, a put that
+    answers with its key (so that a client that resends knows which put was stored);
+    and ``hang``, which blocks the event loop for ``seconds`` (a hook stuck in a loop).
+    An alarm also stores the wall time it fired at, as ``fired_at``."""
+
+    async def _pid(self, conn: roomkit.Connection) -> int:
+        return os.getpid()
+
+    async def _say(self, conn: roomkit.Connection, text: str) -> None:
+        self.broadcast(json.dumps({"said": text}))
+
+    async def _put_key(self, conn: roomkit.Connection, key: str, value: object) -> str:
+        await self.storage.put(key, value)
+        return key
+
+    async def _hang(self, conn: roomkit.Connection, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+
+    async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+        await self.storage.put("fired_at", time.time())
+        await super().on_alarm(info)
 
 
 def listen_on(fd: int) -> Any:
