@@ -142,11 +142,16 @@ def test_a_commit_waits_for_another_processs_write_to_end(tmp_path: Path) -> Non
     claim = core.claim(ROOM, "me")
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock for 0.3 s
-    ended = threading.Timer(0.3, other.execute, ("COMMIT",))
+    releasing = threading.Event()
+
+    def release() -> None:
+        releasing.set()
+        other.execute("COMMIT")
+
+    ended = threading.Timer(0.3, release)
     ended.start()
-    started = time.monotonic()
     assert core.commit([(claim, Changes({"k": "1"}))]) == []
-    assert time.monotonic() - started >= 0.25
+    assert releasing.is_set()  # the commit ended only once the other's began to
     ended.join()
     other.close()
     core.close()
