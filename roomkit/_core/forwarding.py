@@ -184,5 +184,6 @@ def subprotocols(head: RequestHead) -> list[str]:
 
 
 def _printable(text: str, *, space: bool) -> bool:
-    lowest = " " if space else "!"
-    return all(lowest <= char <= "~" for char in text)
+    """Whether ``text`` is of the characters from ``!`` (or a space) to ``~``: ASCII
+    without a control character (``isprintable`` leaves out 0x00-0x1f and 0x7f)."""
+    return text.isascii() and text.isprintable() and (space or " " not in text)
