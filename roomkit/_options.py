@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Generic, TypeVar, cast, get_args, get_type_hints
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_positive_seconds",
     "check_room_name",
     "check_seconds",
+    "check_ssl_context",
     "origins",
     "port",
     "positive_int",
@@ -159,6 +161,12 @@ def check_callable_or_none(name: str, value: object) -> None:
     """A function (or another callable), or None."""
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be a callable or None, not {value!r}")
+
+
+def check_ssl_context(name: str, value: object) -> None:
+    """A server-side ``ssl.SSLContext``, or None."""
+    if value is not None and not isinstance(value, ssl.SSLContext):
+        raise TypeError(f"{name} must be an ssl.SSLContext or None, not {value!r}")
 
 
 def check_seconds(name: str, value: Any) -> None:
@@ -286,6 +294,13 @@ def rate_limit(text: str) -> RateLimit | None:
 
 HOST: Final = Option(default="127.0.0.1", group="listening", help="address to listen on")
 PORT: Final = Option(default=8080, group="listening", parse=port, help="port; 0 picks a free one")
+SSL_CONTEXT: Final = Option(
+    default=None,
+    group="TLS",
+    parse=None,
+    check=check_ssl_context,
+    help="made of --certfile and --keyfile",
+)
 HANDSHAKE: Final = Option(
     default=HANDSHAKE_TIMEOUT,
     group="connections",

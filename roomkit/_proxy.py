@@ -66,6 +66,7 @@ from ._options import (
     HANDSHAKE,
     HOST,
     PORT,
+    SSL_CONTEXT,
     Option,
     OptionSet,
     check_count,
@@ -95,11 +96,6 @@ _BACKEND_NONSENSE: Final = (
 def _check_rate_limit(name: str, value: object) -> None:
     if value is not None and not isinstance(value, RateLimit):
         raise TypeError(f"{name} must be a RateLimit or None, not {value!r}")
-
-
-def _check_ssl_context(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, ssl.SSLContext):
-        raise TypeError(f"{name} must be an ssl.SSLContext or None, not {value!r}")
 
 
 def _check_header_names(name: str, value: object) -> None:
@@ -170,16 +166,7 @@ class ProxyOptions(TypedDict, total=False):
 
     host: Annotated[str, HOST]
     port: Annotated[int, PORT]
-    ssl_context: Annotated[
-        ssl.SSLContext | None,
-        Option(
-            default=None,
-            group="TLS",
-            parse=None,
-            check=_check_ssl_context,
-            help="made of --certfile and --keyfile",
-        ),
-    ]
+    ssl_context: Annotated[ssl.SSLContext | None, SSL_CONTEXT]
     handshake_timeout: Annotated[float, HANDSHAKE]
     forward_headers: Annotated[
         Collection[str] | None,

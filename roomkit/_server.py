@@ -47,6 +47,7 @@ from ._options import (
     HANDSHAKE,
     HOST,
     PORT,
+    SSL_CONTEXT,
     Option,
     OptionSet,
     check_callable_or_none,
@@ -165,10 +166,7 @@ class ServeOptions(TypedDict, total=False):
 
     host: Annotated[str, HOST]
     port: Annotated[int, PORT]
-    ssl_context: Annotated[
-        ssl.SSLContext | None,
-        Option(default=None, group="TLS", parse=None, help="made of --certfile and --keyfile"),
-    ]
+    ssl_context: Annotated[ssl.SSLContext | None, SSL_CONTEXT]
     storage: Annotated[
         str | os.PathLike[str] | Store,
         Option(

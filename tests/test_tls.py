@@ -118,6 +118,11 @@ async def test_a_client_that_does_not_trust_the_certificate_does_not_connect(
         assert client.connections == 0
 
 
+async def test_serve_refuses_an_ssl_context_that_is_not_one_before_listening() -> None:
+    with trio.fail_after(5), pytest.raises(TypeError, match=r"ssl\.SSLContext or None"):
+        await roomkit.serve(Chorus, port=0, ssl_context="cert.pem")  # type: ignore[typeddict-item]
+
+
 def test_an_ssl_context_needs_a_wss_url(client_context: ssl.SSLContext) -> None:
     async def main() -> None:
         async with roomkit.connect("ws://127.0.0.1:1/r", ssl_context=client_context):
