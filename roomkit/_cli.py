@@ -293,7 +293,7 @@ _ROUTE_OPTION: Final = {
         help="a function of the request that chooses its room, or refuses it (see docs/api.md)",
     ),
 }
-#: What ``roomkit serve`` has in place of ``serve``'s options that are no text.
+#: What the commands have in place of their functions' options that are no text.
 _STAND_INS: Final = {"ssl_context": _TLS_OPTIONS, "route": _ROUTE_OPTION}
 
 
@@ -332,21 +332,24 @@ _LOGGING_OPTIONS: Final = {
 }
 
 
-def _serve_options(options: EnvOptions) -> EnvOptions:
-    """``roomkit serve``'s options: ``serve``'s, with the two files of its
-    ``ssl_context`` and the name of its ``route`` in their place, the workers, and
-    logging."""
-    for name, option in SERVE_OPTIONS.options.items():
+def _add_options(options: EnvOptions, function_options: Mapping[str, Option]) -> None:
+    """A function's options, each that is no text with its ``_STAND_INS`` in its place
+    (the two files of an ``ssl_context``, the name of a ``route``)."""
+    for name, option in function_options.items():
         options.add_all(_STAND_INS.get(name, {name: option}))
+
+
+def _serve_options(options: EnvOptions) -> EnvOptions:
+    """``roomkit serve``'s options: ``serve``'s (stand-ins in place), the workers, and
+    logging."""
+    _add_options(options, SERVE_OPTIONS.options)
     options.add_all(_WORKERS_OPTION)
     options.add_all(_LOGGING_OPTIONS)
     return options
 
 
 def _proxy_options(options: EnvOptions) -> EnvOptions:
-    """``roomkit proxy``'s options: ``proxy``'s, with the two files of its
-    ``ssl_context`` in its place, and logging."""
-    for name, option in PROXY_OPTIONS.options.items():
-        options.add_all(_TLS_OPTIONS if name == "ssl_context" else {name: option})
+    """``roomkit proxy``'s options: ``proxy``'s (stand-ins in place), and logging."""
+    _add_options(options, PROXY_OPTIONS.options)
     options.add_all(_LOGGING_OPTIONS)
     return options
