@@ -132,6 +132,22 @@ def test_an_ssl_context_needs_a_wss_url(client_context: ssl.SSLContext) -> None:
         trio.run(main)
 
 
+async def seconds_from_a_client_hello_to_the_end(port: int, context: ssl.SSLContext) -> float:
+    """Send the listener at ``port`` a ClientHello, then nothing: the seconds it takes to
+    end the connection (having answered with its own hello)."""
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        began = trio.current_time()
+        await stream.send_all(outgoing.read())
+        with trio.fail_after(10):
+            while await stream.receive_some():
+                pass  # the listener's hello
+        return trio.current_time() - began
+
+
 async def test_a_client_that_never_finishes_tls_is_dropped_after_the_handshake_timeout(
     start: Start,
     server_context: ssl.SSLContext,
@@ -139,18 +155,7 @@ async def test_a_client_that_never_finishes_tls_is_dropped_after_the_handshake_t
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     server = await start(Chorus, ssl_context=server_context, handshake_timeout=3)
-    # A ClientHello, then silence: the server answers and waits for the rest.
-    tls = client_context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-    async with stream:
-        began = trio.current_time()
-        await stream.send_all(outgoing.read())
-        with trio.fail_after(10):
-            while await stream.receive_some():
-                pass  # the server's hello
-        assert trio.current_time() - began == 3
+    assert await seconds_from_a_client_hello_to_the_end(server.port, client_context) == 3
 
 
 async def test_plain_http_to_a_tls_port_is_dropped_and_counted(
@@ -308,18 +313,7 @@ async def test_a_client_that_never_finishes_tls_with_the_proxy_is_dropped_in_tim
     front = await start_proxy(
         nursery, "ws://127.0.0.1:9", ssl_context=server_context, handshake_timeout=3
     )
-    # A ClientHello, then silence: the proxy answers and waits for the rest.
-    tls = client_context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    stream = await trio.open_tcp_stream("127.0.0.1", front.port)
-    async with stream:
-        began = trio.current_time()
-        await stream.send_all(outgoing.read())
-        with trio.fail_after(10):
-            while await stream.receive_some():
-                pass  # the proxy's hello
-        assert trio.current_time() - began == 3
+    assert await seconds_from_a_client_hello_to_the_end(front.port, client_context) == 3
     [record] = [r for r in caplog.records if r.name == "roomkit.proxy"]
     assert (record.__dict__["reason"], record.__dict__["dropped"]) == ("timeout", 1)
 
