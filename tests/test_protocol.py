@@ -14,6 +14,17 @@ import pytest
 import trio
 
 import roomkit
+from examples import guide
+from examples.guide import Chat as ChatPosted
+from examples.guide import (
+    Error,
+    Ping,
+    Pong,
+    ProtocolRoom,
+    SendChat,
+    Typing,
+    UserTyping,
+)
 from roomkit._converter import make_converter
 from roomkit._protocol import MessageSet, error_message, type_tag
 from roomkit.testing import open_test_server
@@ -282,70 +293,16 @@ def test_the_process_wide_converter_is_gone_with_a_pointer() -> None:
 
 # Wire names: of message types, and of fields.
 
-# The typed protocol of Cloudflare's WebSockets guide. Client: chat{message}, typing,
-# ping. Server: chat{from, message, timestamp}, typing{userId}, pong, user_joined{userId},
-# user_left{userId}, error{message}.
+# The typed protocol of Cloudflare's WebSockets guide, as examples.guide writes it. Client:
+# chat{message}, typing, ping. Server: chat{from, message, timestamp}, typing{userId}, pong,
+# user_joined{userId}, user_left{userId}, error{message}.
 
-
-@attrs.frozen
-class SendChat:
-    message: str
-
-
-@attrs.frozen
-class Typing:
-    pass
-
-
-@attrs.frozen
-class Ping:
-    pass
-
-
-@attrs.frozen
-class ChatPosted:
-    from_: str
-    message: str
-    timestamp: int
-
-
-@attrs.frozen
-class UserTyping:
-    user_id: str
-
-
-@attrs.frozen
-class Pong:
-    pass
+GUIDE = ProtocolRoom.protocol
 
 
 @attrs.frozen
 class Joined:
     user_id: str
-
-
-@attrs.frozen
-class Left:
-    user_id: str
-
-
-@attrs.frozen
-class Error:
-    message: str
-
-
-GUIDE = roomkit.Protocol(
-    client={"chat": SendChat, "typing": Typing, "ping": Ping},
-    server={
-        "chat": ChatPosted,
-        "typing": UserTyping,
-        "pong": Pong,
-        "user_joined": Joined,
-        "user_left": Left,
-        "error": Error,
-    },
-    field_names="camelCase",
-)
 
 
 def test_a_mapping_names_each_message_type() -> None:
@@ -362,7 +319,7 @@ def test_a_client_and_a_server_type_may_share_a_wire_name() -> None:
     assert GUIDE.server.encode(posted) == text
     assert GUIDE.server.decode(text) == posted
     assert GUIDE.client.decode(text) == SendChat("hi")
-    assert GUIDE.server.encode(Joined("ann")) == '{"type":"user_joined","userId":"ann"}'
+    assert GUIDE.server.encode(guide.UserJoined("ann")) == '{"type":"user_joined","userId":"ann"}'
 
 
 @pytest.mark.parametrize(
@@ -626,7 +583,7 @@ class GuideRoom(roomkit.Room):
 
     async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
         conn.attachment = request.query.get("userId", "anonymous")
-        self.broadcast(Joined(conn.attachment), exclude=[conn])
+        self.broadcast(guide.UserJoined(conn.attachment), exclude=[conn])
 
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         user = conn.attachment
@@ -641,7 +598,7 @@ class GuideRoom(roomkit.Room):
     async def on_close(
         self, conn: roomkit.Connection, code: int, reason: str, was_clean: bool
     ) -> None:
-        self.broadcast(Left(conn.attachment), exclude=[conn])
+        self.broadcast(guide.UserLeft(conn.attachment), exclude=[conn])
 
 
 async def test_a_room_speaks_the_guides_protocol(autojump_clock: trio.abc.Clock) -> None:
