@@ -270,9 +270,9 @@ class Gateway:
         refusal = self._router.check_origin(head)
         if refusal is not None:
             return self._refuse("origin", refusal, remote)
-        asked = Request(
-            head.path, self._router.path_room(head.path), head.query, head.headers, remote
-        )
+        by_path = self._router.path_target(head.path)  # once: the hook's choice is often None
+        name = "" if isinstance(by_path, Response) else by_path.room.name
+        asked = Request(head.path, name, head.query, head.headers, remote)
         address = format_address(remote)
         try:
             with trio.move_on_after(self._route_timeout) as deadline:
@@ -283,7 +283,7 @@ class Gateway:
                 )
                 return self._refuse("error", _ROUTE_TIMED_OUT, remote)
             if not isinstance(choice, Reject):
-                target = self._router.choose(head.path, choice)
+                target = by_path if choice is None else self._router.choose(head.path, choice)
                 if isinstance(target, Response):
                     return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
                 return target

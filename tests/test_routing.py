@@ -116,6 +116,7 @@ async def test_a_route_hook_chooses_the_room_by_header(start: Start) -> None:
     assert await reached(f"{server.url}/", {"X-Room": "team"}) == "Where 'team' 'team' /"
     assert await reached(f"{server.url}/a", {"X-Room": ""}) == "Where 'default' 'default' /a"
     assert await reached(f"{server.url}/a") == "Where 'a' 'a' /a"  # None: the path's room
+    assert await refused(f"{server.url}/a/b") == (404, b"No room route for /a/b")  # None too
     assert await refused(f"{server.url}/", {"X-Room": "a/b"}) == (
         400,
         b"Bad room name: a room name cannot contain '/'",

@@ -325,7 +325,7 @@ class Router(Generic[T]):
         """What ``head`` gets by its path: a plain response, a refusal, or its room."""
         if not head.is_websocket:
             return plain_response(head, self._files)
-        target = self._path_target(head.path)
+        target = self.path_target(head.path)
         if isinstance(target, Response):
             return target
         return self.check_origin(head) or target
@@ -341,7 +341,7 @@ class Router(Generic[T]):
 
     def path_room(self, path: str) -> str:
         """The name of the room ``path`` reaches, or ``""`` if it reaches none."""
-        target = self._path_target(path)
+        target = self.path_target(path)
         return "" if isinstance(target, Response) else target.room.name
 
     def choose(self, path: str, choice: object) -> RoomTarget[T] | Response:
@@ -359,7 +359,7 @@ class Router(Generic[T]):
           TypeError: for a choice of another type.
         """
         if choice is None:
-            return self._path_target(path)
+            return self.path_target(path)
         if isinstance(choice, str):
             prefix = self.prefix_of(path)
             return _no_route(path) if prefix is None else self._target(prefix, choice)
@@ -388,7 +388,8 @@ class Router(Generic[T]):
         """The route serving rooms of ``namespace`` (a prefix), or None if none does."""
         return self._routes.get(namespace)
 
-    def _path_target(self, path: str) -> RoomTarget[T] | Response:
+    def path_target(self, path: str) -> RoomTarget[T] | Response:
+        """The room ``path`` reaches, or why it reaches none (404, 400)."""
         prefix = self.prefix_of(path)
         if prefix is None:
             return _no_route(path)
