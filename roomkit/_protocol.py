@@ -192,6 +192,11 @@ class MessageSet:
                     raise TypeError(f"{cls.__name__} has {what}: that is the tag")
         self._by_tag: Final = by_tag
         self._tags: Final = {cls: tag for tag, cls in by_tag.items()}
+        #: Each class's JSON text up to its first field, ``{"type":"chat"``: made once here.
+        self._heads: Final = {
+            cls: f"{{{_ENCODER.encode(TYPE_FIELD)}:{_ENCODER.encode(tag)}"
+            for cls, tag in self._tags.items()
+        }
         self._converter: Final = converter
 
     @property
@@ -204,14 +209,18 @@ class MessageSet:
         Raises:
           TypeError: if ``message`` is not an instance of one of this set's classes.
         """
-        tag = self._tags.get(type(message))
-        if tag is None:
+        head = self._heads.get(type(message))
+        if head is None:
             expected = ", ".join(cls.__name__ for cls in self.classes)
             raise TypeError(
                 f"{type(message).__name__} is not one of this protocol's messages ({expected})"
             )
         body = self._converter.unstructure(message)
-        return _ENCODER.encode({TYPE_FIELD: tag, **body})
+        if not isinstance(body, dict) or TYPE_FIELD in body:  # a hook of the user's made it
+            return _ENCODER.encode({TYPE_FIELD: self._tags[type(message)], **body})
+        if not body:
+            return head + "}"
+        return f"{head},{_ENCODER.encode(body)[1:]}"
 
     def decode(self, data: str | bytes) -> Any:
         """Return the message that the JSON text ``data`` encodes.

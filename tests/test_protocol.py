@@ -639,3 +639,12 @@ async def test_roomkits_client_receives_error_replies_as_the_servers_error_class
             posted = await client.receive()
         assert isinstance(posted, ChatPosted)
         assert (posted.from_, posted.message) == ("ann", "hi")
+
+
+def test_a_message_a_users_hook_unstructures_oddly_is_encoded_as_before() -> None:
+    protocol = roomkit.Protocol(client=Chat, server=Pong | Chat)
+    protocol.converter.register_unstructure_hook(Chat, lambda chat: {"type": "x", "t": chat.text})
+    assert protocol.server.encode(Chat("hi")) == '{"type":"x","t":"hi"}'
+    protocol.converter.register_unstructure_hook(Pong, lambda pong: [1])
+    with pytest.raises(TypeError):
+        protocol.server.encode(Pong())
