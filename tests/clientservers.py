@@ -1,4 +1,5 @@
-"""The servers the Python client's tests talk to: rooms, and a roomkit server in a thread.
+"""The servers the Python client's tests talk to: rooms, a roomkit server in a thread,
+and raw TCP servers of a test's own.
 
 The client's tests run under asyncio and Trio (``anyio.run`` with either backend), so
 the roomkit server they talk to runs in its own thread, under its own ``trio.run``:
@@ -9,11 +10,13 @@ on the same port, as a deploy does.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 import anyio
+import anyio.abc
 import trio
 
 import roomkit
@@ -121,3 +124,15 @@ class ThreadServer:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._thread.is_alive():
             await self.astop()
+
+
+@asynccontextmanager
+async def serve_raw(
+    handler: Callable[[anyio.abc.SocketStream], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A TCP server of the test's own on 127.0.0.1, for the block; its ``ws://`` URL."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, handler)
+        yield f"ws://127.0.0.1:{listener.extra(anyio.abc.SocketAttribute.local_port)}"
+        tasks.cancel_scope.cancel()

@@ -34,7 +34,7 @@ import roomkit._client
 from examples.chat import Chat, ChatRoom, Message, Ping, Pong, Welcome
 from roomkit._core.frontdoor import Response
 
-from .clientservers import ThreadServer
+from .clientservers import ThreadServer, serve_raw
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -204,18 +204,6 @@ def test_a_server_back_early_in_an_outage_has_its_client_back_within_early_max_d
         assert delays[:3] == [0.05, 0.1, 0.2] and set(delays[3:]) == {0.2}
 
     run(backend, main)
-
-
-@asynccontextmanager
-async def serve_raw(
-    handler: Callable[[anyio.abc.SocketStream], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """A TCP server of the test's own on 127.0.0.1, for the block; its ``ws://`` URL."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    async with listener, anyio.create_task_group() as tasks:
-        tasks.start_soon(listener.serve, handler)
-        yield f"ws://127.0.0.1:{listener.extra(anyio.abc.SocketAttribute.local_port)}"
-        tasks.cancel_scope.cancel()
 
 
 async def read_head(stream: anyio.abc.SocketStream) -> bytes:

@@ -9,8 +9,8 @@ sockets on 127.0.0.1 port 0, real time bounded with ``fail_after``.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import anyio
 import anyio.abc
@@ -21,6 +21,8 @@ from wsproto.events import AcceptConnection, CloseConnection, Request
 
 import roomkit
 from roomkit._core.frontdoor import Response
+
+from .clientservers import serve_raw
 
 backends = pytest.mark.parametrize("backend", ["asyncio", "trio"])
 
@@ -76,18 +78,6 @@ def test_against_the_websockets_package_server(backend: str) -> None:
 
     with websockets_server(talk, ping_interval=0.1, ping_timeout=0.1) as url:
         anyio.run(main, url, backend=backend)
-
-
-@asynccontextmanager
-async def serve_raw(
-    handler: Callable[[anyio.abc.SocketStream], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """A TCP server of the test's own on 127.0.0.1, for the block; its ``ws://`` URL."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    async with listener, anyio.create_task_group() as tasks:
-        tasks.start_soon(listener.serve, handler)
-        yield f"ws://127.0.0.1:{listener.extra(anyio.abc.SocketAttribute.local_port)}"
-        tasks.cancel_scope.cancel()
 
 
 async def accept(stream: anyio.abc.SocketStream) -> WSConnection:
