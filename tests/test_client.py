@@ -196,11 +196,11 @@ def test_a_server_back_early_in_an_outage_has_its_client_back_within_early_max_d
             await anyio.sleep(1.5)  # ten tries or so, all refused
             assert not client.connected
             async with ThreadServer(first.port):
-                back = anyio.current_time()
                 with anyio.fail_after(5):
                     await client.wait_connected()
-                assert anyio.current_time() - back < 0.2 + 0.3  # the cap, and slack
                 delays = [e.delay for e in log.of(roomkit.ReconnectEvent)]
+        # Every wait, the one that found the server back included, as on_reconnect
+        # announced it before sleeping it: none past the early cap.
         assert delays[:3] == [0.05, 0.1, 0.2] and set(delays[3:]) == {0.2}
 
     run(backend, main)
