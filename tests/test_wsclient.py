@@ -143,7 +143,11 @@ def test_a_server_that_never_answers_the_handshake_costs_one_timeout_per_try(
     backend: str,
 ) -> None:
     async def main() -> None:
+        tries = 0
+
         async def silent(stream: anyio.abc.SocketStream) -> None:
+            nonlocal tries
+            tries += 1
             async with stream:
                 await anyio.sleep_forever()
 
@@ -153,7 +157,8 @@ def test_a_server_that_never_answers_the_handshake_costs_one_timeout_per_try(
             async with roomkit.connect(f"{url}/r", **options) as client:
                 with anyio.fail_after(5), pytest.raises(roomkit.ClientClosed, match="gave up"):
                     await client.receive()
-            assert 0.2 <= anyio.current_time() - began < 0.2 + 0.3
+            assert anyio.current_time() - began >= 0.2  # the timeout was waited out
+        assert tries == 1
 
     anyio.run(main, backend=backend)
 
