@@ -454,8 +454,9 @@ async def connect(
       max_queue: messages that may wait to be sent (``send`` then waits), and messages
         that may wait to be received (reading then stops; a room that keeps sending
         cuts the client off as a slow consumer, and it reconnects).
-      max_message_size: the longest message received, in characters (text) or bytes;
-        a longer one closes the connection with 1009, and the client reconnects.
+      max_message_size: the longest message received, in bytes on the wire (UTF-8 for
+        text), as the server counts it; a longer one closes the connection with 1009,
+        and the client reconnects.
       ssl_context: for ``wss://``, the client-side context that decides which servers
         to trust (``ssl.create_default_context(cafile=...)``); None trusts the system's
         certificate authorities.

@@ -6,7 +6,9 @@ TLS, for ``wss://``) with anyio and makes the handshake; the :class:`WebSocket` 
 returns is read by one task (``receive``, which also answers pings and the peer's
 close) and written by any (``send``, ``ping``, ``close``: one write at a time, under a
 lock). Everything the peer owes a reader has a bound: a message is assembled up to
-``max_message_size`` (past it the connection is closed with 1009), a refused
+``max_message_size`` bytes on the wire, by the server's own
+:class:`~roomkit._core.limits.MessageAssembler` (past it the connection is closed with
+1009), a refused
 handshake's body is kept up to :data:`REFUSAL_BODY_MAX`, and wsproto's h11 bounds the
 response head.
 
@@ -42,6 +44,7 @@ from wsproto.events import (
 from wsproto.utilities import ProtocolError
 
 from ._closecodes import CloseCode
+from ._core.limits import MessageAssembler, MessageTooBig
 from ._wsurl import WebSocketURL
 
 __all__ = [
@@ -189,11 +192,8 @@ class WebSocket:
     ) -> None:
         self._stream = stream
         self._ws = ws
-        self._max_message_size = max_message_size
         self._write_lock = anyio.Lock()
-        self._text: list[str] = []  # the parts of the message being assembled
-        self._binary: list[bytes | bytearray] = []
-        self._size = 0  # its length so far, in characters or bytes
+        self._assembler = MessageAssembler(max_message_size)
         self._pongs: dict[bytes, anyio.Event] = {}  # pings sent, by payload, awaiting a pong
         self._closed: ConnectionClosed | None = None
 
@@ -293,23 +293,11 @@ class WebSocket:
         return None
 
     async def _assemble(self, event: TextMessage | BytesMessage) -> str | bytes | None:
-        if isinstance(event, TextMessage):
-            self._text.append(event.data)
-        else:
-            self._binary.append(event.data)
-        self._size += len(event.data)
-        if self._size > self._max_message_size:
-            reason = f"message over {self._max_message_size}"
-            await self._fail(ConnectionClosed(CloseCode.MESSAGE_TOO_BIG, reason))
+        try:
+            return self._assembler.feed(event.data, event.message_finished)
+        except MessageTooBig as exc:
+            await self._fail(ConnectionClosed(CloseCode.MESSAGE_TOO_BIG, str(exc)))
             return None
-        if not event.message_finished:
-            return None
-        self._size = 0
-        if isinstance(event, TextMessage):
-            text, self._text = "".join(self._text), []
-            return text
-        binary, self._binary = b"".join(self._binary), []
-        return binary
 
     async def _closing(self, event: CloseConnection) -> None:
         """The peer's close (answered), the end of ours, a lost connection, or a frame

@@ -395,6 +395,24 @@ def test_a_message_over_max_message_size_closes_with_1009_and_comes_back(
 
 
 @backends
+def test_max_message_size_counts_text_in_utf8_bytes_as_the_server_does(
+    backend: str, url: str
+) -> None:
+    async def main() -> None:
+        log = Log()
+        options = {"max_message_size": 1000, "initial_delay": 0.01, "on_open": log}
+        async with roomkit.connect(f"{url}/echo/utf8", **options) as client:
+            await client.send("\u00e9" * 497)  # "echo " and 994 bytes: 999
+            with anyio.fail_after(5):
+                assert await client.receive() == "echo " + "\u00e9" * 497
+            await client.send("\u00e9" * 498)  # 503 characters, but 1001 bytes
+            await log.wait_for(roomkit.OpenEvent, 2)
+            assert client.close_code == 1009
+
+    run(backend, main)
+
+
+@backends
 def test_sends_while_disconnected_wait_in_a_bounded_queue(backend: str) -> None:
     async def main() -> None:
         async with roomkit.connect("ws://127.0.0.1:1/r", max_queue=2) as client:
