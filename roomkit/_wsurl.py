@@ -35,7 +35,7 @@ class WebSocketURL:
     @property
     def host_header(self) -> str:
         """The Host header: an IPv6 host in brackets, the port unless the scheme's own."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = _bracketed(self.host)
         return host if self.port == (443 if self.secure else 80) else f"{host}:{self.port}"
 
     @property
@@ -58,5 +58,9 @@ class WebSocketURL:
 def base_url(host: str, port: int, *, secure: bool) -> str:
     """The base URL of a server listening on ``host:port``: ``ws://127.0.0.1:8080``,
     ``wss://`` with TLS, an IPv6 host in brackets (``ws://[::1]:8080``)."""
-    bracketed = f"[{host}]" if ":" in host else host
-    return f"{'wss' if secure else 'ws'}://{bracketed}:{port}"
+    return f"{'wss' if secure else 'ws'}://{_bracketed(host)}:{port}"
+
+
+def _bracketed(host: str) -> str:
+    """A host as a URL or a Host header writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
