@@ -16,6 +16,7 @@ import pytest
 import trio
 
 import roomkit
+from roomkit._reconnect import Backoff
 
 from .helpers import Start
 
@@ -113,4 +114,9 @@ def test_roomkit_js_keeps_the_python_clients_schedule(tmp_path: Path) -> None:
     assert waits == {
         "early": [500, 1000, 2000, 2000, 2000, 2000],
         "late": [500, 1000, 2000, 4000, 8000, 10000],
+    }
+    python = Backoff()  # roomkit.connect's defaults: the same waits, in seconds
+    assert waits == {
+        "early": [python.ceiling(n, 0) * 1000 for n in range(6)],
+        "late": [python.ceiling(n, 60) * 1000 for n in range(6)],
     }

@@ -9,12 +9,13 @@
 // exponential backoff and full jitter (the delay before try n is a random time up to
 // min(maxDelay, minDelay * growFactor ** n), and up to earlyMaxDelay during the first
 // earlyPeriod of an outage, so that a server back within a minute has its clients back
-// within about 2 s; the same schedule as roomkit.connect). Messages sent while disconnected are kept
-// (up to maxQueue) and sent, in order, once open again. After a 1012 "Service restart"
-// close, the server's successor is expected any moment: the first try is made at once
-// (attempt 0, delay 0) and does not count; if it fails, the backoff goes on as after any
-// other close. A close with a code that means "don't come back" (1008, but not 1008
-// "slow consumer", and 4000-4999 by choice of the room) stops it for good.
+// within about 2 s; the same schedule as roomkit.connect). Messages sent while
+// disconnected are kept (up to maxQueue) and sent, in order, once open again. After a
+// 1012 "Service restart" close, the server's successor is expected any moment: the
+// first try is made at once (attempt 0, delay 0) and does not count; if it fails, the
+// backoff goes on as after any other close. A close with a code that means "don't
+// come back" (1008, but not 1008 "slow consumer", and 4000-4999 by choice of the room)
+// stops it for good.
 // Events: "open", "message" (event.data), "close" (event.code, event.reason,
 // event.willReconnect), "reconnecting" (event.attempt, event.delay).
 
