@@ -12,7 +12,9 @@ disconnected waits in a bounded queue and goes out, in order, once it is back. A
 with a code that means "don't come back" (1008, or 4000-4999 chosen by the room; but
 not 1008 "slow consumer"), or a handshake refused with a 4xx status, stops it for good.
 
-It never imports the server's modules: only the message codec and the errors.
+It never imports the server's modules: only the message codec, the errors, and (in its
+WebSocket) the sans-IO centre's MessageAssembler, so that a message's size is counted
+as the server counts it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import attrs
 
 from ._clientevents import CloseEvent, OpenEvent, ReconnectEvent
 from ._closecodes import CloseCode
+from ._core.limits import MAX_MESSAGE_SIZE
 from ._errors import ClientClosed, DecodeError
 from ._protocol import Protocol
 from ._reconnect import Backoff, GiveUp, Reconnection
@@ -425,7 +428,7 @@ async def connect(
     ping_interval: float | None = 20.0,
     ping_timeout: float = 20.0,
     max_queue: int = 1000,
-    max_message_size: int = 2**20,
+    max_message_size: int = MAX_MESSAGE_SIZE,
     ssl_context: ssl.SSLContext | None = None,
     on_open: Callable[[OpenEvent], object] | None = None,
     on_close: Callable[[CloseEvent], object] | None = None,
