@@ -297,8 +297,9 @@ def test_after_a_1012_close_the_client_comes_back_at_once(
         reconnect = log.of(roomkit.ReconnectEvent)[0]
         assert reconnect == roomkit.ReconnectEvent(0 if code == 1012 else 1, wait)
         closed, opened = log.of(roomkit.CloseEvent)[0], log.of(roomkit.OpenEvent)[1]
-        took = log.time_of(opened) - log.time_of(closed)
-        assert wait <= took < wait + 0.25
+        # The wait is pinned by on_reconnect's delay, above; the clock only shows it was
+        # slept, not skipped (an upper bound would be a timing assertion on real sockets).
+        assert log.time_of(opened) - log.time_of(closed) >= wait
 
     run(backend, main)
 
