@@ -33,6 +33,7 @@ from ._core.frontdoor import (
     parse_head,
 )
 from ._core.handoff import Handoff, HandoffError, HandTo, Refuse, where
+from ._core.limits import TLS_CLOSE_TIMEOUT
 from ._errors import Reject
 from ._handoff import Handed, Peers
 from ._host import Host
@@ -47,8 +48,6 @@ __all__ = ["Gateway", "Handshake"]
 
 logger = logging.getLogger("roomkit.server")
 
-#: Seconds a plain-HTTP answer over TLS waits for the client's close_notify.
-_TLS_CLOSE_TIMEOUT: Final = 1.0
 #: What a request gets when the front door itself fails (a bug of roomkit's)...
 _INTERNAL_ERROR: Final = Response(500, "Internal error").to_bytes()
 #: ...and the seconds it may take to go out: a peer that does not read is dropped.
@@ -196,7 +195,7 @@ class Gateway:
             visit.answered = True
             await secured.send_all(decision.to_bytes())
             if secured is not visit.stream:  # end TLS properly: close_notify, not a bare EOF
-                with trio.move_on_after(_TLS_CLOSE_TIMEOUT):
+                with trio.move_on_after(TLS_CLOSE_TIMEOUT):
                     await secured.aclose()
             return
         ws = WSConnection(ConnectionType.SERVER, trailing_data=decision.head.rest)

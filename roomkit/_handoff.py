@@ -31,6 +31,7 @@ from typing import Final, Protocol, TypeVar
 import trio
 
 from ._core.handoff import Frame, FrameReader, Handoff, HandoffError, Kind, encode
+from ._core.limits import TLS_CLOSE_TIMEOUT
 from ._core.placement import Placement
 from ._metrics import Metrics
 from ._workerspec import WorkerSpec
@@ -59,8 +60,6 @@ PEER_TIMEOUT: Final = 2.0
 METRICS_TIMEOUT: Final = 1.0
 #: Bytes a relay reads at a time in each direction, and so holds at most.
 RELAY_CHUNK: Final = 64 * 1024
-#: Seconds a relay waits for the client's side of a TLS close (close_notify).
-_TLS_CLOSE_TIMEOUT: Final = 1.0
 #: Connections waiting on a worker's socket to be accepted.
 _BACKLOG: Final = 128
 #: Sockets one message may carry that are read (and closed: one is expected, at most).
@@ -333,7 +332,7 @@ async def relay(client: trio.abc.Stream, owner: trio.abc.HalfCloseableStream, fi
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        with trio.move_on_after(_TLS_CLOSE_TIMEOUT) as closing:
+        with trio.move_on_after(TLS_CLOSE_TIMEOUT) as closing:
             closing.shield = True
             await client.aclose()
         await trio.aclose_forcefully(owner)

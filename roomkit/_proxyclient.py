@@ -27,6 +27,7 @@ from ._core.frontdoor import Response
 from ._core.limits import (
     CLOSE_TIMEOUT,
     RATE_LIMITED,
+    TLS_CLOSE_TIMEOUT,
     MessageAssembler,
     MessageTooBig,
     byte_length,
@@ -41,8 +42,6 @@ __all__ = ["GONE", "RECEIVE_BYTES", "ProxyClient", "pump"]
 RECEIVE_BYTES: Final = 64 * 1024
 #: What a stream raises once its peer has gone.
 GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
-#: Seconds a plain-HTTP answer over TLS may take to send its close_notify, as a server's.
-TLS_CLOSE_TIMEOUT: Final = 1.0
 #: The close for a client that keeps sending into an empty token bucket, as a server's.
 _FLOODED: Final = (int(CloseCode.POLICY_VIOLATION), "rate limit exceeded")
 

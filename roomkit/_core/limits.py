@@ -26,6 +26,7 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "RATE_LIMIT",
     "RATE_LIMITED",
+    "TLS_CLOSE_TIMEOUT",
     "MessageAssembler",
     "MessageTooBig",
     "byte_length",
@@ -40,6 +41,9 @@ MAX_CONNECTIONS: Final = 10_000
 RATE_LIMIT: Final = RateLimit(per_second=100, burst=200)
 #: Seconds a client has to finish its TLS handshake and send its request head.
 HANDSHAKE_TIMEOUT: Final = 10.0
+#: Seconds the end of a TLS stream may take for its close_notify, either way: after a
+#: plain-HTTP answer, or at the end of a relay. A peer that never answers is dropped.
+TLS_CLOSE_TIMEOUT: Final = 1.0
 #: Seconds a peer has to answer our close frame before its TCP connection is dropped.
 CLOSE_TIMEOUT: Final = 5.0
 
