@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chat, connect_storm, durable_writes, echo, fanout, memory, workers
+from . import chat, connect_storm, durable_writes, echo, fanout, forward, memory, workers
 from ._common import RESULTS, environment
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -32,6 +32,7 @@ def collect(quick: bool) -> dict[str, Any]:
         ("memory", memory),
         ("durable_writes", durable_writes),
         ("workers", workers),
+        ("forward", forward),
     ):
         began = time.monotonic()
         report[name] = module.run(quick)
@@ -104,6 +105,10 @@ def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     for scenario, what in (("echo", "echoed message"), ("fanout", "fan-out delivery")):
         ratio = by_n["2"][scenario]["server_cpu_us"] / by_n["1"][scenario]["server_cpu_us"]
         checks.append((f"CPU per {what}, --workers 2 vs 1", ratio, "<= 1.1"))
+    # Plain TCP clients take os.splice; the copy through Python is the alternative
+    # measured beside it (what TLS clients get), not a path plain clients take.
+    p50 = report["forward"]["results"]["os.splice"]["p50_vs_direct"]
+    checks.append(("echo p50 through a non-owner vs direct", p50, f"<= {forward.TARGET}"))
     return [(name, value, bound, _holds(value, bound)) for name, value, bound in checks]
 
 
@@ -135,6 +140,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"| {scenario} | {unit} | " + " | ".join(cells) + " |")
     lines += ["", "`roomkit serve --workers N` (see benchmarking.md):", ""]
     lines.append(workers.table(report["workers"]))
+    lines += ["", "Forwarding to the owner node (see benchmarks/forward.py):", ""]
+    lines.append(forward.table(report["forward"]))
     lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
     for name, value, bound, met in targets(report):
         lines.append(f"| {name} | {value:.2f} | {bound} | {'yes' if met else 'no'} |")
