@@ -15,7 +15,8 @@ it measures, and otherwise uses real time with short bounds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -25,6 +26,7 @@ import trio
 import roomkit
 
 from .helpers import Start
+from .pg import PostgresServer, Unavailable, open_server
 
 pytest_plugins = ["pytester"]  # for the tests of roomkit.testing's pytest plugin
 
@@ -42,3 +44,25 @@ def start(nursery: trio.Nursery) -> Start:
         return server
 
     return start
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The tests' PostgreSQL server (``tests/pg.py``): ``ROOMKIT_TEST_POSTGRES``'s, or a
+    throwaway one started for the session. Without either, a test that asks for it
+    skips, saying why, or fails where ``ROOMKIT_REQUIRE_POSTGRES=1`` (CI, ``make test``)."""
+    try:
+        with open_server() as server:
+            yield server
+    except Unavailable as exc:
+        if os.environ.get("ROOMKIT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"ROOMKIT_REQUIRE_POSTGRES=1, but {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of an empty database on the tests' PostgreSQL, for this test alone."""
+    url = postgres.new_database()
+    yield url
+    postgres.give_back(url)

@@ -44,14 +44,20 @@ def test_public_names() -> None:
     for name in set(roomkit.__all__) - {"storage"}:
         assert getattr(roomkit, name).__module__.startswith("roomkit._")
     assert sorted(roomkit.storage.__all__) == [
+        "Acquired",
         "AlarmWrite",
         "Changes",
         "Claim",
+        "ClusterStore",
         "KeyRange",
+        "Owned",
+        "Owner",
+        "PostgresStore",
         "RoomId",
         "SQLiteStore",
         "Store",
         "StoredAlarm",
+        "open_store",
     ]
 
 

@@ -1,0 +1,331 @@
+"""The SQL of :class:`~roomkit.storage.PostgresStore`: synchronous, one connection each.
+
+Every function takes a psycopg connection in autocommit mode, which one thread uses at
+a time, and runs its own transaction (or none, for a single read). Tables live in the
+schema ``roomkit`` of the URL's database (docs/storage.md, "PostgreSQL"). Keys are
+``COLLATE "C"``: ordered by their bytes of UTF-8, which is the order of code points,
+as in SQLite.
+
+Durability: every transaction that writes is committed with ``synchronous_commit = on``
+(the session's setting), claims and heartbeats included. A claim or a heartbeat that
+a crash of PostgreSQL could take back, after its member had been told of it, would let
+two members serve a room at once: with the lost claim, a member that took a room over
+holds an epoch that the next member's claim mints again, and its writes land.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from typing import Final
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from .._errors import FencedError, StorageError
+from .._roomid import RoomId
+from ._base import Claim, StoredAlarm
+from ._changes import AlarmWrite, Changes, KeyRange, merge
+from ._ownership import Acquired, Owned, Owner
+
+__all__ = [
+    "acquire_room",
+    "claim_room",
+    "commit_batch",
+    "create_schema",
+    "locate_room",
+    "mark_draining",
+    "read_alarms",
+    "read_keys",
+    "read_orphan_alarms",
+    "read_range",
+    "register_member",
+    "release_rooms",
+    "remove_member",
+    "renew_lease",
+]
+
+Connection = psycopg.Connection[TupleRow]
+
+#: The advisory lock that serialises the schema's creation: ``CREATE ... IF NOT EXISTS``
+#: races with itself (two nodes starting together, one fails on a unique index).
+_SCHEMA_LOCK: Final = 0x726F6F6D6B6974  # "roomkit"
+_SCHEMA: Final = """
+CREATE SCHEMA IF NOT EXISTS roomkit;
+CREATE TABLE IF NOT EXISTS roomkit.kv (
+    namespace text NOT NULL, room text NOT NULL, key text COLLATE "C" NOT NULL,
+    value text NOT NULL, PRIMARY KEY (namespace, room, key));
+CREATE TABLE IF NOT EXISTS roomkit.alarms (
+    namespace text NOT NULL, room text NOT NULL, due double precision NOT NULL,
+    retry integer NOT NULL, PRIMARY KEY (namespace, room));
+CREATE TABLE IF NOT EXISTS roomkit.rooms (
+    namespace text NOT NULL, room text NOT NULL, epoch bigint NOT NULL, owner text,
+    PRIMARY KEY (namespace, room));
+CREATE TABLE IF NOT EXISTS roomkit.members (
+    member text PRIMARY KEY, incarnation bigint NOT NULL, address text NOT NULL,
+    expires timestamptz NOT NULL, draining boolean NOT NULL DEFAULT false);
+CREATE SEQUENCE IF NOT EXISTS roomkit.incarnations;
+"""
+
+#: ``r`` (a row of ``rooms``) is free for the member ``me``: see ``_ownership``.
+_FREE: Final = """(r.owner IS NULL OR r.owner = %(me)s OR NOT EXISTS (
+    SELECT 1 FROM roomkit.members m WHERE m.member = r.owner AND m.expires > now()))"""
+
+#: Per room of a batch, its changes merged: the ownership check and every write in one
+#: statement (docs/architecture.md, "Ownership and fencing"). ``SKIP LOCKED``: a room
+#: whose row another session holds right now (a claim in progress, or an idle
+#: transaction of a stopped process) counts as fenced, rather than stall the batch.
+#: Returns whether the writes landed, and the room's owner as this statement saw it.
+_COMMIT_ROOM: Final = """
+WITH owned AS (
+    SELECT 1 FROM roomkit.rooms
+    WHERE namespace = %(ns)s AND room = %(room)s AND epoch = %(epoch)s
+    FOR SHARE SKIP LOCKED
+), deleted AS (
+    DELETE FROM roomkit.kv USING owned
+    WHERE namespace = %(ns)s AND room = %(room)s
+      AND (key = ANY(%(deletes)s::text[]) OR (%(cleared)s AND key <> ALL(%(keys)s::text[])))
+), put AS (
+    INSERT INTO roomkit.kv
+    SELECT %(ns)s, %(room)s, w.key, w.value
+    FROM owned, unnest(%(keys)s::text[], %(values)s::text[]) AS w(key, value)
+    ON CONFLICT (namespace, room, key) DO UPDATE SET value = EXCLUDED.value
+), alarm_deleted AS (
+    DELETE FROM roomkit.alarms USING owned
+    WHERE namespace = %(ns)s AND room = %(room)s AND %(unset)s
+), alarm_set AS (
+    INSERT INTO roomkit.alarms
+    SELECT %(ns)s, %(room)s, %(due)s::float8, %(retry)s::integer FROM owned
+    WHERE %(due)s::float8 IS NOT NULL
+    ON CONFLICT (namespace, room) DO UPDATE SET due = EXCLUDED.due, retry = EXCLUDED.retry
+)
+SELECT EXISTS (SELECT 1 FROM owned),
+    (SELECT owner FROM roomkit.rooms WHERE namespace = %(ns)s AND room = %(room)s)
+"""
+
+_CLAIM: Final = """
+INSERT INTO roomkit.rooms AS r VALUES (%s, %s, 1, %s)
+ON CONFLICT (namespace, room) DO UPDATE SET epoch = r.epoch + 1, owner = EXCLUDED.owner
+RETURNING epoch
+"""
+
+#: An acquire: the room's live holder, if another member's (read without a lock, so
+#: that asking for a room another member holds locks nothing: a locked row would fence
+#: the holder's commits meanwhile); else the claim, if the room is free for ``me``.
+_ACQUIRE: Final = f"""
+WITH held AS (
+    SELECT r.owner, m.address, m.draining
+    FROM roomkit.rooms r JOIN roomkit.members m ON m.member = r.owner
+    WHERE r.namespace = %(ns)s AND r.room = %(room)s AND r.owner <> %(me)s
+      AND m.expires > now()
+), taken AS (
+    INSERT INTO roomkit.rooms AS r
+    SELECT %(ns)s, %(room)s, 1, %(me)s WHERE NOT EXISTS (SELECT 1 FROM held)
+    ON CONFLICT (namespace, room) DO UPDATE SET epoch = r.epoch + 1, owner = EXCLUDED.owner
+    WHERE {_FREE}
+    RETURNING epoch
+)
+SELECT (SELECT epoch FROM taken), held.owner, held.address, held.draining
+FROM (SELECT 1) AS one LEFT JOIN held ON true
+"""
+_HOLDER: Final = """
+SELECT r.owner, m.address, m.draining
+FROM roomkit.rooms r JOIN roomkit.members m ON m.member = r.owner
+WHERE r.namespace = %s AND r.room = %s
+"""
+_ALARM: Final = "SELECT due, retry FROM roomkit.alarms WHERE namespace = %s AND room = %s"
+
+
+def create_schema(conn: Connection) -> None:
+    """Create the tables that do not exist yet, under an advisory lock."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute(_SCHEMA)
+
+
+def claim_room(conn: Connection, room: RoomId, owner: str) -> Claim:
+    """The unconditional claim of ``Store.claim``: the room's epoch plus one."""
+    with conn.transaction():
+        (epoch,) = _one(conn.execute(_CLAIM, (room.namespace, room.name, owner)))
+    return Claim(room, epoch)
+
+
+def read_keys(conn: Connection, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT key, value FROM roomkit.kv"
+        " WHERE namespace = %s AND room = %s AND key = ANY(%s::text[])",
+        (room.namespace, room.name, list(keys)),
+    )
+    return dict(rows)
+
+
+def read_range(
+    conn: Connection, room: RoomId, keys: KeyRange, reverse: bool, limit: int | None
+) -> builtins.list[tuple[str, str]]:
+    order = "DESC" if reverse else "ASC"
+    rows = conn.execute(
+        "SELECT key, value FROM roomkit.kv WHERE namespace = %(ns)s AND room = %(room)s"
+        " AND (%(start)s::text IS NULL OR key >= %(start)s::text)"
+        " AND (%(end)s::text IS NULL OR key < %(end)s::text)"
+        f" ORDER BY key {order} LIMIT %(limit)s",
+        {
+            "ns": room.namespace,
+            "room": room.name,
+            "start": keys.start,
+            "end": keys.end,
+            "limit": limit,
+        },
+    )
+    return [(key, value) for key, value in rows]
+
+
+def commit_batch(
+    conn: Connection, batch: Sequence[tuple[Claim, Changes]]
+) -> builtins.list[FencedError]:
+    """Apply ``batch`` in one transaction, pipelined: one round trip for every room."""
+    with conn.pipeline(), conn.transaction():
+        sent = [
+            (claim, conn.execute(_COMMIT_ROOM, _commit_params(claim, changes)))
+            for claim, changes in merge(batch).items()
+        ]
+    refused = []
+    for claim, cursor in sent:
+        landed, owner = _one(cursor)
+        if not landed:
+            refused.append(FencedError(claim.room, claim.epoch, owner))
+    return refused
+
+
+def _commit_params(claim: Claim, changes: Changes) -> dict[str, object]:
+    puts = [(k, v) for k, v in changes.writes.items() if v is not None]
+    alarm = changes.alarm
+    return {
+        "ns": claim.room.namespace,
+        "room": claim.room.name,
+        "epoch": claim.epoch,
+        "keys": [k for k, _ in puts],
+        "values": [v for _, v in puts],
+        "deletes": [k for k, v in changes.writes.items() if v is None],
+        "cleared": changes.cleared,
+        "unset": alarm is not None and alarm.due is None,
+        "due": None if alarm is None else alarm.due,
+        "retry": 0 if alarm is None else alarm.retry,
+    }
+
+
+def read_alarms(conn: Connection) -> builtins.list[StoredAlarm]:
+    rows = conn.execute("SELECT namespace, room, due, retry FROM roomkit.alarms")
+    return [(RoomId(namespace, name), due, retry) for namespace, name, due, retry in rows]
+
+
+# The cluster: members and the room directory.
+
+
+def register_member(conn: Connection, member: str, address: str, lease: float) -> int:
+    (incarnation,) = _one(
+        conn.execute(
+            """
+            INSERT INTO roomkit.members
+            VALUES (%s, nextval('roomkit.incarnations'), %s, now() + make_interval(secs => %s))
+            ON CONFLICT (member) DO UPDATE SET incarnation = EXCLUDED.incarnation,
+                address = EXCLUDED.address, expires = EXCLUDED.expires, draining = false
+            RETURNING incarnation
+            """,
+            (member, address, lease),
+        )
+    )
+    return int(incarnation)
+
+
+def renew_lease(conn: Connection, member: str, incarnation: int, lease: float) -> bool:
+    cursor = conn.execute(
+        "UPDATE roomkit.members SET expires = now() + make_interval(secs => %s)"
+        " WHERE member = %s AND incarnation = %s",
+        (lease, member, incarnation),
+    )
+    return cursor.rowcount == 1
+
+
+def mark_draining(conn: Connection, member: str, incarnation: int) -> None:
+    conn.execute(
+        "UPDATE roomkit.members SET draining = true WHERE member = %s AND incarnation = %s",
+        (member, incarnation),
+    )
+
+
+def remove_member(conn: Connection, member: str, incarnation: int) -> None:
+    conn.execute(
+        "DELETE FROM roomkit.members WHERE member = %s AND incarnation = %s",
+        (member, incarnation),
+    )
+
+
+def acquire_room(
+    conn: Connection, room: RoomId, member: str, lock_timeout: float
+) -> Acquired | Owned:
+    """The room for ``member``, if it is free for it; in one transaction, one round trip
+    (another after it, to name the winner, when a race was lost)."""
+    where = (room.namespace, room.name)
+    with conn.pipeline(), conn.transaction():
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (_ms(lock_timeout),))
+        taken = conn.execute(_ACQUIRE, {"ns": room.namespace, "room": room.name, "me": member})
+        # A statement of its own, after the claim's lock: it sees the last commit of
+        # the room's previous owner, whose lock the claim waited for.
+        alarm = conn.execute(_ALARM, where)
+    epoch, owner, address, draining = _one(taken)
+    if epoch is not None:
+        stored = alarm.fetchone()
+        return Acquired(Claim(room, epoch), None if stored is None else AlarmWrite(*stored))
+    if owner is None:  # lost a race: the winner committed after this statement began
+        row = conn.execute(_HOLDER, where).fetchone()
+        if row is None:
+            raise StorageError(f"room {room}: acquired by nobody, and released since")
+        owner, address, draining = row
+    return Owned(owner, address, draining)
+
+
+def release_rooms(conn: Connection, claims: Sequence[Claim], member: str) -> None:
+    with conn.pipeline(), conn.transaction():
+        conn.cursor().executemany(
+            "UPDATE roomkit.rooms SET owner = NULL"
+            " WHERE namespace = %s AND room = %s AND epoch = %s AND owner = %s",
+            [(c.room.namespace, c.room.name, c.epoch, member) for c in claims],
+        )
+
+
+def locate_room(conn: Connection, room: RoomId) -> Owner | None:
+    row = conn.execute(
+        """
+        SELECT r.owner, m.address, coalesce(m.expires > now() AND NOT m.draining, false)
+        FROM roomkit.rooms r LEFT JOIN roomkit.members m ON m.member = r.owner
+        WHERE r.namespace = %s AND r.room = %s AND r.owner IS NOT NULL
+        """,
+        (room.namespace, room.name),
+    ).fetchone()
+    return None if row is None else Owner(*row)
+
+
+def read_orphan_alarms(
+    conn: Connection, horizon: float, member: str | None
+) -> builtins.list[StoredAlarm]:
+    rows = conn.execute(
+        f"""
+        SELECT a.namespace, a.room, a.due, a.retry
+        FROM roomkit.alarms a LEFT JOIN roomkit.rooms r USING (namespace, room)
+        WHERE a.due < extract(epoch FROM now()) + %(horizon)s
+          AND (r.owner IS NULL OR {_FREE})
+        ORDER BY a.due
+        """,
+        {"horizon": horizon, "me": member},
+    )
+    return [(RoomId(namespace, name), due, retry) for namespace, name, due, retry in rows]
+
+
+def _one(cursor: psycopg.Cursor[TupleRow]) -> TupleRow:
+    row = cursor.fetchone()
+    assert row is not None, "a statement that always returns a row returned none"
+    return row
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
