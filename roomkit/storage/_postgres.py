@@ -18,6 +18,8 @@ This module imports psycopg, which is an optional dependency (``roomkit[postgres
 from __future__ import annotations
 
 import builtins
+import math
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Final, TypeVar
@@ -68,13 +70,27 @@ TCP_USER_TIMEOUT: Final = 10_000
 IDLE_IN_TRANSACTION_TIMEOUT: Final = 5.0
 
 
+class _Breaks:
+    """When a connection of the store was last found broken (``time.monotonic()``).
+
+    A PostgreSQL restart breaks every connection at once: once one call has found
+    that out, the other sessions reopen theirs before their next call, instead of each
+    failing one call of its own to learn it.
+    """
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+
+
 class _Session:
     """One PostgreSQL connection, used by one worker thread at a time, reopened after
-    it breaks."""
+    it (or another of the store's) breaks."""
 
-    def __init__(self, connect: Callable[[], Connection]) -> None:
+    def __init__(self, connect: Callable[[], Connection], breaks: _Breaks) -> None:
         self._connect = connect
+        self._breaks = breaks
         self._conn: Connection | None = None
+        self._opened = -math.inf
         self._limiter = trio.CapacityLimiter(1)
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
@@ -87,15 +103,18 @@ class _Session:
         return await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     def _call(self, fn: Callable[[Connection], T]) -> T:
+        if self._conn is not None and self._opened < self._breaks.last:
+            self.close()
         if self._conn is None or self._conn.closed:
+            self._opened = time.monotonic()
             self._conn = self._connect()
         conn = self._conn
         try:
             return fn(conn)
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
-                self._conn = None
-                conn.close()
+                self._breaks.last = time.monotonic()
+                self.close()
                 raise StorageError(f"the connection to PostgreSQL failed: {exc}") from exc
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()
@@ -110,8 +129,8 @@ class _Session:
 class _Pool:
     """A few sessions; a call takes whichever is idle."""
 
-    def __init__(self, connect: Callable[[], Connection], size: int) -> None:
-        self._idle = [_Session(connect) for _ in range(size)]
+    def __init__(self, connect: Callable[[], Connection], breaks: _Breaks, size: int) -> None:
+        self._idle = [_Session(connect, breaks) for _ in range(size)]
         self._all = list(self._idle)
         self._limiter = trio.CapacityLimiter(size)
 
@@ -138,9 +157,10 @@ class PostgresStore(ClusterStore):
     """
 
     def __init__(self, connect: Callable[[str], Connection]) -> None:
-        self._writer = _Session(partial(connect, "commits"))
-        self._beats = _Session(partial(connect, "heartbeats"))
-        self._pool = _Pool(partial(connect, "reads"), READ_CONNECTIONS)
+        breaks = _Breaks()
+        self._writer = _Session(partial(connect, "commits"), breaks)
+        self._beats = _Session(partial(connect, "heartbeats"), breaks)
+        self._pool = _Pool(partial(connect, "reads"), breaks, READ_CONNECTIONS)
 
     @classmethod
     async def open(
