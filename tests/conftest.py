@@ -16,14 +16,16 @@ it measures, and otherwise uses real time with short bounds.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 import roomkit
+from roomkit.storage import Store, open_store
 
 from .helpers import Start
 from .pg import PostgresServer, Unavailable, open_server
@@ -66,3 +68,29 @@ def postgres_url(postgres: PostgresServer) -> Iterator[str]:
     url = postgres.new_database()
     yield url
     postgres.give_back(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store-level test's stores live: a SQLite file, then (the same test
+    again) a PostgreSQL database of its own: both backends keep the same semantics."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rooms.sqlite3")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def new_store(store_location: str) -> AsyncIterator[Callable[[], Awaitable[Store]]]:
+    """``await new_store()``: a new store on ``store_location`` (without SQLite's lock,
+    as the workers of one server open it), closed after the test."""
+    opened: list[Store] = []
+
+    async def new_store() -> Store:
+        store = await open_store(store_location, lock=False)
+        opened.append(store)
+        return store
+
+    yield new_store
+    for store in opened:
+        await store.aclose()

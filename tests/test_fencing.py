@@ -1,7 +1,8 @@
 """Fenced storage: a room's writes land only under its latest claim.
 
-The SQLite store with two connections to one real file, as two worker processes have
-them; then two real server processes sharing a file; then the host's alarm filter.
+Two stores on one database, as two processes have them, over SQLite (one real file)
+and PostgreSQL; then SQLite's own cases; two real server processes sharing a file;
+then the host's alarm filter.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,41 +29,38 @@ from roomkit._closecodes import CloseCode
 from roomkit._core.frontdoor import Router
 from roomkit._host import Host
 from roomkit._metrics import Metrics
-from roomkit.storage import AlarmWrite, Changes, Claim, KeyRange, SQLiteStore
+from roomkit.storage import AlarmWrite, Changes, Claim, KeyRange, SQLiteStore, Store
 from roomkit.storage._sqlite import SQLiteCore
 
 from .apps import KV
 from .helpers import ROOT, Start, call, expect_close, open_client, roomkit_env
 
+NewStore = Callable[[], Awaitable[Store]]
 ROOM = roomkit.storage.RoomId("", "r")
 OTHER = roomkit.storage.RoomId("", "o")
 
 
-# The SQLite store: claims and fenced commits, on one file shared by two cores.
+# Claims and fenced commits, on one database shared by two stores (SQLite, PostgreSQL).
 
 
-def test_each_claim_moves_the_epoch_on_and_records_its_owner(tmp_path: Path) -> None:
-    first = SQLiteCore(tmp_path / "db", lock=False)
-    second = SQLiteCore(tmp_path / "db", lock=False)
-    assert first.claim(ROOM, "a:1") == Claim(ROOM, 1)
-    assert second.claim(ROOM, "b:2") == Claim(ROOM, 2)
-    assert first.claim(OTHER, "a:1") == Claim(OTHER, 1)  # each room its own epoch
-    assert first.claim(ROOM, "a:1") == Claim(ROOM, 3)
-    rows = first._db.execute("SELECT namespace, room, epoch, owner FROM rooms ORDER BY room")
-    assert rows.fetchall() == [("", "o", 1, "a:1"), ("", "r", 3, "a:1")]
-    first.close()
-    second.close()
+async def test_each_claim_moves_the_epoch_on_and_records_its_owner(new_store: NewStore) -> None:
+    first, second = await new_store(), await new_store()
+    assert await first.claim(ROOM, "a:1") == Claim(ROOM, 1)
+    assert await second.claim(ROOM, "b:2") == Claim(ROOM, 2)
+    assert await first.claim(OTHER, "a:1") == Claim(OTHER, 1)  # each room its own epoch
+    assert await first.claim(ROOM, "a:1") == Claim(ROOM, 3)
+    refused = await second.commit([(Claim(ROOM, 2), Changes()), (Claim(OTHER, 0), Changes())])
+    assert [(e.room, e.epoch, e.owner) for e in refused] == [(ROOM, 2, "a:1"), (OTHER, 0, "a:1")]
 
 
-def test_a_stale_claims_writes_are_refused_and_the_rest_of_the_commit_lands(
-    tmp_path: Path,
+async def test_a_stale_claims_writes_are_refused_and_the_rest_of_the_commit_lands(
+    new_store: NewStore,
 ) -> None:
-    old = SQLiteCore(tmp_path / "db", lock=False)
-    new = SQLiteCore(tmp_path / "db", lock=False)
-    stale, other = old.claim(ROOM, "old"), old.claim(OTHER, "old")
-    assert old.commit([(stale, Changes({"k": '"old"'}))]) == []
-    current = new.claim(ROOM, "new")
-    refused = old.commit(
+    old, new = await new_store(), await new_store()
+    stale, other = await old.claim(ROOM, "old"), await old.claim(OTHER, "old")
+    assert await old.commit([(stale, Changes({"k": '"old"'}))]) == []
+    current = await new.claim(ROOM, "new")
+    refused = await old.commit(
         [
             (stale, Changes({"k": '"lost"', "x": '"lost"'}, alarm=AlarmWrite(100.0))),
             (other, Changes({"o": '"kept"'}, alarm=AlarmWrite(200.0))),
@@ -74,21 +72,18 @@ def test_a_stale_claims_writes_are_refused_and_the_rest_of_the_commit_lands(
     assert str(refused[0]) == (
         "room /r: writes under epoch 1 refused: 'new' has claimed the room since"
     )
-    assert new.list(ROOM, KeyRange(), False, None) == [("k", '"old"')]  # untouched
-    assert new.get_many(OTHER, ["o"]) == {"o": '"kept"'}
-    assert new.alarms() == [(OTHER, 200.0, 0)]
-    assert new.commit([(current, Changes({"k": '"new"'}))]) == []
-    assert old.get_many(ROOM, ["k"]) == {"k": '"new"'}
-    old.close()
-    new.close()
+    assert await new.list(ROOM, KeyRange(), reverse=False, limit=None) == [("k", '"old"')]
+    assert await new.get_many(OTHER, ["o"]) == {"o": '"kept"'}
+    assert await new.alarms() == [(OTHER, 200.0, 0)]
+    assert await new.commit([(current, Changes({"k": '"new"'}))]) == []
+    assert await old.get_many(ROOM, ["k"]) == {"k": '"new"'}
 
 
-def test_writes_to_a_room_never_claimed_are_refused(tmp_path: Path) -> None:
-    core = SQLiteCore(tmp_path / "db")
-    [refused] = core.commit([(Claim(ROOM, 1), Changes({"k": "1"}))])
+async def test_writes_to_a_room_never_claimed_are_refused(new_store: NewStore) -> None:
+    store = await new_store()
+    [refused] = await store.commit([(Claim(ROOM, 1), Changes({"k": "1"}))])
     assert (refused.room, refused.epoch, refused.owner) == (ROOM, 1, None)
-    assert core.get_many(ROOM, ["k"]) == {}
-    core.close()
+    assert await store.get_many(ROOM, ["k"]) == {}
 
 
 #: The tables as roomkit wrote them before rooms were claimed (issue 14's schema).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from roomkit.testing import open_test_server
 from .apps import KV
 from .helpers import Start, open_client, raw_handshake, receive_json
 
+NewStore = Callable[[], Awaitable[Store]]
 ROOM = RoomId("", "r")
 #: ``ROOM``'s first claim in a new store: what its writes carry.
 CLAIM = Claim(ROOM, 1)
@@ -75,53 +76,70 @@ def test_merge_listing_applies_layers_in_order() -> None:
 # The SQLite store.
 
 
-def test_sqlite_core_commits_lists_and_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "rooms.sqlite3"
-    core = SQLiteCore(path)
+async def test_a_store_commits_lists_and_survives_reopening(new_store: NewStore) -> None:
+    store = await new_store()
     other = RoomId("/x", "r")
-    assert core.claim(ROOM, "test") == CLAIM
-    core.commit(
-        [
-            (CLAIM, Changes({"a": "1", "b": "2", "c": "3"}, alarm=AlarmWrite(100.0, 2))),
-            (core.claim(other, "test"), Changes({"a": "other"})),
-        ]
-    )
-    core.commit([(CLAIM, Changes({"b": None}))])
-    core.close()
-    core = SQLiteCore(path)
-    assert core.get_many(ROOM, ["a", "b", "zz"]) == {"a": "1"}
-    assert core.list(ROOM, KeyRange(), True, 1) == [("c", "3")]
-    assert core.alarms() == [(ROOM, 100.0, 2)]
-    core.commit([(CLAIM, Changes(cleared=True, alarm=AlarmWrite(None)))])
-    assert core.list(ROOM, KeyRange(), False, None) == []
-    assert core.alarms() == []
-    assert core.get_many(other, ["a"]) == {"a": "other"}
+    assert await store.claim(ROOM, "test") == CLAIM
+    batch = [
+        (CLAIM, Changes({"a": "1", "b": "2", "c": "3"}, alarm=AlarmWrite(100.0, 2))),
+        (await store.claim(other, "test"), Changes({"a": "other"})),
+    ]
+    assert await store.commit(batch) == []
+    assert await store.commit([(CLAIM, Changes({"b": None}))]) == []
+    await store.aclose()
+    store = await new_store()
+    assert await store.get_many(ROOM, ["a", "b", "zz"]) == {"a": "1"}
+    assert await store.list(ROOM, KeyRange(), reverse=True, limit=1) == [("c", "3")]
+    assert await store.alarms() == [(ROOM, 100.0, 2)]
+    await store.commit([(CLAIM, Changes(cleared=True, alarm=AlarmWrite(None)))])
+    assert await store.list(ROOM, KeyRange(), reverse=False, limit=None) == []
+    assert await store.alarms() == []
+    assert await store.get_many(other, ["a"]) == {"a": "other"}
+
+
+def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
+    core = SQLiteCore(tmp_path / "rooms.sqlite3")
     assert core._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     core.close()
 
 
+async def test_keys_are_in_code_point_order(new_store: NewStore) -> None:
+    store = await new_store()
+    await store.claim(ROOM, "test")
+    keys = ["", "A", "a", "z", "\x7f", "é", "\u2603", "\uffff", "\U0001f600", "\U0010ffff"]
+    await store.commit([(CLAIM, Changes({key: "1" for key in reversed(keys)}))])
+    listed = await store.list(ROOM, KeyRange(), reverse=False, limit=None)
+    assert [key for key, _ in listed] == keys == sorted(keys)
+    middle = await store.list(ROOM, KeyRange("z", "\uffff"), reverse=True, limit=None)
+    assert [key for key, _ in middle] == ["\u2603", "é", "\x7f", "z"]
+    prefix = KeyRange.of("\U0010ffff", None, None)
+    assert [key for key, _ in await store.list(ROOM, prefix, reverse=False, limit=5)] == keys[-1:]
+
+
 @pytest.mark.parametrize("count", [1, 7, 64, 65, 200])
-def test_sqlite_core_writes_every_row_of_a_large_commit(tmp_path: Path, count: int) -> None:
-    core = SQLiteCore(tmp_path / "rooms.sqlite3")
-    core.claim(ROOM, "test")
-    core.commit([(CLAIM, Changes({"old": "x", "k0000": "stale"}))])
+async def test_a_store_writes_every_row_of_a_large_commit(new_store: NewStore, count: int) -> None:
+    store = await new_store()
+    await store.claim(ROOM, "test")
+    await store.commit([(CLAIM, Changes({"old": "x", "k0000": "stale"}))])
     writes: dict[str, str | None] = {f"k{i:04}": json.dumps(i) for i in range(count)}
     writes["old"] = None
     # Several hooks' changes to one room, in one group commit: the last write wins.
-    core.commit([(CLAIM, Changes({"k0000": "older"})), (CLAIM, Changes(writes))])
-    assert core.list(ROOM, KeyRange(), False, None) == [
+    await store.commit([(CLAIM, Changes({"k0000": "older"})), (CLAIM, Changes(writes))])
+    assert await store.list(ROOM, KeyRange(), reverse=False, limit=None) == [
         (f"k{i:04}", json.dumps(i)) for i in range(count)
     ]
-    core.close()
 
 
-def test_a_failing_commit_leaves_nothing_behind(tmp_path: Path) -> None:
-    core = SQLiteCore(tmp_path / "db")
-    core.claim(ROOM, "test")
-    with pytest.raises(Exception, match="Error binding parameter"):
-        core.commit([(CLAIM, Changes({"a": "1"})), (CLAIM, Changes({"b": object()}))])  # type: ignore[dict-item]
-    assert core.get_many(ROOM, ["a", "b"]) == {}
-    core.close()
+async def test_a_failing_commit_leaves_nothing_behind(new_store: NewStore) -> None:
+    store = await new_store()
+    await store.claim(ROOM, "test")
+    other = await store.claim(RoomId("", "o"), "test")
+    bad = Changes({"b": object()})  # type: ignore[dict-item]
+    with pytest.raises(Exception, match=r"Error binding parameter|cannot adapt"):
+        await store.commit([(CLAIM, Changes({"a": "1"})), (other, bad)])
+    assert await store.get_many(ROOM, ["a", "b"]) == {}
+    assert await store.commit([(CLAIM, Changes({"a": "2"}))]) == []  # the store goes on
+    assert await store.get_many(ROOM, ["a"]) == {"a": "2"}
 
 
 # The API, through real sockets.
@@ -543,10 +561,10 @@ def test_merge_keeps_the_net_effect_in_order() -> None:
     assert batch[0][1] == Changes({"a": "1", "b": "1"})  # the inputs are left alone
 
 
-def test_a_merged_batch_applies_like_its_parts(tmp_path: Path) -> None:
-    core = SQLiteCore(tmp_path / "db")
-    core.claim(ROOM, "test")
-    core.commit(
+async def test_a_merged_batch_applies_like_its_parts(new_store: NewStore) -> None:
+    store = await new_store()
+    await store.claim(ROOM, "test")
+    await store.commit(
         [
             (CLAIM, Changes({"a": "1"})),
             (CLAIM, Changes({"a": None})),  # put then delete: gone
@@ -555,8 +573,7 @@ def test_a_merged_batch_applies_like_its_parts(tmp_path: Path) -> None:
             (CLAIM, Changes({"c": "1"})),
         ]
     )
-    assert core.list(ROOM, KeyRange(), False, None) == [("c", "1")]
-    core.close()
+    assert await store.list(ROOM, KeyRange(), reverse=False, limit=None) == [("c", "1")]
 
 
 class Counter(roomkit.Room):
