@@ -163,7 +163,10 @@ def _throwaway() -> Iterator[PostgresServer]:
         port = _free_port()
         subprocess.run(
             [*run_as, str(bin / "initdb"), "-D", str(directory / "data"), "-A", "trust",
-             "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale", "C"],
+             "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale", "C",
+             # A collation that is not code-point order ("a" < "B"), as most servers'
+             # are: the store's keys must keep their order whatever the default.
+             "--locale-provider", "icu", "--icu-locale", "en"],
             check=True,
             capture_output=True,
         )  # fmt: skip

@@ -327,6 +327,13 @@ async def test_a_postgresql_restart_fails_the_call_in_flight_and_not_the_next(
     assert await store.list(ROOM, KeyRange(), reverse=False, limit=None) == [("k", "3")]
 
 
+async def test_open_store_opens_either_scheme_of_a_url_as_postgresql(postgres_url: str) -> None:
+    for url in (postgres_url, postgres_url.replace("postgresql://", "postgres://", 1)):
+        store = await roomkit.storage.open_store(url, lock=True)
+        assert isinstance(store, PostgresStore)
+        await store.aclose()
+
+
 async def test_a_database_that_cannot_be_reached_is_a_clear_error(postgres_url: str) -> None:
     unreachable = postgres_url.rsplit("/", 1)[0] + "/roomkit_no_such_database"
     with pytest.raises(roomkit.StorageError, match="cannot connect to PostgreSQL") as info:

@@ -156,8 +156,8 @@ class Client:
         return reply["result"]
 
 
-async def test_kv_api(start: Start) -> None:
-    server = await start(KV)
+async def test_kv_api(start: Start, new_store: NewStore) -> None:
+    server = await start(KV, storage=await new_store())
     async with open_client(f"{server.url}/kv") as ws:
         kv = Client(ws)
         assert await kv("get", key="nope") is None

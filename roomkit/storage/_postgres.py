@@ -187,7 +187,11 @@ class PostgresStore(ClusterStore):
         """
         connect = partial(_connect, url, member or "", idle_in_transaction_timeout)
         store = cls(connect)
-        await store._writer.run(create_schema)
+        try:
+            await store._writer.run(create_schema)
+        except BaseException:
+            await store.aclose()
+            raise
         return store
 
     async def claim(self, room: RoomId, owner: str) -> Claim:
