@@ -34,6 +34,7 @@ from roomkit.storage import (
     RoomId,
 )
 
+from . import pg
 from .pg import PostgresServer
 
 ROOM = RoomId("/chat", "general")
@@ -339,3 +340,14 @@ async def test_a_database_that_cannot_be_reached_is_a_clear_error(postgres_url: 
     with pytest.raises(roomkit.StorageError, match="cannot connect to PostgreSQL") as info:
         await roomkit.storage.open_store(unreachable, lock=True)
     assert "roomkit_no_such_database" in str(info.value)
+
+
+def test_without_a_server_or_binaries_the_reason_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ROOMKIT_TEST_POSTGRES", raising=False)
+    monkeypatch.setattr(pg.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(pg.shutil, "which", lambda name: None)
+    missing = pytest.raises(pg.Unavailable, match="no PostgreSQL: set ROOMKIT_TEST_POSTGRES")
+    with missing, pg.open_server():
+        pass
