@@ -12,6 +12,10 @@ Measures, each as p50/p99 wall time and CPU per operation of this process:
   (one round trip per room);
 - a read of one key: through PostgresStore; on the event loop's thread; and through
   libpq's non-blocking interface driven by ``trio.lowlevel.wait_readable``, no thread;
+- psycopg's own ``AsyncConnection`` with its ``wait`` driven by Trio (a prototype that
+  leans on psycopg's internals: it is connected by asyncio in a thread, and its
+  asyncio lock is never contended, since one task uses it at a time): a read, and
+  fenced commits of 1 and 100 hooks;
 - 8 concurrent readers: PostgresStore's four read connections, each with its own
   thread, against one thread shared by four connections;
 - an acquire, with ``synchronous_commit`` on (as the store runs it) and off.
@@ -19,6 +23,8 @@ Measures, each as p50/p99 wall time and CPU per operation of this process:
 
 from __future__ import annotations
 
+import asyncio
+import select
 import statistics
 import sys
 import time
@@ -33,6 +39,49 @@ from roomkit.storage import Changes, Claim, PostgresStore, RoomId
 from roomkit.storage import _pgsql as sql
 
 ROOM = RoomId("/bench", "r")
+
+
+class TrioConnection(psycopg.AsyncConnection[Any]):
+    """psycopg's asynchronous connection, its generators driven by Trio's waits."""
+
+    async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (psycopg's signature)
+        fd = self.pgconn.socket
+        try:
+            wanted = next(gen)
+            while True:
+                ready = _poll(fd, wanted)
+                if not ready:
+                    if wanted & psycopg.waiting.Wait.R:
+                        await trio.lowlevel.wait_readable(fd)
+                    else:
+                        await trio.lowlevel.wait_writable(fd)
+                    ready = _poll(fd, wanted)
+                wanted = gen.send(psycopg.waiting.Ready(ready))
+        except StopIteration as done:
+            return done.value
+
+
+def _poll(fd: int, wanted: int) -> int:
+    readable = [fd] if wanted & psycopg.waiting.Wait.R else []
+    writable = [fd] if wanted & psycopg.waiting.Wait.W else []
+    r, w, _ = select.select(readable, writable, [], 0)
+    return (psycopg.waiting.Ready.R if r else 0) | (psycopg.waiting.Ready.W if w else 0)
+
+
+async def trio_commit(conn: TrioConnection, batch: list[tuple[Claim, Changes]]) -> None:
+    async with conn.pipeline(), conn.transaction():
+        sent = [await conn.execute(sql._COMMIT_ROOM, sql._commit_params(*hook)) for hook in batch]
+    for cursor in sent:
+        await cursor.fetchone()
+
+
+async def trio_read(conn: TrioConnection) -> None:
+    cursor = await conn.execute(
+        "SELECT key, value FROM roomkit.kv"
+        " WHERE namespace = %s AND room = %s AND key = ANY(%s::text[])",
+        (ROOM.namespace, ROOM.name, ["k"]),
+    )
+    await cursor.fetchall()
 
 
 async def timed(label: str, op: Callable[[], Awaitable[object]], count: int, per: int = 1) -> None:
@@ -140,6 +189,21 @@ async def main(url: str) -> None:
     await timed(
         "read 1 key (libpq non-blocking + wait_readable)", partial(nonblocking_read, raw), 2000
     )
+    trio_conn = await trio.to_thread.run_sync(
+        lambda: asyncio.run(TrioConnection.connect(url, autocommit=True))
+    )
+    await timed("read 1 key (AsyncConnection on Trio)", partial(trio_read, trio_conn), 2000)
+    await timed(
+        "fenced commit, 1 hook (AsyncConnection on Trio)",
+        partial(trio_commit, trio_conn, one),
+        1000,
+    )
+    await timed(
+        "group commit, 100 hooks (AsyncConnection on Trio)",
+        partial(trio_commit, trio_conn, batch),
+        200,
+        per=100,
+    )
     await timed(
         "8 readers, 4 connections, a thread each",
         partial(concurrent_reads, store, 8, 50),
@@ -168,6 +232,7 @@ async def main(url: str) -> None:
     await store.aclose()
     await shared.aclose()
     direct.close()
+    await trio_conn.close()
     raw.finish()
 
 
