@@ -144,11 +144,17 @@ def _binaries() -> Path:
     return Path(initdb).parent
 
 
+#: What the throwaway servers' directories are named, in the temporary directory.
+PREFIX = "roomkit-pg-"
+
+
 @contextmanager
 def _throwaway() -> Iterator[PostgresServer]:
     bin = _binaries()
-    run_as: list[str] = []
-    directory = Path(tempfile.mkdtemp(prefix="roomkit-pg-"))
+    run_as = ["runuser", "-u", SERVER_USER, "--"] if os.geteuid() == 0 else []
+    _reap(bin, run_as)
+    directory = Path(tempfile.mkdtemp(prefix=PREFIX))
+    (directory / "session").write_text(f"{os.getpid()}\n")
     try:
         if os.geteuid() == 0:
             try:
@@ -159,7 +165,6 @@ def _throwaway() -> Iterator[PostgresServer]:
                     "PostgreSQL as (PostgreSQL refuses to run as root)"
                 ) from None
             os.chown(directory, user.pw_uid, user.pw_gid)
-            run_as = ["runuser", "-u", SERVER_USER, "--"]
         port = _free_port()
         subprocess.run(
             [*run_as, str(bin / "initdb"), "-D", str(directory / "data"), "-A", "trust",
@@ -181,6 +186,23 @@ def _throwaway() -> Iterator[PostgresServer]:
             server._pg_ctl("stop", "-m", "immediate")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _reap(bin: Path, run_as: list[str]) -> None:
+    """Stop and remove the throwaway servers of test sessions that were killed (SIGTERM,
+    SIGKILL: no ``finally`` ran), which would otherwise run for ever."""
+    for session in Path(tempfile.gettempdir()).glob(f"{PREFIX}*/session"):
+        try:
+            os.kill(int(session.read_text()), 0)
+            continue  # that session still runs
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue
+        data = session.parent / "data"
+        stop = [*run_as, str(bin / "pg_ctl"), "-D", str(data), "-s", "stop", "-m", "immediate"]
+        subprocess.run(stop, capture_output=True)
+        shutil.rmtree(session.parent, ignore_errors=True)
 
 
 def _free_port() -> int:
