@@ -61,14 +61,16 @@ class DecodeError(RoomkitError):
 
 
 class StorageError(RoomkitError):
-    """Raised when a server cannot use its SQLite storage file, as it starts (and, as
-    :class:`FencedError`, when a store refuses a room's writes).
+    """Raised when a server cannot use its storage, as it starts or when a call to
+    its database fails (and, as :class:`FencedError`, when a store refuses a room's
+    writes).
 
-    The file is in use by another server (one server per file: see docs/storage.md),
-    or it cannot be opened, or this process cannot write it. ``str(error)`` names the
-    file and what is wrong, and the underlying ``OSError`` or ``sqlite3.Error``, if
-    any, is its ``__cause__``. ``roomkit serve`` logs the message and exits with
-    status 1.
+    SQLite: the file is in use by another server (one server per file: see
+    docs/storage.md), or it cannot be opened, or this process cannot write it.
+    PostgreSQL: the server cannot be reached, or a statement failed (a lost
+    connection, a lock timeout). ``str(error)`` says what is wrong, and the underlying
+    ``OSError``, ``sqlite3.Error`` or ``psycopg.Error``, if any, is its ``__cause__``.
+    ``roomkit serve`` logs the message and exits with status 1 when it cannot start.
     """
 
 

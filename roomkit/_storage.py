@@ -234,6 +234,8 @@ def _check_key(key: str) -> str:
         raise TypeError(f"a storage key must be a str, not {type(key).__name__}")
     if len(key) * 4 > MAX_KEY and len(key.encode("utf-8")) > MAX_KEY:
         raise ValueError(f"a storage key is at most {MAX_KEY} bytes of UTF-8")
+    if "\x00" in key:  # PostgreSQL's text cannot hold it: one such key would fail a batch
+        raise ValueError("a storage key may not contain NUL (U+0000)")
     return key
 
 

@@ -490,6 +490,10 @@ async def test_bad_keys_and_values_raise_in_the_hook(start: Start) -> None:
         assert await receive_json(ws) == {
             "error": "ValueError: a storage key is at most 2048 bytes of UTF-8"
         }
+        await ws.send_message(json.dumps({"op": "put", "key": "a\u0000b", "value": 1}))
+        assert await receive_json(ws) == {
+            "error": "ValueError: a storage key may not contain NUL (U+0000)"
+        }
         await ws.send_message(json.dumps({"op": "set_alarm", "at": None, "delay": None}))
         error = (await receive_json(ws))["error"]
         assert error == "TypeError: set_alarm takes exactly one of delay= and at="
