@@ -44,7 +44,7 @@ from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
 from ._storage import Storage
 from ._transport import Transport
-from .storage import AlarmWrite, Changes
+from .storage import AlarmWrite, Changes, Claim
 
 __all__ = ["RoomActor"]
 
@@ -137,6 +137,16 @@ class RoomActor:
     def name(self) -> str:
         return self.room.name
 
+    @property
+    def fenced(self) -> bool:
+        """Whether the room may be another process's: it serves no one here again."""
+        return self._hooks.fenced
+
+    @property
+    def claim(self) -> Claim | None:
+        """The room's claim in the store, once it has one (and until it is fenced)."""
+        return None if self._hooks.fenced else self._hooks.claim
+
     # The room's task and its nursery.
 
     async def run(self) -> None:
@@ -209,6 +219,11 @@ class RoomActor:
         for conn in self._core.members():
             conn.drain()
         self._post_soon(Drain(CloseConnection(code, reason)))
+
+    def lapse(self) -> None:
+        """This process's lease ran out: the room may be another's already. Fence it
+        here (see ``HookRunner.lapse``): its clients get 1012, no hook runs again."""
+        self._hooks.lapse()
 
     def close_now(self, frame: CloseConnection) -> None:
         """Close every connection with ``frame`` at once, ahead of what the room holds
@@ -438,6 +453,10 @@ class RoomActor:
     async def _handle(self, event: Event) -> None:
         if isinstance(event, _POSTED):
             self._core.arrived()  # on its way no longer (see _post)
+        if trio.current_time() >= self._host.valid_until:
+            # Before any event: a process resumed after a stop past its lease must not
+            # run one stale event before its member's watcher has fenced every room.
+            self._hooks.lapse()
         if isinstance(event, Connect):
             await self._handle_connect(event)
         elif isinstance(event, Message):
@@ -468,7 +487,7 @@ class RoomActor:
     async def _handle_connect(self, event: Connect) -> None:
         refusal = self._core.admission()
         if refusal is None and await self._room() is None:
-            refusal = HOOK_FAILED
+            refusal = ROOM_MOVED if self._hooks.fenced else HOOK_FAILED
         if refusal is not None:
             self._refuse(event, refusal)
         elif await self._on_connect(event):
@@ -569,7 +588,7 @@ class RoomActor:
             return None  # another process owns the room now
         if hooks.claim is None:
             try:
-                hooks.claim = await self._host.claim(self.room)
+                claim = await self._host.claim(self.room)
             except Exception:
                 logger.exception(
                     "room %s: claiming the room in the store failed",
@@ -577,6 +596,10 @@ class RoomActor:
                     extra=self.log_fields(),
                 )
                 return None
+            if claim is None:  # another member's: clients go there (503 to handshakes)
+                hooks.fenced = True
+                return None
+            hooks.claim = claim
         cls = self.room_class
         try:
             room = instantiate(cls, self, Storage(self))

@@ -300,6 +300,23 @@ class HookRunner:
         logger.warning(
             "%s; closing its connections with 1012", error, extra=self._members.log_fields()
         )
+        self._give_up()
+
+    def lapse(self) -> None:
+        """This process's lease ran out (or its member was replaced): another member may
+        own the room already. As when fenced, nothing held back goes out (its writes may
+        never land), every connection is closed with 1012 "Room moved", its alarm is
+        left to whoever acquires the room, and no hook runs again, not even ``on_close``.
+        """
+        if not self.fenced:
+            logger.warning(
+                "room %s: this process's lease ran out; closing its connections with 1012",
+                self.room,
+                extra=self._members.log_fields(),
+            )
+            self._give_up()
+
+    def _give_up(self) -> None:
         self.fenced = True
         self._drop_all()
         self._host.alarm_changed(self.room, AlarmWrite(None))

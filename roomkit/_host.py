@@ -10,11 +10,12 @@ in order. Its :class:`TestHooks` are what ``roomkit.testing`` may do besides.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import trio
@@ -89,9 +90,12 @@ class Host:
       owns: whether a room lives in this process (``Placement.owns`` of a worker):
         only the stored alarms of those rooms are scheduled here, so that each fires
         in its owner. None: every room's.
+      acquire: in a cluster, the member's acquire (``Member.acquire``), which each room
+        claims itself with; no stored alarm is scheduled at start then, since acquiring
+        a room (its handshake's, or an orphan alarm's) schedules its alarm.
 
-    Each room claims itself in the store as ``"<host name>:<pid>"`` when its actor
-    starts (see ``Store.claim``).
+    Without ``acquire``, each room claims itself in the store as ``"<host name>:<pid>"``
+    when its actor starts (see ``Store.claim``).
     """
 
     def __init__(
@@ -105,11 +109,15 @@ class Host:
         jitter: Callable[[], float] = random.random,
         on_unhandled: Callable[[Exception], None] | None = None,
         owns: Callable[[RoomId], bool] | None = None,
+        acquire: Callable[[RoomId], Awaitable[Claim | None]] | None = None,
     ) -> None:
         self.wall_time: Final = wall_time
         self.jitter: Final = jitter
         self._on_unhandled = on_unhandled
         self._owns = owns
+        self._acquire = acquire
+        #: Until when (Trio's clock) this process may handle events: its member's lease.
+        self.valid_until = math.inf
         #: Who this process is, as the store records a room's owner.
         self.owner: Final = f"{socket.gethostname()}:{os.getpid()}"
         self.store = store
@@ -139,11 +147,15 @@ class Host:
                 nursery.start_soon(self._committer.run)
                 await nursery.start(self._scheduler.run)
                 await nursery.start(self._run_rooms)
-                owns = self._owns
-                for room, due, retry in await self.store.alarms():
-                    if owns is None or owns(room):
-                        self.alarm_changed(room, AlarmWrite(due, retry))
+                if self._acquire is None:
+                    await self._schedule_stored_alarms()
                 task_status.started()
+
+    async def _schedule_stored_alarms(self) -> None:
+        owns = self._owns
+        for room, due, retry in await self.store.alarms():
+            if owns is None or owns(room):
+                self.alarm_changed(room, AlarmWrite(due, retry))
 
     async def _run_rooms(self, task_status: trio.TaskStatus[None]) -> None:
         with self._rooms_scope:
@@ -209,7 +221,9 @@ class Host:
 
     # RoomHost: what the rooms call.
 
-    async def claim(self, room: RoomId) -> Claim:
+    async def claim(self, room: RoomId) -> Claim | None:
+        if self._acquire is not None:
+            return await self._acquire(room)
         return await self.store.claim(room, self.owner)
 
     def commit(
@@ -307,6 +321,26 @@ class Host:
                 assert self._rooms_nursery is not None
                 self._rooms_nursery.start_soon(actor.run)
         return actor
+
+    def serves(self, room: RoomId) -> bool:
+        """Whether ``room`` is live here and not fenced: its handshakes stay here."""
+        actor = self._rooms.get(room)
+        return actor is not None and not actor.fenced
+
+    def holds(self, room: RoomId) -> bool:
+        """Whether ``room`` is live here, asleep or awake."""
+        return room in self._rooms
+
+    def claims(self) -> list[Claim]:
+        """The claims of the rooms live here: what a member releases when it drains."""
+        return [claim for actor in self._rooms.values() if (claim := actor.claim) is not None]
+
+    def fence_all(self) -> int:
+        """This process's lease ran out: fence every room here (see ``RoomActor.lapse``);
+        how many there were."""
+        for actor in list(self._rooms.values()):
+            actor.lapse()
+        return len(self._rooms)
 
     def cancel_room(self, room: RoomId) -> bool:
         """Cancel ``room``'s tasks, and no other room's (see ``RoomActor.cancel``);

@@ -21,9 +21,14 @@ class RoomHost(Protocol):
     store: Store
     connections: int  # the server's count, kept by its rooms
     metrics: Metrics
+    #: Trio's time up to which this process may handle events: its lease in a cluster
+    #: (``_cluster.py``), infinity otherwise. Every room compares it before each event.
+    valid_until: float
 
-    async def claim(self, room: RoomId) -> Claim:
-        """Claim ``room`` for this process in the store: a new epoch, before its first hook."""
+    async def claim(self, room: RoomId) -> Claim | None:
+        """Claim ``room`` for this process in the store: a new epoch, before its first
+        hook. None if it is not this process's to serve (in a cluster: another member
+        owns it, or this one's lease ran out)."""
 
     def commit(
         self,
