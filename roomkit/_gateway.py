@@ -6,6 +6,14 @@ user's route hook, if any, for the room, and hands each WebSocket upgrade to its
 which the room host finds or makes. In a worker of ``--workers N``, an upgrade for a
 room that lives in another worker is handed to that worker (``_handoff.py``), whose
 gateway carries on with it where this one left off (:meth:`Gateway.adopt`).
+
+In a cluster (``storage="postgresql://..."``), the room is located after the route:
+served here if this process holds it or nobody live does (``_core/location.py``),
+handed to the sibling worker that owns it, or forwarded to the node that owns it
+(``_forward.py``); 503 while this process's lease has run out, or when the owner cannot
+be reached. A handshake another node forwarded carries a signed ``roomkit-forwarded``
+header: once verified, the client's address is the header's and the handshake is
+never forwarded again; a bad header gets 403 (``_core/clusterauth.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import contextlib
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Final
@@ -24,6 +33,8 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
 from ._accept import Head, remote_address
+from ._cluster import Member
+from ._core.clusterauth import Relayed, Untrusted, verified_remote
 from ._core.frontdoor import (
     RequestHead,
     Response,
@@ -34,7 +45,9 @@ from ._core.frontdoor import (
 )
 from ._core.handoff import Handoff, HandoffError, HandTo, Refuse, where
 from ._core.limits import TLS_CLOSE_TIMEOUT
+from ._core.location import ForwardTo, ServeHere
 from ._errors import Reject
+from ._forward import Forwarded, Forwards
 from ._handoff import Handed, Peers
 from ._host import Host
 from ._logs import format_address
@@ -57,8 +70,11 @@ _ROUTE_FAILED: Final = Response(500, "Internal error")
 #: ...or took longer than the handshake timeout: a slow service it awaits, say.
 _ROUTE_TIMED_OUT: Final = Response(503, "Routing timed out")
 #: What a handshake gets when its room's worker cannot take it (restarting, say), or
-#: when it was handed to a worker that does not hold its room.
+#: when it was handed to a worker that does not hold its room; in a cluster, also when
+#: this process's lease has run out, or the room's owner cannot be reached.
 _UNAVAILABLE: Final = Response(503, "Service unavailable")
+#: What a cluster's handshake gets whose head cannot be forwarded as it was read.
+_UNFORWARDABLE: Final = Response(400, "Bad request: bytes after the request head's end")
 
 #: Reads a new connection's request head, through TLS if need be: see ``_accept.read_request``.
 Handshake = Callable[
@@ -82,6 +98,10 @@ class Gateway:
         connection to its room's worker; None serves every room here.
       pages: plain ``GET`` pages made by awaiting (a worker's merged ``/metrics``),
         served before the router's.
+      member: in a cluster, this process's membership: its lease, the directory.
+      forwards: in a cluster, the connections forwarded to other nodes.
+      cluster_secret: the cluster's secret, which a forwarded handshake's
+        ``roomkit-forwarded`` header must be signed with; None trusts no address in it.
     """
 
     def __init__(
@@ -96,6 +116,9 @@ class Gateway:
         route_timeout: float = math.inf,
         peers: Peers | None = None,
         pages: Mapping[str, Callable[[], Awaitable[Response]]] | None = None,
+        member: Member | None = None,
+        forwards: Forwards | None = None,
+        cluster_secret: bytes | None = None,
     ) -> None:
         self._host = host
         self._router = router
@@ -106,6 +129,9 @@ class Gateway:
         self._route_timeout = route_timeout
         self._peers = peers
         self._pages = pages or {}
+        self._member = member
+        self._forwards = forwards
+        self._secret = cluster_secret
 
     async def front_door(self, stream: trio.abc.Stream) -> None:
         """Read one request head; answer it, or hand the stream to its room (or to the
@@ -170,9 +196,25 @@ class Gateway:
         visit.secured = secured
         if isinstance(head, Response):
             decision: Response | Upgrade = self._refuse(_HEAD_REFUSALS[head.status], head, remote)
+        elif (forged := self._relayed(visit, head)) is not None:
+            decision = self._refuse("forged", forged.response(), remote)
         else:
-            decision = await self._decide(head, remote)
+            decision = await self._decide(head, visit.remote)
         await self._conclude(visit, decision, handed=False)
+
+    def _relayed(self, visit: _Visit, head: Head) -> Untrusted | None:
+        """In a cluster, check a handshake's ``roomkit-forwarded`` header, if any: once
+        verified, the visit is ``forwarded`` and its address the client's; or why the
+        header is refused."""
+        if self._member is None or not head.request.is_websocket:
+            return None
+        relayed = verified_remote(head.request, self._secret, now=time.time())
+        if isinstance(relayed, Relayed):
+            visit.forwarded = True
+            if relayed.client is not None:
+                visit.remote = relayed.client
+            return None
+        return relayed
 
     async def _conclude(self, visit: _Visit, decision: Response | Upgrade, *, handed: bool) -> None:
         """Answer ``decision``, or give its upgrade to its room, here or in its worker."""
@@ -181,11 +223,23 @@ class Gateway:
             # A head read just as shutdown began: no room takes it. (The front door
             # is cancelled by then, so the 503 goes no further than the attempt.)
             decision = self._refuse("shutting_down", Response(503, "Server shutting down"), remote)
+        elif isinstance(decision, Upgrade) and self._member is not None:
+            located = await self._locate(visit, decision, self._member, handed=handed)
+            if located is None:
+                return  # handed to its worker, or forwarded to its node
+            decision = located
         elif isinstance(decision, Upgrade) and self._peers is not None:
-            placed = await self._place(visit, decision, self._peers, handed=handed)
-            if placed is None:
-                return  # handed to its worker
-            decision = placed
+            placed = where(self._peers.placement, decision.room, handed=handed)
+            if isinstance(placed, Refuse):
+                logger.warning(
+                    "room %s: handed here, but it lives in another worker", decision.room
+                )
+                decision = self._refuse("misplaced", _UNAVAILABLE, remote)
+            elif isinstance(placed, HandTo):
+                handed_to = await self._hand(visit, decision, self._peers, placed.owner)
+                if handed_to is None:
+                    return  # handed to its worker
+                decision = handed_to
         full = self._max_connections is not None and self._host.connections >= self._max_connections
         if full and not isinstance(decision, Response):
             decision = self._refuse("server_full", Response(503, "Server is full"), remote)
@@ -203,22 +257,59 @@ class Gateway:
         actor.admit(Transport(actor, secured, ws, decision.accept, decision.request))
         visit.handed_off = True
 
-    async def _place(
-        self, visit: _Visit, upgrade: Upgrade, peers: Peers, *, handed: bool
-    ) -> Upgrade | Response | None:
-        """``upgrade`` if its room lives here; else None once it is handed to the
-        room's worker, or the refusal it gets (503) if it cannot be."""
-        placed = where(peers.placement, upgrade.room, handed=handed)
-        if isinstance(placed, Refuse):
-            logger.warning("room %s: handed here, but it lives in another worker", upgrade.room)
-            return self._refuse("misplaced", _UNAVAILABLE, visit.remote)
-        if not isinstance(placed, HandTo):
-            return upgrade
+    async def _hand(
+        self, visit: _Visit, upgrade: Upgrade, peers: Peers, slot: str
+    ) -> Response | None:
+        """Hand ``upgrade`` to the worker ``slot``: None once it is handed, or the
+        refusal it gets (503) if it cannot be."""
         assert visit.secured is not None, "an upgrade follows a request head"
-        outcome = await peers.hand(placed.owner, visit.secured, upgrade.handoff())
+        outcome = await peers.hand(slot, visit.secured, upgrade.handoff())
         if outcome is Handed.NOT_TAKEN:
             return self._refuse("owner_unavailable", _UNAVAILABLE, visit.remote)
         visit.handed_off = outcome is Handed.RELAYED  # else this copy of the socket closes
+        return None
+
+    async def _locate(
+        self, visit: _Visit, upgrade: Upgrade, member: Member, *, handed: bool
+    ) -> Upgrade | Response | None:
+        """In a cluster: ``upgrade`` if its room is to be served here; else None once it
+        is handed to its worker or forwarded to its node, or the refusal it gets."""
+        room = upgrade.room
+        if not member.valid():
+            return self._refuse("lease_expired", _UNAVAILABLE, visit.remote)
+        if self._host.serves(room):
+            return upgrade  # the common case: no question to the directory
+        try:
+            owner = await member.locate(room)
+        except Exception as exc:
+            logger.warning("room %s: the directory failed: %s", room, exc)
+            return self._refuse("owner_unavailable", _UNAVAILABLE, visit.remote)
+        decision = member.membership.locate(room, owner, forwarded=visit.forwarded, handed=handed)
+        if isinstance(decision, ServeHere):
+            return upgrade
+        if isinstance(decision, HandTo) and self._peers is not None:
+            return await self._hand(visit, upgrade, self._peers, decision.owner)
+        if isinstance(decision, ForwardTo) and self._forwards is not None:
+            return await self._forward(visit, upgrade, self._forwards, decision.address)
+        logger.info("room %s: owned elsewhere, and not to be passed on again", room)
+        return self._refuse("misplaced", _UNAVAILABLE, visit.remote)
+
+    async def _forward(
+        self, visit: _Visit, upgrade: Upgrade, forwards: Forwards, address: str
+    ) -> Response | None:
+        """Forward ``upgrade`` to the node at ``address``: None once its answer went to
+        the client, or the refusal it gets (503: not reachable; the directory's entry
+        is dropped)."""
+        assert visit.secured is not None, "an upgrade follows a request head"
+        outcome = await forwards.forward(visit.secured, upgrade.head, visit.remote, address)
+        if outcome is Forwarded.MALFORMED:
+            return self._refuse("bad_request", _UNFORWARDABLE, visit.remote)
+        if outcome is not Forwarded.SPLICED:
+            assert self._member is not None, "a cluster forwards"
+            self._member.forget(upgrade.room)  # the owner moved, or is gone: ask again
+        if outcome is Forwarded.UNREACHABLE:
+            return self._refuse("owner_unavailable", _UNAVAILABLE, visit.remote)
+        visit.handed_off = True  # the splice owns the stream
         return None
 
     async def _door_failed(self, visit: _Visit) -> None:
@@ -346,6 +437,7 @@ class _Visit:
     remote: tuple[str, int] | None = None
     answered: bool = False  # an answer began to go out
     handed_off: bool = False  # a room took the stream, or a relay to its worker
+    forwarded: bool = False  # another node of the cluster forwarded it here
 
 
 @attrs.frozen

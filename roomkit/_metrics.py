@@ -77,6 +77,8 @@ RefusalReason = Literal[
     "shutting_down",
     "owner_unavailable",
     "misplaced",
+    "lease_expired",
+    "forged",
     "fenced",
     "rejected",
     "error",

@@ -31,13 +31,16 @@ __all__ = [
     "PORT",
     "Option",
     "OptionSet",
+    "advertised_address",
     "boolean",
+    "check_advertised_address",
     "check_callable_or_none",
     "check_count",
     "check_count_or_none",
     "check_positive_seconds",
     "check_room_name",
     "check_seconds",
+    "check_secret",
     "check_ssl_context",
     "origins",
     "port",
@@ -181,7 +184,35 @@ def check_positive_seconds(name: str, value: object) -> None:
         raise ValueError(f"{name} must be positive seconds, not {value!r}")
 
 
+def check_advertised_address(name: str, value: object) -> None:
+    """``HOST:PORT`` (an IPv6 host in brackets), or None."""
+    if value is not None:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be HOST:PORT (a str) or None, not {value!r}")
+        advertised_address(value)
+
+
+def check_secret(name: str, value: object) -> None:
+    """A non-empty str, or None."""
+    if value is not None and not (isinstance(value, str) and value):
+        raise ValueError(f"{name} must be a non-empty str or None, not {value!r}")
+
+
 # Parsers of a flag's or a variable's text: each raises ValueError saying what it expected.
+
+
+def advertised_address(text: str) -> str:
+    """``HOST:PORT`` that other machines can connect to, an IPv6 host in brackets."""
+    if text.startswith("["):
+        host, bracket, number = text[1:].partition("]:")
+    else:
+        host, bracket, number = text.rpartition(":")
+        bracket = "" if ":" in host else bracket
+    valid = bool(bracket and host) and host not in ("0.0.0.0", "::")
+    if not valid or not number.isdecimal() or not 0 < int(number) <= 65535:
+        raise ValueError(f"expected HOST:PORT (IPv6 in brackets: [::1]:8080), not {text!r}")
+    return text
+
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})

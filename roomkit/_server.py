@@ -23,8 +23,10 @@ cancel whatever is left; flush the committer (at most ``FLUSH_TIMEOUT``); close 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,8 +39,11 @@ import trio
 from ._accept import accept_loop, read_request
 from ._actor import RoomActor
 from ._closecodes import CloseCode
+from ._cluster import Member
 from ._core.frontdoor import DEFAULT_ROOM, Page, Response, Router
+from ._core.location import Membership
 from ._exposition import CONTENT_TYPE, merged_exposition, metrics_page
+from ._forward import Forwards
 from ._gateway import Gateway
 from ._handoff import Peers, open_handoff_listener, serve_handoffs
 from ._host import Host
@@ -50,12 +55,17 @@ from ._options import (
     SSL_CONTEXT,
     Option,
     OptionSet,
+    advertised_address,
+    check_advertised_address,
     check_callable_or_none,
     check_count_or_none,
+    check_positive_seconds,
     check_room_name,
     check_seconds,
+    check_secret,
     origins,
     positive_int,
+    positive_seconds,
     room_name,
     seconds,
 )
@@ -66,9 +76,16 @@ from ._static import static_files
 from ._statistics import ServerStatistics
 from ._workerspec import WorkerSpec
 from ._wsurl import base_url
-from .storage import SQLiteStore, Store
+from .storage import ClusterStore, Store, open_store
 
-__all__ = ["SERVE_OPTIONS", "ServeOptions", "Server", "serve", "serve_on"]
+__all__ = ["LEASE", "SERVE_OPTIONS", "ServeOptions", "Server", "serve", "serve_on"]
+
+logger = logging.getLogger("roomkit.server")
+
+#: A cluster's default lease, in seconds: a dead node's rooms move within it, and a
+#: node rides out two failed heartbeats (PostgreSQL restarting, a pause) before it
+#: stops serving.
+LEASE: Final = 5.0
 
 
 @attrs.define(eq=False)
@@ -162,6 +179,15 @@ class ServeOptions(TypedDict, total=False):
       metrics: serve the server's metrics at ``GET /metrics``, in the Prometheus text
         format (see docs/observability.md). Off by default: anyone who reaches the port
         could read them (see docs/security.md).
+      advertise: in a cluster, the ``HOST:PORT`` other nodes reach this one at; None
+        advertises the listening host and port (a wildcard host, ``0.0.0.0`` or ``::``,
+        as this machine's host name).
+      lease: in a cluster, seconds a node stays the owner of its rooms after its last
+        heartbeat (one every lease/3): a node that dies loses its rooms after at most
+        this long, and one that cannot renew it stops serving before it runs out.
+      cluster_secret: in a cluster, the secret the nodes share to sign the client's
+        address on the connections they forward to each other. None: the owner sees the
+        forwarding node's address, and a warning says so at start.
     """
 
     host: Annotated[str, HOST]
@@ -173,8 +199,10 @@ class ServeOptions(TypedDict, total=False):
             default=":memory:",
             command_default="roomkit.sqlite3",
             group="storage",
-            metavar="PATH",
-            help="SQLite database file for the rooms' storage; :memory: keeps nothing",
+            metavar="PATH|URL",
+            help="SQLite database file for the rooms' storage (:memory: keeps nothing), or "
+            "a postgresql:// URL, which makes this server a cluster member "
+            "(see docs/cluster.md)",
         ),
     ]
     group_commit: Annotated[
@@ -255,6 +283,40 @@ class ServeOptions(TypedDict, total=False):
             default=False,
             group="operations",
             help="serve Prometheus metrics at GET /metrics (see docs/observability.md)",
+        ),
+    ]
+    advertise: Annotated[
+        str | None,
+        Option(
+            default=None,
+            group="cluster",
+            parse=advertised_address,
+            check=check_advertised_address,
+            metavar="HOST:PORT",
+            shown="the listening host and port",
+            help="in a cluster (--storage postgresql://...), where other nodes reach this one",
+        ),
+    ]
+    lease: Annotated[
+        float,
+        Option(
+            default=LEASE,
+            group="cluster",
+            parse=positive_seconds,
+            check=check_positive_seconds,
+            metavar="SECONDS",
+            help="in a cluster, how long a node keeps its rooms after its last heartbeat",
+        ),
+    ]
+    cluster_secret: Annotated[
+        str | None,
+        Option(
+            default=None,
+            group="cluster",
+            check=check_secret,
+            metavar="SECRET",
+            shown="none: owners see the forwarding node's address",
+            help="in a cluster, the secret the nodes sign forwarded clients' addresses with",
         ),
     ]
 
@@ -363,7 +425,9 @@ async def serve_on(
     store = (
         storage
         if isinstance(storage, Store)
-        else await SQLiteStore.open(storage, lock=worker is None)
+        else await open_store(
+            storage, lock=worker is None, idle_in_transaction_timeout=options["lease"]
+        )
     )
     try:
         handoff_listener = None  # first: a worker whose socket fails opens nothing else
@@ -378,6 +442,20 @@ async def serve_on(
             raise
         ssl_context = options["ssl_context"]
         handshake = partial(read_request, ssl_context, options["handshake_timeout"])
+        member = forwards = secret = None
+        if isinstance(store, ClusterStore):
+            advertise = options["advertise"] or advertised(bound_host, bound_port)
+            membership = Membership(advertise, None if worker is None else worker.placement)
+            member = Member(store, membership, options["lease"])
+            secret = (
+                None if options["cluster_secret"] is None else options["cluster_secret"].encode()
+            )
+            if secret is None:
+                logger.warning(
+                    "the cluster has no secret (--cluster-secret): rooms see the address of "
+                    "the node that forwarded a client, not the client's"
+                )
+            forwards = Forwards(secret, options["handshake_timeout"])
         host = Host(
             live,
             router,
@@ -388,6 +466,7 @@ async def serve_on(
             jitter=jitter,
             on_unhandled=on_unhandled,
             owns=None if worker is None else worker.placement.owns,
+            acquire=None if member is None else member.acquire,
         )
         gateway = Gateway(
             host,
@@ -399,6 +478,9 @@ async def serve_on(
             route_timeout=options["handshake_timeout"],
             peers=peers,
             pages=pages,
+            member=member,
+            forwards=forwards,
+            cluster_secret=secret,
         )
         server = Server(
             bound_host,
@@ -410,7 +492,12 @@ async def serve_on(
         if on_host is not None:
             on_host(host)
         async with trio.open_nursery() as nursery:
+            if member is not None:
+                await member.register(host)
             await nursery.start(host.run)
+            if member is not None and forwards is not None:
+                await nursery.start(member.run)
+                await nursery.start(forwards.run)
             if peers is not None:
                 await nursery.start(peers.run)
             doors = trio.CancelScope()
@@ -425,21 +512,40 @@ async def serve_on(
             finally:
                 doors.cancel()
                 with trio.CancelScope(shield=True):
-                    await _drain(host, peers, server._close_code, options["drain_timeout"])
-                nursery.cancel_scope.cancel()  # the relays' nursery, if any
+                    if member is not None:
+                        await member.drain()
+                    claims = host.claims()
+                    await _drain(
+                        host, peers, forwards, server._close_code, options["drain_timeout"]
+                    )
+                    if member is not None:
+                        await member.leave(claims)
+                nursery.cancel_scope.cancel()  # the relays' and the forwards' nursery, if any
     finally:
         if store is not storage:
             with trio.CancelScope(shield=True):
                 await store.aclose()
 
 
-async def _drain(host: Host, peers: Peers | None, code: CloseCode, seconds: float) -> None:
-    """Shut the room host down; meanwhile, let the relays (if any) carry their owners'
-    closes until they end, for ``seconds`` at most."""
+async def _drain(
+    host: Host, peers: Peers | None, forwards: Forwards | None, code: CloseCode, seconds: float
+) -> None:
+    """Shut the room host down; meanwhile, let the relays and the forwarded connections
+    (if any) carry their owners' closes until they end, for ``seconds`` at most."""
     async with trio.open_nursery() as nursery:
         if peers is not None:
             nursery.start_soon(peers.drain, seconds)
+        if forwards is not None:
+            nursery.start_soon(forwards.drain, seconds)
         await host.shutdown(code, seconds)
+
+
+def advertised(host: str, port: int) -> str:
+    """The ``HOST:PORT`` a cluster member listening on ``host`` advertises by default:
+    a wildcard host as this machine's name, an IPv6 host in brackets."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _merged_metrics(peers: Peers, local: Callable[[], Response]) -> Response:

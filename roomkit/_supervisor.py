@@ -51,6 +51,7 @@ from ._core.supervision import (
 )
 from ._workerspec import READY, WorkerSpec
 from ._wsurl import base_url
+from .storage import POSTGRES_SCHEMES
 from .storage._lockfile import LockFile
 
 __all__ = ["supervise"]
@@ -105,13 +106,15 @@ async def supervise(
       count: how many workers.
       host, port: where to listen (port 0 picks one; the log line says which).
       tls: whether the workers serve TLS (for the URL logged).
-      storage: the SQLite file, locked here for every worker; ``":memory:"``: none.
+      storage: the SQLite file, locked here for every worker; ``":memory:"`` or a
+        PostgreSQL URL (each worker a member of its cluster): none.
 
     Raises:
       StorageError: another server holds ``storage``, or its lock file cannot be opened.
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        lock = None if storage == ":memory:" else LockFile.acquire(storage)
+        shared = storage == ":memory:" or storage.startswith(POSTGRES_SCHEMES)
+        lock = None if shared else LockFile.acquire(storage)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
             try:

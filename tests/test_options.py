@@ -17,6 +17,8 @@ import roomkit
 from roomkit._options import (
     Option,
     OptionSet,
+    advertised_address,
+    check_advertised_address,
     check_callable_or_none,
     check_count_or_none,
     check_room_name,
@@ -82,6 +84,22 @@ def test_a_route_hook_is_a_callable_or_none() -> None:
     assert str(raised.value) == "route must be a callable or None, not 'app:route'"
 
 
+@pytest.mark.parametrize("address", ["10.0.0.1:8080", "node-1.example:1", "[::1]:65535"])
+def test_an_advertised_address_is_host_and_port(address: str) -> None:
+    assert advertised_address(address) == address
+    check_advertised_address("advertise", address)
+
+
+@pytest.mark.parametrize(
+    "address", ["10.0.0.1", ":8080", "::1:8080", "[::1]", "h:0", "h:65536", "0.0.0.0:80", "h:x"]
+)
+def test_an_advertised_address_that_no_node_can_reach_is_refused(address: str) -> None:
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        advertised_address(address)
+    with pytest.raises(TypeError, match="advertise must be HOST:PORT"):
+        check_advertised_address("advertise", 8080)
+
+
 def test_the_defaults_are_those_documented() -> None:
     serve = {name: option.default for name, option in SERVE_OPTIONS.options.items()}
     assert serve == {
@@ -98,6 +116,9 @@ def test_the_defaults_are_those_documented() -> None:
         "ssl_context": None,
         "demo_page": False,
         "metrics": False,
+        "advertise": None,
+        "lease": 5.0,
+        "cluster_secret": None,
     }
     proxy = {name: option.default for name, option in PROXY_OPTIONS.options.items()}
     assert proxy == {

@@ -156,38 +156,43 @@ class Client:
         return reply["result"]
 
 
-async def test_kv_api(start: Start, new_store: NewStore) -> None:
-    server = await start(KV, storage=await new_store())
-    async with open_client(f"{server.url}/kv") as ws:
-        kv = Client(ws)
-        assert await kv("get", key="nope") is None
-        assert await kv("get", key="nope", default=7) == 7
-        await kv("put", key="a", value={"nested": [1, 2.5, True, None, "é"]})
-        assert await kv("get", key="a") == {"nested": [1, 2.5, True, None, "é"]}
-        await kv("put_many", entries={f"item:{i:02}": i for i in range(10)} | {"b": "x"})
-        assert await kv("get_many", keys=["a", "b", "zz"]) == {
-            "a": {"nested": [1, 2.5, True, None, "é"]},
-            "b": "x",
-        }
-        assert await kv("delete", key="b") is True
-        assert await kv("delete", key="b") is False
-        assert await kv("delete_many", keys=["item:00", "item:01", "missing"]) == 2
+async def test_kv_api(new_store: NewStore) -> None:
+    store = await new_store()
+    # The server ends within the test, before its store is closed: on PostgreSQL it is a
+    # cluster member, which leaves the cluster through its store as it shuts down.
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(roomkit.serve, KV, port=0, storage=store))
+        async with open_client(f"{server.url}/kv") as ws:
+            kv = Client(ws)
+            assert await kv("get", key="nope") is None
+            assert await kv("get", key="nope", default=7) == 7
+            await kv("put", key="a", value={"nested": [1, 2.5, True, None, "é"]})
+            assert await kv("get", key="a") == {"nested": [1, 2.5, True, None, "é"]}
+            await kv("put_many", entries={f"item:{i:02}": i for i in range(10)} | {"b": "x"})
+            assert await kv("get_many", keys=["a", "b", "zz"]) == {
+                "a": {"nested": [1, 2.5, True, None, "é"]},
+                "b": "x",
+            }
+            assert await kv("delete", key="b") is True
+            assert await kv("delete", key="b") is False
+            assert await kv("delete_many", keys=["item:00", "item:01", "missing"]) == 2
 
-        items = [[f"item:{i:02}", i] for i in range(2, 10)]
-        assert await kv("list") == [["a", {"nested": [1, 2.5, True, None, "é"]}], *items]
-        assert await kv("list", prefix="item:") == items
-        assert await kv("list", prefix="item:", start="item:05", end="item:08") == items[3:6]
-        assert await kv("list", prefix="item:", reverse=True) == items[::-1]
-        assert await kv("list", prefix="item:", reverse=True, limit=3) == items[::-1][:3]
-        assert await kv("list", prefix="item:", limit=2) == items[:2]
-        assert await kv("list", start="item:09") == items[-1:]
-        assert await kv("list", end="item") == [["a", {"nested": [1, 2.5, True, None, "é"]}]]
-        assert await kv("list", limit=0) == []
+            items = [[f"item:{i:02}", i] for i in range(2, 10)]
+            assert await kv("list") == [["a", {"nested": [1, 2.5, True, None, "é"]}], *items]
+            assert await kv("list", prefix="item:") == items
+            assert await kv("list", prefix="item:", start="item:05", end="item:08") == items[3:6]
+            assert await kv("list", prefix="item:", reverse=True) == items[::-1]
+            assert await kv("list", prefix="item:", reverse=True, limit=3) == items[::-1][:3]
+            assert await kv("list", prefix="item:", limit=2) == items[:2]
+            assert await kv("list", start="item:09") == items[-1:]
+            assert await kv("list", end="item") == [["a", {"nested": [1, 2.5, True, None, "é"]}]]
+            assert await kv("list", limit=0) == []
 
-        await kv("set_alarm", delay=60)
-        await kv("delete_all")
-        assert await kv("list") == []
-        assert await kv("get_alarm") is None
+            await kv("set_alarm", delay=60)
+            await kv("delete_all")
+            assert await kv("list") == []
+            assert await kv("get_alarm") is None
+        server.shutdown()
 
 
 async def test_list_merges_writes_not_yet_committed(start: Start) -> None:

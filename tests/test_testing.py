@@ -429,7 +429,8 @@ async def test_an_error_in_the_block_comes_out_as_itself() -> None:
 
 async def test_it_takes_serves_options_but_host_and_port() -> None:
     with pytest.raises(
-        TypeError, match="got port; it takes serve's allowed_origins, default_room, demo_page"
+        TypeError,
+        match="got port; it takes serve's advertise, allowed_origins, cluster_secret, default_room",
     ):
         async with open_test_server(ChatRoom, port=8080):
             pass  # pragma: no cover

@@ -1,0 +1,307 @@
+"""This process as a member of a cluster on PostgreSQL: the Trio side.
+
+A server whose storage is a ``postgresql://`` URL is a cluster member (a node of one
+process, or one worker of ``--workers N``). Its :class:`Member`:
+
+* registers in the members table (a new incarnation) before it serves, and heartbeats
+  every lease/3 on the store's heartbeat connection, never behind a commit;
+* keeps its lease by this process's monotonic clock (``_core/lease.py``) and writes its
+  end into the room host (``Host.valid_until``), which every room compares with
+  ``trio.current_time()`` before each event. When the lease runs out (the heartbeats
+  failed, or the process was stopped) or the member was replaced, every room of this
+  process is fenced here at once: its outboxes dropped, its clients closed with 1012
+  "Room moved", no hook run, not even ``on_close``; until a heartbeat succeeds again,
+  new handshakes get 503 and no room is acquired;
+* acquires rooms for their actors (``Host.claim``): the store gives the room a new
+  epoch if nobody live owns it, in the same transaction as it reads the room's alarm,
+  which is then scheduled here; if another member owns it, the room is fenced here and
+  the directory cache learns the owner;
+* polls the alarms of rooms nobody live owns (every lease/2, those due within a
+  lease), acquires those placed in this worker and schedules them;
+* answers the front door's question, who owns a room (``locate``), from a small cache
+  of the directory (entries live a lease, and are dropped when a forward fails);
+* drains at shutdown: marks itself draining, lets the host shut down (1012, flush),
+  releases its rooms' claims, and leaves the members table, so that its rooms move at
+  once rather than after a lease.
+
+What the data's safety rests on is the fence in the store, not this: every write
+carries its room's epoch, checked in the same transaction. The lease only stops a
+stale process from serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Final
+
+import trio
+
+from ._core.lease import Heard, Lease
+from ._core.location import Located, Membership
+from ._host import Host
+from ._roomid import RoomId
+from .storage import AlarmWrite, Claim, ClusterStore, Owned
+
+__all__ = ["DIRECTORY_CACHE", "Member"]
+
+logger = logging.getLogger("roomkit.cluster")
+
+#: Rooms whose owner the directory cache remembers; past it, the oldest entry goes.
+DIRECTORY_CACHE: Final = 10_000
+
+
+class Member:
+    """This process in its cluster: its registration, its lease, the rooms it holds.
+
+    Args:
+      store: the cluster's store.
+      membership: this process's member id and its node's workers.
+      lease: seconds (``--lease``): how long the members table keeps this member live
+        after each heartbeat.
+
+    The room host it holds rooms for is given to :meth:`register`, since the host
+    acquires its rooms through :meth:`acquire`.
+    """
+
+    def __init__(self, store: ClusterStore, membership: Membership, lease: float) -> None:
+        self.membership: Final = membership
+        self.me: Final = membership.me
+        self._store = store
+        self._lease = Lease(lease)
+        self._host: Host | None = None
+        self._incarnation: int | None = None
+        self._renewed = trio.Event()
+        self._lapsed = False  # the lease ran out, and no heartbeat has renewed it yet
+        self._draining = False  # drain() was called: no room is acquired any more
+        self._scope = trio.CancelScope()  # run()'s, cancelled when the member leaves
+        # Rooms the orphan poll acquired, for the actor their alarm makes.
+        self._acquired: dict[RoomId, Claim] = {}
+        # The directory cache: a room's owner elsewhere, and until when it is trusted.
+        self._directory: dict[RoomId, tuple[Located, float]] = {}
+
+    @property
+    def _rooms(self) -> Host:
+        """The room host, once registered."""
+        assert self._host is not None, "a member holds rooms once registered"
+        return self._host
+
+    @property
+    def lease(self) -> float:
+        return self._lease.seconds
+
+    def valid(self) -> bool:
+        """Whether this process's lease runs now: it may serve and acquire rooms."""
+        return self._lease.valid(trio.current_time())
+
+    async def register(self, host: Host) -> None:
+        """Register in the members table (a new incarnation) to hold ``host``'s rooms;
+        valid from now on.
+
+        Raises:
+          Exception: whatever the store raises (PostgreSQL unreachable): the server
+            does not start.
+        """
+        self._host = host
+        sent = trio.current_time()
+        await self._register()
+        self._heard(sent, Heard.RENEWED)
+
+    async def _register(self) -> None:
+        self._incarnation = await self._store.register(
+            self.me, self.membership.advertise, self.lease
+        )
+        logger.debug(
+            "member %s registered (incarnation %d, lease %s s)",
+            self.me,
+            self._incarnation,
+            self.lease,
+        )
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Heartbeat, watch the lease and poll orphan alarms, until cancelled or
+        :meth:`leave`."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._watch)
+                nursery.start_soon(self._orphans)
+                task_status.started()
+
+    # The lease.
+
+    async def _heartbeats(self) -> None:
+        due = trio.current_time() + self._lease.interval
+        while True:
+            await trio.sleep_until(due)
+            sent = trio.current_time()
+            due = self._heard(sent, await self._beat())
+
+    async def _beat(self) -> Heard:
+        """One heartbeat (a registration, after the member was replaced); what it did.
+
+        It may take no longer than the lease: a heartbeat that hangs (PostgreSQL
+        unreachable) counts as failed, and the next one is tried.
+        """
+        incarnation = self._incarnation
+        with trio.move_on_after(self.lease):
+            try:
+                if incarnation is None:
+                    await self._register()
+                    return Heard.RENEWED
+                if await self._store.heartbeat(self.me, incarnation, self.lease):
+                    return Heard.RENEWED
+                logger.warning("member %s was replaced; registering again", self.me)
+                self._incarnation = None
+                return Heard.REPLACED
+            except Exception as exc:
+                logger.warning("member %s: heartbeat failed: %s", self.me, exc)
+        return Heard.FAILED
+
+    def _heard(self, sent: float, outcome: Heard) -> float:
+        due = self._lease.heard(sent, outcome)
+        self._rooms.valid_until = self._lease.until
+        if outcome is Heard.REPLACED:
+            self._lapse("replaced by another process of the same member id")
+        elif outcome is Heard.RENEWED:
+            if self._lapsed:
+                self._lapsed = False
+                logger.info("member %s: lease renewed; serving again", self.me)
+            self._renewed.set()
+        return due
+
+    async def _watch(self) -> None:
+        """Fence every room here as soon as the lease runs out, events or none."""
+        while True:
+            await trio.sleep_until(self._lease.until)
+            if self.valid():
+                continue  # renewed meanwhile: wait for the new end
+            self._lapse("lease ran out")
+            while not self.valid():
+                self._renewed = trio.Event()
+                await self._renewed.wait()
+
+    def _lapse(self, why: str) -> None:
+        """This process may own nothing now: fence every room, forget every claim."""
+        self._lapsed = True
+        rooms = self._rooms.fence_all()
+        logger.warning("member %s: %s; fenced %d rooms here", self.me, why, rooms)
+        self._acquired.clear()
+        self._directory.clear()
+
+    # Rooms.
+
+    async def acquire(self, room: RoomId) -> Claim | None:
+        """Acquire ``room`` for its actor: its claim, or None if it is not to be served
+        here (another member owns it, this lease ran out, or the store failed).
+
+        The room's stored alarm, if any, is scheduled here.
+        """
+        claim = self._acquired.pop(room, None)
+        if claim is not None:
+            return claim
+        if self._draining or not self.valid():
+            return None
+        try:
+            outcome = await self._store.acquire(room, self.me, lock_timeout=self.lease)
+        except Exception:
+            logger.exception("room %s: acquiring the room failed", room)
+            return None
+        if isinstance(outcome, Owned):
+            logger.info("room %s: owned by %s; not served here", room, outcome.member)
+            if not outcome.draining:  # a draining owner's room is free soon: ask again then
+                self._remember(room, Located(outcome.member, outcome.address, live=True))
+            return None
+        self._directory.pop(room, None)
+        if outcome.alarm is not None:
+            self._rooms.alarm_changed(room, outcome.alarm)
+        return outcome.claim
+
+    async def locate(self, room: RoomId) -> Located | None:
+        """The room's owner as the directory says (None: nobody ever, or released).
+
+        Raises:
+          Exception: whatever the store raises; the caller answers 503.
+        """
+        cached = self._directory.get(room)
+        if cached is not None:
+            located, until = cached
+            if trio.current_time() < until:
+                return located
+            del self._directory[room]
+        owner = await self._store.locate(room)
+        if owner is None:
+            return None
+        located = Located(owner.member, owner.address or "", owner.live)
+        if located.live and located.member != self.me:
+            self._remember(room, located)
+        return located
+
+    def forget(self, room: RoomId) -> None:
+        """Drop what the cache says of ``room``'s owner: reaching it failed."""
+        self._directory.pop(room, None)
+
+    def _remember(self, room: RoomId, located: Located) -> None:
+        directory = self._directory
+        directory.pop(room, None)
+        if len(directory) >= DIRECTORY_CACHE:
+            del directory[next(iter(directory))]
+        directory[room] = (located, trio.current_time() + self.lease)
+
+    async def _orphans(self) -> None:
+        """Every lease/2, acquire the rooms with an alarm due within a lease that nobody
+        live owns and that are placed in this worker, and schedule their alarms."""
+        while True:
+            await trio.sleep(self.lease / 2)
+            if self._draining or not self.valid():
+                continue
+            try:
+                orphans = await self._store.orphan_alarms(self.lease, member=self.me)
+            except Exception as exc:
+                logger.warning("member %s: polling orphan alarms failed: %s", self.me, exc)
+                continue
+            for room, due, retry in orphans:
+                await self._adopt_orphan(room, AlarmWrite(due, retry))
+
+    async def _adopt_orphan(self, room: RoomId, alarm: AlarmWrite) -> None:
+        workers = self.membership.workers
+        if workers is not None and not workers.owns(room):
+            return  # its worker of this node polls too
+        if room in self._acquired or self._rooms.holds(room):
+            return
+        claim = await self.acquire(room)
+        if claim is None:
+            return
+        self._acquired[room] = claim
+        if self._rooms.stored_alarm(room) is None:  # acquire scheduled it, unless it moved
+            self._rooms.alarm_changed(room, alarm)
+
+    # Drain.
+
+    async def drain(self) -> None:
+        """Mark this member draining: other members stop sending it clients, and may
+        acquire its rooms as their clients come. It acquires no room from now on."""
+        self._draining = True
+        if self._incarnation is None:
+            return
+        try:
+            await self._store.set_draining(self.me, self._incarnation)
+        except Exception as exc:
+            logger.warning("member %s: marking it draining failed: %s", self.me, exc)
+
+    async def leave(self, claims: Sequence[Claim]) -> None:
+        """Release ``claims`` (the rooms it held, flushed) and leave the members table;
+        the heartbeats stop first, so that none registers the member again."""
+        self._scope.cancel()
+        incarnation, self._incarnation = self._incarnation, None
+        self._rooms.valid_until = -math.inf
+        if incarnation is None:
+            return
+        try:
+            await self._store.release([*claims, *self._acquired.values()], self.me)
+            await self._store.leave(self.me, incarnation)
+        except Exception as exc:
+            logger.warning("member %s: leaving the cluster failed: %s", self.me, exc)
+        else:
+            logger.info("member %s: left the cluster", self.me)

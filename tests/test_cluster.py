@@ -1,0 +1,277 @@
+"""A cluster of ``roomkit serve`` nodes on one PostgreSQL, for real.
+
+Every test starts two or three real ``roomkit serve tests.clusterapp:Ledger --storage
+postgresql://...`` processes on 127.0.0.1 (port 0, each advertising its bound port), on
+a fresh database of the tests' PostgreSQL (``tests/pg.py``), with a short lease and a
+shared ``--cluster-secret``, and sends them real signals: kill -9, SIGSTOP and SIGCONT,
+SIGTERM. Clients are the ``websockets`` package's and roomkit's own. Waiting is polling
+with a generous bound from above; what is asserted is who serves a room and what it
+holds, in order, never how fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, TypeVar
+
+import attrs
+import psycopg
+import pytest
+import trio
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+import roomkit
+
+from .helpers import ROOT, call, roomkit_env
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="stops and kills processes"
+)
+
+LEDGER = "tests.clusterapp:Ledger"
+#: The nodes' lease, in seconds: short, so that takeovers are quick.
+LEASE = 1.0
+SECRET = "the tests' cluster secret"
+#: The most any wait below takes; a healthy machine needs a fraction of it.
+PATIENCE = 20.0
+
+T = TypeVar("T")
+
+
+@attrs.define
+class Node:
+    """A running ``roomkit serve`` node and what it wrote to stderr so far."""
+
+    process: subprocess.Popen[str]
+    port: int
+    lines: list[str]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, room: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/{room}"
+
+
+@contextmanager
+def node(database: str, *options: str, lease: float = LEASE) -> Iterator[Node]:
+    """``roomkit serve LEDGER`` as a member of the cluster on ``database``, once it
+    listens; killed on the way out, however the block ends."""
+    command = [sys.executable, "-m", "roomkit", "serve", LEDGER, "--port", "0"]
+    command += ["--storage", database, "--lease", str(lease), "--cluster-secret", SECRET]
+    command += ["--handshake-timeout", "2", *options]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=roomkit_env()
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    port = None
+    reader = threading.Thread(target=lines.extend, args=(process.stderr,), daemon=True)
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            if match := re.search(r"listening on ws://[^:]+:(\d+)", line):
+                port = int(match[1])
+                break
+        assert port is not None, f"the node did not start: {lines!r}"
+        reader.start()
+        yield Node(process, port, lines)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # a stopped one dies too
+            process.kill()
+        process.wait()
+        if reader.is_alive():
+            reader.join()
+        process.stderr.close()
+
+
+def eventually(attempt: Callable[[], T | None], what: str, within: float = PATIENCE) -> T:
+    """What ``attempt`` returns first that is not None, trying every 50 ms."""
+    deadline = time.monotonic() + within
+    while True:
+        result = attempt()
+        if result is not None:
+            return result
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        time.sleep(0.05)
+
+
+@contextmanager
+def client(url: str) -> Iterator[ClientConnection]:
+    """A ``websockets`` client of ``url``, retrying while the cluster answers 503 (a
+    room moving) or the node is not reachable."""
+
+    def attempt() -> ClientConnection | None:
+        try:
+            return connect(url, open_timeout=5)
+        except (InvalidStatus, OSError, TimeoutError) as exc:
+            if isinstance(exc, InvalidStatus):
+                assert exc.response.status_code == 503, exc
+            return None
+
+    ws = eventually(attempt, f"a handshake with {url}")
+    with ws:
+        yield ws
+
+
+def served_by(url: str) -> tuple[int, list[Any]]:
+    """The pid of the process that serves the room at ``url``, and its entries."""
+    with client(url) as ws:
+        return call(ws, "pid"), call(ws, "entries")
+
+
+def closed_with(ws: ClientConnection) -> int | None:
+    """The close code ``ws`` gets, reading whatever comes before it."""
+    try:
+        while True:
+            ws.recv(timeout=PATIENCE)
+    except ConnectionClosed as exc:
+        return None if exc.rcvd is None else exc.rcvd.code
+
+
+def stored(database: str, room: str) -> dict[str, Any]:
+    """The room's rows in the database, read directly."""
+    with psycopg.connect(database) as db:
+        rows = db.execute(
+            "SELECT key, value FROM roomkit.kv WHERE namespace = '' AND room = %s", (room,)
+        ).fetchall()
+    return {key: json.loads(value) for key, value in rows}
+
+
+def members(database: str) -> set[str]:
+    with psycopg.connect(database) as db:
+        return {member for (member,) in db.execute("SELECT member FROM roomkit.members")}
+
+
+def test_a_client_of_any_node_reaches_the_owners_room(postgres_url: str) -> None:
+    with ExitStack() as stack:
+        a, b, c = (stack.enter_context(node(postgres_url)) for _ in range(3))
+        with client(a.url("lobby")) as ws:
+            assert call(ws, "pid") == a.pid
+            assert call(ws, "append", value="via a") == 0
+        for other in (b, c):
+            with client(other.url("lobby")) as ws:
+                assert call(ws, "pid") == a.pid  # forwarded to the owner
+                host, port = ws.local_address[:2]
+                assert call(ws, "remote") == [host, port]  # the client's, not b's
+                call(ws, "append", value=f"via {other.port}")
+        assert served_by(c.url("lobby")) == (a.pid, ["via a", f"via {b.port}", f"via {c.port}"])
+        assert members(postgres_url) == {f"127.0.0.1:{n.port}" for n in (a, b, c)}
+
+
+def test_kill_9_of_the_owner_moves_its_room_to_another_node(postgres_url: str) -> None:
+    with node(postgres_url) as a, node(postgres_url) as b:
+        with client(a.url("lobby")) as ws:  # nobody owns it: a, where it is asked for
+            assert call(ws, "pid") == a.pid
+            call(ws, "append", value="before")
+        a.process.kill()
+        killed = time.monotonic()
+        a.process.wait()
+        assert served_by(b.url("lobby")) == (b.pid, ["before"])
+        print(f"failover after kill -9: {time.monotonic() - killed:.2f} s (lease {LEASE} s)")
+
+
+def test_a_stopped_owner_is_fenced_and_its_stale_write_never_lands(postgres_url: str) -> None:
+    with node(postgres_url) as a, node(postgres_url) as b:
+        with client(a.url("stopped")) as old:
+            assert call(old, "pid") == a.pid
+            assert call(old, "append", value="acked") == 0
+            os.kill(a.pid, signal.SIGSTOP)
+            old.send(json.dumps({"op": "append", "value": "stale"}))  # waits in a's socket
+            assert served_by(b.url("stopped")) == (b.pid, ["acked"])  # a's lease ran out
+            with client(b.url("stopped")) as new:
+                os.kill(a.pid, signal.SIGCONT)
+                assert closed_with(old) == 1012  # "Room moved": no answer to "stale"
+                assert call(new, "append", value="after") == 1
+        assert stored(postgres_url, "stopped")["count"] == 2
+        assert served_by(a.url("stopped")) == (b.pid, ["acked", "after"])  # a forwards to b
+    # a ran no hook for "stale", even the first event it handled once resumed.
+    assert "appending 'acked'\n" in a.lines
+    assert "appending 'stale'\n" not in a.lines
+    assert not any("Traceback" in line for line in a.lines + b.lines)
+
+
+def test_an_alarm_of_a_dead_owners_room_fires_on_another_node(postgres_url: str) -> None:
+    with node(postgres_url) as a, node(postgres_url) as b:
+        with client(a.url("alarmed")) as ws:
+            assert call(ws, "pid") == a.pid
+            call(ws, "set_alarm", delay=LEASE)
+        a.process.kill()
+        a.process.wait()
+        # Nobody connects to the room again: b's poll of orphan alarms finds it.
+        fired_by = eventually(
+            lambda: stored(postgres_url, "alarmed").get("fired_by"), "the alarm fired"
+        )
+        assert fired_by == b.pid
+
+
+def test_sigterm_drains_the_rooms_to_another_node_at_once(postgres_url: str) -> None:
+    # A lease far longer than the waits: the room can only move this soon if a's drain
+    # released it.
+    long = 60.0
+    with node(postgres_url, lease=long) as a, node(postgres_url, lease=long) as b:
+
+        async def main() -> tuple[int, int, list[Any]]:
+            async with roomkit.connect(b.url("drained")) as room:
+                await room.send(json.dumps({"op": "pid"}))
+                first = json.loads(await room.receive())["result"]
+                await room.send(json.dumps({"op": "append", "value": "kept"}))
+                await room.receive()
+                a.process.terminate()
+                with trio.fail_after(PATIENCE):  # the client comes back after the 1012
+                    await trio.to_thread.run_sync(a.process.wait)
+                    await room.send(json.dumps({"op": "pid"}))
+                    then = json.loads(await room.receive())["result"]
+                await room.send(json.dumps({"op": "entries"}))
+                return first, then, json.loads(await room.receive())["result"]
+
+        # Which node owns the room is the placement's business: make it a's.
+        with client(a.url("drained")) as ws:
+            assert call(ws, "pid") == a.pid
+        first, then, entries = trio.run(main)
+        assert (first, then, entries) == (a.pid, b.pid, ["kept"])
+        assert a.process.returncode == 0
+        assert members(postgres_url) == {f"127.0.0.1:{b.port}"}
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_forged_forwarded_header_gets_403(postgres_url: str, signed: bool) -> None:
+    sig = ";sig=" + "A" * 43 if signed else ""
+    header = f"roomkit-forwarded: for=203.0.113.7:4242;t={int(time.time())}{sig}"
+    with node(postgres_url) as a:
+        with socket.create_connection(("127.0.0.1", a.port), timeout=PATIENCE) as sock:
+            sock.sendall(
+                b"GET /lobby HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + header.encode() + b"\r\n\r\n"
+            )
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer
+
+
+def test_workers_of_a_node_are_members_of_the_cluster(postgres_url: str) -> None:
+    with node(postgres_url, "--workers", "2") as a, node(postgres_url) as b:
+        rooms = [f"room-{i}" for i in range(6)]
+        owners = {}
+        for room in rooms:  # each room through b first: b acquires none of them...
+            with client(a.url(room)) as ws:
+                owners[room] = call(ws, "pid")
+                call(ws, "append", value=room)
+        assert len(set(owners.values())) == 2  # both workers hold rooms
+        for room in rooms:  # ...and reaches each through a's workers
+            assert served_by(b.url(room)) == (owners[room], [room])
+        a_members = {f"127.0.0.1:{a.port}/0", f"127.0.0.1:{a.port}/1"}
+        assert members(postgres_url) == a_members | {f"127.0.0.1:{b.port}"}

@@ -1,0 +1,236 @@
+"""roomkit._cluster: one cluster member's lease, fencing, acquires and orphan alarms.
+
+The member runs in ``roomkit.testing``'s server over its in-memory transport, on
+``autojump_clock``, with a cluster store of its own (:class:`Directory`): the rooms'
+data in SQLite (in memory, no thread), the members and owners in dicts, PostgreSQL's
+clock Trio's. So the times asserted are exact. tests/test_cluster.py runs real nodes on
+a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import roomkit
+from roomkit.storage import (
+    Acquired,
+    AlarmWrite,
+    Changes,
+    Claim,
+    ClusterStore,
+    KeyRange,
+    Owned,
+    Owner,
+    RoomId,
+    SQLiteStore,
+    StoredAlarm,
+)
+from roomkit.storage._sqlite import SQLiteCore
+from roomkit.testing import open_test_server
+
+from .apps import KV
+
+LEASE = 3.0
+#: The lease by the member's clock after a heartbeat sent at t: t + LEASE - margin.
+VALID = LEASE * 0.9
+ROOM = RoomId("", "r")
+OTHER = RoomId("", "o")
+
+
+class Directory(ClusterStore):
+    """A cluster store in memory: SQLite for the data, dicts for the members and the
+    owners, Trio's clock as the database's. ``beating`` False fails every heartbeat."""
+
+    def __init__(self) -> None:
+        self.data = SQLiteStore(SQLiteCore(":memory:"), in_thread=False)
+        self.members: dict[str, tuple[int, float, bool]] = {}  # incarnation, expires, draining
+        self.owners: dict[RoomId, str | None] = {}
+        self.incarnations = 0
+        self.beating = True
+        self.released: list[Claim] = []
+        self.hidden: set[RoomId] = set()  # rooms whose owner locate does not show
+        self.epoch = time.time() - trio.current_time()
+        self.acquired: list[RoomId] = []  # every room asked for, in order
+
+    def live(self, member: str | None) -> bool:
+        row = self.members.get(member or "")
+        return row is not None and row[1] > trio.current_time() and not row[2]
+
+    async def register(self, member: str, address: str, lease: float) -> int:
+        self.incarnations += 1
+        self.members[member] = (self.incarnations, trio.current_time() + lease, False)
+        return self.incarnations
+
+    async def heartbeat(self, member: str, incarnation: int, lease: float) -> bool:
+        if not self.beating:
+            raise OSError("PostgreSQL is unreachable")
+        row = self.members.get(member)
+        if row is None or row[0] != incarnation:
+            return False
+        self.members[member] = (incarnation, trio.current_time() + lease, row[2])
+        return True
+
+    async def set_draining(self, member: str, incarnation: int) -> None:
+        number, expires, _ = self.members[member]
+        self.members[member] = (number, expires, True)
+
+    async def leave(self, member: str, incarnation: int) -> None:
+        del self.members[member]
+
+    async def acquire(self, room: RoomId, member: str, *, lock_timeout: float) -> Acquired | Owned:
+        self.acquired.append(room)
+        owner = self.owners.get(room)
+        row = self.members.get(owner or "")
+        if owner != member and row is not None and (self.live(owner) or row[2]):
+            return Owned(owner or "", "elsewhere:1", draining=row[2])
+        self.owners[room] = member
+        alarm = next((AlarmWrite(due, n) for r, due, n in await self.alarms() if r == room), None)
+        return Acquired(await self.data.claim(room, member), alarm)
+
+    async def release(self, claims: Sequence[Claim], member: str) -> None:
+        self.released.extend(claims)
+
+    async def locate(self, room: RoomId) -> Owner | None:
+        owner = None if room in self.hidden else self.owners.get(room)
+        return None if owner is None else Owner(owner, "elsewhere:1", self.live(owner))
+
+    async def orphan_alarms(
+        self, horizon: float, *, member: str | None = None
+    ) -> builtins.list[StoredAlarm]:
+        soon = self.epoch + trio.current_time() + horizon  # the test kit's wall clock
+        return [
+            (room, due, retry)
+            for room, due, retry in await self.alarms()
+            if due < soon and not self.live(self.owners.get(room))
+        ]
+
+    async def claim(self, room: RoomId, owner: str) -> Claim:
+        return await self.data.claim(room, owner)
+
+    async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
+        return await self.data.get_many(room, keys)
+
+    async def list(
+        self, room: RoomId, keys: KeyRange, *, reverse: bool, limit: int | None
+    ) -> builtins.list[tuple[str, str]]:
+        return await self.data.list(room, keys, reverse=reverse, limit=limit)
+
+    async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> builtins.list[Any]:
+        return await self.data.commit(batch)
+
+    async def alarms(self) -> builtins.list[StoredAlarm]:
+        return await self.data.alarms()
+
+    async def aclose(self) -> None:
+        await self.data.aclose()
+
+
+class Ledger(KV):
+    """KV that writes down each on_close, so that a test sees whether one ran."""
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        await self.storage.put("closed", code)
+
+
+async def put(client: Any, key: str, value: Any) -> None:
+    await client.send(json.dumps({"op": "put", "key": key, "value": value}))
+    assert await client.receive_json() == {"op": "put", "result": None}
+
+
+async def test_a_member_whose_heartbeats_fail_fences_its_rooms_when_its_lease_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    async with open_test_server(Ledger, storage=store, lease=LEASE) as server:
+        start = trio.current_time()
+        async with server.connect("/r") as client:
+            await put(client, "a", 1)
+            store.beating = False  # from the next heartbeat, at start + LEASE/3, on
+            assert await client.receive_close() == (1012, "Room moved")
+            # The last heartbeat that succeeded was the registration, sent at start.
+            assert trio.current_time() == pytest.approx(start + VALID)
+        with pytest.raises(roomkit.ClientClosed) as refused:
+            async with server.connect("/r"):
+                pass
+        assert refused.value.status == 503
+        store.beating = True
+        await trio.sleep(LEASE / 3)  # the next heartbeat renews the lease
+        async with server.connect("/r") as client:
+            await client.send('{"op": "get", "key": "closed"}')
+            # No on_close ran for the fenced connection; the room was acquired anew.
+            assert await client.receive_json() == {"op": "get", "result": None}
+        assert store.owners[ROOM] == next(iter(store.members))
+
+
+async def test_a_replaced_member_fences_at_once_and_registers_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    async with open_test_server(Ledger, storage=store, lease=LEASE) as server:
+        (me,) = store.members
+        async with server.connect("/r") as client:
+            await put(client, "a", 1)
+            await store.register(me, "elsewhere:1", LEASE)  # a restart took its id
+            assert await client.receive_close() == (1012, "Room moved")
+        assert store.incarnations == 3  # registered again after the next heartbeat
+        async with server.connect("/r") as client:
+            await client.send('{"op": "get", "key": "a"}')
+            assert await client.receive_json() == {"op": "get", "result": 1}
+
+
+async def test_an_acquire_lost_to_another_member_refuses_with_503_and_tells_the_cache(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    async with open_test_server(Ledger, storage=store, lease=LEASE) as server:
+        await store.register("other:1", "other:1", math.inf)
+        store.owners[ROOM] = "other:1"
+        store.hidden.add(ROOM)  # the directory did not show it yet: a race
+        with pytest.raises(roomkit.ClientClosed) as lost:
+            async with server.connect("/r"):
+                pass
+        assert (lost.value.status, lost.value.reason) == (
+            503,
+            "Service unavailable: the room moved",
+        )
+        store.hidden.clear()
+        with pytest.raises(roomkit.ClientClosed) as forwarded:
+            # Now to other:1, which the test transport cannot reach.
+            async with server.connect("/r"):
+                pass
+        assert (forwarded.value.status, forwarded.value.reason) == (503, "Service unavailable")
+
+
+async def test_an_orphan_alarm_is_acquired_within_a_lease_of_its_due_time_and_fires_here(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    due = time.time() + 100.0  # the test kit's wall clock starts at today's time
+    claim = await store.data.claim(ROOM, "dead:1")
+    store.owners[ROOM] = "dead:1"  # a member that is gone
+    theirs = await store.data.claim(OTHER, "other:1")
+    store.owners[OTHER] = "other:1"  # a member that lives on
+    await store.register("other:1", "other:1", math.inf)
+    await store.data.commit(
+        [(claim, Changes(alarm=AlarmWrite(due, 0))), (theirs, Changes(alarm=AlarmWrite(due, 0)))]
+    )
+    async with open_test_server(KV, storage=store, lease=LEASE) as server:
+        me = next(member for member in store.members if member != "other:1")
+        await trio.sleep(100.0 - LEASE - 1)
+        assert store.owners[ROOM] == "dead:1"  # not scheduled at start, nor polled yet
+        await trio.sleep(LEASE + 2)
+        assert store.owners[ROOM] == me  # the poll acquired it, before it was due
+        async with server.connect("/r") as client:
+            await client.send('{"op": "get", "key": "fired"}')
+            (fired,) = (await client.receive_json())["result"]
+            assert fired == {"at": pytest.approx(100.0, abs=0.01), "retry": 0}
+        assert OTHER not in store.acquired  # the live member's room: never, due or not
