@@ -40,6 +40,7 @@ import trio
 
 from ._core.lease import Heard, Lease
 from ._core.location import Located, Membership
+from ._errors import StorageError
 from ._host import Host
 from ._roomid import RoomId
 from .storage import AlarmWrite, Claim, ClusterStore, Owned
@@ -194,7 +195,8 @@ class Member:
 
     async def acquire(self, room: RoomId) -> Claim | None:
         """Acquire ``room`` for its actor: its claim, or None if it is not to be served
-        here (another member owns it, this lease ran out, or the store failed).
+        here (another member owns it, this lease ran out or the member drains, or the
+        store failed: the handshakes waiting get 503, and their clients come back).
 
         The room's stored alarm, if any, is scheduled here.
         """
@@ -205,8 +207,8 @@ class Member:
             return None
         try:
             outcome = await self._store.acquire(room, self.me, lock_timeout=self.lease)
-        except Exception:
-            logger.exception("room %s: acquiring the room failed", room)
+        except StorageError as exc:  # a lock held past the lease, PostgreSQL unreachable
+            logger.warning("room %s: acquiring the room failed: %s", room, exc)
             return None
         if isinstance(outcome, Owned):
             logger.info("room %s: owned by %s; not served here", room, outcome.member)

@@ -446,16 +446,7 @@ async def serve_on(
         if isinstance(store, ClusterStore):
             advertise = options["advertise"] or advertised(bound_host, bound_port)
             membership = Membership(advertise, None if worker is None else worker.placement)
-            member = Member(store, membership, options["lease"])
-            secret = (
-                None if options["cluster_secret"] is None else options["cluster_secret"].encode()
-            )
-            if secret is None:
-                logger.warning(
-                    "the cluster has no secret (--cluster-secret): rooms see the address of "
-                    "the node that forwarded a client, not the client's"
-                )
-            forwards = Forwards(secret, options["handshake_timeout"])
+            member, forwards, secret = _cluster_member(store, membership, options)
         host = Host(
             live,
             router,
@@ -538,6 +529,24 @@ async def _drain(
         if forwards is not None:
             nursery.start_soon(forwards.drain, seconds)
         await host.shutdown(code, seconds)
+
+
+def _cluster_member(
+    store: ClusterStore, membership: Membership, options: ServeOptions
+) -> tuple[Member, Forwards, bytes | None]:
+    """What a cluster member serves with: its membership, its forwarded connections to
+    other nodes, and the cluster's secret."""
+    text = options["cluster_secret"]
+    secret = None if text is None else text.encode()
+    if secret is None:
+        logger.warning(
+            "the cluster has no secret (--cluster-secret): rooms see the address of the "
+            "node that forwarded a client, not the client's"
+        )
+    # An owner that has not answered within a lease is stopped or dead, and about to lose
+    # its rooms: the client is better off retrying at once than waiting on it.
+    answer_timeout = min(options["handshake_timeout"], options["lease"])
+    return Member(store, membership, options["lease"]), Forwards(secret, answer_timeout), secret
 
 
 def advertised(host: str, port: int) -> str:

@@ -247,19 +247,19 @@ def test_sigterm_drains_the_rooms_to_another_node_at_once(postgres_url: str) -> 
         assert members(postgres_url) == {f"127.0.0.1:{b.port}"}
 
 
-@pytest.mark.parametrize("signed", [True, False])
-def test_a_forged_forwarded_header_gets_403(postgres_url: str, signed: bool) -> None:
-    sig = ";sig=" + "A" * 43 if signed else ""
-    header = f"roomkit-forwarded: for=203.0.113.7:4242;t={int(time.time())}{sig}"
+def test_a_forged_or_unsigned_forwarded_header_gets_403(postgres_url: str) -> None:
+    now = int(time.time())
     with node(postgres_url) as a:
-        with socket.create_connection(("127.0.0.1", a.port), timeout=PATIENCE) as sock:
-            sock.sendall(
-                b"GET /lobby HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + header.encode() + b"\r\n\r\n"
-            )
-            answer = sock.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 403 "), answer
+        for value in (f"for=203.0.113.7:4242;t={now};sig={'A' * 43}", f"for=1.2.3.4:5;t={now}"):
+            with socket.create_connection(("127.0.0.1", a.port), timeout=PATIENCE) as sock:
+                sock.sendall(
+                    b"GET /lobby HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"roomkit-forwarded: " + value.encode() + b"\r\n\r\n"
+                )
+                answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 403 "), (value, answer)
 
 
 def test_workers_of_a_node_are_members_of_the_cluster(postgres_url: str) -> None:
