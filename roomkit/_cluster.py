@@ -53,6 +53,14 @@ logger = logging.getLogger("roomkit.cluster")
 DIRECTORY_CACHE: Final = 10_000
 
 
+#: Why a heartbeat's answer fences every room.
+_FENCED_BECAUSE: Final = {
+    Heard.REPLACED: "replaced by another process of the same member id",
+    Heard.RENEWED: "lease ran out before its renewal came back",
+    Heard.FAILED: "lease ran out",
+}
+
+
 class Member:
     """This process in its cluster: its registration, its lease, the rooms it holds.
 
@@ -74,7 +82,6 @@ class Member:
         self._host: Host | None = None
         self._incarnation: int | None = None
         self._renewed = trio.Event()
-        self._lapsed = False  # the lease ran out, and no heartbeat has renewed it yet
         self._draining = False  # drain() was called: no room is acquired any more
         self._scope = trio.CancelScope()  # run()'s, cancelled when the member leaves
         # Rooms the orphan poll acquired, for the actor their alarm makes.
@@ -161,31 +168,30 @@ class Member:
         return Heard.FAILED
 
     def _heard(self, sent: float, outcome: Heard) -> float:
-        due = self._lease.heard(sent, outcome)
+        """Carry out what the heartbeat sent at ``sent`` came back with; when the next is
+        due."""
+        verdict = self._lease.heard(sent, trio.current_time(), outcome)
+        if verdict.fence:  # before the lease's new end is written: no event slips in
+            self._fence(_FENCED_BECAUSE[outcome])
         self._rooms.valid_until = self._lease.until
-        if outcome is Heard.REPLACED:
-            self._lapse("replaced by another process of the same member id")
-        elif outcome is Heard.RENEWED:
-            if self._lapsed:
-                self._lapsed = False
-                logger.info("member %s: lease renewed; serving again", self.me)
+        if verdict.resumed:
+            logger.info("member %s: lease renewed; serving again", self.me)
+        if outcome is Heard.RENEWED:
             self._renewed.set()
-        return due
+        return verdict.next
 
     async def _watch(self) -> None:
         """Fence every room here as soon as the lease runs out, events or none."""
         while True:
             await trio.sleep_until(self._lease.until)
-            if self.valid():
-                continue  # renewed meanwhile: wait for the new end
-            self._lapse("lease ran out")
-            while not self.valid():
+            if self._lease.expired(trio.current_time()):
+                self._fence("lease ran out")
+            if not self.valid():  # no lease (run out, or not registered): wait for one
                 self._renewed = trio.Event()
                 await self._renewed.wait()
 
-    def _lapse(self, why: str) -> None:
+    def _fence(self, why: str) -> None:
         """This process may own nothing now: fence every room, forget every claim."""
-        self._lapsed = True
         rooms = self._rooms.fence_all()
         logger.warning("member %s: %s; fenced %d rooms here", self.me, why, rooms)
         self._acquired.clear()

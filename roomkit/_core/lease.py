@@ -14,8 +14,13 @@ fraction of the lease (``MARGIN``). The data's safety does not rest on any of th
 every write is fenced by the room's epoch in the same transaction. The lease only keeps
 a stale process from serving reads and holding clients.
 
-:class:`Lease` is fed what the heartbeats did, with the time each was sent, and says
-whether the process is valid now, until when, and when the next heartbeat is due.
+:class:`Lease` is fed what the heartbeats did, with the time each was sent and the
+time its answer came, and says whether the process is valid now, until when, when the
+next heartbeat is due, and when the process must fence every room it holds: when the
+lease runs out (:meth:`Lease.expired`), when the member was replaced, and when a
+renewal comes back only after the lease it renews had run out. That last one matters:
+PostgreSQL may have let the row expire before the heartbeat reached it, another member
+may hold the rooms by now, and a process that simply carried on would serve them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Final
 
 import attrs
 
-__all__ = ["HEARTBEATS_PER_LEASE", "MARGIN", "Heard", "Lease"]
+__all__ = ["HEARTBEATS_PER_LEASE", "MARGIN", "Heard", "Lease", "Verdict"]
 
 #: Heartbeats per lease: two may fail (or be slow) before the lease runs out.
 HEARTBEATS_PER_LEASE: Final = 3
@@ -49,6 +54,24 @@ class Heard(enum.Enum):
     REPLACED = "replaced"
 
 
+@attrs.frozen
+class Verdict:
+    """What a heartbeat's answer leads to.
+
+    Attributes:
+      next: when the next heartbeat is due.
+      fence: whether every room this process holds must be fenced now, before it goes
+        on: the lease ran out before this answer (or the member was replaced), and the
+        rooms may be another member's already.
+      resumed: whether this renewal ends a time without a lease (after a fence), so
+        that the process serves again.
+    """
+
+    next: float
+    fence: bool = False
+    resumed: bool = False
+
+
 @attrs.define
 class Lease:
     """This process's lease: valid until ``until`` (monotonic seconds), renewed by
@@ -58,10 +81,14 @@ class Lease:
       seconds: the lease, as registered (``--lease``).
       until: the monotonic time up to which the process may handle events; ``-inf``
         until the first heartbeat (the registration) succeeds.
+      held: whether the process holds its rooms: from a renewal until a fence. False
+        before the registration, and from a fence until the next renewal.
     """
 
     seconds: float = attrs.field()
     until: float = -math.inf
+    held: bool = False
+    _registered: bool = attrs.field(default=False, init=False)  # heard a renewal once
 
     @seconds.validator
     def _positive(self, _: attrs.Attribute[float], value: float) -> None:
@@ -82,17 +109,29 @@ class Lease:
         """Whether the process may handle an event at ``now``."""
         return now < self.until
 
-    def heard(self, sent: float, outcome: Heard) -> float:
-        """Record what the heartbeat sent at ``sent`` came back with; return when the
-        next is due: an interval after ``sent``, or ``sent`` itself (at once) after
-        ``REPLACED``, when the next is a new registration.
+    def expired(self, now: float) -> bool:
+        """Whether the lease has run out at ``now`` on rooms still held: they are to be
+        fenced now (once: they are not held any more)."""
+        if self.held and now >= self.until:
+            self.held = False
+            return True
+        return False
 
-        A renewal never shortens the lease: a slow heartbeat that comes back after a
-        later one counts from its own, earlier, send time.
+    def heard(self, sent: float, now: float, outcome: Heard) -> Verdict:
+        """Record what the heartbeat sent at ``sent`` came back with at ``now``.
+
+        The next heartbeat is due an interval after ``sent``, or at ``sent`` itself (at
+        once) after ``REPLACED``, when the next is a new registration. A renewal never
+        shortens the lease: a slow heartbeat that comes back after a later one counts
+        from its own, earlier, send time.
         """
         if outcome is Heard.REPLACED:
-            self.until = -math.inf
-            return sent
-        if outcome is Heard.RENEWED:
-            self.until = max(self.until, sent + self.seconds - self.margin)
-        return sent + self.interval
+            fence, self.held, self.until = self.held, False, -math.inf
+            return Verdict(sent, fence=fence)
+        if outcome is Heard.FAILED:
+            return Verdict(sent + self.interval, fence=self.expired(now))
+        fence = self.expired(now)
+        resumed = not self.held and self._registered
+        self.held = self._registered = True
+        self.until = max(self.until, sent + self.seconds - self.margin)
+        return Verdict(sent + self.interval, fence=fence, resumed=resumed)
