@@ -45,12 +45,24 @@ from ._host import Host
 from ._roomid import RoomId
 from .storage import AlarmWrite, Claim, ClusterStore, Owned
 
-__all__ = ["DIRECTORY_CACHE", "Member"]
+__all__ = ["DIRECTORY_CACHE", "Member", "secret_bytes"]
 
 logger = logging.getLogger("roomkit.cluster")
 
 #: Rooms whose owner the directory cache remembers; past it, the oldest entry goes.
 DIRECTORY_CACHE: Final = 10_000
+
+
+def secret_bytes(secret: str | None) -> bytes | None:
+    """The cluster's secret (``cluster_secret``) as the forwarded header's HMAC key;
+    without one, a warning that owners will see the forwarding node's address."""
+    if secret is None:
+        logger.warning(
+            "the cluster has no secret (--cluster-secret): rooms see the address of the "
+            "node that forwarded a client, not the client's"
+        )
+        return None
+    return secret.encode()
 
 
 #: Why a heartbeat's answer fences every room.

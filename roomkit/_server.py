@@ -23,7 +23,6 @@ cancel whatever is left; flush the committer (at most ``FLUSH_TIMEOUT``); close 
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import socket
@@ -39,9 +38,9 @@ import trio
 from ._accept import accept_loop, read_request
 from ._actor import RoomActor
 from ._closecodes import CloseCode
-from ._cluster import Member
+from ._cluster import Member, secret_bytes
 from ._core.frontdoor import DEFAULT_ROOM, Page, Response, Router
-from ._core.location import Membership
+from ._core.location import Membership, advertised
 from ._exposition import CONTENT_TYPE, merged_exposition, metrics_page
 from ._forward import Forwards
 from ._gateway import Gateway
@@ -79,8 +78,6 @@ from ._wsurl import base_url
 from .storage import ClusterStore, Store, open_store
 
 __all__ = ["LEASE", "SERVE_OPTIONS", "ServeOptions", "Server", "serve", "serve_on"]
-
-logger = logging.getLogger("roomkit.server")
 
 #: A cluster's default lease, in seconds: a dead node's rooms move within it, and a
 #: node rides out two failed heartbeats (PostgreSQL restarting, a pause) before it
@@ -444,9 +441,14 @@ async def serve_on(
         handshake = partial(read_request, ssl_context, options["handshake_timeout"])
         member = forwards = secret = None
         if isinstance(store, ClusterStore):
-            advertise = options["advertise"] or advertised(bound_host, bound_port)
+            default = advertised(bound_host, bound_port, socket.gethostname())
+            advertise = options["advertise"] or default
             membership = Membership(advertise, None if worker is None else worker.placement)
-            member, forwards, secret = _cluster_member(store, membership, options)
+            secret = secret_bytes(options["cluster_secret"])
+            member = Member(store, membership, options["lease"])
+            # An owner that has not answered within a lease is stopped or dead, and about
+            # to lose its rooms: the client is better off retrying at once.
+            forwards = Forwards(secret, min(options["handshake_timeout"], options["lease"]))
         host = Host(
             live,
             router,
@@ -529,32 +531,6 @@ async def _drain(
         if forwards is not None:
             nursery.start_soon(forwards.drain, seconds)
         await host.shutdown(code, seconds)
-
-
-def _cluster_member(
-    store: ClusterStore, membership: Membership, options: ServeOptions
-) -> tuple[Member, Forwards, bytes | None]:
-    """What a cluster member serves with: its membership, its forwarded connections to
-    other nodes, and the cluster's secret."""
-    text = options["cluster_secret"]
-    secret = None if text is None else text.encode()
-    if secret is None:
-        logger.warning(
-            "the cluster has no secret (--cluster-secret): rooms see the address of the "
-            "node that forwarded a client, not the client's"
-        )
-    # An owner that has not answered within a lease is stopped or dead, and about to lose
-    # its rooms: the client is better off retrying at once than waiting on it.
-    answer_timeout = min(options["handshake_timeout"], options["lease"])
-    return Member(store, membership, options["lease"]), Forwards(secret, answer_timeout), secret
-
-
-def advertised(host: str, port: int) -> str:
-    """The ``HOST:PORT`` a cluster member listening on ``host`` advertises by default:
-    a wildcard host as this machine's name, an IPv6 host in brackets."""
-    if host in ("", "0.0.0.0", "::"):
-        host = socket.gethostname()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _merged_metrics(peers: Peers, local: Callable[[], Response]) -> Response:

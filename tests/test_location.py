@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from roomkit._core.handoff import HandTo
-from roomkit._core.location import ForwardTo, Located, Membership, ServeHere, Unavailable
+from roomkit._core.location import (
+    ForwardTo,
+    Located,
+    Membership,
+    ServeHere,
+    Unavailable,
+    advertised,
+)
 from roomkit._core.placement import Placement
 from roomkit._roomid import RoomId
 
@@ -91,3 +98,18 @@ def test_a_room_nobody_live_owns_goes_to_the_worker_the_placement_picks() -> Non
     assert worker(other).locate(ROOM, None, forwarded=False, handed=False) == HandTo(HOME)
     assert worker(other).locate(ROOM, None, forwarded=True, handed=False) == HandTo(HOME)
     assert worker(other).locate(ROOM, dead, forwarded=False, handed=True) == Unavailable()
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("10.0.0.1", "10.0.0.1:8080"),
+        ("0.0.0.0", "node-1:8080"),
+        ("::", "node-1:8080"),
+        ("", "node-1:8080"),
+        ("::1", "[::1]:8080"),
+        ("node-2.example", "node-2.example:8080"),
+    ],
+)
+def test_the_advertised_address_by_default_is_the_listening_one(host: str, expected: str) -> None:
+    assert advertised(host, 8080, "node-1") == expected

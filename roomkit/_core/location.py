@@ -25,13 +25,18 @@ the acquire decides (a race lost there sends the client on to the winner).
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 
 from .._roomid import RoomId
 from .handoff import HandTo
 from .placement import Placement
 
-__all__ = ["ForwardTo", "Located", "Membership", "ServeHere", "Unavailable"]
+__all__ = ["ForwardTo", "Located", "Membership", "ServeHere", "Unavailable", "advertised"]
+
+#: Listening hosts that are no address another machine can connect to.
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
 
 
 @attrs.frozen
@@ -67,6 +72,14 @@ class Unavailable:
 
 
 Decision = ServeHere | HandTo | ForwardTo | Unavailable
+
+
+def advertised(host: str, port: int, hostname: str) -> str:
+    """The ``HOST:PORT`` a member listening on ``host`` and ``port`` advertises when it
+    is not told: a wildcard host as ``hostname`` (the machine's name), an IPv6 host in
+    brackets."""
+    where = hostname if host in _WILDCARDS else host
+    return f"[{where}]:{port}" if ":" in where else f"{where}:{port}"
 
 
 @attrs.frozen
