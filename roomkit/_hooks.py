@@ -133,14 +133,23 @@ class HookRunner:
         outbox: Outbox[Transport] = []
         self.outbox, self.changes = outbox, changes  # changes made on the first write
         started = time.perf_counter()
+        instance = self.instance
         try:
-            await getattr(self.instance, hook)(*args)
+            await getattr(instance, hook)(*args)
         except Exception as exc:
             self.gate.drop(outbox)
             return exc
         finally:
             self._metrics.hook_ran(hook, time.perf_counter() - started)
             changes, self.outbox, self.changes = self.changes, None, None
+        if self.instance is not instance:
+            # The room was reset (or fenced) while the hook awaited: it ran on memory
+            # ahead of the store, after writes that never landed, so neither what it
+            # wrote nor what it sent may go out.
+            self.gate.drop(outbox)
+            if settle is not None:
+                settle(False)
+            return None
         self.finish(changes, outbox, settle)
         return None
 
@@ -284,7 +293,7 @@ class HookRunner:
             self.room,
             extra=self._members.log_fields(),
         )
-        self._drop_all()
+        self._drop_all(void=True)
         for conn in self._members.all_connections():
             conn.cut("storage_failure", CloseCode.INTERNAL_ERROR, "Storage failure")
 
@@ -323,14 +332,30 @@ class HookRunner:
         for conn in self._members.all_connections():
             conn.cut("fenced", CloseCode.SERVICE_RESTART, "Room moved")
 
-    def _drop_all(self) -> None:
+    def _drop_all(self, *, void: bool = False) -> None:
         """Drop every outbox in flight (refusing the handshakes that waited on them)
-        and the instance: the room's memory may be ahead of what the store holds."""
+        and the instance: the room's memory may be ahead of what the store holds.
+
+        With ``void``, the changes of those outboxes still queued for a later commit are
+        emptied as well, so that none of them lands: a hook after the failed one wrote
+        on top of what never landed (a counter's next value, a log's next entry), and
+        its write alone would leave a hole. Only from the committer's own callbacks,
+        when no commit is in flight that could be reading them.
+        """
         for pending in self.gate.fail():
+            if void and pending.changes is not None:
+                _void(pending.changes)
             if pending.settle is not None:
                 pending.settle(False)
         self.wake_settle()
         self.instance = None
+
+
+def _void(changes: Changes) -> None:
+    """Make ``changes`` write nothing (they are queued: the committer holds them)."""
+    changes.writes.clear()
+    changes.cleared = False
+    changes.alarm = None
 
 
 def _deliver(outboxes: Iterable[Outbox[Transport]]) -> None:

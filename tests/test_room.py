@@ -20,7 +20,7 @@ from roomkit._hooks import HookRunner
 from roomkit._roomid import RoomId
 from roomkit.storage import Changes, Claim, SQLiteStore, Store
 
-from .helpers import Start, expect_close, http, open_client
+from .helpers import Start, expect_close, http, open_client, read_until_close
 from .test_storage import GatedStore
 
 
@@ -328,6 +328,10 @@ class Fragile(roomkit.Room):
         elif message == "read, then raise":
             await self.storage.get("b")
             raise RuntimeError("raised after the reset")
+        elif message == "read, then write":
+            await self.storage.get("b")
+            await self.storage.put("c", 1)
+            conn.send("wrote c")
         else:
             conn.send(message)
 
@@ -347,6 +351,28 @@ async def test_a_hook_raising_after_its_room_was_reset_ends_that_room_only(
         await ws.send_message("hello")
         with trio.fail_after(5):
             assert await ws.get_message() == "hello"
+
+
+async def test_a_hook_returning_after_its_room_was_reset_writes_and_sends_nothing(
+    start: Start,
+) -> None:
+    class ResetOnce(ResetMidHook):
+        """Fails the first commit only: the later one would land."""
+
+        async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
+            if self.failed.is_set():
+                return await self.inner.commit(batch)
+            return await super().commit(batch)
+
+    store = ResetOnce(await SQLiteStore.open(":memory:"))
+    server = await start(Fragile, storage=store)
+    async with open_client(f"{server.url}/fragile") as ws:
+        await ws.send_message("write")
+        await ws.send_message("read, then write")  # reads across the reset, then writes
+        sent, close = await read_until_close(ws)
+        assert (sent, close.code, close.reason) == ([], 1011, "Storage failure")
+    claim = await store.inner.claim(RoomId("", "fragile"), "test")
+    assert await store.inner.get_many(claim.room, ["a", "c"]) == {}
 
 
 async def test_a_failure_handling_one_event_ends_what_it_was_about_only(

@@ -362,6 +362,39 @@ async def test_a_failed_commit_resets_the_room_and_sends_nothing(start: Start) -
         assert await Client(ws)("get", key="a") == 1
 
 
+async def test_after_a_failed_commit_no_later_write_of_its_room_lands(start: Start) -> None:
+    """The writes of the hooks after the failed one, queued behind its commit, are
+    dropped with their outboxes: each wrote on top of what never landed."""
+
+    class FailsHeld(GatedStore):
+        fail = False
+
+        async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
+            await self._open.wait()
+            if self.fail:
+                self.fail = False
+                raise OSError("disk full")
+            return await super().commit(batch)
+
+    store = FailsHeld(await SQLiteStore.open(":memory:"))
+    server = await start(KV, storage=store)
+    async with open_client(f"{server.url}/kv") as ws:
+        await Client(ws)("put", key="a", value=0)
+        store.hold()
+        store.fail = True
+        await ws.send_message(json.dumps({"op": "put", "key": "a", "value": 1}))
+        await trio.testing.wait_all_tasks_blocked()  # its commit waits in the store
+        await ws.send_message(json.dumps({"op": "put", "key": "b", "value": 2}))
+        await trio.testing.wait_all_tasks_blocked()  # queued behind it
+        store.release()
+        with pytest.raises(trio_websocket.ConnectionClosed) as info:
+            await receive_json(ws)
+        assert info.value.reason.code == 1011
+    async with open_client(f"{server.url}/kv") as ws:
+        assert await Client(ws)("get_many", keys=["a", "b"]) == {"a": 0}
+    assert len(store.batches) == 2  # the put of b was committed, as nothing
+
+
 async def test_a_full_disk_is_logged_as_such_and_resets_the_room(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
