@@ -1,0 +1,60 @@
+"""A three-node cluster under faults: the history its clients saw, checked.
+
+Real processes on 127.0.0.1 (``roomkit serve`` nodes with a 1.5 s lease), the
+throwaway PostgreSQL of tests/pg.py, and real signals: one of each fault of
+tests/historyrun.py (kill -9 of a room's owner, SIGSTOP past its lease, a PostgreSQL
+restart, a SIGTERM drain). tests/history.py gives the verdict. About 30 s;
+benchmarks/history.py is the long run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .history import Kind, Verdict
+from .historyrun import Plan, run, summary
+from .pg import PostgresServer
+
+#: Long enough that a busy 2-core machine does not miss a heartbeat's deadline.
+LEASE = 1.5
+#: Failover, from the fault (for PostgreSQL: from its being back) to the room's first
+#: acknowledged write: at most twice the lease. A kill or a stop takes the lease to run
+#: out, and a client half a lease to give up on its node (a forward to a stopped owner,
+#: up to a lease more); a drain takes the drain timeout (historyrun.NODE_DRAIN_TIMEOUT).
+FAILOVER = 2 * LEASE
+
+
+async def test_no_acknowledged_write_is_lost_and_one_activation_serves_at_a_time(
+    postgres: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
+    if not postgres.restartable:
+        pytest.skip("ROOMKIT_TEST_POSTGRES's server is never restarted: needs the throwaway one")
+    history = await run(Plan(lease=LEASE), postgres_url, postgres.restart, tmp_path)
+    history.dump(tmp_path / "history.jsonl")
+    verdict = history.verdict()
+    figures = summary(history, verdict)
+    assert [fault.kind for fault in history.faults] == ["kill", "stop", "postgres", "drain"]
+    assert all(fault.rooms for fault in history.faults), history.faults
+    assert verdict.acknowledged > 100, figures
+    slow = [f for f in verdict.failovers if f.seconds is None or f.seconds > FAILOVER]
+    assert slow == [], figures
+    if verdict.violations and _reset_lets_a_later_commit_land(verdict):
+        pytest.xfail(f"a reset after a failed commit lets a later write land: {tmp_path}")
+    assert verdict.violations == (), figures
+
+
+def _reset_lets_a_later_commit_land(verdict: Verdict) -> bool:
+    """Whether every violation is what a known bug of the runtime does, and no other.
+
+    When a room's commit fails (the first one after a PostgreSQL restart, on a
+    connection that died with it), the room resets, but a later hook's changes, already
+    with the committer, still land: the stored log has a hole where the failed write
+    was (``GAP``), and the next instance, which loads that log, gives out a seq already
+    taken, so its reads are no prefix of what is stored (``STALE_READ``). Reported
+    with issue 16; this test goes back to asserting no violation once it is fixed.
+    """
+    gapped = {v.room for v in verdict.of(Kind.GAP)}
+    kinds = {Kind.GAP, Kind.STALE_READ}
+    return bool(gapped) and all(v.kind in kinds and v.room in gapped for v in verdict.violations)
