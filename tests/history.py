@@ -306,26 +306,29 @@ def _blocks(log: list[Entry], flag: Flag) -> dict[str, int]:
 def _check_order(
     ops: list[Operation], at: Mapping[str, Entry], log: list[Entry], flag: Flag
 ) -> None:
-    """Writes stored in real-time order; reads see a prefix and all acknowledged before."""
+    """Writes stored in real-time order; reads see a prefix and all acknowledged before.
+
+    By positions in the stored log, not seqs: where a ``GAP`` is, they differ."""
+    position = {entry.op: index for index, entry in enumerate(log, 1)}
     acked = sorted(
-        (op.completed, at[op.id].seq, op.id)
+        (op.completed, position[op.id], op.id)
         for op in ops
         if op.kind is Op.WRITE and op.outcome is EventType.OK and op.id in at
     )
     times = [time for time, _, _ in acked]
-    highest: list[tuple[int, str]] = []  # highest[i]: the top seq among acked[: i + 1]
-    for _, seq, op_id in acked:
-        highest.append(max(highest[-1], (seq, op_id)) if highest else (seq, op_id))
+    highest: list[tuple[int, str]] = []  # highest[i]: the last position among acked[: i + 1]
+    for _, place, op_id in acked:
+        highest.append(max(highest[-1], (place, op_id)) if highest else (place, op_id))
 
     def before(time: float) -> tuple[int, str] | None:
-        """The highest seq acknowledged strictly before ``time``."""
+        """The last position of a write acknowledged strictly before ``time``."""
         count = bisect.bisect_left(times, time)
         return highest[count - 1] if count else None
 
     stored_ops = [entry.op for entry in log]
     for op in ops:
         prior = before(op.invoked)
-        if op.kind is Op.WRITE and op.id in at and prior and at[op.id].seq < prior[0]:
+        if op.kind is Op.WRITE and op.id in at and prior and position[op.id] < prior[0]:
             flag(Kind.ORDER, [prior[1], op.id], f"{op.id} invoked after {prior[1]} was acked")
         if op.outcome is not EventType.OK or not isinstance(op.reply, Seen):
             continue

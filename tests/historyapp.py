@@ -6,9 +6,11 @@ stored log into memory, as a room that keeps its state in memory does; so a stal
 instance answers from its own memory, and a split brain shows.
 
 * ``{"op": "write", "id": ID}`` appends the entry ``{"seq", "op": ID, "activation",
-  "member"}`` under the key ``log/{seq:08}`` and answers ``{"id": ID, "seq",
-  "activation"}``. The answer is sent from the hook, so the output gate holds it until
-  the entry is committed.
+  "member"}`` under the key ``log/{seq:08}``, ``seq`` one past the last entry's, and
+  answers ``{"id": ID, "seq", "activation"}``. The answer is sent from the hook, so the
+  output gate holds it until the entry is committed. (One past the last, not one past
+  the count: a hole in the stored log is then a ``GAP`` alone, and never makes a later
+  write overwrite an entry.)
 * ``{"op": "read", "id": ID}`` answers ``{"id": ID, "activation", "ops": [op ids of the
   log, in order]}``.
 
@@ -40,6 +42,8 @@ class History(roomkit.Room):
     #: The op ids of the log, once loaded: ``on_start`` loads it, and when that failed
     #: (PostgreSQL was down: the instance stays all the same), the next message does.
     log: list[str] | None = None
+    #: The last entry's seq.
+    seq = 0
 
     async def on_start(self) -> None:
         self.activation = secrets.token_hex(6)
@@ -51,17 +55,18 @@ class History(roomkit.Room):
         log = await self._loaded()
         reply: dict[str, Any] = {"id": command["id"], "activation": self.activation}
         if command["op"] == "write":
-            seq = len(log) + 1
+            seq = self.seq + 1
             entry = {"seq": seq, "op": command["id"], "activation": self.activation}
             await self.storage.put(log_key(seq), entry | {"member": self.member})
             log.append(command["id"])
-            reply["seq"] = seq
+            self.seq = reply["seq"] = seq
         else:
             reply["ops"] = log
         conn.send(json.dumps(reply))
 
     async def _loaded(self) -> list[str]:
         if self.log is None:
-            entries = await self.storage.list(prefix=LOG)
-            self.log = [entry["op"] for entry in entries.values()]
+            entries = list((await self.storage.list(prefix=LOG)).values())
+            self.log = [entry["op"] for entry in entries]
+            self.seq = entries[-1]["seq"] if entries else 0
         return self.log

@@ -136,18 +136,25 @@ class Node:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        """Start the node, and again whenever it exits before it serves (as a supervisor
+        would: a node that cannot reach PostgreSQL as it starts exits)."""
         env = roomkit_env() | {"ROOMKIT_ADVERTISE": self.address}
-        with self.log.open("ab") as log:
-            self.process = await trio.lowlevel.open_process(
-                self.argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
         with trio.move_on_after(START_TIMEOUT):
-            while not await self.healthy():
-                if self.process.returncode is not None:
-                    break
-                await trio.sleep(0.05)
-            else:
-                return
+            while True:
+                with self.log.open("ab") as log:
+                    self.process = await trio.lowlevel.open_process(
+                        self.argv,
+                        cwd=ROOT,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                    )
+                while self.process.returncode is None:
+                    if await self.healthy():
+                        return
+                    await trio.sleep(0.05)
+                await trio.sleep(0.2)
         raise RuntimeError(f"node {self.address} did not start: see {self.log}")
 
     async def healthy(self) -> bool:

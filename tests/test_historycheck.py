@@ -128,6 +128,13 @@ def test_seqs_that_skip_or_do_not_start_at_one_are_gaps() -> None:
     assert found(check(history, {ROOM: entries})) == [(Kind.GAP, ("w1",)), (Kind.GAP, ("w3",))]
 
 
+def test_a_gap_alone_is_no_stale_read() -> None:
+    entries = [Entry(1, "w1", "A", "n"), Entry(3, "w3", "B", "n")]
+    history = [*write("w1", 0, 1, "A", 1), *write("w3", 2, 3, "B", 3)]
+    history += read("r1", 4, 5, "B", "w1 w3")
+    assert found(check(history, {ROOM: entries})) == [(Kind.GAP, ("w3",))]
+
+
 def test_an_activation_that_writes_again_after_another_is_stale() -> None:
     history = [*info("w1", 0), *info("w2", 0), *info("w3", 0), *info("w4", 0)]
     log = stored(("w1", "A"), ("w2", "B"), ("w3", "A"), ("w4", "A"))
