@@ -507,12 +507,10 @@ async def serve_on(
                 with trio.CancelScope(shield=True):
                     if member is not None:
                         await member.drain()
-                    claims = host.claims()
+                    leave = None if member is None else partial(member.leave, host.claims())
                     await _drain(
-                        host, peers, forwards, server._close_code, options["drain_timeout"]
+                        host, peers, forwards, server._close_code, options["drain_timeout"], leave
                     )
-                    if member is not None:
-                        await member.leave(claims)
                 nursery.cancel_scope.cancel()  # the relays' and the forwards' nursery, if any
     finally:
         if store is not storage:
@@ -521,16 +519,28 @@ async def serve_on(
 
 
 async def _drain(
-    host: Host, peers: Peers | None, forwards: Forwards | None, code: CloseCode, seconds: float
+    host: Host,
+    peers: Peers | None,
+    forwards: Forwards | None,
+    code: CloseCode,
+    seconds: float,
+    leave: Callable[[], Awaitable[None]] | None,
 ) -> None:
-    """Shut the room host down; meanwhile, let the relays and the forwarded connections
-    (if any) carry their owners' closes until they end, for ``seconds`` at most."""
+    """Shut the room host down, then ``leave`` the cluster (release the rooms, flushed);
+    meanwhile, let the relays and the forwarded connections (if any) carry their owners'
+    closes until they end, for ``seconds`` at most.
+
+    The release does not wait for the forwarded connections: their rooms live on other
+    nodes, and their clients have no reason to leave, so waiting for them kept this
+    node's rooms from moving (503) for the whole drain timeout."""
     async with trio.open_nursery() as nursery:
         if peers is not None:
             nursery.start_soon(peers.drain, seconds)
         if forwards is not None:
             nursery.start_soon(forwards.drain, seconds)
         await host.shutdown(code, seconds)
+        if leave is not None:
+            await leave()
 
 
 async def _merged_metrics(peers: Peers, local: Callable[[], Response]) -> Response:

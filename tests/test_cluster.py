@@ -246,29 +246,39 @@ def test_a_stopped_owner_is_fenced_and_its_stale_write_never_lands(postgres_url:
 
 def test_sigterm_drains_the_rooms_to_another_node_at_once(postgres_url: str) -> None:
     # A lease far longer than the waits: the room can only move this soon if a's drain
-    # released it.
+    # released it. And a drain timeout far longer too, with a connection that a splices
+    # to b open throughout: its client has no reason to leave, and the release must not
+    # wait for it.
     long = 60.0
-    with node(postgres_url, lease=long) as a, node(postgres_url, lease=long) as b:
+    drain = ("--drain-timeout", "30")
+    with node(postgres_url, *drain, lease=long) as a, node(postgres_url, lease=long) as b:
 
         async def main() -> tuple[int, int, list[Any]]:
-            async with roomkit.connect(b.url("drained")) as room:
+            opened = trio.Event()  # replaced below: then its open is the one after a's 1012
+            async with roomkit.connect(b.url("drained"), on_open=lambda _: opened.set()) as room:
                 await room.send(json.dumps({"op": "pid"}))
                 first = json.loads(await room.receive())["result"]
                 await room.send(json.dumps({"op": "append", "value": "kept"}))
                 await room.receive()
+                opened = trio.Event()
                 a.process.terminate()
-                with trio.fail_after(PATIENCE):  # the client comes back after the 1012
-                    await trio.to_thread.run_sync(a.process.wait)
+                with trio.fail_after(PATIENCE / 2):
+                    await opened.wait()
                     await room.send(json.dumps({"op": "pid"}))
                     then = json.loads(await room.receive())["result"]
-                await room.send(json.dumps({"op": "entries"}))
-                return first, then, json.loads(await room.receive())["result"]
+                    await room.send(json.dumps({"op": "entries"}))
+                    return first, then, json.loads(await room.receive())["result"]
 
-        # Which node owns the room is the placement's business: make it a's.
+        # Which node owns a room is the placement's business: make "drained" a's and
+        # "elsewhere" b's.
         with client(a.url("drained")) as ws:
             assert call(ws, "pid") == a.pid
-        first, then, entries = trio.run(main)
-        assert (first, then, entries) == (a.pid, b.pid, ["kept"])
+        with client(b.url("elsewhere")) as at_b, client(a.url("elsewhere")) as through_a:
+            assert call(at_b, "pid") == call(through_a, "pid") == b.pid
+            first, then, entries = trio.run(main)
+            assert (first, then, entries) == (a.pid, b.pid, ["kept"])
+            assert call(through_a, "pid") == b.pid  # still spliced while a drains
+        a.process.wait(timeout=PATIENCE)
         assert a.process.returncode == 0
         assert members(postgres_url) == {f"127.0.0.1:{b.port}"}
 
