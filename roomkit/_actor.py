@@ -366,7 +366,7 @@ class RoomActor:
             self._send = self._receive = None
         else:  # the room is gone: senders find the channel closed
             receive.close()
-            self._host.room_gone(self.room)
+            self._host.room_gone(self.room, ended=self.claim)
             assert self._nursery is not None  # the loop runs in it
             trio.lowlevel.reschedule(self._nursery.parent_task)  # the room's task returns
         self._wake_waiters()

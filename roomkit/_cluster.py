@@ -18,6 +18,11 @@ process, or one worker of ``--workers N``). Its :class:`Member`:
   the directory cache learns the owner;
 * polls the alarms of rooms nobody live owns (every lease/2, those due within a
   lease), acquires those placed in this worker and schedules them;
+* releases the room of each actor that ends here (the host calls
+  :meth:`Member.release`): the next client's node acquires it, so that behind a
+  balancer that hashes on the room, rooms follow the balancer rather than stay where
+  they first started. In the background, never in the room's way, one round trip for
+  every room that ended meanwhile;
 * answers the front door's question, who owns a room (``locate``), from a small cache
   of the directory (entries live a lease, and are dropped when a forward fails);
 * drains at shutdown: marks itself draining, lets the host shut down (1012, flush),
@@ -43,7 +48,7 @@ from ._core.location import Located, Membership
 from ._errors import StorageError
 from ._host import Host
 from ._roomid import RoomId
-from .storage import AlarmWrite, Claim, ClusterStore, Owned
+from .storage import Acquired, AlarmWrite, Claim, ClusterStore, Owned
 
 __all__ = ["DIRECTORY_CACHE", "Member", "secret_bytes"]
 
@@ -98,6 +103,9 @@ class Member:
         self._scope = trio.CancelScope()  # run()'s, cancelled when the member leaves
         # Rooms the orphan poll acquired, for the actor their alarm makes.
         self._acquired: dict[RoomId, Claim] = {}
+        # The claims of rooms that ended here, to release; and the releaser's wake-up.
+        self._releasing: dict[RoomId, Claim] = {}
+        self._ended = trio.Event()
         # The directory cache: a room's owner elsewhere, and until when it is trusted.
         self._directory: dict[RoomId, tuple[Located, float]] = {}
 
@@ -147,6 +155,7 @@ class Member:
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._watch)
                 nursery.start_soon(self._orphans)
+                nursery.start_soon(self._releases)
                 task_status.started()
 
     # The lease.
@@ -221,6 +230,10 @@ class Member:
         claim = self._acquired.pop(room, None)
         if claim is not None:
             return claim
+        acquired = await self._acquire(room)
+        return None if acquired is None else acquired.claim
+
+    async def _acquire(self, room: RoomId) -> Acquired | None:
         if self._draining or not self.valid():
             return None
         try:
@@ -236,7 +249,57 @@ class Member:
         self._directory.pop(room, None)
         if outcome.alarm is not None:
             self._rooms.alarm_changed(room, outcome.alarm)
-        return outcome.claim
+        return outcome
+
+    def release(self, claim: Claim) -> None:
+        """The room of ``claim`` ended here (no connection, nothing pending): give it up
+        in the directory, so that whichever node its next client reaches acquires it,
+        instead of forwarding the client here for as long as this member lives.
+
+        Never waits: the release goes out in the background (:meth:`_releases`). A new
+        actor of the room may acquire it here meanwhile: the release is conditional on
+        the claim's epoch, which that acquire moved on, so it then changes nothing.
+
+        A room whose alarm is due within a lease keeps its claim, for the actor its
+        alarm makes here on time (as the orphan poll's rooms do). One with a later alarm
+        forgets it here: whoever acquires the room next schedules it, the orphan poll of
+        any member (this one too) within a lease of its due time, so that the alarm runs
+        once, in the room's owner, and on time. While the member drains nothing is
+        released here: the drain releases every room.
+        """
+        if self._draining:
+            return
+        room = claim.room
+        alarm = self._rooms.stored_alarm(room)
+        if alarm is not None and alarm.due is not None:
+            if alarm.due < self._rooms.wall_time() + self.lease:
+                self._acquired[room] = claim
+                return
+            self._rooms.alarm_changed(room, AlarmWrite(None))
+        self._releasing[room] = claim
+        self._ended.set()
+
+    async def _releases(self) -> None:
+        """Release the rooms that ended here, all those pending in one round trip.
+
+        A release that fails (PostgreSQL unreachable) is given up: the rooms stay this
+        live member's, as they would without it, and are acquired here again (or their
+        clients forwarded here) until it leaves or its lease runs out.
+        """
+        while True:
+            await self._ended.wait()
+            self._ended = trio.Event()
+            claims = list(self._releasing.values())
+            self._releasing.clear()
+            try:
+                await self._store.release(claims, self.me)
+            except Exception as exc:
+                logger.warning(
+                    "member %s: releasing %d rooms that ended failed: %s",
+                    self.me,
+                    len(claims),
+                    exc,
+                )
 
     async def locate(self, room: RoomId) -> Located | None:
         """The room's owner as the directory says (None: nobody ever, or released).
@@ -281,21 +344,24 @@ class Member:
             except Exception as exc:
                 logger.warning("member %s: polling orphan alarms failed: %s", self.me, exc)
                 continue
-            for room, due, retry in orphans:
-                await self._adopt_orphan(room, AlarmWrite(due, retry))
+            for room, _, _ in orphans:
+                await self._adopt_orphan(room)
 
-    async def _adopt_orphan(self, room: RoomId, alarm: AlarmWrite) -> None:
+    async def _adopt_orphan(self, room: RoomId) -> None:
         workers = self.membership.workers
         if workers is not None and not workers.owns(room):
             return  # its worker of this node polls too
         if room in self._acquired or self._rooms.holds(room):
             return
-        claim = await self.acquire(room)
-        if claim is None:
+        acquired = await self._acquire(room)  # which schedules the alarm it finds stored
+        if acquired is None:
             return
-        self._acquired[room] = claim
-        if self._rooms.stored_alarm(room) is None:  # acquire scheduled it, unless it moved
-            self._rooms.alarm_changed(room, alarm)
+        if acquired.alarm is None:
+            # It fired (or was deleted) since the poll, in a member that has released
+            # the room since: nothing to run, and the polled alarm must not run twice.
+            self.release(acquired.claim)
+            return
+        self._acquired[room] = acquired.claim
 
     # Drain.
 
@@ -319,7 +385,8 @@ class Member:
         if incarnation is None:
             return
         try:
-            await self._store.release([*claims, *self._acquired.values()], self.me)
+            held = [*claims, *self._acquired.values(), *self._releasing.values()]
+            await self._store.release(held, self.me)
             await self._store.leave(self.me, incarnation)
         except Exception as exc:
             logger.warning("member %s: leaving the cluster failed: %s", self.me, exc)

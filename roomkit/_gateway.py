@@ -8,7 +8,8 @@ room that lives in another worker is handed to that worker (``_handoff.py``), wh
 gateway carries on with it where this one left off (:meth:`Gateway.adopt`).
 
 In a cluster (``storage="postgresql://..."``), the room is located after the route:
-served here if this process holds it or nobody live does (``_core/location.py``),
+served here if this process holds it or nobody live does (unless another node
+forwarded it: its directory was stale, and the room is as free for it; ``_core/location.py``),
 handed to the sibling worker that owns it, or forwarded to the node that owns it
 (``_forward.py``); 503 while this process's lease has run out, or when the owner cannot
 be reached. A handshake another node forwarded carries a signed ``roomkit-forwarded``

@@ -93,6 +93,9 @@ class Host:
       acquire: in a cluster, the member's acquire (``Member.acquire``), which each room
         claims itself with; no stored alarm is scheduled at start then, since acquiring
         a room (its handshake's, or an orphan alarm's) schedules its alarm.
+      release: in a cluster, the member's release (``Member.release``), told of the
+        claim of each room that ends, so that the next client's node acquires it; not
+        during shutdown, whose drain releases every room at once.
 
     Without ``acquire``, each room claims itself in the store as ``"<host name>:<pid>"``
     when its actor starts (see ``Store.claim``).
@@ -110,12 +113,14 @@ class Host:
         on_unhandled: Callable[[Exception], None] | None = None,
         owns: Callable[[RoomId], bool] | None = None,
         acquire: Callable[[RoomId], Awaitable[Claim | None]] | None = None,
+        release: Callable[[Claim], None] | None = None,
     ) -> None:
         self.wall_time: Final = wall_time
         self.jitter: Final = jitter
         self._on_unhandled = on_unhandled
         self._owns = owns
         self._acquire = acquire
+        self._release = release
         #: Until when (Trio's clock) this process may handle events: its member's lease.
         self.valid_until = math.inf
         #: Who this process is, as the store records a room's owner.
@@ -257,8 +262,10 @@ class Host:
         if self._on_unhandled is not None:
             self._on_unhandled(error)
 
-    def room_gone(self, room: RoomId) -> None:
+    def room_gone(self, room: RoomId, ended: Claim | None = None) -> None:
         del self._rooms[room]
+        if ended is not None and self._release is not None and not self._closing:
+            self._release(ended)
         self._scheduler.cancel(("sweep", room))
         self._room_gone.set()
 

@@ -48,8 +48,12 @@ class RoomHost(Protocol):
 
     def cancel_timer(self, key: TimerKey) -> None: ...
 
-    def room_gone(self, room: RoomId) -> None:
-        """``room`` has ended, or was cancelled: it leaves the server's registry."""
+    def room_gone(self, room: RoomId, ended: Claim | None = None) -> None:
+        """``room`` has ended, or was cancelled: it leaves the server's registry.
+
+        ``ended`` is the claim of a room that ended with nothing pending (no
+        connection, no event, its commits durable), which a cluster member releases;
+        None for a room cancelled, fenced, or never claimed."""
 
     def wall_time(self) -> float:
         """Seconds since the epoch, as alarms are stored: ``time.time()`` in a server,

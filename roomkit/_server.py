@@ -460,6 +460,7 @@ async def serve_on(
             on_unhandled=on_unhandled,
             owns=None if worker is None else worker.placement.owns,
             acquire=None if member is None else member.acquire,
+            release=None if member is None else member.release,
         )
         gateway = Gateway(
             host,

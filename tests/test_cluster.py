@@ -176,6 +176,20 @@ def handshake(port: int, header: str) -> bytes:
         return sock.recv(4096)
 
 
+def owner_of(database: str, room: str) -> str | None:
+    """The room's owner as the directory has it (None: released, or never claimed)."""
+    with psycopg.connect(database) as db:
+        row = db.execute(
+            "SELECT owner FROM roomkit.rooms WHERE namespace = '' AND room = %s", (room,)
+        ).fetchone()
+    return None if row is None else row[0]
+
+
+def released(database: str, room: str) -> bool | None:
+    """True once the room has no owner in the directory (None until then)."""
+    return True if owner_of(database, room) is None else None
+
+
 def members(database: str) -> set[str]:
     with psycopg.connect(database) as db:
         return {member for (member,) in db.execute("SELECT member FROM roomkit.members")}
@@ -186,21 +200,45 @@ def test_a_client_of_any_node_reaches_the_owners_room_with_its_own_address(
 ) -> None:
     with ExitStack() as stack:
         a, b, c = (stack.enter_context(node(postgres_url)) for _ in range(3))
-        with client(a.url("lobby")) as ws:
-            assert call(ws, "pid") == a.pid
-            assert call(ws, "append", value="via a") == 0
-        for other in (b, c):
-            with client(other.url("lobby")) as ws:
-                assert call(ws, "pid") == a.pid  # forwarded to the owner
-                host, port = ws.local_address[:2]
-                assert call(ws, "remote") == [host, port]  # the client's, not b's
-                call(ws, "append", value=f"via {other.port}")
-        assert served_by(c.url("lobby")) == (a.pid, ["via a", f"via {b.port}", f"via {c.port}"])
+        with client(a.url("lobby")) as held:  # the room lives in a while a client is there
+            assert call(held, "pid") == a.pid
+            assert call(held, "append", value="via a") == 0
+            for other in (b, c):
+                with client(other.url("lobby")) as ws:
+                    assert call(ws, "pid") == a.pid  # forwarded to the owner
+                    host, port = ws.local_address[:2]
+                    assert call(ws, "remote") == [host, port]  # the client's, not b's
+                    call(ws, "append", value=f"via {other.port}")
+            entries = ["via a", f"via {b.port}", f"via {c.port}"]
+            assert served_by(c.url("lobby")) == (a.pid, entries)
         assert members(postgres_url) == {f"127.0.0.1:{n.port}" for n in (a, b, c)}
         # Only a node can vouch for a client's address: a client's own header is refused.
         now = int(time.time())
         for value in (f"for=203.0.113.7:4242;t={now};sig={'A' * 43}", f"for=1.2.3.4:5;t={now}"):
             assert handshake(a.port, f"roomkit-forwarded: {value}").startswith(b"HTTP/1.1 403 ")
+
+
+def test_a_room_whose_clients_all_left_starts_again_on_the_node_its_next_client_reaches(
+    postgres_url: str,
+) -> None:
+    # A lease far longer than the test: b's directory cache of "cached" outlives the
+    # room's first life in a, and yet b serves it next.
+    long = 60.0
+    with node(postgres_url, lease=long) as a, node(postgres_url, lease=long) as b:
+        for room in ("direct", "cached"):
+            with client(a.url(room)) as ws:
+                assert call(ws, "pid") == a.pid
+                call(ws, "append", value="in a")
+                if room == "cached":  # b forwards a client to a, and remembers a
+                    assert served_by(b.url(room)) == (a.pid, ["in a"])
+        for room in ("direct", "cached"):  # everyone left: a released the rooms
+            eventually(partial(released, postgres_url, room), f"a release of {room}")
+        # b serves both itself: "cached" after one 503 from a (b's entry was stale),
+        # which the client retries.
+        for room in ("direct", "cached"):
+            with client(b.url(room)) as ws:
+                assert (call(ws, "pid"), call(ws, "entries")) == (b.pid, ["in a"])
+                assert owner_of(postgres_url, room) == f"127.0.0.1:{b.port}"
 
 
 def test_kill_9_of_the_owner_moves_its_rooms_and_their_alarms_to_another_node(
@@ -236,8 +274,9 @@ def test_a_stopped_owner_is_fenced_and_its_stale_write_never_lands(postgres_url:
                 os.kill(a.pid, signal.SIGCONT)
                 assert closed_with(old) == 1012  # "Room moved": no answer to "stale"
                 assert call(new, "append", value="after") == 1
+                # a forwards to b, while b holds the room
+                assert served_by(a.url("stopped")) == (b.pid, ["acked", "after"])
         assert stored(postgres_url, "stopped")["count"] == 2
-        assert served_by(a.url("stopped")) == (b.pid, ["acked", "after"])  # a forwards to b
     # a ran no hook for "stale", even the first event it handled once resumed.
     assert "appending 'acked'\n" in a.lines
     assert "appending 'stale'\n" not in a.lines
@@ -270,14 +309,14 @@ def test_sigterm_drains_the_rooms_to_another_node_at_once(postgres_url: str) -> 
                     return first, then, json.loads(await room.receive())["result"]
 
         # Which node owns a room is the placement's business: make "drained" a's and
-        # "elsewhere" b's.
-        with client(a.url("drained")) as ws:
+        # "elsewhere" b's, each kept there by a client of its own (a's drain closes its).
+        with client(a.url("drained")) as ws, client(b.url("elsewhere")) as at_b:
             assert call(ws, "pid") == a.pid
-        with client(b.url("elsewhere")) as at_b, client(a.url("elsewhere")) as through_a:
-            assert call(at_b, "pid") == call(through_a, "pid") == b.pid
-            first, then, entries = trio.run(main)
-            assert (first, then, entries) == (a.pid, b.pid, ["kept"])
-            assert call(through_a, "pid") == b.pid  # still spliced while a drains
+            with client(a.url("elsewhere")) as through_a:
+                assert call(at_b, "pid") == call(through_a, "pid") == b.pid
+                first, then, entries = trio.run(main)
+                assert (first, then, entries) == (a.pid, b.pid, ["kept"])
+                assert call(through_a, "pid") == b.pid  # still spliced while a drains
         a.process.wait(timeout=PATIENCE)
         assert a.process.returncode == 0
         assert members(postgres_url) == {f"127.0.0.1:{b.port}"}
@@ -294,8 +333,8 @@ def test_after_a_postgresql_restart_the_nodes_serve_on_with_every_acknowledged_w
             postgres.restart()
             # The client may have been closed (a commit failed: 1011; or a's lease ran out
             # while PostgreSQL was away: 1012); either way, the room comes back.
-        owner = eventually(partial(append, b.url("lobby"), "after"), "an append after it")
-        assert served_by(a.url("lobby")) == (owner, ["before", "after"])
+        eventually(partial(append, b.url("lobby"), "after"), "an append after it")
+        assert served_by(a.url("lobby"))[1] == ["before", "after"]
         assert a.process.poll() is None and b.process.poll() is None
 
 
@@ -303,12 +342,13 @@ def test_workers_of_a_node_are_members_of_the_cluster(postgres_url: str) -> None
     with node(postgres_url, "--workers", "2") as a, node(postgres_url) as b:
         rooms = [f"room-{i}" for i in range(6)]
         owners = {}
-        for room in rooms:  # each room through b first: b acquires none of them...
-            with client(a.url(room)) as ws:
+        with ExitStack() as held:
+            for room in rooms:  # each room through a first (held there by its client)...
+                ws = held.enter_context(client(a.url(room)))
                 owners[room] = call(ws, "pid")
                 call(ws, "append", value=room)
-        assert len(set(owners.values())) == 2  # both workers hold rooms
-        for room in rooms:  # ...and reaches each through a's workers
-            assert served_by(b.url(room)) == (owners[room], [room])
+            assert len(set(owners.values())) == 2  # both workers hold rooms
+            for room in rooms:  # ...and b reaches each through a's workers
+                assert served_by(b.url(room)) == (owners[room], [room])
         a_members = {f"127.0.0.1:{a.port}/0", f"127.0.0.1:{a.port}/1"}
         assert members(postgres_url) == a_members | {f"127.0.0.1:{b.port}"}

@@ -48,7 +48,8 @@ OTHER = RoomId("", "o")
 
 class Directory(ClusterStore):
     """A cluster store in memory: SQLite for the data, dicts for the members and the
-    owners, Trio's clock as the database's. ``beating`` False fails every heartbeat."""
+    owners, Trio's clock as the database's. ``beating`` False fails every heartbeat;
+    ``releases`` False fails every release, and a ``gate`` holds each until it is set."""
 
     def __init__(self) -> None:
         self.data = SQLiteStore(SQLiteCore(":memory:"), in_thread=False)
@@ -56,7 +57,10 @@ class Directory(ClusterStore):
         self.owners: dict[RoomId, str | None] = {}
         self.incarnations = 0
         self.beating = True
-        self.released: list[Claim] = []
+        self.released: list[Claim] = []  # every claim asked to be released, in order
+        self.releases = True
+        self.gate: trio.Event | None = None
+        self.epochs: dict[RoomId, int] = {}
         self.hidden: set[RoomId] = set()  # rooms whose owner locate does not show
         self.epoch = time.time() - trio.current_time()
         self.acquired: list[RoomId] = []  # every room asked for, in order
@@ -94,10 +98,19 @@ class Directory(ClusterStore):
             return Owned(owner or "", "elsewhere:1", draining=row[2])
         self.owners[room] = member
         alarm = next((AlarmWrite(due, n) for r, due, n in await self.alarms() if r == room), None)
-        return Acquired(await self.data.claim(room, member), alarm)
+        claim = await self.data.claim(room, member)
+        self.epochs[room] = claim.epoch
+        return Acquired(claim, alarm)
 
     async def release(self, claims: Sequence[Claim], member: str) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if not self.releases:
+            raise OSError("PostgreSQL is unreachable")
         self.released.extend(claims)
+        for claim in claims:  # as PostgreSQL's: only where the epoch is still the claim's
+            if self.owners.get(claim.room) == member and self.epochs[claim.room] == claim.epoch:
+                self.owners[claim.room] = None
 
     async def locate(self, room: RoomId) -> Owner | None:
         owner = None if room in self.hidden else self.owners.get(room)
@@ -227,10 +240,138 @@ async def test_an_orphan_alarm_is_acquired_within_a_lease_of_its_due_time_and_fi
         me = next(member for member in store.members if member != "other:1")
         await trio.sleep(100.0 - LEASE - 1)
         assert store.owners[ROOM] == "dead:1"  # not scheduled at start, nor polled yet
-        await trio.sleep(LEASE + 2)
+        await trio.sleep(LEASE + 0.5)
         assert store.owners[ROOM] == me  # the poll acquired it, before it was due
+        await trio.sleep(1)
+        assert store.owners[ROOM] is None  # it fired, and the room ended: released
         async with server.connect("/r") as client:
             await client.send('{"op": "get", "key": "fired"}')
             (fired,) = (await client.receive_json())["result"]
             assert fired == {"at": pytest.approx(100.0, abs=0.01), "retry": 0}
         assert OTHER not in store.acquired  # the live member's room: never, due or not
+
+
+class Sleepy(KV):
+    hibernate_after = 1.0
+
+
+async def test_a_room_that_ends_is_released_and_its_next_client_acquires_it_anew(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    async with open_test_server(Sleepy, storage=store, lease=LEASE) as server:
+        (me,) = store.members
+        async with server.connect("/r") as client:
+            await put(client, "a", 1)
+            await trio.sleep(10)  # hibernated: still this member's
+            assert (store.owners[ROOM], store.released) == (me, [])
+        await trio.sleep(0.001)
+        assert (store.owners[ROOM], store.released) == (None, [Claim(ROOM, 1)])
+        async with server.connect("/r") as client:
+            await client.send('{"op": "get", "key": "a"}')
+            assert await client.receive_json() == {"op": "get", "result": 1}
+        assert store.acquired == [ROOM, ROOM]
+        assert store.epochs[ROOM] == 2
+    assert store.released == [Claim(ROOM, 1), Claim(ROOM, 2)]  # the second by the drain
+
+
+async def test_a_late_release_never_undoes_a_newer_acquire_of_the_room(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    store.gate = trio.Event()  # the release of the room's first life is held up...
+    async with open_test_server(KV, storage=store, lease=LEASE) as server:
+        (me,) = store.members
+        async with server.connect("/r") as client:
+            await put(client, "a", 1)
+        async with server.connect("/r") as client:  # ...while the room starts again here
+            await put(client, "b", 2)
+            store.gate.set()
+            await trio.sleep(0.001)
+            # It came after the new acquire, with the old epoch: it changed nothing.
+            assert store.released == [Claim(ROOM, 1)]
+            assert (store.owners[ROOM], store.epochs[ROOM]) == (me, 2)
+            await put(client, "c", 3)  # the room's writes still land
+
+
+async def test_a_release_that_fails_leaves_the_room_owned_here_and_harms_nothing(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Directory()
+    store.releases = False
+    async with open_test_server(KV, storage=store, lease=LEASE) as server:
+        (me,) = store.members
+        async with server.connect("/r") as client:
+            await put(client, "a", 1)
+        await trio.sleep(0.001)
+        assert store.owners[ROOM] == me
+        assert f"member {me}: releasing 1 rooms that ended failed" in caplog.text
+        async with server.connect("/r") as client:  # acquired again here (it is mine)
+            await client.send('{"op": "get", "key": "a"}')
+            assert await client.receive_json() == {"op": "get", "result": 1}
+        store.releases = True
+
+
+async def test_a_room_that_ends_with_a_later_alarm_is_released_and_the_poll_fires_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    async with open_test_server(KV, storage=store, lease=LEASE) as server:
+        start = trio.current_time()
+        async with server.connect("/r") as client:
+            await client.send('{"op": "set_alarm", "delay": 100}')
+            await client.receive_json()
+        await trio.sleep(0.001)
+        assert (store.owners[ROOM], store.released) == (None, [Claim(ROOM, 1)])
+        await trio.sleep(100 - LEASE / 2)
+        assert store.owners[ROOM] is not None  # the poll acquired it, before it was due
+        assert store.epochs[ROOM] == 2
+        await trio.sleep(LEASE)
+        async with server.connect("/r") as client:
+            await client.send('{"op": "get", "key": "fired"}')
+            (fired,) = (await client.receive_json())["result"]
+            assert fired == {"at": pytest.approx(start + 100, abs=0.01), "retry": 0}
+
+
+async def test_a_room_that_ends_with_its_alarm_due_within_a_lease_keeps_it_to_fire_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    async with open_test_server(KV, storage=store, lease=LEASE) as server:
+        (me,) = store.members
+        start = trio.current_time()
+        async with server.connect("/r") as client:
+            await client.send(json.dumps({"op": "set_alarm", "delay": 0.1}))
+            await client.receive_json()
+        await trio.sleep(0.001)
+        assert (store.owners[ROOM], store.released) == (me, [])
+        await trio.sleep(LEASE)
+        # It fired here, on time, under the claim it kept, and the room ended again.
+        assert (store.owners[ROOM], store.released) == (None, [Claim(ROOM, 1)])
+        assert store.acquired == [ROOM]
+        async with server.connect("/r") as client:
+            await client.send('{"op": "get", "key": "fired"}')
+            (fired,) = (await client.receive_json())["result"]
+            assert fired == {"at": pytest.approx(start + 0.1, abs=0.01), "retry": 0}
+
+
+async def test_a_released_rooms_alarm_is_left_to_whoever_acquires_it_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    async with open_test_server(KV, storage=store, lease=LEASE) as server:
+        async with server.connect("/r") as client:
+            await client.send('{"op": "set_alarm", "delay": 100}')
+            await client.receive_json()
+        await trio.sleep(0.001)
+        assert store.owners[ROOM] is None
+        # Another member acquires the room, runs its alarm (deleting it) and releases it.
+        theirs = await store.data.claim(ROOM, "other:1")
+        store.epochs[ROOM] = theirs.epoch
+        await store.data.commit([(theirs, Changes(alarm=AlarmWrite(None)))])
+        await trio.sleep(200)
+        # The alarm this member had scheduled was forgotten at the release: it never ran.
+        assert store.acquired == [ROOM]
+        async with server.connect("/r") as client:
+            await client.send('{"op": "get", "key": "fired"}')
+            assert await client.receive_json() == {"op": "get", "result": None}

@@ -17,7 +17,11 @@ what this process does with a handshake for it:
   cannot pass it back and forth (``Unavailable``, 503; the client comes back);
 * nobody live owns it (never claimed, released, or its owner's lease ran out): the
   worker of this node that the placement picks acquires it; here if that is this one,
-  else the connection is handed to it.
+  else the connection is handed to it. Unless another node forwarded the request here:
+  its directory was stale (the room ended here and was released since, say), and the
+  room is as free for it as for this node. It gets 503 (``Unavailable``), drops its
+  entry, and acquires the room itself when the client comes back, so that a room
+  starts where the client's own node is, not where the stale entry said it was.
 
 The directory is a hint: whoever serves the room acquires it first in the store, and
 the acquire decides (a race lost there sends the client on to the winner).
@@ -132,6 +136,8 @@ class Membership:
             if slot is not None:
                 return Unavailable() if handed else HandTo(slot)
             return Unavailable() if forwarded or handed else ForwardTo(owner.address)
+        if forwarded:
+            return Unavailable()
         workers = self.workers
         if workers is None or workers.owns(room):
             return ServeHere()

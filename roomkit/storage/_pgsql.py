@@ -11,6 +11,13 @@ Durability: every transaction that writes is committed with ``synchronous_commit
 a crash of PostgreSQL could take back, after its member had been told of it, would let
 two members serve a room at once: with the lost claim, a member that took a room over
 holds an epoch that the next member's claim mints again, and its writes land.
+
+Releases alone are not waited for (``synchronous_commit = off``): a release that a crash
+takes back leaves the room with the live member that gave it up (which acquires it
+again, as its own, when a client comes), or with a dead one (free after its lease),
+which is what a release that never came would do; and any later durable commit, an
+acquire of the room by another member first, carries it to disk before itself. A room
+ends without waiting on a flush of PostgreSQL's log.
 """
 
 from __future__ import annotations
@@ -286,6 +293,7 @@ def acquire_room(
 
 def release_rooms(conn: Connection, claims: Sequence[Claim], member: str) -> None:
     with conn.pipeline(), conn.transaction():
+        conn.execute("SET LOCAL synchronous_commit = off")  # see the module's docstring
         conn.cursor().executemany(
             "UPDATE roomkit.rooms SET owner = NULL"
             " WHERE namespace = %s AND room = %s AND epoch = %s AND owner = %s",
