@@ -86,6 +86,7 @@ class MetricsCollector:
         for outcome, count in self._metrics.handoffs.items():
             handoffs.add_metric([outcome], count)
         yield handoffs
+        yield from self._forwards()
         commits = HistogramMetricFamily(
             "roomkit_storage_commit_duration_seconds",
             "Time each storage commit (a group of hooks' writes) took.",
@@ -96,6 +97,24 @@ class MetricsCollector:
             "roomkit_storage_commit_failures",
             "Storage commits that failed (their rooms were reset).",
             value=self._metrics.commit_failures,
+        )
+
+    def _forwards(self) -> Iterator[Metric]:
+        forwarded = CounterMetricFamily(
+            "roomkit_forwarded",
+            "WebSocket handshakes forwarded to their room's owner node (a cluster), by "
+            "outcome: spliced after its 101, refused by it (its answer passed on), not "
+            "reached (503), or a head that could not be forwarded as read (malformed, 400).",
+            labels=["outcome"],
+        )
+        for outcome, count in self._metrics.forwarded.items():
+            forwarded.add_metric([outcome], count)
+        yield forwarded
+        yield GaugeMetricFamily(
+            "roomkit_forwarded_connections",
+            "Connections being forwarded to their room's owner node now: connecting to "
+            "it, or spliced.",
+            value=self._metrics.forwarding,
         )
 
     def _gauges(self) -> Iterator[Metric]:

@@ -35,6 +35,7 @@ import trio
 from ._accept import Head
 from ._core.clusterauth import Malformed, forwarded_head, forwarded_value, split_address
 from ._core.limits import TLS_CLOSE_TIMEOUT
+from ._metrics import Metrics
 
 __all__ = ["KERNEL_SPLICE", "SPLICE_CHUNK", "Forwarded", "Forwards", "forward", "splice"]
 
@@ -247,6 +248,8 @@ class Forwards:
     Args:
       secret: the cluster's secret, which signs each ``roomkit-forwarded`` header.
       answer_timeout: seconds an owner has to answer (see :func:`forward`).
+      metrics: the server's counters: each forward's outcome, and the connections
+        being forwarded (``Metrics.forwarding``, which this keeps).
 
     Spliced connections run in :meth:`run`'s nursery, outside the caller's scope: at
     shutdown the front door is cancelled, and they go on (they carry the rooms of
@@ -254,17 +257,17 @@ class Forwards:
     the end of :meth:`run` then cuts them.
     """
 
-    def __init__(self, secret: bytes | None, answer_timeout: float) -> None:
+    def __init__(self, secret: bytes | None, answer_timeout: float, metrics: Metrics) -> None:
         self._secret = secret
         self._timeout = answer_timeout
+        self._metrics = metrics
         self._nursery: trio.Nursery | None = None
-        self._forwarding = 0
         self._ended = trio.Event()
 
     @property
     def forwarding(self) -> int:
         """Connections being forwarded: connecting to their owners, or spliced."""
-        return self._forwarding
+        return self._metrics.forwarding
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the spliced connections' nursery until cancelled."""
@@ -276,7 +279,7 @@ class Forwards:
     async def drain(self, seconds: float) -> None:
         """Wait, at most ``seconds``, for the spliced connections to end."""
         with trio.move_on_after(seconds):
-            while self._forwarding:
+            while self._metrics.forwarding:
                 self._ended = trio.Event()
                 await self._ended.wait()
 
@@ -292,6 +295,7 @@ class Forwards:
         """
         assert self._nursery is not None, "Forwards.run holds the splices"
         outcome: Forwarded = await self._nursery.start(self._forward, client, head, remote, address)
+        self._metrics.forwarded[outcome.value] += 1
         return outcome
 
     async def _forward(
@@ -302,7 +306,7 @@ class Forwards:
         address: str,
         task_status: trio.TaskStatus[Forwarded],
     ) -> None:
-        self._forwarding += 1
+        self._metrics.forwarding += 1
         try:
             await forward(
                 client,
@@ -315,5 +319,5 @@ class Forwards:
                 task_status=task_status,
             )
         finally:
-            self._forwarding -= 1
+            self._metrics.forwarding -= 1
             self._ended.set()

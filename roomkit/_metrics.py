@@ -18,9 +18,11 @@ from typing import Final, Literal, get_args
 __all__ = [
     "CUT_REASONS",
     "DURATION_BUCKETS",
+    "FORWARD_OUTCOMES",
     "HANDOFF_OUTCOMES",
     "REFUSAL_REASONS",
     "CutReason",
+    "ForwardOutcome",
     "HandoffOutcome",
     "Histogram",
     "Metrics",
@@ -92,6 +94,12 @@ HandoffOutcome = Literal["sent", "relayed", "adopted", "malformed"]
 owner with its socket, or relayed to it (TLS); taken here from another worker; or a
 message from another worker that was no hand-off."""
 HANDOFF_OUTCOMES: Final[tuple[HandoffOutcome, ...]] = get_args(HandoffOutcome)
+
+ForwardOutcome = Literal["spliced", "refused", "unreachable", "malformed"]
+"""What became of a handshake forwarded to its room's owner node (a cluster): spliced
+after the owner's ``101``; refused by the owner, whose answer was passed on; the owner
+not reached (503); or a request head that could not be forwarded as read (400)."""
+FORWARD_OUTCOMES: Final[tuple[ForwardOutcome, ...]] = get_args(ForwardOutcome)
 
 
 class Histogram:
@@ -180,6 +188,10 @@ class Metrics:
       commits: the durations of storage commits (group commits: one per batch), in seconds.
       commit_failures: storage commits that raised.
       handoffs: connections between workers, by outcome (``--workers``).
+      forwarded: handshakes forwarded to their room's owner node, by outcome (a
+        cluster), counted as soon as the outcome is known.
+      forwarding: connections being forwarded now: connecting to their owner, or
+        spliced to it (``Forwards`` keeps this count, and drains on it).
     """
 
     def __init__(self) -> None:
@@ -188,6 +200,8 @@ class Metrics:
         self.commits: Final = Histogram()
         self.commit_failures = 0
         self.handoffs: Final = dict.fromkeys(HANDOFF_OUTCOMES, 0)
+        self.forwarded: Final = dict.fromkeys(FORWARD_OUTCOMES, 0)
+        self.forwarding = 0
 
     def room(self, room_class: type) -> RoomMetrics:
         """The counters of ``room_class``, labelled by its name (made on first use).

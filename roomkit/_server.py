@@ -448,7 +448,8 @@ async def serve_on(
             member = Member(store, membership, options["lease"])
             # An owner that has not answered within a lease is stopped or dead, and about
             # to lose its rooms: the client is better off retrying at once.
-            forwards = Forwards(secret, min(options["handshake_timeout"], options["lease"]))
+            answer_timeout = min(options["handshake_timeout"], options["lease"])
+            forwards = Forwards(secret, answer_timeout, counters)
         host = Host(
             live,
             router,

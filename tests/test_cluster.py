@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -29,6 +30,7 @@ import attrs
 import psycopg
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -176,6 +178,15 @@ def handshake(port: int, header: str) -> bytes:
         return sock.recv(4096)
 
 
+def forwarded(at: Node, outcome: str) -> float:
+    """How many handshakes the node ``at`` forwarded with ``outcome``, as its
+    ``/metrics`` says."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{at.port}/metrics", timeout=PATIENCE) as page:
+        families = text_string_to_metric_families(page.read().decode())
+        samples = {(s.name, s.labels.get("outcome")): s.value for f in families for s in f.samples}
+    return samples["roomkit_forwarded_total", outcome]
+
+
 def owner_of(database: str, room: str) -> str | None:
     """The room's owner as the directory has it (None: released, or never claimed)."""
     with psycopg.connect(database) as db:
@@ -199,7 +210,7 @@ def test_a_client_of_any_node_reaches_the_owners_room_with_its_own_address(
     postgres_url: str,
 ) -> None:
     with ExitStack() as stack:
-        a, b, c = (stack.enter_context(node(postgres_url)) for _ in range(3))
+        a, b, c = (stack.enter_context(node(postgres_url, "--metrics")) for _ in range(3))
         with client(a.url("lobby")) as held:  # the room lives in a while a client is there
             assert call(held, "pid") == a.pid
             assert call(held, "append", value="via a") == 0
@@ -211,6 +222,7 @@ def test_a_client_of_any_node_reaches_the_owners_room_with_its_own_address(
                     call(ws, "append", value=f"via {other.port}")
             entries = ["via a", f"via {b.port}", f"via {c.port}"]
             assert served_by(c.url("lobby")) == (a.pid, entries)
+        assert [forwarded(n, "spliced") for n in (a, b, c)] == [0, 1, 2]
         assert members(postgres_url) == {f"127.0.0.1:{n.port}" for n in (a, b, c)}
         # Only a node can vouch for a client's address: a client's own header is refused.
         now = int(time.time())

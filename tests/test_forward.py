@@ -34,6 +34,7 @@ from roomkit._accept import Head, accept_loop, read_request, remote_address
 from roomkit._core.clusterauth import Relayed, verified_remote
 from roomkit._core.frontdoor import Response, parse_head
 from roomkit._forward import KERNEL_SPLICE, Forwarded, Forwards, splice
+from roomkit._metrics import FORWARD_OUTCOMES, Metrics
 
 from .helpers import Start, open_client
 
@@ -72,11 +73,20 @@ def fresh() -> None:
 
 @attrs.define
 class Front:
-    """A forwarding front: its port, what each handshake became, and its Forwards."""
+    """A forwarding front: its port, what each handshake became, its Forwards and the
+    counters they keep."""
 
     port: int
     forwards: Forwards
+    metrics: Metrics
     outcomes: list[Forwarded] = attrs.field(factory=list)
+
+    def counted(self) -> dict[str, int]:
+        """The forwards counted by outcome, as they should be: one per handshake."""
+        assert self.metrics.forwarded == {
+            outcome: self.outcomes.count(Forwarded(outcome)) for outcome in FORWARD_OUTCOMES
+        }
+        return {outcome: n for outcome, n in self.metrics.forwarded.items() if n}
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +116,11 @@ async def front(address: str, ssl_context: ssl.SSLContext | None = None) -> Asyn
     """A front that forwards every handshake to ``address``: 503 if it cannot, 400 for
     a head it cannot forward."""
     async with trio.open_nursery() as nursery:
-        forwards = Forwards(SECRET, answer_timeout=5)
+        metrics = Metrics()
+        forwards = Forwards(SECRET, answer_timeout=5, metrics=metrics)
         await nursery.start(forwards.run)
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        state = Front(listeners[0].socket.getsockname()[1], forwards)
+        state = Front(listeners[0].socket.getsockname()[1], forwards, metrics)
 
         async def handler(stream: trio.SocketStream) -> None:
             secured, head, _ = await read_request(ssl_context, 5, stream)
@@ -155,6 +166,7 @@ async def test_messages_both_ways_text_binary_and_large(
                     assert await ws.get_message() == message
         await wait_for(lambda: door.forwards.forwarding == 0)
     assert door.outcomes == [Forwarded.SPLICED]
+    assert door.counted() == {"spliced": 1}
     assert Owned.closed == [(1000, "")]
 
 
@@ -188,6 +200,7 @@ async def test_close_codes_pass_through_both_ways(
         assert await trio.to_thread.run_sync(owner_closes) == (4001, "as asked")
         await wait_for(lambda: door.forwards.forwarding == 0)
     assert door.outcomes == [Forwarded.SPLICED, Forwarded.SPLICED]
+    assert door.counted() == {"spliced": 2}
 
 
 async def test_the_owner_verifies_the_header_and_sees_the_clients_address(start: Start) -> None:
@@ -230,6 +243,7 @@ async def test_an_owner_that_is_gone_gets_the_client_a_503(start: Start) -> None
                 pass
     assert rejected.value.status_code == 503
     assert door.outcomes == [Forwarded.UNREACHABLE]
+    assert door.counted() == {"unreachable": 1}
 
 
 async def test_an_owner_that_refuses_is_reported_and_its_answer_passed_on(start: Start) -> None:
@@ -242,6 +256,7 @@ async def test_an_owner_that_refuses_is_reported_and_its_answer_passed_on(start:
     assert rejected.value.status_code == 503
     assert rejected.value.body == b"not here"
     assert door.outcomes == [Forwarded.REFUSED]
+    assert door.counted() == {"refused": 1}
 
 
 async def test_a_head_with_bytes_after_its_first_blank_line_is_not_forwarded(
@@ -259,6 +274,7 @@ async def test_a_head_with_bytes_after_its_first_blank_line_is_not_forwarded(
             with trio.fail_after(5):
                 assert (await stream.receive_some()).startswith(b"HTTP/1.1 400 ")
     assert door.outcomes == [Forwarded.MALFORMED]
+    assert door.counted() == {"malformed": 1}
     assert Owned.seen == []
 
 
@@ -298,6 +314,7 @@ async def test_a_client_that_vanishes_mid_splice_ends_both_sides(start: Start, h
             sock.close()
     await wait_for(lambda: open_fds() <= before)
     assert door.outcomes == [Forwarded.SPLICED]
+    assert door.counted() == {"spliced": 1}
 
 
 async def test_drain_lets_splices_run_on_then_run_ends_cut_them(start: Start) -> None:
@@ -310,7 +327,7 @@ async def test_drain_lets_splices_run_on_then_run_ends_cut_them(start: Start) ->
         assert trio.current_time() - began >= 0.3
         sock.sendall(b"\x81\x84\x00\x00\x00\x00ping")  # a masked text frame, zero key
         assert await trio.to_thread.run_sync(sock.recv, 4096) == b"\x81\x04ping"
-        assert door.forwards.forwarding == 1
+        assert door.forwards.forwarding == door.metrics.forwarding == 1
     # the end of the front (Forwards.run) cut it
     with trio.fail_after(5):
         await Owned.gone.wait()

@@ -22,7 +22,14 @@ from wsproto.events import TextMessage
 
 import roomkit
 from roomkit._exposition import MetricsCollector
-from roomkit._metrics import CUT_REASONS, REFUSAL_REASONS, Histogram, Metrics, RoomMetrics
+from roomkit._metrics import (
+    CUT_REASONS,
+    FORWARD_OUTCOMES,
+    REFUSAL_REASONS,
+    Histogram,
+    Metrics,
+    RoomMetrics,
+)
 from roomkit.testing import TestServer, open_test_server
 
 from .helpers import Start, expect_close, http, memory_http, open_client
@@ -133,6 +140,22 @@ def test_collector_computes_gauges_from_the_live_rooms() -> None:
     assert value(samples, "roomkit_messages_sent_total", room_class="Chat") == 7
 
 
+def test_collector_reads_the_forwards_counts_and_how_many_are_open() -> None:
+    metrics = Metrics()
+    metrics.forwarded["spliced"] = 3
+    metrics.forwarded["unreachable"] = 1
+    metrics.forwarding = 2
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in MetricsCollector(metrics, list).collect()
+        for sample in family.samples
+    }
+    assert value(samples, "roomkit_forwarded_total", outcome="spliced") == 3
+    assert value(samples, "roomkit_forwarded_total", outcome="unreachable") == 1
+    assert value(samples, "roomkit_forwarded_total", outcome="refused") == 0
+    assert value(samples, "roomkit_forwarded_connections") == 2
+
+
 # GET /metrics on a running server.
 
 
@@ -167,6 +190,9 @@ async def test_a_scrape_lists_every_metric_at_zero_before_any_traffic(start: Sta
         )
     for reason in REFUSAL_REASONS:
         assert value(samples, "roomkit_handshakes_refused_total", reason=reason) == 0
+    for outcome in FORWARD_OUTCOMES:
+        assert value(samples, "roomkit_forwarded_total", outcome=outcome) == 0
+    assert value(samples, "roomkit_forwarded_connections") == 0
     assert value(samples, "roomkit_storage_commit_duration_seconds_count") == 0
     assert ("process_open_fds", frozenset()) in samples  # prometheus-client's, on Linux
 
@@ -382,6 +408,8 @@ async def test_each_metric_family_has_a_type_and_help(start: Start) -> None:
         "roomkit_hook_duration_seconds": "histogram",
         "roomkit_handshakes_refused": "counter",
         "roomkit_handoffs": "counter",
+        "roomkit_forwarded": "counter",
+        "roomkit_forwarded_connections": "gauge",
         "roomkit_storage_commit_duration_seconds": "histogram",
         "roomkit_storage_commit_failures": "counter",
     }
