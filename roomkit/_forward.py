@@ -176,7 +176,8 @@ async def splice(client: trio.abc.Stream, owner: trio.SocketStream, first: bytes
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_upstream, copy, client, owner)
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await client.send_all(first)
+                if first:  # a relay's owner (another worker) may have sent nothing yet
+                    await client.send_all(first)
                 await copy(owner, client)
             nursery.cancel_scope.cancel()
     finally:

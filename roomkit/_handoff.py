@@ -8,8 +8,10 @@ of the request head, the bytes read after it and the routing result; once the ow
 answers ``TAKEN``, the sender closes its copy, and the connection is the owner's alone.
 A TLS connection cannot be passed (its session lives in the sender's memory): the
 sender keeps it and relays its decrypted bytes over the Unix connection, which the
-owner serves as a plain stream (``RELAY``). A worker's socket also answers ``METRICS``
-with the worker's own metrics page, which the worker that serves ``/metrics`` merges.
+owner serves as a plain stream (``RELAY``). The relay is the splice of a connection
+forwarded to another node (``_forward.splice``): the same bounds, the same ends. A
+worker's socket also answers ``METRICS`` with the worker's own metrics page, which the
+worker that serves ``/metrics`` merges.
 
 Whatever goes wrong between two workers ends that hand-off only: the sender answers
 the client 503 if the owner surely did not take it; the receiver logs a message that is
@@ -31,8 +33,8 @@ from typing import Final, Protocol, TypeVar
 import trio
 
 from ._core.handoff import Frame, FrameReader, Handoff, HandoffError, Kind, encode
-from ._core.limits import TLS_CLOSE_TIMEOUT
 from ._core.placement import Placement
+from ._forward import splice
 from ._metrics import Metrics
 from ._workerspec import WorkerSpec
 
@@ -40,7 +42,6 @@ __all__ = [
     "HANDOFF_RETRY",
     "METRICS_TIMEOUT",
     "PEER_TIMEOUT",
-    "RELAY_CHUNK",
     "Handed",
     "Owner",
     "Peers",
@@ -58,8 +59,6 @@ PEER_TIMEOUT: Final = 2.0
 #: Seconds the workers have to send their metrics to the one serving ``/metrics``; a
 #: worker that does not answer in time (hung, restarting) is left out of that scrape.
 METRICS_TIMEOUT: Final = 1.0
-#: Bytes a relay reads at a time in each direction, and so holds at most.
-RELAY_CHUNK: Final = 64 * 1024
 #: Connections waiting on a worker's socket to be accepted.
 _BACKLOG: Final = 128
 #: Sockets one message may carry that are read (and closed: one is expected, at most).
@@ -191,18 +190,21 @@ class Peers:
                 await trio.aclose_forcefully(unix)
                 return Handed.PASSED
             self._metrics.handoffs["relayed"] += 1
-            self._start_relay(stream, unix, first)
+            self.relay(stream, unix, first)
             return Handed.RELAYED
         return Handed.UNKNOWN if sent else Handed.NOT_TAKEN
 
-    def _start_relay(self, client: trio.abc.Stream, owner: trio.SocketStream, first: bytes) -> None:
+    def relay(self, client: trio.abc.Stream, owner: trio.SocketStream, first: bytes) -> None:
+        """Relay ``client``'s bytes to and from ``owner``'s worker, in the relays'
+        nursery, until the owner is done; ``first`` is what the owner already sent. The
+        relay owns both streams; whatever ends it (either side gone) ends it alone."""
         assert self._relays is not None, "Peers.run holds the relays"
         self._relaying += 1
         self._relays.start_soon(self._relay, client, owner, first)
 
     async def _relay(self, client: trio.abc.Stream, owner: trio.SocketStream, first: bytes) -> None:
         try:
-            await relay(client, owner, first)
+            await splice(client, owner, first)
         finally:
             self._relaying -= 1
             self._relay_gone.set()
@@ -310,45 +312,6 @@ async def _ask_metrics(path: str) -> bytes | None:
         except (trio.BrokenResourceError, OSError, HandoffError):
             return None
     return frame.payload if frame.kind is Kind.EXPOSITION else None
-
-
-async def relay(client: trio.abc.Stream, owner: trio.abc.HalfCloseableStream, first: bytes) -> None:
-    """Copy bytes between ``client`` and ``owner`` until the owner is done; close both.
-
-    ``first`` is what the owner already sent. Each direction holds at most one read
-    (``RELAY_CHUNK``) and waits for it to be written: a slow reader slows its writer,
-    and the owner's own limits (its send queues) apply. The client's end of file is
-    passed on as the owner's (``send_eof``), and the owner's as a closed client (with
-    TLS, a close_notify first); a broken side ends its direction, and the owner ending
-    ends the relay.
-    """
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_upstream, client, owner)
-            if first:
-                await client.send_all(first)
-            await _copy(owner, client)
-            nursery.cancel_scope.cancel()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        with trio.move_on_after(TLS_CLOSE_TIMEOUT) as closing:
-            closing.shield = True
-            await client.aclose()
-        await trio.aclose_forcefully(owner)
-
-
-async def _upstream(client: trio.abc.Stream, owner: trio.abc.HalfCloseableStream) -> None:
-    """The client's bytes to the owner, then its end of file (or its breaking) too."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await _copy(client, owner)
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await owner.send_eof()
-
-
-async def _copy(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> None:
-    while data := await source.receive_some(RELAY_CHUNK):
-        await sink.send_all(data)
 
 
 async def open_handoff_listener(path: str) -> trio.SocketListener:

@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
@@ -36,7 +37,8 @@ import roomkit
 from roomkit._core.handoff import Frame, Handoff, Kind, encode
 from roomkit._exposition import merged_exposition
 from roomkit._gateway import Gateway
-from roomkit._handoff import METRICS_TIMEOUT
+from roomkit._handoff import METRICS_TIMEOUT, Peers
+from roomkit._metrics import Metrics
 from roomkit._roomid import RoomId
 from roomkit._server import SERVE_OPTIONS, serve_on
 from roomkit._workerspec import WorkerSpec
@@ -652,3 +654,34 @@ async def test_a_relay_outlives_its_workers_drain_to_carry_the_owners_close(
         await trio.sleep(0.3)  # and yet its relay goes on
         servers[1].shutdown(restart=True)
     assert codes and codes == [1012] * len(codes)
+
+
+@pytest.mark.parametrize("client", ["socket", "stream"])
+async def test_a_relay_whose_client_is_gone_while_its_owner_sends_ends_alone(
+    rundir: str, client: str
+) -> None:
+    """Writes to the client fail while the owner sends: that relay ends quietly, with
+    both its sockets closed, and the relays' nursery (a TLS worker's) serves on."""
+    peers = Peers(WorkerSpec(0, 2, rundir, (), -1), timeout=2, metrics=Metrics())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peers.run)
+        ends = []
+        for _ in range(2):  # a second relay, after the first ended
+            client_end, client_peer = socket.socketpair()
+            owner_end, owner_peer = socket.socketpair()
+            client_peer.close()
+            owner_peer.setblocking(False)
+            owner_peer.send(b"x" * 60_000)
+            owner = trio.SocketStream(trio.socket.from_stdlib_socket(owner_end))
+            gone: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(client_end))
+            if client == "stream":  # as TLS is: copied through Python
+                await gone.aclose()
+                gone, peer = trio.testing.memory_stream_pair()
+                await peer.aclose()
+            peers.relay(gone, owner, b"")
+            with trio.fail_after(5):
+                await peers.drain(5)
+            ends.append(owner.socket.fileno())
+            owner_peer.close()
+        assert ends == [-1, -1]
+        nursery.cancel_scope.cancel()
