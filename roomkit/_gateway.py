@@ -35,7 +35,7 @@ from wsproto.connection import ConnectionType
 
 from ._accept import Head, remote_address
 from ._cluster import Member
-from ._core.clusterauth import Relayed, Untrusted, verified_remote
+from ._core.clusterauth import HEADER, Relayed, Untrusted, verified_remote
 from ._core.frontdoor import (
     RequestHead,
     Response,
@@ -163,7 +163,8 @@ class Gateway:
         room_class = self._router.route_for(handoff.room.namespace)
         if room_class is None:
             raise HandoffError(f"no route here serves the room {handoff.room} handed here")
-        request = Request(head.path, handoff.room.name, head.query, head.headers, handoff.remote)
+        headers = self._room_headers(head)
+        request = Request(head.path, handoff.room.name, head.query, headers, handoff.remote)
         read = Head(head, handoff.rest, handoff.head)
         return Upgrade(room_class, handoff.room, read, accept, request)
 
@@ -346,7 +347,7 @@ class Gateway:
             target = await self._hooked(head, remote)
         if isinstance(target, Response):
             return target
-        request = Request(head.path, target.room.name, head.query, head.headers, remote)
+        request = Request(head.path, target.room.name, head.query, self._room_headers(head), remote)
         return Upgrade(target.route, target.room, read, accept, request)
 
     async def _hooked(
@@ -363,7 +364,7 @@ class Gateway:
             return self._refuse("origin", refusal, remote)
         by_path = self._router.path_target(head.path)  # once: the hook's choice is often None
         name = "" if isinstance(by_path, Response) else by_path.room.name
-        asked = Request(head.path, name, head.query, head.headers, remote)
+        asked = Request(head.path, name, head.query, self._room_headers(head), remote)
         address = format_address(remote)
         try:
             with trio.move_on_after(self._route_timeout) as deadline:
@@ -384,6 +385,16 @@ class Gateway:
             logger.exception("route hook failed for %s", address, extra={"remote": address})
             return self._refuse("error", _ROUTE_FAILED, remote)
         return self._refuse("rejected", Response(choice.status, choice.reason), remote)
+
+    def _room_headers(self, head: RequestHead) -> Mapping[str, str]:
+        """The headers that the route hook and the room see in a :class:`Request`: in a
+        cluster, without ``roomkit-forwarded``, the nodes' own, which the front door
+        has verified by now (else 403) and which means nothing to a room; its address is
+        ``Request.remote``."""
+        headers = head.headers
+        if self._member is None or HEADER not in headers:
+            return headers
+        return {name: value for name, value in headers.items() if name != HEADER}
 
     def _refuse(
         self, reason: RefusalReason, response: Response, remote: tuple[str, int] | None

@@ -219,6 +219,8 @@ def test_a_client_of_any_node_reaches_the_owners_room_with_its_own_address(
                     assert call(ws, "pid") == a.pid  # forwarded to the owner
                     host, port = ws.local_address[:2]
                     assert call(ws, "remote") == [host, port]  # the client's, not b's
+                    assert call(ws, "header", name="roomkit-forwarded") is None  # the nodes'
+                    assert call(ws, "header", name="host") == f"127.0.0.1:{other.port}"
                     call(ws, "append", value=f"via {other.port}")
             entries = ["via a", f"via {b.port}", f"via {c.port}"]
             assert served_by(c.url("lobby")) == (a.pid, entries)
