@@ -165,6 +165,19 @@ def test_a_failed_commit_resets_once_and_drops_everything_in_flight() -> None:
     assert gate.release() == []
 
 
+def test_a_late_failure_of_a_dropped_outbox_does_not_reset_the_next_instance() -> None:
+    gate, ann = OutputGate[Peer](), Peer()
+    first = gate.finish(WRITE, outbox((b"1", [ann])), None)
+    second = gate.finish(Changes({"j": "w"}), outbox((b"22", [ann])), None)
+    assert first is not None and second is not None
+    assert gate.committed(first, False) is True
+    gate.fail()
+    after = gate.finish(Changes({"k": "w"}), outbox((b"4444", [ann])), None)  # the next instance
+    assert gate.committed(second, False) is False  # its batch failed later: moot
+    assert after is not None and gate.committed(after, True) is False
+    assert outboxes(gate.release()) == [[(b"4444", [ann])]]
+
+
 def test_release_stops_at_the_first_entry_not_durable() -> None:
     gate = OutputGate[Peer]()
     first = gate.finish(WRITE, [], None)

@@ -140,12 +140,13 @@ class OutputGate(Generic[R]):
         """Record how ``pending``'s commit went; True if the room must now reset.
 
         The first failure resets the room (the caller then calls :meth:`fail`); the
-        failures reported after it, of outboxes already dropped, are moot.
+        failures reported after it, of outboxes already dropped, are moot, even once
+        the room's next instance has outboxes of its own in flight.
         """
         if ok:
             pending.durable = True
             return False
-        return bool(self._inflight)
+        return any(entry is pending for entry in self._inflight)
 
     def release(self) -> list[Pending[R]]:
         """Take, in hook order, every entry whose changes and predecessors are durable.
