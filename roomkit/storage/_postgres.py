@@ -9,7 +9,9 @@ the figures that chose this driver over the alternatives.
 
 A connection that breaks (PostgreSQL restarted, the network failed) fails the call that
 found it broken, with a :class:`~roomkit.StorageError` whose ``__cause__`` is psycopg's
-error, and is opened again by the next call: one failure never poisons the store.
+error, and is opened again by the next call: one failure never poisons the store. An
+idle connection that the server ended is noticed before its next call and opened
+again, so that a restart fails only the calls in flight.
 
 This module imports psycopg, which is an optional dependency (``roomkit[postgresql]``):
 ``roomkit.storage`` imports it only when a PostgreSQL store is opened.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import select
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -103,7 +106,7 @@ class _Session:
         return await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
 
     def _call(self, fn: Callable[[Connection], T]) -> T:
-        if self._conn is not None and self._opened < self._breaks.last:
+        if self._conn is not None and (self._opened < self._breaks.last or _ended(self._conn)):
             self.close()
         if self._conn is None or self._conn.closed:
             self._opened = time.monotonic()
@@ -112,13 +115,12 @@ class _Session:
         try:
             return fn(conn)
         except psycopg.Error as exc:
+            if not conn.broken and not conn.closed and _rolled_back(conn):
+                raise StorageError(f"PostgreSQL refused a call: {exc}") from exc
             if conn.broken or conn.closed:
                 self._breaks.last = time.monotonic()
-                self.close()
-                raise StorageError(f"the connection to PostgreSQL failed: {exc}") from exc
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.rollback()
-            raise StorageError(f"PostgreSQL refused a call: {exc}") from exc
+            self.close()
+            raise StorageError(f"the connection to PostgreSQL failed: {exc}") from exc
 
     def close(self) -> None:
         if self._conn is not None:
@@ -247,6 +249,35 @@ class PostgresStore(ClusterStore):
     async def aclose(self) -> None:
         for session in (self._writer, self._beats, self._pool):
             await trio.to_thread.run_sync(session.close)
+
+
+def _ended(conn: Connection) -> bool:
+    """Whether the server has ended this idle connection (a restart, an administrator's
+    ``pg_terminate_backend``): nothing is owed to an idle session, so anything to read
+    is its goodbye or its end of file. One ``poll`` with no wait, so that the first call
+    after a PostgreSQL restart reconnects instead of failing (a failed commit resets
+    its rooms); a server gone without a word is still caught by ``tcp_user_timeout``."""
+    if conn.closed:
+        return True
+    poller = select.poll()  # not select.select: descriptors above 1024
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _rolled_back(conn: Connection) -> bool:
+    """Roll back what a failed call left of its transaction; whether the connection is
+    then fit for the next call (idle, and out of pipeline mode). A rollback that fails
+    too means it is not."""
+    idle = psycopg.pq.TransactionStatus.IDLE
+    try:
+        if conn.info.transaction_status != idle:
+            conn.rollback()
+    except psycopg.Error:
+        return False
+    return (
+        conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+        and conn.info.transaction_status == idle
+    )
 
 
 def _connect(url: str, member: str, idle_timeout: float, role: str) -> Connection:
