@@ -599,6 +599,8 @@ class RoomActor:
             if claim is None:  # another member's: clients go there (503 to handshakes)
                 hooks.fenced = True
                 return None
+            if hooks.fenced:  # this process's lease ran out while the claim was in flight
+                return None
             hooks.claim = claim
         cls = self.room_class
         try:

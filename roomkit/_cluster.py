@@ -45,7 +45,6 @@ import trio
 
 from ._core.lease import Heard, Lease
 from ._core.location import Located, Membership
-from ._errors import StorageError
 from ._host import Host
 from ._roomid import RoomId
 from .storage import Acquired, AlarmWrite, Claim, ClusterStore, Owned
@@ -103,6 +102,9 @@ class Member:
         self._scope = trio.CancelScope()  # run()'s, cancelled when the member leaves
         # Rooms the orphan poll acquired, for the actor their alarm makes.
         self._acquired: dict[RoomId, Claim] = {}
+        #: How many times this process fenced every room (its lease ran out, or it was
+        #: replaced): an acquire that spans one is not served.
+        self._fences = 0
         # The claims of rooms that ended here, to release; and the releaser's wake-up.
         self._releasing: dict[RoomId, Claim] = {}
         self._ended = trio.Event()
@@ -215,6 +217,9 @@ class Member:
         """This process may own nothing now: fence every room, forget every claim."""
         rooms = self._rooms.fence_all()
         logger.warning("member %s: %s; fenced %d rooms here", self.me, why, rooms)
+        self._fences += 1  # an acquire in flight now is not to be served: see _acquire
+        for room in self._acquired:  # their alarms go to whoever acquires them next
+            self._rooms.alarm_changed(room, AlarmWrite(None))
         self._acquired.clear()
         self._directory.clear()
 
@@ -236,10 +241,19 @@ class Member:
     async def _acquire(self, room: RoomId) -> Acquired | None:
         if self._draining or not self.valid():
             return None
+        fences = self._fences
         try:
             outcome = await self._store.acquire(room, self.me, lock_timeout=self.lease)
-        except StorageError as exc:  # a lock held past the lease, PostgreSQL unreachable
+        except Exception as exc:  # a lock held past the lease, PostgreSQL unreachable
             logger.warning("room %s: acquiring the room failed: %s", room, exc)
+            return None
+        if isinstance(outcome, Acquired) and (
+            self._fences != fences or self._draining or not self.valid()
+        ):
+            # The lease ran out (or the drain began) while the acquire was in flight: a
+            # claim won then must not be served, or the room would run hooks past the
+            # lease that fenced every other room here. Its next client acquires again.
+            self.release(outcome.claim)
             return None
         if isinstance(outcome, Owned):
             logger.info("room %s: owned by %s; not served here", room, outcome.member)
@@ -372,7 +386,8 @@ class Member:
         if self._incarnation is None:
             return
         try:
-            await self._store.set_draining(self.me, self._incarnation)
+            with trio.fail_after(self.lease):
+                await self._store.set_draining(self.me, self._incarnation)
         except Exception as exc:
             logger.warning("member %s: marking it draining failed: %s", self.me, exc)
 
@@ -384,10 +399,15 @@ class Member:
         self._rooms.valid_until = -math.inf
         if incarnation is None:
             return
+        held = [*claims, *self._acquired.values(), *self._releasing.values()]
         try:
-            held = [*claims, *self._acquired.values(), *self._releasing.values()]
-            await self._store.release(held, self.me)
-            await self._store.leave(self.me, incarnation)
+            with trio.fail_after(self.lease):
+                await self._store.release(held, self.me)
+        except Exception as exc:  # they move after the lease instead
+            logger.warning("member %s: releasing its rooms failed: %s", self.me, exc)
+        try:
+            with trio.fail_after(self.lease):  # a hung PostgreSQL must not hold the exit
+                await self._store.leave(self.me, incarnation)
         except Exception as exc:
             logger.warning("member %s: leaving the cluster failed: %s", self.me, exc)
         else:

@@ -375,3 +375,42 @@ async def test_a_released_rooms_alarm_is_left_to_whoever_acquires_it_next(
         async with server.connect("/r") as client:
             await client.send('{"op": "get", "key": "fired"}')
             assert await client.receive_json() == {"op": "get", "result": None}
+
+
+class SlowAcquire(Directory):
+    """A Directory whose acquires wait for ``hold``, once it is set to an Event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: trio.Event | None = None
+
+    async def acquire(self, room: RoomId, member: str, *, lock_timeout: float) -> Acquired | Owned:
+        if self.hold is not None:
+            await self.hold.wait()
+        return await super().acquire(room, member, lock_timeout=lock_timeout)
+
+
+async def test_a_claim_won_after_the_lease_ran_out_is_released_and_never_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = SlowAcquire()
+    async with open_test_server(Ledger, storage=store, lease=LEASE) as server:
+        hold = store.hold = trio.Event()
+        store.beating = False  # the lease runs out while the acquire waits
+
+        async def answer_late() -> None:
+            await trio.sleep(LEASE)  # past the lease's end, VALID
+            hold.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_late)
+            with pytest.raises(roomkit.ClientClosed) as refused:
+                async with server.connect("/r"):
+                    pass
+        assert refused.value.status == 503
+        assert server.room("r") is None  # no instance was made: no hook ran
+        assert [claim.room for claim in store.released] == [ROOM]
+        store.hold, store.beating = None, True
+        await trio.sleep(LEASE / 3)  # renewed
+        async with server.connect("/r") as client:
+            await put(client, "a", 1)  # acquired anew, and served

@@ -99,11 +99,18 @@ class _Session:
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """``fn(connection)`` in a worker thread, once the calls before it are done.
 
+        Cancellable: a call cancelled (a heartbeat that hangs past the lease, a drain's
+        bound) is abandoned to its thread, which keeps the connection until it is done,
+        so the session's next call waits for it; its outcome is unknown, as that of any
+        write whose answer never came.
+
         Raises:
           StorageError: PostgreSQL refused the call or could not be reached; the
             psycopg error is its ``__cause__``.
         """
-        return await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
+        return await trio.to_thread.run_sync(
+            self._call, fn, limiter=self._limiter, abandon_on_cancel=True
+        )
 
     def _call(self, fn: Callable[[Connection], T]) -> T:
         if self._conn is not None and (self._opened < self._breaks.last or _ended(self._conn)):
