@@ -74,9 +74,10 @@ TALLIES = {
     "lease_ran_out": re.compile(r"WARNING roomkit\.cluster: member \S+: lease ran out"),
     "commit_failures": re.compile(r"ERROR roomkit\.storage: storage commit failed"),
 }
-#: Seconds a draining node waits for its connections. Not the default 10 s: a drain
-#: releases its rooms only once the clients it forwards to other nodes have gone, which
-#: they need not (see the report on issue 16), and the rooms would wait as long.
+#: Seconds a draining node waits for its connections. Not the default 10 s: its rooms
+#: move at once, but the node exits only once the connections it splices to other
+#: nodes' rooms have ended, which their clients need not do, and the runner starts the
+#: node again only after it exits.
 NODE_DRAIN_TIMEOUT = 1.0
 APP = "tests.historyapp:History"
 
