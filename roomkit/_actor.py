@@ -453,7 +453,8 @@ class RoomActor:
     async def _handle(self, event: Event) -> None:
         if isinstance(event, _POSTED):
             self._core.arrived()  # on its way no longer (see _post)
-        if trio.current_time() >= self._host.valid_until:
+        until = self._host.valid_until  # infinite but in a cluster: no clock read then
+        if until != math.inf and trio.current_time() >= until:
             # Before any event: a process resumed after a stop past its lease must not
             # run one stale event before its member's watcher has fenced every room.
             self._hooks.lapse()
@@ -612,7 +613,7 @@ class RoomActor:
             return None
         hooks.instance = room
         await hooks.run(None, "on_start")
-        return room
+        return hooks.instance  # None if the room was fenced or reset during on_start
 
     def _connect_settled(self, event: Connect, durable: bool) -> None:
         """Answer the handshake once on_connect's changes are durable, or refuse it: 503

@@ -317,7 +317,7 @@ class HookRunner:
         never land), every connection is closed with 1012 "Room moved", its alarm is
         left to whoever acquires the room, and no hook runs again, not even ``on_close``.
         """
-        if not self.fenced or self.instance is not None:
+        if not self.fenced:
             logger.warning(
                 "room %s: this process's lease ran out; closing its connections with 1012",
                 self.room,
