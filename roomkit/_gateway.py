@@ -282,9 +282,12 @@ class Gateway:
         if self._host.serves(room):
             return upgrade  # the common case: no question to the directory
         try:
-            owner = await member.locate(room)
+            # Bounded: a slow PostgreSQL must not park handshakes without limit (the
+            # connection limit counts them only once they reach a room).
+            with trio.fail_after(self._route_timeout):
+                owner = await member.locate(room)
         except Exception as exc:
-            logger.warning("room %s: the directory failed: %s", room, exc)
+            logger.warning("room %s: the directory failed: %r", room, exc)
             return self._refuse("owner_unavailable", _UNAVAILABLE, visit.remote)
         decision = member.membership.locate(room, owner, forwarded=visit.forwarded, handed=handed)
         if isinstance(decision, ServeHere):
