@@ -34,7 +34,7 @@ from typing import Final
 import attrs
 
 from .._roomid import RoomId
-from .handoff import HandTo
+from .handoff import HandTo, Refuse, ServeHere, where
 from .placement import Placement
 
 __all__ = ["ForwardTo", "Located", "Membership", "ServeHere", "Unavailable", "advertised"]
@@ -56,11 +56,6 @@ class Located:
     member: str
     address: str
     live: bool
-
-
-@attrs.frozen
-class ServeHere:
-    """This process serves the room (and acquires it first, if it does not hold it)."""
 
 
 @attrs.frozen
@@ -138,7 +133,7 @@ class Membership:
             return Unavailable() if forwarded or handed else ForwardTo(owner.address)
         if forwarded:
             return Unavailable()
-        workers = self.workers
-        if workers is None or workers.owns(room):
+        if self.workers is None:
             return ServeHere()
-        return Unavailable() if handed else HandTo(workers.owner(room))
+        placed = where(self.workers, room, handed=handed)  # nobody live: acquire, in its slot
+        return Unavailable() if isinstance(placed, Refuse) else placed
