@@ -23,6 +23,7 @@ from __future__ import annotations
 import array
 import contextlib
 import enum
+import functools
 import logging
 import os
 import socket
@@ -32,6 +33,7 @@ from typing import Final, Protocol, TypeVar
 
 import trio
 
+from ._accept import accept_loop
 from ._core.handoff import Frame, FrameReader, Handoff, HandoffError, Kind, encode
 from ._core.placement import Placement
 from ._forward import splice
@@ -352,10 +354,11 @@ async def serve_handoffs(
     """
     path = listener.socket.getsockname()
     try:
-        async with listener, trio.open_nursery() as nursery:
-            while True:
-                conn = await listener.accept()
-                nursery.start_soon(_serve_peer, conn, owner, metrics, exposition)
+        async with trio.open_nursery() as nursery:  # out of descriptors: a pause, not an end
+            serve = functools.partial(
+                _serve_peer, owner=owner, metrics=metrics, exposition=exposition
+            )
+            await accept_loop(listener, nursery, serve)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
