@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -68,24 +68,20 @@ class MetricsCollector:
         yield from self._gauges()
         yield from self._room_counters()
         yield self._hooks()
-        refused = CounterMetricFamily(
+        yield _by_label(
             "roomkit_handshakes_refused",
             "WebSocket handshakes (or unreadable request heads) refused, by reason.",
-            labels=["reason"],
+            "reason",
+            self._metrics.refused,
         )
-        for reason, count in self._metrics.refused.items():
-            refused.add_metric([reason], count)
-        yield refused
-        handoffs = CounterMetricFamily(
+        yield _by_label(
             "roomkit_handoffs",
             "Connections between workers (--workers), by outcome: handed to their room's "
             "worker (sent), relayed to it (relayed, TLS), taken from another worker "
             "(adopted), or a message from one that was no hand-off (malformed).",
-            labels=["outcome"],
+            "outcome",
+            self._metrics.handoffs,
         )
-        for outcome, count in self._metrics.handoffs.items():
-            handoffs.add_metric([outcome], count)
-        yield handoffs
         yield from self._forwards()
         commits = HistogramMetricFamily(
             "roomkit_storage_commit_duration_seconds",
@@ -100,16 +96,14 @@ class MetricsCollector:
         )
 
     def _forwards(self) -> Iterator[Metric]:
-        forwarded = CounterMetricFamily(
+        yield _by_label(
             "roomkit_forwarded",
             "WebSocket handshakes forwarded to their room's owner node (a cluster), by "
             "outcome: spliced after its 101, refused by it (its answer passed on), not "
             "reached (503), or a head that could not be forwarded as read (malformed, 400).",
-            labels=["outcome"],
+            "outcome",
+            self._metrics.forwarded,
         )
-        for outcome, count in self._metrics.forwarded.items():
-            forwarded.add_metric([outcome], count)
-        yield forwarded
         yield GaugeMetricFamily(
             "roomkit_forwarded_connections",
             "Connections being forwarded to their room's owner node now: connecting to "
@@ -256,16 +250,20 @@ def _parsed(page: bytes) -> list[Metric] | None:
         return None
 
 
+#: A label's values: its literals (a refusal reason, an outcome).
+_Label = TypeVar("_Label", bound=str)
+
+
 def _labelled(sample: Sample, worker: str) -> Sample:
-    labels = {"worker": worker, **sample.labels}
-    return Sample(
-        sample.name,
-        labels,
-        sample.value,
-        sample.timestamp,
-        sample.exemplar,
-        sample.native_histogram,
-    )
+    return sample._replace(labels={"worker": worker, **sample.labels})
+
+
+def _by_label(name: str, text: str, label: str, counts: Mapping[_Label, int]) -> Metric:
+    """A counter family with one label, one sample per entry of ``counts``."""
+    family = CounterMetricFamily(name, text, labels=[label])
+    for value, count in counts.items():
+        family.add_metric([value], count)
+    return family
 
 
 class _Families:
