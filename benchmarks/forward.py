@@ -29,6 +29,7 @@ import trio
 
 from roomkit import _forward
 from roomkit._accept import Head, accept_loop, read_request, remote_address
+from roomkit._metrics import Metrics
 
 from ._common import pin_load, server, write_results
 from .echo import percentile, pipelined, round_trips
@@ -44,7 +45,7 @@ async def serve_front(owner: str, kernel: bool) -> None:
     # Plain TCP clients are spliced in the kernel wherever os.splice exists: the front
     # that measures the other way turns that off in its own process.
     _forward.KERNEL_SPLICE = kernel
-    forwards = _forward.Forwards(b"benchmark secret", answer_timeout=10)
+    forwards = _forward.Forwards(b"benchmark secret", answer_timeout=10, metrics=Metrics())
 
     async def handler(stream: trio.SocketStream) -> None:
         _, head, _ = await read_request(None, 10, stream)
