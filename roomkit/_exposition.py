@@ -255,7 +255,15 @@ _Label = TypeVar("_Label", bound=str)
 
 
 def _labelled(sample: Sample, worker: str) -> Sample:
-    return sample._replace(labels={"worker": worker, **sample.labels})
+    labels = {"worker": worker, **sample.labels}
+    return Sample(
+        sample.name,
+        labels,
+        sample.value,
+        sample.timestamp,
+        sample.exemplar,
+        sample.native_histogram,
+    )
 
 
 def _by_label(name: str, text: str, label: str, counts: Mapping[_Label, int]) -> Metric:
