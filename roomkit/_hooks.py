@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, Literal, Protocol
 
 import trio
@@ -42,8 +42,11 @@ __all__ = ["HookName", "HookRunner", "Members"]
 
 logger = logging.getLogger("roomkit.room")
 
-HookName = Literal["on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error"]
-"""A Room hook, by name: what a hook transaction runs, and its metrics label."""
+HookName = Literal[
+    "on_start", "on_connect", "on_message", "on_close", "on_alarm", "on_error", "on_request", "rpc"
+]
+"""A Room hook, by name: what a hook transaction runs, and its metrics label (``rpc``:
+an ``@roomkit.rpc`` method, which a transaction runs as its ``call``)."""
 
 
 class Members(Protocol):
@@ -127,15 +130,24 @@ class HookRunner:
         *args: Any,
         changes: Changes | None = None,
         settle: Settle | None = None,
+        call: Callable[[], Awaitable[object]] | None = None,
     ) -> Exception | None:
         """Run the instance's ``hook`` as a transaction behind the output gate; return
-        what it raised."""
+        what it raised.
+
+        With ``call``, the transaction awaits ``call()`` instead of the hook named
+        ``hook`` (which then only labels it): a method of the room's own that is no
+        hook (an ``@roomkit.rpc`` one), or a hook whose result the caller keeps.
+        """
         outbox: Outbox[Transport] = []
         self.outbox, self.changes = outbox, changes  # changes made on the first write
         started = time.perf_counter()
         instance = self.instance
         try:
-            await getattr(instance, hook)(*args)
+            if call is None:
+                await getattr(instance, hook)(*args)
+            else:
+                await call()
         except Exception as exc:
             self.gate.drop(outbox)
             return exc

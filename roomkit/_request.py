@@ -24,6 +24,9 @@ class Request:
       headers: the request headers, names in lower case; repeated headers are joined
         with ``", "`` (``"; "`` for ``cookie``).
       remote: the peer's ``(host, port)``, or None when the transport has no address.
+      method: the HTTP method: ``"GET"`` for a WebSocket's handshake, any for a plain
+        request to :meth:`Room.on_request`.
+      body: a plain request's body, whole (``b""`` for a handshake, and for none).
     """
 
     path: str
@@ -31,6 +34,8 @@ class Request:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     remote: tuple[str, int] | None = None
+    method: str = "GET"
+    body: bytes = b""
 
 
 #: What a route hook returns: None for the room the path reaches; a room name (``""``

@@ -7,13 +7,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from ._closecodes import CloseCode
-from ._core.limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, RATE_LIMIT
+from ._core.limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, MAX_REQUEST_SIZE, RATE_LIMIT
 from ._core.ratelimit import RateLimit
 from ._protocol import Protocol as MessageProtocol
 
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._core.alarms import AlarmInfo
+    from ._core.frontdoor import Response
     from ._request import Request
     from ._storage import Storage
 
@@ -82,6 +83,8 @@ class Room:
       ping_interval: seconds between WebSocket pings to each connection; None sends none.
       ping_timeout: seconds a peer has to answer a ping before its TCP connection is
         dropped (``on_close`` then gets 1006).
+      max_request_size: bytes; the largest body of a plain HTTP request to the room
+        (:meth:`on_request`; 413 beyond it), and of a call's encoded arguments.
     """
 
     protocol: ClassVar[MessageProtocol | None] = None
@@ -94,6 +97,7 @@ class Room:
     auto_response: ClassVar[tuple[str | bytes, str | bytes] | None] = None
     ping_interval: ClassVar[float | None] = 20.0
     ping_timeout: ClassVar[float] = 20.0
+    max_request_size: ClassVar[int] = MAX_REQUEST_SIZE
 
     _roomkit_actor: RoomBackend
     _roomkit_storage: Storage
@@ -104,7 +108,7 @@ class Room:
             raise TypeError(f"{cls.__name__}.protocol must be a roomkit.Protocol or None")
         if cls.rate_limit is not None and not isinstance(cls.rate_limit, RateLimit):
             raise TypeError(f"{cls.__name__}.rate_limit must be a roomkit.RateLimit or None")
-        for attr in ("max_message_size", "max_connections", "max_send_queue"):
+        for attr in ("max_message_size", "max_connections", "max_send_queue", "max_request_size"):
             value = getattr(cls, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{cls.__name__}.{attr} must be a positive int, not {value!r}")
@@ -203,6 +207,19 @@ class Room:
         16, 32, 64 s, plus up to a quarter more), at most 6 times; ``info.retry_count``
         counts the retries. Runs even if nobody is connected.
         """
+
+    async def on_request(self, request: Request) -> Response:
+        """Answer a plain HTTP request to the room's path (``curl -X POST .../lobby``),
+        as one turn of the room: in order with its other events, a transaction whose
+        response goes out once its writes are durable. Any method; ``request.body`` is
+        the body, up to ``max_request_size`` bytes (413 beyond it).
+
+        A room whose class does not override this answers plain HTTP with 426, as a
+        WebSocket endpoint does; this base version is never called. If it raises, the
+        client gets 500, the turn's writes and sends are dropped, and :meth:`on_error`
+        runs (with ``conn`` None).
+        """
+        raise NotImplementedError("a room that answers HTTP overrides on_request")
 
     async def on_error(self, conn: Connection | None, error: Exception) -> None:
         """Called when a hook raised ``error`` (its sends were dropped).

@@ -24,6 +24,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "MAX_CONNECTIONS",
     "MAX_MESSAGE_SIZE",
+    "MAX_REQUEST_SIZE",
     "RATE_LIMIT",
     "RATE_LIMITED",
     "TLS_CLOSE_TIMEOUT",
@@ -35,6 +36,8 @@ __all__ = [
 #: Largest incoming message, in bytes on the wire (1 MiB): far above a chat line or a
 #: game state, far below what a flood of peers could make a process hold.
 MAX_MESSAGE_SIZE: Final = 1 << 20
+#: Largest body of a plain HTTP request to a room, and of a call's arguments (1 MiB).
+MAX_REQUEST_SIZE: Final = 1 << 20
 #: Connections a room (and a proxy) holds at once; more are refused with 503.
 MAX_CONNECTIONS: Final = 10_000
 #: Each connection's incoming messages: 100 a second, bursts of 200.
