@@ -7,11 +7,11 @@ either side ending ends both.
 
 The client's end-to-end headers go on to the backend, but those the ``forward_headers``
 and ``drop_headers`` options leave out; the hop-by-hop ones and the handshake's never
-do, and the client's address is appended to ``X-Forwarded-For`` and ``Forwarded``
-(``_core.forwarding`` decides). With ``ssl_context``, the proxy's own listener speaks
-TLS (``wss://``), as a server's does: the TLS handshake counts against
-``handshake_timeout``, a failed one is counted and logged (at DEBUG), and a plain HTTP
-answer ends with a close_notify.
+do, and the client's address is appended to ``X-Forwarded-For`` and ``Forwarded``, its
+scheme to ``Forwarded`` and ``X-Forwarded-Proto`` (``_core.forwarding`` decides). With
+``ssl_context``, the proxy's own listener speaks TLS (``wss://``), as a server's does:
+the TLS handshake counts against ``handshake_timeout``, a failed one is counted and
+logged (at DEBUG), and a plain HTTP answer ends with a close_notify.
 
 What the client gets when things go wrong: plain HTTP → 426 (``/roomkit.js`` and
 ``/healthz`` are served); a request the proxy will not pass on (see ``_core.forwarding``)
@@ -153,8 +153,8 @@ class ProxyOptions(TypedDict, total=False):
         the proxy never passes on (``Connection``, ``Host``...: see docs/proxy.md) is
         refused (ValueError).
       drop_headers: the names of headers of the client's never passed on, on top of
-        those the proxy never passes on. ``("x-forwarded-for", "forwarded")`` starts
-        the chains of addresses at the proxy's client.
+        those the proxy never passes on. ``("x-forwarded-for", "forwarded",
+        "x-forwarded-proto")`` starts the chains at the proxy's client.
       max_message_size: bytes; a bigger message from a client closes both sides with
         1009, and one from the backend does too. Nothing past it is buffered.
       max_connections: WebSockets forwarded at once; beyond, handshakes get 503.
@@ -191,7 +191,7 @@ class ProxyOptions(TypedDict, total=False):
             metavar="NAMES",
             shown="none",
             help="comma-separated headers of the client's never passed on to the backend "
-            "(x-forwarded-for,forwarded: the chains start at the proxy)",
+            "(x-forwarded-for,forwarded,x-forwarded-proto: the chains start at the proxy)",
         ),
     ]
     max_message_size: Annotated[
@@ -321,6 +321,7 @@ class _Proxy:
         self._backend = backend
         self._limits = limits
         self._choice = HeaderChoice.of(limits["forward_headers"], limits["drop_headers"])
+        self._secure = limits["ssl_context"] is not None  # the scheme clients reach it by
         self._files = static_files()
         self._clients: set[ProxyClient] = set()  # every TCP connection being served
         self._forwarding = 0  # of which WebSockets, counted against max_connections
@@ -420,7 +421,9 @@ class _Proxy:
                         backend.host_header,
                         backend.path.rstrip("/") + head.target,
                         subprotocols=subprotocols(head),
-                        extra_headers=forwarded_headers(head, client.remote_host, self._choice),
+                        extra_headers=forwarded_headers(
+                            head, client.remote_host, self._choice, secure=self._secure
+                        ),
                         max_message_size=self._limits["max_message_size"],
                         message_queue_size=0,  # a message is held by the pump, not queued
                         receive_buffer_size=RECEIVE_BYTES,

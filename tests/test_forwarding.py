@@ -134,7 +134,7 @@ def browser() -> RequestHead:
 
 
 def test_every_end_to_end_header_is_passed_on_in_order_and_no_other() -> None:
-    assert forwarded_headers(browser(), None, EVERY) == [
+    assert forwarded_headers(browser(), None, EVERY, secure=False)[:-2] == [
         (b"user-agent", b"Mozilla/5.0 (X11)"),
         (b"accept-language", b"fr, en;q=0.5"),
         (b"origin", b"https://app.example"),
@@ -183,39 +183,53 @@ def test_only_passes_on_the_headers_it_names_and_drop_none_it_names() -> None:
     assert passed_on(request(host="h", x_a="1"), HeaderChoice.of(["host"], [])) == {}
 
 
-def test_the_address_chains_get_the_proxys_client_last() -> None:
-    assert forwarded_headers(request(x_a="1"), "10.0.0.9", EVERY) == [
+def test_the_address_chains_get_the_proxys_client_and_scheme_last() -> None:
+    assert forwarded_headers(request(x_a="1"), "10.0.0.9", EVERY, secure=False) == [
         (b"x-a", b"1"),
         (b"x-forwarded-for", b"10.0.0.9"),
-        (b"forwarded", b"for=10.0.0.9"),
+        (b"forwarded", b"for=10.0.0.9;proto=http"),
+        (b"x-forwarded-proto", b"http"),
     ]
-    seen = request(forwarded='for="[2001:db8::1]"', x_forwarded_for="1.2.3.4")
-    assert forwarded_headers(seen, "::1", EVERY) == [
+    seen = request(
+        forwarded='for="[2001:db8::1]"', x_forwarded_for="1.2.3.4", x_forwarded_proto="http"
+    )
+    assert forwarded_headers(seen, "::1", EVERY, secure=True) == [
         (b"x-forwarded-for", b"1.2.3.4, ::1"),
-        (b"forwarded", b'for="[2001:db8::1]", for="[::1]"'),
+        (b"forwarded", b'for="[2001:db8::1]", for="[::1]";proto=https'),
+        (b"x-forwarded-proto", b"http, https"),
     ]
-    assert forwarded_headers(seen, None, EVERY) == [
-        (b"forwarded", b'for="[2001:db8::1]"'),
+    assert forwarded_headers(seen, None, EVERY, secure=True) == [
         (b"x-forwarded-for", b"1.2.3.4"),
+        (b"forwarded", b'for="[2001:db8::1]", proto=https'),
+        (b"x-forwarded-proto", b"http, https"),
     ]
 
 
 def test_a_chain_the_client_may_not_pass_on_starts_at_the_proxy() -> None:
-    seen = request(x_forwarded_for="6.6.6.6", forwarded="for=6.6.6.6")
-    fresh = [(b"x-forwarded-for", b"10.0.0.9"), (b"forwarded", b"for=10.0.0.9")]
-    dropped = HeaderChoice.of(None, ["x-forwarded-for", "forwarded"])
-    assert forwarded_headers(seen, "10.0.0.9", dropped) == fresh
-    assert forwarded_headers(seen, "10.0.0.9", HeaderChoice.of(["x-a"], [])) == fresh
-    named = request(connection="X-Forwarded-For, Forwarded", **{"x_forwarded_for": "6.6.6.6"})
-    assert forwarded_headers(named, "10.0.0.9", EVERY) == fresh
+    seen = request(x_forwarded_for="6.6.6.6", forwarded="for=6.6.6.6", x_forwarded_proto="https")
+    fresh = [
+        (b"x-forwarded-for", b"10.0.0.9"),
+        (b"forwarded", b"for=10.0.0.9;proto=http"),
+        (b"x-forwarded-proto", b"http"),
+    ]
+    dropped = HeaderChoice.of(None, ["x-forwarded-for", "forwarded", "x-forwarded-proto"])
+    assert forwarded_headers(seen, "10.0.0.9", dropped, secure=False) == fresh
+    only = HeaderChoice.of(["x-a"], [])
+    assert forwarded_headers(seen, "10.0.0.9", only, secure=False) == fresh
+    named = request(
+        connection="X-Forwarded-For, Forwarded, X-Forwarded-Proto",
+        **{"x_forwarded_for": "6.6.6.6"},
+    )
+    assert forwarded_headers(named, "10.0.0.9", EVERY, secure=False) == fresh
 
 
 def test_a_name_with_an_underscore_is_never_passed_on() -> None:
     # parse_head keeps the name as sent; a CGI-style backend would read it as the real one
     head = RequestHead("GET", "/r", {"x_forwarded_for": "6.6.6.6", "x-a_b": "1"})
-    assert forwarded_headers(head, "10.0.0.9", EVERY) == [
+    assert forwarded_headers(head, "10.0.0.9", EVERY, secure=True) == [
         (b"x-forwarded-for", b"10.0.0.9"),
-        (b"forwarded", b"for=10.0.0.9"),
+        (b"forwarded", b"for=10.0.0.9;proto=https"),
+        (b"x-forwarded-proto", b"https"),
     ]
 
 

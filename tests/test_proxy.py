@@ -109,6 +109,8 @@ class HeaderEcho(roomkit.Room):
 
 #: The headers of the backend's handshake with the proxy that are not the client's.
 PROXYS_OWN = {"host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version"}
+#: The headers the proxy appends its elements to, whatever the client sent.
+FORWARDING = ("x-forwarded-for", "forwarded", "x-forwarded-proto")
 
 
 async def headers_through(front: roomkit.ProxyServer, *headers: tuple[str, str]) -> Any:
@@ -155,6 +157,7 @@ async def test_every_end_to_end_header_is_forwarded_and_no_hop_by_hop_one(
         "origin",
         "x-forwarded-for",
         "forwarded",
+        "x-forwarded-proto",
     }
     assert got["host"] == f"127.0.0.1:{backend.port}"  # the backend's, not the proxy's
     assert got["connection"] == "Upgrade"  # the proxy's own handshake's
@@ -165,7 +168,8 @@ async def test_every_end_to_end_header_is_forwarded_and_no_hop_by_hop_one(
     # The client's chains stay in front; the last element is the proxy's, which the
     # client cannot write: it is the address the proxy's socket sees.
     assert got["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"
-    assert got["forwarded"] == "for=6.6.6.6, for=127.0.0.1"
+    assert got["forwarded"] == "for=6.6.6.6, for=127.0.0.1;proto=http"
+    assert got["x-forwarded-proto"] == "http"  # the scheme the client reached the proxy by
 
 
 async def test_a_backend_behind_two_proxies_sees_the_whole_chain(
@@ -175,9 +179,10 @@ async def test_a_backend_behind_two_proxies_sees_the_whole_chain(
     inner = await start_proxy(nursery, backend.url)
     outer = await start_proxy(nursery, inner.url)
     got = await headers_through(outer, ("X-Custom", "through both"))
-    assert set(got) - PROXYS_OWN == {"user-agent", "x-custom", "x-forwarded-for", "forwarded"}
+    assert set(got) - PROXYS_OWN == {"user-agent", "x-custom", *FORWARDING}
     assert got["x-forwarded-for"] == "127.0.0.1, 127.0.0.1"
-    assert got["forwarded"] == "for=127.0.0.1, for=127.0.0.1"
+    assert got["forwarded"] == "for=127.0.0.1;proto=http, for=127.0.0.1;proto=http"
+    assert got["x-forwarded-proto"] == "http, http"
 
 
 async def test_forward_headers_passes_on_only_the_headers_it_names(
@@ -192,7 +197,7 @@ async def test_forward_headers_passes_on_only_the_headers_it_names(
         ("X-Custom", "left out"),
         ("X-Forwarded-For", "6.6.6.6"),
     )
-    assert set(got) - PROXYS_OWN == {"x-tenant", "cookie", "x-forwarded-for", "forwarded"}
+    assert set(got) - PROXYS_OWN == {"x-tenant", "cookie", *FORWARDING}
     assert (got["x-tenant"], got["cookie"]) == ("acme", "a=1")
     assert got["x-forwarded-for"] == "127.0.0.1"  # the client's chain was not named
 
@@ -210,8 +215,8 @@ async def test_drop_headers_passes_on_all_but_the_headers_it_names(
         ("X-Forwarded-For", "6.6.6.6"),
         ("Forwarded", "for=6.6.6.6"),
     )
-    assert set(got) - PROXYS_OWN == {"user-agent", "x-custom", "x-forwarded-for", "forwarded"}
-    assert (got["x-forwarded-for"], got["forwarded"]) == ("127.0.0.1", "for=127.0.0.1")
+    assert set(got) - PROXYS_OWN == {"user-agent", "x-custom", *FORWARDING}
+    assert (got["x-forwarded-for"], got["forwarded"]) == ("127.0.0.1", "for=127.0.0.1;proto=http")
 
 
 @contextmanager

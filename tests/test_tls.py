@@ -46,11 +46,13 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
 
 
 class Chorus(roomkit.Room):
-    """Greets each connection with its remote address; ``burst N`` broadcasts N
-    messages in one hook (so they leave as one write); anything else is echoed."""
+    """Greets each connection with its remote address (and the scheme a proxy says it
+    came by); ``burst N`` broadcasts N messages in one hook (so they leave as one
+    write); anything else is echoed."""
 
     async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
-        conn.send(json.dumps({"remote": request.remote}))
+        proto = request.headers.get("x-forwarded-proto")
+        conn.send(json.dumps({"remote": request.remote, "proto": proto}))
 
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         if message.startswith("burst "):
@@ -236,6 +238,7 @@ async def test_a_proxy_listens_for_wss_with_an_ssl_context(
 
     greeting, *replies = await trio.to_thread.run_sync(talk)
     assert greeting["remote"][0] == "127.0.0.1"  # the proxy's address, as the backend sees it
+    assert greeting["proto"] == "https"  # the scheme the client reached the proxy by
     assert replies[0] == "echo hello" and [r[:4] for r in replies[1:]] == ["0000", "0001", "0002"]
     async with open_client(f"{front.url}/r", client_context) as ws:  # trio-websocket's too
         with trio.fail_after(5):

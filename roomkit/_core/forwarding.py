@@ -2,7 +2,9 @@
 
 The proxy puts its backend's path prefix before the client's raw request target, and
 passes on the client's end-to-end headers (:class:`HeaderChoice` says which), with
-the client's address added to ``X-Forwarded-For`` and ``Forwarded``. Never passed on:
+the client's address added to ``X-Forwarded-For`` and ``Forwarded``, and the scheme it
+reached the proxy by (``http`` or ``https``) to ``X-Forwarded-Proto`` and to its
+``Forwarded`` element (``proto=``). Never passed on:
 
 * the hop-by-hop headers of RFC 9110 section 7.6.1, which concern the client's
   connection to the proxy, not the request: ``Connection`` and every header it names,
@@ -85,8 +87,9 @@ HANDSHAKE_HEADERS: Final = frozenset(
 )
 #: Headers of the client's that never reach the backend as they are.
 NEVER_FORWARDED: Final = HOP_BY_HOP | HANDSHAKE_HEADERS
-#: The headers the proxy appends its client's address to.
-ADDRESS_HEADERS: Final = ("x-forwarded-for", "forwarded")
+#: The headers the proxy appends its client's address (and scheme) to: its
+#: ``X-Forwarded-For`` and ``Forwarded`` elements, and ``X-Forwarded-Proto``'s.
+ADDRESS_HEADERS: Final = ("x-forwarded-for", "forwarded", "x-forwarded-proto")
 
 
 @attrs.frozen
@@ -156,26 +159,35 @@ def forwarding_error(head: RequestHead, choice: HeaderChoice) -> str | None:
 
 
 def forwarded_headers(
-    head: RequestHead, remote_host: str | None, choice: HeaderChoice
+    head: RequestHead, remote_host: str | None, choice: HeaderChoice, *, secure: bool
 ) -> list[tuple[bytes, bytes]]:
-    """The headers to send the backend: those ``choice`` passes on, with ``remote_host``
-    appended to ``X-Forwarded-For`` and ``Forwarded`` (whether the client sent them or
-    not; the chains it sent stay in front if ``choice`` passes them on).
+    """The headers to send the backend: those ``choice`` passes on, with the proxy's
+    elements appended (whether the client sent the headers or not; the chains it sent
+    stay in front if ``choice`` passes them on): ``remote_host`` to ``X-Forwarded-For``;
+    ``for=`` it and ``proto=`` the scheme to ``Forwarded``; the scheme to
+    ``X-Forwarded-Proto``. The scheme is ``https`` if the client reached the proxy
+    through TLS (``secure``), else ``http``; an unknown host leaves ``for`` out.
 
     ``head`` must have passed :func:`forwarding_error`.
     """
     headers = passed_on(head, choice)
-    if remote_host is not None:
-        for name, element in zip(ADDRESS_HEADERS, _address_elements(remote_host), strict=True):
-            seen = headers.pop(name, "")
-            headers[name] = f"{seen}, {element}" if seen else element
+    elements = _elements(remote_host, "https" if secure else "http")
+    for name, element in zip(ADDRESS_HEADERS, elements, strict=True):
+        if element is None:
+            continue
+        seen = headers.pop(name, "")
+        headers[name] = f"{seen}, {element}" if seen else element
     return [(name.encode(), value.encode("ascii")) for name, value in headers.items()]
 
 
-def _address_elements(host: str) -> tuple[str, str]:
-    """``host`` as an element of ``X-Forwarded-For``, and of ``Forwarded`` (RFC 7239
-    section 6: an IPv6 address in brackets and quotes)."""
-    return host, f'for="[{host}]"' if ":" in host else f"for={host}"
+def _elements(host: str | None, proto: str) -> tuple[str | None, str, str]:
+    """The proxy's elements of ``X-Forwarded-For`` (None for an unknown ``host``),
+    ``Forwarded`` (RFC 7239 section 6: an IPv6 address in brackets and quotes) and
+    ``X-Forwarded-Proto``."""
+    if host is None:
+        return None, f"proto={proto}", proto
+    node = f'"[{host}]"' if ":" in host else host
+    return host, f"for={node};proto={proto}", proto
 
 
 def subprotocols(head: RequestHead) -> list[str]:
