@@ -16,6 +16,7 @@ from ._closecodes import CloseCode as CloseCode
 from ._connection import Connection as Connection
 from ._connection import ConnectionState as ConnectionState
 from ._core.alarms import AlarmInfo as AlarmInfo
+from ._core.frontdoor import Response as Response
 from ._core.ratelimit import RateLimit as RateLimit
 from ._errors import ClientClosed as ClientClosed
 from ._errors import DecodeError as DecodeError
@@ -60,6 +61,7 @@ __all__ = [
     "ReconnectEvent",
     "Reject",
     "Request",
+    "Response",
     "Room",
     "RoomkitError",
     "ServeOptions",

@@ -27,6 +27,7 @@ def test_public_names() -> None:
         "ReconnectEvent",
         "Reject",
         "Request",
+        "Response",
         "Room",
         "RoomkitError",
         "ServeOptions",

@@ -10,6 +10,7 @@ import trio_websocket
 import roomkit
 import roomkit._gateway
 from roomkit._core.frontdoor import (
+    BodyReader,
     RequestHead,
     Response,
     RoomTarget,
@@ -230,9 +231,199 @@ def test_plain_http_gets_healthz_or_426() -> None:
     assert router.route(head("/healthz", websocket=False)) == Response(200, "ok")
     response = router.route(head("/general", websocket=False))
     assert response == Response(426, "Expected websocket", (("upgrade", "websocket"),))
-    for method in ("POST", "HEAD"):
-        other = router.route(head("/healthz", websocket=False, method=method))
-        assert isinstance(other, Response) and other.status == 426
+    other = router.route(head("/healthz", websocket=False, method="POST"))
+    assert isinstance(other, Response) and other.status == 426
+    assert router.route(head("/healthz", websocket=False, method="HEAD")) == Response(200, "ok")
+
+
+def test_a_plain_request_reaches_a_room_that_answers_http() -> None:
+    router = Router({"/api": "A", "/ws": "W"}, answers=lambda route: route == "A")
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE"):
+        plain = head("/api/x?q=1", websocket=False, method=method)
+        assert router.route(plain) == RoomTarget("A", RoomId("/api", "x"))
+    assert router.route(head("/api", websocket=False)) == RoomTarget("A", RoomId("/api", "default"))
+    upgrade_required = Response(426, "Expected websocket", (("upgrade", "websocket"),))
+    assert router.route(head("/ws/x", websocket=False, method="POST")) == upgrade_required
+    # A path that reaches no room (no route, a bad name) gets 426 as before.
+    assert router.route(head("/nope/x", websocket=False, method="POST")) == upgrade_required
+    assert router.route(head("/api/a/b", websocket=False, method="POST")) == upgrade_required
+    # Without answers=, no route answers HTTP.
+    assert Router("A").route(head("/x", websocket=False, method="POST")) == upgrade_required
+
+
+def test_pages_come_before_rooms_for_get_and_head_only() -> None:
+    page = Response(200, "js")
+    router = Router(
+        "R", files={"/roomkit.js": page, "/metrics": lambda: Response(200, "m")}, answers=bool
+    )
+    for path, answer in (
+        ("/roomkit.js", page),
+        ("/metrics", Response(200, "m")),
+        ("/healthz", Response(200, "ok")),
+    ):
+        for method in ("GET", "HEAD"):
+            assert router.route(head(path, websocket=False, method=method)) == answer
+        room = RoomTarget("R", RoomId("", path[1:]))
+        assert router.route(head(path, websocket=False, method="POST")) == room
+    assert router.page(head("/roomkit.js", websocket=False, method="PUT")) is None
+    assert router.page(head("/other", websocket=False)) is None
+
+
+def test_the_origin_check_applies_to_plain_requests_with_an_origin() -> None:
+    router = Router("R", allowed_origins=["https://ok.example"], answers=bool)
+    plain = head("/x", websocket=False, method="POST")
+    assert router.route(plain) == RoomTarget("R", RoomId("", "x"))
+    ok = RequestHead("POST", "/x", {"origin": "https://ok.example"})
+    assert router.route(ok) == RoomTarget("R", RoomId("", "x"))
+    bad = RequestHead("POST", "/x", {"origin": "https://evil.example"})
+    assert router.route(bad) == Response(403, "Origin not allowed")
+    # Pages are the server's, whatever the origin.
+    assert router.route(
+        RequestHead("GET", "/healthz", {"origin": "https://evil.example"})
+    ) == Response(200, "ok")
+
+
+def test_answering_refuses_a_route_that_does_not_answer() -> None:
+    router = Router({"/a": "A", "/b": "B"}, answers=lambda route: route == "A")
+    assert router.answers_http
+    assert not Router({"/b": "B"}, answers=lambda route: route == "A").answers_http
+    assert not Router("A").answers_http
+    a, b = RoomTarget("A", RoomId("/a", "x")), RoomTarget("B", RoomId("/b", "x"))
+    assert router.answering(a) == a
+    assert router.answering(b) == Response(426, "Expected websocket", (("upgrade", "websocket"),))
+
+
+# Response: the public one.
+
+
+def test_response_infers_its_content_type_and_encodes_json() -> None:
+    text = Response(200, "héllo")
+    assert text.to_bytes() == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 6\r\n"
+        b"connection: close\r\nx-content-type-options: nosniff\r\n\r\nh\xc3\xa9llo"
+    )
+    assert text.text == "héllo"
+    raw = Response(201, b"\x00\x01", {"x-a": "1"})
+    assert raw.to_bytes() == (
+        b"HTTP/1.1 201 Created\r\ncontent-type: application/octet-stream\r\n"
+        b"content-length: 2\r\nconnection: close\r\nx-content-type-options: nosniff\r\n"
+        b"x-a: 1\r\n\r\n\x00\x01"
+    )
+    assert raw.headers == (("x-a", "1"),)
+    value = {"a": [1, 2], "b": "é"}
+    as_json = Response(200, value)
+    assert as_json.to_bytes().endswith(
+        b"content-type: application/json\r\ncontent-length: 24\r\nconnection: close\r\n"
+        b'x-content-type-options: nosniff\r\n\r\n{"a":[1,2],"b":"\\u00e9"}'
+    )
+    assert as_json.json() is value
+    assert as_json.text == '{"a":[1,2],"b":"\\u00e9"}'
+    assert Response(200, None).to_bytes().endswith(b"\r\n\r\nnull")
+    assert Response(200, "[1]").json() == [1] and Response(200, b"[2]").json() == [2]
+    assert Response(200, b"\xff").text == "\ufffd"
+    given = Response(200, "<p>", content_type="text/html")
+    assert b"content-type: text/html\r\n" in given.to_bytes()
+
+
+def test_a_head_answer_has_no_body_but_its_length() -> None:
+    response = Response(200, "hello")
+    assert response.to_bytes(body=False) == response.to_bytes()[: -len(b"hello")]
+    assert b"content-length: 5\r\n" in response.to_bytes(body=False)
+
+
+def test_positional_responses_keep_working() -> None:
+    response = Response(426, "Expected websocket", (("upgrade", "websocket"),))
+    assert (response.status, response.body, response.headers) == (
+        426,
+        "Expected websocket",
+        (("upgrade", "websocket"),),
+    )
+    assert Response(200, b"x", (), "text/javascript").content_type == "text/javascript"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-a": "1\r\nset-cookie: evil=1"},
+        {"x-a": "1\n"},
+        {"x a": "1"},
+        {"": "1"},
+        {"x-a:": "1"},
+        {"x-a": "caf\u00e9"},
+        {"content-length": "3"},
+        {"Connection": "keep-alive"},
+        {"transfer-encoding": "chunked"},
+        {"content-type": "text/html"},
+        [("x-a", "1", "2")],
+        [("x-a", 1)],
+    ],
+)
+def test_response_refuses_headers_that_could_split_or_reframe_it(headers: object) -> None:
+    with pytest.raises(ValueError):
+        Response(200, "x", headers)  # type: ignore[arg-type]
+
+
+def test_response_refuses_bad_statuses_types_and_bodies() -> None:
+    for status in (99, 1000, True, "200"):
+        with pytest.raises(ValueError):
+            Response(status, "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Response(200, "x", content_type="text/plain\r\nx-a: 1")
+    with pytest.raises(TypeError):
+        Response(200, {"a": object()})
+    with pytest.raises(ValueError):
+        Response(200, float("nan"))
+    assert Response(200, "x", [("x-a", "\tb c")]).headers == (("x-a", "\tb c"),)
+
+
+# The body of a plain request.
+
+POST = b"POST /x HTTP/1.1\r\nhost: h\r\n"
+
+
+def test_a_body_by_content_length_arrives_in_pieces() -> None:
+    reader = BodyReader(POST + b"content-length: 5\r\n\r\n", b"he", 5)
+    assert (reader.result, reader.interim) == (None, b"")
+    assert reader.feed(b"l") is None
+    assert reader.feed(b"loEXTRA") == b"hello"
+    assert reader.feed(b"more") == b"hello"  # past the end: nothing changes
+
+
+def test_a_body_that_came_with_the_head_is_whole_at_once() -> None:
+    reader = BodyReader(POST + b"content-length: 2\r\n\r\n", b"hi", 2)
+    assert reader.result == b"hi"
+    assert BodyReader(b"GET /x HTTP/1.1\r\nhost: h\r\n\r\n", b"", 0).result == b""
+
+
+def test_a_body_over_the_limit_by_its_length_is_refused_at_once() -> None:
+    reader = BodyReader(POST + b"content-length: 6\r\nexpect: 100-continue\r\n\r\n", b"", 5)
+    assert reader.result == Response(413, "Request body too large: at most 5 bytes")
+    assert reader.interim == b""  # no 100 Continue for a body refused
+
+
+def test_a_chunked_body_is_refused_as_it_passes_the_limit() -> None:
+    reader = BodyReader(POST + b"transfer-encoding: chunked\r\n\r\n", b"3\r\nabc\r\n", 5)
+    assert reader.result is None
+    assert reader.feed(b"2\r\nde\r\n") is None  # exactly the limit
+    assert reader.feed(b"1\r\nf\r\n") == Response(413, "Request body too large: at most 5 bytes")
+    whole = BodyReader(POST + b"transfer-encoding: chunked\r\n\r\n", b"3\r\nabc\r\n", 5)
+    assert whole.feed(b"2\r\nde\r\n0\r\n\r\n") == b"abcde"
+
+
+def test_expect_100_continue_gets_an_interim_answer() -> None:
+    reader = BodyReader(POST + b"content-length: 2\r\nexpect: 100-continue\r\n\r\n", b"", 5)
+    assert reader.interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert reader.feed(b"ok") == b"ok"
+    sent = BodyReader(POST + b"content-length: 2\r\nexpect: 100-continue\r\n\r\n", b"ok", 5)
+    assert (sent.result, sent.interim) == (b"ok", b"")  # the body came anyway
+
+
+def test_a_body_cut_short_or_badly_framed_is_a_bad_request() -> None:
+    reader = BodyReader(POST + b"content-length: 5\r\n\r\n", b"he", 5)
+    answer = reader.feed(b"")
+    assert isinstance(answer, Response) and answer.status == 400
+    chunks = BodyReader(POST + b"transfer-encoding: chunked\r\n\r\n", b"zz\r\n", 5)
+    assert isinstance(chunks.result, Response) and chunks.result.status == 400
 
 
 class Hello(roomkit.Room):

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 import attrs
@@ -34,8 +35,12 @@ import h11
 from .._roomid import RoomId
 
 __all__ = [
+    "CALL_HEADER",
+    "CONTINUE",
     "DEFAULT_ROOM",
     "MAX_ROOM_NAME",
+    "UPGRADE_REQUIRED",
+    "BodyReader",
     "Page",
     "RequestHead",
     "Response",
@@ -44,6 +49,7 @@ __all__ = [
     "handshake_response",
     "is_token_list",
     "list_elements",
+    "page_response",
     "parse_head",
     "plain_response",
     "reason_phrase",
@@ -51,6 +57,10 @@ __all__ = [
     "room_name_problem",
 ]
 
+#: The header of a call between roomkit's processes (a plain POST into a room's path):
+#: the method it calls. The gateway refuses one read from the network (403) unless it
+#: can verify it.
+CALL_HEADER: Final = "roomkit-call"
 #: Longest room name, in characters; a name is a key, not a document.
 MAX_ROOM_NAME: Final = 256
 #: The room that ``/`` (or ``/chat``, ``/chat/`` for a route ``/chat``) reaches, as the
@@ -82,24 +92,114 @@ class RequestHead:
         return self.method == "GET" and "websocket" in upgrade.lower()
 
 
+#: Headers a response may not set itself: roomkit frames the body and closes the
+#: connection, and the content type has a field of its own.
+_FRAMING_HEADERS: Final = frozenset(
+    {"content-length", "transfer-encoding", "connection", "content-type"}
+)
+
+
+def _header_pairs(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    """``headers`` as a tuple of pairs, each checked: a name that is a token, a value of
+    printable ASCII (tabs allowed), so that no header can split the response."""
+    pairs = tuple(headers.items() if isinstance(headers, Mapping) else headers)
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ValueError(f"a header is a (name, value) pair, not {pair!r}")
+        name, value = pair
+        if not (isinstance(name, str) and name and _TOKEN_CHARS.issuperset(name)):
+            raise ValueError(f"a header name is an HTTP token, not {name!r}")
+        if name.lower() in _FRAMING_HEADERS:
+            raise ValueError(
+                f"a response cannot set {name!r}: roomkit frames the body and closes "
+                "the connection (give the content type as content_type=)"
+            )
+        _check_value(name, value)
+    return pairs
+
+
+def _check_value(name: str, value: object) -> None:
+    if not isinstance(value, str) or not all(c == "\t" or " " <= c <= "~" for c in value):
+        raise ValueError(
+            f"the value of header {name!r} must be printable ASCII, with no CR or LF: {value!r}"
+        )
+
+
 @attrs.frozen
 class Response:
-    """A plain HTTP response to send instead of opening a WebSocket.
+    """A plain HTTP response: what the server's pages and refusals answer, and what
+    :meth:`roomkit.Room.on_request` returns.
+
+    Args:
+      status: the status code, 100 to 999.
+      body: ``str`` (sent as UTF-8), ``bytes``, or any other JSON value (sent as
+        compact JSON).
+      headers: extra headers, a mapping or an iterable of ``(name, value)`` pairs
+        (kept as a tuple of pairs). Names must be HTTP tokens and values printable
+        ASCII without CR or LF, else ValueError: a room cannot split a response.
+        ``content-type``, ``content-length``, ``connection`` and ``transfer-encoding``
+        are roomkit's to set.
+      content_type: the ``content-type``; None infers it from the body:
+        ``text/plain; charset=utf-8`` for ``str``, ``application/octet-stream`` for
+        ``bytes``, ``application/json`` for a JSON value.
+
+    Raises:
+      ValueError: for a bad status, header or content type.
+      TypeError: for a body that is not JSON-encodable.
 
     Every one goes out with ``connection: close`` and ``x-content-type-options: nosniff``.
     """
 
     status: int
-    body: str | bytes
-    headers: tuple[tuple[str, str], ...] = ()
-    content_type: str = "text/plain; charset=utf-8"
+    body: Any = ""
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_header_pairs)
+    content_type: str | None = None
+    _payload: bytes = attrs.field(init=False, repr=False, eq=False)
+    _type: str = attrs.field(init=False, repr=False, eq=False)
 
-    def to_bytes(self) -> bytes:
-        """The whole response, head and body, ready to write; the connection then closes."""
-        body = self.body.encode("utf-8") if isinstance(self.body, str) else self.body
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.status, int) or isinstance(self.status, bool):
+            raise ValueError(f"a status is an int, not {self.status!r}")
+        if not 100 <= self.status <= 999:
+            raise ValueError(f"a status is 100 to 999, not {self.status}")
+        body = self.body
+        if isinstance(body, str):
+            payload, inferred = body.encode("utf-8"), "text/plain; charset=utf-8"
+        elif isinstance(body, (bytes, bytearray, memoryview)):
+            payload, inferred = bytes(body), "application/octet-stream"
+        else:
+            text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+            payload, inferred = text.encode("utf-8"), "application/json"
+        content_type = inferred if self.content_type is None else self.content_type
+        _check_value("content-type", content_type)
+        object.__setattr__(self, "_payload", payload)
+        object.__setattr__(self, "_type", content_type)
+
+    @property
+    def text(self) -> str:
+        """The body as text: as given, decoded from UTF-8 (invalid bytes replaced), or
+        the JSON sent."""
+        return self.body if isinstance(self.body, str) else self._payload.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body's JSON value: the value given, or parsed from a ``str`` or ``bytes``
+        body (``json.JSONDecodeError``, a ValueError, if it is no JSON)."""
+        if isinstance(self.body, (str, bytes, bytearray, memoryview)):
+            return json.loads(self._payload)
+        return self.body
+
+    def to_bytes(self, *, body: bool = True) -> bytes:
+        """The whole response, head and body, ready to write; the connection then closes.
+
+        ``body=False`` leaves the body out (the answer to ``HEAD``); ``content-length``
+        still says what a ``GET`` would get.
+        """
+        payload = self._payload
         headers = [
-            ("content-type", self.content_type),
-            ("content-length", str(len(body))),
+            ("content-type", self._type),
+            ("content-length", str(len(payload))),
             ("connection", "close"),
             # A browser must take the body for what content-type says: a 404 echoes
             # the path, which is not to be sniffed into HTML or script.
@@ -108,7 +208,8 @@ class Response:
         ]
         lines = [f"HTTP/1.1 {self.status} {reason_phrase(self.status)}"]
         lines += [f"{name}: {value}" for name, value in headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head + payload if body else head
 
 
 #: The reason phrase of a status that ``http.HTTPStatus`` does not name, by its class
@@ -222,17 +323,103 @@ def list_elements(value: str) -> list[str]:
 Page = Response | Callable[[], Response]
 
 
+def page_response(head: RequestHead, files: Mapping[str, Page]) -> Response | None:
+    """The server's page for a ``GET`` or ``HEAD`` of ``head``'s path: one of ``files``,
+    or the health check; None if the path is no page (or the method another). Only
+    paths in ``files`` are ever served: there is no file system behind them to walk
+    out of."""
+    if head.method not in ("GET", "HEAD"):
+        return None
+    if head.path == "/healthz":
+        return Response(200, "ok")
+    page = files.get(head.path)
+    if page is None:
+        return None
+    return page if isinstance(page, Response) else page()
+
+
+#: What a plain request gets where no room answers HTTP: a WebSocket endpoint's answer.
+UPGRADE_REQUIRED: Final = Response(426, "Expected websocket", (("upgrade", "websocket"),))
+
+
 def plain_response(head: RequestHead, files: Mapping[str, Page]) -> Response:
-    """What a request that is not a WebSocket upgrade gets: a page of ``files``, the
-    health check, or 426. Only paths in ``files`` are ever served: there is no file
-    system behind them to walk out of."""
-    if head.method == "GET":
-        if head.path == "/healthz":
-            return Response(200, "ok")
-        page = files.get(head.path)
-        if page is not None:
-            return page if isinstance(page, Response) else page()
-    return Response(426, "Expected websocket", (("upgrade", "websocket"),))
+    """What a request that is not a WebSocket upgrade gets where no room answers HTTP:
+    a page of ``files``, the health check, or 426."""
+    return page_response(head, files) or UPGRADE_REQUIRED
+
+
+#: The interim answer to ``Expect: 100-continue``: go on, send the body.
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class BodyReader:
+    """A plain request's body as it arrives: its framing (``Content-Length`` or
+    chunked, by h11), ``Expect: 100-continue``, and its size limit.
+
+    Fed the request head and the bytes read after it, then each chunk the socket
+    gives, it says when the body is whole, or why it is refused: 413 as soon as it is
+    known to pass ``limit`` (at once from ``Content-Length``, before any 100 Continue;
+    as a chunked body passes it), 400 for bad framing or a peer that left mid-body.
+    The caller writes :attr:`interim` first (a 100 Continue, when the client waits
+    for one), then reads until :attr:`result` is no longer None.
+
+    Args:
+      head: the request head as read, its blank line included.
+      rest: what was read past the head.
+      limit: the largest body accepted, in bytes.
+    """
+
+    def __init__(self, head: bytes, rest: bytes, limit: int) -> None:
+        self._h11 = h11.Connection(h11.SERVER)
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        #: The whole body, the refusal, or None while more is due.
+        self.result: bytes | Response | None = None
+        #: What to write before reading the body: a 100 Continue, or nothing.
+        self.interim = b""
+        self._h11.receive_data(head)
+        request = self._h11.next_event()
+        assert isinstance(request, h11.Request), "a head that parse_head accepted"
+        declared = dict(request.headers).get(b"content-length")
+        if declared is not None and int(declared) > limit:
+            self.result = _too_large(limit)  # at once: no 100 Continue for it
+            return
+        if rest:
+            self._h11.receive_data(rest)
+        self._next()
+        if self.result is None and self._h11.they_are_waiting_for_100_continue:
+            self.interim = CONTINUE
+
+    def feed(self, data: bytes | bytearray) -> bytes | Response | None:
+        """Take ``data`` read from the socket (``b""``: the peer closed); the
+        :attr:`result`."""
+        if self.result is None:
+            self._h11.receive_data(bytes(data))
+            self._next()
+        return self.result
+
+    def _next(self) -> None:
+        try:
+            while True:
+                event = self._h11.next_event()
+                if event is h11.NEED_DATA:
+                    return
+                if isinstance(event, h11.Data):
+                    self._size += len(event.data)
+                    if self._size > self._limit:
+                        self.result = _too_large(self._limit)
+                        return
+                    self._parts.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self.result = b"".join(self._parts)
+                    return
+        except h11.RemoteProtocolError as exc:
+            self.result = Response(400, f"Bad request: {exc}")
+
+
+def _too_large(limit: int) -> Response:
+    return Response(413, f"Request body too large: at most {limit} bytes")
 
 
 def room_name(segment: str) -> str | Response:
@@ -289,7 +476,10 @@ class Router(Generic[T]):
         may open WebSockets from; others get 403. A request without an ``Origin``
         header (not from a browser) is always allowed. None allows every origin.
       files: plain ``GET`` responses by path (``"/roomkit.js"``), or functions that make
-        them (``"/metrics"``): the only pages served.
+        them (``"/metrics"``): the only pages served (to ``HEAD`` too).
+      answers: whether a route object answers plain HTTP (a Room class that overrides
+        ``on_request``); a plain request to a room path that is no page goes to its
+        room if so, else gets 426. None: none does.
 
     Raises:
       ValueError: for a prefix that does not start with ``/``, or a ``default_room``
@@ -303,6 +493,7 @@ class Router(Generic[T]):
         default_room: str = DEFAULT_ROOM,
         allowed_origins: Iterable[str] | None = None,
         files: Mapping[str, Page] | None = None,
+        answers: Callable[[T], bool] | None = None,
     ) -> None:
         problem = room_name_problem(default_room)
         if problem is not None:
@@ -310,6 +501,7 @@ class Router(Generic[T]):
         self._default_room = unicodedata.normalize("NFC", default_room)
         self._origins = None if allowed_origins is None else _origins(allowed_origins)
         self._files = files or {}
+        self._answers = answers
         if isinstance(routes, Mapping):
             self._routes: dict[str, T] = {}
             for prefix, route in routes.items():
@@ -322,13 +514,40 @@ class Router(Generic[T]):
         self._prefixes = sorted(self._routes, key=len, reverse=True)
 
     def route(self, head: RequestHead) -> RoomTarget[T] | Response:
-        """What ``head`` gets by its path: a plain response, a refusal, or its room."""
+        """What ``head`` gets by its path: a plain response, a refusal, or its room.
+
+        A plain request (no upgrade) gets the server's page first (``GET`` and
+        ``HEAD`` only), then its room if that room answers HTTP (:meth:`answering`),
+        behind the origin check; 426 if the path reaches no room that does.
+        """
         if not head.is_websocket:
-            return plain_response(head, self._files)
-        target = self.path_target(head.path)
+            page = self.page(head)
+            if page is not None:
+                return page
+            by_path = self.path_target(head.path)
+            target = UPGRADE_REQUIRED if isinstance(by_path, Response) else self.answering(by_path)
+        else:
+            target = self.path_target(head.path)
         if isinstance(target, Response):
             return target
         return self.check_origin(head) or target
+
+    def page(self, head: RequestHead) -> Response | None:
+        """The server's page for ``head`` (a ``GET`` or ``HEAD``), or None: see
+        :func:`page_response`."""
+        return page_response(head, self._files)
+
+    @property
+    def answers_http(self) -> bool:
+        """Whether any route answers plain HTTP: if none does, a plain request that is
+        no page gets 426 without asking a route hook."""
+        answers = self._answers
+        return answers is not None and any(answers(route) for route in self._routes.values())
+
+    def answering(self, target: RoomTarget[T]) -> RoomTarget[T] | Response:
+        """``target`` for a plain request if its route answers HTTP; else 426."""
+        answers = self._answers
+        return target if answers is not None and answers(target.route) else UPGRADE_REQUIRED
 
     def check_origin(self, head: RequestHead) -> Response | None:
         """403 if ``head`` comes from a browser page of an origin not allowed; else None."""
