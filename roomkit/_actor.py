@@ -34,11 +34,20 @@ from ._connection import Connection, ConnectionState
 from ._connlog import connection_fields
 from ._core.alarms import AlarmInfo, after_failure
 from ._core.frames import encode_message
-from ._core.room import HOOK_FAILED, INTERNAL_ERROR, ROOM_MOVED, Refusal, RoomCore
+from ._core.frontdoor import Response
+from ._core.room import (
+    HOOK_FAILED,
+    INTERNAL_ERROR,
+    ROOM_MOVED,
+    SHUTTING_DOWN,
+    Refusal,
+    RoomCore,
+)
 from ._core.roomstate import Change, RoomState
 from ._errors import Reject
-from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, Message
+from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, HttpRequest, Message
 from ._hooks import HookRunner
+from ._request import Request
 from ._room import Room, instantiate
 from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
@@ -68,6 +77,15 @@ _POSTED: Final = (Alarm, Drain)
 _ASLEEP: Final = RoomState.ASLEEP
 _DRAINING: Final = RoomState.DRAINING
 _OPEN: Final = ConnectionState.OPEN
+
+#: What a plain request gets when on_request raised or returned no Response...
+_REQUEST_FAILED: Final = Response(500, "Internal error")
+#: ...when the room is gone under it (cancelled)...
+_REQUEST_REFUSED: Final = Response(503, "Service unavailable")
+#: ...when the room shuts down: its writes could never be acknowledged...
+_REQUEST_SHUT_OUT: Final = Response(SHUTTING_DOWN.status, SHUTTING_DOWN.text)
+#: ...and when another process claimed the room: it lives there now.
+_REQUEST_MOVED: Final = Response(ROOM_MOVED.status, ROOM_MOVED.text)
 
 #: A task of the room's, started in its nursery.
 _Task = Callable[[], Awaitable[None]]
@@ -196,6 +214,7 @@ class RoomActor:
             self._forget(conn)
         if self._receive is None:
             self._send, self._receive = trio.open_memory_channel[Event](0)
+        self._refuse_requests(self._receive)
         self._receive.close()
         self._host.room_gone(self.room)
         self._wake_waiters()
@@ -262,6 +281,24 @@ class RoomActor:
             send.send_nowait(event)  # no trip through the scheduler if there is room
         except trio.WouldBlock:
             await send.send(event)  # the room is behind: this reader waits for it
+
+    async def request(self, request: Request) -> Response:
+        """Run ``on_request`` for ``request`` as one turn, in order with the room's
+        other events; its response once the turn's writes are durable.
+
+        The room wakes for it, or starts (then ends when idle if nobody is connected).
+        The answer is 500 if on_request raised or returned no Response (``on_error``
+        runs), 503 if the room shuts down, was fenced, or was cancelled first.
+
+        Raises:
+          trio.BrokenResourceError, trio.ClosedResourceError: if the room ended before
+            it took the request: ask the host for the room again.
+        """
+        event = HttpRequest(request)
+        await self._wake().send(event)
+        await event.answered.wait()
+        assert event.response is not None, "answered"
+        return event.response
 
     def post_alarm(self, retry: int, done: trio.Event | None = None) -> None:
         """Queue an alarm event from synchronous code; the room stays up until it is queued.
@@ -479,6 +516,8 @@ class RoomActor:
             self._forget(conn)
             if await self._room() is not None:
                 await self._hooks.run(conn, "on_close", conn.handle, *conn.peer.report)
+        elif isinstance(event, HttpRequest):
+            await self._handle_request(event)
         elif isinstance(event, Alarm):
             await self._handle_alarm(event)
             if event.done is not None:  # roomkit.testing waits until its sends are out
@@ -578,6 +617,68 @@ class RoomActor:
         else:
             self.metrics.alarms_retried += 1
         hooks.finish(Changes(alarm=alarm), [])
+
+    async def _handle_request(self, event: HttpRequest) -> None:
+        """Answer a plain request with on_request's response, or with why it cannot run.
+
+        Whatever ends the handling early (a failure of roomkit's own, the room's
+        cancellation) answers it first, so that its client never waits on a turn
+        that will not come.
+        """
+        try:
+            if self._core.state in (RoomState.CLOSING, _DRAINING):
+                event.answer(_REQUEST_SHUT_OUT)
+            elif await self._room() is None:
+                event.answer(_REQUEST_MOVED if self._hooks.fenced else _REQUEST_FAILED)
+            else:
+                await self._on_request(event)
+        except Exception:
+            event.answer(_REQUEST_FAILED)
+            raise
+        except BaseException:
+            event.answer(_REQUEST_REFUSED)
+            raise
+
+    async def _on_request(self, event: HttpRequest) -> None:
+        """Run ``on_request`` as a transaction; its response goes out once durable."""
+        hooks = self._hooks
+        responses: list[Response] = []
+
+        async def respond() -> None:
+            room = hooks.instance
+            assert room is not None, "the turn runs on the room's instance"
+            response = await room.on_request(event.request)
+            if not isinstance(response, Response):
+                raise TypeError(
+                    f"{self.room_class.__name__}.on_request returned "
+                    f"{type(response).__name__}, not a roomkit.Response"
+                )
+            responses.append(response)
+
+        settle = functools.partial(self._request_settled, event, responses)
+        error = await hooks.transaction("on_request", call=respond, settle=settle)
+        if error is not None:
+            event.answer(_REQUEST_FAILED)
+            await hooks.report(None, error)
+
+    def _request_settled(
+        self, event: HttpRequest, responses: list[Response], durable: bool
+    ) -> None:
+        """Answer once on_request's writes are durable; if they never will be, 503 when
+        the room was fenced meanwhile (it lives elsewhere now), else 500."""
+        if durable:
+            event.answer(responses[0])
+        else:
+            event.answer(_REQUEST_MOVED if self._hooks.fenced else _REQUEST_FAILED)
+
+    def _refuse_requests(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
+        """The room is gone with events still queued: the plain requests among them
+        get 503, not a wait for ever."""
+        with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+            while True:
+                event = receive.receive_nowait()
+                if isinstance(event, HttpRequest):
+                    event.answer(_REQUEST_REFUSED)
 
     async def _room(self) -> Room | None:
         """The room's instance, created (and started) on its first event; the room is

@@ -11,9 +11,21 @@ import attrs
 import trio
 from wsproto.events import CloseConnection
 
+from ._core.frontdoor import Response
+from ._request import Request
 from ._transport import Transport
 
-__all__ = ["Alarm", "Check", "Closed", "Connect", "Cut", "Drain", "Event", "Message"]
+__all__ = [
+    "Alarm",
+    "Check",
+    "Closed",
+    "Connect",
+    "Cut",
+    "Drain",
+    "Event",
+    "HttpRequest",
+    "Message",
+]
 
 
 @attrs.define(eq=False)
@@ -69,8 +81,24 @@ class Drain:
     frame: CloseConnection
 
 
+@attrs.define(eq=False)
+class HttpRequest:
+    """A plain HTTP request for ``on_request``: ``answered`` is set once ``response`` may
+    go out (the turn's writes are durable), or is the refusal the request gets."""
+
+    request: Request
+    answered: trio.Event = attrs.Factory(trio.Event)
+    response: Response | None = None
+
+    def answer(self, response: Response) -> None:
+        """Give the request its ``response``, unless it has one already."""
+        if self.response is None:
+            self.response = response
+            self.answered.set()
+
+
 class Check:
     """No event: makes the loop look again whether the room is left empty."""
 
 
-Event = Connect | Message | Closed | Alarm | Cut | Drain | Check
+Event = Connect | Message | Closed | Alarm | Cut | Drain | HttpRequest | Check

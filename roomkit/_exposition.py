@@ -146,13 +146,21 @@ class MetricsCollector:
             "Connections roomkit closed on its own (not asked by the room), by reason.",
             labels=["room_class", "reason"],
         )
+        http = CounterMetricFamily(
+            "roomkit_http_requests",
+            "Plain HTTP requests to room paths (on_request, or 426), by the status answered.",
+            labels=["room_class", "status"],
+        )
         for name, counters in self._metrics.rooms.items():
             for field, family in families.items():
                 family.add_metric([name], getattr(counters, field))
             for reason, count in counters.cut.items():
                 cut.add_metric([name, reason], count)
+            for status, count in sorted(counters.http_requests.items()):
+                http.add_metric([name, str(status)], count)
         yield from families.values()
         yield cut
+        yield http
 
     def _hooks(self) -> Metric:
         hooks = HistogramMetricFamily(

@@ -37,6 +37,8 @@ from ._accept import Head, remote_address
 from ._cluster import Member
 from ._core.clusterauth import HEADER, Relayed, Untrusted, verified_remote
 from ._core.frontdoor import (
+    CALL_HEADER,
+    BodyReader,
     RequestHead,
     Response,
     RoomTarget,
@@ -58,7 +60,7 @@ from ._room import Room
 from ._roomid import RoomId
 from ._transport import Transport
 
-__all__ = ["Gateway", "Handshake"]
+__all__ = ["Gateway", "Handshake", "Plain", "Upgrade", "answers_http"]
 
 logger = logging.getLogger("roomkit.server")
 
@@ -76,6 +78,13 @@ _ROUTE_TIMED_OUT: Final = Response(503, "Routing timed out")
 _UNAVAILABLE: Final = Response(503, "Service unavailable")
 #: What a cluster's handshake gets whose head cannot be forwarded as it was read.
 _UNFORWARDABLE: Final = Response(400, "Bad request: bytes after the request head's end")
+#: What a plain request gets whose body did not arrive within the handshake timeout.
+_BODY_TIMED_OUT: Final = Response(408, "Request timeout: the body came too slowly")
+#: What a request with a ``roomkit-call`` header gets from the network: nothing can
+#: verify one yet, and a call is for roomkit's own processes only.
+_FORGED_CALL: Final = Response(403, f"Forbidden: {CALL_HEADER} is roomkit's own")
+#: Bytes asked of the socket per read while a plain request's body arrives.
+_BODY_CHUNK: Final = 64 * 1024
 
 #: Reads a new connection's request head, through TLS if need be: see ``_accept.read_request``.
 Handshake = Callable[
@@ -103,6 +112,13 @@ class Gateway:
       forwards: in a cluster, the connections forwarded to other nodes.
       cluster_secret: the cluster's secret, which a forwarded handshake's
         ``roomkit-forwarded`` header must be signed with; None trusts no address in it.
+      handshake_timeout: the seconds from a connection's start within which a plain
+        request's body must have arrived (408 after).
+
+    Plain requests to a room that answers HTTP are routed as upgrades are (route hook,
+    origin check, hand-off, forwarding); the body is read where the room lives, then
+    the request goes to the room as one turn, and its answer is written back. While it
+    waits for the room, it counts toward ``max_connections`` with the WebSockets.
     """
 
     def __init__(
@@ -120,6 +136,7 @@ class Gateway:
         member: Member | None = None,
         forwards: Forwards | None = None,
         cluster_secret: bytes | None = None,
+        handshake_timeout: float = math.inf,
     ) -> None:
         self._host = host
         self._router = router
@@ -133,6 +150,8 @@ class Gateway:
         self._member = member
         self._forwards = forwards
         self._secret = cluster_secret
+        self._handshake_timeout = handshake_timeout
+        self._requests = 0  # plain requests waiting for their room's answer
 
     async def front_door(self, stream: trio.abc.Stream) -> None:
         """Read one request head; answer it, or hand the stream to its room (or to the
@@ -146,34 +165,45 @@ class Gateway:
         visit = _Visit(stream)
         await self._guarded(visit, partial(self._serve_visit, visit))
 
-    def prepare(self, handoff: Handoff) -> Upgrade:
-        """The upgrade another worker handed here, rebuilt as it routed it: the same
-        head, first bytes, room and address; the route hook does not run again.
+    def prepare(self, handoff: Handoff) -> Upgrade | Plain:
+        """The upgrade or plain request another worker handed here, rebuilt as it
+        routed it: the same head, first bytes, room and address; the route hook does
+        not run again.
 
         Raises:
-          HandoffError: if the head is no valid WebSocket handshake, or no route here
-            serves its room (the workers disagree: they run different code).
+          HandoffError: if the head is no valid WebSocket handshake nor a plain request
+            to a room that answers HTTP, or no route here serves its room (the workers
+            disagree: they run different code).
         """
         head = parse_head(handoff.head)
-        if isinstance(head, Response) or not head.is_websocket:
-            raise HandoffError("a hand-off's request head is no WebSocket upgrade")
-        accept = handshake_response(head)
-        if isinstance(accept, Response):
-            raise HandoffError(f"a hand-off's handshake is refused here: {accept.body!r}")
+        if isinstance(head, Response):
+            raise HandoffError("a hand-off's request head is no HTTP request")
         room_class = self._router.route_for(handoff.room.namespace)
         if room_class is None:
             raise HandoffError(f"no route here serves the room {handoff.room} handed here")
         headers = self._room_headers(head)
-        request = Request(head.path, handoff.room.name, head.query, headers, handoff.remote)
+        request = Request(
+            head.path, handoff.room.name, head.query, headers, handoff.remote, head.method
+        )
         read = Head(head, handoff.rest, handoff.head)
+        if not head.is_websocket:
+            if isinstance(self._router.answering(RoomTarget(room_class, handoff.room)), Response):
+                raise HandoffError(
+                    f"a plain request handed here for {handoff.room}, which has no on_request"
+                )
+            return Plain(room_class, handoff.room, read, request)
+        accept = handshake_response(head)
+        if isinstance(accept, Response):
+            raise HandoffError(f"a hand-off's handshake is refused here: {accept.body!r}")
         return Upgrade(room_class, handoff.room, read, accept, request)
 
-    async def adopt(self, stream: trio.abc.Stream, upgrade: Upgrade) -> None:
+    async def adopt(self, stream: trio.abc.Stream, handed: Upgrade | Plain) -> None:
         """Carry on with a connection another worker handed here (its socket, or the
         Unix stream of a relay), as :meth:`prepare` made it: this worker checks again
-        that it holds the room (else 503), then its limits, and gives it to the room."""
-        visit = _Visit(stream, secured=stream, remote=upgrade.request.remote)
-        await self._guarded(visit, partial(self._conclude, visit, upgrade, handed=True))
+        that it holds the room (else 503), then its limits, and gives it to the room
+        (a plain request's body is read here, within a handshake timeout from now)."""
+        visit = _Visit(stream, secured=stream, remote=handed.request.remote)
+        await self._guarded(visit, partial(self._conclude, visit, handed, handed=True))
 
     async def _guarded(self, visit: _Visit, serve: Callable[[], Awaitable[None]]) -> None:
         """Run ``serve`` for ``visit``; a failure ends this connection only."""
@@ -197,7 +227,11 @@ class Gateway:
             return  # silent, slow, gone, or not speaking TLS: nobody to answer
         visit.secured = secured
         if isinstance(head, Response):
-            decision: Response | Upgrade = self._refuse(_HEAD_REFUSALS[head.status], head, remote)
+            decision: Response | Upgrade | Plain = self._refuse(
+                _HEAD_REFUSALS[head.status], head, remote
+            )
+        elif CALL_HEADER in head.request.headers:
+            decision = self._refuse("forged", _FORGED_CALL, remote)
         elif (forged := self._relayed(visit, head)) is not None:
             decision = self._refuse("forged", forged.response(), remote)
         else:
@@ -205,10 +239,10 @@ class Gateway:
         await self._conclude(visit, decision, handed=False)
 
     def _relayed(self, visit: _Visit, head: Head) -> Untrusted | None:
-        """In a cluster, check a handshake's ``roomkit-forwarded`` header, if any: once
-        verified, the visit is ``forwarded`` and its address the client's; or why the
-        header is refused."""
-        if self._member is None or not head.request.is_websocket:
+        """In a cluster, check a request's ``roomkit-forwarded`` header, if any (a plain
+        request's too, signed with an empty key): once verified, the visit is
+        ``forwarded`` and its address the client's; or why the header is refused."""
+        if self._member is None:
             return None
         relayed = verified_remote(head.request, self._secret, now=time.time())
         if isinstance(relayed, Relayed):
@@ -218,19 +252,22 @@ class Gateway:
             return None
         return relayed
 
-    async def _conclude(self, visit: _Visit, decision: Response | Upgrade, *, handed: bool) -> None:
-        """Answer ``decision``, or give its upgrade to its room, here or in its worker."""
+    async def _conclude(
+        self, visit: _Visit, decision: Response | Upgrade | Plain, *, handed: bool
+    ) -> None:
+        """Answer ``decision``, or take its upgrade or plain request to its room, here
+        or in its worker (or node)."""
         remote = visit.remote
         if self._host.closing and not isinstance(decision, Response):
             # A head read just as shutdown began: no room takes it. (The front door
             # is cancelled by then, so the 503 goes no further than the attempt.)
             decision = self._refuse("shutting_down", Response(503, "Server shutting down"), remote)
-        elif isinstance(decision, Upgrade) and self._member is not None:
+        elif not isinstance(decision, Response) and self._member is not None:
             located = await self._locate(visit, decision, self._member, handed=handed)
             if located is None:
                 return  # handed to its worker, or forwarded to its node
             decision = located
-        elif isinstance(decision, Upgrade) and self._peers is not None:
+        elif not isinstance(decision, Response) and self._peers is not None:
             placed = where(self._peers.placement, decision.room, handed=handed)
             if isinstance(placed, Refuse):
                 logger.warning(
@@ -242,28 +279,73 @@ class Gateway:
                 if handed_to is None:
                     return  # handed to its worker
                 decision = handed_to
-        full = self._max_connections is not None and self._host.connections >= self._max_connections
+        held = self._host.connections + self._requests
+        full = self._max_connections is not None and held >= self._max_connections
         if full and not isinstance(decision, Response):
             decision = self._refuse("server_full", Response(503, "Server is full"), remote)
         secured = visit.secured
         assert secured is not None, "a decision follows a request head"
-        if isinstance(decision, Response):
-            visit.answered = True
-            await secured.send_all(decision.to_bytes())
-            if secured is not visit.stream:  # end TLS properly: close_notify, not a bare EOF
-                with trio.move_on_after(TLS_CLOSE_TIMEOUT):
-                    await secured.aclose()
-            return
-        ws = WSConnection(ConnectionType.SERVER, trailing_data=decision.head.rest)
-        actor = self._host.room_for(decision.room_class, decision.room)
-        actor.admit(Transport(actor, secured, ws, decision.accept, decision.request))
-        visit.handed_off = True
+        if isinstance(decision, Plain):
+            await self._serve_plain(visit, secured, decision)
+        elif isinstance(decision, Response):
+            await self._answer(visit, secured, decision)
+        else:
+            ws = WSConnection(ConnectionType.SERVER, trailing_data=decision.head.rest)
+            actor = self._host.room_for(decision.room_class, decision.room)
+            actor.admit(Transport(actor, secured, ws, decision.accept, decision.request))
+            visit.handed_off = True
+
+    async def _answer(
+        self, visit: _Visit, secured: trio.abc.Stream, response: Response, *, body: bool = True
+    ) -> None:
+        """Write ``response`` (without its body: for a HEAD), then end the connection."""
+        visit.answered = True
+        await secured.send_all(response.to_bytes(body=body))
+        if secured is not visit.stream:  # end TLS properly: close_notify, not a bare EOF
+            with trio.move_on_after(TLS_CLOSE_TIMEOUT):
+                await secured.aclose()
+
+    async def _serve_plain(self, visit: _Visit, secured: trio.abc.Stream, plain: Plain) -> None:
+        """Read a plain request's body (bounded by its room class's
+        ``max_request_size``, within the handshake timeout from the connection's
+        start), take it to its room, and write the room's answer."""
+        reader = BodyReader(plain.head.raw, plain.head.rest, plain.room_class.max_request_size)
+        with trio.move_on_at(visit.started + self._handshake_timeout):
+            if reader.result is None and reader.interim:
+                await secured.send_all(reader.interim)
+            while reader.result is None:
+                reader.feed(await secured.receive_some(_BODY_CHUNK))
+        body = reader.result
+        if body is None:
+            response = _BODY_TIMED_OUT
+        elif isinstance(body, Response):
+            response = body
+        else:
+            response = await self._in_room(plain, attrs.evolve(plain.request, body=body))
+        self._metrics.room(plain.room_class).answered(response.status)
+        await self._answer(visit, secured, response, body=plain.request.method != "HEAD")
+
+    async def _in_room(self, plain: Plain, request: Request) -> Response:
+        """The answer of ``plain``'s room to ``request``: found, woken or started for
+        it; asked again if it ended just as it was found."""
+        self._requests += 1
+        try:
+            while not self._host.closing:
+                actor = self._host.room_for(plain.room_class, plain.room)
+                try:
+                    return await actor.request(request)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await trio.lowlevel.checkpoint()  # it ended as it was found: again
+            return Response(503, "Server shutting down")
+        finally:
+            self._requests -= 1
 
     async def _hand(
-        self, visit: _Visit, upgrade: Upgrade, peers: Peers, slot: str
+        self, visit: _Visit, upgrade: Upgrade | Plain, peers: Peers, slot: str
     ) -> Response | None:
-        """Hand ``upgrade`` to the worker ``slot``: None once it is handed, or the
-        refusal it gets (503) if it cannot be."""
+        """Hand ``upgrade`` (or a plain request, its body unread: what was read of it
+        goes as the hand-off's ``rest``) to the worker ``slot``: None once it is handed,
+        or the refusal it gets (503) if it cannot be."""
         assert visit.secured is not None, "an upgrade follows a request head"
         outcome = await peers.hand(slot, visit.secured, upgrade.handoff())
         if outcome is Handed.NOT_TAKEN:
@@ -272,8 +354,8 @@ class Gateway:
         return None
 
     async def _locate(
-        self, visit: _Visit, upgrade: Upgrade, member: Member, *, handed: bool
-    ) -> Upgrade | Response | None:
+        self, visit: _Visit, upgrade: Upgrade | Plain, member: Member, *, handed: bool
+    ) -> Upgrade | Plain | Response | None:
         """In a cluster: ``upgrade`` if its room is to be served here; else None once it
         is handed to its worker or forwarded to its node, or the refusal it gets."""
         room = upgrade.room
@@ -300,16 +382,24 @@ class Gateway:
         return self._refuse("misplaced", _UNAVAILABLE, visit.remote)
 
     async def _forward(
-        self, visit: _Visit, upgrade: Upgrade, forwards: Forwards, address: str
+        self, visit: _Visit, upgrade: Upgrade | Plain, forwards: Forwards, address: str
     ) -> Response | None:
-        """Forward ``upgrade`` to the node at ``address``: None once its answer went to
-        the client, or the refusal it gets (503: not reachable; the directory's entry
-        is dropped)."""
+        """Forward ``upgrade`` (or a plain request, its body unread) to the node at
+        ``address``: None once its answer went to the client, or the refusal it gets
+        (503: not reachable; the directory's entry is dropped).
+
+        A handshake the owner did not switch was refused there: its room may have
+        moved, so the directory's entry is dropped too. A plain request's answer is
+        any status: it was passed on, and the entry stands.
+        """
         assert visit.secured is not None, "an upgrade follows a request head"
         outcome = await forwards.forward(visit.secured, upgrade.head, visit.remote, address)
         if outcome is Forwarded.MALFORMED:
             return self._refuse("bad_request", _UNFORWARDABLE, visit.remote)
-        if outcome is not Forwarded.SPLICED:
+        passed = outcome is Forwarded.SPLICED or (
+            isinstance(upgrade, Plain) and outcome is not Forwarded.UNREACHABLE
+        )
+        if not passed:
             assert self._member is not None, "a cluster forwards"
             self._member.forget(upgrade.room)  # the owner moved, or is gone: ask again
         if outcome is Forwarded.UNREACHABLE:
@@ -331,17 +421,16 @@ class Gateway:
         with trio.move_on_after(_ERROR_ANSWER_TIMEOUT), gone:
             await visit.secured.send_all(_INTERNAL_ERROR)
 
-    async def _decide(self, read: Head, remote: tuple[str, int] | None) -> Response | Upgrade:
+    async def _decide(
+        self, read: Head, remote: tuple[str, int] | None
+    ) -> Response | Upgrade | Plain:
         head = read.request
-        page = self._pages.get(head.path) if head.method == "GET" else None
-        if page is not None and not head.is_websocket:
-            return await page()
+        if not head.is_websocket:
+            return await self._plain(read, remote)
         target: RoomTarget[type[Room]] | Response | None = None  # None: the hook chooses
-        if self._route is None or not head.is_websocket:
+        if self._route is None:
             target = self._router.route(head)
             if isinstance(target, Response):
-                if not head.is_websocket:  # plain HTTP: not a handshake
-                    return target
                 return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
         accept = handshake_response(head)
         if isinstance(accept, Response):
@@ -352,6 +441,29 @@ class Gateway:
             return target
         request = Request(head.path, target.room.name, head.query, self._room_headers(head), remote)
         return Upgrade(target.route, target.room, read, accept, request)
+
+    async def _plain(self, read: Head, remote: tuple[str, int] | None) -> Response | Plain:
+        """What a plain request gets: the server's page (a GET or HEAD), or its room
+        if that room answers HTTP, chosen by the route hook if there is one (which
+        runs after the pages, with the origin check, and only if some route answers
+        HTTP), else 426 (or a refusal)."""
+        head = read.request
+        made = self._pages.get(head.path) if head.method in ("GET", "HEAD") else None
+        if made is not None:
+            return await made()
+        if self._route is None or not self._router.answers_http:
+            target = self._router.route(head)
+            if isinstance(target, Response) and target.status == 403:
+                return self._refuse("origin", target, remote)
+        else:
+            target = self._router.page(head) or await self._hooked(head, remote)
+            if isinstance(target, RoomTarget):
+                target = self._router.answering(target)
+        if isinstance(target, Response):
+            return target
+        headers = self._room_headers(head)
+        request = Request(head.path, target.room.name, head.query, headers, remote, head.method)
+        return Plain(target.route, target.room, read, request)
 
     async def _hooked(
         self, head: RequestHead, remote: tuple[str, int] | None
@@ -367,7 +479,8 @@ class Gateway:
             return self._refuse("origin", refusal, remote)
         by_path = self._router.path_target(head.path)  # once: the hook's choice is often None
         name = "" if isinstance(by_path, Response) else by_path.room.name
-        asked = Request(head.path, name, head.query, self._room_headers(head), remote)
+        headers = self._room_headers(head)
+        asked = Request(head.path, name, head.query, headers, remote, head.method)
         address = format_address(remote)
         try:
             with trio.move_on_after(self._route_timeout) as deadline:
@@ -435,6 +548,11 @@ _ROUTE_REFUSALS: Final[dict[int, RefusalReason]] = {
 }
 
 
+def answers_http(room_class: type[Room]) -> bool:
+    """Whether ``room_class`` answers plain HTTP: it overrides ``Room.on_request``."""
+    return room_class.on_request is not Room.on_request
+
+
 async def _called(hook: RouteHook | None, request: Request) -> object:
     """What ``hook`` returns for ``request``, awaited if it is awaitable."""
     assert hook is not None  # asked only of a gateway that has one
@@ -453,6 +571,24 @@ class _Visit:
     answered: bool = False  # an answer began to go out
     handed_off: bool = False  # a room took the stream, or a relay to its worker
     forwarded: bool = False  # another node of the cluster forwarded it here
+    #: When the connection reached this process (its body is due a handshake timeout later).
+    started: float = attrs.Factory(trio.current_time)
+
+
+@attrs.frozen
+class Plain:
+    """A plain HTTP request for ``room``, an instance of ``room_class``, which answers
+    HTTP: its request head as read (and what was read of its body), and its
+    :class:`Request` (without the body, which is read where the room lives)."""
+
+    room_class: type[Room]
+    room: RoomId
+    head: Head
+    request: Request
+
+    def handoff(self) -> Handoff:
+        """This request, for the worker of its room."""
+        return Handoff(self.room, self.request.remote, self.head.raw, self.head.rest)
 
 
 @attrs.frozen

@@ -147,6 +147,9 @@ class RoomMetrics:
         connections, handling one of their events or running one of their timers (a
         bug: each is logged with its traceback); each ended only what it was serving.
       hooks: the durations of hook calls, in seconds, by hook name.
+      http_requests: plain HTTP requests to these rooms' paths that were no server page
+        (``on_request``, or 426 where a class has none), by the status answered here
+        (a request handed to another worker or node is counted where it is answered).
     """
 
     __slots__ = (
@@ -157,6 +160,7 @@ class RoomMetrics:
         "connections_opened",
         "cut",
         "hooks",
+        "http_requests",
         "internal_errors",
         "messages_received",
         "messages_sent",
@@ -170,6 +174,7 @@ class RoomMetrics:
         self.internal_errors = 0
         self.cut: Final = dict.fromkeys(CUT_REASONS, 0)
         self.hooks: Final[dict[str, Histogram]] = {}
+        self.http_requests: Final[dict[int, int]] = {}
 
     def hook_ran(self, hook: str, seconds: float) -> None:
         """Record that the hook named ``hook`` took ``seconds``."""
@@ -177,6 +182,10 @@ class RoomMetrics:
         if histogram is None:
             histogram = self.hooks[hook] = Histogram()
         histogram.observe(seconds)
+
+    def answered(self, status: int) -> None:
+        """Count a plain HTTP request to one of these rooms, answered with ``status``."""
+        self.http_requests[status] = self.http_requests.get(status, 0) + 1
 
 
 class Metrics:

@@ -43,7 +43,7 @@ from ._core.frontdoor import DEFAULT_ROOM, Page, Response, Router
 from ._core.location import Membership, advertised
 from ._exposition import CONTENT_TYPE, merged_exposition, metrics_page
 from ._forward import Forwards
-from ._gateway import Gateway
+from ._gateway import Gateway, answers_http
 from ._handoff import Peers, open_handoff_listener, serve_handoffs
 from ._host import Host
 from ._metrics import Metrics
@@ -413,6 +413,7 @@ async def serve_on(
         default_room=options["default_room"],
         allowed_origins=options["allowed_origins"],
         files=files,
+        answers=answers_http,
     )
     for route in rooms.values() if isinstance(rooms, Mapping) else (rooms,):
         if not (isinstance(route, type) and issubclass(route, Room)):
@@ -476,6 +477,7 @@ async def serve_on(
             member=member,
             forwards=forwards,
             cluster_secret=secret,
+            handshake_timeout=options["handshake_timeout"],
         )
         server = Server(
             bound_host,

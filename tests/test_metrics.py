@@ -405,6 +405,7 @@ async def test_each_metric_family_has_a_type_and_help(start: Start) -> None:
         "roomkit_alarms_retried": "counter",
         "roomkit_internal_errors": "counter",
         "roomkit_connections_cut": "counter",
+        "roomkit_http_requests": "counter",
         "roomkit_hook_duration_seconds": "histogram",
         "roomkit_handshakes_refused": "counter",
         "roomkit_handoffs": "counter",

@@ -8,6 +8,7 @@ host's ``TestHooks``, and nothing else of the server's inside.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import unicodedata
@@ -17,10 +18,11 @@ from functools import partial
 from typing import Any, Final
 from urllib.parse import urlencode
 
+import h11
 import trio
 import trio.testing
 
-from .._core.frontdoor import Router
+from .._core.frontdoor import Response, Router
 from .._host import Host, TestHooks
 from .._room import Room
 from .._roomid import RoomId
@@ -94,22 +96,11 @@ class TestServer:
             (403 for ``Reject(403, ...)``) and ``reason`` the response's body.
           ValueError: if ``path`` does not start with ``/``, or is not URL-encoded.
         """
-        if not path.startswith("/"):
-            raise ValueError(f"a path starts with '/': {path!r}")
-        if not path.isascii() or any(c.isspace() for c in path):
-            raise ValueError(
-                f"{path!r} is not URL-encoded: encode it (urllib.parse.quote), "
-                "or give the query as params={...}"
-            )
+        _check_target(path)
         if params:
             path += ("&" if "?" in path else "?") + urlencode(params)
         header_list = list(headers.items() if isinstance(headers, Mapping) else headers)
-        if self._listener is not None:
-            stream, host = await self._listener.connect(), MEMORY_HOST
-        else:
-            server = self._server
-            stream = await trio.open_tcp_stream(server.host, server.port)
-            host = f"{server.host}:{server.port}"
+        stream, host = await self._open()
         prefix = self._router.prefix_of(path.partition("?")[0])
         room_class = None if prefix is None else self._hooks.room_class(prefix)
         client = TestClient(
@@ -120,6 +111,57 @@ class TestServer:
         )
         async with opened(client, self._nursery, host, path, header_list):
             yield client
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    ) -> Response:
+        """Send one plain HTTP request to ``path`` (``"/lobby?x=1"``) through the real
+        front door, and return the server's answer, parsed from the wire.
+
+        The request goes with a ``content-length`` of ``body`` (or, given
+        ``transfer-encoding: chunked`` in ``headers``, with ``body`` as one chunk),
+        over the in-memory transport, or a real socket with ``real_sockets=True``. An
+        interim ``100 Continue`` is skipped.
+
+        Returns:
+          the answer: its status, its ``content-type`` as ``content_type``, its body as
+          bytes (``.text``, ``.json()``), and its other headers.
+
+        Raises:
+          ConnectionError: if the server closed without a whole answer.
+          trio.TooSlowError: after ``receive_timeout`` seconds without one.
+          ValueError: if ``path`` does not start with ``/``, or is not URL-encoded.
+        """
+        _check_target(path)
+        header_list = list(headers.items() if isinstance(headers, Mapping) else headers)
+        names = {name.lower() for name, _ in header_list}
+        stream, host = await self._open()
+        client = h11.Connection(h11.CLIENT)
+        framing = [] if "transfer-encoding" in names else [("content-length", str(len(body)))]
+        head = h11.Request(
+            method=method, target=path, headers=[("host", host), *framing, *header_list]
+        )
+        data = client.send(head) + (client.send(h11.Data(data=body)) if body else b"")
+        data += client.send(h11.EndOfMessage())
+        try:
+            timeout = self._receive_timeout
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                await stream.send_all(data)
+                return await _answer(stream, client)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _open(self) -> tuple[trio.abc.Stream, str]:
+        """A new connection to the server, and the Host header it goes with."""
+        if self._listener is not None:
+            return await self._listener.connect(), MEMORY_HOST
+        server = self._server
+        return await trio.open_tcp_stream(server.host, server.port), f"{server.host}:{server.port}"
 
     def room(self, name: str, route: str = "") -> Room | None:
         """The live Room instance of room ``name``, to inspect; None if the room is not
@@ -314,6 +356,52 @@ async def run_test_server(
     async with open_test_server(rooms, **options) as server:
         task_status.started(server)
         await trio.sleep_forever()
+
+
+def _check_target(path: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"a path starts with '/': {path!r}")
+    if not path.isascii() or any(c.isspace() for c in path):
+        raise ValueError(
+            f"{path!r} is not URL-encoded: encode it (urllib.parse.quote), "
+            "or give the query as params={...}"
+        )
+
+
+#: Headers of an answer that roomkit.Response sets itself, and so does not keep.
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
+async def _answer(stream: trio.abc.Stream, client: h11.Connection) -> Response:
+    """The answer read from ``stream`` by ``client`` (past any interim one)."""
+    answer: h11.Response | None = None
+    parts: list[bytes] = []
+    while True:
+        try:
+            event = client.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ConnectionError(f"the server's answer was cut short: {exc}") from None
+        if event is h11.NEED_DATA:
+            client.receive_data(bytes(await stream.receive_some(64 * 1024)))
+        elif isinstance(event, h11.Response):
+            answer = event
+        elif isinstance(event, h11.Data):
+            parts.append(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ConnectionError("the server closed without a whole answer")
+    assert answer is not None, "h11 gives the answer's head before its end"
+    content_type = None
+    kept = []
+    for raw_name, raw_value in answer.headers:
+        value = raw_value.decode("latin-1")
+        if raw_name == b"content-type":
+            content_type = value
+        elif raw_name not in _FRAMING:
+            kept.append((raw_name.decode("latin-1"), value))
+    body = b"".join(parts)
+    return Response(answer.status_code, body, kept, content_type=content_type)
 
 
 def _check_name(name: str) -> None:
