@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 import roomkit
+from roomkit._metrics import FORWARD_OUTCOMES
 
 from .helpers import ROOT, call, roomkit_env
 from .pg import PostgresServer
@@ -70,10 +71,10 @@ class Node:
 
 
 @contextmanager
-def node(database: str, *options: str, lease: float = LEASE) -> Iterator[Node]:
-    """``roomkit serve LEDGER`` as a member of the cluster on ``database``, once it
-    listens; killed on the way out, however the block ends."""
-    command = [sys.executable, "-m", "roomkit", "serve", LEDGER, "--port", "0"]
+def node(database: str, *options: str, lease: float = LEASE, app: str = LEDGER) -> Iterator[Node]:
+    """``roomkit serve LEDGER`` (or ``app``) as a member of the cluster on ``database``,
+    once it listens; killed on the way out, however the block ends."""
+    command = [sys.executable, "-m", "roomkit", "serve", app, "--port", "0"]
     command += ["--storage", database, "--lease", str(lease), "--cluster-secret", SECRET]
     command += ["--handshake-timeout", "2", *options]
     process = subprocess.Popen(
@@ -366,3 +367,34 @@ def test_workers_of_a_node_are_members_of_the_cluster(postgres_url: str) -> None
                 assert served_by(b.url(room)) == (owners[room], [room])
         a_members = {f"127.0.0.1:{a.port}/0", f"127.0.0.1:{a.port}/1"}
         assert members(postgres_url) == a_members | {f"127.0.0.1:{b.port}"}
+
+
+def post(port: int, room: str, body: bytes) -> tuple[int, bytes]:
+    """POST ``body`` to ``room`` on the node at ``port``: the status and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE) as sock:
+        head = f"POST /{room} HTTP/1.1\r\nHost: x\r\ncontent-length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head_bytes, _, content = answer.partition(b"\r\n\r\n")
+    return int(head_bytes.split()[1]), content
+
+
+def test_a_plain_request_to_any_node_reaches_the_owners_room(postgres_url: str) -> None:
+    counter = "tests.httpapp:Counter"
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(node(postgres_url, "--metrics", app=counter)) for _ in range(2))
+        with client(a.url("lobby")):  # the room lives in a while a client is there
+            for n, at in enumerate((a, b, b, a, b), start=1):
+                status, answer = post(at.port, "lobby", f"via {at.port}".encode())
+                assert status == 200, answer
+                assert json.loads(answer) == {
+                    "room": "lobby",
+                    "count": n,
+                    "body": f"via {at.port}",
+                    "pid": a.pid,  # b forwarded it, signed, and a verified it
+                }
+            outcomes = set(FORWARD_OUTCOMES) - {"unreachable", "malformed"}
+            assert sum(forwarded(b, outcome) for outcome in outcomes) == 3
+            assert forwarded(b, "unreachable") == forwarded(a, "refused") == 0

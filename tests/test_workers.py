@@ -44,7 +44,7 @@ from roomkit._roomid import RoomId
 from roomkit._workerspec import WorkerSpec
 from roomkit.storage._sqlite import SQLiteCore
 
-from .helpers import ROOT, call, open_client, roomkit_env, roomkit_serve
+from .helpers import ROOT, call, http, open_client, roomkit_env, roomkit_serve
 from .test_cli import without_root_overrides
 
 pytestmark = pytest.mark.skipif(
@@ -617,3 +617,32 @@ async def test_many_kills_and_stops_lose_no_acknowledged_write(tmp_path: Path) -
     stored = stored_keys(db)
     for room, keys in acked.items():
         assert set(keys) <= stored[room], room
+
+
+async def test_plain_requests_reach_their_rooms_worker_whichever_accepts(tmp_path: Path) -> None:
+    db = tmp_path / "rooms.sqlite3"
+    rooms = rooms_of(0, 2, 2, "http") + rooms_of(1, 2, 2, "http")
+    options = ("--workers", "2", "--storage", str(db), "--metrics")
+    with supervised("tests.httpapp:Counter", *options) as server:
+        workers = server.workers()
+        for round_ in range(1, 11):  # each POST is a new connection: either worker accepts
+            for room in rooms:
+                body = f"{room}:{round_}".encode()
+                request = (
+                    f"POST /{room} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n"
+                ).encode()
+                status, _, answer = await http(server.port, request + body)
+                assert status == 200, answer
+                assert json.loads(answer) == {
+                    "room": room,
+                    "count": round_,
+                    "body": body.decode(),
+                    "pid": workers[owner_slot(room, 2)],
+                }
+        # The worker that accepted some of them handed them to the room's.
+        page = http_get(server.port, "/metrics").decode()
+        sent = re.findall(r'^roomkit_handoffs_total\{[^}]*"sent"[^}]*\} (\S+)$', page, re.M)
+        assert sum(float(n) for n in sent) > 0, page
+        answered = re.findall(r"^roomkit_http_requests_total\{[^}]*\} (\S+)$", page, re.M)
+        assert sum(float(n) for n in answered) == 40, page  # each counted once, where answered
+    assert server.process.returncode == 0
