@@ -226,6 +226,7 @@ class Gateway:
                 self._refused(failure, None, remote)
             return  # silent, slow, gone, or not speaking TLS: nobody to answer
         visit.secured = secured
+        visit.bodiless = not isinstance(head, Response) and head.request.method == "HEAD"
         if isinstance(head, Response):
             decision: Response | Upgrade | Plain = self._refuse(
                 _HEAD_REFUSALS[head.status], head, remote
@@ -288,7 +289,7 @@ class Gateway:
         if isinstance(decision, Plain):
             await self._serve_plain(visit, secured, decision)
         elif isinstance(decision, Response):
-            await self._answer(visit, secured, decision)
+            await self._answer(visit, secured, decision, body=not visit.bodiless)
         else:
             ws = WSConnection(ConnectionType.SERVER, trailing_data=decision.head.rest)
             actor = self._host.room_for(decision.room_class, decision.room)
@@ -571,6 +572,7 @@ class _Visit:
     answered: bool = False  # an answer began to go out
     handed_off: bool = False  # a room took the stream, or a relay to its worker
     forwarded: bool = False  # another node of the cluster forwarded it here
+    bodiless: bool = False  # a HEAD: its answer goes without a body
     #: When the connection reached this process (its body is due a handshake timeout later).
     started: float = attrs.Factory(trio.current_time)
 
