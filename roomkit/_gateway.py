@@ -15,6 +15,12 @@ handed to the sibling worker that owns it, or forwarded to the node that owns it
 be reached. A handshake another node forwarded carries a signed ``roomkit-forwarded``
 header: once verified, the client's address is the header's and the handshake is
 never forwarded again; a bad header gets 403 (``_core/clusterauth.py``).
+
+A plain request to a room whose class has ``on_request`` is routed the same way (a
+:class:`Plain` beside :class:`Upgrade`): where its room lives, the gateway reads its
+body (``BodyReader`` decides framing and limits), sends the room an ``HttpRequest``,
+and writes the answer the room gives once its turn is durable. A request with a
+``roomkit-call`` header is refused from the network (403) before any of it.
 """
 
 from __future__ import annotations

@@ -180,13 +180,15 @@ def _header(data: bytes) -> dict[str, Any]:
 
 @attrs.frozen
 class Handoff:
-    """A WebSocket handshake handed to its room's owner, as the accepting worker routed it.
+    """A WebSocket handshake, or a plain request to a room, handed to its room's owner, as
+    the accepting worker routed it.
 
     Attributes:
       room: the room it goes to (the route hook, if any, already chose it).
       remote: the client's ``(host, port)``, or None.
       head: the request head as read, its blank line included.
-      rest: what the client sent after the head in the same reads: its first frames.
+      rest: what the client sent after the head in the same reads: its first frames,
+        or the start of a plain request's body (read on by the room's worker).
     """
 
     room: RoomId
