@@ -18,10 +18,12 @@ import trio
 import trio.testing
 
 import roomkit
+from roomkit._roomid import RoomId
 from roomkit.storage import Changes, Claim, SQLiteStore
 from roomkit.testing import open_test_server
 
 from .helpers import Start, exchange, http, memory_stream
+from .test_actor import host_of
 from .test_storage import GatedStore
 
 
@@ -360,6 +362,63 @@ async def test_a_response_with_a_bad_header_fails_the_turn(
         "ValueError: the value of header 'x-a' must be printable ASCII, with no CR or LF: "
         "'1\\r\\nset-cookie: evil=1'"
     ]
+
+
+class Stuck(Api):
+    """Its on_request waits for the test."""
+
+    release: ClassVar[trio.Event]
+
+    async def on_request(self, request: roomkit.Request) -> roomkit.Response:
+        Api.log.append("stuck")
+        await Stuck.release.wait()
+        return roomkit.Response(200, "done")
+
+
+async def test_requests_in_a_cancelled_room_get_503_not_a_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    Stuck.release = trio.Event()
+    async with open_test_server(Stuck) as server:
+        answers: list[roomkit.Response] = []
+
+        async def post() -> None:
+            answers.append(await server.request("POST", "/r"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post)  # its turn waits
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(post)  # queued behind it
+            await trio.testing.wait_all_tasks_blocked()
+            assert host_of(server).cancel_room(RoomId("", "r"))
+        assert [(a.status, a.text) for a in answers] == [(503, "Service unavailable")] * 2
+        Stuck.release.set()
+        assert (await server.request("POST", "/r")).text == "done"  # a new room
+    assert Api.log == ["stuck", "stuck"]
+
+
+async def test_a_request_beyond_max_connections_gets_503(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    Stuck.release = trio.Event()
+    async with open_test_server(Stuck, max_connections=1) as server:
+        answers: list[roomkit.Response] = []
+
+        async def post() -> None:
+            answers.append(await server.request("POST", "/r"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post)  # waits for its room: it holds the one place
+            await trio.testing.wait_all_tasks_blocked()
+            full = await server.request("POST", "/r")
+            assert (full.status, full.text) == (503, "Server is full")
+            with pytest.raises(roomkit.ClientClosed) as refused:
+                async with server.connect("/r"):
+                    pass
+            assert refused.value.status == 503
+            Stuck.release.set()
+        assert [a.text for a in answers] == ["done"]
+        assert (await server.request("POST", "/r")).text == "done"  # its place is free again
 
 
 # Real sockets.
