@@ -465,9 +465,13 @@ def _passed_on(refusal: trio_websocket.ConnectionRejected) -> Response:
     """The response that passes the backend's refusal on to the client.
 
     Every HTTP error status passes, those ``http.HTTPStatus`` does not name (499) with
-    their class's phrase; a status that is not an HTTP error becomes 502.
+    their class's phrase; a status that is not an HTTP error becomes 502. The body
+    keeps the backend's content type, text if it gave none (as roomkit's refusals are).
     """
     status = refusal.status_code
     if not 400 <= status <= 599:
         return Response(502, f"Bad gateway: the backend answered {status}")
-    return Response(status, refusal.body or b"")
+    given = dict(refusal.headers or ()).get(b"content-type", b"").decode("latin-1")
+    printable = given.isascii() and given.isprintable()
+    content_type = given if given and printable else "text/plain; charset=utf-8"
+    return Response(status, refusal.body or b"", content_type=content_type)

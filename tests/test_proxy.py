@@ -287,6 +287,8 @@ async def test_refused_handshake_passes_its_status_through(
         async with open_client(f"{front.url}/r?refuse=1"):
             pass
     assert (info.value.status_code, info.value.body) == (401, b"who are you?")
+    headers = dict(info.value.headers or ())
+    assert headers[b"content-type"] == b"text/plain; charset=utf-8"  # the backend's
 
 
 async def test_unreachable_backend_is_502(nursery: trio.Nursery) -> None:
