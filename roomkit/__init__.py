@@ -23,6 +23,9 @@ from ._errors import DecodeError as DecodeError
 from ._errors import FencedError as FencedError
 from ._errors import OutsideHookError as OutsideHookError
 from ._errors import Reject as Reject
+from ._errors import RoomCallCycle as RoomCallCycle
+from ._errors import RoomCallError as RoomCallError
+from ._errors import RoomCallTimeout as RoomCallTimeout
 from ._errors import RoomkitError as RoomkitError
 from ._errors import StorageError as StorageError
 from ._protocol import Protocol as Protocol
@@ -39,6 +42,9 @@ from ._statistics import ProxyStatistics as ProxyStatistics
 from ._statistics import ServerStatistics as ServerStatistics
 from ._storage import Storage as Storage
 from ._storage import Transaction as Transaction
+from ._stubs import Rooms as Rooms
+from ._stubs import RoomStub as RoomStub
+from ._stubs import rpc as rpc
 
 __all__ = [
     "AlarmInfo",
@@ -63,7 +69,12 @@ __all__ = [
     "Request",
     "Response",
     "Room",
+    "RoomCallCycle",
+    "RoomCallError",
+    "RoomCallTimeout",
+    "RoomStub",
     "RoomkitError",
+    "Rooms",
     "ServeOptions",
     "Server",
     "ServerStatistics",
@@ -72,6 +83,7 @@ __all__ = [
     "Transaction",
     "connect",
     "proxy",
+    "rpc",
     "serve",
     "storage",
     "wire_name",

@@ -33,6 +33,7 @@ from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
 from ._connlog import connection_fields
 from ._core.alarms import AlarmInfo, after_failure
+from ._core.calls import Chain, Kind, encode_error
 from ._core.frames import encode_message
 from ._core.frontdoor import Response
 from ._core.room import (
@@ -44,14 +45,26 @@ from ._core.room import (
     RoomCore,
 )
 from ._core.roomstate import Change, RoomState
-from ._errors import Reject
-from ._events import Alarm, Check, Closed, Connect, Cut, Drain, Event, HttpRequest, Message
+from ._errors import Reject, RoomCallCycle, RoomCallTimeout
+from ._events import (
+    Alarm,
+    Call,
+    Check,
+    Closed,
+    Connect,
+    Cut,
+    Drain,
+    Event,
+    HttpRequest,
+    Message,
+)
 from ._hooks import HookRunner
 from ._request import Request
 from ._room import Room, instantiate
 from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
 from ._storage import Storage
+from ._stubs import CallBackend, Rooms
 from ._transport import Transport
 from .storage import AlarmWrite, Changes, Claim
 
@@ -98,11 +111,14 @@ class RoomActor:
       room_class: the Room subclass to instantiate.
       room: the room's identity.
       host: the server's services: the store, the committer, alarms and sweeps.
+      calls: the server's calls into rooms, for the room's own (``Room.rooms``).
     """
 
     # Slots: thousands of hibernated rooms each keep one of these.
     __slots__ = (
+        "_calls",
         "_cancelled",
+        "_chain",
         "_core",
         "_hibernated",
         "_hooks",
@@ -118,7 +134,9 @@ class RoomActor:
         "store",
     )
 
-    def __init__(self, room_class: type[Room], room: RoomId, host: RoomHost) -> None:
+    def __init__(
+        self, room_class: type[Room], room: RoomId, host: RoomHost, calls: CallBackend
+    ) -> None:
         self.room_class: Final = room_class
         self.room: Final = room
         self.store: Final = host.store
@@ -135,6 +153,8 @@ class RoomActor:
         self._receive: trio.MemoryReceiveChannel[Event] | None = None
         self._hooks = HookRunner(host, room, self.metrics, self)
         self._hibernated: trio.Event | None = None  # set when hibernate_now() is waiting
+        self._calls = calls
+        self._chain: Chain | None = None  # the running call's turn's (see Room.rooms)
         response = room_class.auto_response
         #: The auto-response pair, the answer already framed.
         self.auto_response = (
@@ -214,7 +234,7 @@ class RoomActor:
             self._forget(conn)
         if self._receive is None:
             self._send, self._receive = trio.open_memory_channel[Event](0)
-        self._refuse_requests(self._receive)
+        self._refuse_queued(self._receive)
         self._receive.close()
         self._host.room_gone(self.room)
         self._wake_waiters()
@@ -299,6 +319,15 @@ class RoomActor:
         await event.answered.wait()
         assert event.response is not None, "answered"
         return event.response
+
+    async def call(self, event: Call) -> None:
+        """Queue the call ``event``; its ``answered`` is set once it has its answer.
+
+        Raises:
+          trio.BrokenResourceError, trio.ClosedResourceError: if the room is gone (it
+            ended since it was looked up): look it up again.
+        """
+        await self._wake().send(event)
 
     def post_alarm(self, retry: int, done: trio.Event | None = None) -> None:
         """Queue an alarm event from synchronous code; the room stays up until it is queued.
@@ -523,6 +552,8 @@ class RoomActor:
             if event.done is not None:  # roomkit.testing waits until its sends are out
                 await self._hooks.settle()
                 event.done.set()
+        elif isinstance(event, Call):
+            await self._handle_call(event)
 
     async def _handle_connect(self, event: Connect) -> None:
         refusal = self._core.admission()
@@ -671,14 +702,107 @@ class RoomActor:
         else:
             event.answer(_REQUEST_MOVED if self._hooks.fenced else _REQUEST_FAILED)
 
-    def _refuse_requests(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
+    def _refuse_queued(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
         """The room is gone with events still queued: the plain requests among them
-        get 503, not a wait for ever."""
+        get 503, and the calls a refusal, not a wait for ever."""
         with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
             while True:
                 event = receive.receive_nowait()
                 if isinstance(event, HttpRequest):
                     event.answer(_REQUEST_REFUSED)
+                elif isinstance(event, Call):
+                    event.answer_with(_refused("the room was cancelled"))
+
+    # Calls.
+
+    @property
+    def rooms(self) -> Rooms:
+        """The server's rooms, for calls from this room's turns: each carries the
+        running turn's chain (that of the call it serves, and this room)."""
+        return Rooms(self._calls, self._turn_chain)
+
+    def _turn_chain(self) -> Chain:
+        """The chain of a call made now: the running turn's, if made from it; none
+        from a task of the room's own (no turn waits on it)."""
+        if trio.lowlevel.current_task() is not self._hooks.task or self._hooks.outbox is None:
+            return ()
+        return (self.room,) if self._chain is None else self._chain
+
+    async def _handle_call(self, event: Call) -> None:
+        """Run the call ``event`` as one turn: its answer is set once the turn's writes
+        are durable; a raise rolls the turn back (``on_error`` does not run: the caller
+        hears of it).
+
+        Whatever ends the handling early (a failure of roomkit's own, the room's
+        cancellation) answers it first, so that its caller never waits on a turn that
+        will not come.
+        """
+        try:
+            await self._run_call(event)
+        except Exception:
+            why = "roomkit failed handling the call (see the server's log)"
+            event.answer_with(encode_error("error", "RoomkitError", why, _ran(event)))
+            raise
+        except BaseException:
+            why = "the room was cancelled during the call"
+            event.answer_with(encode_error("error", "RoomCallError", why, _ran(event)))
+            raise
+
+    async def _run_call(self, event: Call) -> None:
+        """Decode the call's arguments, then run its method as a transaction."""
+        refusal = self._call_refusal(event)
+        if refusal is None and await self._room() is None:
+            moved = self._hooks.fenced
+            why = "moved to another process" if moved else "failed to start (see the log)"
+            refusal = _refused(f"the room {why}")
+        if refusal is not None:
+            event.answer_with(refusal)
+            return
+        event.started = True
+        codec = event.codec
+        try:
+            args, kwargs, chain = codec.decode_arguments(
+                event.body, self.room_class.max_request_size
+            )
+        except (TypeError, ValueError) as exc:
+            event.answer_with(encode_error("error", type(exc).__name__, str(exc), False))
+            return
+        answer: list[bytes] = []
+
+        async def run() -> None:
+            result = await getattr(self._hooks.instance, codec.name)(*args, **kwargs)
+            answer.append(codec.encode_result(result))  # fails the turn if it cannot be
+
+        self._chain = (*chain, self.room)
+        try:
+            settle = functools.partial(self._call_settled, event, answer)
+            error = await self._hooks.transaction("rpc", call=run, settle=settle)
+        finally:
+            self._chain = None
+        if error is not None:
+            event.answer_with(_raised(error))
+
+    def _call_refusal(self, event: Call) -> bytes | None:
+        """Why ``event`` is not run, as its answer; None to run it."""
+        if event.abandoned or trio.current_time() >= event.deadline:
+            why = "dropped unrun: still queued at its deadline"
+            return encode_error("timeout", "RoomCallTimeout", why, False)
+        if self._core.state is not RoomState.AWAKE:
+            return _refused("the room is shutting down")
+        if self._hooks.fenced:
+            return _refused("the room moved to another process")
+        return None
+
+    def _call_settled(self, event: Call, answer: list[bytes], durable: bool) -> None:
+        """Answer ``event`` once its turn's writes are durable, or failed to be."""
+        if durable:
+            event.answer_with(answer[0])
+        elif self._hooks.fenced:
+            why = "the room moved to another process: its writes were refused"
+            event.answer_with(encode_error("error", "FencedError", why, False))
+        else:
+            why = "the room's storage failed: its writes may not have landed"
+            event.answer_with(encode_error("error", "StorageError", why, None))
 
     async def _room(self) -> Room | None:
         """The room's instance, created (and started) on its first event; the room is
@@ -766,6 +890,28 @@ class RoomActor:
         hibernated = self._hibernated
         self._poke()  # a loop waiting for its next event looks again, and finds it must stop
         await hibernated.wait()
+
+
+def _refused(why: str) -> bytes:
+    """The answer to a call the room did not run."""
+    return encode_error("error", "RoomCallError", why, False)
+
+
+def _ran(event: Call) -> bool | None:
+    """What a call's caller knows of its effect when its handling ended early."""
+    return None if event.started else False
+
+
+def _raised(error: Exception) -> bytes:
+    """The answer to a call whose method raised ``error`` (its turn rolled back)."""
+    kind: Kind = (
+        "cycle"
+        if isinstance(error, RoomCallCycle)
+        else "timeout"
+        if isinstance(error, RoomCallTimeout)
+        else "error"
+    )
+    return encode_error(kind, type(error).__name__, str(error), False)
 
 
 def _cancellable(_: Callable[[], None]) -> trio.lowlevel.Abort:

@@ -8,6 +8,9 @@ The tree::
     ├── StorageError      a server cannot use its storage file, at start
     │   └── FencedError   a room's writes refused: another process claimed the room
     ├── OutsideHookError  a room's storage was used outside its hooks
+    ├── RoomCallError     a call into a room (``stub.method(...)``) failed
+    │   ├── RoomCallTimeout   it had no answer within its timeout
+    │   └── RoomCallCycle     it would have waited on a turn that waits on it
     └── ClientClosed      a client (roomkit.connect's, or roomkit.testing's) is closed
 """
 
@@ -21,6 +24,9 @@ __all__ = [
     "FencedError",
     "OutsideHookError",
     "Reject",
+    "RoomCallCycle",
+    "RoomCallError",
+    "RoomCallTimeout",
     "RoomkitError",
     "StorageError",
     "first_leaf",
@@ -110,6 +116,49 @@ class OutsideHookError(RoomkitError):
     transaction, and a write from anywhere else would belong to none. Load stored state
     in ``on_start`` rather than in ``__init__``, and keep storage calls out of tasks a
     hook starts.
+    """
+
+
+class RoomCallError(RoomkitError):
+    """Raised when a call into a room (``await stub.method(...)``) fails: the method
+    raised, the room refused the call (shutting down, moved), or its answer could not
+    be had or read.
+
+    ``str(error)`` is ``"room /chat/a: ValueError: bad"``.
+
+    Attributes:
+      room: the room called, as ``"prefix/name"``.
+      type: the class name of the exception the method raised; for roomkit's own
+        failures, the name of roomkit's class (``"RoomCallTimeout"``, ``"StorageError"``).
+      message: ``str()`` of that exception, or what roomkit says went wrong.
+      ran: whether the call took effect. True: its turn ran and its writes are durable
+        (its result could not be read here). False: it had none (refused, dropped
+        while queued at its deadline, a cycle, or it raised and was rolled back).
+        None: unknown (its commit was in flight at the timeout, the method was still
+        running, or the process that owns the room died after the call was sent).
+    """
+
+    def __init__(self, room: str, type: str, message: str, ran: bool | None) -> None:
+        super().__init__(f"room {room}: {type}: {message}")
+        self.room = room
+        self.type = type
+        self.message = message
+        self.ran = ran
+
+
+class RoomCallTimeout(RoomCallError):
+    """Raised when a call into a room has no answer within its timeout.
+
+    A timeout never cancels a turn that has started: ``ran`` is False if the call was
+    still queued (it is dropped, never runs), None if it was running or committing
+    (it runs to its end regardless).
+    """
+
+
+class RoomCallCycle(RoomCallError):
+    """Raised when a call into a room is made from a turn that the room itself waits
+    on (A calls B, which calls A; or A calls A): the call would deadlock, so it is not
+    made (``ran`` False).
     """
 
 

@@ -11,12 +11,14 @@ import attrs
 import trio
 from wsproto.events import CloseConnection
 
+from ._core.calls import MethodCodec
 from ._core.frontdoor import Response
 from ._request import Request
 from ._transport import Transport
 
 __all__ = [
     "Alarm",
+    "Call",
     "Check",
     "Closed",
     "Connect",
@@ -97,8 +99,35 @@ class HttpRequest:
             self.answered.set()
 
 
+@attrs.define(eq=False)
+class Call:
+    """A call of an ``@rpc`` method, for one turn of the room: ``body`` its encoded
+    arguments (``_core/calls.py``: the turns waiting on it among them), ``deadline``
+    when its caller stops waiting (Trio's clock; infinite for none).
+
+    ``answer`` is the answer body, set once the turn's writes are durable (or the call
+    failed or was refused), and then ``answered`` is set. ``started`` says the turn
+    has begun: a timeout then cannot drop it. ``abandoned``: the caller stopped waiting
+    before it began, and the room drops it unrun.
+    """
+
+    codec: MethodCodec
+    body: bytes
+    deadline: float
+    answered: trio.Event = attrs.Factory(trio.Event)
+    answer: bytes | None = None
+    started: bool = False
+    abandoned: bool = False
+
+    def answer_with(self, body: bytes) -> None:
+        """Answer the call with ``body``, unless it is answered already."""
+        if self.answer is None:
+            self.answer = body
+            self.answered.set()
+
+
 class Check:
     """No event: makes the loop look again whether the room is left empty."""
 
 
-Event = Connect | Message | Closed | Alarm | Cut | Drain | HttpRequest | Check
+Event = Connect | Message | Closed | Alarm | Cut | Drain | HttpRequest | Check | Call

@@ -22,6 +22,7 @@ import trio
 from wsproto.events import CloseConnection
 
 from ._actor import RoomActor
+from ._calls import Calls
 from ._closecodes import CloseCode
 from ._committer import Committer
 from ._core.frontdoor import Router
@@ -138,6 +139,8 @@ class Host:
         self._rooms_nursery: trio.Nursery | None = None
         self._room_gone = trio.Event()
         self._closing = False
+        #: The calls into the rooms of this server (``Server.rooms``, ``Room.rooms``).
+        self.calls: Final = Calls(self, router, owns=owns, clustered=acquire is not None)
 
     @property
     def closing(self) -> bool:
@@ -321,7 +324,7 @@ class Host:
         """The live room ``room``, made (an instance of ``room_class``) if need be."""
         actor = self._rooms.get(room)
         if actor is None:
-            actor = RoomActor(room_class, room, self)
+            actor = RoomActor(room_class, room, self, self.calls)
             self._rooms[room] = actor
             # Unless the drain is over and the rooms are being cancelled: nothing new starts.
             if not self._rooms_scope.cancel_called:

@@ -10,6 +10,7 @@ from ._closecodes import CloseCode
 from ._core.limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, MAX_REQUEST_SIZE, RATE_LIMIT
 from ._core.ratelimit import RateLimit
 from ._protocol import Protocol as MessageProtocol
+from ._stubs import Rooms, check_rpc_methods
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -42,6 +43,10 @@ class RoomBackend(Protocol):
 
     def wall_time(self) -> float:
         """Seconds since the epoch, on the clock the room's alarms keep."""
+
+    @property
+    def rooms(self) -> Rooms:
+        """The server's rooms, to call from this room's turns (their chain rides along)."""
 
     def unhandled(self, error: Exception) -> None:
         """A hook's ``error`` reached ``on_error``'s default, which logged it."""
@@ -129,6 +134,7 @@ class Room:
                 f"{cls.__name__}.auto_response must be a (request, response) pair "
                 "of str or bytes, or None"
             )
+        check_rpc_methods(cls, Room)
 
     @property
     def name(self) -> str:
@@ -139,6 +145,18 @@ class Room:
     def storage(self) -> Storage:
         """The room's durable key-value storage and alarm; see :class:`roomkit.Storage`."""
         return self._roomkit_storage
+
+    @property
+    def rooms(self) -> Rooms:
+        """The server's rooms, to call other rooms' ``@rpc`` methods from this room's
+        hooks: ``await self.rooms.get("b").method(...)``.
+
+        A call from a turn that the callee's own turn waits on (A calls B, which calls
+        A; A calls A) raises ``RoomCallCycle`` at once instead of deadlocking. Two calls
+        crossing from independent turns (A calls B while B calls A) each wait for the
+        other's room: the timeout bounds them.
+        """
+        return self._roomkit_actor.rooms
 
     def connections(self, tag: str | None = None) -> list[Connection]:
         """The room's open connections, or only those carrying ``tag``, in join order."""

@@ -73,6 +73,7 @@ from ._room import Room
 from ._roomid import RoomId
 from ._static import static_files
 from ._statistics import ServerStatistics
+from ._stubs import Rooms
 from ._workerspec import WorkerSpec
 from ._wsurl import base_url
 from .storage import ClusterStore, Store, open_store
@@ -93,18 +94,21 @@ class Server:
       host: the address it listens on.
       port: the bound port (useful with ``port=0``).
       tls: whether it speaks TLS (``wss://``).
+      rooms: the server's rooms by name, to call their ``@rpc`` methods:
+        ``await server.rooms.get("lobby").kick("ada")`` (see docs/rpc.md).
     """
 
     host: str
     port: int
     tls: bool = False
-    _rooms: dict[RoomId, RoomActor] = attrs.field(factory=dict, alias="rooms")
+    _rooms: dict[RoomId, RoomActor] = attrs.field(factory=dict, alias="live")
     _stop: trio.Event = attrs.field(factory=trio.Event, init=False)
     _close_code: CloseCode = attrs.field(default=CloseCode.GOING_AWAY, init=False)
     #: Counts what it holds: its room host's.
     _statistics: Callable[[], ServerStatistics] = attrs.field(
         kw_only=True, alias="statistics", repr=False
     )
+    rooms: Rooms = attrs.field(kw_only=True, repr=False)
 
     @property
     def url(self) -> str:
@@ -483,8 +487,9 @@ async def serve_on(
             bound_host,
             bound_port,
             tls=ssl_context is not None,
-            rooms=live,
+            live=live,
             statistics=host.statistics,
+            rooms=Rooms(host.calls),
         )
         if on_host is not None:
             on_host(host)

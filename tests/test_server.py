@@ -200,7 +200,8 @@ def test_serve_refuses_routes_that_are_not_rooms() -> None:
 
 def test_url_brackets_ipv6() -> None:
     stats = roomkit.ServerStatistics(0, 0, 0, 0, 0)
-    server = roomkit.Server("::1", 80, statistics=lambda: stats)
+    rooms = roomkit.Rooms(None)  # type: ignore[arg-type]  # no call is made: only the url is read
+    server = roomkit.Server("::1", 80, statistics=lambda: stats, rooms=rooms)
     assert server.url == "ws://[::1]:80"
 
 

@@ -27,6 +27,7 @@ from .._host import Host, TestHooks
 from .._room import Room
 from .._roomid import RoomId
 from .._server import SERVE_OPTIONS, ServeOptions, Server, serve_on
+from .._stubs import Rooms
 from ..storage import SQLiteStore, Store
 from ..storage._sqlite import SQLiteCore
 from ._client import RECEIVE_TIMEOUT, RoomErrors, TestClient, opened
@@ -162,6 +163,12 @@ class TestServer:
             return await self._listener.connect(), MEMORY_HOST
         server = self._server
         return await trio.open_tcp_stream(server.host, server.port), f"{server.host}:{server.port}"
+
+    @property
+    def rooms(self) -> Rooms:
+        """The server's rooms, to call their ``@rpc`` methods as server code would:
+        ``await server.rooms.get("lobby").kick("ada")`` (``Server.rooms``)."""
+        return self._server.rooms
 
     def room(self, name: str, route: str = "") -> Room | None:
         """The live Room instance of room ``name``, to inspect; None if the room is not

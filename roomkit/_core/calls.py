@@ -1,0 +1,389 @@
+"""Calls into rooms: the codec of a call's arguments and result, and its wire. Pure.
+
+A call is copied by serialisation, the same way whether the room is in this process or
+another. At the caller, :meth:`MethodCodec.encode_arguments` binds the arguments to the
+method's signature (a TypeError before anything is sent), unstructures each by its
+parameter's annotation with the room's converter (its protocol's, or else a strict one
+of roomkit's, as storage has), and writes the body::
+
+    {"args": [...], "kwargs": {...}, "chain": [["/chat", "a"], ...]}
+
+The room reads it back (:meth:`MethodCodec.decode_arguments`: bound again, each
+argument structured by its annotation, a plain JSON value without one), runs the
+method, and answers with one of two bodies, which the caller parses
+(:func:`parse_answer`) and whose result it structures by the return annotation::
+
+    {"result": <json>}
+    {"error": {"kind": "error" | "timeout" | "cycle", "type": str, "message": str,
+               "ran": true | false | null}}
+
+``chain`` is the rooms whose turns wait on the call, outermost first: a room already in
+it is not called again (a cycle, which would deadlock). Between processes the body goes
+in a plain HTTP request into the room's path (:func:`call_head`), signed in a cluster
+with its secret (:func:`call_auth`, :func:`verify_call`).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import inspect
+import json
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+import attrs
+import cattrs
+
+from .._converter import make_converter
+from .._protocol import Protocol
+from .._roomid import RoomId
+from .clusterauth import MAX_SKEW
+
+__all__ = [
+    "AUTH_HEADER",
+    "CALL_HEADER",
+    "RPC_MARKER",
+    "TIMEOUT_HEADER",
+    "Chain",
+    "Failed",
+    "Kind",
+    "MethodCodec",
+    "Returned",
+    "call_auth",
+    "call_head",
+    "call_path",
+    "call_signature",
+    "encode_error",
+    "parse_answer",
+    "rpc_function",
+    "verify_call",
+]
+
+#: The attribute ``@roomkit.rpc`` sets on a method: only such methods can be called.
+RPC_MARKER: Final = "__roomkit_rpc__"
+#: The headers of a call between processes, as the head's parser lowercases them.
+CALL_HEADER: Final = "roomkit-call"
+TIMEOUT_HEADER: Final = "roomkit-call-timeout"
+AUTH_HEADER: Final = "roomkit-call-auth"
+
+Chain = tuple[RoomId, ...]
+"""The rooms whose turns wait on a call, outermost first."""
+
+Kind = Literal["error", "timeout", "cycle"]
+"""What an error answer is: a raise (or a refusal), a timeout, or a cycle of calls."""
+
+_KINDS: Final = frozenset(("error", "timeout", "cycle"))
+#: Compact JSON, NaN refused: what JavaScript's JSON.parse reads.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: For rooms without a protocol: a strict converter of roomkit's that no room registers
+#: hooks on, so that a call's encoding depends on its values alone (as storage's does).
+_PLAIN: Final = make_converter()
+#: Stands for ``self`` when a method's signature binds a call's arguments.
+_SELF: Final = object()
+_SIG: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+_SECONDS: Final = re.compile(r"[0-9]{1,15}")
+
+
+def rpc_function(room_class: type, name: str) -> Callable[..., Any] | None:
+    """The ``@roomkit.rpc`` method ``name`` of ``room_class``; None if it has none."""
+    if name.startswith("_"):
+        return None
+    function: Callable[..., Any] | None = getattr(room_class, name, None)
+    if callable(function) and getattr(function, RPC_MARKER, False) is True:
+        return function
+    return None
+
+
+@attrs.frozen
+class Returned:
+    """A call's answer: it returned ``value``, as JSON (structure it with
+    :meth:`MethodCodec.decode_result`)."""
+
+    value: Any
+
+
+@attrs.frozen
+class Failed:
+    """A call's answer: it failed. ``type`` names the exception's class, ``ran`` says
+    whether the call's turn took effect (None: unknown)."""
+
+    kind: Kind
+    type: str
+    message: str
+    ran: bool | None
+
+
+@functools.cache
+def _shape(function: Callable[..., Any]) -> tuple[inspect.Signature, Mapping[str, Any]]:
+    """``function``'s signature and its resolved annotations (the return's as ``return``)."""
+    return inspect.signature(function), typing.get_type_hints(function)
+
+
+@attrs.frozen
+class MethodCodec:
+    """Encodes and decodes the calls of one ``@rpc`` method ``function`` with
+    ``converter``: its room's protocol's, or roomkit's strict one (:meth:`of`)."""
+
+    function: Callable[..., Any]
+    converter: cattrs.Converter
+
+    @classmethod
+    def of(cls, function: Callable[..., Any], protocol: Protocol | None) -> MethodCodec:
+        """The codec of ``function``, a method of a room whose protocol is ``protocol``."""
+        return cls(function, _PLAIN if protocol is None else protocol.converter)
+
+    @property
+    def name(self) -> str:
+        return self.function.__name__
+
+    def encode_arguments(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], chain: Chain
+    ) -> bytes:
+        """The body of a call with ``args`` and ``kwargs``, from the turns in ``chain``.
+
+        Raises:
+          TypeError: if they do not bind to the method's parameters, or one cannot be
+            encoded (the message names it).
+        """
+        signature, hints = _shape(self.function)
+        try:
+            bound = signature.bind(_SELF, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}(): {exc}") from None
+        for name, value in list(bound.arguments.items())[1:]:
+            bound.arguments[name] = self._each(signature, name, value, hints, self._unstructure)
+        body = {"args": list(bound.args[1:]), "kwargs": bound.kwargs, "chain": _chain_json(chain)}
+        try:
+            return _ENCODER.encode(body).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{self.name}(): an argument cannot be encoded as JSON: {exc}"
+            ) from None
+
+    def decode_arguments(
+        self, body: bytes, limit: int
+    ) -> tuple[tuple[Any, ...], dict[str, Any], Chain]:
+        """The arguments and the chain of a call's ``body``, of at most ``limit`` bytes.
+
+        Raises:
+          ValueError: if ``body`` is too big, or no call's JSON.
+          TypeError: if the arguments do not bind to the method's parameters, or one
+            does not structure as its annotation (the message names it).
+        """
+        if len(body) > limit:
+            raise ValueError(f"the call's body is {len(body)} bytes, over the room's {limit}")
+        args, kwargs, chain = _parse_body(body)
+        signature, hints = _shape(self.function)
+        try:
+            bound = signature.bind(_SELF, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}(): {exc}") from None
+        for name, value in list(bound.arguments.items())[1:]:
+            bound.arguments[name] = self._each(signature, name, value, hints, self._structure)
+        return bound.args[1:], bound.kwargs, chain
+
+    def encode_result(self, value: Any) -> bytes:
+        """The answer body for ``value``, returned by the method.
+
+        Raises:
+          TypeError: if it cannot be encoded by the return annotation as JSON.
+        """
+        hint = _shape(self.function)[1].get("return", inspect.Parameter.empty)
+        try:
+            unstructured = self._unstructure(value, hint, "the result")
+            return _ENCODER.encode({"result": unstructured}).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{self.name}(): the result cannot be encoded as JSON: {exc}") from None
+
+    def decode_result(self, value: Any) -> Any:
+        """``value``, a result as JSON, structured by the return annotation.
+
+        Raises:
+          TypeError: if it does not structure as that annotation.
+        """
+        hint = _shape(self.function)[1].get("return", inspect.Parameter.empty)
+        return self._structure(value, hint, "the result")
+
+    def _each(
+        self,
+        signature: inspect.Signature,
+        name: str,
+        value: Any,
+        hints: Mapping[str, Any],
+        convert: Callable[[Any, Any, str], Any],
+    ) -> Any:
+        """``value``, bound to parameter ``name``, converted by its annotation (each
+        item of a ``*args``, each value of a ``**kwargs``)."""
+        hint = hints.get(name, inspect.Parameter.empty)
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            return tuple(convert(item, hint, f"argument {name!r}") for item in value)
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            return {key: convert(item, hint, f"argument {key!r}") for key, item in value.items()}
+        return convert(value, hint, f"argument {name!r}")
+
+    def _unstructure(self, value: Any, hint: Any, what: str) -> Any:
+        try:
+            if hint is inspect.Parameter.empty:
+                return self.converter.unstructure(value)
+            return self.converter.unstructure(value, unstructure_as=hint)
+        except Exception as exc:
+            raise TypeError(f"{what} cannot be encoded: {exc}") from None
+
+    def _structure(self, value: Any, hint: Any, what: str) -> Any:
+        if hint is inspect.Parameter.empty or hint is Any:
+            return value
+        try:
+            return self.converter.structure(value, hint)
+        except Exception as exc:
+            raise TypeError(
+                f"{self.name}(): {what} is no {_describe(hint)}: {_reason(exc)}"
+            ) from None
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or repr(hint)
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong in a structuring, by its first leaf, with its cattrs notes."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    notes = [str(note) for note in getattr(error, "__notes__", ())]
+    return "; ".join([str(error), *notes])
+
+
+def _chain_json(chain: Chain) -> list[list[str]]:
+    return [[room.namespace, room.name] for room in chain]
+
+
+def _parse_body(body: bytes) -> tuple[list[Any], dict[str, Any], Chain]:
+    """The three fields of a call's body, each of its type."""
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("the call's body is not JSON") from None
+    if not (isinstance(value, dict) and value.keys() == {"args", "kwargs", "chain"}):
+        raise ValueError('the call\'s body is no {"args", "kwargs", "chain"} object')
+    args, kwargs, chain = value["args"], value["kwargs"], value["chain"]
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError("the call's args must be an array and its kwargs an object")
+    if not isinstance(chain, list) or not all(_is_room(item) for item in chain):
+        raise ValueError("the call's chain must be an array of [prefix, name] pairs")
+    return args, kwargs, tuple(RoomId(prefix, name) for prefix, name in chain)
+
+
+def _is_room(item: object) -> bool:
+    return isinstance(item, list) and len(item) == 2 and all(isinstance(part, str) for part in item)
+
+
+# The answers.
+
+
+def encode_error(kind: Kind, type: str, message: str, ran: bool | None) -> bytes:
+    """The answer body of a call that failed (see :class:`Failed`)."""
+    error = {"kind": kind, "type": type, "message": message, "ran": ran}
+    return _ENCODER.encode({"error": error}).encode("utf-8")
+
+
+def parse_answer(body: bytes) -> Returned | Failed:
+    """What the answer body ``body`` says.
+
+    Raises:
+      ValueError: if it is no answer's JSON.
+    """
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("the call's answer is not JSON") from None
+    if isinstance(value, dict) and value.keys() == {"result"}:
+        return Returned(value["result"])
+    error = value.get("error") if isinstance(value, dict) and value.keys() == {"error"} else None
+    if _is_error(error):
+        assert isinstance(error, dict)
+        return Failed(error["kind"], error["type"], error["message"], error["ran"])
+    raise ValueError('the call\'s answer is no {"result"} or {"error"} object')
+
+
+def _is_error(error: object) -> bool:
+    """Whether ``error`` is the object of a well-formed error answer."""
+    return (
+        isinstance(error, dict)
+        and error.keys() == {"kind", "type", "message", "ran"}
+        and error["kind"] in _KINDS
+        and isinstance(error["type"], str)
+        and isinstance(error["message"], str)
+        and (error["ran"] is None or isinstance(error["ran"], bool))
+    )
+
+
+# The wire between processes.
+
+
+def call_path(room: RoomId) -> str:
+    """The path of ``room``, as a client's request would have it."""
+    return f"{room.namespace}/{quote(room.name, safe='')}"
+
+
+def call_head(
+    room: RoomId, method: str, timeout: float | None, body: bytes, auth: str | None = None
+) -> bytes:
+    """The head of the request that carries a call of ``method`` to ``room``, with
+    ``timeout`` seconds left (None: no bound) and ``body``; ``auth`` is the
+    ``roomkit-call-auth`` value in a cluster with a secret (:func:`call_auth`)."""
+    left = "none" if timeout is None or math.isinf(timeout) else f"{max(timeout, 0.0):.3f}"
+    lines = [
+        f"POST {call_path(room)} HTTP/1.1",
+        "host: roomkit",
+        f"{CALL_HEADER}: {method}",
+        f"{TIMEOUT_HEADER}: {left}",
+    ]
+    if auth is not None:
+        lines.append(f"{AUTH_HEADER}: {auth}")
+    lines += ["content-type: application/json", f"content-length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def call_signature(secret: bytes, method: str, t: str, target: str, body_sha: str) -> str:
+    """The HMAC-SHA256 of ``"call|{method}|{t}|{target}|{body_sha}"`` keyed with the
+    cluster's ``secret``, in base64url without padding."""
+    message = "|".join(("call", method, t, target, body_sha)).encode("utf-8")
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def call_auth(secret: bytes, method: str, target: str, body: bytes, *, now: float) -> str:
+    """The ``roomkit-call-auth`` value of a call of ``method`` to ``target`` (the
+    request's path) with ``body``, signed at ``now`` (Unix seconds)."""
+    t = str(int(now))
+    sig = call_signature(secret, method, t, target, hashlib.sha256(body).hexdigest())
+    return f"t={t};sig={sig}"
+
+
+def verify_call(
+    value: str | None, secret: bytes, method: str, target: str, body: bytes, *, now: float
+) -> str | None:
+    """Why the ``roomkit-call-auth`` ``value`` of a call is refused (403); None if it
+    is signed with ``secret`` for this call, within ``MAX_SKEW`` of ``now``."""
+    if value is None:
+        return f"{AUTH_HEADER}: not signed"
+    pairs = [part.partition("=") for part in value.split(";")]
+    found = {name: field for name, equals, field in pairs if equals}
+    if len(found) != len(pairs) or found.keys() != {"t", "sig"}:
+        return f"{AUTH_HEADER}: not t=...;sig=..."
+    t, sig = found["t"], found["sig"]
+    if not _SECONDS.fullmatch(t) or not _SIG.fullmatch(sig):
+        return f"{AUTH_HEADER}: t is no Unix time or sig no base64url HMAC-SHA256"
+    if abs(now - int(t)) > MAX_SKEW:
+        return f"{AUTH_HEADER}: t is more than {MAX_SKEW:.0f} s away"
+    expected = call_signature(secret, method, t, target, hashlib.sha256(body).hexdigest())
+    if not hmac.compare_digest(expected.encode("ascii"), sig.encode("ascii")):
+        return f"{AUTH_HEADER}: bad signature"
+    return None

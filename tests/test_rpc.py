@@ -1,0 +1,404 @@
+"""Calls into rooms (``@roomkit.rpc``, ``server.rooms``), in one process.
+
+Rules: roomkit.testing's in-memory transport and pytest-trio's ``autojump_clock``, but
+for one test over real sockets (``serve``, the ``websockets`` package's client); every
+wait is bounded by ``fail_after``; times asserted are virtual ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from websockets.sync.client import connect
+
+import roomkit
+from roomkit.storage import Changes, Claim, KeyRange, RoomId, SQLiteStore, Store
+from roomkit.storage._sqlite import SQLiteCore
+from roomkit.testing import open_test_server
+
+from .helpers import Start
+
+
+class Counter(roomkit.Room):
+    """Counts in storage; tells its clients of each change."""
+
+    rate_limit = None
+
+    async def on_start(self) -> None:
+        self.started = getattr(self, "started", 0) + 1
+        self.count: int = await self.storage.get("count", 0)
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        self.broadcast(f"message {message}")
+
+    @roomkit.rpc
+    async def add(self, n: int, *, note: str = "") -> int:
+        self.count += n
+        await self.storage.put("count", self.count)
+        self.broadcast(f"count {self.count}{note}")
+        return self.count
+
+    @roomkit.rpc
+    async def fail(self, n: int) -> None:
+        await self.storage.put("count", n)
+        self.broadcast("never")
+        raise ValueError(f"bad {n}")
+
+    @roomkit.rpc
+    async def nap(self, seconds: float) -> str:
+        await trio.sleep(seconds)
+        return "rested"
+
+    @roomkit.rpc
+    async def mutate(self, items: list[int]) -> list[int]:
+        items.append(99)
+        return items
+
+    async def not_rpc(self) -> None:
+        """No @rpc: not callable."""
+
+
+async def test_a_call_runs_in_order_with_messages(autojump_clock: trio.abc.Clock) -> None:
+    async with (
+        open_test_server(Counter) as server,
+        server.connect("/a") as client,
+        trio.open_nursery() as nursery,
+    ):
+        stub = server.rooms.get("a")
+        assert (stub.name, stub.prefix) == ("a", "")
+        nursery.start_soon(stub.nap, 1)  # the room is busy: what follows queues
+        await trio.testing.wait_all_tasks_blocked()
+        await client.send("one")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(stub.add, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        await client.send("two")
+        await trio.testing.wait_all_tasks_blocked()
+        assert await stub.call("add", 3, note="!") == 5
+        assert [await client.receive() for _ in range(4)] == [
+            "message one",
+            "count 2",
+            "message two",
+            "count 5!",
+        ]
+
+
+async def test_a_call_wakes_a_hibernated_room(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Counter) as server, server.connect("/a") as client:
+        assert await server.rooms.get("a").add(4) == 4
+        await client.receive()
+        await server.hibernate("a")
+        assert server.room("a") is None
+        assert await server.rooms.get("a").add(1) == 5  # on_start read 4 back
+        room = server.room("a")
+        assert isinstance(room, Counter) and room.started == 1  # a new instance
+        assert await client.receive() == "count 5"
+
+
+async def test_a_call_starts_a_room_nobody_is_connected_to(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_server(Counter) as server:
+        assert await server.rooms.get("b").add(7) == 7
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.room("b") is None  # ended once idle
+        assert await server.rooms.get("b").add(1) == 8  # its data stayed
+
+
+class HeldStore(Store):
+    """A SQLite store whose commits wait for ``release`` while ``hold`` is set, and
+    fail while ``broken`` is."""
+
+    def __init__(self) -> None:
+        self.inner = SQLiteStore(SQLiteCore(":memory:"), in_thread=False)
+        self.hold = False
+        self.broken = False
+        self.release = trio.Event()
+        self.waiting = trio.Event()
+
+    async def claim(self, room: RoomId, owner: str) -> Claim:
+        return await self.inner.claim(room, owner)
+
+    async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
+        return await self.inner.get_many(room, keys)
+
+    async def list(
+        self, room: RoomId, keys: KeyRange, *, reverse: bool, limit: int | None
+    ) -> list[tuple[str, str]]:
+        return await self.inner.list(room, keys, reverse=reverse, limit=limit)
+
+    async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
+        if self.hold:
+            self.waiting.set()
+            await self.release.wait()
+        if self.broken:
+            raise OSError("disk gone")
+        return await self.inner.commit(batch)
+
+    async def alarms(self) -> list[tuple[RoomId, float, int]]:
+        return await self.inner.alarms()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_result_comes_only_after_the_commit(autojump_clock: trio.abc.Clock) -> None:
+    store = HeldStore()
+    async with open_test_server(Counter, storage=store) as server:
+        async with server.connect("/a") as client, trio.open_nursery() as nursery:
+            store.hold = True
+            results: list[int] = []
+
+            async def call() -> None:
+                results.append(await server.rooms.get("a").add(1))
+
+            nursery.start_soon(call)
+            await store.waiting.wait()
+            await trio.sleep(5)
+            assert results == []
+            await client.receive_nothing()
+            store.release.set()
+            assert await client.receive() == "count 1"
+        assert results == [1]
+    await store.aclose()
+
+
+async def test_a_failed_commit_answers_an_error_and_sends_nothing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = HeldStore()
+    async with open_test_server(Counter, storage=store) as server:
+        await server.rooms.get("a").add(1)  # the room's claim and first commit
+        async with server.connect("/a") as client:
+            store.broken = True
+            with pytest.raises(roomkit.RoomCallError) as raised:
+                await server.rooms.get("a").add(1)
+            assert (raised.value.type, raised.value.ran) == ("StorageError", None)
+            assert await client.receive_close() == (1011, "Storage failure")
+    await store.aclose()
+
+
+async def test_a_raising_method_is_rolled_back(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Counter) as server, server.connect("/a") as client:
+        stub = server.rooms.get("a")
+        with pytest.raises(roomkit.RoomCallError) as raised:
+            await stub.fail(41)
+        error = raised.value
+        assert (error.room, error.type, error.message, error.ran) == (
+            "/a",
+            "ValueError",
+            "bad 41",
+            False,
+        )
+        assert str(error) == "room /a: ValueError: bad 41"
+        assert type(error) is roomkit.RoomCallError
+        await client.receive_nothing()
+        assert await stub.add(0) == 0  # its write never landed, in memory or in storage
+        assert await client.receive() == "count 0"
+        await server.hibernate("a")
+        assert await stub.add(0) == 0
+
+
+async def test_a_call_queued_past_its_deadline_never_runs(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Counter) as server, trio.open_nursery() as nursery:
+        stub = server.rooms.get("a")
+        nursery.start_soon(stub.nap, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with pytest.raises(roomkit.RoomCallTimeout) as raised:
+            await stub.call("add", 1, timeout=2)
+        assert raised.value.ran is False
+        assert trio.current_time() - start == 2
+        await trio.sleep(10)
+        assert await stub.add(0) == 0  # the add never ran
+
+
+async def test_a_call_running_at_its_deadline_still_completes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    class Slow(Counter):
+        @roomkit.rpc
+        async def slow_add(self, n: int) -> int:
+            await trio.sleep(5)
+            return await self.add(n)
+
+    async with open_test_server(Slow) as server, server.connect("/a") as client:
+        stub = server.rooms.get("a")
+        with pytest.raises(roomkit.RoomCallTimeout) as raised:
+            await stub.call("slow_add", 3, timeout=1)
+        assert (raised.value.ran, raised.value.type) == (None, "RoomCallTimeout")
+        assert await client.receive() == "count 3"  # it ran to its end
+        assert await stub.add(0) == 3
+
+
+class Ping(roomkit.Room):
+    @roomkit.rpc
+    async def ping(self, target: str, depth: int) -> list[str]:
+        if depth == 0:
+            return [self.name]
+        return [self.name, *await self.rooms.get(target).ping(self.name, depth - 1)]
+
+    @roomkit.rpc
+    async def me(self) -> str:
+        return await self.rooms.get(self.name).me()
+
+
+async def test_cycles_are_refused_instead_of_deadlocking(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Ping) as server:
+        with trio.fail_after(1):
+            assert await server.rooms.get("a").ping("b", 1) == ["a", "b"]
+            with pytest.raises(roomkit.RoomCallCycle) as raised:
+                await server.rooms.get("a").ping("b", 2)  # a -> b -> a
+            assert (raised.value.room, raised.value.ran) == ("/a", False)
+            assert raised.value.type == "RoomCallCycle"
+            assert "/a -> /b -> /a" in raised.value.message
+            with pytest.raises(roomkit.RoomCallCycle):
+                await server.rooms.get("c").me()  # c -> c
+
+
+@attrs.frozen
+class Point:
+    x: int
+    y_value: int
+
+
+class Geometry(roomkit.Room):
+    protocol = roomkit.Protocol(Point, Point, field_names="camelCase")
+
+    @roomkit.rpc
+    async def shift(self, point: Point, by: int, raw: Any = None) -> Point:
+        assert isinstance(point, Point)
+        return Point(point.x + by, point.y_value + by)
+
+    @roomkit.rpc
+    async def wire(self, point: Point) -> dict[str, Any]:
+        return {"seen": point.y_value}
+
+    @roomkit.rpc
+    async def lie(self) -> int:
+        return "not an int"  # type: ignore[return-value]
+
+
+async def test_arguments_and_results_go_by_their_annotations(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_server(Geometry) as server:
+        stub = server.rooms.get("g")
+        assert await stub.shift(Point(1, 2), by=10) == Point(11, 12)
+        assert await stub.wire(Point(1, 5)) == {"seen": 5}
+        with pytest.raises(roomkit.RoomCallError) as raised:
+            await stub.lie()
+        assert (raised.value.type, raised.value.ran) == ("TypeError", True)
+
+
+async def test_mistakes_are_found_before_anything_is_sent(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server({"/c": Counter}) as server:
+        stub = server.rooms.get("a", "/c")
+        with pytest.raises(AttributeError, match="not_rpc"):
+            stub.not_rpc  # noqa: B018
+        with pytest.raises(AttributeError):
+            await stub.call("on_message", None, None)
+        with pytest.raises(TypeError, match="add"):
+            await stub.add()
+        with pytest.raises(TypeError):
+            await stub.add(1, 2)
+        with pytest.raises(ValueError, match="prefix '/nope'"):
+            server.rooms.get("a", "/nope")
+        with pytest.raises(ValueError, match="no room name"):
+            server.rooms.get("a/b", "/c")
+        with pytest.raises(ValueError, match="timeout"):
+            await stub.call("add", 1, timeout=0)
+        assert server.room("a", "/c") is None  # nothing reached the room
+
+
+async def test_arguments_are_copies(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Counter) as server:
+        items = [1, 2]
+        result = await server.rooms.get("a").mutate(items)
+        assert (items, result) == ([1, 2], [1, 2, 99])
+
+
+async def test_a_call_during_shutdown_is_refused(autojump_clock: trio.abc.Clock) -> None:
+    class Stopping(Counter):
+        async def on_close(self, conn: roomkit.Connection, *_: Any) -> None:
+            with pytest.raises(roomkit.RoomCallError) as raised:
+                await self.rooms.get("other").add(1)
+            self.refused = raised.value
+
+    async with contextlib.AsyncExitStack() as stack, open_test_server(Stopping) as server:
+        client = await stack.enter_async_context(server.connect("/a"))
+        await client.send("x")
+        await client.receive()
+        room = server.room("a")
+        # the server shut down with the client still open: on_close's call was refused
+    assert isinstance(room, Stopping)
+    assert (room.refused.ran, room.refused.message) == (False, "the server is shutting down")
+
+
+def test_rpc_names_are_checked() -> None:
+    with pytest.raises(TypeError, match="async def"):
+        roomkit.rpc(lambda self: None)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="private"):
+
+        class Private(roomkit.Room):
+            @roomkit.rpc
+            async def _hidden(self) -> None: ...
+
+    with pytest.raises(TypeError, match=r"Room\.broadcast"):
+
+        class Shadow(roomkit.Room):
+            @roomkit.rpc
+            async def broadcast(self) -> None:  # type: ignore[override]
+                ...
+
+
+async def test_a_call_through_real_sockets(start: Start) -> None:
+    server = await start(Counter)
+    heard: list[str] = []
+    joined, called = trio.Event(), trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def client() -> None:  # the websockets package's client, in a thread of its own
+        with connect(f"{server.url}/lobby") as ws:
+            ws.send("hi")
+            heard.append(str(ws.recv(timeout=5)))
+            trio.from_thread.run_sync(joined.set, trio_token=token)
+            trio.from_thread.run(called.wait, trio_token=token)
+            heard.append(str(ws.recv(timeout=5)))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, client)
+            await joined.wait()
+            assert await server.rooms.get("lobby").add(2, note="?") == 2
+            called.set()
+    assert heard == ["message hi", "count 2?"]
+
+
+async def test_a_call_queued_as_the_server_shuts_down_is_refused(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    outcomes: dict[str, object] = {}
+
+    async def call(stub: roomkit.RoomStub, method: str, *args: Any) -> None:
+        try:
+            outcomes[method] = await stub.call(method, *args)
+        except roomkit.RoomCallError as exc:
+            outcomes[method] = (exc.ran, exc.message)
+
+    async with (
+        trio.open_nursery() as nursery,
+        open_test_server(Counter, drain_timeout=60) as server,
+    ):
+        stub = server.rooms.get("a")
+        nursery.start_soon(call, stub, "nap", 10)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(call, stub, "add", 1)  # queued behind the nap
+        await trio.testing.wait_all_tasks_blocked()
+        # the block's end shuts the server down while the nap runs
+    assert outcomes == {"nap": "rested", "add": (False, "the room is shutting down")}
