@@ -24,7 +24,10 @@ process, or one worker of ``--workers N``). Its :class:`Member`:
   they first started. In the background, never in the room's way, one round trip for
   every room that ended meanwhile;
 * answers the front door's question, who owns a room (``locate``), from a small cache
-  of the directory (entries live a lease, and are dropped when a forward fails);
+  of the directory: an entry lives a lease at most, and never past the end of the
+  owner's lease as the directory gave it (``_core/location.py``, ``trusted_until``), so
+  that a stopped owner's rooms are acquired as soon as its row expires; an entry is
+  dropped when a forward fails;
 * drains at shutdown: marks itself draining, lets the host shut down (1012, flush),
   releases its rooms' claims, and leaves the members table, so that its rooms move at
   once rather than after a lease.
@@ -44,7 +47,7 @@ from typing import Final
 import trio
 
 from ._core.lease import Heard, Lease
-from ._core.location import Located, Membership
+from ._core.location import Located, Membership, trusted_until
 from ._host import Host
 from ._roomid import RoomId
 from .storage import Acquired, AlarmWrite, Claim, ClusterStore, Owned
@@ -241,7 +244,7 @@ class Member:
     async def _acquire(self, room: RoomId) -> Acquired | None:
         if self._draining or not self.valid():
             return None
-        fences = self._fences
+        fences, asked = self._fences, trio.current_time()
         try:
             outcome = await self._store.acquire(room, self.me, lock_timeout=self.lease)
         except Exception as exc:  # a lock held past the lease, PostgreSQL unreachable
@@ -258,7 +261,8 @@ class Member:
         if isinstance(outcome, Owned):
             logger.info("room %s: owned by %s; not served here", room, outcome.member)
             if not outcome.draining:  # a draining owner's room is free soon: ask again then
-                self._remember(room, Located(outcome.member, outcome.address, live=True))
+                located = Located(outcome.member, outcome.address, live=True)
+                self._remember(room, located, trusted_until(asked, self.lease, outcome.expires_in))
             return None
         self._directory.pop(room, None)
         if outcome.alarm is not None:
@@ -327,24 +331,26 @@ class Member:
             if trio.current_time() < until:
                 return located
             del self._directory[room]
+        asked = trio.current_time()
         owner = await self._store.locate(room)
         if owner is None:
             return None
         located = Located(owner.member, owner.address or "", owner.live)
         if located.live and located.member != self.me:
-            self._remember(room, located)
+            self._remember(room, located, trusted_until(asked, self.lease, owner.expires_in))
         return located
 
     def forget(self, room: RoomId) -> None:
         """Drop what the cache says of ``room``'s owner: reaching it failed."""
         self._directory.pop(room, None)
 
-    def _remember(self, room: RoomId, located: Located) -> None:
+    def _remember(self, room: RoomId, located: Located, until: float) -> None:
+        """Cache ``room``'s owner until ``until`` (this process's monotonic clock)."""
         directory = self._directory
         directory.pop(room, None)
         if len(directory) >= DIRECTORY_CACHE:
             del directory[next(iter(directory))]
-        directory[room] = (located, trio.current_time() + self.lease)
+        directory[room] = (located, until)
 
     async def _orphans(self) -> None:
         """Every lease/2, acquire the rooms with an alarm due within a lease that nobody

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from roomkit._core.handoff import HandTo
@@ -12,6 +14,7 @@ from roomkit._core.location import (
     ServeHere,
     Unavailable,
     advertised,
+    trusted_until,
 )
 from roomkit._core.placement import Placement
 from roomkit._roomid import RoomId
@@ -118,3 +121,20 @@ def test_a_room_nobody_live_owns_goes_to_the_worker_the_placement_picks() -> Non
 )
 def test_the_advertised_address_by_default_is_the_listening_one(host: str, expected: str) -> None:
     assert advertised(host, 8080, "node-1") == expected
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "until"),
+    [
+        (math.inf, 103.0),  # the store cannot tell: a lease
+        (7.0, 103.0),  # an owner with a longer lease than this member's: still a lease
+        (3.0, 103.0),
+        (1.25, 101.25),  # the owner's row expires first: not an instant past it
+        (0.0, 100.0),
+        (-0.5, 100.0),  # expired already: not trusted at all
+    ],
+)
+def test_a_cached_owner_is_trusted_a_lease_at_most_and_never_past_its_own_lease(
+    expires_in: float, until: float
+) -> None:
+    assert trusted_until(100.0, 3.0, expires_in) == until

@@ -69,6 +69,10 @@ class Directory(ClusterStore):
         row = self.members.get(member or "")
         return row is not None and row[1] > trio.current_time() and not row[2]
 
+    def expires_in(self, member: str | None) -> float:
+        row = self.members.get(member or "")
+        return 0.0 if row is None else row[1] - trio.current_time()
+
     async def register(self, member: str, address: str, lease: float) -> int:
         self.incarnations += 1
         self.members[member] = (self.incarnations, trio.current_time() + lease, False)
@@ -95,7 +99,7 @@ class Directory(ClusterStore):
         owner = self.owners.get(room)
         row = self.members.get(owner or "")
         if owner != member and row is not None and (self.live(owner) or row[2]):
-            return Owned(owner or "", "elsewhere:1", draining=row[2])
+            return Owned(owner or "", "elsewhere:1", row[2], self.expires_in(owner))
         self.owners[room] = member
         alarm = next((AlarmWrite(due, n) for r, due, n in await self.alarms() if r == room), None)
         claim = await self.data.claim(room, member)
@@ -114,7 +118,9 @@ class Directory(ClusterStore):
 
     async def locate(self, room: RoomId) -> Owner | None:
         owner = None if room in self.hidden else self.owners.get(room)
-        return None if owner is None else Owner(owner, "elsewhere:1", self.live(owner))
+        if owner is None:
+            return None
+        return Owner(owner, "elsewhere:1", self.live(owner), self.expires_in(owner))
 
     async def orphan_alarms(
         self, horizon: float, *, member: str | None = None
@@ -222,6 +228,31 @@ async def test_an_acquire_lost_to_another_member_refuses_with_503_and_tells_the_
                 pass
         assert (forwarded.value.status, forwarded.value.reason) == (503, "Service unavailable")
         assert store.acquired == [ROOM]
+
+
+async def test_the_cache_forgets_an_owner_when_its_lease_ends_and_the_room_is_acquired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = Directory()
+    async with open_test_server(Ledger, storage=store, lease=LEASE) as server:
+        await store.register("other:1", "other:1", LEASE / 3)  # then stopped: no heartbeat
+        store.owners[ROOM] = "other:1"
+        store.hidden.add(ROOM)  # only the cache can send a client to other:1
+        with pytest.raises(roomkit.ClientClosed) as lost:
+            async with server.connect("/r"):
+                pass
+        assert (lost.value.status, lost.value.reason) == (
+            503,
+            "Service unavailable: the room moved",
+        )
+        # The cache learned other:1 with the lease it had left, LEASE/3, not for a
+        # lease of this member's: once other:1's row has expired, the next client's
+        # handshake asks again and acquires the room here.
+        await trio.sleep(LEASE / 3)
+        async with server.connect("/r") as client:
+            await put(client, "a", 1)
+        assert store.acquired == [ROOM, ROOM]
+        assert store.owners[ROOM] != "other:1"
 
 
 async def test_an_orphan_alarm_is_acquired_within_a_lease_of_its_due_time_and_fires_here(

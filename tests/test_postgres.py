@@ -141,9 +141,15 @@ async def test_a_member_whose_lease_ran_out_loses_its_rooms_and_its_writes(
     acquired = await a.acquire(ROOM, "a", lock_timeout=WAIT)
     assert isinstance(acquired, Acquired)
     assert await a.commit([(acquired.claim, Changes({"k": '"a"'}, alarm=AlarmWrite(7.0)))]) == []
-    assert await b.acquire(ROOM, "b", lock_timeout=WAIT) == Owned("a", "a.example:80", False)
+    owned = await b.acquire(ROOM, "b", lock_timeout=WAIT)
+    assert owned == Owned("a", "a.example:80", False)
+    assert isinstance(owned, Owned) and 0 < owned.expires_in <= 0.5  # what a's lease has left
+    live = await b.locate(ROOM)
+    assert live is not None and 0 < live.expires_in <= owned.expires_in
     await trio.sleep(0.6)  # a's lease runs out, by PostgreSQL's clock
-    assert await b.locate(ROOM) == Owner("a", "a.example:80", live=False)
+    expired = await b.locate(ROOM)
+    assert expired == Owner("a", "a.example:80", live=False)
+    assert expired.expires_in <= -0.1
     taken = await b.acquire(ROOM, "b", lock_timeout=WAIT)
     assert taken == Acquired(Claim(ROOM, 2), AlarmWrite(7.0, 0))  # with a's alarm
     [refused] = await a.commit([(acquired.claim, Changes({"k": '"lost"'}))])
@@ -167,6 +173,16 @@ async def test_a_draining_owner_keeps_its_rooms_until_it_releases_them(open_stor
     assert await b.acquire(ROOM, "b", lock_timeout=WAIT) == Acquired(Claim(ROOM, 2), None)
     await a.leave("a", incarnation)
     assert await a.heartbeat("a", incarnation, LEASE) is False
+
+
+async def test_an_owner_that_left_without_releasing_has_no_lease_left(open_store: Open) -> None:
+    a, b = await open_store(member="a"), await registered(open_store, "b")
+    incarnation = await a.register("a", "a.example:80", LEASE)
+    assert isinstance(await a.acquire(ROOM, "a", lock_timeout=WAIT), Acquired)
+    await a.leave("a", incarnation)
+    gone = await b.locate(ROOM)
+    assert gone == Owner("a", None, live=False)
+    assert gone.expires_in == 0
 
 
 async def test_release_gives_up_only_what_the_member_still_holds(open_store: Open) -> None:

@@ -25,6 +25,14 @@ what this process does with a handshake for it:
 
 The directory is a hint: whoever serves the room acquires it first in the store, and
 the acquire decides (a race lost there sends the client on to the winner).
+
+A member caches what the directory says of a live owner elsewhere, so that each
+handshake for the room does not ask PostgreSQL again. :func:`trusted_until` says for
+how long: a lease at most, and never past the end of the owner's lease as the answer
+gave it. A stopped owner's entry then goes when its row expires, and the next handshake
+asks again, learns that nobody live owns the room, and acquires it; an entry trusted a
+lease from the question would keep sending clients to the stopped owner for up to a
+lease more.
 """
 
 from __future__ import annotations
@@ -37,7 +45,15 @@ from .._roomid import RoomId
 from .handoff import HandTo, Refuse, ServeHere, where
 from .placement import Placement
 
-__all__ = ["ForwardTo", "Located", "Membership", "ServeHere", "Unavailable", "advertised"]
+__all__ = [
+    "ForwardTo",
+    "Located",
+    "Membership",
+    "ServeHere",
+    "Unavailable",
+    "advertised",
+    "trusted_until",
+]
 
 #: Listening hosts that are no address another machine can connect to.
 _WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
@@ -79,6 +95,25 @@ def advertised(host: str, port: int, hostname: str) -> str:
     brackets."""
     where = hostname if host in _WILDCARDS else host
     return f"[{where}]:{port}" if ":" in where else f"{where}:{port}"
+
+
+def trusted_until(asked: float, lease: float, expires_in: float) -> float:
+    """Until when a directory cache trusts an answer that names a live owner.
+
+    Args:
+      asked: when the question was sent, by this process's monotonic clock.
+      lease: this member's lease, the longest an entry is trusted.
+      expires_in: seconds from the database's now until the owner's lease ends, as the
+        answer says. The database's now came after ``asked``, so ``asked + expires_in``
+        is no later than the owner's row expires (the two clocks' rates differ by parts
+        per million): a span of the database's clock, added to a time of this one,
+        never a comparison of two clocks.
+
+    Returns:
+      a time on the same clock as ``asked``; ``asked`` itself when the owner's lease
+      has ended already.
+    """
+    return asked + max(0.0, min(lease, expires_in))
 
 
 @attrs.frozen

@@ -17,6 +17,7 @@ releases them, so that the last writes of its drain are not fenced.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 
 import attrs
@@ -50,11 +51,14 @@ class Owned:
       address: where the owner listens for the cluster ("HOST:PORT").
       draining: the owner is draining: it will release the room soon, and takes no new
         client meanwhile (answer 503, so that the client comes back at once).
+      expires_in: seconds from the database's now until the owner's lease ends (see
+        :class:`Owner`).
     """
 
     member: str
     address: str
     draining: bool
+    expires_in: float = attrs.field(default=math.inf, eq=False)
 
 
 @attrs.frozen
@@ -65,11 +69,20 @@ class Owner:
       member: the owner's member id.
       address: where it listens for the cluster, or None if it left the cluster.
       live: its lease runs (by the database's clock) and it is not draining.
+      expires_in: seconds from the database's now until the owner's lease ends (its
+        row's expiry, unless a heartbeat renews it), 0 or less once it has ended or the
+        owner left; infinite if the store cannot tell. A span of the database's clock
+        alone, so that a member can bound how long it trusts the answer by its own
+        clock, never comparing two machines' clocks: the directory cache drops the
+        entry when that span has passed since the question was sent. Not part of the
+        equality: two answers that name the same owner are the same answer, however
+        far apart they were given.
     """
 
     member: str
     address: str | None
     live: bool
+    expires_in: float = attrs.field(default=math.inf, eq=False)
 
 
 class ClusterStore(Store):

@@ -121,7 +121,8 @@ RETURNING epoch
 #: the holder's commits meanwhile); else the claim, if the room is free for ``me``.
 _ACQUIRE: Final = f"""
 WITH held AS (
-    SELECT r.owner, m.address, m.draining
+    SELECT r.owner, m.address, m.draining,
+        extract(epoch FROM m.expires - now())::float8 AS expires_in
     FROM roomkit.rooms r JOIN roomkit.members m ON m.member = r.owner
     WHERE r.namespace = %(ns)s AND r.room = %(room)s AND r.owner <> %(me)s
       AND m.expires > now()
@@ -132,11 +133,11 @@ WITH held AS (
     WHERE {_FREE}
     RETURNING epoch
 )
-SELECT (SELECT epoch FROM taken), held.owner, held.address, held.draining
+SELECT (SELECT epoch FROM taken), held.owner, held.address, held.draining, held.expires_in
 FROM (SELECT 1) AS one LEFT JOIN held ON true
 """
 _HOLDER: Final = """
-SELECT r.owner, m.address, m.draining
+SELECT r.owner, m.address, m.draining, extract(epoch FROM m.expires - now())::float8
 FROM roomkit.rooms r JOIN roomkit.members m ON m.member = r.owner
 WHERE r.namespace = %s AND r.room = %s
 """
@@ -279,7 +280,7 @@ def acquire_room(
         # A statement of its own, after the claim's lock: it sees the last commit of
         # the room's previous owner, whose lock the claim waited for.
         alarm = conn.execute(_ALARM, where)
-    epoch, owner, address, draining = _one(taken)
+    epoch, owner, address, draining, expires_in = _one(taken)
     if epoch is not None:
         stored = alarm.fetchone()
         return Acquired(Claim(room, epoch), None if stored is None else AlarmWrite(*stored))
@@ -287,8 +288,8 @@ def acquire_room(
         row = conn.execute(_HOLDER, where).fetchone()
         if row is None:
             raise StorageError(f"room {room}: acquired by nobody, and released since")
-        owner, address, draining = row
-    return Owned(owner, address, draining)
+        owner, address, draining, expires_in = row
+    return Owned(owner, address, draining, expires_in)
 
 
 def release_rooms(conn: Connection, claims: Sequence[Claim], member: str) -> None:
@@ -304,7 +305,8 @@ def release_rooms(conn: Connection, claims: Sequence[Claim], member: str) -> Non
 def locate_room(conn: Connection, room: RoomId) -> Owner | None:
     row = conn.execute(
         """
-        SELECT r.owner, m.address, coalesce(m.expires > now() AND NOT m.draining, false)
+        SELECT r.owner, m.address, coalesce(m.expires > now() AND NOT m.draining, false),
+            coalesce(extract(epoch FROM m.expires - now())::float8, 0)
         FROM roomkit.rooms r LEFT JOIN roomkit.members m ON m.member = r.owner
         WHERE r.namespace = %s AND r.room = %s AND r.owner IS NOT NULL
         """,
