@@ -15,11 +15,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import trio
+from psycopg import pq
 
 import roomkit
 from roomkit.storage import (
@@ -274,7 +276,8 @@ async def test_a_stopped_processs_open_transaction_ends_and_the_takeover_proceed
     assert isinstance(acquired, Acquired)
     assert await stopped.commit([(acquired.claim, Changes({"k": "1"}))]) == []
     # The process stops inside a transaction of its commit connection, holding the
-    # room's row: as a SIGSTOP between two statements of a commit would leave it.
+    # room's row, idle (roomkit's own calls send a transaction as one message, which
+    # a stop cannot split; this stands for any session left so).
     conn = stopped._writer._conn
     assert conn is not None
     conn.execute("BEGIN")
@@ -286,6 +289,38 @@ async def test_a_stopped_processs_open_transaction_ends_and_the_takeover_proceed
     # Resumed, it finds its connection ended by the server: it reconnects, and is fenced.
     [refused] = await stopped.commit([(acquired.claim, Changes({"k": "2"}))])
     assert refused.owner == "b"
+
+
+@pytest.mark.parametrize("call", ["commit", "acquire", "release"])
+async def test_a_call_that_locks_rows_is_sent_as_one_message(
+    open_store: Open, tmp_path: Path, call: str
+) -> None:
+    # PostgreSQL reads a message whole before it runs any of it: a process stopped as
+    # it sends leaves no transaction open. (A pipeline sent each statement, then the
+    # COMMIT, and idle_in_transaction_session_timeout does not end a session waiting
+    # in the middle of one: a stop between them held the rooms' rows until SIGCONT.)
+    store = await registered(open_store, "a")
+    first = await store.acquire(ROOM, "a", lock_timeout=WAIT)
+    second = await store.acquire(OTHER, "a", lock_timeout=WAIT)
+    assert isinstance(first, Acquired) and isinstance(second, Acquired)
+    claims = [first.claim, second.claim]
+    assert await store.commit([(claim, Changes({"k": "1"})) for claim in claims]) == []
+    conn = store._writer._conn if call == "commit" else store._pool._idle[-1]._conn
+    assert conn is not None
+    path = tmp_path / "trace"
+    with path.open("w") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        if call == "commit":
+            changes = [(claim, Changes({"k": "2", "gone": None})) for claim in claims]
+            assert await store.commit(changes) == []
+        elif call == "acquire":
+            assert isinstance(await store.acquire(ROOM, "a", lock_timeout=WAIT), Acquired)
+        else:
+            await store.release(claims, "a")
+        conn.pgconn.untrace()
+    sent = [line.split("\t")[2] for line in path.read_text().splitlines() if line[:2] == "F\t"]
+    assert sent == ["Query"], path.read_text()
 
 
 async def test_an_acquire_waits_no_longer_than_its_lock_timeout(
