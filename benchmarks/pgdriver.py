@@ -8,8 +8,8 @@ Measures, each as p50/p99 wall time and CPU per operation of this process:
 - a fenced commit of one room (one hook), through PostgresStore (psycopg's synchronous
   connection in a Trio worker thread), and the same SQL called on the event loop's
   thread (the cost of the thread hop);
-- group commit: batches of 100 hooks of 100 rooms, pipelined (one round trip) or not
-  (one round trip per room);
+- group commit: batches of 100 hooks of 100 rooms, in one statement (one round trip,
+  as the store commits) or in a statement per room (one round trip each);
 - a read of one key: through PostgresStore; on the event loop's thread; and through
   libpq's non-blocking interface driven by ``trio.lowlevel.wait_readable``, no thread;
 - psycopg's own ``AsyncConnection`` with its ``wait`` driven by Trio (a prototype that
@@ -37,6 +37,7 @@ import trio
 
 from roomkit.storage import Changes, Claim, PostgresStore, RoomId
 from roomkit.storage import _pgsql as sql
+from roomkit.storage._changes import merge
 
 ROOM = RoomId("/bench", "r")
 
@@ -69,10 +70,8 @@ def _poll(fd: int, wanted: int) -> int:
 
 
 async def trio_commit(conn: TrioConnection, batch: list[tuple[Claim, Changes]]) -> None:
-    async with conn.pipeline(), conn.transaction():
-        sent = [await conn.execute(sql._COMMIT_ROOM, sql._commit_params(*hook)) for hook in batch]
-    for cursor in sent:
-        await cursor.fetchone()
+    cursor = await conn.execute(sql._COMMIT_BATCH, sql._batch_params(merge(batch)))
+    await cursor.fetchall()
 
 
 async def trio_read(conn: TrioConnection) -> None:
@@ -104,10 +103,10 @@ async def timed(label: str, op: Callable[[], Awaitable[object]], count: int, per
     )
 
 
-def commit_unpipelined(conn: sql.Connection, batch: list[tuple[Claim, Changes]]) -> None:
+def commit_per_room(conn: sql.Connection, batch: list[tuple[Claim, Changes]]) -> None:
     with conn.transaction():
         for claim, changes in batch:
-            conn.execute(sql._COMMIT_ROOM, sql._commit_params(claim, changes)).fetchone()
+            conn.execute(sql._COMMIT_BATCH, sql._batch_params({claim: changes})).fetchall()
 
 
 async def nonblocking_read(pgconn: Any) -> None:
@@ -164,16 +163,19 @@ async def main(url: str) -> None:
     rooms = [await store.claim(RoomId("/bench", f"r{i}"), "bench") for i in range(100)]
     batch = [(c, Changes({"k": '"v"', "n": "1"})) for c in rooms]
     await timed(
-        "group commit, 100 hooks, pipelined (per hook)", partial(store.commit, batch), 200, per=100
+        "group commit, 100 hooks, one statement (per hook)",
+        partial(store.commit, batch),
+        200,
+        per=100,
     )
     await timed(
-        "group commit, 100 hooks, not pipelined (per hook)",
-        partial(on_loop, partial(commit_unpipelined, batch=batch)),
+        "group commit, 100 hooks, a statement per room (per hook)",
+        partial(on_loop, partial(commit_per_room, batch=batch)),
         100,
         per=100,
     )
     await timed(
-        "group commit, 100 hooks, pipelined, on the loop",
+        "group commit, 100 hooks, one statement, on the loop",
         partial(on_loop, partial(sql.commit_batch, batch=batch)),
         200,
         per=100,

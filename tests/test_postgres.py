@@ -292,13 +292,13 @@ async def test_a_stopped_processs_open_transaction_ends_and_the_takeover_proceed
 
 
 @pytest.mark.parametrize("call", ["commit", "acquire", "release"])
-async def test_a_call_that_locks_rows_is_sent_as_one_message(
+async def test_a_call_that_locks_rows_is_sent_whole_before_any_answer(
     open_store: Open, tmp_path: Path, call: str
 ) -> None:
-    # PostgreSQL reads a message whole before it runs any of it: a process stopped as
-    # it sends leaves no transaction open. (A pipeline sent each statement, then the
-    # COMMIT, and idle_in_transaction_session_timeout does not end a session waiting
-    # in the middle of one: a stop between them held the rooms' rows until SIGCONT.)
+    # A transaction sent whole is run whole: a process stopped after sending it leaves
+    # no transaction open. (A pipeline sent BEGIN, then each statement, then COMMIT,
+    # and idle_in_transaction_session_timeout does not end a session waiting in the
+    # middle of one: a stop between them held the rooms' rows until SIGCONT.)
     store = await registered(open_store, "a")
     first = await store.acquire(ROOM, "a", lock_timeout=WAIT)
     second = await store.acquire(OTHER, "a", lock_timeout=WAIT)
@@ -311,7 +311,7 @@ async def test_a_call_that_locks_rows_is_sent_as_one_message(
     with path.open("w") as trace:
         conn.pgconn.trace(trace.fileno())
         conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-        if call == "commit":
+        if call == "commit":  # its second: psycopg prepares a statement at its fifth
             changes = [(claim, Changes({"k": "2", "gone": None})) for claim in claims]
             assert await store.commit(changes) == []
         elif call == "acquire":
@@ -319,8 +319,24 @@ async def test_a_call_that_locks_rows_is_sent_as_one_message(
         else:
             await store.release(claims, "a")
         conn.pgconn.untrace()
-    sent = [line.split("\t")[2] for line in path.read_text().splitlines() if line[:2] == "F\t"]
-    assert sent == ["Query"], path.read_text()
+    lines = [line.split("\t") for line in path.read_text().splitlines()]
+    sides = "".join(fields[0] for fields in lines if len(fields) > 2)  # F: sent, B: back
+    sent = [fields[2] for fields in lines if len(fields) > 2 and fields[0] == "F"]
+    assert sides.rstrip("B") == "F" * len(sent), path.read_text()  # all sent, then answers
+    assert [name for name in sent if name in ("Sync", "Query")] == sent[-1:]  # one
+
+
+async def test_keys_and_values_bound_by_the_client_land_as_they_were(open_store: Open) -> None:
+    # The batch's values are bound into the message's text (ClientCursor), arrays too:
+    # PostgreSQL's quoting and array syntax must not show through.
+    store = await open_store()
+    claim = await store.claim(ROOM, "me")
+    texts = ["'", "''", '"', "\\", "{a,b}", "NULL", "%s", "%(ns)s", "a;b", "line\nbreak", " "]
+    writes: dict[str, str | None] = {key: f'"{key}"' for key in texts}
+    assert await store.commit([(claim, Changes(writes))]) == []
+    assert await store.get_many(ROOM, texts) == writes
+    assert await store.commit([(claim, Changes({"'": None, "NULL": None}))]) == []
+    assert await store.get_many(ROOM, ["'", "NULL", "%s"]) == {"%s": '"%s"'}
 
 
 async def test_an_acquire_waits_no_longer_than_its_lock_timeout(

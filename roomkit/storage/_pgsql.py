@@ -12,17 +12,20 @@ a crash of PostgreSQL could take back, after its member had been told of it, wou
 two members serve a room at once: with the lost claim, a member that took a room over
 holds an epoch that the next member's claim mints again, and its writes land.
 
-Every call that takes locks (a commit, an acquire, a release) is one transaction sent
-as one message: the simple query protocol, its statements' values bound by psycopg's
-``ClientCursor``, which PostgreSQL runs as one implicit transaction once it has read the
-whole message (``_in_one_message``). So a process stopped (SIGSTOP, a pause) as it sends
-never leaves a transaction open on the server, holding its rooms' rows. A pipeline sent
-its statements one by one and the ``COMMIT`` last, and a process stopped between them
-did: PostgreSQL's ``idle_in_transaction_session_timeout`` does not end a session in the
-middle of a pipeline (the timer starts at a Sync only), so another member's takeover of
-those rooms waited for the locks until the process resumed: in the history check's
-runs (lease 1 s, stopped 2.5 s), 4 of 24 stops held 15 rooms so, each taken over only
-2.54 to 2.63 s after the stop.
+No transaction that takes locks spans two writes to the server, so that a process
+stopped (SIGSTOP, a pause) as it sends never leaves one open there, holding its rooms'
+rows. A commit is one statement for the whole batch (``_COMMIT_BATCH``), sent outside
+any pipeline: libpq writes its Bind, Execute and Sync at once, and PostgreSQL commits
+it at the Sync. An acquire and a release are several statements in one message (the
+simple query protocol, their values bound by psycopg's ``ClientCursor``:
+``_in_one_message``), which PostgreSQL reads whole before it runs any of it, as one
+transaction. A pipeline sent its statements one by one and the ``COMMIT`` last, and a
+process stopped between them left its transaction open: PostgreSQL's
+``idle_in_transaction_session_timeout`` does not end a session in the middle of a
+pipeline (its timer starts at a Sync only), so another member's takeover of those
+rooms waited for the locks until the process resumed. In the history check's runs
+(lease 1 s, stopped 2.5 s), 4 of 24 stops held 15 rooms so, each taken over only 2.54
+to 2.63 s after the stop.
 
 Releases alone are not waited for (``synchronous_commit = off``): a release that a crash
 takes back leaves the room with the live member that gave it up (which acquires it
@@ -91,37 +94,56 @@ CREATE SEQUENCE IF NOT EXISTS roomkit.incarnations;
 _FREE: Final = """(r.owner IS NULL OR r.owner = %(me)s OR NOT EXISTS (
     SELECT 1 FROM roomkit.members m WHERE m.member = r.owner AND m.expires > now()))"""
 
-#: Per room of a batch, its changes merged: the ownership check and every write in one
-#: statement (docs/architecture.md, "Ownership and fencing"). ``SKIP LOCKED``: a room
-#: whose row another session holds right now (a claim in progress, or an idle
-#: transaction of a stopped process) counts as fenced, rather than stall the batch.
-#: Returns whether the writes landed, and the room's owner as this statement saw it.
-_COMMIT_ROOM: Final = """
-WITH owned AS (
-    SELECT 1 FROM roomkit.rooms
-    WHERE namespace = %(ns)s AND room = %(room)s AND epoch = %(epoch)s
-    FOR SHARE SKIP LOCKED
+#: A batch, its changes merged per room: the ownership checks and every write in one
+#: statement (docs/architecture.md, "Ownership and fencing"), so that PostgreSQL plans
+#: it once however many rooms the batch holds. The rooms come as arrays, one element
+#: each (numbered by ``WITH ORDINALITY``), and the keys put and deleted as arrays with
+#: their room's number (``_batch_params``). ``SKIP LOCKED``: a room whose row another
+#: session holds right now (a claim in progress, or an idle transaction of a stopped
+#: process) counts as fenced, rather than stall the batch. Returns, per room in order,
+#: whether its writes landed, and its owner as this statement saw it.
+_COMMIT_BATCH: Final = """
+WITH batch AS (
+    SELECT * FROM unnest(%(ns)s::text[], %(room)s::text[], %(epoch)s::bigint[],
+        %(cleared)s::boolean[], %(unset)s::boolean[], %(due)s::float8[], %(retry)s::integer[])
+        WITH ORDINALITY AS b(ns, room, epoch, cleared, unset, due, retry, i)
+), owned AS MATERIALIZED (
+    SELECT b.* FROM batch b
+    JOIN roomkit.rooms r ON r.namespace = b.ns AND r.room = b.room AND r.epoch = b.epoch
+    FOR SHARE OF r SKIP LOCKED
+), puts AS (
+    SELECT * FROM unnest(%(put_rooms)s::bigint[], %(keys)s::text[], %(values)s::text[])
+        AS p(i, key, value)
+), deletes AS (
+    SELECT * FROM unnest(%(delete_rooms)s::bigint[], %(deletes)s::text[]) AS d(i, key)
 ), deleted AS (
-    DELETE FROM roomkit.kv USING owned
-    WHERE namespace = %(ns)s AND room = %(room)s
-      AND (key = ANY(%(deletes)s::text[]) OR (%(cleared)s AND key <> ALL(%(keys)s::text[])))
+    DELETE FROM roomkit.kv k USING owned o
+    WHERE k.namespace = o.ns AND k.room = o.room
+      AND (k.key IN (SELECT d.key FROM deletes d WHERE d.i = o.i)
+        OR (o.cleared AND k.key NOT IN (SELECT p.key FROM puts p WHERE p.i = o.i)))
 ), put AS (
     INSERT INTO roomkit.kv
-    SELECT %(ns)s, %(room)s, w.key, w.value
-    FROM owned, unnest(%(keys)s::text[], %(values)s::text[]) AS w(key, value)
+    SELECT o.ns, o.room, p.key, p.value FROM owned o JOIN puts p ON p.i = o.i
     ON CONFLICT (namespace, room, key) DO UPDATE SET value = EXCLUDED.value
 ), alarm_deleted AS (
-    DELETE FROM roomkit.alarms USING owned
-    WHERE namespace = %(ns)s AND room = %(room)s AND %(unset)s
+    DELETE FROM roomkit.alarms a USING owned o
+    WHERE a.namespace = o.ns AND a.room = o.room AND o.unset
 ), alarm_set AS (
     INSERT INTO roomkit.alarms
-    SELECT %(ns)s, %(room)s, %(due)s::float8, %(retry)s::integer FROM owned
-    WHERE %(due)s::float8 IS NOT NULL
+    SELECT o.ns, o.room, o.due, o.retry FROM owned o WHERE o.due IS NOT NULL
     ON CONFLICT (namespace, room) DO UPDATE SET due = EXCLUDED.due, retry = EXCLUDED.retry
 )
-SELECT EXISTS (SELECT 1 FROM owned),
-    (SELECT owner FROM roomkit.rooms WHERE namespace = %(ns)s AND room = %(room)s)
+SELECT o.i IS NOT NULL, r.owner
+FROM batch b LEFT JOIN owned o ON o.i = b.i
+    LEFT JOIN roomkit.rooms r ON r.namespace = b.ns AND r.room = b.room
+ORDER BY b.i
 """
+#: The arrays of ``_COMMIT_BATCH``: per room, then per key put, then per key deleted.
+_BATCH_COLUMNS: Final = (
+    ("ns", "room", "epoch", "cleared", "unset", "due", "retry"),
+    ("put_rooms", "keys", "values"),
+    ("delete_rooms", "deletes"),
+)
 
 _CLAIM: Final = """
 INSERT INTO roomkit.rooms AS r VALUES (%s, %s, 1, %s)
@@ -203,37 +225,50 @@ def read_range(
 def commit_batch(
     conn: Connection, batch: Sequence[tuple[Claim, Changes]]
 ) -> builtins.list[FencedError]:
-    """Apply ``batch`` in one transaction, one message: one round trip for every room."""
+    """Apply ``batch`` in one transaction, one statement in one message: one round trip
+    for every room."""
     merged = merge(batch)
     if not merged:
         return []
-    cursor = _in_one_message(
-        conn, [(_COMMIT_ROOM, _commit_params(claim, changes)) for claim, changes in merged.items()]
-    )
-    refused = []
-    for claim in merged:
-        landed, owner = _one(cursor)
-        if not landed:
-            refused.append(FencedError(claim.room, claim.epoch, owner))
-        cursor.nextset()
-    return refused
+    # One statement, outside any pipeline: its Bind, Execute and Sync leave in one
+    # write, and PostgreSQL runs it as a transaction of its own (see the top).
+    rows = conn.execute(_COMMIT_BATCH, _batch_params(merged)).fetchall()
+    return [
+        FencedError(claim.room, claim.epoch, owner)
+        for claim, (landed, owner) in zip(merged, rows, strict=True)
+        if not landed
+    ]
 
 
-def _commit_params(claim: Claim, changes: Changes) -> dict[str, object]:
-    puts = [(k, v) for k, v in changes.writes.items() if v is not None]
-    alarm = changes.alarm
-    return {
-        "ns": claim.room.namespace,
-        "room": claim.room.name,
-        "epoch": claim.epoch,
-        "keys": [k for k, _ in puts],
-        "values": [v for _, v in puts],
-        "deletes": [k for k, v in changes.writes.items() if v is None],
-        "cleared": changes.cleared,
-        "unset": alarm is not None and alarm.due is None,
-        "due": None if alarm is None else alarm.due,
-        "retry": 0 if alarm is None else alarm.retry,
-    }
+def _batch_params(merged: Mapping[Claim, Changes]) -> dict[str, builtins.list[object]]:
+    """``_COMMIT_BATCH``'s arrays for ``merged``: its rooms numbered from 1 in order (as
+    ``WITH ORDINALITY`` numbers them), each key put or deleted with its room's number."""
+    columns: builtins.list[dict[str, builtins.list[object]]] = [
+        {name: [] for name in names} for names in _BATCH_COLUMNS
+    ]
+    rooms, puts, deletes = columns
+    for number, (claim, changes) in enumerate(merged.items(), start=1):
+        alarm = changes.alarm
+        row = (
+            claim.room.namespace,
+            claim.room.name,
+            claim.epoch,
+            changes.cleared,
+            alarm is not None and alarm.due is None,
+            None if alarm is None else alarm.due,
+            0 if alarm is None else alarm.retry,
+        )
+        for name, value in zip(rooms, row, strict=True):
+            rooms[name].append(value)
+        for key, text in changes.writes.items():
+            if text is None:
+                deletes["delete_rooms"].append(number)
+                deletes["deletes"].append(key)
+            else:
+                puts["put_rooms"].append(number)
+                puts["keys"].append(key)
+                puts["values"].append(text)
+    return rooms | puts | deletes
 
 
 def read_alarms(conn: Connection) -> builtins.list[StoredAlarm]:
