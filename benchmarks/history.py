@@ -1,10 +1,12 @@
-"""``python -m benchmarks.history [--rounds N] [--lease S] [--quick]``: the long history check.
+"""``python -m benchmarks.history [--rounds N] [--lease S] [--kinds K,...] [--quick]``: the long
+history check.
 
 tests/test_history.py's check, for minutes: three ``roomkit serve`` nodes on a
 throwaway PostgreSQL (tests/pg.py; with ``ROOMKIT_TEST_POSTGRES`` set, that server,
 never restarted: the PostgreSQL faults are left out), more rooms and clients, and the
 four faults of tests/historyrun.py (kill -9 of an owner, SIGSTOP past the lease, a
-PostgreSQL restart, a SIGTERM drain) round after round, in a shuffled order. Prints the
+PostgreSQL restart, a SIGTERM drain) round after round, in a shuffled order (or only
+those ``--kinds`` names, ``--kinds stop`` to look at stops alone). Prints the
 operations, the faults, what was lost (0 is the only right answer), every violation
 the checker found, the stale writes the nodes refused (from their /metrics), and the
 failover times against the lease; writes ``benchmarks/results/history.json``.
@@ -15,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from tests.historyrun import Plan, run, summary
+from tests.historyrun import Plan, run, spread, summary
 from tests.pg import open_server
 
 from ._common import write_results
@@ -30,11 +31,13 @@ from ._common import write_results
 KINDS = ("kill", "stop", "postgres", "drain")
 
 
-def plan(rounds: int, lease: float, seed: int, restartable: bool) -> Plan:
+def plan(
+    rounds: int, lease: float, seed: int, restartable: bool, kinds: tuple[str, ...] = KINDS
+) -> Plan:
     rng = random.Random(seed)
     faults: list[str] = []
     for _ in range(rounds):
-        round_ = [kind for kind in KINDS if restartable or kind != "postgres"]
+        round_ = [kind for kind in kinds if restartable or kind != "postgres"]
         rng.shuffle(round_)
         faults += round_
     return Plan(
@@ -42,11 +45,13 @@ def plan(rounds: int, lease: float, seed: int, restartable: bool) -> Plan:
     )
 
 
-def measure(rounds: int, lease: float, seed: int, logs: Path) -> dict[str, Any]:
+def measure(
+    rounds: int, lease: float, seed: int, logs: Path, kinds: tuple[str, ...] = KINDS
+) -> dict[str, Any]:
     with open_server() as server:
         url = server.new_database()
         try:
-            schedule = plan(rounds, lease, seed, server.restartable)
+            schedule = plan(rounds, lease, seed, server.restartable, kinds)
             history = trio.run(run, schedule, url, server.restart, logs)
         finally:
             server.drop_databases()
@@ -68,11 +73,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the four faults")
     parser.add_argument("--lease", type=float, default=1.0, help="the nodes' lease, seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help="the faults of each round, comma-separated"
+    )
     parser.add_argument("--quick", action="store_true", help="one round")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="roomkit-history-"))
     print(f"the nodes' logs: {logs}", flush=True)
-    report = measure(1 if args.quick else args.rounds, args.lease, args.seed, logs)
+    kinds = tuple(kind for kind in args.kinds.split(",") if kind)
+    if not kinds or set(kinds) - set(KINDS):
+        parser.error(f"--kinds takes some of {', '.join(KINDS)}")
+    report = measure(1 if args.quick else args.rounds, args.lease, args.seed, logs, kinds)
     shown = {k: v for k, v in report.items() if k != "failovers"}
     print(json.dumps(shown, indent=2))
     by_kind: dict[str, list[float]] = {}
@@ -80,10 +91,12 @@ def main() -> None:
         if failover["seconds"] is not None:
             by_kind.setdefault(failover["fault"], []).append(failover["seconds"])
     for kind, times in sorted(by_kind.items()):
+        figures = spread(sorted(times))
+        assert figures is not None
         print(
-            f"failover after {kind}: {len(times)} rooms, min {min(times):.2f} s, "
-            f"median {statistics.median(times):.2f} s, max {max(times):.2f} s "
-            f"(lease {args.lease} s)"
+            f"failover after {kind}: {len(times)} rooms, min {figures['min']:.2f} s, "
+            f"median {figures['median']:.2f} s, p95 {figures['p95']:.2f} s, "
+            f"max {figures['max']:.2f} s (lease {args.lease} s)"
         )
     write_results("history", report)
 

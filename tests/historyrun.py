@@ -31,6 +31,7 @@ one.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import secrets
@@ -494,13 +495,19 @@ def summary(run: Run, verdict: Verdict) -> dict[str, Any]:
         "violations": len(verdict.violations),
         **run.tallies,
         "lease_s": run.plan.lease,
-        "failover_s": _spread(times),
+        "failover_s": spread(times),
         "not_recovered": sum(f.seconds is None for f in verdict.failovers),
     }
 
 
-def _spread(times: Sequence[float]) -> dict[str, float] | None:
+def spread(times: Sequence[float]) -> dict[str, float] | None:
+    """Min, median, p95 (the nearest rank) and max of ``times``, which are sorted."""
     if not times:
         return None
-    middle = statistics.median(times)
-    return {"min": round(times[0], 3), "median": round(middle, 3), "max": round(times[-1], 3)}
+    middle, p95 = statistics.median(times), times[math.ceil(len(times) * 0.95) - 1]
+    return {
+        "min": round(times[0], 3),
+        "median": round(middle, 3),
+        "p95": round(p95, 3),
+        "max": round(times[-1], 3),
+    }
