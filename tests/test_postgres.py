@@ -339,6 +339,23 @@ async def test_keys_and_values_bound_by_the_client_land_as_they_were(open_store:
     assert await store.get_many(ROOM, ["'", "NULL", "%s"]) == {"%s": '"%s"'}
 
 
+async def test_a_batch_with_a_stale_and_a_current_claim_of_a_room_lands_the_current(
+    open_store: Open,
+) -> None:
+    # One statement for the batch: the stale claim's writes to the same keys are fenced,
+    # not written twice over (which one INSERT ... ON CONFLICT could not do).
+    store = await open_store()
+    stale, current = await store.claim(ROOM, "me"), await store.claim(ROOM, "me")
+    batch = [
+        (current, Changes({"k": '"current"', "gone": None}, cleared=True, alarm=AlarmWrite(9.0))),
+        (stale, Changes({"k": '"stale"'}, alarm=AlarmWrite(None))),
+    ]
+    [refused] = await store.commit(batch)
+    assert (refused.room, refused.epoch, refused.owner) == (ROOM, 1, "me")
+    assert await store.get_many(ROOM, ["k", "gone"]) == {"k": '"current"'}
+    assert await store.alarms() == [(ROOM, 9.0, 0)]
+
+
 async def test_an_acquire_waits_no_longer_than_its_lock_timeout(
     open_store: Open, postgres_url: str
 ) -> None:

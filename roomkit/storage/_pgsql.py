@@ -98,7 +98,8 @@ _FREE: Final = """(r.owner IS NULL OR r.owner = %(me)s OR NOT EXISTS (
 #: statement (docs/architecture.md, "Ownership and fencing"), so that PostgreSQL plans
 #: it once however many rooms the batch holds. The rooms come as arrays, one element
 #: each (numbered by ``WITH ORDINALITY``), and the keys put and deleted as arrays with
-#: their room's number (``_batch_params``). ``SKIP LOCKED``: a room whose row another
+#: their room's number (``_batch_params``); a cleared room's deletes are all its keys
+#: but those put. ``SKIP LOCKED``: a room whose row another
 #: session holds right now (a claim in progress, or an idle transaction of a stopped
 #: process) counts as fenced, rather than stall the batch. Returns, per room in order,
 #: whether its writes landed, and its owner as this statement saw it.
@@ -117,10 +118,13 @@ WITH batch AS (
 ), deletes AS (
     SELECT * FROM unnest(%(delete_rooms)s::bigint[], %(deletes)s::text[]) AS d(i, key)
 ), deleted AS (
+    DELETE FROM roomkit.kv k USING owned o, deletes d
+    WHERE d.i = o.i AND NOT o.cleared
+      AND k.namespace = o.ns AND k.room = o.room AND k.key = d.key
+), cleared AS (
     DELETE FROM roomkit.kv k USING owned o
-    WHERE k.namespace = o.ns AND k.room = o.room
-      AND (k.key IN (SELECT d.key FROM deletes d WHERE d.i = o.i)
-        OR (o.cleared AND k.key NOT IN (SELECT p.key FROM puts p WHERE p.i = o.i)))
+    WHERE o.cleared AND k.namespace = o.ns AND k.room = o.room
+      AND k.key NOT IN (SELECT p.key FROM puts p WHERE p.i = o.i)
 ), put AS (
     INSERT INTO roomkit.kv
     SELECT o.ns, o.room, p.key, p.value FROM owned o JOIN puts p ON p.i = o.i
