@@ -749,23 +749,24 @@ class RoomActor:
             raise
 
     async def _run_call(self, event: Call) -> None:
-        """Decode the call's arguments, then run its method as a transaction."""
+        """Decode the call's arguments, then run its method as a transaction.
+
+        The turn's chain holds from the start, so that the calls of an ``on_start``
+        that this call runs carry it too (a cycle through a starting room is caught);
+        and the call is checked again once the room has started, since its deadline
+        may have passed meanwhile: a call the caller gave up on never runs.
+        """
+        codec = event.codec
         refusal = self._call_refusal(event)
-        if refusal is None and await self._room() is None:
-            moved = self._hooks.fenced
-            why = "moved to another process" if moved else "failed to start (see the log)"
-            refusal = _refused(f"the room {why}")
+        if refusal is None:
+            try:
+                args, kwargs, chain = codec.decode_arguments(
+                    event.body, self.room_class.max_request_size
+                )
+            except (TypeError, ValueError) as exc:
+                refusal = encode_error("error", type(exc).__name__, str(exc), False)
         if refusal is not None:
             event.answer_with(refusal)
-            return
-        event.started = True
-        codec = event.codec
-        try:
-            args, kwargs, chain = codec.decode_arguments(
-                event.body, self.room_class.max_request_size
-            )
-        except (TypeError, ValueError) as exc:
-            event.answer_with(encode_error("error", type(exc).__name__, str(exc), False))
             return
         answer: list[bytes] = []
 
@@ -775,6 +776,16 @@ class RoomActor:
 
         self._chain = (*chain, self.room)
         try:
+            if await self._room() is None:
+                moved = self._hooks.fenced
+                why = "moved to another process" if moved else "failed to start (see the log)"
+                refusal = _refused(f"the room {why}")
+            else:
+                refusal = self._call_refusal(event)  # no await from here to started
+            if refusal is not None:
+                event.answer_with(refusal)
+                return
+            event.started = True
             settle = functools.partial(self._call_settled, event, answer)
             error = await self._hooks.transaction("rpc", call=run, settle=settle)
         finally:

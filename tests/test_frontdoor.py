@@ -364,7 +364,7 @@ def test_response_refuses_headers_that_could_split_or_reframe_it(headers: object
 
 
 def test_response_refuses_bad_statuses_types_and_bodies() -> None:
-    for status in (99, 1000, True, "200"):
+    for status in (99, 101, 199, 1000, True, "200"):
         with pytest.raises(ValueError):
             Response(status, "x")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -424,6 +424,11 @@ def test_a_body_cut_short_or_badly_framed_is_a_bad_request() -> None:
     assert isinstance(answer, Response) and answer.status == 400
     chunks = BodyReader(POST + b"transfer-encoding: chunked\r\n\r\n", b"zz\r\n", 5)
     assert isinstance(chunks.result, Response) and chunks.result.status == 400
+    both = POST + b"content-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"
+    smuggled = BodyReader(both, b"3\r\nabc\r\n0\r\n\r\n", 5)  # framed two ways: refused
+    assert smuggled.result == Response(
+        400, "Bad request: both Content-Length and Transfer-Encoding"
+    )
 
 
 class Hello(roomkit.Room):

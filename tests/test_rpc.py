@@ -218,6 +218,23 @@ async def test_a_call_queued_past_its_deadline_never_runs(autojump_clock: trio.a
         assert await stub.add(0) == 0  # the add never ran
 
 
+async def test_a_call_whose_deadline_passes_as_its_room_starts_never_runs(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    class SlowStart(Counter):
+        async def on_start(self) -> None:
+            await trio.sleep(5)  # a slow load from storage, say
+            await super().on_start()
+
+    async with open_test_server(SlowStart) as server:
+        stub = server.rooms.get("a")
+        with pytest.raises(roomkit.RoomCallTimeout) as raised:
+            await stub.call("add", 1, timeout=1)
+        assert raised.value.ran is False  # and it is not run once the room has started
+        await trio.sleep(10)
+        assert await stub.add(0) == 0
+
+
 async def test_a_call_running_at_its_deadline_still_completes(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -259,6 +276,36 @@ async def test_cycles_are_refused_instead_of_deadlocking(autojump_clock: trio.ab
             assert "/a -> /b -> /a" in raised.value.message
             with pytest.raises(roomkit.RoomCallCycle):
                 await server.rooms.get("c").me()  # c -> c
+
+
+class Greeter(roomkit.Room):
+    """Calls the room ``a`` as it starts (a call from on_start), and keeps what it got."""
+
+    async def on_start(self) -> None:
+        try:
+            self.heard = await self.rooms.get("a").name_of()
+        except roomkit.RoomCallCycle as exc:
+            self.heard = exc.message
+
+    @roomkit.rpc
+    async def name_of(self) -> str:
+        return self.name
+
+    @roomkit.rpc
+    async def ask(self, target: str) -> str:
+        return await self.rooms.get(target).heard_first()
+
+    @roomkit.rpc
+    async def heard_first(self) -> str:
+        return self.heard
+
+
+async def test_a_cycle_through_a_starting_room_is_refused(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_server(Greeter) as server:
+        await server.rooms.get("a").name_of()  # a is live, its own on_start done
+        with trio.fail_after(1):  # a -> b, whose on_start calls a: a cycle
+            heard = await server.rooms.get("a").ask("b")
+        assert "/a -> /b -> /a" in heard
 
 
 @attrs.frozen

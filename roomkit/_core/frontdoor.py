@@ -133,7 +133,7 @@ class Response:
     :meth:`roomkit.Room.on_request` returns.
 
     Args:
-      status: the status code, 100 to 999.
+      status: the status code, 200 to 999 (an interim 1xx is no answer).
       body: ``str`` (sent as UTF-8), ``bytes``, or any other JSON value (sent as
         compact JSON).
       headers: extra headers, a mapping or an iterable of ``(name, value)`` pairs
@@ -162,8 +162,9 @@ class Response:
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.status, int) or isinstance(self.status, bool):
             raise ValueError(f"a status is an int, not {self.status!r}")
-        if not 100 <= self.status <= 999:
-            raise ValueError(f"a status is 100 to 999, not {self.status}")
+        if not 200 <= self.status <= 999:
+            # 1xx answers are interim: a client would read the body as the next answer.
+            raise ValueError(f"a status is 200 to 999, not {self.status}")
         body = self.body
         if isinstance(body, str):
             payload, inferred = body.encode("utf-8"), "text/plain; charset=utf-8"
@@ -381,7 +382,13 @@ class BodyReader:
         self._h11.receive_data(head)
         request = self._h11.next_event()
         assert isinstance(request, h11.Request), "a head that parse_head accepted"
-        declared = dict(request.headers).get(b"content-length")
+        headers = dict(request.headers)
+        declared = headers.get(b"content-length")
+        if declared is not None and b"transfer-encoding" in headers:
+            # RFC 9112 section 6.3: a request with both may be a smuggling attempt (a
+            # proxy before us could have framed it by the other), so refuse it.
+            self.result = Response(400, "Bad request: both Content-Length and Transfer-Encoding")
+            return
         if declared is not None and int(declared) > limit:
             self.result = _too_large(limit)  # at once: no 100 Continue for it
             return
