@@ -2,14 +2,16 @@
 
 A roomkit echo room (``benchmarks._servers``, pinned to core 0) is reached directly,
 and through a forwarding front (``Forwards.forward``, as a node that is not the room's
-owner forwards a handshake), once splicing in the kernel (``os.splice``) and once
-copying through Python (``receive_some``/``send_all``, what a TLS client gets). The
-fronts are processes of their own, pinned to core 0 with the owner: on this 2-core
-machine core 1 is the load's (``_wire.Peer``, the same light asyncio client as the echo
-benchmark's). For each path: the round trip of a 100-byte message, one at a time (p50,
-p99 over every round), and messages a second with ``WINDOW`` in flight (the median of
-the rounds); the paths in turn, round after round, so that noise falls on all alike.
-The ratios are to direct; the target is a p50 through a front within 1.5x of direct.
+owner forwards a handshake), once splicing in the kernel (``os.splice``, in the
+front's splicing thread) and once copying through Python (``receive_some``/``send_all``,
+what a TLS client gets). The fronts are processes of their own, pinned to core 0 with
+the owner: on this 2-core machine core 1 is the load's (``_wire.Peer``, the same light
+asyncio client as the echo benchmark's). For each path: the round trip of a 100-byte
+message, one at a time (p50, p99 over every round), and messages a second with
+``WINDOW`` in flight (the median of the rounds); the paths in turn, round after round,
+so that noise falls on all alike. For each front, the CPU it spent per round trip (all
+its threads, from ``/proc``). The ratios are to direct; the target is a p50 through a
+front within 1.5x of direct.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -63,8 +66,8 @@ async def serve_front(owner: str, kernel: bool) -> None:
 
 
 @contextmanager
-def front(owner_url: str, way: str) -> Iterator[str]:
-    """A front process forwarding to ``owner_url`` on core 0: its URL."""
+def front(owner_url: str, way: str) -> Iterator[tuple[str, int]]:
+    """A front process forwarding to ``owner_url`` on core 0: its URL and process id."""
     owner = owner_url.removeprefix("ws://")
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.forward", "--front", way, "--owner", owner],
@@ -76,7 +79,7 @@ def front(owner_url: str, way: str) -> Iterator[str]:
         url = process.stdout.readline().strip()
         if not url.startswith("ws://"):
             raise RuntimeError(f"the {way} front did not start")
-        yield url
+        yield url, process.pid
     finally:
         process.kill()
         process.wait()
@@ -84,19 +87,31 @@ def front(owner_url: str, way: str) -> Iterator[str]:
         process.stdout.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time that process ``pid`` has run, all its threads (``schedstat``: ns)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return sum(int((task / "schedstat").read_text().split()[0]) for task in tasks) / 1e9
+
+
 def run(quick: bool) -> dict[str, Any]:
     pin_load()
     trips, count, rounds = (500, 5_000, 3) if quick else (2_000, 20_000, 5)
     with ExitStack() as stack:
         owner, _ = stack.enter_context(server("roomkit", "echo"))
-        urls = {"direct": owner} | {way: stack.enter_context(front(owner, way)) for way in FRONTS}
+        fronts = {way: stack.enter_context(front(owner, way)) for way in FRONTS}
+        urls = {"direct": owner} | {way: url for way, (url, _) in fronts.items()}
         times: dict[str, list[float]] = {path: [] for path in urls}
         rates: dict[str, list[float]] = {path: [] for path in urls}
+        cpu = dict.fromkeys(FRONTS, 0.0)
         for url in urls.values():
             asyncio.run(round_trips(url, trips // 10, False))  # warm up
         for _ in range(rounds):
             for path, url in urls.items():
+                pid = fronts[path][1] if path in fronts else None
+                began = cpu_seconds(pid) if pid else 0.0
                 times[path] += asyncio.run(round_trips(url, trips, False))
+                if pid:
+                    cpu[path] += cpu_seconds(pid) - began
                 rates[path].append(asyncio.run(pipelined(url, count, False)))
     results = {
         path: {
@@ -109,6 +124,7 @@ def run(quick: bool) -> dict[str, Any]:
     direct = results["direct"]
     for path in FRONTS:
         figures = results[path]
+        figures["front_cpu_us_per_rtt"] = cpu[path] / len(times[path]) * 1e6
         figures["p50_vs_direct"] = figures["rtt_p50_ms"] / direct["rtt_p50_ms"]
         figures["p99_vs_direct"] = figures["rtt_p99_ms"] / direct["rtt_p99_ms"]
         figures["rate_vs_direct"] = figures["pipelined_msg_per_s"] / direct["pipelined_msg_per_s"]
@@ -117,14 +133,16 @@ def run(quick: bool) -> dict[str, Any]:
 
 def table(report: dict[str, Any]) -> str:
     lines = [
-        "| path | p50 ms | p99 ms | pipelined msg/s | p50 vs direct | msg/s vs direct |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| path | p50 ms | p99 ms | pipelined msg/s | p50 vs direct | msg/s vs direct "
+        "| front CPU µs/round trip |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for path, r in report["results"].items():
         ratios = (
-            f"{r['p50_vs_direct']:.2f}x | {r['rate_vs_direct']:.2f}x"
+            f"{r['p50_vs_direct']:.2f}x | {r['rate_vs_direct']:.2f}x | "
+            f"{r['front_cpu_us_per_rtt']:.0f}"
             if "p50_vs_direct" in r
-            else "1.00x | 1.00x"
+            else "1.00x | 1.00x | -"
         )
         lines.append(
             f"| {path} | {r['rtt_p50_ms']:.3f} | {r['rtt_p99_ms']:.3f} | "

@@ -8,11 +8,12 @@ including the owner's ``101`` or refusal: no frame is parsed here, and the owner
 limits (its send queues, its rate limits) hold for the client as if it were direct.
 
 Two ways of moving them, one rule: a client on plain TCP is spliced in the kernel
-(``os.splice`` through a pipe per direction, Linux), which never copies a byte into
-Python; a client through TLS (a ``trio.SSLStream``), or a system without
-``os.splice``, is copied by ``receive_some``/``send_all``. Either way each direction
-holds at most ``SPLICE_CHUNK`` bytes, written before the next are read: a slow reader
-slows its writer. The client's end of file is passed on as the owner's (``send_eof``);
+(``os.splice`` through a pipe per direction, Linux) by the process's splicing thread
+(``_splicer.py``), which never copies a byte into Python nor wakes Trio per message; a
+client through TLS (a ``trio.SSLStream``), or a system without ``os.splice``, is copied
+by ``receive_some``/``send_all``. Either way each direction holds at most
+``SPLICE_CHUNK`` bytes, written before the next are read: a slow reader slows its
+writer. The client's end of file is passed on as the owner's (``shutdown(SHUT_WR)``);
 the owner's end, or a side that breaks, ends the connection, and both sockets close.
 
 :class:`Forwards` holds the spliced connections in a nursery of their own, outside
@@ -25,9 +26,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
@@ -36,19 +35,12 @@ from ._accept import Head
 from ._core.clusterauth import Malformed, forwarded_head, forwarded_value, split_address
 from ._core.limits import TLS_CLOSE_TIMEOUT
 from ._metrics import Metrics
+from ._splicer import KERNEL_SPLICE, SPLICE_CHUNK, Splicer, open_splicer
 
 __all__ = ["KERNEL_SPLICE", "SPLICE_CHUNK", "Forwarded", "Forwards", "forward", "splice"]
 
 logger = logging.getLogger("roomkit.server")
 
-#: Bytes each direction moves at a time, and so holds at most (a pipe's capacity).
-SPLICE_CHUNK: Final = 64 * 1024
-#: Whether plain TCP clients are spliced in the kernel (``os.splice``: Linux).
-KERNEL_SPLICE: Final = hasattr(os, "splice")
-#: Chunks a direction moves in a row, when its source always has more, before it lets
-#: other tasks run: a yield per chunk would cost every message a pass of the scheduler
-#: (after a short read the task waits for the next bytes, which yields anyway).
-_BURST: Final = 16
 #: How an owner's answer begins when it accepts the handshake.
 _SWITCHING: Final = b"HTTP/1.1 101 "
 
@@ -80,6 +72,7 @@ async def forward(
     *,
     answer_timeout: float,
     now: float,
+    splicer: Splicer | None = None,
     task_status: trio.TaskStatus[Forwarded] = trio.TASK_STATUS_IGNORED,
 ) -> Forwarded:
     """Forward the handshake ``head`` of ``client`` to the owner at ``address``, and
@@ -95,6 +88,8 @@ async def forward(
         bytes of its answer (the caller's handshake timeout); the owner's own hooks
         (``on_connect``) run in that time.
       now: the wall clock (Unix seconds), for the header's ``t``.
+      splicer: the thread that splices a plain TCP client in the kernel; None copies
+        every client through Python.
 
     Returns:
       what became of it (:class:`Forwarded`), once the splice has ended. With
@@ -121,7 +116,7 @@ async def forward(
     owner, first = asked
     outcome = Forwarded.SPLICED if first.startswith(_SWITCHING) else Forwarded.REFUSED
     task_status.started(outcome)
-    await splice(client, owner, first)
+    await splice(client, owner, first, splicer)
     return outcome
 
 
@@ -160,25 +155,34 @@ async def _ask(address: str, data: bytes, seconds: float) -> tuple[trio.SocketSt
     return None
 
 
-async def splice(client: trio.abc.Stream, owner: trio.SocketStream, first: bytes) -> None:
+async def splice(
+    client: trio.abc.Stream,
+    owner: trio.SocketStream,
+    first: bytes,
+    splicer: Splicer | None = None,
+) -> None:
     """Move bytes between ``client`` and ``owner`` until the owner is done; close both.
 
     ``first`` is what the owner already sent. A plain TCP client is spliced in the
-    kernel (if ``KERNEL_SPLICE``), any other is copied through Python. The client's
-    end of file (or its breaking) is passed on as the owner's; the owner's end, or a
-    failed write to the client, ends both. Each direction holds at most
-    ``SPLICE_CHUNK`` bytes.
+    kernel by ``splicer``'s thread, if given; any other is copied through Python. The
+    client's end of file (or, copied, its breaking) is passed on as the owner's; the
+    owner's end, or a failed write to the client, ends both. Each direction holds at
+    most ``SPLICE_CHUNK`` bytes.
     """
-    copy: Callable[[trio.abc.Stream, trio.abc.Stream], Awaitable[None]] = _copy
-    if KERNEL_SPLICE and isinstance(client, trio.SocketStream):
-        copy = _kernel_copy
+    gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError)
     try:
+        if splicer is not None and isinstance(client, trio.SocketStream):
+            with gone:
+                if first:
+                    await client.send_all(first)
+                await splicer.splice(client, owner)  # the thread closes both sockets
+            return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_upstream, copy, client, owner)
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            nursery.start_soon(_upstream, client, owner)
+            with gone:
                 if first:  # a relay's owner (another worker) may have sent nothing yet
                     await client.send_all(first)
-                await copy(owner, client)
+                await _copy(owner, client)
             nursery.cancel_scope.cancel()
     finally:
         with trio.move_on_after(TLS_CLOSE_TIMEOUT) as closing:
@@ -187,14 +191,10 @@ async def splice(client: trio.abc.Stream, owner: trio.SocketStream, first: bytes
         await trio.aclose_forcefully(owner)
 
 
-async def _upstream(
-    copy: Callable[[trio.abc.Stream, trio.abc.Stream], Awaitable[None]],
-    client: trio.abc.Stream,
-    owner: trio.SocketStream,
-) -> None:
+async def _upstream(client: trio.abc.Stream, owner: trio.SocketStream) -> None:
     """The client's bytes to the owner, then its end of file (or its breaking) too."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        await copy(client, owner)
+        await _copy(client, owner)
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await owner.send_eof()
 
@@ -203,44 +203,6 @@ async def _copy(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
     """``source``'s bytes to ``sink`` through Python, until ``source``'s end of file."""
     while data := await source.receive_some(SPLICE_CHUNK):
         await sink.send_all(data)
-
-
-async def _kernel_copy(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
-    """``source``'s bytes to ``sink`` through a pipe of the kernel's, until ``source``'s
-    end of file: both must be ``trio.SocketStream``. The pipe is emptied before it is
-    filled again, so it holds at most one ``SPLICE_CHUNK``."""
-    assert isinstance(source, trio.SocketStream) and isinstance(sink, trio.SocketStream)
-    into, out = source.socket.fileno(), sink.socket.fileno()
-    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-    pipe_out, pipe_in = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    unwaited = 0  # chunks moved since this task last waited
-    try:
-        while True:
-            try:
-                moved = os.splice(into, pipe_in, SPLICE_CHUNK, flags=flags)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(into)
-                unwaited = 0
-                continue
-            if not moved:
-                return
-            drained = moved < SPLICE_CHUNK  # the socket held no more just now
-            while moved:
-                try:
-                    moved -= os.splice(pipe_out, out, moved, flags=flags)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(out)
-                    unwaited = 0
-            unwaited += 1
-            if drained:  # skip the read that would find nothing: wait at once
-                await trio.lowlevel.wait_readable(into)
-                unwaited = 0
-            elif unwaited == _BURST:  # a source that always has bytes starves no other task
-                await trio.lowlevel.checkpoint()
-                unwaited = 0
-    finally:
-        os.close(pipe_out)
-        os.close(pipe_in)
 
 
 class Forwards:
@@ -255,7 +217,8 @@ class Forwards:
     Spliced connections run in :meth:`run`'s nursery, outside the caller's scope: at
     shutdown the front door is cancelled, and they go on (they carry the rooms of
     other nodes, which do not shut down) until they end or :meth:`drain`'s time is up;
-    the end of :meth:`run` then cuts them.
+    the end of :meth:`run` then cuts them. :meth:`run` also holds the splicing thread
+    of plain TCP clients (``_splicer.py``), started with the first, ended with it.
     """
 
     def __init__(self, secret: bytes | None, answer_timeout: float, metrics: Metrics) -> None:
@@ -263,6 +226,7 @@ class Forwards:
         self._timeout = answer_timeout
         self._metrics = metrics
         self._nursery: trio.Nursery | None = None
+        self._splicer: Splicer | None = None
         self._ended = trio.Event()
 
     @property
@@ -271,8 +235,9 @@ class Forwards:
         return self._metrics.forwarding
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the spliced connections' nursery until cancelled."""
-        async with trio.open_nursery() as nursery:
+        """Hold the spliced connections' nursery and thread until cancelled."""
+        async with open_splicer() as splicer, trio.open_nursery() as nursery:
+            self._splicer = splicer
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
@@ -317,6 +282,7 @@ class Forwards:
                 self._secret,
                 answer_timeout=self._timeout,
                 now=time.time(),
+                splicer=self._splicer if KERNEL_SPLICE else None,
                 task_status=task_status,
             )
         finally:

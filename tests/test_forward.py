@@ -4,20 +4,24 @@ A tiny forwarding front (a Trio listener whose handler reads the request head wi
 ``_accept.read_request`` and calls ``Forwards.forward``) stands before a roomkit
 ``serve``, the owner. Clients are ones roomkit did not write (trio-websocket, the
 ``websockets`` package's sync client in a thread) or raw sockets for the ones that
-misbehave. A plain front splices in the kernel (``os.splice``), a TLS front copies
-through Python: each test that moves messages runs on both. Everything listens on
-127.0.0.1 port 0; waits are ``fail_after`` around an event.
+misbehave. A plain front splices in the kernel (``os.splice``, in the splicing thread
+of ``_splicer.py``), a TLS front copies through Python: each test that moves messages
+runs on both. ``splice`` itself is also driven between socket pairs, both ways.
+Everything listens on 127.0.0.1 port 0; waits are ``fail_after`` around an event.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, ClassVar
 
 import attrs
@@ -33,8 +37,9 @@ import roomkit
 from roomkit._accept import Head, accept_loop, read_request, remote_address
 from roomkit._core.clusterauth import Relayed, verified_remote
 from roomkit._core.frontdoor import Response, parse_head
-from roomkit._forward import KERNEL_SPLICE, Forwarded, Forwards, splice
+from roomkit._forward import KERNEL_SPLICE, SPLICE_CHUNK, Forwarded, Forwards, splice
 from roomkit._metrics import FORWARD_OUTCOMES, Metrics
+from roomkit._splicer import Splicer, open_splicer
 
 from .helpers import Start, open_client
 
@@ -356,7 +361,244 @@ def test_plain_tcp_clients_are_spliced_in_the_kernel_here() -> None:
     assert KERNEL_SPLICE  # Linux: the plain front's tests exercise os.splice
 
 
-@pytest.mark.parametrize("way", ["kernel", "userspace"])
+def splicers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "roomkit-splicer"]
+
+
+async def test_plain_clients_are_spliced_by_one_thread_that_ends_with_the_forwards(
+    start: Start, tls: ssl.SSLContext | None, client_tls: ssl.SSLContext
+) -> None:
+    """The thread starts with the first plain client (never for TLS ones), serves
+    every pair, and ends with ``Forwards.run``."""
+    server = await start(Owned)
+    async with front(f"127.0.0.1:{server.port}", tls) as door:
+        assert splicers() == []
+        context = client_tls if tls else None
+        async with (
+            open_client(url(door.port, tls), context) as one,
+            open_client(url(door.port, tls), context) as two,
+        ):
+            for ws in (one, two):
+                await ws.send_message("hi")
+                with trio.fail_after(5):
+                    assert await ws.get_message() == "hi"
+            assert len(splicers()) == (0 if tls else 1)
+        threads = splicers()
+    for thread in threads:  # it reported its end, then returns
+        await trio.to_thread.run_sync(thread.join, 5)
+        assert not thread.is_alive()
+
+
+async def test_many_pairs_at_once(
+    start: Start, tls: ssl.SSLContext | None, client_tls: ssl.SSLContext
+) -> None:
+    server = await start(Owned)
+    before = open_fds()
+
+    async def talk(i: int) -> None:
+        async with open_client(url(door.port, tls), client_tls if tls else None) as ws:
+            for n in range(10):
+                await ws.send_message(f"{i}.{n}")
+                with trio.fail_after(5):
+                    assert await ws.get_message() == f"{i}.{n}"
+
+    async with front(f"127.0.0.1:{server.port}", tls) as door:
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(talk, i)
+        await wait_for(lambda: door.forwards.forwarding == 0)
+    assert door.counted() == {"spliced": 30}
+    await wait_for(lambda: open_fds() <= before)
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a loopback TCP connection, with small fixed buffers (64 KiB asked)."""
+    with socket.socket() as listener:
+        for sock in (listener, near := socket.socket()):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        near.connect(listener.getsockname())
+        far, _ = listener.accept()
+    return near, far
+
+
+def buffered(*socks: socket.socket) -> int:
+    """What the kernel may hold in these sockets' buffers, both ways."""
+    return sum(
+        sock.getsockopt(socket.SOL_SOCKET, option)
+        for sock in socks
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF)
+    )
+
+
+@attrs.define
+class Spliced:
+    """A pair being spliced: the client's and the owner's own sockets (blocking, 5 s),
+    the sockets of the front's side, and an event set once ``splice`` returned."""
+
+    client: socket.socket
+    owner: socket.socket
+    front: tuple[socket.socket, socket.socket]
+    done: trio.Event
+    #: The splice's own scope, to cancel it alone.
+    scope: trio.CancelScope
+    #: What the kernel may hold in the four sockets' buffers, both ways.
+    buffers: int
+
+    async def receive(self, sock: socket.socket, size: int) -> bytes:
+        """Exactly ``size`` bytes from ``sock``, or fewer at its end."""
+        data = b""
+        while len(data) < size and (chunk := await trio.to_thread.run_sync(sock.recv, size)):
+            data += chunk
+        return data
+
+
+@asynccontextmanager
+async def spliced(
+    way: str, first: bytes = b"", splicer: Splicer | None = None
+) -> AsyncIterator[Spliced]:
+    """``splice`` between two loopback connections: through the splicing thread
+    (``kernel``: ``splicer``'s, or one of its own), or copied through Python
+    (``userspace``)."""
+    client_end, client = tcp_pair()
+    owner_end, owner = tcp_pair()
+    for sock in (client, owner):
+        sock.settimeout(5)
+    front = (client_end, owner_end)
+    pair = Spliced(
+        client, owner, front, trio.Event(), trio.CancelScope(), buffered(client, owner, *front)
+    )
+
+    async def run(splicer: Splicer | None) -> None:
+        with pair.scope:
+            await splice(
+                trio.SocketStream(trio.socket.from_stdlib_socket(client_end)),
+                trio.SocketStream(trio.socket.from_stdlib_socket(owner_end)),
+                first,
+                splicer,
+            )
+        pair.done.set()
+
+    try:
+        async with open_splicer() as own, trio.open_nursery() as nursery:
+            nursery.start_soon(run, (splicer or own) if way == "kernel" else None)
+            yield pair
+            nursery.cancel_scope.cancel()
+    finally:
+        client.close()
+        owner.close()
+
+
+ways = pytest.mark.parametrize("way", ["kernel", "userspace"])
+
+
+@ways
+async def test_splice_moves_bytes_both_ways_at_once_in_order(way: str) -> None:
+    up, down = os.urandom(3_000_000), os.urandom(2_000_000)
+    async with spliced(way, first=b"101") as pair:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(trio.to_thread.run_sync, pair.client.sendall, up))
+                nursery.start_soon(partial(trio.to_thread.run_sync, pair.owner.sendall, down))
+                assert await pair.receive(pair.owner, len(up)) == up
+                assert await pair.receive(pair.client, 3 + len(down)) == b"101" + down
+        assert not pair.done.is_set()
+
+
+@ways
+async def test_the_clients_end_of_file_reaches_the_owner_which_may_still_answer(
+    way: str,
+) -> None:
+    async with spliced(way) as pair:
+        pair.client.sendall(b"last words")
+        pair.client.shutdown(socket.SHUT_WR)
+        with trio.fail_after(5):
+            assert await pair.receive(pair.owner, 100) == b"last words"  # then its end
+            pair.owner.sendall(b"an answer after the end of file")
+            assert await pair.receive(pair.client, 31) == b"an answer after the end of file"
+            assert not pair.done.is_set()
+            pair.owner.close()
+            assert await pair.receive(pair.client, 1) == b""
+            await pair.done.wait()
+
+
+@ways
+async def test_the_owners_end_closes_the_client(way: str) -> None:
+    async with spliced(way) as pair:
+        pair.owner.sendall(b"goodbye")
+        pair.owner.close()
+        with trio.fail_after(5):
+            assert await pair.receive(pair.client, 100) == b"goodbye"
+            await pair.done.wait()
+        assert all(sock.fileno() == -1 for sock in pair.front)  # the front's own closed
+
+
+@ways
+@pytest.mark.parametrize("side", ["client", "owner"])
+async def test_a_side_that_resets_ends_the_pair(way: str, side: str) -> None:
+    """The owner hears of a client's reset as its end of file (spliced, the pair ends
+    at once; copied, at the owner's end); the client of an owner's reset, as its end."""
+    before = open_fds()
+    async with spliced(way) as pair:
+        pair.client.sendall(b"x")
+        with trio.fail_after(5):
+            assert await pair.receive(pair.owner, 1) == b"x"
+        gone, other = (pair.client, pair.owner) if side == "client" else (pair.owner, pair.client)
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()
+        with trio.fail_after(5):
+            assert await pair.receive(other, 1) == b""
+            other.close()
+            await pair.done.wait()
+    await wait_for(lambda: open_fds() <= before)
+
+
+@ways
+async def test_a_splice_cancelled_is_cut_at_once(way: str) -> None:
+    """Both connections end, while the splicer (its thread) goes on for others."""
+    async with (
+        open_splicer() as splicer,
+        spliced(way, splicer=splicer) as pair,
+        spliced(way, splicer=splicer) as other,
+    ):
+        pair.scope.cancel()
+        with trio.fail_after(5):
+            await pair.done.wait()
+            assert await pair.receive(pair.client, 1) == b""
+            assert await pair.receive(pair.owner, 1) == b""
+            other.client.sendall(b"on")
+            assert await other.receive(other.owner, 2) == b"on"
+
+
+@ways
+async def test_a_slow_reader_holds_its_writer_back(way: str) -> None:
+    """The client reads nothing: the owner's writes stall once the buffers on the way
+    and one chunk are full, while the client's own bytes still reach the owner; then
+    the client reads it all, in order."""
+    block = os.urandom(1 << 20)
+    async with spliced(way) as pair:
+        pair.owner.setblocking(False)
+        sent, blocked = 0, 0
+        while blocked < 20 and sent < 64 << 20:  # 20 tries in a row in 0.2 s: stalled
+            try:
+                sent += pair.owner.send(block[sent % len(block) :])
+                blocked = 0
+            except BlockingIOError:
+                blocked += 1
+                await trio.sleep(0.01)
+        assert sent <= pair.buffers + 3 * SPLICE_CHUNK  # a segment past each full buffer at most
+        pair.owner.settimeout(5)
+        pair.client.sendall(b"still here")
+        with trio.fail_after(5):
+            assert await pair.receive(pair.owner, 10) == b"still here"
+        with trio.fail_after(10):
+            received = await pair.receive(pair.client, sent)
+        assert received == (block * (sent // len(block) + 1))[:sent]
+
+
+@ways
 async def test_a_client_gone_while_the_owner_sends_ends_the_splice_quietly(way: str) -> None:
     """Writes to the client fail as the owner sends: the splice ends, raises nothing,
     and closes both sides."""
@@ -371,7 +613,10 @@ async def test_a_client_gone_while_the_owner_sends_ends_the_splice_quietly(way: 
     client_peer.close()
     owner_peer.setblocking(False)
     owner_peer.send(b"x" * 60_000)
-    with trio.fail_after(5):
-        await splice(client, owner, b"first")
-    assert owner.socket.fileno() == -1
+    async with open_splicer() as splicer:
+        with trio.fail_after(5):
+            await splice(client, owner, b"first", splicer)
+    owner_peer.settimeout(5)
+    with contextlib.suppress(ConnectionResetError):  # its bytes unread: reset
+        assert owner_peer.recv(1) == b""  # the front closed it (no timeout)
     owner_peer.close()
