@@ -1,11 +1,12 @@
-"""Forwarding a WebSocket handshake to its room's owner node, then its bytes both ways.
+"""Forwarding a request to its room's owner node, then its bytes both ways.
 
-A node of a cluster that receives a handshake for a room another live node owns opens
-TCP to the owner's advertise address and writes the client's request head as read,
-with one header added (``roomkit-forwarded``: see ``_core/clusterauth.py``), and the
-bytes the client sent after it. From then on it only moves bytes, both ways,
-including the owner's ``101`` or refusal: no frame is parsed here, and the owner's
-limits (its send queues, its rate limits) hold for the client as if it were direct.
+A node of a cluster that receives a WebSocket handshake (or a plain HTTP request) for
+a room another live node owns opens TCP to the owner's advertise address and writes
+the client's request head as read, with one header added (``roomkit-forwarded``: see
+``_core/clusterauth.py``), and the bytes the client sent after it. From then on it
+only moves bytes, both ways, including the owner's ``101`` or refusal: no frame is
+parsed here, and the owner's limits (its send queues, its rate limits) hold for the
+client as if it were direct.
 
 Two ways of moving them, one rule: a client on plain TCP is spliced in the kernel
 (``os.splice`` through a pipe per direction, Linux) by the process's splicing thread
@@ -15,6 +16,10 @@ by ``receive_some``/``send_all``. Either way each direction holds at most
 ``SPLICE_CHUNK`` bytes, written before the next are read: a slow reader slows its
 writer. The client's end of file is passed on as the owner's (``shutdown(SHUT_WR)``);
 the owner's end, or a side that breaks, ends the connection, and both sockets close.
+
+A plain HTTP request (no WebSocket upgrade) is forwarded the same way, but its outcome
+is known once the owner has been sent the head: the owner answers when its turn comes,
+which may take longer than the answer timeout.
 
 :class:`Forwards` holds the spliced connections in a nursery of their own, outside
 the front door's scope: at shutdown they go on for :meth:`Forwards.drain`'s time,
@@ -46,7 +51,7 @@ _SWITCHING: Final = b"HTTP/1.1 101 "
 
 
 class Forwarded(enum.Enum):
-    """What became of a forwarded handshake, as :func:`forward` says."""
+    """What became of a forwarded request, as :func:`forward` says."""
 
     #: The owner could not be reached (refused, timed out, or it ended the connection
     #: without a word): nothing was sent to the client, which the caller still holds.
@@ -57,6 +62,10 @@ class Forwarded(enum.Enum):
     REFUSED = "refused"
     #: The owner answered ``101``, and the connection was spliced until it ended.
     SPLICED = "spliced"
+    #: A plain HTTP request (no WebSocket upgrade): its head and the bytes after it
+    #: were written to the owner, and the connection was spliced until it ended. Its
+    #: answer, whenever the owner sends it, goes to the client.
+    PASSED = "passed"
     #: The head cannot be forwarded as it is (bytes after its first blank line, which
     #: an owner would read as the end of the head): nothing was sent to anyone, and the
     #: caller, which still holds the client, answers 400.
@@ -75,7 +84,7 @@ async def forward(
     splicer: Splicer | None = None,
     task_status: trio.TaskStatus[Forwarded] = trio.TASK_STATUS_IGNORED,
 ) -> Forwarded:
-    """Forward the handshake ``head`` of ``client`` to the owner at ``address``, and
+    """Forward the request ``head`` of ``client`` to the owner at ``address``, and
     splice the two connections until they end.
 
     Args:
@@ -84,9 +93,10 @@ async def forward(
       remote: the client's address, which the ``roomkit-forwarded`` header carries.
       address: the owner's advertise address, ``HOST:PORT`` (IPv6 in brackets).
       secret: the cluster's secret, which signs the header; None sends it unsigned.
-      answer_timeout: seconds to connect to the owner, send it the head and receive the first
-        bytes of its answer (the caller's handshake timeout); the owner's own hooks
-        (``on_connect``) run in that time.
+      answer_timeout: seconds to connect to the owner, send it the head and, for a
+        WebSocket handshake, receive the first bytes of its answer (the caller's
+        handshake timeout); the owner's own hooks (``on_connect``) run in that time.
+        A plain HTTP request's answer has no such bound.
       now: the wall clock (Unix seconds), for the header's ``t``.
       splicer: the thread that splices a plain TCP client in the kernel; None copies
         every client through Python.
@@ -94,8 +104,9 @@ async def forward(
     Returns:
       what became of it (:class:`Forwarded`), once the splice has ended. With
       ``nursery.start``, the same outcome is reported as soon as it is known (after
-      the owner's first bytes), and the splice goes on in the nursery. Unless
-      ``UNREACHABLE`` or ``MALFORMED``, this owns ``client`` and closes it.
+      the owner's first bytes, or for plain HTTP once the owner has the head), and the
+      splice goes on in the nursery. Unless ``UNREACHABLE`` or ``MALFORMED``, this owns
+      ``client`` and closes it.
     """
     request = head.request
     value = forwarded_value(
@@ -109,21 +120,26 @@ async def forward(
     if isinstance(rewritten, Malformed):
         task_status.started(Forwarded.MALFORMED)
         return Forwarded.MALFORMED
-    asked = await _ask(address, rewritten + head.rest, answer_timeout)
+    upgrade = request.is_websocket
+    asked = await _ask(address, rewritten + head.rest, answer_timeout, answered=upgrade)
     if asked is None:
         task_status.started(Forwarded.UNREACHABLE)
         return Forwarded.UNREACHABLE
     owner, first = asked
-    outcome = Forwarded.SPLICED if first.startswith(_SWITCHING) else Forwarded.REFUSED
+    outcome = Forwarded.PASSED
+    if upgrade:
+        outcome = Forwarded.SPLICED if first.startswith(_SWITCHING) else Forwarded.REFUSED
     task_status.started(outcome)
     await splice(client, owner, first, splicer)
     return outcome
 
 
-async def _ask(address: str, data: bytes, seconds: float) -> tuple[trio.SocketStream, bytes] | None:
-    """A connection to the owner at ``address``, sent ``data``, and the first bytes of
-    its answer (at least enough to tell a ``101``, unless it ended first); None if there
-    is no answer within ``seconds``."""
+async def _ask(
+    address: str, data: bytes, seconds: float, *, answered: bool
+) -> tuple[trio.SocketStream, bytes] | None:
+    """A connection to the owner at ``address``, sent ``data``, and (if ``answered``)
+    the first bytes of its answer (at least enough to tell a ``101``, unless it ended
+    first); None if that takes longer than ``seconds``."""
     where = split_address(address)
     if isinstance(where, Malformed):
         logger.warning("forward to %s: %s", address, where.reason)
@@ -134,12 +150,12 @@ async def _ask(address: str, data: bytes, seconds: float) -> tuple[trio.SocketSt
             owner = await trio.open_tcp_stream(*where)
             await owner.send_all(data)
             first = b""
-            while len(first) < len(_SWITCHING):
+            while answered and len(first) < len(_SWITCHING):
                 chunk = await owner.receive_some(SPLICE_CHUNK)
                 if not chunk:
                     break
                 first += chunk
-            if first:
+            if first or not answered:
                 return owner, first
             logger.warning("forward to %s: the owner closed without an answer", address)
         if deadline.cancelled_caught:
@@ -252,7 +268,7 @@ class Forwards:
     async def forward(
         self, client: trio.abc.Stream, head: Head, remote: tuple[str, int] | None, address: str
     ) -> Forwarded:
-        """Forward ``client``'s handshake to the owner at ``address`` (:func:`forward`,
+        """Forward ``client``'s request to the owner at ``address`` (:func:`forward`,
         with the wall clock), and leave the splice running in this nursery.
 
         Returns:

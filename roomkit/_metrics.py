@@ -95,10 +95,11 @@ owner with its socket, or relayed to it (TLS); taken here from another worker; o
 message from another worker that was no hand-off."""
 HANDOFF_OUTCOMES: Final[tuple[HandoffOutcome, ...]] = get_args(HandoffOutcome)
 
-ForwardOutcome = Literal["spliced", "refused", "unreachable", "malformed"]
-"""What became of a handshake forwarded to its room's owner node (a cluster): spliced
-after the owner's ``101``; refused by the owner, whose answer was passed on; the owner
-not reached (503); or a request head that could not be forwarded as read (400)."""
+ForwardOutcome = Literal["spliced", "refused", "unreachable", "malformed", "passed"]
+"""What became of a request forwarded to its room's owner node (a cluster): a handshake
+spliced after the owner's ``101``, or refused by the owner, whose answer was passed on;
+the owner not reached (503); a request head that could not be forwarded as read (400);
+or a plain HTTP request passed on to the owner, which answers it."""
 FORWARD_OUTCOMES: Final[tuple[ForwardOutcome, ...]] = get_args(ForwardOutcome)
 
 

@@ -117,12 +117,14 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
 
 
 @asynccontextmanager
-async def front(address: str, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Front]:
-    """A front that forwards every handshake to ``address``: 503 if it cannot, 400 for
+async def front(
+    address: str, ssl_context: ssl.SSLContext | None = None, answer_timeout: float = 5
+) -> AsyncIterator[Front]:
+    """A front that forwards every request to ``address``: 503 if it cannot, 400 for
     a head it cannot forward."""
     async with trio.open_nursery() as nursery:
         metrics = Metrics()
-        forwards = Forwards(SECRET, answer_timeout=5, metrics=metrics)
+        forwards = Forwards(SECRET, answer_timeout=answer_timeout, metrics=metrics)
         await nursery.start(forwards.run)
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         state = Front(listeners[0].socket.getsockname()[1], forwards, metrics)
@@ -620,3 +622,68 @@ async def test_a_client_gone_while_the_owner_sends_ends_the_splice_quietly(way: 
     with contextlib.suppress(ConnectionResetError):  # its bytes unread: reset
         assert owner_peer.recv(1) == b""  # the front closed it (no timeout)
     owner_peer.close()
+
+
+class SlowOwner:
+    """An owner that reads a plain HTTP request whole, and answers it ``delay`` seconds
+    later: longer than the front's answer timeout."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.heads: list[bytes] = []
+        self.bodies: list[bytes] = []
+        self.headed = trio.Event()
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some()
+            head, body = data.split(b"\r\n\r\n", 1)
+            self.heads.append(head)
+            self.headed.set()
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += await stream.receive_some()
+            self.bodies.append(body)
+            await trio.sleep(self.delay)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+
+
+async def test_a_plain_request_is_passed_on_and_answered_after_the_answer_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    owner = SlowOwner(delay=0.5)
+    (listener,) = await nursery.start(partial(trio.serve_tcp, owner.serve, 0, host="127.0.0.1"))
+    port = listener.socket.getsockname()[1]
+    async with front(f"127.0.0.1:{port}", answer_timeout=0.1) as door:
+        stream = await trio.open_tcp_stream("127.0.0.1", door.port)
+        async with stream:
+            await stream.send_all(
+                b"POST /room HTTP/1.1\r\nHost: x\r\ncontent-length: 9\r\n\r\nbody"
+            )
+            with trio.fail_after(5):
+                await owner.headed.wait()
+                await stream.send_all(b" rest")  # spliced, after the outcome was known
+                answer = b""
+                while chunk := await stream.receive_some():
+                    answer += chunk
+    assert answer == b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone"
+    assert owner.bodies == [b"body rest"]
+    assert b"\r\nroomkit-forwarded: for=127.0.0.1:" in owner.heads[0]
+    assert door.outcomes == [Forwarded.PASSED]
+    assert door.counted() == {"passed": 1}
+
+
+async def test_a_plain_request_to_an_owner_that_is_gone_is_unreachable() -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    async with front(f"127.0.0.1:{port}", answer_timeout=0.1) as door:
+        stream = await trio.open_tcp_stream("127.0.0.1", door.port)
+        async with stream:
+            await stream.send_all(b"POST /room HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n")
+            with trio.fail_after(5):
+                assert (await stream.receive_some()).startswith(b"HTTP/1.1 503 ")
+    assert door.counted() == {"unreachable": 1}
