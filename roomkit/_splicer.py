@@ -27,9 +27,10 @@ The watches are level-triggered: a source with more than a chunk is read again a
 next turn of the loop, after every other ready flow had its turn. A socket is watched
 for what its two flows need, and not at all when they need nothing, so that a
 hang-up it keeps reporting cannot spin the loop. A pair ends at the owner's end of
-file, at any error on either side (logged unless it is the socket's own), or when Trio
-cuts it: the thread owns both sockets and both pipes from the hand-over, and closes
-them all, once.
+file, at an error of either socket, at any other failure of its own (logged), or when
+Trio cuts it: the thread owns both sockets and both pipes from the hand-over, and
+closes them all, once. Should the loop itself fail, it is logged, every pair is cut,
+and the next pair starts a thread anew.
 """
 
 from __future__ import annotations
@@ -113,13 +114,17 @@ class _Pair:
     ended: bool = False
 
 
+_Command = tuple[Callable[["_Loop", _Pair | None], bool], _Pair | None]
+"""What Trio asks of the loop: take a pair up, cut it, or stop."""
+
+
 class _Loop:
     """The thread's side: its epoll, the pairs' sockets by descriptor, the pumping.
 
     Only the thread calls these methods; Trio reaches it through :class:`Splicer`'s
     commands."""
 
-    def __init__(self, wake: int, commands: collections.deque[Callable[[], bool]]) -> None:
+    def __init__(self, wake: int, commands: collections.deque[_Command]) -> None:
         self._epoll = select.epoll()
         self._wake = wake
         self._commands = commands
@@ -131,8 +136,10 @@ class _Loop:
         """Pump until told to stop; then end every pair left, and call ``exited``."""
         try:
             self._pump_until_stopped()
-        except BaseException:
-            logger.exception("the splicer's thread failed: its pairs are cut")
+        except Exception:
+            logger.exception("the splicing thread failed: its pairs are cut")
+            with contextlib.suppress(Exception):  # logged already
+                self._obey()  # the pairs handed over meanwhile are cut too, not forgotten
         finally:
             for pair in list(self._pairs):
                 self.cut(pair)
@@ -151,14 +158,15 @@ class _Loop:
 
     def _obey(self) -> bool:
         """Carry out Trio's commands; True once told to stop."""
-        os.eventfd_read(self._wake)
+        with contextlib.suppress(BlockingIOError):  # none since the last time
+            os.eventfd_read(self._wake)
         stop = False
         while self._commands:
-            command = self._commands.popleft()
+            command, pair = self._commands.popleft()
             try:
-                stop = command() or stop
+                stop = command(self, pair) or stop
             except Exception:  # a pair's own failure: it is ended, the loop goes on
-                logger.exception("the splicer failed to carry out %r", command)
+                logger.exception("the splicer failed to carry out %s", command.__name__)
         return stop
 
     def _event(self, end: _End, events: int) -> None:
@@ -219,8 +227,9 @@ class _Loop:
             self._epoll.unregister(end.fd)
         end.mask = mask
 
-    def add(self, pair: _Pair) -> bool:
+    def add(self, pair: _Pair | None) -> bool:
         """Take ``pair`` up: its pipes, its two ends, watched for reading."""
+        assert pair is not None
         self._pairs.add(pair)
         try:
             up_out, up_in = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -242,12 +251,14 @@ class _Loop:
             raise
         return False
 
-    def cut(self, pair: _Pair) -> bool:
+    def cut(self, pair: _Pair | None) -> bool:
         """End ``pair`` now, if it has not ended yet."""
+        assert pair is not None
         self._end(pair)
         return False
 
-    def stop(self) -> bool:
+    def stop(self, pair: _Pair | None) -> bool:
+        """Stop the loop (the pairs left are cut on the way out)."""
         return True
 
     def _end(self, pair: _Pair) -> None:
@@ -279,7 +290,7 @@ class Splicer:
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
-        self._commands: collections.deque[Callable[[], bool]] = collections.deque()
+        self._commands: collections.deque[_Command] = collections.deque()
         self._wake = -1
         self._loop: _Loop | None = None
         self._exited = trio.Event()
@@ -288,32 +299,37 @@ class Splicer:
         """Splice ``client`` and ``owner`` both ways until the pair ends (see the
         module's table); cancelled, cut it.
 
-        Both streams' descriptors pass to the thread, which closes them: the streams
-        are closed when this is called.
+        Both streams' descriptors pass to the thread, which closes them: from the call
+        on, the streams themselves are closed.
         """
-        loop = self._start()
+        self._start()
         ended = trio.Event()
         pair = _Pair(_detach(client), _detach(owner), partial(self._report, ended.set))
-        self._post(partial(loop.add, pair))
+        self._post(_Loop.add, pair)
         try:
             await ended.wait()
         finally:
             if not ended.is_set():
-                self._post(partial(loop.cut, pair))
+                self._post(_Loop.cut, pair)
 
-    def _start(self) -> _Loop:
-        if self._loop is None:
+    def _start(self) -> None:
+        """Start the loop's thread with the first pair, or again if it failed."""
+        if self._loop is None or self._exited.is_set():
+            if self._wake >= 0:
+                os.close(self._wake)
             self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._exited = trio.Event()
             self._loop = _Loop(self._wake, self._commands)
             exited = partial(self._report, self._exited.set)
             thread = threading.Thread(
                 target=self._loop.run, args=(exited,), name="roomkit-splicer", daemon=True
             )
             thread.start()
-        return self._loop
 
-    def _post(self, command: Callable[[], bool]) -> None:
-        self._commands.append(command)
+    def _post(self, command: Callable[[_Loop, _Pair | None], bool], pair: _Pair | None) -> None:
+        """Queue ``command`` for whichever loop runs (a new one takes up what a failed
+        one left), and wake it."""
+        self._commands.append((command, pair))
         os.eventfd_write(self._wake, 1)
 
     def _report(self, callback: Callable[[], None]) -> None:
@@ -325,7 +341,7 @@ class Splicer:
         """Stop the thread, if it started: the pairs left are cut, then it ends."""
         if self._loop is None:
             return
-        self._post(self._loop.stop)
+        self._post(_Loop.stop, None)
         await self._exited.wait()
         os.close(self._wake)
 

@@ -13,6 +13,7 @@ Everything listens on 127.0.0.1 port 0; waits are ``fail_after`` around an event
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import ssl
@@ -449,6 +450,12 @@ class Spliced:
     #: What the kernel may hold in the four sockets' buffers, both ways.
     buffers: int
 
+    async def flowing(self) -> None:
+        """Once a byte went up: the pair has been taken up."""
+        self.client.sendall(b".")
+        with trio.fail_after(5):
+            assert await self.receive(self.owner, 1) == b"."
+
     async def receive(self, sock: socket.socket, size: int) -> bytes:
         """Exactly ``size`` bytes from ``sock``, or fewer at its end."""
         data = b""
@@ -572,6 +579,51 @@ async def test_a_splice_cancelled_is_cut_at_once(way: str) -> None:
             assert await pair.receive(pair.owner, 1) == b""
             other.client.sendall(b"on")
             assert await other.receive(other.owner, 2) == b"on"
+
+
+async def test_a_pair_the_thread_cannot_take_up_ends_alone_and_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_pipes(flags: int) -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async with open_splicer() as splicer, spliced("kernel", splicer=splicer) as other:
+        await other.flowing()
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "pipe2", no_pipes)
+            async with spliced("kernel", splicer=splicer) as failed:
+                with trio.fail_after(5):
+                    await failed.done.wait()
+                    assert await failed.receive(failed.client, 1) == b""
+        other.client.sendall(b"on")
+        with trio.fail_after(5):
+            assert await other.receive(other.owner, 2) == b"on"
+    assert "splicing a forwarded connection failed: [Errno 24]" in caplog.text
+
+
+async def test_a_failed_thread_cuts_its_pairs_and_the_next_pair_starts_another(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(fd: int) -> int:
+        monkeypatch.undo()  # once
+        raise RuntimeError("broken")
+
+    async with open_splicer() as splicer:
+        async with spliced("kernel", splicer=splicer) as first:
+            await first.flowing()
+            (failed,) = splicers()
+            monkeypatch.setattr(os, "eventfd_read", broken)
+            async with spliced("kernel", splicer=splicer) as second:  # wakes it: it fails
+                with trio.fail_after(5):
+                    await first.done.wait()
+                    await second.done.wait()
+                    await trio.to_thread.run_sync(failed.join, 5)
+        assert "the splicing thread failed" in caplog.text
+        async with spliced("kernel", splicer=splicer) as third:
+            third.client.sendall(b"anew")
+            with trio.fail_after(5):
+                assert await third.receive(third.owner, 4) == b"anew"
+            assert len(splicers()) == 1
 
 
 @ways
