@@ -98,9 +98,10 @@ class MetricsCollector:
     def _forwards(self) -> Iterator[Metric]:
         yield _by_label(
             "roomkit_forwarded",
-            "WebSocket handshakes forwarded to their room's owner node (a cluster), by "
-            "outcome: spliced after its 101, refused by it (its answer passed on), not "
-            "reached (503), or a head that could not be forwarded as read (malformed, 400).",
+            "Requests forwarded to their room's owner node (a cluster), by outcome: a "
+            "WebSocket handshake spliced after its 101, or refused by it (its answer "
+            "passed on); a plain HTTP request passed on; not reached (503); or a head "
+            "that could not be forwarded as read (malformed, 400).",
             "outcome",
             self._metrics.forwarded,
         )

@@ -109,7 +109,10 @@ def supervised(target: str, *options: str, prefix: tuple[str, ...] = ()) -> Iter
     reader.start()
     try:
         started = Supervised(process, "", lines)
-        match = started.wait_for_line(r"listening on (wss?://\S+)", within=30)
+        try:
+            match = started.wait_for_line(r"listening on (wss?://\S+)", within=60)
+        except AssertionError as exc:  # say where each process is stuck, for the next look
+            raise AssertionError(f"{exc}; processes: {whereabouts(process.pid)}") from None
         started.url = match[1]
         yield started
     finally:
@@ -140,6 +143,21 @@ def children(pid: int) -> list[int]:
         state = process_state(int(entry))
         if state is not None and state[1] == pid and state[0] != "Z":
             found.append(int(entry))
+    return found
+
+
+def whereabouts(pid: int) -> list[str]:
+    """Process ``pid`` and its children: each one's state, the kernel function it waits
+    in, and its CPU ticks so far (what a start that hangs leaves to go on)."""
+    found = []
+    for each in (pid, *children(pid)):
+        try:
+            stat = Path(f"/proc/{each}/stat").read_text()
+            wchan = Path(f"/proc/{each}/wchan").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found.append(f"{each} {fields[0]} in {wchan or '-'}, cpu {fields[11]}+{fields[12]}")
     return found
 
 
