@@ -4,28 +4,61 @@ A call is checked and encoded at the caller (``_core/calls.py``), then run as on
 of the room's actor: a :class:`~roomkit._events.Call` on its channel, in order with its
 other events. Its answer comes once the turn's writes are durable; the caller waits for
 it until its deadline, and never cancels a turn that has started (see ``RoomActor``).
-A room that lives in another process (another worker's, another node's) is not
-reachable from here.
+
+A room that lives in another process (another worker's, another node's) is called
+through this process's own gateway: the call becomes a POST into the room's path
+(``_core/calls.py``'s wire), written into one end of a socket pair whose other end the
+gateway serves as a trusted visit (``Gateway.internal``); it is then routed as any
+client's request (handed to the room's worker, forwarded to its node), and its answer
+read back by h11. A 503 (nobody could take it: a room moving, a worker restarting) is
+tried again with backoff until the deadline; a connection that ends before a whole
+answer leaves the call's fate unknown (``ran`` None). In a cluster with a secret each
+such call is signed, so that the owner can tell it from a forgery.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 import unicodedata
-from collections.abc import Callable, Mapping
-from typing import Any, NoReturn, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, NoReturn, Protocol
 
 import trio
 
 from ._actor import RoomActor
-from ._core.calls import Chain, Failed, MethodCodec, encode_error, parse_answer, rpc_function
+from ._core.calls import (
+    Answer,
+    AnswerReader,
+    Chain,
+    Failed,
+    MethodCodec,
+    call_auth,
+    call_head,
+    call_path,
+    encode_error,
+    parse_answer,
+    rpc_function,
+)
 from ._core.frontdoor import Router, room_name_problem
 from ._errors import RoomCallCycle, RoomCallError, RoomCallTimeout
 from ._events import Call
 from ._room import Room
 from ._roomid import RoomId
 
-__all__ = ["CallHost", "Calls"]
+__all__ = ["RETRY_FIRST", "RETRY_MOST", "CallHost", "Calls"]
+
+#: Seconds before a call that got 503 from another process is tried again, doubled
+#: each time up to ``RETRY_MOST``: a room moving or a worker restarting takes a few
+#: tenths of a second, a lease at most.
+RETRY_FIRST: Final = 0.05
+RETRY_MOST: Final = 1.0
+#: Bytes asked of the socket pair per read of an answer.
+_ANSWER_CHUNK: Final = 64 * 1024
+
+#: Serves a call's socket pair end as a trusted visit: ``Gateway.internal``.
+Visit = Callable[[trio.abc.Stream], Awaitable[None]]
 
 #: The error classes of an error answer, by its kind.
 _ERRORS: dict[str, type[RoomCallError]] = {
@@ -72,6 +105,31 @@ class Calls:
         self._router = router
         self._owns = owns
         self._clustered = clustered
+        self._visits: trio.Nursery | None = None  # the internal visits, while run runs
+        self._visit: Visit | None = None
+        self._secret: bytes | None = None
+
+    async def run(
+        self,
+        visit: Visit,
+        secret: bytes | None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Take calls to rooms of other processes, through ``visit`` (the gateway's
+        ``internal``), signed with the cluster's ``secret`` if any, until cancelled.
+
+        The visits run in this task's nursery, outside the front door's scope: at
+        shutdown a draining room's calls still go out, until the server cancels this
+        once the rooms are done (a call then in flight ends with RoomCallError)."""
+        self._visit, self._secret = visit, secret
+        try:
+            async with trio.open_nursery() as nursery:
+                self._visits = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._visits = None
 
     def target(self, name: str, prefix: str) -> tuple[RoomId, type]:
         problem = room_name_problem(name) if isinstance(name, str) else "it is no str"
@@ -108,11 +166,15 @@ class Calls:
         if room in chain:
             why = f"the call would wait on a turn that waits on it: {_path(chain, room)}"
             raise RoomCallCycle(where, "RoomCallCycle", why, False)
-        if not self._here(room):
-            why = "the room lives in another process: calls between processes are not possible yet"
-            raise RoomCallError(where, "RoomCallError", why, False)
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        outcome = parse_answer(await self.run_here(room_class, room, codec, body, deadline))
+        if self._here(room):
+            answer = await self.run_here(room_class, room, codec, body, deadline)
+        else:
+            answer = await self._remote(room_class, room, method, body, deadline)
+        try:
+            outcome = parse_answer(answer)
+        except ValueError as exc:
+            raise RoomCallError(where, "RoomCallError", str(exc), None) from None
         if isinstance(outcome, Failed):
             _raise(where, outcome)
         try:
@@ -125,6 +187,68 @@ class Calls:
         if self._owns is not None and not self._owns(room):
             return False
         return not self._clustered or self._host.serves(room)
+
+    async def _remote(
+        self, room_class: type[Room], room: RoomId, method: str, body: bytes, deadline: float
+    ) -> bytes:
+        """The answer body of a call to ``room`` in another process, through the
+        gateway, tried again after each 503 until ``deadline``.
+
+        Raises:
+          RoomCallError: if it was refused (``ran`` False), or the connection ended
+            before a whole answer (``ran`` None).
+          RoomCallTimeout: at the deadline: ``ran`` False if every try got 503,
+            else None.
+        """
+        where = str(room)
+        wait = RETRY_FIRST
+        while (
+            answer := await self._attempt(room_class, room, method, body, deadline)
+        ).status == 503:
+            if trio.current_time() + wait >= deadline:
+                why = "no process could take it by its deadline: 503, " + _text(answer)
+                raise RoomCallTimeout(where, "RoomCallTimeout", why, False)
+            await trio.sleep(wait)
+            wait = min(wait * 2, RETRY_MOST)
+        if answer.status != 200:
+            why = f"refused with {answer.status}: {_text(answer)}"
+            raise RoomCallError(where, "RoomCallError", why, False)
+        return answer.body
+
+    async def _attempt(
+        self, room_class: type[Room], room: RoomId, method: str, body: bytes, deadline: float
+    ) -> Answer:
+        """One try of a call to ``room`` through the gateway: its answer, read by
+        ``deadline``, bounded by ``room_class.max_request_size``."""
+        where = str(room)
+        if self._visits is None or self._visit is None:
+            raise RoomCallError(where, "RoomCallError", "the server is not running", False)
+        auth = None
+        if self._secret is not None:
+            auth = call_auth(self._secret, method, call_path(room), body, now=time.time())
+        head = call_head(room, method, deadline - trio.current_time(), body, auth)
+        ours, theirs = trio.socket.socketpair()
+        self._visits.start_soon(self._visit, trio.SocketStream(theirs))
+        reader = AnswerReader(room_class.max_request_size)
+        answer: Answer | None = None
+        ended = ""
+        async with trio.SocketStream(ours) as stream:
+            with trio.move_on_at(deadline):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_send, stream, head + body)
+                    try:
+                        while answer is None:
+                            answer = reader.feed(await stream.receive_some(_ANSWER_CHUNK))
+                    except (ValueError, trio.BrokenResourceError) as exc:
+                        ended = str(exc)
+                    nursery.cancel_scope.cancel()
+        if answer is not None:
+            return answer
+        if ended:
+            why = f"the connection to the room's owner ended: {ended}"
+            raise RoomCallError(where, "RoomCallError", why, None)
+        why = "no answer by its deadline: it may be running, or have run"
+        raise RoomCallTimeout(where, "RoomCallTimeout", why, None)
 
     async def run_here(
         self,
@@ -181,6 +305,17 @@ class Calls:
 
 def _raise(where: str, failed: Failed) -> NoReturn:
     raise _ERRORS[failed.kind](where, failed.type, failed.message, failed.ran)
+
+
+async def _send(stream: trio.abc.Stream, data: bytes) -> None:
+    """Write a call's request; a peer that answered and left first is heard by the
+    reader."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
+
+
+def _text(answer: Answer) -> str:
+    return answer.body.decode("utf-8", "replace")
 
 
 def _path(chain: Chain, room: RoomId) -> str:

@@ -19,8 +19,18 @@ never forwarded again; a bad header gets 403 (``_core/clusterauth.py``).
 A plain request to a room whose class has ``on_request`` is routed the same way (a
 :class:`Plain` beside :class:`Upgrade`): where its room lives, the gateway reads its
 body (``BodyReader`` decides framing and limits), sends the room an ``HttpRequest``,
-and writes the answer the room gives once its turn is durable. A request with a
-``roomkit-call`` header is refused from the network (403) before any of it.
+and writes the answer the room gives once its turn is durable.
+
+A request with a ``roomkit-call`` header is a call of an ``@rpc`` method from another
+process of this server (``_calls.py``): a POST into the room's path, routed like any
+plain request but with no route hook, no origin check, and to a room whether it
+answers HTTP or not. It is trusted when it is this process's own (an internal visit:
+:meth:`Gateway.internal`) or a sibling worker's own (a hand-off marked ``trusted``);
+any other, read from the network, must be signed with the cluster's secret, which the
+room's owner checks once it has read the body (``_core/calls.py``'s ``verify_call``):
+403 otherwise, and at once when there is no secret to check it with. Where it runs,
+the owner says ``100 Continue``, runs it as a local call is run (``Calls.run_here``)
+and writes its answer body as JSON; 503 when it cannot (shutting down).
 """
 
 from __future__ import annotations
@@ -39,11 +49,20 @@ import trio
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
-from ._accept import Head, remote_address
+from ._accept import Head, read_head, remote_address
 from ._cluster import Member
+from ._core.calls import (
+    AUTH_HEADER,
+    CALL_HEADER,
+    TIMEOUT_HEADER,
+    MethodCodec,
+    call_timeout,
+    rpc_function,
+    verify_call,
+)
 from ._core.clusterauth import HEADER, Relayed, Untrusted, verified_remote
 from ._core.frontdoor import (
-    CALL_HEADER,
+    CONTINUE,
     BodyReader,
     RequestHead,
     Response,
@@ -86,9 +105,18 @@ _UNAVAILABLE: Final = Response(503, "Service unavailable")
 _UNFORWARDABLE: Final = Response(400, "Bad request: bytes after the request head's end")
 #: What a plain request gets whose body did not arrive within the handshake timeout.
 _BODY_TIMED_OUT: Final = Response(408, "Request timeout: the body came too slowly")
-#: What a request with a ``roomkit-call`` header gets from the network: nothing can
-#: verify one yet, and a call is for roomkit's own processes only.
+#: What a request with a ``roomkit-call`` header gets from the network when this
+#: server has no cluster secret to verify it with: a call is roomkit's own.
 _FORGED_CALL: Final = Response(403, f"Forbidden: {CALL_HEADER} is roomkit's own")
+#: What a call of this process's own gets when its room lives on another node of a
+#: cluster that has no secret to sign it with.
+_UNSIGNABLE_CALL: Final = Response(
+    403,
+    "Forbidden: a call to a room of another node must be signed with the cluster's "
+    "secret: serve every node with --cluster-secret (cluster_secret=)",
+)
+#: The body of a call's answer: the JSON of ``_core/calls.py``.
+_JSON: Final = "application/json"
 #: Bytes asked of the socket per read while a plain request's body arrives.
 _BODY_CHUNK: Final = 64 * 1024
 
@@ -171,6 +199,22 @@ class Gateway:
         visit = _Visit(stream)
         await self._guarded(visit, partial(self._serve_visit, visit))
 
+    async def internal(self, stream: trio.abc.Stream) -> None:
+        """Serve a call of this process's own (``Calls``): its request head and body
+        come on ``stream`` (one end of a socket pair) as a client's would, and it is
+        routed as theirs are, but trusted: no signature, route hook or origin check.
+        Its answer goes back on ``stream``, which this closes."""
+        visit = _Visit(stream, secured=stream, internal=True)
+        await self._guarded(visit, partial(self._serve_internal, visit))
+
+    async def _serve_internal(self, visit: _Visit) -> None:
+        with trio.move_on_after(self._handshake_timeout):
+            head = await read_head(visit.stream)
+        if head is None:
+            return  # the caller gave up
+        decision = head if isinstance(head, Response) else self._call(head, None, trusted=True)
+        await self._conclude(visit, decision, handed=False)
+
     def prepare(self, handoff: Handoff) -> Upgrade | Plain:
         """The upgrade or plain request another worker handed here, rebuilt as it
         routed it: the same head, first bytes, room and address; the route hook does
@@ -192,6 +236,8 @@ class Gateway:
             head.path, handoff.room.name, head.query, headers, handoff.remote, head.method
         )
         read = Head(head, handoff.rest, handoff.head)
+        if CALL_HEADER in head.headers:  # a call reaches any room, on_request or not
+            return Plain(room_class, handoff.room, read, request, trusted=handoff.trusted)
         if not head.is_websocket:
             if isinstance(self._router.answering(RoomTarget(room_class, handoff.room)), Response):
                 raise HandoffError(
@@ -237,10 +283,10 @@ class Gateway:
             decision: Response | Upgrade | Plain = self._refuse(
                 _HEAD_REFUSALS[head.status], head, remote
             )
-        elif CALL_HEADER in head.request.headers:
-            decision = self._refuse("forged", _FORGED_CALL, remote)
         elif (forged := self._relayed(visit, head)) is not None:
             decision = self._refuse("forged", forged.response(), remote)
+        elif CALL_HEADER in head.request.headers:
+            decision = self._call(head, visit.remote, trusted=False)
         else:
             decision = await self._decide(head, visit.remote)
         await self._conclude(visit, decision, handed=False)
@@ -265,9 +311,10 @@ class Gateway:
         """Answer ``decision``, or take its upgrade or plain request to its room, here
         or in its worker (or node)."""
         remote = visit.remote
-        if self._host.closing and not isinstance(decision, Response):
+        if self._host.closing and not isinstance(decision, Response) and not visit.internal:
             # A head read just as shutdown began: no room takes it. (The front door
-            # is cancelled by then, so the 503 goes no further than the attempt.)
+            # is cancelled by then, so the 503 goes no further than the attempt.) A
+            # draining room's own calls still go out.
             decision = self._refuse("shutting_down", Response(503, "Server shutting down"), remote)
         elif not isinstance(decision, Response) and self._member is not None:
             located = await self._locate(visit, decision, self._member, handed=handed)
@@ -327,10 +374,59 @@ class Gateway:
             response = _BODY_TIMED_OUT
         elif isinstance(body, Response):
             response = body
+        elif plain.call is not None:
+            response = await self._run_call(
+                visit, secured, plain, body, continued=bool(reader.interim)
+            )
         else:
             response = await self._in_room(plain, attrs.evolve(plain.request, body=body))
-        self._metrics.room(plain.room_class).answered(response.status)
+        if plain.call is None:
+            self._metrics.room(plain.room_class).answered(response.status)
         await self._answer(visit, secured, response, body=plain.request.method != "HEAD")
+
+    async def _run_call(
+        self, visit: _Visit, secured: trio.abc.Stream, plain: Plain, body: bytes, *, continued: bool
+    ) -> Response:
+        """The answer to the call ``plain`` whose body is ``body``, once checked (its
+        signature, unless trusted), run on its room here: a JSON answer body.
+
+        Before it runs, the caller is told ``100 Continue`` (unless it was already),
+        so that a node that forwards it passes the answer on whenever it comes: a call
+        may take its whole timeout."""
+        head = plain.head.request
+        method = head.headers[CALL_HEADER]
+        if not plain.trusted:
+            problem = "no cluster secret to verify it with"
+            if self._secret is not None:
+                auth = head.headers.get(AUTH_HEADER)
+                problem = (
+                    verify_call(auth, self._secret, method, head.target, body, now=time.time())
+                    or ""
+                )
+            if problem:
+                return self._refuse("forged", Response(403, f"Forbidden: {problem}"), visit.remote)
+        function = rpc_function(plain.room_class, method)
+        if function is None:
+            return Response(404, f"{plain.room_class.__name__} has no @rpc method {method!r}")
+        seconds = call_timeout(head.headers.get(TIMEOUT_HEADER))
+        if seconds is None:
+            return Response(400, f"Bad request: {TIMEOUT_HEADER} is no number of seconds")
+        if self._host.closing and not plain.trusted:
+            return self._refuse(
+                "shutting_down", Response(503, "Server shutting down"), visit.remote
+            )
+        if not continued:
+            await secured.send_all(CONTINUE)
+        codec = MethodCodec.of(function, plain.room_class.protocol)
+        deadline = trio.current_time() + seconds
+        self._requests += 1
+        try:
+            answer = await self._host.calls.run_here(
+                plain.room_class, plain.room, codec, body, deadline
+            )
+        finally:
+            self._requests -= 1
+        return Response(200, answer, content_type=_JSON)
 
     async def _in_room(self, plain: Plain, request: Request) -> Response:
         """The answer of ``plain``'s room to ``request``: found, woken or started for
@@ -384,6 +480,8 @@ class Gateway:
         if isinstance(decision, HandTo) and self._peers is not None:
             return await self._hand(visit, upgrade, self._peers, decision.owner)
         if isinstance(decision, ForwardTo) and self._forwards is not None:
+            if isinstance(upgrade, Plain) and upgrade.call is not None and self._secret is None:
+                return self._refuse("forged", _UNSIGNABLE_CALL, visit.remote)
             return await self._forward(visit, upgrade, self._forwards, decision.address)
         logger.info("room %s: owned elsewhere, and not to be passed on again", room)
         return self._refuse("misplaced", _UNAVAILABLE, visit.remote)
@@ -448,6 +546,22 @@ class Gateway:
             return target
         request = Request(head.path, target.room.name, head.query, self._room_headers(head), remote)
         return Upgrade(target.route, target.room, read, accept, request)
+
+    def _call(
+        self, read: Head, remote: tuple[str, int] | None, *, trusted: bool
+    ) -> Response | Plain:
+        """A call's request (``roomkit-call``), for the room of its path whether that
+        answers HTTP or not: no route hook, no origin check. One from the network is
+        refused at once if this server has no secret to verify it with."""
+        if not trusted and self._secret is None:
+            return self._refuse("forged", _FORGED_CALL, remote)
+        head = read.request
+        target = self._router.path_target(head.path)
+        if isinstance(target, Response):
+            return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)
+        headers = self._room_headers(head)
+        request = Request(head.path, target.room.name, head.query, headers, remote, head.method)
+        return Plain(target.route, target.room, read, request, trusted=trusted)
 
     async def _plain(self, read: Head, remote: tuple[str, int] | None) -> Response | Plain:
         """What a plain request gets: the server's page (a GET or HEAD), or its room
@@ -579,6 +693,7 @@ class _Visit:
     handed_off: bool = False  # a room took the stream, or a relay to its worker
     forwarded: bool = False  # another node of the cluster forwarded it here
     bodiless: bool = False  # a HEAD: its answer goes without a body
+    internal: bool = False  # a call of this process's own (``Gateway.internal``)
     #: When the connection reached this process (its body is due a handshake timeout later).
     started: float = attrs.Factory(trio.current_time)
 
@@ -587,16 +702,25 @@ class _Visit:
 class Plain:
     """A plain HTTP request for ``room``, an instance of ``room_class``, which answers
     HTTP: its request head as read (and what was read of its body), and its
-    :class:`Request` (without the body, which is read where the room lives)."""
+    :class:`Request` (without the body, which is read where the room lives). Or a call
+    (:attr:`call`), to a room that answers HTTP or not; ``trusted`` if it is one of
+    this server's own, whose signature is not checked."""
 
     room_class: type[Room]
     room: RoomId
     head: Head
     request: Request
+    trusted: bool = False
+
+    @property
+    def call(self) -> str | None:
+        """The ``@rpc`` method this request calls; None for a plain request."""
+        return self.head.request.headers.get(CALL_HEADER)
 
     def handoff(self) -> Handoff:
         """This request, for the worker of its room."""
-        return Handoff(self.room, self.request.remote, self.head.raw, self.head.rest)
+        head = self.head
+        return Handoff(self.room, self.request.remote, head.raw, head.rest, self.trusted)
 
 
 @attrs.frozen

@@ -497,6 +497,8 @@ async def serve_on(
             if member is not None:
                 await member.register(host)
             await nursery.start(host.run)
+            # Calls to rooms of other processes go through the gateway as trusted visits.
+            await nursery.start(partial(host.calls.run, gateway.internal, secret))
             if member is not None and forwards is not None:
                 await nursery.start(member.run)
                 await nursery.start(forwards.run)
@@ -520,7 +522,7 @@ async def serve_on(
                     await _drain(
                         host, peers, forwards, server._close_code, options["drain_timeout"], leave
                     )
-                nursery.cancel_scope.cancel()  # the relays' and the forwards' nursery, if any
+                nursery.cancel_scope.cancel()  # the relays', the forwards' and the calls' nurseries
     finally:
         if store is not storage:
             with trio.CancelScope(shield=True):

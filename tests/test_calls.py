@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 from typing import Any
 
 import attrs
@@ -12,6 +13,8 @@ import pytest
 
 import roomkit
 from roomkit._core.calls import (
+    Answer,
+    AnswerReader,
     Failed,
     MethodCodec,
     Returned,
@@ -19,12 +22,14 @@ from roomkit._core.calls import (
     call_head,
     call_path,
     call_signature,
+    call_timeout,
     encode_error,
     parse_answer,
     rpc_function,
     verify_call,
 )
 from roomkit._core.clusterauth import MAX_SKEW
+from roomkit._core.frontdoor import CONTINUE, Response
 from roomkit.storage import RoomId
 
 
@@ -197,15 +202,49 @@ def test_the_request_head_of_a_call_between_processes() -> None:
     body = b'{"args":[],"kwargs":{},"chain":[]}'
     assert call_head(RoomId("/chat", "a"), "kick", 29.8734, body) == (
         b"POST /chat/a HTTP/1.1\r\nhost: roomkit\r\nroomkit-call: kick\r\n"
-        b"roomkit-call-timeout: 29.873\r\ncontent-type: application/json\r\n"
-        b"content-length: 34\r\n\r\n"
+        b"roomkit-call-timeout: 29.873\r\nexpect: 100-continue\r\n"
+        b"content-type: application/json\r\ncontent-length: 34\r\n\r\n"
     )
     signed = call_head(RoomId("", "a"), "m", None, b"", auth="t=1;sig=x")
     assert signed == (
         b"POST /a HTTP/1.1\r\nhost: roomkit\r\nroomkit-call: m\r\nroomkit-call-timeout: none\r\n"
-        b"roomkit-call-auth: t=1;sig=x\r\ncontent-type: application/json\r\n"
-        b"content-length: 0\r\n\r\n"
+        b"expect: 100-continue\r\nroomkit-call-auth: t=1;sig=x\r\n"
+        b"content-type: application/json\r\ncontent-length: 0\r\n\r\n"
     )
+
+
+def test_the_timeout_a_call_has_left() -> None:
+    assert call_timeout("29.873") == 29.873
+    assert call_timeout("0") == 0.0
+    assert call_timeout("none") == math.inf
+    for bad in (None, "", "-1", "1e3", "inf", "nan", " 1", "1.", "None"):
+        assert call_timeout(bad) is None, bad
+
+
+def test_an_answer_is_read_as_it_comes_its_100_continue_skipped() -> None:
+    reader = AnswerReader(limit=12)
+    data = CONTINUE + Response(200, b'{"result":1}', content_type="application/json").to_bytes()
+    assert reader.feed(data[:30]) is None
+    assert reader.feed(data[30:-3]) is None
+    assert reader.feed(data[-3:]) == Answer(200, b'{"result":1}')
+    assert AnswerReader(100).feed(Response(503, "busy").to_bytes()) == Answer(503, b"busy")
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "ended before a whole answer"),
+        (CONTINUE, "ended before a whole answer"),
+        (Response(200, "12345").to_bytes()[:-1], "ended before a whole answer|no HTTP response"),
+        (Response(200, "x" * 11).to_bytes(), "passes 10 bytes"),
+        (b"SSH-2.0\r\n\r\n", "no HTTP response"),
+    ],
+)
+def test_what_is_no_whole_answer_is_refused(data: bytes, problem: str) -> None:
+    reader = AnswerReader(limit=10)
+    with pytest.raises(ValueError, match=problem):
+        reader.feed(data)
+        reader.feed(b"")
 
 
 SECRET = b"s" * 32

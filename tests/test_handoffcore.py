@@ -45,7 +45,12 @@ def test_a_handoff_travels_whole() -> None:
     frame = read(encode(HANDOFF.frame()))
     assert frame == Frame(
         Kind.HANDOFF,
-        {"room": ["/chat", "lobby"], "remote": ["127.0.0.1", 5000], "head": len(HEAD)},
+        {
+            "room": ["/chat", "lobby"],
+            "remote": ["127.0.0.1", 5000],
+            "head": len(HEAD),
+            "trusted": False,
+        },
         HEAD + b"\x81\x00",
     )
     assert Handoff.from_frame(frame) == HANDOFF
@@ -54,6 +59,8 @@ def test_a_handoff_travels_whole() -> None:
     assert Handoff.from_frame(relayed) == HANDOFF
     anonymous = Handoff(RoomId("", "r"), None, HEAD)
     assert Handoff.from_frame(Frame(Kind.HANDOFF, *_parts(anonymous))) == anonymous
+    trusted = Handoff(RoomId("", "r"), None, HEAD, trusted=True)
+    assert Handoff.from_frame(read(encode(trusted.frame()))) == trusted
 
 
 def _parts(handoff: Handoff) -> tuple[dict[str, object], bytes]:
@@ -118,7 +125,12 @@ def test_what_is_no_frame_is_refused(data: bytes, problem: str) -> None:
 
 
 def _with(**fields: object) -> Frame:
-    header: dict[str, object] = {"room": ["/chat", "lobby"], "remote": None, "head": len(HEAD)}
+    header: dict[str, object] = {
+        "room": ["/chat", "lobby"],
+        "remote": None,
+        "head": len(HEAD),
+        "trusted": False,
+    }
     payload = fields.pop("payload", HEAD)
     assert isinstance(payload, bytes)
     return Frame(Kind.HANDOFF, {**header, **fields}, payload)
@@ -147,6 +159,8 @@ def _with(**fields: object) -> Frame:
         (_with(head="3"), "not in its payload"),
         (_with(head=True), "not in its payload"),
         (_with(payload=b"GET / HTTP/1.1\r\n" + b"x" * 21), "does not end with a blank line"),
+        (_with(trusted=1), "trusted flag is 1"),
+        (_with(trusted=None), "trusted flag is None"),
     ],
 )
 def test_a_handoff_header_is_checked_field_by_field(frame: Frame, problem: str) -> None:

@@ -20,7 +20,9 @@ method, and answers with one of two bodies, which the caller parses
 ``chain`` is the rooms whose turns wait on the call, outermost first: a room already in
 it is not called again (a cycle, which would deadlock). Between processes the body goes
 in a plain HTTP request into the room's path (:func:`call_head`), signed in a cluster
-with its secret (:func:`call_auth`, :func:`verify_call`).
+with its secret (:func:`call_auth`, :func:`verify_call`); the room's owner says
+``100 Continue`` once it takes the call (so that a node forwarding it passes the answer
+on whenever it comes), and the caller reads the answer with :class:`AnswerReader`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from urllib.parse import quote
 
 import attrs
 import cattrs
+import h11
 
 from .._converter import make_converter
 from .._protocol import Protocol
@@ -51,6 +54,8 @@ __all__ = [
     "CALL_HEADER",
     "RPC_MARKER",
     "TIMEOUT_HEADER",
+    "Answer",
+    "AnswerReader",
     "Chain",
     "Failed",
     "Kind",
@@ -60,6 +65,7 @@ __all__ = [
     "call_head",
     "call_path",
     "call_signature",
+    "call_timeout",
     "encode_error",
     "parse_answer",
     "rpc_function",
@@ -89,6 +95,7 @@ _PLAIN: Final = make_converter()
 _SELF: Final = object()
 _SIG: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _SECONDS: Final = re.compile(r"[0-9]{1,15}")
+_TIMEOUT: Final = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
 def rpc_function(room_class: type, name: str) -> Callable[..., Any] | None:
@@ -344,6 +351,7 @@ def call_head(
         "host: roomkit",
         f"{CALL_HEADER}: {method}",
         f"{TIMEOUT_HEADER}: {left}",
+        "expect: 100-continue",
     ]
     if auth is not None:
         lines.append(f"{AUTH_HEADER}: {auth}")
@@ -387,3 +395,65 @@ def verify_call(
     if not hmac.compare_digest(expected.encode("ascii"), sig.encode("ascii")):
         return f"{AUTH_HEADER}: bad signature"
     return None
+
+
+def call_timeout(value: str | None) -> float | None:
+    """The seconds a call has left, from its ``roomkit-call-timeout`` ``value``: inf
+    for ``none``; None if it is missing or no such value (400)."""
+    if value == "none":
+        return math.inf
+    if value is None or not _TIMEOUT.fullmatch(value):
+        return None
+    return float(value)
+
+
+@attrs.frozen
+class Answer:
+    """The answer to a call's request: its status and its body."""
+
+    status: int
+    body: bytes
+
+
+class AnswerReader:
+    """The answer to a call's request, read by h11 from the bytes as they come (its
+    ``100 Continue`` skipped), its body bounded by ``limit`` bytes.
+
+    The request went as :func:`call_head` wrote it; h11 is told of it only for its state.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._h11 = h11.Connection(h11.CLIENT)
+        self._h11.send(h11.Request(method="POST", target="/", headers=[("host", "roomkit")]))
+        self._h11.send(h11.EndOfMessage())
+        self._limit = limit
+        self._status: int | None = None
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> Answer | None:
+        """Take ``data`` read from the connection (``b""``: it ended); the whole answer,
+        or None until more is due.
+
+        Raises:
+          ValueError: if the bytes are no HTTP answer, its body passes ``limit``, or the
+            connection ended before a whole answer.
+        """
+        self._h11.receive_data(data)
+        try:
+            while (event := self._h11.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.Response):
+                    self._status = event.status_code
+                elif isinstance(event, h11.Data):
+                    self._size += len(event.data)
+                    if self._size > self._limit:
+                        raise ValueError(f"the answer passes {self._limit} bytes")
+                    self._parts.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    assert self._status is not None, "h11 sends a Response first"
+                    return Answer(self._status, b"".join(self._parts))
+        except h11.RemoteProtocolError as exc:
+            if not data:  # h11's word for an answer cut short
+                raise ValueError("the connection ended before a whole answer") from None
+            raise ValueError(f"the answer is no HTTP response: {exc}") from None
+        return None

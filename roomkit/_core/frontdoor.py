@@ -35,7 +35,6 @@ import h11
 from .._roomid import RoomId
 
 __all__ = [
-    "CALL_HEADER",
     "CONTINUE",
     "DEFAULT_ROOM",
     "MAX_ROOM_NAME",
@@ -57,10 +56,6 @@ __all__ = [
     "room_name_problem",
 ]
 
-#: The header of a call between roomkit's processes (a plain POST into a room's path):
-#: the method it calls. The gateway refuses one read from the network (403) unless it
-#: can verify it.
-CALL_HEADER: Final = "roomkit-call"
 #: Longest room name, in characters; a name is a key, not a document.
 MAX_ROOM_NAME: Final = 256
 #: The room that ``/`` (or ``/chat``, ``/chat/`` for a route ``/chat``) reaches, as the

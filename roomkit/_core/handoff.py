@@ -189,12 +189,16 @@ class Handoff:
       head: the request head as read, its blank line included.
       rest: what the client sent after the head in the same reads: its first frames,
         or the start of a plain request's body (read on by the room's worker).
+      trusted: a call (``roomkit-call``) that the sender made itself (an internal visit
+        of its own), which the owner runs without checking its signature. Only the
+        sender can say so: the workers' Unix sockets are their user's alone.
     """
 
     room: RoomId
     remote: tuple[str, int] | None
     head: bytes
     rest: bytes = b""
+    trusted: bool = False
 
     def frame(self, *, relay: bool = False) -> Frame:
         """This hand-off as a frame: ``HANDOFF`` (its socket goes beside it) or ``RELAY``."""
@@ -202,6 +206,7 @@ class Handoff:
             "room": [self.room.namespace, self.room.name],
             "remote": None if self.remote is None else list(self.remote),
             "head": len(self.head),
+            "trusted": self.trusted,
         }
         return Frame(Kind.RELAY if relay else Kind.HANDOFF, header, self.head + self.rest)
 
@@ -211,14 +216,17 @@ class Handoff:
 
         Raises:
           HandoffError: if it is another kind, or its header is not exactly a room's
-            prefix and name (a valid room name), an address or null, and the length of
-            a head (ending in its blank line) within the payload.
+            prefix and name (a valid room name), an address or null, the length of a
+            head (ending in its blank line) within the payload, and a boolean.
         """
         if frame.kind not in (Kind.HANDOFF, Kind.RELAY):
             raise HandoffError(f"expected a hand-off, got {frame.kind.name}")
         header = frame.header
-        if set(header) != {"room", "remote", "head"}:
+        if set(header) != {"room", "remote", "head", "trusted"}:
             raise HandoffError(f"a hand-off header has the fields {sorted(header)}")
+        trusted = header["trusted"]
+        if type(trusted) is not bool:
+            raise HandoffError(f"a hand-off's trusted flag is {trusted!r}, no boolean")
         room = _room(header["room"])
         remote = _remote(header["remote"])
         size = header["head"]
@@ -227,7 +235,7 @@ class Handoff:
         head = frame.payload[:size]
         if not head.endswith(b"\r\n\r\n"):
             raise HandoffError("a hand-off head does not end with a blank line")
-        return cls(room, remote, head, frame.payload[size:])
+        return cls(room, remote, head, frame.payload[size:], trusted)
 
 
 def _room(value: object) -> RoomId:
