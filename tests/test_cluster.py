@@ -71,11 +71,19 @@ class Node:
 
 
 @contextmanager
-def node(database: str, *options: str, lease: float = LEASE, app: str = LEDGER) -> Iterator[Node]:
-    """``roomkit serve LEDGER`` (or ``app``) as a member of the cluster on ``database``,
-    once it listens; killed on the way out, however the block ends."""
+def node(
+    database: str,
+    *options: str,
+    lease: float = LEASE,
+    app: str = LEDGER,
+    secret: str | None = SECRET,
+) -> Iterator[Node]:
+    """``roomkit serve LEDGER`` (or ``app``) as a member of the cluster on ``database``
+    (with ``secret``, if any), once it listens; killed on the way out, however the
+    block ends."""
     command = [sys.executable, "-m", "roomkit", "serve", app, "--port", "0"]
-    command += ["--storage", database, "--lease", str(lease), "--cluster-secret", SECRET]
+    command += ["--storage", database, "--lease", str(lease)]
+    command += [] if secret is None else ["--cluster-secret", secret]
     command += ["--handshake-timeout", "2", *options]
     process = subprocess.Popen(
         command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=roomkit_env()

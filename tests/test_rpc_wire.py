@@ -162,3 +162,18 @@ async def raw(port: int, request: bytes) -> tuple[int, bytes]:
         head, _, answer = answer.partition(b"\r\n\r\n")
         status = int(head.split()[1])
     return status, answer
+
+
+def test_without_a_cluster_secret_a_call_to_another_node_is_refused(postgres_url: str) -> None:
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(node(postgres_url, app=DESK, secret=None)) for _ in range(2))
+        with client(b.url("held")):
+            refused = trio.run(desk, a.port, "caller", asked("held", "add", 1))["error"]
+            assert (refused["class"], refused["ran"]) == ("RoomCallError", False)
+            assert "--cluster-secret" in refused["message"]
+            # The owner cannot verify a call either: none from the network runs.
+            assert trio.run(raw, b.port, raw_call("held", "add"))[0] == 403
+            assert trio.run(raw, a.port, raw_call("held", "add"))[0] == 403
+            assert not any("ran add" in line for line in a.lines + b.lines)
+            # Calls within a node still work.
+            assert trio.run(desk, b.port, "near", asked("held", "pid"))["results"] == [b.pid]
