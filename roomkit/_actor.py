@@ -126,6 +126,7 @@ class RoomActor:
         "_nursery",
         "_receive",
         "_send",
+        "_settling",
         "_starting",
         "auto_response",
         "metrics",
@@ -155,6 +156,10 @@ class RoomActor:
         self._hibernated: trio.Event | None = None  # set when hibernate_now() is waiting
         self._calls = calls
         self._chain: Chain | None = None  # the running call's turn's (see Room.rooms)
+        #: Calls and plain requests whose turn is done and whose commit is in flight:
+        #: answered by ``_abandon`` if the room is cancelled before it settles (a
+        #: tuple: most rooms hold none, and share the empty one).
+        self._settling: tuple[Call | HttpRequest, ...] = ()
         response = room_class.auto_response
         #: The auto-response pair, the answer already framed.
         self.auto_response = (
@@ -236,6 +241,13 @@ class RoomActor:
             self._send, self._receive = trio.open_memory_channel[Event](0)
         self._refuse_queued(self._receive)
         self._receive.close()
+        for event in self._settling:  # their commit will not be heard of: it may land
+            if isinstance(event, Call):
+                why = "the room was cancelled as the call's writes committed"
+                event.answer_with(encode_error("error", "RoomCallError", why, None))
+            else:
+                event.answer(_REQUEST_REFUSED)
+        self._settling = ()
         self._host.room_gone(self.room)
         self._wake_waiters()
 
@@ -663,6 +675,7 @@ class RoomActor:
                 event.answer(_REQUEST_MOVED if self._hooks.fenced else _REQUEST_FAILED)
             else:
                 await self._on_request(event)
+                self._settle_later(event)
         except Exception:
             event.answer(_REQUEST_FAILED)
             raise
@@ -702,6 +715,11 @@ class RoomActor:
         else:
             event.answer(_REQUEST_MOVED if self._hooks.fenced else _REQUEST_FAILED)
 
+    def _settle_later(self, event: Call | HttpRequest) -> None:
+        """Remember ``event`` until its answer comes, if its commit is still in flight."""
+        left = tuple(each for each in self._settling if not each.answered.is_set())
+        self._settling = (*left, event) if not event.answered.is_set() else left
+
     def _refuse_queued(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
         """The room is gone with events still queued: the plain requests among them
         get 503, and the calls a refusal, not a wait for ever."""
@@ -739,6 +757,7 @@ class RoomActor:
         """
         try:
             await self._run_call(event)
+            self._settle_later(event)
         except Exception:
             why = "roomkit failed handling the call (see the server's log)"
             event.answer_with(encode_error("error", "RoomkitError", why, _ran(event)))

@@ -22,6 +22,7 @@ from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
 
 from .helpers import Start
+from .test_actor import host_of
 
 
 class Counter(roomkit.Room):
@@ -449,3 +450,58 @@ async def test_a_call_queued_as_the_server_shuts_down_is_refused(
         await trio.testing.wait_all_tasks_blocked()
         # the block's end shuts the server down while the nap runs
     assert outcomes == {"nap": "rested", "add": (False, "the room is shutting down")}
+
+
+async def test_a_room_cancelled_while_a_calls_writes_commit_answers_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = HeldStore()
+    outcomes: list[tuple[bool | None, str]] = []
+
+    async def call(stub: roomkit.RoomStub) -> None:
+        try:
+            await stub.call("add", 1, timeout=None)  # it would wait for ever
+        except roomkit.RoomCallError as exc:
+            outcomes.append((exc.ran, exc.message))
+
+    with trio.fail_after(60):
+        async with (
+            trio.open_nursery() as nursery,
+            open_test_server(Counter, storage=store, drain_timeout=1) as server,
+        ):
+            await server.rooms.get("a").add(1)  # the room's claim and first commit
+            store.hold = True
+            nursery.start_soon(call, server.rooms.get("a"))
+            await store.waiting.wait()
+            # the block's end shuts the server down: the drain times out, and the room
+            # is cancelled with the call's commit still in flight
+    assert outcomes == [(None, "the room was cancelled as the call's writes committed")]
+    await store.aclose()
+
+
+class Answering(Counter):
+    async def on_request(self, request: roomkit.Request) -> roomkit.Response:
+        await self.storage.put("asked", True)
+        return roomkit.Response(200, "stored")
+
+
+async def test_a_room_cancelled_while_a_requests_writes_commit_answers_503(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = HeldStore()
+    answers: list[roomkit.Response] = []
+    async with open_test_server(Answering, storage=store) as server:
+        await server.request("POST", "/b")  # the room's claim and first commit
+        store.hold = True
+
+        async def post() -> None:
+            answers.append(await server.request("POST", "/b"))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(post)
+                await store.waiting.wait()
+                assert host_of(server).cancel_room(RoomId("", "b"))
+        store.release.set()
+    assert [(a.status, a.text) for a in answers] == [(503, "Service unavailable")]
+    await store.aclose()
