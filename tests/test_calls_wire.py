@@ -186,3 +186,28 @@ async def test_a_call_once_the_server_stopped_has_no_effect() -> None:
     with pytest.raises(roomkit.RoomCallError) as raised:
         await calls.call(ROOM, Far, "add", (2,), {}, 1, ())
     assert (raised.value.ran, raised.value.message) == (False, "the server is not running")
+
+
+async def test_a_call_in_flight_when_the_visits_end_is_an_error_of_unknown_effect() -> None:
+    owner = Owner(lambda _: CONTINUE, hold=True)  # took the call, and runs it still
+    calls = Calls(Elsewhere(), Router[type[Room]](Far), clustered=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            visits = trio.CancelScope()
+
+            async def run_visits(task_status: trio.TaskStatus[None]) -> None:
+                with visits:
+                    await calls.run(owner.visit, None, task_status=task_status)
+
+            await nursery.start(run_visits)
+            result: list[outcome.Outcome[object]] = []
+
+            async def call() -> None:
+                result.append(await outcome.acapture(calls.call, ROOM, Far, "add", (2,), {}, 5, ()))
+
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            visits.cancel()  # the server's end, once its rooms are done
+    with pytest.raises(roomkit.RoomCallError) as raised:
+        result[0].unwrap()
+    assert raised.value.ran is None
