@@ -392,32 +392,19 @@ class Gateway:
 
         Before it runs, the caller is told ``100 Continue`` (unless it was already),
         so that a node that forwards it passes the answer on whenever it comes: a call
-        may take its whole timeout."""
-        head = plain.head.request
-        method = head.headers[CALL_HEADER]
-        if not plain.trusted:
-            problem = "no cluster secret to verify it with"
-            if self._secret is not None:
-                auth = head.headers.get(AUTH_HEADER)
-                problem = (
-                    verify_call(auth, self._secret, method, head.target, body, now=time.time())
-                    or ""
-                )
-            if problem:
-                return self._refuse("forged", Response(403, f"Forbidden: {problem}"), visit.remote)
-        function = rpc_function(plain.room_class, method)
-        if function is None:
-            return Response(404, f"{plain.room_class.__name__} has no @rpc method {method!r}")
-        seconds = call_timeout(head.headers.get(TIMEOUT_HEADER))
-        if seconds is None:
-            return Response(400, f"Bad request: {TIMEOUT_HEADER} is no number of seconds")
-        if self._host.closing and not plain.trusted:
-            return self._refuse(
-                "shutting_down", Response(503, "Server shutting down"), visit.remote
-            )
+        may take its whole timeout. While this server shuts down, a call of another
+        process's gets 503 (it is tried again where the room goes next); this
+        process's own, from a draining room, is refused by ``Calls.run_here``."""
+        checked = self._checked_call(plain, body)
+        if isinstance(checked, Response):
+            forged = checked.status == 403
+            return self._refuse("forged", checked, visit.remote) if forged else checked
+        codec, seconds = checked
+        if self._host.closing and not visit.internal:
+            shutting_down = Response(503, "Server shutting down")
+            return self._refuse("shutting_down", shutting_down, visit.remote)
         if not continued:
             await secured.send_all(CONTINUE)
-        codec = MethodCodec.of(function, plain.room_class.protocol)
         deadline = trio.current_time() + seconds
         self._requests += 1
         try:
@@ -427,6 +414,29 @@ class Gateway:
         finally:
             self._requests -= 1
         return Response(200, answer, content_type=_JSON)
+
+    def _checked_call(self, plain: Plain, body: bytes) -> Response | tuple[MethodCodec, float]:
+        """The codec of the call ``plain`` with ``body``, and the seconds it has; or
+        why it is not run: 403 if it is neither trusted nor signed for it with the
+        cluster's secret, 404 for a method that is no ``@rpc`` one, 400 for a bad
+        timeout."""
+        head = plain.head.request
+        method = head.headers[CALL_HEADER]
+        if not plain.trusted:
+            problem = "no cluster secret to verify it with"
+            if self._secret is not None:
+                auth = head.headers.get(AUTH_HEADER)
+                now = time.time()
+                problem = verify_call(auth, self._secret, method, head.target, body, now=now) or ""
+            if problem:
+                return Response(403, f"Forbidden: {problem}")
+        function = rpc_function(plain.room_class, method)
+        if function is None:
+            return Response(404, f"{plain.room_class.__name__} has no @rpc method {method!r}")
+        seconds = call_timeout(head.headers.get(TIMEOUT_HEADER))
+        if seconds is None:
+            return Response(400, f"Bad request: {TIMEOUT_HEADER} is no number of seconds")
+        return MethodCodec.of(function, plain.room_class.protocol), seconds
 
     async def _in_room(self, plain: Plain, request: Request) -> Response:
         """The answer of ``plain``'s room to ``request``: found, woken or started for

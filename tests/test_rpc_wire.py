@@ -126,6 +126,10 @@ def test_a_call_reaches_the_room_another_node_owns_and_learns_when_it_died(
             signed = call_auth(key, "add", "/held", ADD_ONE, now=time.time())
             status, answer = trio.run(raw, a.port, raw_call("held", "add", signed))
             assert (status, json.loads(answer)) == (200, {"result": 3})  # a forwarded it to b
+            # Signed, but no @rpc method: 404.
+            signed = call_auth(key, "on_request", "/held", ADD_ONE, now=time.time())
+            status, answer = trio.run(raw, b.port, raw_call("held", "on_request", signed))
+            assert (status, answer) == (404, b"Desk has no @rpc method 'on_request'")
             # The owner dies during a call: whether it ran is unknown.
             died = trio.run(call_and_kill, a, b)["error"]
             assert (died["class"], died["ran"]) == ("RoomCallError", None), died
