@@ -231,7 +231,7 @@ class Calls:
         self._visits.start_soon(self._visit, trio.SocketStream(theirs))
         reader = AnswerReader(room_class.max_request_size)
         answer: Answer | None = None
-        ended = ""
+        ended: str | None = None  # why the connection ended before a whole answer
         async with trio.SocketStream(ours) as stream:
             with trio.move_on_at(deadline):
                 async with trio.open_nursery() as nursery:
@@ -240,11 +240,11 @@ class Calls:
                         while answer is None:
                             answer = reader.feed(await stream.receive_some(_ANSWER_CHUNK))
                     except (ValueError, trio.BrokenResourceError) as exc:
-                        ended = str(exc)
+                        ended = str(exc) or type(exc).__name__
                     nursery.cancel_scope.cancel()
         if answer is not None:
             return answer
-        if ended:
+        if ended is not None:
             why = f"the connection to the room's owner ended: {ended}"
             raise RoomCallError(where, "RoomCallError", why, None)
         why = "no answer by its deadline: it may be running, or have run"

@@ -491,7 +491,7 @@ class Gateway:
             return await self._hand(visit, upgrade, self._peers, decision.owner)
         if isinstance(decision, ForwardTo) and self._forwards is not None:
             if isinstance(upgrade, Plain) and upgrade.call is not None and self._secret is None:
-                return self._refuse("forged", _UNSIGNABLE_CALL, visit.remote)
+                return _UNSIGNABLE_CALL  # no client's refusal: the caller's RoomCallError
             return await self._forward(visit, upgrade, self._forwards, decision.address)
         logger.info("room %s: owned elsewhere, and not to be passed on again", room)
         return self._refuse("misplaced", _UNAVAILABLE, visit.remote)

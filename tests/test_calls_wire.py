@@ -211,3 +211,20 @@ async def test_a_call_in_flight_when_the_visits_end_is_an_error_of_unknown_effec
     with pytest.raises(roomkit.RoomCallError) as raised:
         result[0].unwrap()
     assert raised.value.ran is None
+
+
+async def test_a_connection_reset_before_a_whole_answer_leaves_it_unknown() -> None:
+    async def reset(stream: trio.abc.Stream) -> None:
+        await trio.sleep(0.05)  # the request is in its buffer, unread: closing resets
+        await stream.aclose()
+
+    calls = Calls(Elsewhere(), Router[type[Room]](Far), clustered=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(calls.run, reset, None)
+            result = await outcome.acapture(calls.call, ROOM, Far, "add", (2,), {}, 5, ())
+            nursery.cancel_scope.cancel()
+    with pytest.raises(roomkit.RoomCallError) as raised:
+        result.unwrap()
+    assert (type(raised.value), raised.value.ran) == (roomkit.RoomCallError, None)
+    assert raised.value.message.startswith("the connection to the room's owner ended")
