@@ -181,3 +181,18 @@ def test_without_a_cluster_secret_a_call_to_another_node_is_refused(postgres_url
             assert not any("ran add" in line for line in a.lines + b.lines)
             # Calls within a node still work.
             assert trio.run(desk, b.port, "near", asked("held", "pid"))["results"] == [b.pid]
+
+
+def test_calls_reach_the_workers_of_another_node(postgres_url: str) -> None:
+    with (
+        node(postgres_url, "--workers", "2", app=DESK) as a,
+        node(postgres_url, app=DESK) as b,
+        ExitStack() as held,
+    ):
+        rooms = rooms_of(0, 2, 1, "w") + rooms_of(1, 2, 1, "w")
+        for room in rooms:  # each lives in one of a's workers while its client is there
+            held.enter_context(client(a.url(room)))
+        # b's calls are forwarded to a, handed to the room's worker, and checked there.
+        pids = [trio.run(desk, b.port, "caller", asked(room, "pid"))["results"] for room in rooms]
+        assert len({pid for (pid,) in pids}) == 2
+        assert not {a.pid, b.pid} & {pid for (pid,) in pids}
