@@ -29,8 +29,8 @@ answers HTTP or not. It is trusted when it is this process's own (an internal vi
 any other, read from the network, must be signed with the cluster's secret, which the
 room's owner checks once it has read the body (``_core/calls.py``'s ``verify_call``):
 403 otherwise, and at once when there is no secret to check it with. Where it runs,
-the owner says ``100 Continue``, runs it as a local call is run (``Calls.run_here``)
-and writes its answer body as JSON; 503 when it cannot (shutting down).
+the owner runs it as a local call is run (``Calls.run_here``) and writes its answer
+body as JSON; 503 when it cannot (shutting down).
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ from ._core.calls import (
 )
 from ._core.clusterauth import HEADER, Relayed, Untrusted, verified_remote
 from ._core.frontdoor import (
-    CONTINUE,
     BodyReader,
     RequestHead,
     Response,
@@ -375,26 +374,20 @@ class Gateway:
         elif isinstance(body, Response):
             response = body
         elif plain.call is not None:
-            response = await self._run_call(
-                visit, secured, plain, body, continued=bool(reader.interim)
-            )
+            response = await self._run_call(visit, plain, body)
         else:
             response = await self._in_room(plain, attrs.evolve(plain.request, body=body))
         if plain.call is None:
             self._metrics.room(plain.room_class).answered(response.status)
         await self._answer(visit, secured, response, body=plain.request.method != "HEAD")
 
-    async def _run_call(
-        self, visit: _Visit, secured: trio.abc.Stream, plain: Plain, body: bytes, *, continued: bool
-    ) -> Response:
+    async def _run_call(self, visit: _Visit, plain: Plain, body: bytes) -> Response:
         """The answer to the call ``plain`` whose body is ``body``, once checked (its
         signature, unless trusted), run on its room here: a JSON answer body.
 
-        Before it runs, the caller is told ``100 Continue`` (unless it was already),
-        so that a node that forwards it passes the answer on whenever it comes: a call
-        may take its whole timeout. While this server shuts down, a call of another
-        process's gets 503 (it is tried again where the room goes next); this
-        process's own, from a draining room, is refused by ``Calls.run_here``."""
+        While this server shuts down, a call of another process's gets 503 (it is
+        tried again where the room goes next); this process's own, from a draining
+        room, is refused by ``Calls.run_here``."""
         checked = self._checked_call(plain, body)
         if isinstance(checked, Response):
             forged = checked.status == 403
@@ -403,8 +396,6 @@ class Gateway:
         if self._host.closing and not visit.internal:
             shutting_down = Response(503, "Server shutting down")
             return self._refuse("shutting_down", shutting_down, visit.remote)
-        if not continued:
-            await secured.send_all(CONTINUE)
         deadline = trio.current_time() + seconds
         self._requests += 1
         try:

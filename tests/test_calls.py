@@ -202,14 +202,14 @@ def test_the_request_head_of_a_call_between_processes() -> None:
     body = b'{"args":[],"kwargs":{},"chain":[]}'
     assert call_head(RoomId("/chat", "a"), "kick", 29.8734, body) == (
         b"POST /chat/a HTTP/1.1\r\nhost: roomkit\r\nroomkit-call: kick\r\n"
-        b"roomkit-call-timeout: 29.873\r\nexpect: 100-continue\r\n"
-        b"content-type: application/json\r\ncontent-length: 34\r\n\r\n"
+        b"roomkit-call-timeout: 29.873\r\ncontent-type: application/json\r\n"
+        b"content-length: 34\r\n\r\n"
     )
     signed = call_head(RoomId("", "a"), "m", None, b"", auth="t=1;sig=x")
     assert signed == (
         b"POST /a HTTP/1.1\r\nhost: roomkit\r\nroomkit-call: m\r\nroomkit-call-timeout: none\r\n"
-        b"expect: 100-continue\r\nroomkit-call-auth: t=1;sig=x\r\n"
-        b"content-type: application/json\r\ncontent-length: 0\r\n\r\n"
+        b"roomkit-call-auth: t=1;sig=x\r\ncontent-type: application/json\r\n"
+        b"content-length: 0\r\n\r\n"
     )
 
 
@@ -221,7 +221,7 @@ def test_the_timeout_a_call_has_left() -> None:
         assert call_timeout(bad) is None, bad
 
 
-def test_an_answer_is_read_as_it_comes_its_100_continue_skipped() -> None:
+def test_an_answer_is_read_as_it_comes_an_interim_one_skipped() -> None:
     reader = AnswerReader(limit=12)
     data = CONTINUE + Response(200, b'{"result":1}', content_type="application/json").to_bytes()
     assert reader.feed(data[:30]) is None

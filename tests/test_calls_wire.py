@@ -20,7 +20,7 @@ import roomkit
 from roomkit._actor import RoomActor
 from roomkit._calls import Calls
 from roomkit._core.calls import Kind, call_head, encode_error, verify_call
-from roomkit._core.frontdoor import CONTINUE, Response, Router
+from roomkit._core.frontdoor import Response, Router
 from roomkit._room import Room
 from roomkit._roomid import RoomId
 
@@ -69,7 +69,7 @@ class Owner:
 
 
 def ok(body: bytes) -> bytes:
-    return CONTINUE + Response(200, body, content_type="application/json").to_bytes()
+    return Response(200, body, content_type="application/json").to_bytes()
 
 
 async def call_through(owner: Owner, *, secret: bytes | None = None, seconds: float = 5) -> object:
@@ -160,7 +160,6 @@ async def test_503_until_the_deadline_is_a_timeout_that_never_ran() -> None:
     "answer",
     [
         b"",  # it ended with no word
-        CONTINUE,  # it took the call, then ended
         ok(b'{"result":3}')[:-3],  # half an answer
         ok(b'{"result":"' + b"x" * 128 + b'"}'),  # over the room's max_request_size
     ],
@@ -177,7 +176,7 @@ async def test_a_connection_that_ends_before_a_whole_answer_leaves_it_unknown(
 
 async def test_no_answer_by_the_deadline_is_a_timeout_of_unknown_effect() -> None:
     with pytest.raises(roomkit.RoomCallTimeout) as raised:
-        await call_through(Owner(lambda _: CONTINUE, hold=True), seconds=0.2)
+        await call_through(Owner(lambda _: b"", hold=True), seconds=0.2)
     assert raised.value.ran is None
 
 
@@ -189,7 +188,7 @@ async def test_a_call_once_the_server_stopped_has_no_effect() -> None:
 
 
 async def test_a_call_in_flight_when_the_visits_end_is_an_error_of_unknown_effect() -> None:
-    owner = Owner(lambda _: CONTINUE, hold=True)  # took the call, and runs it still
+    owner = Owner(lambda _: b"", hold=True)  # took the call, and runs it still
     calls = Calls(Elsewhere(), Router[type[Room]](Far), clustered=True)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

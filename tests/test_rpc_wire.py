@@ -159,12 +159,8 @@ async def kill_when_sleeping(owner: Node) -> None:
 
 
 async def raw(port: int, request: bytes) -> tuple[int, bytes]:
-    """The status and body of the answer to ``request`` at ``port``, past the
-    ``100 Continue`` that an owner says before it runs a call."""
+    """The status and body of the answer to ``request`` at ``port``."""
     status, _, answer = await http(port, request)
-    if status == 100:
-        head, _, answer = answer.partition(b"\r\n\r\n")
-        status = int(head.split()[1])
     return status, answer
 
 

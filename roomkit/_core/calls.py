@@ -20,9 +20,8 @@ method, and answers with one of two bodies, which the caller parses
 ``chain`` is the rooms whose turns wait on the call, outermost first: a room already in
 it is not called again (a cycle, which would deadlock). Between processes the body goes
 in a plain HTTP request into the room's path (:func:`call_head`), signed in a cluster
-with its secret (:func:`call_auth`, :func:`verify_call`); the room's owner says
-``100 Continue`` once it takes the call (so that a node forwarding it passes the answer
-on whenever it comes), and the caller reads the answer with :class:`AnswerReader`.
+with its secret (:func:`call_auth`, :func:`verify_call`); the caller reads the answer
+with :class:`AnswerReader`.
 """
 
 from __future__ import annotations
@@ -351,7 +350,6 @@ def call_head(
         "host: roomkit",
         f"{CALL_HEADER}: {method}",
         f"{TIMEOUT_HEADER}: {left}",
-        "expect: 100-continue",
     ]
     if auth is not None:
         lines.append(f"{AUTH_HEADER}: {auth}")
@@ -416,8 +414,8 @@ class Answer:
 
 
 class AnswerReader:
-    """The answer to a call's request, read by h11 from the bytes as they come (its
-    ``100 Continue`` skipped), its body bounded by ``limit`` bytes.
+    """The answer to a call's request, read by h11 from the bytes as they come (an
+    interim 1xx skipped), its body bounded by ``limit`` bytes.
 
     The request went as :func:`call_head` wrote it; h11 is told of it only for its state.
     """
