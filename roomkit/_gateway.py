@@ -184,7 +184,20 @@ class Gateway:
         self._forwards = forwards
         self._secret = cluster_secret
         self._handshake_timeout = handshake_timeout
-        self._requests = 0  # plain requests waiting for their room's answer
+        self._requests = 0  # plain requests decided, until their answers are written
+        self._turns: trio.Nursery | None = None  # see run
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the plain requests whose bodies are read, until cancelled: from then on
+        each is its room's to answer, so it goes on outside the front door's scope.
+        At shutdown the front door is cancelled, and these are still answered (by their
+        turn, or with 503 by their draining room) instead of cut off with nothing: a
+        client must learn whether its POST took effect. The server cancels this once
+        the rooms are done."""
+        async with trio.open_nursery() as nursery:
+            self._turns = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     async def front_door(self, stream: trio.abc.Stream) -> None:
         """Read one request head; answer it, or hand the stream to its room (or to the
@@ -254,6 +267,7 @@ class Gateway:
         that it holds the room (else 503), then its limits, and gives it to the room
         (a plain request's body is read here, within a handshake timeout from now)."""
         visit = _Visit(stream, secured=stream, remote=handed.request.remote)
+        visit.bodiless = handed.request.method == "HEAD"
         await self._guarded(visit, partial(self._conclude, visit, handed, handed=True))
 
     async def _guarded(self, visit: _Visit, serve: Callable[[], Awaitable[None]]) -> None:
@@ -351,9 +365,13 @@ class Gateway:
     async def _answer(
         self, visit: _Visit, secured: trio.abc.Stream, response: Response, *, body: bool = True
     ) -> None:
-        """Write ``response`` (without its body: for a HEAD), then end the connection."""
+        """Write ``response`` (without its body: for a HEAD), then end the connection.
+
+        A peer that does not read it within the handshake timeout is dropped: no
+        answer holds its task and bytes for ever."""
         visit.answered = True
-        await secured.send_all(response.to_bytes(body=body))
+        with trio.move_on_after(self._handshake_timeout):
+            await secured.send_all(response.to_bytes(body=body))
         if secured is not visit.stream:  # end TLS properly: close_notify, not a bare EOF
             with trio.move_on_after(TLS_CLOSE_TIMEOUT):
                 await secured.aclose()
@@ -361,14 +379,45 @@ class Gateway:
     async def _serve_plain(self, visit: _Visit, secured: trio.abc.Stream, plain: Plain) -> None:
         """Read a plain request's body (bounded by its room class's
         ``max_request_size``, within the handshake timeout from the connection's
-        start), take it to its room, and write the room's answer."""
-        reader = BodyReader(plain.head.raw, plain.head.rest, plain.room_class.max_request_size)
-        with trio.move_on_at(visit.started + self._handshake_timeout):
-            if reader.result is None and reader.interim:
-                await secured.send_all(reader.interim)
-            while reader.result is None:
-                reader.feed(await secured.receive_some(_BODY_CHUNK))
-        body = reader.result
+        start), take it to its room, and write the room's answer.
+
+        The request counts toward ``max_connections`` from its decision (its body
+        arriving included) until its answer is written. Once its body is read, its
+        turn and answer go on in :meth:`run`'s nursery (unless it is an internal call,
+        which runs outside the front door already)."""
+        self._requests += 1
+        try:
+            reader = BodyReader(plain.head.raw, plain.head.rest, plain.room_class.max_request_size)
+            with trio.move_on_at(visit.started + self._handshake_timeout):
+                if reader.result is None and reader.interim:
+                    await secured.send_all(reader.interim)
+                while reader.result is None:
+                    reader.feed(await secured.receive_some(_BODY_CHUNK))
+            body = reader.result
+            if isinstance(body, bytes) and self._turns is not None and not visit.internal:
+                self._requests += 1  # the turn's own, given back when it has answered
+                visit.handed_off = True
+                owner = attrs.evolve(visit, handed_off=False)
+                answer = partial(self._answer_outside, owner, secured, plain, body)
+                self._turns.start_soon(self._guarded, owner, answer)
+                return
+            await self._answer_plain(visit, secured, plain, body)
+        finally:
+            self._requests -= 1
+
+    async def _answer_outside(
+        self, visit: _Visit, secured: trio.abc.Stream, plain: Plain, body: bytes
+    ) -> None:
+        try:
+            await self._answer_plain(visit, secured, plain, body)
+        finally:
+            self._requests -= 1
+
+    async def _answer_plain(
+        self, visit: _Visit, secured: trio.abc.Stream, plain: Plain, body: bytes | Response | None
+    ) -> None:
+        """Answer ``plain``, whose body is ``body`` (or the refusal of it; None: it did
+        not come in time): its room's answer, or its call's."""
         if body is None:
             response = _BODY_TIMED_OUT
         elif isinstance(body, Response):
@@ -397,13 +446,9 @@ class Gateway:
             shutting_down = Response(503, "Server shutting down")
             return self._refuse("shutting_down", shutting_down, visit.remote)
         deadline = trio.current_time() + seconds
-        self._requests += 1
-        try:
-            answer = await self._host.calls.run_here(
-                plain.room_class, plain.room, codec, body, deadline
-            )
-        finally:
-            self._requests -= 1
+        answer = await self._host.calls.run_here(
+            plain.room_class, plain.room, codec, body, deadline
+        )
         return Response(200, answer, content_type=_JSON)
 
     def _checked_call(self, plain: Plain, body: bytes) -> Response | tuple[MethodCodec, float]:
@@ -432,17 +477,13 @@ class Gateway:
     async def _in_room(self, plain: Plain, request: Request) -> Response:
         """The answer of ``plain``'s room to ``request``: found, woken or started for
         it; asked again if it ended just as it was found."""
-        self._requests += 1
-        try:
-            while not self._host.closing:
-                actor = self._host.room_for(plain.room_class, plain.room)
-                try:
-                    return await actor.request(request)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await trio.lowlevel.checkpoint()  # it ended as it was found: again
-            return Response(503, "Server shutting down")
-        finally:
-            self._requests -= 1
+        while not self._host.closing:
+            actor = self._host.room_for(plain.room_class, plain.room)
+            try:
+                return await actor.request(request)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await trio.lowlevel.checkpoint()  # it ended as it was found: again
+        return Response(503, "Server shutting down")
 
     async def _hand(
         self, visit: _Visit, upgrade: Upgrade | Plain, peers: Peers, slot: str

@@ -499,6 +499,7 @@ async def serve_on(
             await nursery.start(host.run)
             # Calls to rooms of other processes go through the gateway as trusted visits.
             await nursery.start(partial(host.calls.run, gateway.internal, secret))
+            await nursery.start(gateway.run)  # plain requests in their rooms' hands
             if member is not None and forwards is not None:
                 await nursery.start(member.run)
                 await nursery.start(forwards.run)
@@ -522,7 +523,8 @@ async def serve_on(
                     await _drain(
                         host, peers, forwards, server._close_code, options["drain_timeout"], leave
                     )
-                nursery.cancel_scope.cancel()  # the relays', the forwards' and the calls' nurseries
+                # the relays', the forwards', the calls' and the plain requests' nurseries
+                nursery.cancel_scope.cancel()
     finally:
         if store is not storage:
             with trio.CancelScope(shield=True):

@@ -449,6 +449,34 @@ async def test_raw_http_over_a_socket(start: Start) -> None:
     assert (status, json.loads(body)["body"]) == (200, "abc")
 
 
+async def test_a_request_in_its_room_as_the_server_shuts_down_is_answered(start: Start) -> None:
+    server = await start(Api)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await stream.send_all(b"POST /r?wait=0.3 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+    with trio.fail_after(5):
+        while Api.log != ["request POST"]:  # its turn has begun
+            await trio.sleep(0.01)
+    server.shutdown()  # the front door is cancelled: the turn goes on, and answers
+    status, _, body = await exchange(stream, b"")
+    assert (status, json.loads(body)["count"]) == (200, 1)
+
+
+async def test_requests_whose_bodies_arrive_count_toward_max_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(Api, max_connections=2) as server:
+        slow = [await memory_stream(server) for _ in range(2)]
+        for stream in slow:  # two bodies on their way: the server is full
+            await stream.send_all(b"POST /r HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        full = await server.request("POST", "/r")
+        assert (full.status, full.text) == (503, "Server is full")
+        for stream in slow:
+            status, _, body = await exchange(stream, b"ok")
+            assert status == 200
+        assert (await server.request("POST", "/r")).status == 200  # places free again
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_curl_posts_into_a_room(start: Start, tmp_path: Path) -> None:
     server = await start(Api)
