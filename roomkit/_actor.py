@@ -93,8 +93,10 @@ _OPEN: Final = ConnectionState.OPEN
 
 #: What a plain request gets when on_request raised or returned no Response...
 _REQUEST_FAILED: Final = Response(500, "Internal error")
-#: ...when the room is gone under it (cancelled)...
+#: ...when the room is gone under it (cancelled) before its turn ran...
 _REQUEST_REFUSED: Final = Response(503, "Service unavailable")
+#: ...or once its turn ran, with its commit in flight: its writes may land...
+_REQUEST_UNKNOWN: Final = Response(500, "Internal error: the outcome is unknown")
 #: ...when the room shuts down: its writes could never be acknowledged...
 _REQUEST_SHUT_OUT: Final = Response(SHUTTING_DOWN.status, SHUTTING_DOWN.text)
 #: ...and when another process claimed the room: it lives there now.
@@ -246,7 +248,7 @@ class RoomActor:
                 why = "the room was cancelled as the call's writes committed"
                 event.answer_with(encode_error("error", "RoomCallError", why, None))
             else:
-                event.answer(_REQUEST_REFUSED)
+                event.answer(_REQUEST_UNKNOWN)  # not 503: that says it had no effect
         self._settling = ()
         self._host.room_gone(self.room)
         self._wake_waiters()
