@@ -39,6 +39,7 @@ from ._core.calls import (
     call_path,
     encode_error,
     parse_answer,
+    refused_unrun,
     rpc_function,
 )
 from ._core.frontdoor import Router, room_name_problem
@@ -169,6 +170,7 @@ class Calls:
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         if self._here(room):
             answer = await self.run_here(room_class, room, codec, body, deadline)
+            assert answer is not None, "only a call from elsewhere is left unanswered"
         else:
             answer = await self._remote(room_class, room, method, body, deadline)
         try:
@@ -257,18 +259,23 @@ class Calls:
         codec: MethodCodec,
         body: bytes,
         deadline: float,
-    ) -> bytes:
+        *,
+        elsewhere: bool = False,
+    ) -> bytes | None:
         """Run the call of ``codec``'s method whose encoded arguments are ``body`` on
         ``room``'s actor in this process, by ``deadline`` (Trio's clock); its answer
         body, an error's too (a refusal, a timeout: see ``RoomCallTimeout``).
 
         The room decodes ``body`` itself (a bad one is an error answer), so that a
-        call read from the wire runs as one made here.
+        call read from the wire runs as one made here. With ``elsewhere`` (a call from
+        another process): None if it was refused unrun because the room is no longer
+        this process's (fenced, gone, shutting down), so that its caller tries again
+        where the room went (503) instead of raising at once.
         """
         event = Call(codec, body, deadline)
         refused = await self._send(room_class, room, event)
         if refused is not None:
-            return refused
+            return None if elsewhere and self._moved(room, refused) else refused
         try:
             with trio.move_on_at(deadline):
                 await event.answered.wait()
@@ -276,12 +283,20 @@ class Calls:
             if event.answer is None and not event.started:
                 event.abandoned = True  # the room drops it unrun
         if event.answer is not None:
-            return event.answer
+            moved = elsewhere and not event.started and self._moved(room, event.answer)
+            return None if moved else event.answer
         if event.started:
             why = "no answer by its deadline: the call is running or committing"
             return encode_error("timeout", "RoomCallTimeout", why, None)
         why = "no answer by its deadline: still queued, it will not run"
         return encode_error("timeout", "RoomCallTimeout", why, False)
+
+    def _moved(self, room: RoomId, answer: bytes) -> bool:
+        """Whether ``answer``, of a call that did not start, is a refusal because
+        ``room`` is no longer this process's to run: the server or the room shuts
+        down, or the room was fenced or ended."""
+        gone = self._host.closing or not self._host.serves(room)
+        return gone and refused_unrun(answer)
 
     async def _send(self, room_class: type[Room], room: RoomId, event: Call) -> bytes | None:
         """Queue ``event`` on ``room``'s actor, looking it up again once if it ended

@@ -447,8 +447,10 @@ class Gateway:
             return self._refuse("shutting_down", shutting_down, visit.remote)
         deadline = trio.current_time() + seconds
         answer = await self._host.calls.run_here(
-            plain.room_class, plain.room, codec, body, deadline
+            plain.room_class, plain.room, codec, body, deadline, elsewhere=not visit.internal
         )
+        if answer is None:  # the room moved or ends: tried again where it goes
+            return self._refuse("misplaced", _UNAVAILABLE, visit.remote)
         return Response(200, answer, content_type=_JSON)
 
     def _checked_call(self, plain: Plain, body: bytes) -> Response | tuple[MethodCodec, float]:

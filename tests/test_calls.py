@@ -25,6 +25,7 @@ from roomkit._core.calls import (
     call_timeout,
     encode_error,
     parse_answer,
+    refused_unrun,
     rpc_function,
     verify_call,
 )
@@ -283,3 +284,13 @@ def test_a_call_signature_is_verified() -> None:
         assert verify_call(bad, SECRET, "k", "/a", b"", now=1) == (
             "roomkit-call-auth: t is no Unix time or sig no base64url HMAC-SHA256"
         )
+
+
+def test_a_refusal_is_a_call_error_of_no_effect_by_its_kind_type_and_ran() -> None:
+    assert refused_unrun(encode_error("error", "RoomCallError", "the room moved", False))
+    assert not refused_unrun(encode_error("error", "RoomCallError", "cancelled", None))
+    assert not refused_unrun(encode_error("timeout", "RoomCallTimeout", "dropped", False))
+    assert not refused_unrun(encode_error("cycle", "RoomCallError", "a -> a", False))
+    assert not refused_unrun(encode_error("error", "TypeError", "bad arguments", False))
+    assert not refused_unrun(b'{"result":1}')
+    assert not refused_unrun(b"no json")

@@ -8,6 +8,7 @@ wait is bounded by ``fail_after``; times asserted are virtual ones.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,12 +18,14 @@ import trio
 from websockets.sync.client import connect
 
 import roomkit
+from roomkit._core.calls import call_auth
 from roomkit.storage import Changes, Claim, KeyRange, RoomId, SQLiteStore, Store
 from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
 
 from .helpers import Start
 from .test_actor import host_of
+from .test_member import Directory
 
 
 class Counter(roomkit.Room):
@@ -508,3 +511,58 @@ async def test_a_room_cancelled_while_a_requests_writes_commit_answers_its_outco
     assert [(a.status, a.text) for a in answers] == [unknown]
     assert await store.inner.get_many(RoomId("", "b"), ["asked"]) == {"asked": "2"}
     await store.aclose()
+
+
+# Calls from another process: a cluster member (with an in-memory cluster store) and a
+# call as the network carries it, signed with the cluster's secret.
+
+SECRET = "the cluster's secret"
+
+
+def signed_call(room: str, method: str, body: bytes, *, timeout: float = 30.0) -> dict[str, str]:
+    """The headers of a call of ``method`` to ``room`` with ``body``, signed now."""
+    auth = call_auth(SECRET.encode(), method, f"/{room}", body, now=time.time())
+    return {
+        "roomkit-call": method,
+        "roomkit-call-timeout": f"{timeout:.3f}",
+        "roomkit-call-auth": auth,
+        "content-type": "application/json",
+    }
+
+
+async def test_a_call_from_another_process_refused_as_its_room_ends_gets_503(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    add = b'{"args":[1],"kwargs":{},"chain":[]}'
+    answers: list[roomkit.Response] = []
+    refusals: list[tuple[bool | None, str]] = []
+
+    async def remote() -> None:
+        answers.append(
+            await server.request("POST", "/a", body=add, headers=signed_call("a", "add", add))
+        )
+
+    async def napping() -> None:
+        with pytest.raises(roomkit.RoomCallError, match="cancelled during the call"):
+            await server.rooms.get("a").nap(10)
+
+    async def local() -> None:
+        try:
+            await server.rooms.get("a").add(1)
+        except roomkit.RoomCallError as exc:
+            refusals.append((exc.ran, exc.message))
+
+    async with (
+        open_test_server(Counter, storage=Directory(), cluster_secret=SECRET) as server,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(napping)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(remote)  # both queued behind the nap
+        nursery.start_soon(local)
+        await trio.testing.wait_all_tasks_blocked()
+        assert host_of(server).cancel_room(RoomId("", "a"))
+        await trio.testing.wait_all_tasks_blocked()
+    # the caller in another process tries again where the room goes; one here is told
+    assert [(a.status, a.text) for a in answers] == [(503, "Service unavailable")]
+    assert refusals == [(False, "the room was cancelled")]

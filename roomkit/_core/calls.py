@@ -67,6 +67,7 @@ __all__ = [
     "call_timeout",
     "encode_error",
     "parse_answer",
+    "refused_unrun",
     "rpc_function",
     "verify_call",
 ]
@@ -316,6 +317,17 @@ def parse_answer(body: bytes) -> Returned | Failed:
         assert isinstance(error, dict)
         return Failed(error["kind"], error["type"], error["message"], error["ran"])
     raise ValueError('the call\'s answer is no {"result"} or {"error"} object')
+
+
+def refused_unrun(body: bytes) -> bool:
+    """Whether the answer ``body`` of a call whose turn did not start is a refusal
+    (a ``RoomCallError`` of no effect), not a timeout, a cycle or bad arguments."""
+    try:
+        answer = parse_answer(body)
+    except ValueError:
+        return False
+    refusal = ("error", "RoomCallError", False)
+    return isinstance(answer, Failed) and (answer.kind, answer.type, answer.ran) == refusal
 
 
 def _is_error(error: object) -> bool:
