@@ -445,7 +445,9 @@ class Gateway:
         if self._host.closing and not visit.internal:
             shutting_down = Response(503, "Server shutting down")
             return self._refuse("shutting_down", shutting_down, visit.remote)
-        deadline = trio.current_time() + seconds
+        # From the visit's start, not now: the caller's clock ran while this was routed
+        # and its body read, and no call may start after its caller gave up on it.
+        deadline = visit.started + seconds
         answer = await self._host.calls.run_here(
             plain.room_class, plain.room, codec, body, deadline, elsewhere=not visit.internal
         )

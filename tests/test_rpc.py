@@ -18,12 +18,12 @@ import trio
 from websockets.sync.client import connect
 
 import roomkit
-from roomkit._core.calls import call_auth
+from roomkit._core.calls import Failed, call_auth, parse_answer
 from roomkit.storage import Changes, Claim, KeyRange, RoomId, SQLiteStore, Store
 from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
 
-from .helpers import Start
+from .helpers import Start, exchange, memory_stream
 from .test_actor import host_of
 from .test_member import Directory
 
@@ -566,3 +566,24 @@ async def test_a_call_from_another_process_refused_as_its_room_ends_gets_503(
     # the caller in another process tries again where the room goes; one here is told
     assert [(a.status, a.text) for a in answers] == [(503, "Service unavailable")]
     assert refusals == [(False, "the room was cancelled")]
+
+
+async def test_a_calls_deadline_runs_from_its_visits_start_not_its_bodys_end(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    add = b'{"args":[1],"kwargs":{},"chain":[]}'
+    lines = [f"{name}: {value}" for name, value in signed_call("a", "add", add, timeout=2).items()]
+    head = "\r\n".join(["POST /a HTTP/1.1", "host: x", *lines, f"content-length: {len(add)}"])
+    storage = Directory()
+    async with open_test_server(
+        Counter, storage=storage, cluster_secret=SECRET, handshake_timeout=10
+    ) as server:
+        async with await memory_stream(server) as stream:
+            await stream.send_all(head.encode() + b"\r\n\r\n" + add[:5])
+            await trio.sleep(3)  # the rest of the body comes after the caller's deadline
+            status, _, body = await exchange(stream, add[5:])
+        assert status == 200
+        error = parse_answer(body)
+        assert isinstance(error, Failed)
+        assert (error.kind, error.ran) == ("timeout", False)
+        assert await server.rooms.get("a").add(0) == 0  # the call never ran
