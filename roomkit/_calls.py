@@ -197,8 +197,8 @@ class Calls:
         gateway, tried again after each 503 until ``deadline``.
 
         Raises:
-          RoomCallError: if it was refused (``ran`` False), or the connection ended
-            before a whole answer (``ran`` None).
+          RoomCallError: if it was refused (a 4xx: ``ran`` False), or failed (a 5xx
+            but 503), or the connection ended before a whole answer (``ran`` None).
           RoomCallTimeout: at the deadline: ``ran`` False if every try got 503,
             else None.
         """
@@ -213,8 +213,11 @@ class Calls:
             await trio.sleep(wait)
             wait = min(wait * 2, RETRY_MOST)
         if answer.status != 200:
-            why = f"refused with {answer.status}: {_text(answer)}"
-            raise RoomCallError(where, "RoomCallError", why, False)
+            # A 4xx is a refusal before the call ran (400, 403, 404, 408, 413); any 5xx
+            # but 503 is a failure whose point is unknown: the call may have run.
+            ran = None if answer.status >= 500 else False
+            why = f"{'refused' if ran is False else 'failed'} with {answer.status}: {_text(answer)}"
+            raise RoomCallError(where, "RoomCallError", why, ran)
         return answer.body
 
     async def _attempt(

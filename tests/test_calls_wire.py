@@ -128,12 +128,22 @@ async def test_an_error_answer_is_raised_by_its_kind(
     assert raised.value.room == "/far"
 
 
-async def test_a_refusal_has_no_effect_and_says_why() -> None:
-    owner = Owner(lambda _: Response(403, "Forbidden: not signed").to_bytes())
+@pytest.mark.parametrize("status", [400, 403, 404, 408, 413])
+async def test_a_refusal_has_no_effect_and_says_why(status: int) -> None:
+    owner = Owner(lambda _: Response(status, "Forbidden: not signed").to_bytes())
     with pytest.raises(roomkit.RoomCallError) as raised:
         await call_through(owner)
     assert raised.value.ran is False
-    assert raised.value.message == "refused with 403: Forbidden: not signed"
+    assert raised.value.message == f"refused with {status}: Forbidden: not signed"
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_a_failure_but_503_leaves_it_unknown(status: int) -> None:
+    owner = Owner(lambda _: Response(status, "Internal error").to_bytes())
+    with pytest.raises(roomkit.RoomCallError) as raised:
+        await call_through(owner)
+    assert raised.value.ran is None
+    assert raised.value.message == f"failed with {status}: Internal error"
 
 
 async def test_503_is_tried_again_until_it_is_taken() -> None:
