@@ -793,7 +793,8 @@ class RoomActor:
 
         async def run() -> None:
             result = await getattr(self._hooks.instance, codec.name)(*args, **kwargs)
-            answer.append(codec.encode_result(result))  # fails the turn if it cannot be
+            limit = self.room_class.max_request_size
+            answer.append(codec.encode_result(result, limit))  # fails the turn if it cannot be
 
         self._chain = (*chain, self.room)
         try:

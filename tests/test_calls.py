@@ -158,15 +158,20 @@ def test_arguments_that_do_not_structure_are_a_type_error() -> None:
 
 def test_results_go_by_the_return_annotation() -> None:
     move = codec("move", CAMEL)
-    assert move.encode_result(Point(3, 4)) == b'{"result":{"x":3,"yValue":4}}'
+    assert move.encode_result(Point(3, 4), 29) == b'{"result":{"x":3,"yValue":4}}'
     assert parse_answer(b'{"result":{"x":3,"yValue":4}}') == Returned({"x": 3, "yValue": 4})
     assert move.decode_result({"x": 3, "yValue": 4}) == Point(3, 4)
     with pytest.raises(TypeError, match=r"^move\(\): the result is no Point: "):
         move.decode_result({"x": 3})
-    assert codec("plain").encode_result([1, "é"]) == '{"result":[1,"é"]}'.encode()
+    assert codec("plain").encode_result([1, "é"], 999) == '{"result":[1,"é"]}'.encode()
     assert codec("plain").decode_result({"any": [1]}) == {"any": [1]}
     with pytest.raises(TypeError, match=r"^plain\(\): the result cannot be encoded as JSON"):
-        codec("plain").encode_result({1j})
+        codec("plain").encode_result({1j}, 999)
+    with pytest.raises(ValueError) as over:
+        move.encode_result(Point(3, 4), 28)
+    assert str(over.value) == (
+        "move(): the result is 29 bytes encoded, over the room's max_request_size (28)"
+    )
 
 
 def test_error_answers() -> None:

@@ -587,3 +587,31 @@ async def test_a_calls_deadline_runs_from_its_visits_start_not_its_bodys_end(
         assert isinstance(error, Failed)
         assert (error.kind, error.ran) == ("timeout", False)
         assert await server.rooms.get("a").add(0) == 0  # the call never ran
+
+
+class Bounded(Counter):
+    max_request_size = 256
+
+    @roomkit.rpc
+    async def repeat(self, text: str, times: int) -> str:
+        await self.storage.put("count", times)
+        return text * times
+
+
+async def test_a_result_over_max_request_size_fails_its_turn_here_and_from_elsewhere(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_server(Bounded, storage=Directory(), cluster_secret=SECRET) as server:
+        stub = server.rooms.get("a")
+        assert await stub.repeat("x", 5) == "xxxxx"
+        with pytest.raises(roomkit.RoomCallError) as raised:
+            await stub.repeat("x", 300)  # its arguments fit, its answer does not
+        body = b'{"args":["x",300],"kwargs":{},"chain":[]}'
+        answer = await server.request(
+            "POST", "/a", body=body, headers=signed_call("a", "repeat", body)
+        )
+        assert await stub.add(0) == 5  # neither write landed
+    why = "repeat(): the result is 313 bytes encoded, over the room's max_request_size (256)"
+    assert (raised.value.type, raised.value.message, raised.value.ran) == ("ValueError", why, False)
+    assert answer.status == 200
+    assert parse_answer(answer.body) == Failed("error", "ValueError", why, False)

@@ -196,18 +196,27 @@ class MethodCodec:
             bound.arguments[name] = self._each(signature, name, value, hints, self._structure)
         return bound.args[1:], bound.kwargs, chain
 
-    def encode_result(self, value: Any) -> bytes:
-        """The answer body for ``value``, returned by the method.
+    def encode_result(self, value: Any, limit: int) -> bytes:
+        """The answer body for ``value``, returned by the method, of at most ``limit``
+        bytes (the room's ``max_request_size``: what a caller reads of an answer).
 
         Raises:
           TypeError: if it cannot be encoded by the return annotation as JSON.
+          ValueError: if it is over ``limit`` bytes encoded: failed in the turn, so
+            that its writes roll back, instead of committed and never read.
         """
         hint = _shape(self.function)[1].get("return", inspect.Parameter.empty)
         try:
             unstructured = self._unstructure(value, hint, "the result")
-            return _ENCODER.encode({"result": unstructured}).encode("utf-8")
+            body = _ENCODER.encode({"result": unstructured}).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{self.name}(): the result cannot be encoded as JSON: {exc}") from None
+        if len(body) > limit:
+            raise ValueError(
+                f"{self.name}(): the result is {len(body)} bytes encoded, over the room's "
+                f"max_request_size ({limit})"
+            )
+        return body
 
     def decode_result(self, value: Any) -> Any:
         """``value``, a result as JSON, structured by the return annotation.
