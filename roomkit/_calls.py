@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,6 +42,7 @@ from ._core.calls import (
     parse_answer,
     refused_unrun,
     rpc_function,
+    timeout_value,
 )
 from ._core.frontdoor import Router, room_name_problem
 from ._errors import RoomCallCycle, RoomCallError, RoomCallTimeout
@@ -228,10 +230,16 @@ class Calls:
         where = str(room)
         if self._visits is None or self._visit is None:
             raise RoomCallError(where, "RoomCallError", "the server is not running", False)
+        left = deadline - trio.current_time()
         auth = None
         if self._secret is not None:
-            auth = call_auth(self._secret, method, call_path(room), body, now=time.time())
-        head = call_head(room, method, deadline - trio.current_time(), body, auth)
+            nonce = secrets.token_urlsafe(16)  # each try signed anew: no replay of another
+            target = call_path(room)
+            timeout = timeout_value(left)
+            auth = call_auth(
+                self._secret, method, timeout, target, body, now=time.time(), nonce=nonce
+            )
+        head = call_head(room, method, left, body, auth)
         ours, theirs = trio.socket.socketpair()
         self._visits.start_soon(self._visit, trio.SocketStream(theirs))
         reader = AnswerReader(room_class.max_request_size)

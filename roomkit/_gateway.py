@@ -56,6 +56,7 @@ from ._core.calls import (
     CALL_HEADER,
     TIMEOUT_HEADER,
     MethodCodec,
+    SeenCalls,
     call_timeout,
     rpc_function,
     verify_call,
@@ -186,6 +187,7 @@ class Gateway:
         self._handshake_timeout = handshake_timeout
         self._requests = 0  # plain requests decided, until their answers are written
         self._turns: trio.Nursery | None = None  # see run
+        self._seen_calls = SeenCalls()  # the calls verified here: a replay gets 403
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the plain requests whose bodies are read, until cancelled: from then on
@@ -463,12 +465,19 @@ class Gateway:
         head = plain.head.request
         method = head.headers[CALL_HEADER]
         if not plain.trusted:
-            problem = "no cluster secret to verify it with"
+            problem: str | None = "no cluster secret to verify it with"
             if self._secret is not None:
-                auth = head.headers.get(AUTH_HEADER)
-                now = time.time()
-                problem = verify_call(auth, self._secret, method, head.target, body, now=now) or ""
-            if problem:
+                problem = verify_call(
+                    head.headers.get(AUTH_HEADER),
+                    self._secret,
+                    method,
+                    head.headers.get(TIMEOUT_HEADER, ""),
+                    head.target,
+                    body,
+                    now=time.time(),
+                    seen=self._seen_calls,
+                )
+            if problem is not None:
                 return Response(403, f"Forbidden: {problem}")
         function = rpc_function(plain.room_class, method)
         if function is None:

@@ -13,11 +13,14 @@ import pytest
 
 import roomkit
 from roomkit._core.calls import (
+    SEEN_CAP,
     Answer,
     AnswerReader,
     Failed,
     MethodCodec,
     Returned,
+    SeenCalls,
+    auth_problem,
     call_auth,
     call_head,
     call_path,
@@ -27,6 +30,7 @@ from roomkit._core.calls import (
     parse_answer,
     refused_unrun,
     rpc_function,
+    timeout_value,
     verify_call,
 )
 from roomkit._core.clusterauth import MAX_SKEW
@@ -257,38 +261,108 @@ SECRET = b"s" * 32
 BODY = b'{"args":[1],"kwargs":{},"chain":[]}'
 
 
+NONCE = "n" * 22
+
+
 def test_the_call_signature() -> None:
     sha = hashlib.sha256(BODY).hexdigest()
-    sig = call_signature(SECRET, "kick", "1764600000", "/chat/a", sha)
-    message = f"call|kick|1764600000|/chat/a|{sha}".encode()
+    sig = call_signature(SECRET, "kick", "29.873", "1764600000", NONCE, "/chat/a", sha)
+    message = f"call|kick|29.873|1764600000|{NONCE}|/chat/a|{sha}".encode()
     digest = hmac.new(SECRET, message, hashlib.sha256).digest()
     assert sig == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-    assert sig == "v5kZaTZRDvsJV0m5kcH0ht-T4P1srm_5HAlQjMu9zM0"
-    assert call_auth(SECRET, "kick", "/chat/a", BODY, now=1764600000.9) == f"t=1764600000;sig={sig}"
+    assert sig == "FuIzj15KpLrmuZRh18F_Yj95cpTm_TZuMdd4_tkUKzk"
+    auth = call_auth(SECRET, "kick", "29.873", "/chat/a", BODY, now=1764600000.9, nonce=NONCE)
+    assert auth == f"t=1764600000;n={NONCE};sig={sig}"
+    assert timeout_value(29.8734) == "29.873"
+    assert timeout_value(-1.0) == "0.000"
+    assert timeout_value(None) == timeout_value(math.inf) == "none"
+
+
+def signed(now: float = 1000.0, *, nonce: str = NONCE) -> str:
+    return call_auth(SECRET, "kick", "5.000", "/chat/a", BODY, now=now, nonce=nonce)
 
 
 def test_a_call_signature_is_verified() -> None:
-    auth = call_auth(SECRET, "kick", "/chat/a", BODY, now=1000.0)
-    assert verify_call(auth, SECRET, "kick", "/chat/a", BODY, now=1000 + MAX_SKEW) is None
-    assert verify_call(auth, SECRET, "kick", "/chat/a", BODY, now=1000 - MAX_SKEW) is None
-    late = verify_call(auth, SECRET, "kick", "/chat/a", BODY, now=1000 + MAX_SKEW + 1)
+    auth = signed()
+    call = ("kick", "5.000", "/chat/a", BODY)
+    assert verify_call(auth, SECRET, *call, now=1000 + MAX_SKEW) is None
+    assert verify_call(auth, SECRET, *call, now=1000 - MAX_SKEW) is None
+    late = verify_call(auth, SECRET, *call, now=1000 + MAX_SKEW + 1)
     assert late == "roomkit-call-auth: t is more than 60 s away"
-    for wrong in [
-        (b"t" * 32, "kick", "/chat/a", BODY),
-        (SECRET, "ban", "/chat/a", BODY),
-        (SECRET, "kick", "/chat/b", BODY),
-        (SECRET, "kick", "/chat/a", BODY + b" "),
+    for secret, method, timeout, target, body in [
+        (b"t" * 32, "kick", "5.000", "/chat/a", BODY),
+        (SECRET, "ban", "5.000", "/chat/a", BODY),
+        (SECRET, "kick", "500.000", "/chat/a", BODY),  # a longer timeout: the signed one
+        (SECRET, "kick", "none", "/chat/a", BODY),
+        (SECRET, "kick", "5.000", "/chat/b", BODY),
+        (SECRET, "kick", "5.000", "/chat/a", BODY + b" "),
     ]:
-        assert verify_call(auth, *wrong, now=1000.0) == "roomkit-call-auth: bad signature"
-    assert verify_call(None, SECRET, "k", "/a", b"", now=0) == "roomkit-call-auth: not signed"
-    for malformed in ["t=1", "t=1;sig=x;t=2", "sig=x;x=1", "t=1;sig"]:
-        assert verify_call(malformed, SECRET, "k", "/a", b"", now=1) == (
-            "roomkit-call-auth: not t=...;sig=..."
+        problem = verify_call(auth, secret, method, timeout, target, body, now=1000.0)
+        assert problem == "roomkit-call-auth: bad signature"
+    other_nonce = auth.replace(NONCE, "m" * 22)
+    assert verify_call(other_nonce, SECRET, *call, now=1000.0) == (
+        "roomkit-call-auth: bad signature"
+    )
+
+
+def test_a_malformed_or_stale_auth_is_refused_before_anything_is_done() -> None:
+    assert auth_problem(signed(), now=1000 + MAX_SKEW) is None
+    assert (
+        auth_problem("t=1000;n=" + NONCE + ";sig=" + "A" * 43, now=1000) is None
+    )  # only its owner, with the body, can tell it is forged
+    assert auth_problem(signed(), now=1000 + MAX_SKEW + 1) == (
+        "roomkit-call-auth: t is more than 60 s away"
+    )
+    assert auth_problem(signed(), now=1000 - MAX_SKEW - 1) == (
+        "roomkit-call-auth: t is more than 60 s away"
+    )
+    assert auth_problem(None, now=0) == "roomkit-call-auth: not signed"
+    for malformed in ["t=1", "t=1;sig=x", "t=1;n=x;sig=x;t=2", "sig=x;n=y;x=1", "t=1;n;sig"]:
+        assert auth_problem(malformed, now=1) == "roomkit-call-auth: not t=...;n=...;sig=..."
+    for bad in [
+        f"t=x;n={NONCE};sig=" + "a" * 43,
+        f"t=1;n={NONCE};sig=" + "a" * 42,
+        "t=1;n=short;sig=" + "a" * 43,
+        f"t=1;n={NONCE[:-1]}+;sig=" + "a" * 43,
+    ]:
+        assert auth_problem(bad, now=1) == (
+            "roomkit-call-auth: t is no Unix time, n no 22 base64url characters, or sig no "
+            "base64url HMAC-SHA256"
         )
-    for bad in ["t=x;sig=" + "a" * 43, "t=1;sig=" + "a" * 42]:
-        assert verify_call(bad, SECRET, "k", "/a", b"", now=1) == (
-            "roomkit-call-auth: t is no Unix time or sig no base64url HMAC-SHA256"
-        )
+    assert verify_call(None, SECRET, "k", "none", "/a", b"", now=0) == (
+        "roomkit-call-auth: not signed"
+    )
+
+
+def test_a_replayed_signature_is_refused_within_its_window() -> None:
+    seen = SeenCalls()
+    call = ("kick", "5.000", "/chat/a", BODY)
+    auth = signed()
+    assert verify_call(auth, SECRET, *call, now=1000.0, seen=seen) is None
+    replayed = "roomkit-call-auth: replayed: this signature was used here already"
+    assert verify_call(auth, SECRET, *call, now=1000.0 + MAX_SKEW, seen=seen) == replayed
+    reordered = ";".join(reversed(auth.split(";")))  # the same signature, told otherwise
+    assert verify_call(reordered, SECRET, *call, now=1001.0, seen=seen) == replayed
+    fresh = signed(nonce="f" * 22)  # the same call signed anew: its own
+    assert verify_call(fresh, SECRET, *call, now=1000.0, seen=seen) is None
+    bad = auth.replace(auth[-43:], "A" * 43)
+    assert verify_call(bad, SECRET, *call, now=1000.0, seen=seen) == (
+        "roomkit-call-auth: bad signature"
+    )
+    assert len(seen) == 2  # only verified signatures are kept
+
+
+def test_seen_signatures_expire_after_twice_the_skew_and_are_capped() -> None:
+    seen = SeenCalls(cap=3)
+    assert seen.first("a", 0.0)
+    assert not seen.first("a", 2 * MAX_SKEW)  # still within the window
+    assert seen.first("a", 2 * MAX_SKEW + 0.001)  # expired: a stale t is refused anyway
+    assert [seen.first(sig, 200.0) for sig in "bcd"] == [True, True, True]
+    assert len(seen) == 3  # "a" went, the oldest, beyond the cap
+    assert seen.first("a", 200.0)
+    assert not seen.first("d", 200.0)
+    assert SEEN_CAP == 100_000
+    assert len(SeenCalls()) == 0
 
 
 def test_a_refusal_is_a_call_error_of_no_effect_by_its_kind_type_and_ran() -> None:

@@ -92,9 +92,10 @@ async def test_the_request_is_the_calls_wire_and_its_result_comes_back() -> None
     lines = head.decode().split("\r\n")
     auth = next(line for line in lines if line.startswith("roomkit-call-auth: "))
     value = auth.removeprefix("roomkit-call-auth: ")
-    assert verify_call(value, SECRET, "add", "/far", body, now=time.time()) is None
     timeout = next(line for line in lines if line.startswith("roomkit-call-timeout: "))
-    left = float(timeout.removeprefix("roomkit-call-timeout: "))
+    sent = timeout.removeprefix("roomkit-call-timeout: ")
+    assert verify_call(value, SECRET, "add", sent, "/far", body, now=time.time()) is None
+    left = float(sent)
     assert 4 < left <= 5
     assert request == call_head(ROOM, "add", left, body, value) + body
 
@@ -149,8 +150,10 @@ async def test_a_failure_but_503_leaves_it_unknown(status: int) -> None:
 async def test_503_is_tried_again_until_it_is_taken() -> None:
     unavailable = Response(503, "Service unavailable").to_bytes()
     owner = Owner(lambda attempt: unavailable if attempt < 3 else ok(b'{"result":3}'))
-    assert await call_through(owner) == 3
+    assert await call_through(owner, secret=SECRET) == 3
     assert len(owner.requests) == 4
+    auths = {request.split(b"auth: ")[1].split(b"\r")[0] for request in owner.requests}
+    assert len(auths) == 4  # each try signed anew: no owner takes one for a replay
     bodies = {request.partition(b"\r\n\r\n")[2] for request in owner.requests}
     assert bodies == {b'{"args":[2],"kwargs":{},"chain":[]}'}  # the same call each time, with
     lefts = [float(request.split(b"timeout: ")[1].split(b"\r")[0]) for request in owner.requests]

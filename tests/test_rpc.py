@@ -8,6 +8,7 @@ wait is bounded by ``fail_after``; times asserted are virtual ones.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ import trio
 from websockets.sync.client import connect
 
 import roomkit
-from roomkit._core.calls import Failed, call_auth, parse_answer
+from roomkit._core.calls import Failed, call_auth, parse_answer, timeout_value
 from roomkit.storage import Changes, Claim, KeyRange, RoomId, SQLiteStore, Store
 from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
@@ -521,10 +522,12 @@ SECRET = "the cluster's secret"
 
 def signed_call(room: str, method: str, body: bytes, *, timeout: float = 30.0) -> dict[str, str]:
     """The headers of a call of ``method`` to ``room`` with ``body``, signed now."""
-    auth = call_auth(SECRET.encode(), method, f"/{room}", body, now=time.time())
+    left = timeout_value(timeout)
+    nonce = secrets.token_urlsafe(16)
+    auth = call_auth(SECRET.encode(), method, left, f"/{room}", body, now=time.time(), nonce=nonce)
     return {
         "roomkit-call": method,
-        "roomkit-call-timeout": f"{timeout:.3f}",
+        "roomkit-call-timeout": left,
         "roomkit-call-auth": auth,
         "content-type": "application/json",
     }
@@ -615,3 +618,25 @@ async def test_a_result_over_max_request_size_fails_its_turn_here_and_from_elsew
     assert (raised.value.type, raised.value.message, raised.value.ran) == ("ValueError", why, False)
     assert answer.status == 200
     assert parse_answer(answer.body) == Failed("error", "ValueError", why, False)
+
+
+async def test_a_signed_call_replayed_to_the_same_process_is_refused(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    add = b'{"args":[1],"kwargs":{},"chain":[]}'
+    headers = signed_call("a", "add", add)
+    async with open_test_server(Counter, storage=Directory(), cluster_secret=SECRET) as server:
+        first = await server.request("POST", "/a", body=add, headers=headers)
+        again = await server.request("POST", "/a", body=add, headers=headers)
+        longer = {**headers, "roomkit-call-timeout": "3600.000"}  # the timeout is signed
+        stretched = await server.request("POST", "/a", body=add, headers=longer)
+        assert await server.rooms.get("a").add(0) == 1  # it ran once
+    assert (first.status, first.json()) == (200, {"result": 1})
+    assert (again.status, again.text) == (
+        403,
+        "Forbidden: roomkit-call-auth: replayed: this signature was used here already",
+    )
+    assert (stretched.status, stretched.text) == (
+        403,
+        "Forbidden: roomkit-call-auth: bad signature",
+    )

@@ -11,6 +11,7 @@ starts its processes once and checks several things with them, to stay short.
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import sqlite3
 import sys
@@ -69,6 +70,21 @@ def raw_call(room: str, method: str, auth: str | None = None) -> bytes:
     return call_head(RoomId("", room), method, 5.0, ADD_ONE, auth) + ADD_ONE
 
 
+def signed(method: str, room: str) -> str:
+    """The auth of :func:`raw_call`'s request, signed with the cluster's secret now."""
+    nonce = secrets.token_urlsafe(16)
+    now = time.time()
+    return call_auth(SECRET.encode(), method, "5.000", f"/{room}", ADD_ONE, now=now, nonce=nonce)
+
+
+def forged() -> str:
+    """An auth that is well formed and recent, but signed by nobody."""
+    return f"t={int(time.time())};n={'n' * 22};sig={'A' * 43}"
+
+
+REPLAYED = b"Forbidden: roomkit-call-auth: replayed: this signature was used here already"
+
+
 async def test_rooms_of_two_workers_call_each_other(tmp_path: Path) -> None:
     db = tmp_path / "rooms.sqlite3"
     (a,), (b, sleepy) = rooms_of(0, 2, 1, "a"), rooms_of(1, 2, 2, "b")
@@ -117,18 +133,21 @@ def test_a_call_reaches_the_room_another_node_owns_and_learns_when_it_died(
             assert stored(postgres_url, "held")["total"] == 2
             assert trio.run(desk, a.port, "caller", asked("held", "pid"))["results"] == [b.pid]
             # Forged, unsigned, or signed for another call: 403, and nothing runs.
-            key = SECRET.encode()
-            other = call_auth(key, "pid", "/held", ADD_ONE, now=time.time())
-            for auth in (None, "t=1;sig=" + "A" * 43, other):
+            for auth in (None, "t=1;sig=" + "A" * 43, forged(), signed("pid", "held")):
                 status, answer = trio.run(raw, b.port, raw_call("held", "add", auth))
                 assert status == 403, answer
             assert len([line for line in b.lines if "ran add in held" in line]) == 1
-            signed = call_auth(key, "add", "/held", ADD_ONE, now=time.time())
-            status, answer = trio.run(raw, a.port, raw_call("held", "add", signed))
+            auth = signed("add", "held")
+            status, answer = trio.run(raw, a.port, raw_call("held", "add", auth))
             assert (status, json.loads(answer)) == (200, {"result": 3})  # a forwarded it to b
+            # The same request again, to either node: a replay, refused by its owner.
+            for port in (a.port, b.port):
+                status, answer = trio.run(raw, port, raw_call("held", "add", auth))
+                assert (status, answer) == (403, REPLAYED)
+            assert len([line for line in b.lines if "ran add in held" in line]) == 2
             # Signed, but no @rpc method: 404.
-            signed = call_auth(key, "on_request", "/held", ADD_ONE, now=time.time())
-            status, answer = trio.run(raw, b.port, raw_call("held", "on_request", signed))
+            auth = signed("on_request", "held")
+            status, answer = trio.run(raw, b.port, raw_call("held", "on_request", auth))
             assert (status, answer) == (404, b"Desk has no @rpc method 'on_request'")
             # The owner dies during a call: whether it ran is unknown.
             died = trio.run(call_and_kill, a, b)["error"]

@@ -52,6 +52,7 @@ __all__ = [
     "AUTH_HEADER",
     "CALL_HEADER",
     "RPC_MARKER",
+    "SEEN_CAP",
     "TIMEOUT_HEADER",
     "Answer",
     "AnswerReader",
@@ -60,6 +61,8 @@ __all__ = [
     "Kind",
     "MethodCodec",
     "Returned",
+    "SeenCalls",
+    "auth_problem",
     "call_auth",
     "call_head",
     "call_path",
@@ -69,6 +72,7 @@ __all__ = [
     "parse_answer",
     "refused_unrun",
     "rpc_function",
+    "timeout_value",
     "verify_call",
 ]
 
@@ -95,6 +99,10 @@ _PLAIN: Final = make_converter()
 _SELF: Final = object()
 _SIG: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _SECONDS: Final = re.compile(r"[0-9]{1,15}")
+_NONCE: Final = re.compile(r"[A-Za-z0-9_-]{22}")
+#: The most call signatures a process remembers to catch replays (:class:`SeenCalls`):
+#: some 10 MB, about 800 calls a second for the two minutes each is kept.
+SEEN_CAP: Final = 100_000
 _TIMEOUT: Final = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
@@ -359,18 +367,23 @@ def call_path(room: RoomId) -> str:
     return f"{room.namespace}/{quote(room.name, safe='')}"
 
 
+def timeout_value(timeout: float | None) -> str:
+    """The ``roomkit-call-timeout`` value for ``timeout`` seconds left (None or inf:
+    ``none``), as the head carries it and the signature covers it."""
+    return "none" if timeout is None or math.isinf(timeout) else f"{max(timeout, 0.0):.3f}"
+
+
 def call_head(
     room: RoomId, method: str, timeout: float | None, body: bytes, auth: str | None = None
 ) -> bytes:
     """The head of the request that carries a call of ``method`` to ``room``, with
     ``timeout`` seconds left (None: no bound) and ``body``; ``auth`` is the
     ``roomkit-call-auth`` value in a cluster with a secret (:func:`call_auth`)."""
-    left = "none" if timeout is None or math.isinf(timeout) else f"{max(timeout, 0.0):.3f}"
     lines = [
         f"POST {call_path(room)} HTTP/1.1",
         "host: roomkit",
         f"{CALL_HEADER}: {method}",
-        f"{TIMEOUT_HEADER}: {left}",
+        f"{TIMEOUT_HEADER}: {timeout_value(timeout)}",
     ]
     if auth is not None:
         lines.append(f"{AUTH_HEADER}: {auth}")
@@ -378,42 +391,120 @@ def call_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
-def call_signature(secret: bytes, method: str, t: str, target: str, body_sha: str) -> str:
-    """The HMAC-SHA256 of ``"call|{method}|{t}|{target}|{body_sha}"`` keyed with the
-    cluster's ``secret``, in base64url without padding."""
-    message = "|".join(("call", method, t, target, body_sha)).encode("utf-8")
+def call_signature(
+    secret: bytes, method: str, timeout: str, t: str, nonce: str, target: str, body_sha: str
+) -> str:
+    """The HMAC-SHA256 of ``"call|{method}|{timeout}|{t}|{nonce}|{target}|{body_sha}"``
+    keyed with the cluster's ``secret``, in base64url without padding: ``timeout`` is
+    the ``roomkit-call-timeout`` value, ``nonce`` makes each request's signature its own
+    (a replay of one is caught by :class:`SeenCalls`)."""
+    message = "|".join(("call", method, timeout, t, nonce, target, body_sha)).encode("utf-8")
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def call_auth(secret: bytes, method: str, target: str, body: bytes, *, now: float) -> str:
+def call_auth(
+    secret: bytes,
+    method: str,
+    timeout: str,
+    target: str,
+    body: bytes,
+    *,
+    now: float,
+    nonce: str,
+) -> str:
     """The ``roomkit-call-auth`` value of a call of ``method`` to ``target`` (the
-    request's path) with ``body``, signed at ``now`` (Unix seconds)."""
+    request's path) with ``timeout`` (its ``roomkit-call-timeout`` value) and ``body``,
+    signed at ``now`` (Unix seconds) with ``nonce`` (22 base64url characters: 16
+    random bytes, new for each request)."""
     t = str(int(now))
-    sig = call_signature(secret, method, t, target, hashlib.sha256(body).hexdigest())
-    return f"t={t};sig={sig}"
+    sha = hashlib.sha256(body).hexdigest()
+    sig = call_signature(secret, method, timeout, t, nonce, target, sha)
+    return f"t={t};n={nonce};sig={sig}"
+
+
+def auth_problem(value: str | None, *, now: float) -> str | None:
+    """Why the ``roomkit-call-auth`` ``value`` of a call is refused (403) before
+    anything else is done for it (a routing, a body read): it is missing, malformed,
+    or signed more than ``MAX_SKEW`` from ``now``; None if it may be good (only the
+    room's owner, with the body, can tell: :func:`verify_call`)."""
+    fields = _auth_fields(value, now)
+    return fields if isinstance(fields, str) else None
 
 
 def verify_call(
-    value: str | None, secret: bytes, method: str, target: str, body: bytes, *, now: float
+    value: str | None,
+    secret: bytes,
+    method: str,
+    timeout: str,
+    target: str,
+    body: bytes,
+    *,
+    now: float,
+    seen: SeenCalls | None = None,
 ) -> str | None:
     """Why the ``roomkit-call-auth`` ``value`` of a call is refused (403); None if it
-    is signed with ``secret`` for this call, within ``MAX_SKEW`` of ``now``."""
+    is signed with ``secret`` for this call (its method, ``timeout`` value, target and
+    body), within ``MAX_SKEW`` of ``now``, and not ``seen`` here before (a replay)."""
+    fields = _auth_fields(value, now)
+    if isinstance(fields, str):
+        return fields
+    t, nonce, sig = fields
+    sha = hashlib.sha256(body).hexdigest()
+    expected = call_signature(secret, method, timeout, t, nonce, target, sha)
+    if not hmac.compare_digest(expected.encode("ascii"), sig.encode("ascii")):
+        return f"{AUTH_HEADER}: bad signature"
+    if seen is not None and not seen.first(sig, now):
+        return f"{AUTH_HEADER}: replayed: this signature was used here already"
+    return None
+
+
+def _auth_fields(value: str | None, now: float) -> tuple[str, str, str] | str:
+    """The ``t``, ``n`` and ``sig`` of a ``roomkit-call-auth`` value, or why it is no
+    such value, or is signed more than ``MAX_SKEW`` from ``now``."""
     if value is None:
         return f"{AUTH_HEADER}: not signed"
     pairs = [part.partition("=") for part in value.split(";")]
     found = {name: field for name, equals, field in pairs if equals}
-    if len(found) != len(pairs) or found.keys() != {"t", "sig"}:
-        return f"{AUTH_HEADER}: not t=...;sig=..."
-    t, sig = found["t"], found["sig"]
-    if not _SECONDS.fullmatch(t) or not _SIG.fullmatch(sig):
-        return f"{AUTH_HEADER}: t is no Unix time or sig no base64url HMAC-SHA256"
+    if len(found) != len(pairs) or found.keys() != {"t", "n", "sig"}:
+        return f"{AUTH_HEADER}: not t=...;n=...;sig=..."
+    t, nonce, sig = found["t"], found["n"], found["sig"]
+    if not _SECONDS.fullmatch(t) or not _NONCE.fullmatch(nonce) or not _SIG.fullmatch(sig):
+        return (
+            f"{AUTH_HEADER}: t is no Unix time, n no 22 base64url characters, "
+            "or sig no base64url HMAC-SHA256"
+        )
     if abs(now - int(t)) > MAX_SKEW:
         return f"{AUTH_HEADER}: t is more than {MAX_SKEW:.0f} s away"
-    expected = call_signature(secret, method, t, target, hashlib.sha256(body).hexdigest())
-    if not hmac.compare_digest(expected.encode("ascii"), sig.encode("ascii")):
-        return f"{AUTH_HEADER}: bad signature"
-    return None
+    return t, nonce, sig
+
+
+class SeenCalls:
+    """The signatures of the calls verified here, each kept ``2 * MAX_SKEW`` (the
+    longest a signature is good for: signed up to ``MAX_SKEW`` ahead of this clock,
+    accepted up to ``MAX_SKEW`` after), at most ``cap`` of them (beyond, the oldest
+    go): a call replayed to this process within that time is refused."""
+
+    def __init__(self, cap: int = SEEN_CAP) -> None:
+        self._cap = cap
+        self._seen: dict[str, float] = {}  # signature -> when first seen, oldest first
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first(self, sig: str, now: float) -> bool:
+        """Whether ``sig`` is seen for the first time (within the window), at ``now``
+        (Unix seconds); it is remembered from now on."""
+        seen = self._seen
+        horizon = now - 2 * MAX_SKEW
+        while seen and next(iter(seen.values())) < horizon:
+            del seen[next(iter(seen))]
+        if sig in seen:
+            return False
+        seen[sig] = now
+        if len(seen) > self._cap:
+            del seen[next(iter(seen))]
+        return True
 
 
 def call_timeout(value: str | None) -> float | None:
