@@ -27,8 +27,10 @@ plain request but with no route hook, no origin check, and to a room whether it
 answers HTTP or not. It is trusted when it is this process's own (an internal visit:
 :meth:`Gateway.internal`) or a sibling worker's own (a hand-off marked ``trusted``);
 any other, read from the network, must be signed with the cluster's secret, which the
-room's owner checks once it has read the body (``_core/calls.py``'s ``verify_call``):
-403 otherwise, and at once when there is no secret to check it with. Where it runs,
+room's owner checks once it has read the body (``_core/calls.py``'s ``verify_call``,
+replays to this process included): 403 otherwise; and 403 at once, before routing,
+when there is no secret to check it with or its signature is missing, malformed or
+stale (``auth_problem``). Where it runs,
 the owner runs it as a local call is run (``Calls.run_here``) and writes its answer
 body as JSON; 503 when it cannot (shutting down).
 """
@@ -57,6 +59,7 @@ from ._core.calls import (
     TIMEOUT_HEADER,
     MethodCodec,
     SeenCalls,
+    auth_problem,
     call_timeout,
     rpc_function,
     verify_call,
@@ -607,10 +610,17 @@ class Gateway:
     ) -> Response | Plain:
         """A call's request (``roomkit-call``), for the room of its path whether that
         answers HTTP or not: no route hook, no origin check. One from the network is
-        refused at once if this server has no secret to verify it with."""
+        refused at once if this server has no secret to verify it with, or its
+        signature is missing, malformed or stale: before any routing (a directory
+        lookup, a hand-off, a forward, a body read) is spent on it. Its owner checks
+        the rest (``_checked_call``)."""
+        head = read.request
         if not trusted and self._secret is None:
             return self._refuse("forged", _FORGED_CALL, remote)
-        head = read.request
+        if not trusted:
+            problem = auth_problem(head.headers.get(AUTH_HEADER), now=time.time())
+            if problem is not None:
+                return self._refuse("forged", Response(403, f"Forbidden: {problem}"), remote)
         target = self._router.path_target(head.path)
         if isinstance(target, Response):
             return self._refuse(_ROUTE_REFUSALS[target.status], target, remote)

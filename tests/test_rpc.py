@@ -24,7 +24,7 @@ from roomkit.storage import Changes, Claim, KeyRange, RoomId, SQLiteStore, Store
 from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
 
-from .helpers import Start, exchange, memory_stream
+from .helpers import Start, exchange, memory_http, memory_stream
 from .test_actor import host_of
 from .test_member import Directory
 
@@ -640,3 +640,26 @@ async def test_a_signed_call_replayed_to_the_same_process_is_refused(
         403,
         "Forbidden: roomkit-call-auth: bad signature",
     )
+
+
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [
+        (None, "not signed"),
+        ("t=1;sig=" + "A" * 43, "not t=...;n=...;sig=..."),
+        (f"t=1;n={'n' * 22};sig={'A' * 43}", "t is more than 60 s away"),
+    ],
+)
+async def test_a_call_from_the_network_badly_signed_is_refused_before_its_routing(
+    autojump_clock: trio.abc.Clock, auth: str | None, problem: str
+) -> None:
+    headers = [f"{name}: {value}" for name, value in signed_call("a", "add", b"").items()]
+    lines = [line for line in headers if not line.startswith("roomkit-call-auth")]
+    lines += [] if auth is None else [f"roomkit-call-auth: {auth}"]
+    head = "\r\n".join(["POST /a HTTP/1.1", "host: x", *lines, "content-length: 35", "", ""])
+    store = Directory()
+    async with open_test_server(Counter, storage=store, cluster_secret=SECRET) as server:
+        # its body never comes: the answer is not the owner's, which would wait for it
+        status, _, body = await memory_http(server, head.encode())
+    assert (status, body.decode()) == (403, f"Forbidden: roomkit-call-auth: {problem}")
+    assert store.acquired == []
