@@ -240,7 +240,11 @@ class Calls:
                 self._secret, method, timeout, target, body, now=time.time(), nonce=nonce
             )
         head = call_head(room, method, left, body, auth)
-        ours, theirs = trio.socket.socketpair()
+        try:
+            ours, theirs = trio.socket.socketpair()
+        except OSError as exc:  # out of file descriptors (EMFILE), say: nothing was sent
+            why = f"no socket pair to call through: {exc}"
+            raise RoomCallError(where, "RoomCallError", why, False) from None
         self._visits.start_soon(self._visit, trio.SocketStream(theirs))
         reader = AnswerReader(room_class.max_request_size)
         answer: Answer | None = None

@@ -9,6 +9,7 @@ Rules: real sockets, so no ``autojump_clock``; every wait is bounded by ``fail_a
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 
@@ -240,3 +241,20 @@ async def test_a_connection_reset_before_a_whole_answer_leaves_it_unknown() -> N
         result.unwrap()
     assert (type(raised.value), raised.value.ran) == (roomkit.RoomCallError, None)
     assert raised.value.message.startswith("the connection to the room's owner ended")
+
+
+async def test_no_socket_pair_to_call_through_is_an_error_of_no_effect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def exhausted() -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(trio.socket, "socketpair", exhausted)
+    owner = Owner(lambda _: ok(b'{"result":3}'))
+    with pytest.raises(roomkit.RoomCallError) as raised:
+        await call_through(owner)
+    assert (raised.value.ran, raised.value.message) == (
+        False,
+        "no socket pair to call through: [Errno 24] Too many open files",
+    )
+    assert owner.requests == []
