@@ -199,10 +199,13 @@ class Gateway:
         turn, or with 503 by their draining room) instead of cut off with nothing: a
         client must learn whether its POST took effect. The server cancels this once
         the rooms are done."""
-        async with trio.open_nursery() as nursery:
-            self._turns = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._turns = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._turns = None  # a closed nursery takes no task: answer in the visit
 
     async def front_door(self, stream: trio.abc.Stream) -> None:
         """Read one request head; answer it, or hand the stream to its room (or to the
@@ -400,11 +403,12 @@ class Gateway:
                     reader.feed(await secured.receive_some(_BODY_CHUNK))
             body = reader.result
             if isinstance(body, bytes) and self._turns is not None and not visit.internal:
-                self._requests += 1  # the turn's own, given back when it has answered
-                visit.handed_off = True
                 owner = attrs.evolve(visit, handed_off=False)
                 answer = partial(self._answer_outside, owner, secured, plain, body)
                 self._turns.start_soon(self._guarded, owner, answer)
+                # Only once it is started: else this visit still owns (and closes) it.
+                self._requests += 1  # the turn's own, given back when it has answered
+                visit.handed_off = True
                 return
             await self._answer_plain(visit, secured, plain, body)
         finally:
