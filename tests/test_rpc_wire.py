@@ -211,3 +211,28 @@ def test_calls_reach_the_workers_of_another_node(postgres_url: str) -> None:
         pids = [trio.run(desk, b.port, "caller", asked(room, "pid"))["results"] for room in rooms]
         assert len({pid for (pid,) in pids}) == 2
         assert not {a.pid, b.pid} & {pid for (pid,) in pids}
+
+
+def test_a_forged_call_to_a_node_of_two_workers_is_refused_in_either(postgres_url: str) -> None:
+    with node(postgres_url, "--workers", "2", app=DESK) as a, ExitStack() as held:
+        rooms = rooms_of(0, 2, 1, "f") + rooms_of(1, 2, 1, "f")
+        for room in rooms:  # each lives in one of the workers while its client is there
+            held.enter_context(client(a.url(room)))
+        # Through the one port, each try reaches either worker: the one whose room it is
+        # not hands it over untrusted (a well-formed forgery passes the first check),
+        # and the room's worker refuses it. Unsigned or malformed: refused at once.
+        for room in rooms:
+            for auth in (None, "t=1;sig=" + "A" * 43, forged(), signed("pid", room)) * 3:
+                status, answer = trio.run(raw, a.port, raw_call(room, "add", auth))
+                assert status == 403, answer
+        assert not any("ran add" in line for line in a.lines)
+        # Signed for it, each runs once, in its room's worker.
+        for room in rooms:
+            status, answer = trio.run(raw, a.port, raw_call(room, "add", signed("add", room)))
+            assert (status, json.loads(answer)) == (200, {"result": 1}), answer
+
+        def ran() -> list[str] | None:  # its stderr is read by a thread: it may lag
+            found = sorted(line.split()[-1] for line in a.lines if "ran add in" in line)
+            return found if len(found) >= len(rooms) else None
+
+        assert eventually(ran, "the signed calls' lines") == sorted(rooms)
