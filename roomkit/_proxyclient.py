@@ -240,8 +240,11 @@ async def _close_both(
 ) -> None:
     """Pass a close on: to the client with the code the backend used, and back again.
 
-    1005 (no code) and 1006 (no close frame) cannot be sent: for 1005 the other side
-    gets 1000, for 1006 the client's TCP connection ends and the backend gets 1000.
+    1005 (no code) cannot be sent: the other side gets 1000. 1006 (no close frame) is
+    passed on as it happened, without a close frame: the side still there sees its TCP
+    connection end (the proxy closes the backend's stream once the pump returns), so a
+    backend that keeps a roomkit.v1 session for a client that vanished (its grace
+    period) keeps it for a client behind the proxy too, instead of hearing a clean 1000.
     """
     ws = client.ws
     assert ws is not None
@@ -250,5 +253,5 @@ async def _close_both(
             frame = CloseConnection(code if code != 1005 else 1000, reason if code != 1005 else "")
             with contextlib.suppress(*GONE):
                 await client.write(ws.send(frame))
-        if not upstream.closed:
-            await upstream.aclose(code if code not in (1005, 1006) else 1000, reason or None)
+        if not upstream.closed and code != 1006:
+            await upstream.aclose(code if code != 1005 else 1000, reason or None)

@@ -278,6 +278,18 @@ async def test_backend_close_reaches_the_client(start: Start, nursery: trio.Nurs
         assert (reason.code, reason.reason) == (4001, "kicked")
 
 
+async def test_a_client_that_vanishes_reaches_the_backend_as_1006(
+    start: Start, nursery: trio.Nursery
+) -> None:
+    backend = await start(Backend)
+    front = await start_proxy(nursery, backend.url)
+    stream, _ = await raw_handshake(front.port, "/r")  # open: the backend took it first
+    await trio.aclose_forcefully(stream)  # no close frame: the TCP connection just ends
+    with trio.fail_after(5):
+        await Backend.done.wait()
+    assert Backend.closed == [(1006, "")]
+
+
 async def test_refused_handshake_passes_its_status_through(
     start: Start, nursery: trio.Nursery
 ) -> None:
