@@ -33,6 +33,7 @@ import attrs
 import h11
 
 from .._roomid import RoomId
+from .envelope import SUBPROTOCOL, offers_envelope
 
 __all__ = [
     "CONTINUE",
@@ -265,13 +266,18 @@ _TOKEN_CHARS: Final = frozenset(
 )
 
 
+#: The 101's line that selects the envelope.
+_ENVELOPE_SELECTED: Final = b"Sec-WebSocket-Protocol: " + SUBPROTOCOL.encode("ascii") + b"\r\n"
+
+
 def handshake_response(head: RequestHead) -> bytes | Response:
     """The ``101 Switching Protocols`` answer to a WebSocket upgrade, or why it is refused.
 
     roomkit negotiates no extension (a broadcast's frame is then the same bytes for
-    every recipient) and no subprotocol, but a ``Sec-WebSocket-Protocol`` that is not a
-    comma-separated list of tokens (RFC 6455 section 4.1) is refused: a proxy would
-    have to pass it on.
+    every recipient of a form). Of the subprotocols it selects only ``roomkit.v1``, its
+    envelope (``_core/envelope.py``), when the client offers it; a
+    ``Sec-WebSocket-Protocol`` that is not a comma-separated list of tokens (RFC 6455
+    section 4.1) is refused: a proxy would have to pass it on.
     """
     version = head.headers.get("sec-websocket-version", "")
     if version != "13":
@@ -296,9 +302,10 @@ def handshake_response(head: RequestHead) -> bytes | Response:
             400, "Bad WebSocket handshake: Sec-WebSocket-Protocol is not a list of tokens"
         )
     accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _WEBSOCKET_GUID).digest())
+    selected = _ENVELOPE_SELECTED if offers_envelope(protocols) else b""
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n" + selected + b"\r\n"
     )
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_REQUEST_SIZE",
     "RATE_LIMIT",
     "RATE_LIMITED",
+    "RATE_LIMITED_TEXT",
     "TLS_CLOSE_TIMEOUT",
     "MessageAssembler",
     "MessageTooBig",
@@ -50,10 +51,12 @@ TLS_CLOSE_TIMEOUT: Final = 1.0
 #: Seconds a peer has to answer our close frame before its TCP connection is dropped.
 CLOSE_TIMEOUT: Final = 5.0
 
-#: The frame that answers a message dropped by the rate limit.
-RATE_LIMITED: Final = encode_message(
-    error_message("too many messages: this one was dropped", code="rate_limited")
+#: The text that answers a message dropped by the rate limit...
+RATE_LIMITED_TEXT: Final = error_message(
+    "too many messages: this one was dropped", code="rate_limited"
 )
+#: ...and its frame.
+RATE_LIMITED: Final = encode_message(RATE_LIMITED_TEXT)
 
 _BINARY: Final = (bytes, bytearray)
 

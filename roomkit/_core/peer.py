@@ -45,9 +45,10 @@ from .._closecodes import CloseCode
 from .._errors import DecodeError
 from .._metrics import CutReason, RoomMetrics
 from .._protocol import Protocol, error_message
+from . import envelope
 from .frames import encode_message
 from .lifecycle import PUBLIC, ConnectionState, Phase, Trigger, advance
-from .limits import RATE_LIMITED, MessageAssembler, MessageTooBig
+from .limits import RATE_LIMITED, RATE_LIMITED_TEXT, MessageAssembler, MessageTooBig
 from .ratelimit import RateLimit, TokenBucket, Verdict
 from .sendqueue import SendQueue
 
@@ -70,6 +71,14 @@ _ANSWERS_PINGS: Final = (Phase.OPEN, Phase.CLOSING)
 #: A tuple, not a union, for the isinstance check made per message (about twice as fast).
 _DATA_EVENTS: Final = (TextMessage, BytesMessage)
 
+#: The rate-limit reply to a roomkit.v1 peer: an unlogged enveloped message.
+_RATE_LIMITED_ENVELOPED: Final = envelope.encode(RATE_LIMITED_TEXT, None)
+
+
+def _enveloped_reply(text: str) -> bytes:
+    """roomkit's own reply ``text`` to a roomkit.v1 peer."""
+    return envelope.encode(text, None)
+
 
 class Peer:
     """One peer's WebSocket: what it sent, what it is owed, where it is in its life.
@@ -80,7 +89,10 @@ class Peer:
       max_message_size: bytes; a bigger message is a cut with 1009.
       max_send_queue: bytes that may be owed to the peer (see SendQueue).
       rate_limit: the token bucket's setting, or None for no limit.
-      auto_response: the request answered here and its answer, framed; or None.
+      auto_response: the request answered here and its answer, framed (enveloped, for
+        a roomkit.v1 peer); or None.
+      enveloped: the peer asked for the roomkit.v1 envelope: roomkit's own replies
+        (rate_limited, a message that does not decode) are sent in it.
       protocol: the room's typed messages, or None for raw ``str``/``bytes``.
       metrics: the counters of its Room class.
 
@@ -99,8 +111,10 @@ class Peer:
         "_bucket",
         "_close_code",
         "_close_reason",
+        "_encode_reply",
         "_metrics",
         "_protocol",
+        "_rate_limited",
         "_was_clean",
         "_ws",
         "cut",
@@ -122,8 +136,13 @@ class Peer:
         auto_response: tuple[str | bytes, bytes] | None,
         protocol: Protocol | None,
         metrics: RoomMetrics,
+        enveloped: bool = False,
     ) -> None:
         self._ws = ws
+        # roomkit's own replies, in the form the peer reads (docs/recovery.md): the
+        # envelope's unlogged message for a roomkit.v1 peer.
+        self._encode_reply = _enveloped_reply if enveloped else encode_message
+        self._rate_limited = _RATE_LIMITED_ENVELOPED if enveloped else RATE_LIMITED
         self._assembler = MessageAssembler(max_message_size)
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)
         self._auto = auto_response
@@ -229,7 +248,7 @@ class Peer:
         self.last_seen = now
         verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
         if verdict is Verdict.DROP:
-            return self._reply(RATE_LIMITED)
+            return self._reply(self._rate_limited)
         if verdict is Verdict.FLOOD:
             return self._flooded()
         auto = self._auto
@@ -242,7 +261,7 @@ class Peer:
                     raise DecodeError("binary messages are not part of this room's protocol")
                 message = protocol.client.decode(message)
             except DecodeError as exc:
-                return self._reply(encode_message(error_message(str(exc))))
+                return self._reply(self._encode_reply(error_message(str(exc))))
         messages.append(message)
         return 0
 
