@@ -17,6 +17,7 @@ from ._connection import Connection as Connection
 from ._connection import ConnectionState as ConnectionState
 from ._core.alarms import AlarmInfo as AlarmInfo
 from ._core.frontdoor import Response as Response
+from ._core.history import History as History
 from ._core.ratelimit import RateLimit as RateLimit
 from ._errors import ClientClosed as ClientClosed
 from ._errors import DecodeError as DecodeError
@@ -57,6 +58,7 @@ __all__ = [
     "DecodeError",
     "ErrorMessage",
     "FencedError",
+    "History",
     "OpenEvent",
     "OutsideHookError",
     "Protocol",

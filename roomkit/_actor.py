@@ -15,12 +15,20 @@ lifecycle state (``_core/roomstate.py``). The actor carries the decisions out.
 Each hook runs as a transaction behind the room's output gate (``_hooks.py``): what
 it sends waits there until what it wrote is durable. Sends from any task but the
 actor's (the reader answering bad input, an auto-response) bypass the gate.
+
+Sessions and recovery (docs/recovery.md). A ``roomkit.v1`` connection's own turn (its
+``on_connect``'s, or its resume's) begins with its welcome and the broadcasts it
+missed, read from the room's log (``_core/history.py``), so that no live broadcast
+comes between them. Its session parks when its socket ends abruptly, until its client
+resumes it with its token (the new transport takes the Connection over) or its grace
+runs out (``on_close`` then).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -32,10 +40,24 @@ from wsproto.events import CloseConnection
 from ._closecodes import CloseCode
 from ._connection import Connection, ConnectionState
 from ._connlog import connection_fields
+from ._core import envelope
 from ._core.alarms import AlarmInfo, after_failure
 from ._core.calls import Chain, Kind, encode_error
 from ._core.frames import encode_message
 from ._core.frontdoor import Response
+from ._core.history import (
+    LOG_END,
+    LOG_PREFIX,
+    META_KEY,
+    History,
+    ReplayLog,
+    decide,
+    entry,
+    log_key,
+    meets,
+    payload_of,
+    seq_of,
+)
 from ._core.room import (
     HOOK_FAILED,
     INTERNAL_ERROR,
@@ -55,6 +77,7 @@ from ._events import (
     Cut,
     Drain,
     Event,
+    Expire,
     HttpRequest,
     Message,
 )
@@ -63,10 +86,10 @@ from ._request import Request
 from ._room import Room, instantiate
 from ._roomhost import RoomHost, TimerKey
 from ._roomid import RoomId
-from ._storage import Storage
+from ._storage import Storage, read_reserved
 from ._stubs import CallBackend, Rooms
 from ._transport import Transport
-from .storage import AlarmWrite, Changes, Claim
+from .storage import AlarmWrite, Changes, Claim, KeyRange
 
 __all__ = ["RoomActor"]
 
@@ -84,12 +107,16 @@ EVENTS_PER_CHECKPOINT: Final = 32
 _RAW: Final = (str, bytes)
 
 #: The events that _post queues, expected by the room core until the loop takes them.
-_POSTED: Final = (Alarm, Drain)
+_POSTED: Final = (Alarm, Drain, Expire)
 
 #: The states checked per message, as names of their own (a global is a cheaper lookup).
 _ASLEEP: Final = RoomState.ASLEEP
 _DRAINING: Final = RoomState.DRAINING
 _OPEN: Final = ConnectionState.OPEN
+_AWAY: Final = ConnectionState.AWAY
+#: The states of a session another handshake may take up with its token: parked, or
+#: live on a socket not known to be dead yet (socket.io #4880: the new one wins).
+_RESUMABLE: Final = (ConnectionState.AWAY, ConnectionState.OPEN)
 
 #: What a plain request gets when on_request raised or returned no Response...
 _REQUEST_FAILED: Final = Response(500, "Internal error")
@@ -122,15 +149,19 @@ class RoomActor:
         "_cancelled",
         "_chain",
         "_core",
+        "_enveloped",
         "_hibernated",
         "_hooks",
         "_host",
         "_nursery",
         "_receive",
+        "_resuming",
         "_send",
+        "_sessions",
         "_settling",
         "_starting",
         "auto_response",
+        "auto_response_enveloped",
         "metrics",
         "room",
         "room_class",
@@ -162,10 +193,19 @@ class RoomActor:
         #: answered by ``_abandon`` if the room is cancelled before it settles (a
         #: tuple: most rooms hold none, and share the empty one).
         self._settling: tuple[Call | HttpRequest, ...] = ()
+        # The roomkit.v1 connections among the members (none: broadcasts take the
+        # plain path alone), and every session's by its current token (made with the
+        # first: most rooms hold none).
+        self._enveloped = 0
+        self._sessions: dict[str, Transport] | None = None
+        self._resuming: Connection | None = None  # the session its turn takes up again
         response = room_class.auto_response
-        #: The auto-response pair, the answer already framed.
+        #: The auto-response pair, the answer already framed (plain, and enveloped).
         self.auto_response = (
             None if response is None else (response[0], encode_message(response[1]))
+        )
+        self.auto_response_enveloped = (
+            None if response is None else (response[0], envelope.encode(response[1], None))
         )
 
     @property
@@ -259,6 +299,8 @@ class RoomActor:
         """Take ownership of a new connection and start its task."""
         self._core.join(conn)
         self._host.connections += 1
+        if conn.enveloped:
+            self._enveloped += 1
         self._spawn(conn.run)
 
     def shutdown(self, code: CloseCode, reason: str) -> None:
@@ -350,12 +392,17 @@ class RoomActor:
         """
         self._post_soon(Alarm(retry, done))
 
-    def _post_soon(self, event: Alarm | Drain) -> None:
+    def expire(self, conn: Transport) -> None:
+        """The grace of ``conn``'s parked session is over: its on_close runs (the
+        scheduler's; the room stays up until the event is queued)."""
+        self._post_soon(Expire(conn))
+
+    def _post_soon(self, event: Alarm | Drain | Expire) -> None:
         """Queue ``event`` from synchronous code; the room stays up until it is queued."""
         self._core.expect()
         self._spawn(functools.partial(self._post, event))
 
-    async def _post(self, event: Alarm | Drain) -> None:
+    async def _post(self, event: Alarm | Drain | Expire) -> None:
         # The loop counts the event off when it takes it: counted here, once this task
         # resumes, the loop could have found itself idle with the event already handled.
         queued = False
@@ -478,26 +525,80 @@ class RoomActor:
 
     def encode(self, message: Any) -> bytes:
         """The frame for ``message``, encoded by the room's protocol when it is typed."""
-        if isinstance(message, _RAW):
-            return encode_message(message)
+        return encode_message(message if isinstance(message, _RAW) else self._typed(message))
+
+    def encode_enveloped(self, message: Any) -> bytes:
+        """``message``'s frame in the roomkit.v1 envelope, unlogged (``conn.send``)."""
+        payload = message if isinstance(message, _RAW) else self._typed(message)
+        return envelope.encode(payload, None)
+
+    def _typed(self, message: Any) -> str:
+        """The text of a message of the room's protocol."""
         protocol = self.room_class.protocol
         if protocol is None:
             raise TypeError(
                 f"a room without a protocol sends str or bytes, not "
                 f"{type(message).__name__}; set {self.room_class.__name__}.protocol"
             )
-        return encode_message(protocol.server.encode(message))
+        return protocol.server.encode(message)
 
     def broadcast(
-        self, message: Any, tag: str | None, exclude: Connection | Iterable[Connection] | None
+        self,
+        message: Any,
+        tag: str | None,
+        exclude: Connection | Iterable[Connection] | None,
+        volatile: bool,
     ) -> int:
-        frame = self.encode(message)
+        payload = message if isinstance(message, _RAW) else self._typed(message)
+        frame = encode_message(payload)
         recipients = self.members(tag)
+        left_out: set[Connection] | None = None
         if exclude is not None:
             left_out = {exclude} if isinstance(exclude, Connection) else set(exclude)
             recipients = [c for c in recipients if c.handle not in left_out]
-        self.emit(frame, recipients)
+        seq = None
+        hooks = self._hooks
+        log = hooks.log
+        if (
+            log is not None
+            and not volatile
+            and hooks.outbox is not None
+            and trio.lowlevel.current_task() is hooks.task
+        ):
+            seq = self._logged(log, payload, tag, left_out)
+        if not self._enveloped:  # no roomkit.v1 member: the plain path, as it always was
+            self.emit(frame, recipients)
+            return len(recipients)
+        plain = [c for c in recipients if not c.enveloped]
+        if plain:
+            self.emit(frame, plain)
+        if len(plain) < len(recipients):
+            wrapped = [c for c in recipients if c.enveloped]
+            self.emit(envelope.encode(payload, seq), wrapped)
         return len(recipients)
+
+    def _logged(
+        self,
+        log: ReplayLog,
+        payload: str | bytes,
+        tag: str | None,
+        left_out: set[Connection] | None,
+    ) -> int:
+        """Number and log a broadcast in the running hook's changes; its seq."""
+        now = self.wall_time()
+        excluded = () if left_out is None else sorted(c.id for c in left_out)
+        seq, writes = log.append(now, entry(now, tag, excluded, payload))
+        self._hooks.current_changes().writes.update(writes)
+        return seq
+
+    def storage_cleared(self) -> None:
+        """The running hook cleared the room's storage, its log with it."""
+        if self._hooks.log is not None:
+            self._hooks.log.clear()
+
+    def resumed(self, conn: Connection) -> bool:
+        """Whether ``conn``'s running turn took up its parked session (no on_connect)."""
+        return self._resuming is conn
 
     def emit(self, item: bytes | CloseConnection, recipients: Sequence[Transport]) -> None:
         """Queue ``item`` for ``recipients``, through the output gate when a hook is running.
@@ -553,12 +654,28 @@ class RoomActor:
             self.close_behind((event.conn,), event.frame)
         elif isinstance(event, Drain):
             self._core.change(Change.DRAIN)
-            self.close_behind(self.all_connections(), event.frame)
+            members = self.all_connections()
+            self.close_behind(members, event.frame)
+            for conn in members:  # no client resumes from a server that stops
+                if conn.state is _AWAY:
+                    await self._end_session(conn)
         elif isinstance(event, Closed):
             conn = event.conn
+            if conn.superseded:
+                return  # the late end of a socket whose session another one carries on
+            if conn.state is _AWAY:
+                if self._core.state is RoomState.AWAKE and not self._hooks.fenced:
+                    grace = self.room_class.session_grace
+                    assert grace is not None, "only a room with a grace parks"
+                    self._host.set_timer(("grace", conn), trio.current_time() + grace)
+                    return  # parked: on_close runs when the grace ends
+                conn.end_parked()
             self._forget(conn)
             if await self._room() is not None:
                 await self._hooks.run(conn, "on_close", conn.handle, *conn.peer.report)
+        elif isinstance(event, Expire):
+            if event.conn.state is _AWAY and not event.conn.superseded:
+                await self._end_session(event.conn)
         elif isinstance(event, HttpRequest):
             await self._handle_request(event)
         elif isinstance(event, Alarm):
@@ -568,6 +685,14 @@ class RoomActor:
                 event.done.set()
         elif isinstance(event, Call):
             await self._handle_call(event)
+
+    async def _end_session(self, conn: Transport) -> None:
+        """A parked session ends unresumed: ``on_close`` with how its socket ended."""
+        self._host.cancel_timer(("grace", conn))
+        conn.end_parked()
+        self._forget(conn)
+        if await self._room() is not None:
+            await self._hooks.run(conn, "on_close", conn.handle, *conn.peer.report)
 
     async def _handle_connect(self, event: Connect) -> None:
         refusal = self._core.admission()
@@ -586,9 +711,17 @@ class RoomActor:
         # Open while its own on_connect runs (it is among connections(), sends to it are
         # queued for after the handshake); handshakes still waiting are not.
         conn.open()
+        old = self._resumable(conn)
+        if old is not None:  # the same Connection, on this socket now
+            tags = old.tags
+            self._host.cancel_timer(("grace", old))
+            self._forget(old)
+            conn.take_over(old)
+            conn.tags = tags
+            self._core.retag(conn, (), tags)
         settle = functools.partial(self._connect_settled, event)
-        handle = conn.handle
-        error = await self._hooks.transaction("on_connect", handle, handle.request, settle=settle)
+        turn = functools.partial(self._connect_turn, conn, old is not None)
+        error = await self._hooks.transaction("on_connect", call=turn, settle=settle)
         if error is None:
             due = self._core.joined(conn)
             if due is not None:  # a newcomer never brings the sweep forward, but it may
@@ -601,6 +734,104 @@ class RoomActor:
             await self._hooks.report(conn, error)
         conn.reject()
         return False
+
+    def _resumable(self, conn: Transport) -> Transport | None:
+        """The session ``conn``'s handshake takes up with its token, if there is one to
+        take: at most once (the token is spent), and only a roomkit.v1 one's."""
+        token, sessions = conn.resume.session, self._sessions
+        if token is None or sessions is None or not conn.enveloped:
+            return None
+        if self.room_class.session_grace is None:
+            return None
+        old = sessions.get(token)
+        if old is None or old is conn or old.state not in _RESUMABLE:
+            return None
+        del sessions[token]
+        return old
+
+    async def _connect_turn(self, conn: Transport, resumed: bool) -> None:
+        """A connection's own turn: its welcome and the broadcasts it missed (a
+        roomkit.v1 one's), then ``on_connect`` (not for a resumed session), then
+        ``on_resync`` if it asked to recover and cannot be (``recovered: false``)."""
+        room = self._hooks.instance
+        assert room is not None, "the turn runs on the room's instance"
+        handle = conn.handle
+        recovered: bool | None = None
+        if conn.enveloped:
+            recovered = await self._welcome(conn, resumed)
+        if not resumed:
+            await room.on_connect(handle, handle.request)
+        if recovered is False:
+            self._resuming = handle if resumed else None
+            try:
+                await room.on_resync(handle)
+            except Reject as refused:
+                handle.close(CloseCode.POLICY_VIOLATION, refused.reason)
+            finally:
+                self._resuming = None
+
+    async def _welcome(self, conn: Transport, resumed: bool) -> bool | None:
+        """Send ``conn`` its welcome, then what it missed; what ``recovered`` says."""
+        log = self._hooks.log
+        position = None
+        if log is not None:
+            made = log.begin()  # a client that sees no event yet still learns the epoch
+            if made:
+                self._hooks.current_changes().writes.update(made)
+            position = log.position
+        asked = conn.resume
+        recovered: bool | None = None
+        replay: list[bytes] = []
+        if asked.epoch is not None and asked.seq is not None:
+            span = None
+            if log is not None:
+                oldest = log.oldest(self.wall_time())
+                span = decide(position, oldest, log.history.max_replay, (asked.epoch, asked.seq))
+            if span is not None:
+                replayed = await self._replayed(conn, *span)
+                span = None if replayed is None else span
+                replay = replayed or []
+            recovered = span is not None
+        sessions = self._sessions
+        if sessions is None:
+            self._sessions = sessions = {}
+        if conn.session is not None:
+            sessions.pop(conn.session, None)
+        conn.session = token = envelope.new_token()
+        sessions[token] = conn
+        alone = (conn,)
+        frame = envelope.welcome(
+            conn.handle.id, token, position, resumed=resumed, recovered=recovered
+        )
+        self.emit(frame, alone)
+        for frame in replay:
+            self.emit(frame, alone)
+        return recovered
+
+    async def _replayed(self, conn: Transport, after: int, head: int) -> list[bytes] | None:
+        """The frames of the broadcasts ``(after, head]`` meant for ``conn``; None if the
+        log lacks one of them (never a partial replay)."""
+        keys = [log_key(seq) for seq in range(after + 1, head + 1)]
+        found = await read_reserved(self, keys)
+        if len(found) != len(keys):
+            return None
+        frames = []
+        conn_id, tags = conn.handle.id, conn.tags
+        for seq, key in enumerate(keys, after + 1):
+            value = found[key]
+            if meets(value, conn_id, tags):
+                frames.append(envelope.encode(payload_of(value), seq))
+        return frames
+
+    async def _load_log(self, history: History) -> ReplayLog:
+        """The room's log as the store has it (the room starts, or wakes)."""
+        meta = await self.store.get_many(self.room, [META_KEY])
+        rows = await self.store.list(
+            self.room, KeyRange(LOG_PREFIX, LOG_END), reverse=False, limit=None
+        )
+        times = [(seq_of(key), json.loads(text)["t"]) for key, text in rows]
+        stored = json.loads(meta[META_KEY]) if META_KEY in meta else None
+        return ReplayLog(history, stored, times)
 
     def _event_failed(self, event: Event) -> None:
         """roomkit's own code failed handling ``event`` (a bug): log it, count it, and
@@ -862,6 +1093,14 @@ class RoomActor:
                 return None
             hooks.claim = claim
         cls = self.room_class
+        if cls.history is not None and hooks.log is None:
+            try:
+                hooks.log = await self._load_log(cls.history)
+            except Exception:
+                logger.exception(
+                    "room %s: reading the room's log failed", self.room, extra=self.log_fields()
+                )
+                return None
         try:
             room = instantiate(cls, self, Storage(self))
         except Exception:
@@ -895,6 +1134,12 @@ class RoomActor:
         if self._core.leave(conn, conn.tags):
             self._host.connections -= 1
             conn.tags = ()  # what on_close sees, as docs/api.md says
+            if conn.enveloped:
+                self._enveloped -= 1
+                sessions = self._sessions
+                token = conn.session
+                if sessions is not None and token is not None and sessions.get(token) is conn:
+                    del sessions[token]
 
     def unhandled(self, error: Exception) -> None:
         self._host.unhandled(error)

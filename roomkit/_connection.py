@@ -20,7 +20,15 @@ from ._core.tags import validate_tags
 from ._ids import connection_id
 from ._request import Request
 
-__all__ = ["MAX_ATTACHMENT", "MAX_CLOSE_REASON", "Connection", "ConnectionState", "Link", "detach"]
+__all__ = [
+    "MAX_ATTACHMENT",
+    "MAX_CLOSE_REASON",
+    "Connection",
+    "ConnectionState",
+    "Link",
+    "detach",
+    "reattach",
+]
 
 #: Largest attachment, serialised, in bytes: the Durable Objects limit.
 MAX_ATTACHMENT: Final = 16 * 1024
@@ -81,7 +89,9 @@ class Connection:
     @property
     def state(self) -> ConnectionState:
         """CONNECTING until its ``on_connect`` starts, OPEN, CLOSING once a close frame
-        is queued or received, CLOSED when its TCP connection is gone."""
+        is queued or received, CLOSED when its TCP connection is gone; AWAY while a
+        roomkit client's session waits for it to come back (``Room.session_grace``),
+        OPEN again if it does."""
         return self._link.state
 
     @property
@@ -154,6 +164,12 @@ class Connection:
             return
         _check_close(code, reason)
         self._link.close(code, reason)
+
+
+def reattach(handle: Connection, link: Link) -> None:
+    """Carry ``handle``'s session on over ``link``, the transport of its client's new
+    socket (a resume: the same Connection, its id, tags and attachment, to the room)."""
+    handle._link = link
 
 
 def detach(handle: Connection) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "Cut",
     "Drain",
     "Event",
+    "Expire",
     "HttpRequest",
     "Message",
 ]
@@ -83,6 +84,13 @@ class Drain:
     frame: CloseConnection
 
 
+@attrs.frozen(eq=False)
+class Expire:
+    """The grace of ``conn``'s parked session is over, for ``on_close``."""
+
+    conn: Transport
+
+
 @attrs.define(eq=False)
 class HttpRequest:
     """A plain HTTP request for ``on_request``: ``answered`` is set once ``response`` may
@@ -130,4 +138,4 @@ class Check:
     """No event: makes the loop look again whether the room is left empty."""
 
 
-Event = Connect | Message | Closed | Alarm | Cut | Drain | HttpRequest | Check | Call
+Event = Connect | Message | Closed | Alarm | Cut | Drain | HttpRequest | Check | Call | Expire

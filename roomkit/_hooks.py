@@ -30,6 +30,7 @@ from wsproto.events import CloseConnection
 
 from ._closecodes import CloseCode
 from ._core.gate import Outbox, OutputGate, Pending, Settle
+from ._core.history import ReplayLog
 from ._errors import FencedError, OutsideHookError
 from ._metrics import RoomMetrics
 from ._room import Room
@@ -79,6 +80,7 @@ class HookRunner:
         "claim",
         "fenced",
         "instance",
+        "log",
         "outbox",
         "room",
         "task",
@@ -102,6 +104,10 @@ class HookRunner:
         #: The running hook's outbox, and its changes once it has written.
         self.outbox: Outbox[Transport] | None = None
         self.changes: Changes | None = None
+        #: The room's log of broadcasts, with a history, while its instance lives
+        #: (loaded from the store when it starts or wakes); a hook that raises undoes
+        #: what it logged, with its writes.
+        self.log: ReplayLog | None = None
         self._gate: OutputGate[Transport] | None = None  # see gate
         self._settled: trio.Event | None = None  # set when the gate settles, if awaited
 
@@ -114,7 +120,7 @@ class HookRunner:
 
     def rest(self) -> None:
         """The room hibernates or ends, its gate empty: drop the instance and the gate."""
-        self.instance = self.task = self._gate = None
+        self.instance = self.task = self._gate = self.log = None
 
     # Running a hook.
 
@@ -143,6 +149,8 @@ class HookRunner:
         self.outbox, self.changes = outbox, changes  # changes made on the first write
         started = time.perf_counter()
         instance = self.instance
+        log = self.log
+        mark = None if log is None else log.mark()
         try:
             if call is None:
                 await getattr(instance, hook)(*args)
@@ -150,6 +158,8 @@ class HookRunner:
                 await call()
         except Exception as exc:
             self.gate.drop(outbox)
+            if log is not None and mark is not None and self.log is log:
+                log.restore(mark)  # what it logged is dropped with its writes
             return exc
         finally:
             self._metrics.hook_ran(hook, time.perf_counter() - started)
@@ -360,7 +370,7 @@ class HookRunner:
             if pending.settle is not None:
                 pending.settle(False)
         self.wake_settle()
-        self.instance = None
+        self.instance = self.log = None  # memory may be ahead of the store: read it anew
 
 
 def _void(changes: Changes) -> None:

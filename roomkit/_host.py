@@ -301,6 +301,10 @@ class Host:
             assert isinstance(subject, Transport)
             subject.heartbeat()
             return
+        if kind == "grace":  # a parked session's: it ends unresumed
+            assert isinstance(subject, Transport)
+            subject.grace_over()
+            return
         assert isinstance(subject, RoomId)
         if kind == "sweep":
             if (actor := self._rooms.get(subject)) is not None:

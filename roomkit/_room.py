@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from ._closecodes import CloseCode
+from ._core.history import History
 from ._core.limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, MAX_REQUEST_SIZE, RATE_LIMIT
 from ._core.ratelimit import RateLimit
 from ._protocol import Protocol as MessageProtocol
@@ -34,9 +35,14 @@ class RoomBackend(Protocol):
         """The room's open connections, or those carrying ``tag``, in join order."""
 
     def broadcast(
-        self, message: Any, tag: str | None, exclude: Connection | Iterable[Connection] | None
+        self,
+        message: Any,
+        tag: str | None,
+        exclude: Connection | Iterable[Connection] | None,
+        volatile: bool,
     ) -> int:
-        """Send ``message`` to ``connections(tag)`` but ``exclude``; how many it went to."""
+        """Send ``message`` to ``connections(tag)`` but ``exclude``; how many it went to.
+        Logged in the room's history unless ``volatile`` (or outside a hook)."""
 
     def log_fields(self, conn: Connection | None = None) -> dict[str, Any]:
         """The fields of a log line about the room, or about ``conn`` in it."""
@@ -50,6 +56,9 @@ class RoomBackend(Protocol):
 
     def unhandled(self, error: Exception) -> None:
         """A hook's ``error`` reached ``on_error``'s default, which logged it."""
+
+    def resumed(self, conn: Connection) -> bool:
+        """Whether ``conn``'s running turn took up a parked session (no on_connect)."""
 
 
 class Room:
@@ -90,6 +99,13 @@ class Room:
         dropped (``on_close`` then gets 1006).
       max_request_size: bytes; the largest body of a plain HTTP request to the room
         (:meth:`on_request`; 413 beyond it), and of a call's encoded arguments.
+      history: a :class:`roomkit.History` to number and log the room's broadcasts, so
+        that a roomkit client that comes back gets exactly those it missed
+        (docs/recovery.md); None (the default) logs nothing.
+      session_grace: seconds a roomkit client's session outlives a connection that
+        ended abruptly (no close frame: 1006, a ping timeout): parked (``AWAY``, not
+        among :meth:`connections`), it resumes as the same Connection if its client
+        comes back in time; :meth:`on_close` runs when the grace ends. None: never.
     """
 
     protocol: ClassVar[MessageProtocol | None] = None
@@ -103,6 +119,8 @@ class Room:
     ping_interval: ClassVar[float | None] = 20.0
     ping_timeout: ClassVar[float] = 20.0
     max_request_size: ClassVar[int] = MAX_REQUEST_SIZE
+    history: ClassVar[History | None] = None
+    session_grace: ClassVar[float | None] = 15.0
 
     _roomkit_actor: RoomBackend
     _roomkit_storage: Storage
@@ -113,11 +131,19 @@ class Room:
             raise TypeError(f"{cls.__name__}.protocol must be a roomkit.Protocol or None")
         if cls.rate_limit is not None and not isinstance(cls.rate_limit, RateLimit):
             raise TypeError(f"{cls.__name__}.rate_limit must be a roomkit.RateLimit or None")
+        if cls.history is not None and not isinstance(cls.history, History):
+            raise TypeError(f"{cls.__name__}.history must be a roomkit.History or None")
         for attr in ("max_message_size", "max_connections", "max_send_queue", "max_request_size"):
             value = getattr(cls, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{cls.__name__}.{attr} must be a positive int, not {value!r}")
-        for attr in ("idle_timeout", "hibernate_after", "ping_interval", "ping_timeout"):
+        for attr in (
+            "idle_timeout",
+            "hibernate_after",
+            "ping_interval",
+            "ping_timeout",
+            "session_grace",
+        ):
             seconds = getattr(cls, attr)
             if seconds is None and attr != "ping_timeout":
                 continue
@@ -179,22 +205,27 @@ class Room:
         *,
         tag: str | None = None,
         exclude: Connection | Iterable[Connection] | None = None,
+        volatile: bool = False,
     ) -> int:
         """Send ``message`` to every open connection (or those carrying ``tag``).
 
-        The message is encoded once for all recipients. Never blocks: each recipient's
-        copy is queued on its connection.
+        The message is encoded once for all recipients (once per form: plain, and the
+        roomkit.v1 envelope). Never blocks: each recipient's copy is queued on its
+        connection. In a room with a :attr:`history`, a broadcast made in a hook gets
+        the room's next sequence number and is logged in the hook's transaction, to be
+        replayed to clients that missed it (docs/recovery.md).
 
         Args:
           message: ``str`` (a text frame), ``bytes`` (binary), or a message of
             ``protocol.server``.
           tag: only connections carrying this tag.
           exclude: a connection, or an iterable of them, to leave out.
+          volatile: never logged nor replayed (typing indicators, cursors).
 
         Returns:
           How many connections the message was queued for.
         """
-        return self._roomkit_actor.broadcast(message, tag, exclude)
+        return self._roomkit_actor.broadcast(message, tag, exclude, volatile)
 
     async def on_start(self) -> None:
         """Called once after the instance is created, before it handles its first event."""
@@ -205,6 +236,20 @@ class Room:
         ``conn`` is already among :meth:`connections`, and what is sent to it here is
         delivered right after the handshake completes.
         """
+
+    async def on_resync(self, conn: Connection) -> None:
+        """Called when a roomkit client asked to recover what it missed and cannot be
+        given it whole (too old, too many, another epoch): its welcome said
+        ``recovered: false`` and nothing was replayed, so it must be sent the room's
+        state afresh.
+
+        The default, for a resumed session (``on_connect`` did not run for it), runs
+        ``on_connect(conn, conn.request)`` again, so that the room sends its initial
+        state (a :class:`~roomkit.Reject` there closes the connection with 1008 and its
+        reason); for a fresh connection it does nothing: ``on_connect`` has just run.
+        """
+        if self._roomkit_actor.resumed(conn):
+            await self.on_connect(conn, conn.request)
 
     async def on_message(self, conn: Connection, message: Any) -> None:
         """Called for each message: ``str``/``bytes``, or a decoded ``protocol.client`` one."""

@@ -12,7 +12,8 @@ from .storage import AlarmWrite, Changes, Claim, Store
 __all__ = ["RoomHost", "TimerKey"]
 
 TimerKey = tuple[str, Hashable]
-"""A timer on the server's scheduler: ``("alarm" | "sweep", RoomId)`` or ``("ping", conn)``."""
+"""A timer on the server's scheduler: ``("alarm" | "sweep", RoomId)``, or ``("ping" |
+"grace", conn)`` (a connection's next ping; a parked session's end)."""
 
 
 class RoomHost(Protocol):

@@ -6,6 +6,10 @@ in flight, and only then ask the store. When the hook returns its changes are
 committed (grouped with others) and its sends wait for that commit; when it raises
 they are discarded. So a hook reads its own writes, and a client never hears of a
 write that could still be lost.
+
+Keys that begin with U+10FFFF are roomkit's own (a room's log of broadcasts,
+``_core/history.py``): they sort after every other key, and this facade refuses them
+and never lists them; roomkit reads them with :func:`read_reserved`.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any, Final, Protocol
 import attrs
 
 from ._converter import make_converter
+from ._core.history import RESERVED
 from .storage import AlarmWrite, Changes, KeyRange, RoomId, Store
 from .storage._changes import deletions_in, lookup, lookup_alarm, merge_listing, store_is_hidden
 
-__all__ = ["Storage", "StorageBackend", "Transaction"]
+__all__ = ["Storage", "StorageBackend", "Transaction", "read_reserved"]
 
 #: Longest key, in bytes of UTF-8 (the Durable Objects limit).
 MAX_KEY: Final = 2048
@@ -56,6 +61,9 @@ class StorageBackend(Protocol):
     def wall_time(self) -> float:
         """Seconds since the epoch, on the alarms' clock."""
 
+    def storage_cleared(self) -> None:
+        """The running hook cleared the room's storage (roomkit's own keys with it)."""
+
 
 class Storage:
     """A room's durable storage; use it from inside hooks.
@@ -64,7 +72,8 @@ class Storage:
     lists, str, numbers, bool, None), and attrs instances, which are stored as cattrs
     unstructures them by default, as dicts of their fields (read them back with
     ``cattrs.structure(value, cls)``, or a protocol's ``converter``). Values are copied
-    in and out: change a value by putting it again.
+    in and out: change a value by putting it again. Keys that begin with U+10FFFF are
+    roomkit's (``ValueError``), and ``list()`` never returns them.
     """
 
     __slots__ = ("_actor",)
@@ -124,7 +133,10 @@ class Storage:
         """
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be a non-negative int, not {limit!r}")
-        keys = KeyRange.of(prefix, start, end)
+        for bound in (prefix, start, end):
+            if bound is not None and bound.startswith(RESERVED):
+                raise ValueError("list bounds that begin with U+10FFFF are reserved for roomkit")
+        keys = KeyRange.of(prefix, start, RESERVED if end is None else end)
         layers = self._actor.storage_layers()
         stored: Sequence[tuple[str, str]] = ()
         if not keys.empty and not store_is_hidden(layers) and limit != 0:
@@ -138,8 +150,10 @@ class Storage:
         return {key: json.loads(text) for key, text in rows}
 
     async def delete_all(self) -> None:
-        """Delete every key of this room, and its alarm."""
+        """Delete every key of this room, and its alarm (and the room's log of
+        broadcasts: its next one starts a new epoch)."""
         self._changes().clear()
+        self._actor.storage_cleared()
 
     def transaction(self) -> Transaction:
         """A block whose writes happen all or not at all, within the hook's own.
@@ -183,18 +197,29 @@ class Storage:
         return self._actor.current_changes()
 
     async def _get(self, keys: Sequence[str]) -> dict[str, str]:
-        layers = self._actor.storage_layers()
-        found: dict[str, str] = {}
-        missing: list[str] = []
-        for key in keys:
-            known, text = lookup(layers, key)
-            if not known:
-                missing.append(key)
-            elif text is not None:
-                found[key] = text
-        if missing:
-            found.update(await self._actor.store.get_many(self._actor.room, missing))
-        return found
+        return await _read(self._actor, keys)
+
+
+async def read_reserved(actor: StorageBackend, keys: Sequence[str]) -> dict[str, Any]:
+    """The values of those of roomkit's own ``keys`` that exist, decoded, read as a
+    hook's reads are (through the writes not yet durable); inside a hook only."""
+    found = await _read(actor, keys)
+    return {key: json.loads(text) for key, text in found.items()}
+
+
+async def _read(actor: StorageBackend, keys: Sequence[str]) -> dict[str, str]:
+    layers = actor.storage_layers()
+    found: dict[str, str] = {}
+    missing: list[str] = []
+    for key in keys:
+        known, text = lookup(layers, key)
+        if not known:
+            missing.append(key)
+        elif text is not None:
+            found[key] = text
+    if missing:
+        found.update(await actor.store.get_many(actor.room, missing))
+    return found
 
 
 @attrs.define
@@ -236,6 +261,8 @@ def _check_key(key: str) -> str:
         raise ValueError(f"a storage key is at most {MAX_KEY} bytes of UTF-8")
     if "\x00" in key:  # PostgreSQL's text cannot hold it: one such key would fail a batch
         raise ValueError("a storage key may not contain NUL (U+0000)")
+    if key.startswith(RESERVED):
+        raise ValueError("storage keys that begin with U+10FFFF are reserved for roomkit")
     return key
 
 

@@ -29,6 +29,14 @@ peer that roomkit cuts off has ``CLOSE_TIMEOUT`` to take what is queued and the 
 frame as well; a room's own close waits for a slow reader, as its sends do. When
 roomkit's own code fails serving a connection (a bug), that connection alone ends,
 with 1011 if a close frame can still go out whole.
+
+Sessions (``roomkit.v1`` peers, docs/recovery.md). A transport is one socket; the
+session it carries is its :class:`~roomkit._connection.Connection` handle. When the
+socket of an enveloped peer ends abruptly (no close frame: 1006, or a ping timeout),
+the transport parks (``AWAY``) instead of letting go of its handle, and its room keeps
+it for ``session_grace``. A new transport that resumes the session takes the handle
+over (:meth:`Transport.take_over`); the old one is then *superseded*: whatever it still
+does (a late end of its socket) reaches neither the handle nor the room's hooks.
 """
 
 from __future__ import annotations
@@ -39,15 +47,17 @@ import os
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+import attrs
 import trio
 from wsproto.connection import Connection as WSConnection
 from wsproto.events import CloseConnection
 
 from ._closecodes import CloseCode
-from ._connection import Connection, detach
+from ._connection import Connection, detach, reattach
 from ._connlog import connection_fields, log_closed, log_failed, log_opened, log_refused
+from ._core.envelope import offers_envelope, split_query
 from ._core.frontdoor import Response
-from ._core.lifecycle import ConnectionState, Trigger
+from ._core.lifecycle import ConnectionState, Phase, Trigger
 from ._core.limits import CLOSE_TIMEOUT
 from ._core.peer import AUTO, CLOSE, CUT, END, PING, PONG, TIMEOUT, WRITE, Peer
 from ._metrics import CutReason, RoomMetrics
@@ -83,6 +93,10 @@ class RoomSide(Protocol):
     def auto_response(self) -> tuple[str | bytes, bytes] | None:
         """The room's auto-response: the request, and the answer already framed."""
 
+    @property
+    def auto_response_enveloped(self) -> tuple[str | bytes, bytes] | None:
+        """The same, its answer framed in the roomkit.v1 envelope."""
+
     async def connect(self, conn: Transport) -> tuple[int, str] | None:
         """Run ``on_connect``; None to accept, or the ``(status, reason)`` to refuse."""
 
@@ -96,6 +110,12 @@ class RoomSide(Protocol):
     def emit(self, item: bytes | CloseConnection, recipients: Sequence[Transport]) -> None: ...
 
     def encode(self, message: Any) -> bytes: ...
+
+    def encode_enveloped(self, message: Any) -> bytes:
+        """``message``'s frame in the roomkit.v1 envelope, unlogged."""
+
+    def expire(self, conn: Transport) -> None:
+        """The grace of ``conn``'s parked session is over: it ends (``on_close``)."""
 
     def close_behind(self, conns: Sequence[Transport], frame: CloseConnection) -> None: ...
 
@@ -119,6 +139,10 @@ class Transport:
       metrics: its Room class's counters.
       auto_response_timestamp: when the auto-response was last sent, on the room's wall
         clock (``Room.time()``); None before the first.
+      enveloped: the peer asked for the roomkit.v1 envelope (and the 101 selected it).
+      resume: what the peer's handshake asked to resume and recover.
+      session: the session's resume token, once its welcome gave it one.
+      superseded: another transport took the session over: this one serves it no more.
     """
 
     # Slots: a server holds thousands of these, each touched per message.
@@ -133,9 +157,13 @@ class Transport:
         "_wakeup",
         "_writer_done",
         "auto_response_timestamp",
+        "enveloped",
         "handle",
         "metrics",
         "peer",
+        "resume",
+        "session",
+        "superseded",
         "tags",
     )
 
@@ -148,17 +176,24 @@ class Transport:
         request: Request,
     ) -> None:
         room = actor.room_class
+        query, self.resume = split_query(request.query)  # roomkit's, never the room's
+        if query is not request.query:
+            request = attrs.evolve(request, query=query)
+        self.enveloped: Final = offers_envelope(request.headers.get("sec-websocket-protocol"))
         self.peer: Final = Peer(
             ws,
             trio.current_time(),
             max_message_size=room.max_message_size,
             max_send_queue=room.max_send_queue,
             rate_limit=room.rate_limit,
-            auto_response=actor.auto_response,
+            auto_response=actor.auto_response_enveloped if self.enveloped else actor.auto_response,
             protocol=room.protocol,
             metrics=actor.metrics,
+            enveloped=self.enveloped,
         )
-        self.handle: Final = Connection(self, request)
+        self.handle = Connection(self, request)
+        self.session: str | None = None
+        self.superseded = False
         self.tags: tuple[str, ...] = ()
         self.metrics: Final = actor.metrics
         self.auto_response_timestamp: float | None = None
@@ -196,7 +231,10 @@ class Transport:
 
     def send(self, message: Any) -> None:
         actor = self._actor
-        actor.emit(actor.encode(message), self._alone)
+        if self.enveloped:
+            actor.emit(actor.encode_enveloped(message), self._alone)
+        else:
+            actor.emit(actor.encode(message), self._alone)
 
     def close(self, code: int, reason: str) -> None:
         self._actor.emit(CloseConnection(code, reason), self._alone)
@@ -210,6 +248,32 @@ class Transport:
     def reject(self) -> None:
         """The room refuses the handshake (or failed to decide it): it ends here."""
         self.peer.move(Trigger.REJECT)
+
+    # Sessions.
+
+    def take_over(self, old: Transport) -> None:
+        """Carry ``old``'s session on (a resume): its handle, so the same Connection (id,
+        attachment, what the application set on it), and its tags; ``old`` serves it
+        no more. A live ``old`` (its socket not known dead yet) is dropped at once."""
+        old.superseded = True
+        old._alone = ()
+        if old.peer.phase is Phase.AWAY:
+            old.peer.move(Trigger.GONE)
+        else:
+            old._serve_scope.cancel()  # its late end is a superseded one's: ignored
+        self.handle = old.handle
+        reattach(self.handle, self)
+        self.tags = old.tags
+
+    def grace_over(self) -> None:
+        """The scheduler's: the parked session's grace has run out."""
+        self._actor.expire(self)
+
+    def end_parked(self) -> None:
+        """The parked session ends (its grace is over, or the room closes)."""
+        self.peer.move(Trigger.GONE)
+        self._alone = ()
+        detach(self.handle)
 
     def drain(self) -> None:
         """The server is shutting down: deliver nothing more that the peer sends."""
@@ -349,12 +413,29 @@ class Transport:
             await trio.aclose_forcefully(self._stream)
             if opened:
                 log_closed(self.log_fields, *self.peer.report, self.peer.cut_reason)
+                if self._parks():
+                    self.peer.move(Trigger.PARK)
                 await self._actor.closed(self)
             # Break the cycles through this transport (its one-recipient tuple, its
             # handle), so that reference counting frees a closed connection: left to the
-            # garbage collector, each handshake paid for a collection.
-            self._alone = ()
-            detach(self.handle)
+            # garbage collector, each handshake paid for a collection. Not a parked
+            # session's (end_parked does it), nor a superseded one's: its handle is
+            # another transport's now.
+            if not (self.superseded or self.peer.phase is Phase.AWAY):
+                self._alone = ()
+                detach(self.handle)
+
+    def _parks(self) -> bool:
+        """Whether the session outlives this socket: a roomkit.v1 peer's that ended
+        abruptly (1006: no close frame; a ping timeout), in a room with a grace. A
+        clean close, or a cut of roomkit's (a slow consumer, a flood), ends it."""
+        return (
+            self.enveloped
+            and not self.superseded
+            and self._actor.room_class.session_grace is not None
+            and self.peer.report[0] == CloseCode.ABNORMAL_CLOSURE
+            and self.peer.cut_reason in (None, "ping_timeout")
+        )
 
     async def _failed(self, opened: bool) -> None:
         """roomkit's own code failed serving this connection (a bug): that ends this

@@ -17,6 +17,7 @@ def test_public_names() -> None:
         "DecodeError",
         "ErrorMessage",
         "FencedError",
+        "History",
         "OpenEvent",
         "OutsideHookError",
         "Protocol",

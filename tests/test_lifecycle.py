@@ -14,15 +14,16 @@ from roomkit._core.lifecycle import (
     advance,
 )
 
-C, OP, D, CG, CD, R = (
+C, OP, D, CG, CD, R, A = (
     Phase.CONNECTING,
     Phase.OPEN,
     Phase.DEAF,
     Phase.CLOSING,
     Phase.CLOSED,
     Phase.REJECTED,
+    Phase.AWAY,
 )
-ADMIT, REJECT, DEAFEN, CLOSE, GONE = Trigger
+ADMIT, REJECT, DEAFEN, CLOSE, GONE, PARK = Trigger
 
 MOVES = [
     (C, ADMIT, OP),
@@ -43,8 +44,11 @@ MOVES = [
     (CG, CLOSE, CG),
     (CG, GONE, CD),
     (CD, DEAFEN, CD),
+    (CD, PARK, A),
     (R, DEAFEN, R),
     (R, GONE, R),
+    (A, DEAFEN, A),
+    (A, GONE, CD),
 ]
 
 
@@ -61,7 +65,18 @@ def test_the_table_has_no_other_move() -> None:
 
 @pytest.mark.parametrize(
     ("phase", "trigger"),
-    [(OP, ADMIT), (D, ADMIT), (CG, ADMIT), (CD, ADMIT), (CD, CLOSE), (CD, GONE), (R, CLOSE)],
+    [
+        (OP, ADMIT),
+        (D, ADMIT),
+        (CG, ADMIT),
+        (CD, ADMIT),
+        (CD, CLOSE),
+        (CD, GONE),
+        (R, CLOSE),
+        (OP, PARK),
+        (A, PARK),
+        (A, ADMIT),
+    ],
 )
 def test_a_move_the_table_lacks_is_a_bug(phase: Phase, trigger: Trigger) -> None:
     with pytest.raises(BadTransition, match=f"a {phase.value} connection cannot {trigger.value}"):
@@ -76,5 +91,12 @@ def test_how_each_phase_shows_to_rooms() -> None:
         CG: ConnectionState.CLOSING,
         CD: ConnectionState.CLOSED,
         R: ConnectionState.CLOSED,
+        A: ConnectionState.AWAY,
     }
-    assert [s.value for s in ConnectionState] == ["connecting", "open", "closing", "closed"]
+    assert [s.value for s in ConnectionState] == [
+        "connecting",
+        "open",
+        "closing",
+        "closed",
+        "away",
+    ]

@@ -13,17 +13,23 @@ the four values of the public :class:`ConnectionState` (:data:`PUBLIC`)::
     CLOSING      CLOSING     no        yes            no
     CLOSED       CLOSED      -         -              no
     REJECTED     CLOSED      -         -              no
+    AWAY         AWAY        -         -              no
 
     CONNECTING --ADMIT--> OPEN --DEAFEN--> DEAF
          |                  |                |
          +------CLOSE-------+------CLOSE-----+--> CLOSING --GONE--> CLOSED
          +------REJECT------+-----REJECT-----+------+-----> REJECTED
 
+    CLOSED --PARK--> AWAY --GONE--> CLOSED
+
 DEAF is the reader's cut (an oversized message, a flood, a protocol error) and the
 server's drain: frames are still read, for the peer's close, but nothing it sends
 reaches the room. CLOSING starts when a close frame is owed to the peer (the room's,
 roomkit's, or the answer to the peer's own). GONE is the socket closing, from any
-phase; a rejected connection stays REJECTED.
+phase; a rejected connection stays REJECTED. AWAY is a ``roomkit.v1`` session whose
+socket ended abruptly and that may still resume (its ``session_grace``): parked, not
+among the room's connections; GONE ends it, when it resumes on a new socket (that
+transport carries the session on) or when its grace ends.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class ConnectionState(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+    #: A session whose socket ended abruptly, kept for ``Room.session_grace`` seconds
+    #: in case its client comes back (docs/recovery.md).
+    AWAY = "away"
 
 
 class Phase(enum.Enum):
@@ -64,6 +73,7 @@ class Phase(enum.Enum):
     CLOSING = "closing"  # a close frame is owed to the peer
     CLOSED = "closed"  # the socket is gone
     REJECTED = "rejected"  # the room refused the handshake
+    AWAY = "away"  # the socket is gone, the session parked: it may resume
 
 
 class Trigger(enum.Enum):
@@ -75,18 +85,20 @@ class Trigger(enum.Enum):
     REJECT = "reject"  # its handshake is refused (or could not be decided)
     DEAFEN = "deafen"  # the reader cuts the peer off, or the server drains
     CLOSE = "close"  # a close frame is owed to the peer
-    GONE = "gone"  # the socket is closed
+    GONE = "gone"  # the socket is closed (or a parked session ends)
+    PARK = "park"  # the socket ended abruptly; the session waits for its client
 
 
-_C, _O, _D, _CG, _CD, _R = (
+_C, _O, _D, _CG, _CD, _R, _A = (
     Phase.CONNECTING,
     Phase.OPEN,
     Phase.DEAF,
     Phase.CLOSING,
     Phase.CLOSED,
     Phase.REJECTED,
+    Phase.AWAY,
 )
-_ADMIT, _REJECT, _DEAFEN, _CLOSE, _GONE = Trigger
+_ADMIT, _REJECT, _DEAFEN, _CLOSE, _GONE, _PARK = Trigger
 
 #: Every move a connection can make. A handshake drained before its on_connect stays
 #: CONNECTING (the room refuses it: it is shutting down); a connection already closed
@@ -96,8 +108,9 @@ TRANSITIONS: Final[dict[Phase, dict[Trigger, Phase]]] = {
     _O: {_REJECT: _R, _DEAFEN: _D, _CLOSE: _CG, _GONE: _CD},
     _D: {_REJECT: _R, _DEAFEN: _D, _CLOSE: _CG, _GONE: _CD},
     _CG: {_REJECT: _R, _DEAFEN: _CG, _CLOSE: _CG, _GONE: _CD},
-    _CD: {_DEAFEN: _CD},
+    _CD: {_DEAFEN: _CD, _PARK: _A},
     _R: {_DEAFEN: _R, _GONE: _R},
+    _A: {_DEAFEN: _A, _GONE: _CD},
 }
 
 #: How each phase shows to rooms.
@@ -108,6 +121,7 @@ PUBLIC: Final[dict[Phase, ConnectionState]] = {
     _CG: ConnectionState.CLOSING,
     _CD: ConnectionState.CLOSED,
     _R: ConnectionState.CLOSED,
+    _A: ConnectionState.AWAY,
 }
 
 

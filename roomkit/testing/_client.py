@@ -56,6 +56,7 @@ class TestClient:
     Attributes:
       close_code, close_reason: how the connection ended (1006 and ``""`` when the
         stream ended without a close frame); None while it is open.
+      subprotocol: the subprotocol the server selected (``"roomkit.v1"``), or None.
       receive_timeout: the seconds of Trio's clock a receive waits before it fails the
         test (``open_test_server``'s); set it to change it for this client.
     """
@@ -85,6 +86,7 @@ class TestClient:
         self._rejection: _Rejection | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        self.subprotocol: str | None = None
 
     async def send(self, message: Any) -> None:
         """Send ``message`` to the room.
@@ -224,12 +226,28 @@ class TestClient:
         while not self._ended:
             await self._wait_arrival()
 
+    async def abort(self) -> None:
+        """Drop the connection without a close frame, as a client whose TCP connection
+        broke does: the room sees 1006."""
+        self.freeze()
+        self._ended = True
+        await trio.aclose_forcefully(self._stream)
+
+    def freeze(self) -> None:
+        """Stop reading, and so answering pings, with the connection left open: a client
+        whose network vanished without a trace (the room finds out by its ping timeout)."""
+        self._reader.cancel()
+
     # The test server's side.
 
-    async def _open(self, host: str, target: str, headers: list[tuple[str, str]]) -> None:
+    async def _open(
+        self, host: str, target: str, headers: list[tuple[str, str]], subprotocols: list[str]
+    ) -> None:
         """Send the handshake; raise ClientClosed with its status if the room refuses it."""
         extra = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-        await self._write(Request(host=host, target=target, extra_headers=extra))
+        await self._write(
+            Request(host=host, target=target, extra_headers=extra, subprotocols=subprotocols)
+        )
         while not (self._accepted or self._ended):
             await self._wait_arrival()
         if self._accepted:
@@ -286,6 +304,7 @@ class TestClient:
             if self._ws.state is WSState.REMOTE_CLOSING:
                 await self._write(event.response())
         elif isinstance(event, AcceptConnection):
+            self.subprotocol = event.subprotocol
             self._accepted = True
             self._signal()
         elif isinstance(event, RejectConnection):
@@ -377,6 +396,7 @@ async def opened(
     host: str,
     target: str,
     headers: list[tuple[str, str]],
+    subprotocols: list[str],
 ) -> AsyncIterator[TestClient]:
     """``client``, its reader started in ``nursery`` and its handshake for ``target``
     answered; it leaves (politely, within bounds) when the block ends.
@@ -386,7 +406,7 @@ async def opened(
     """
     try:
         await nursery.start(client._run)
-        await client._open(host, target, headers)
+        await client._open(host, target, headers, subprotocols)
         yield client
     finally:
         await client._stop()

@@ -78,6 +78,7 @@ class TestServer:
         *,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        subprotocols: Iterable[str] = (),
     ) -> AsyncIterator[TestClient]:
         """Open a WebSocket to ``path`` (``"/lobby?userId=ann"``) for the ``async with`` block.
 
@@ -88,6 +89,8 @@ class TestServer:
           path: the request target: a path, and a query if any, URL-encoded.
           params: query parameters to add, encoded here (``{"userId": "zoë smith"}``).
           headers: extra handshake headers (``Origin``, ``Cookie``, ``Authorization``).
+          subprotocols: the subprotocols to offer (``["roomkit.v1"]``: the envelope of
+            docs/recovery.md, which the client then receives as it is).
 
         The client sends typed messages in the protocol of the route of ``path``; when
         a ``route`` hook sends it to another route's room, send that room's JSON.
@@ -110,7 +113,7 @@ class TestServer:
             self._receive_timeout,
             self._errors,
         )
-        async with opened(client, self._nursery, host, path, header_list):
+        async with opened(client, self._nursery, host, path, header_list, list(subprotocols)):
             yield client
 
     async def request(

@@ -1,0 +1,500 @@
+"""Sessions that resume and the broadcasts a client missed (docs/recovery.md), over the
+test kit's in-memory transport on a virtual clock (``autojump_clock``): the issue's
+"Done when" list for recovery, and the cases the peers got wrong (socket.io #5538,
+#5282, #4880). tests/test_recovery_sockets.py has the same over real sockets with a
+client roomkit did not write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+import roomkit
+from roomkit.testing import TestClient, TestServer, open_test_server
+
+V1 = ["roomkit.v1"]
+
+
+class Chat(roomkit.Room):
+    """Broadcasts what it is told to, and records its hooks (class-wide: instances come
+    and go with hibernation).
+
+    Messages: ``b:<text>`` broadcast, ``t:<tag>:<text>`` to a tag, ``x:<text>`` to all
+    but the sender, ``v:<text>`` volatile, ``bin:<text>`` as bytes, ``me`` what the room
+    knows of the sender (its id, tags and attachment), ``state`` whose state is what.
+    """
+
+    history = roomkit.History()
+    rate_limit = None
+    events: ClassVar[list[tuple[Any, ...]]] = []
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        Chat.events.append(("connect", conn.id, dict(request.query)))
+        if "tag" in request.query:
+            conn.tags = [request.query["tag"]]
+        conn.attachment = {"name": request.query.get("name", "")}
+        if "hello" in request.query:
+            conn.send(request.query["hello"])
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        if isinstance(message, bytes):
+            return
+        kind, _, text = message.partition(":")
+        if kind == "b":
+            self.broadcast(text)
+        elif kind == "t":
+            tag, _, text = text.partition(":")
+            self.broadcast(text, tag=tag)
+        elif kind == "x":
+            self.broadcast(text, exclude=conn)
+        elif kind == "v":
+            self.broadcast(text, volatile=True)
+        elif kind == "bin":
+            self.broadcast(text.encode())
+        elif kind == "me":
+            conn.send(json.dumps({"id": conn.id, "tags": conn.tags, "att": conn.attachment}))
+        elif kind == "count":
+            conn.send(json.dumps([c.id for c in self.connections()]))
+        elif kind == "boom":
+            self.broadcast(text)
+            raise RuntimeError("boom")
+
+    async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
+        Chat.events.append(("error", None if conn is None else conn.id, str(error)))
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Chat.events.append(("close", conn.id, code, clean))
+
+    async def on_resync(self, conn: roomkit.Connection) -> None:
+        Chat.events.append(("resync", conn.id))
+        await super().on_resync(conn)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_events() -> None:
+    Chat.events.clear()
+
+
+def hooks_of(conn_id: str) -> list[str]:
+    return [event[0] for event in Chat.events if event[1] == conn_id]
+
+
+async def welcome(client: TestClient) -> dict[str, Any]:
+    frame = await client.receive()
+    assert frame[0] == "welcome", frame
+    body: dict[str, Any] = frame[1]
+    return body
+
+
+def resume_path(w: dict[str, Any], seq: int | None = None, *, token: bool = True) -> str:
+    params = []
+    if token:
+        params.append(f"roomkit.session={w['session']}")
+    params.append(f"roomkit.epoch={w['epoch']}&roomkit.seq={w['seq'] if seq is None else seq}")
+    return "/lobby?" + "&".join(params)
+
+
+async def say(feeder: TestClient, *texts: str) -> None:
+    """Have the plain client ``feeder`` broadcast each of ``texts``, and see them out."""
+    for text in texts:
+        await feeder.send(f"b:{text}")
+        assert await feeder.receive() == int(text) if text.isdigit() else text
+
+
+@asynccontextmanager
+async def chat(**options: Any) -> AsyncIterator[TestServer]:
+    async with open_test_server(Chat, **options) as server:
+        yield server
+
+
+async def test_exactly_the_missed_messages_after_a_dropped_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby?name=ann&tag=red", subprotocols=V1) as ann:
+            assert ann.subprotocol == "roomkit.v1"
+            first = await welcome(ann)
+            assert first["resumed"] is False and first["recovered"] is None
+            assert first["seq"] == 0 and len(first["epoch"]) == 16
+            await say(feeder, "1", "2", "3")
+            for seq in (1, 2, 3):
+                assert await ann.receive() == ["m", seq, str(seq)]
+            await ann.abort()
+            await trio.sleep(1)  # the room sees the socket end: the session parks
+            await say(feeder, *map(str, range(4, 11)))
+        async with server.connect(resume_path(first, 3), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert again["id"] == first["id"]
+            assert again["resumed"] is True and again["recovered"] is True
+            assert again["seq"] == 10 and again["session"] != first["session"]
+            assert [await back.receive() for _ in range(7)] == [
+                ["m", seq, str(seq)] for seq in range(4, 11)
+            ]
+            await say(feeder, "11")
+            assert await back.receive() == ["m", 11, "11"]
+            await back.send("me")
+            me = json.loads((await back.receive())[2])
+            assert me == {"id": first["id"], "tags": ["red"], "att": {"name": "ann"}}
+            await back.receive_nothing()
+            assert hooks_of(first["id"]) == ["connect"]  # on_connect ran once, no close
+
+
+async def test_a_hook_that_raises_takes_its_numbers_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        chat() as server,
+        server.connect("/lobby", subprotocols=V1) as ann,
+        server.connect("/lobby", subprotocols=V1) as bob,
+    ):
+        first = await welcome(ann)
+        await welcome(bob)
+        await ann.send("b:one")
+        await ann.send("boom:never")  # dropped with its log entry: no hole in the numbers
+        await ann.send("b:two")
+        assert [await bob.receive(), await bob.receive()] == [["m", 1, "one"], ["m", 2, "two"]]
+        await bob.abort()
+        await trio.sleep(1)
+        async with server.connect(resume_path(first, 0, token=False), subprotocols=V1) as late:
+            assert (await welcome(late))["recovered"] is True
+            assert [await late.receive(), await late.receive()] == [
+                ["m", 1, "one"],
+                ["m", 2, "two"],
+            ]
+            await late.receive_nothing()
+
+
+async def test_a_resume_with_zero_events_seen(autojump_clock: trio.testing.MockClock) -> None:
+    """socket.io #5538: a client that saw no event still recovers everything since."""
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+            await say(feeder, "1", "2")
+        async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert (again["resumed"], again["recovered"], again["seq"]) == (True, True, 2)
+            assert [await back.receive() for _ in range(2)] == [["m", 1, "1"], ["m", 2, "2"]]
+            await back.receive_nothing()
+
+
+class SmallLog(Chat):
+    history = roomkit.History(max_count=100, max_age=30.0, max_replay=5)
+    session_grace = 60.0
+
+
+@pytest.mark.parametrize("why", ["max_replay", "max_age", "epoch", "ahead"])
+async def test_a_gap_too_large_resyncs_with_nothing_replayed(
+    autojump_clock: trio.testing.MockClock, why: str
+) -> None:
+    async with open_test_server(SmallLog) as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+            await say(feeder, *map(str, range(1, 7 if why == "max_replay" else 3)))
+            if why == "max_age":
+                await trio.sleep(31)  # the log ages out: a position before it cannot recover
+                await say(feeder, "x")
+        asked = dict(first)
+        if why == "epoch":
+            asked["epoch"] = "0" * 16
+        if why == "ahead":
+            asked["seq"] = 99  # a position the room never reached
+        async with server.connect(resume_path(asked), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert again["resumed"] is True and again["recovered"] is False
+            assert again["epoch"] == first["epoch"]
+            await back.send("me")  # the default on_resync ran on_connect: it set the name anew
+            reply = await back.receive()
+            assert reply[0:2] == ["m", None]
+            await back.receive_nothing()
+        assert hooks_of(first["id"]) == ["connect", "resync", "connect", "close"]
+
+
+async def test_an_idle_client_whose_position_aged_out_is_recovered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """socket.io #5282: nothing new since, so nothing is missing, however old the log."""
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            await welcome(ann)
+            await say(feeder, "1")
+            assert await ann.receive() == ["m", 1, "1"]
+            await trio.sleep(500)  # past max_age: entry 1 is stale
+        async with server.connect("/lobby", subprotocols=V1) as other:
+            w = await welcome(other)
+        async with server.connect(resume_path(w, 1, token=False), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert (again["resumed"], again["recovered"]) == (False, True)
+            await back.receive_nothing()
+    assert [e[0] for e in Chat.events if e[0] == "resync"] == []
+
+
+async def test_tags_exclusion_and_volatile_in_a_replay(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby?tag=red", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.send("x:not for ann")  # excluded: ann never gets it, live or replayed
+            await feeder.receive()
+            await ann.abort()
+            await trio.sleep(1)
+            for message in ("t:red:for red", "t:blue:for blue", "v:volatile", "b:for all"):
+                await feeder.send(message)
+            assert await feeder.receive() == "volatile"  # live, to all
+            assert await feeder.receive() == "for all"
+            await feeder.send("bin:binary")
+            assert await feeder.receive() == b"binary"
+        async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert again["recovered"] is True and again["seq"] == 5
+            assert await back.receive() == ["m", 2, "for red"]
+            assert await back.receive() == ["m", 4, "for all"]
+            assert await back.receive() == (5).to_bytes(8, "big") + b"binary"
+            await back.receive_nothing()
+
+
+async def test_a_storm_of_broadcasts_during_a_resume(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Another client broadcasts without pause while one resumes: the resumed client's
+    seqs run on without a hole or a duplicate."""
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+        sent = 0
+
+        async def storm() -> None:
+            nonlocal sent
+            while sent < 300:
+                sent += 1
+                await feeder.send(f"b:{sent}")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(storm)
+            await trio.lowlevel.checkpoint()
+            async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
+                again = await welcome(back)
+                assert again["recovered"] is True
+                seen = []
+                while not seen or seen[-1] < 300:
+                    frame = await back.receive()
+                    seen.append(frame[1])
+        assert seen == list(range(1, 301))
+
+
+async def test_a_late_ping_timeout_of_the_old_connection_does_not_break_the_new_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """socket.io #4880: the old socket, silently dead, ends after the resume."""
+    async with (
+        chat() as server,
+        server.connect("/lobby") as feeder,
+        server.connect("/lobby", subprotocols=V1) as ann,
+    ):
+        first = await welcome(ann)
+        ann.freeze()  # its network vanished: the room has not noticed
+        async with server.connect(resume_path(first), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert again["resumed"] is True and again["id"] == first["id"]
+            await trio.sleep(120)  # every ping deadline of the old socket passes
+            await say(feeder, "1")
+            assert await back.receive() == ["m", 1, "1"]
+            await feeder.send("count")
+            assert (await feeder.receive())[-1] == first["id"]
+            assert hooks_of(first["id"]) == ["connect"]
+
+
+async def test_grace_expiry_runs_on_close_1006_once(autojump_clock: trio.testing.MockClock) -> None:
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+            await feeder.send("count")  # parked: not among connections()
+            assert len(await feeder.receive()) == 1
+            assert hooks_of(first["id"]) == ["connect"]
+            await trio.sleep(15)
+            assert Chat.events[-1] == ("close", first["id"], 1006, False)
+            await trio.sleep(60)
+        async with server.connect(resume_path(first), subprotocols=V1) as back:
+            again = await welcome(back)  # too late: a fresh connect, recovered by seq
+            assert (again["resumed"], again["recovered"]) == (False, True)
+            assert again["id"] != first["id"]
+        assert hooks_of(first["id"]) == ["connect", "close"]
+
+
+async def test_a_token_used_twice_is_a_fresh_connect_the_second_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with chat() as server:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+        async with server.connect(resume_path(first), subprotocols=V1) as back:
+            assert (await welcome(back))["resumed"] is True
+        async with server.connect(resume_path(first), subprotocols=V1) as twice:
+            again = await welcome(twice)
+            assert again["resumed"] is False and again["id"] != first["id"]
+
+
+async def test_a_clean_close_does_not_park(autojump_clock: trio.testing.MockClock) -> None:
+    async with chat() as server:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+        assert Chat.events[-1] == ("close", first["id"], 1000, True)
+        async with server.connect(resume_path(first), subprotocols=V1) as back:
+            assert (await welcome(back))["resumed"] is False
+
+
+async def test_resumes_across_hibernation(autojump_clock: trio.testing.MockClock) -> None:
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await say(feeder, "1")
+            await ann.abort()
+            await trio.sleep(1)
+            await say(feeder, "2", "3")
+            await server.hibernate("lobby")
+            assert server.room("lobby") is None
+        async with server.connect(resume_path(first, 1), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert (again["resumed"], again["recovered"]) == (True, True)
+            assert [await back.receive() for _ in range(2)] == [["m", 2, "2"], ["m", 3, "3"]]
+
+
+async def test_resumes_across_a_restart(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """No parked session survives a restart: a fresh connect (on_connect runs), and the
+    log, in the SQLite file, recovers exactly the missed ones by epoch and seq."""
+    path = tmp_path / "rooms.sqlite3"
+    async with (
+        chat(storage=path) as server,
+        server.connect("/lobby") as feeder,
+        server.connect("/lobby", subprotocols=V1) as ann,
+    ):
+        first = await welcome(ann)
+        await say(feeder, "1")
+        await ann.abort()
+        await trio.sleep(1)
+        await say(feeder, "2", "3")
+    Chat.events.clear()
+    async with (
+        chat(storage=path) as server,
+        server.connect(resume_path(first, 1), subprotocols=V1) as back,
+    ):
+        again = await welcome(back)
+        assert (again["resumed"], again["recovered"]) == (False, True)
+        assert again["epoch"] == first["epoch"] and again["seq"] == 3
+        assert [await back.receive() for _ in range(2)] == [["m", 2, "2"], ["m", 3, "3"]]
+        await back.receive_nothing()
+    assert [e[0] for e in Chat.events] == ["connect", "close"]
+
+
+async def test_plain_clients_see_the_frames_they_always_saw(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        chat() as server,
+        server.connect("/lobby?hello=hi&roomkit.seq=3&roomkit.epoch=x") as plain,
+    ):
+        assert plain.subprotocol is None
+        assert await plain.receive_text() == "hi"
+        await plain.send("b:one")
+        assert await plain.receive_text() == "one"
+        await plain.send("bin:two")
+        assert await plain.receive() == b"two"
+        await plain.send("v:three")
+        assert await plain.receive_text() == "three"
+    # roomkit's parameters never reach the room; the room's own do
+    assert Chat.events[0][2] == {"hello": "hi"}
+
+
+async def test_conn_send_and_roomkit_replies_are_unlogged_in_the_envelope(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Limited(Chat):
+        rate_limit = roomkit.RateLimit(per_second=1, burst=1)
+
+    async with (
+        open_test_server(Limited) as server,
+        server.connect("/lobby?hello=hi", subprotocols=V1) as ann,
+    ):
+        await welcome(ann)
+        assert await ann.receive() == ["m", None, "hi"]
+        await ann.send("b:one")
+        await ann.send("b:two")  # no token: dropped, and answered by roomkit
+        # the reply goes out at once, the broadcast once its log entry is durable
+        frames = [await ann.receive(), await ann.receive()]
+        logged, reply = sorted(frames, key=lambda frame: frame[1] is None)
+        assert logged == ["m", 1, "one"]
+        assert reply[0:2] == ["m", None]
+        assert json.loads(reply[2])["code"] == "rate_limited"
+
+
+class Keeper(Chat):
+    """Stores what it is told, and says what its storage lists."""
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        if message == "keys":
+            conn.send(json.dumps(list(await self.storage.list())))
+        elif message == "wipe":
+            await self.storage.delete_all()
+            self.broadcast("wiped")
+        elif message.startswith("reserved:"):
+            try:
+                await getattr(self, "_" + message.partition(":")[2])()
+            except ValueError as exc:
+                conn.send(f"refused: {exc}")
+        else:
+            await self.storage.put("k", message)
+            await super().on_message(conn, message)
+
+    async def _put(self) -> None:
+        await self.storage.put("\U0010ffffmeta", 1)
+
+    async def _get(self) -> None:
+        await self.storage.get("\U0010fffflog:0000000000000001")
+
+    async def _delete(self) -> None:
+        await self.storage.delete("\U0010ffffx")
+
+    async def _list(self) -> None:
+        await self.storage.list(start="\U0010ffff")
+
+
+async def test_the_log_is_out_of_the_rooms_reach(autojump_clock: trio.testing.MockClock) -> None:
+    async with (
+        open_test_server(Keeper) as server,
+        server.connect("/lobby", subprotocols=V1) as ann,
+    ):
+        first = await welcome(ann)
+        await ann.send("b:one")
+        assert await ann.receive() == ["m", 1, "one"]
+        await ann.send("keys")  # the log's meta and entry are stored, and never listed
+        assert await ann.receive() == ["m", None, '["k"]']
+        for what in ("put", "get", "delete", "list"):
+            await ann.send(f"reserved:{what}")
+            reply = await ann.receive()
+            assert reply[0:2] == ["m", None] and "reserved for roomkit" in reply[2], reply
+        await ann.send("wipe")  # clears the log too: the next logged broadcast is 1 again
+        assert await ann.receive() == ["m", 1, "wiped"]
+        async with server.connect(resume_path(first, 1, token=False), subprotocols=V1) as late:
+            again = await welcome(late)  # the old epoch is gone: a resync
+            assert again["recovered"] is False and again["epoch"] != first["epoch"]
+            assert again["seq"] == 1
