@@ -737,7 +737,8 @@ class RoomActor:
 
     def _resumable(self, conn: Transport) -> Transport | None:
         """The session ``conn``'s handshake takes up with its token, if there is one to
-        take: at most once (the token is spent), and only a roomkit.v1 one's."""
+        take: at most once (forgetting the old transport spends the token), and only a
+        roomkit.v1 one's."""
         token, sessions = conn.resume.session, self._sessions
         if token is None or sessions is None or not conn.enveloped:
             return None
@@ -746,8 +747,7 @@ class RoomActor:
         old = sessions.get(token)
         if old is None or old is conn or old.state not in _RESUMABLE:
             return None
-        del sessions[token]
-        return old
+        return old  # its token is spent when it leaves the room's sessions
 
     async def _connect_turn(self, conn: Transport, resumed: bool) -> None:
         """A connection's own turn: its welcome and the broadcasts it missed (a
