@@ -253,8 +253,9 @@ class Transport:
 
     def take_over(self, old: Transport) -> None:
         """Carry ``old``'s session on (a resume): its handle, so the same Connection (id,
-        attachment, what the application set on it), and its tags; ``old`` serves it
-        no more. A live ``old`` (its socket not known dead yet) is dropped at once."""
+        attachment, what the application set on it); the room moves its tags over.
+        ``old`` serves it no more: a live one (its socket not known dead yet) is
+        dropped at once."""
         old.superseded = True
         old._alone = ()
         if old.peer.phase is Phase.AWAY:
@@ -263,7 +264,6 @@ class Transport:
             old._serve_scope.cancel()  # its late end is a superseded one's: ignored
         self.handle = old.handle
         reattach(self.handle, self)
-        self.tags = old.tags
 
     def grace_over(self) -> None:
         """The scheduler's: the parked session's grace has run out."""

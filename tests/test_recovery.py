@@ -35,10 +35,13 @@ class Chat(roomkit.Room):
 
     history = roomkit.History()
     rate_limit = None
+    auto_response = ("ping", "pong")
     events: ClassVar[list[tuple[Any, ...]]] = []
+    known: ClassVar[dict[str, roomkit.Connection]] = {}
 
     async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
         Chat.events.append(("connect", conn.id, dict(request.query)))
+        Chat.known[conn.id] = conn
         if "tag" in request.query:
             conn.tags = [request.query["tag"]]
         conn.attachment = {"name": request.query.get("name", "")}
@@ -62,6 +65,8 @@ class Chat(roomkit.Room):
             self.broadcast(text.encode())
         elif kind == "me":
             conn.send(json.dumps({"id": conn.id, "tags": conn.tags, "att": conn.attachment}))
+        elif kind == "state":
+            conn.send(Chat.known[text].state.value)
         elif kind == "count":
             conn.send(json.dumps([c.id for c in self.connections()]))
         elif kind == "boom":
@@ -82,6 +87,7 @@ class Chat(roomkit.Room):
 @pytest.fixture(autouse=True)
 def _fresh_events() -> None:
     Chat.events.clear()
+    Chat.known.clear()
 
 
 def hooks_of(conn_id: str) -> list[str]:
@@ -289,6 +295,7 @@ async def test_a_storm_of_broadcasts_during_a_resume(
             async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
                 again = await welcome(back)
                 assert again["recovered"] is True
+                assert 0 < again["seq"] < 300  # some replayed, the rest live
                 seen = []
                 while not seen or seen[-1] < 300:
                     frame = await back.receive()
@@ -498,3 +505,30 @@ async def test_the_log_is_out_of_the_rooms_reach(autojump_clock: trio.testing.Mo
             again = await welcome(late)  # the old epoch is gone: a resync
             assert again["recovered"] is False and again["epoch"] != first["epoch"]
             assert again["seq"] == 1
+
+
+class Unlogged(roomkit.Room):
+    auto_response = ("ping", "pong")
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        self.broadcast(message)
+
+
+async def test_a_room_without_history_envelopes_without_numbers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_test_server(Unlogged) as server,
+        server.connect("/lobby", subprotocols=V1) as ann,
+    ):
+        first = await welcome(ann)
+        assert (first["epoch"], first["seq"], first["recovered"]) == (None, None, None)
+        await ann.send("hi")
+        assert await ann.receive() == ["m", None, "hi"]
+        await ann.send(b"bytes")
+        assert await ann.receive() == bytes(8) + b"bytes"
+        await ann.send("ping")  # answered by the connection itself, enveloped
+        assert await ann.receive() == ["m", None, "pong"]
+        asked = "/lobby?roomkit.epoch=0123456789abcdef&roomkit.seq=0"
+        async with server.connect(asked, subprotocols=V1) as late:
+            assert (await welcome(late))["recovered"] is False  # nothing to recover from
