@@ -174,7 +174,7 @@ class HibernatingRoom(roomkit.Room):
     """
 
     #: Messages kept in storage, the latest; the guide keeps every one, for ever.
-    history: ClassVar[int] = 1000
+    kept: ClassVar[int] = 1000
 
     async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
         user_id = request.query.get("userId")
@@ -194,8 +194,8 @@ class HibernatingRoom(roomkit.Room):
         # a key of its own.
         number = await self.storage.get(MESSAGES, 0)
         await self.storage.put_many({message_key(number): data, MESSAGES: number + 1})
-        if number >= self.history:
-            await self.storage.delete(message_key(number - self.history))
+        if number >= self.kept:
+            await self.storage.delete(message_key(number - self.kept))
         self.broadcast(stringify(data))
 
     async def on_close(

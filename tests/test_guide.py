@@ -250,7 +250,7 @@ async def test_hibernating_two_messages_in_one_millisecond_are_both_stored(
 
 class Sleepy(HibernatingRoom):
     hibernate_after = 1.0
-    history = 2
+    kept = 2
 
 
 async def test_hibernating_attachments_and_the_count_survive_hibernation(
@@ -274,7 +274,7 @@ async def test_hibernating_attachments_and_the_count_survive_hibernation(
         await trio.sleep(90)
         await ann.send("last")
         last = json.loads(await ann.receive_text())
-        # Numbered on from where the count was; the oldest dropped past history = 2.
+        # Numbered on from where the count was; the oldest dropped past kept = 2.
         assert await stored(store, "lobby") == {
             "message:0000000000000001": after,
             "message:0000000000000002": last,

@@ -532,3 +532,31 @@ async def test_a_room_without_history_envelopes_without_numbers(
         asked = "/lobby?roomkit.epoch=0123456789abcdef&roomkit.seq=0"
         async with server.connect(asked, subprotocols=V1) as late:
             assert (await welcome(late))["recovered"] is False  # nothing to recover from
+
+
+class Doorman(SmallLog):
+    """Turns everyone away once ``closed`` is set: a resync's on_connect then rejects."""
+
+    closed = False
+
+    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
+        if Doorman.closed:
+            raise roomkit.Reject(403, "closed for the night")
+        await super().on_connect(conn, request)
+
+
+async def test_a_reject_in_the_default_on_resync_closes_with_1008(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    Doorman.closed = False
+    async with open_test_server(Doorman) as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+            await say(feeder, *map(str, range(1, 7)))  # more than max_replay
+        Doorman.closed = True
+        async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert (again["resumed"], again["recovered"]) == (True, False)
+            assert await back.receive_close() == (1008, "closed for the night")
