@@ -12,6 +12,7 @@ from ._client import connect as connect
 from ._clientevents import CloseEvent as CloseEvent
 from ._clientevents import OpenEvent as OpenEvent
 from ._clientevents import ReconnectEvent as ReconnectEvent
+from ._clientsession import Session as Session
 from ._closecodes import CloseCode as CloseCode
 from ._connection import Connection as Connection
 from ._connection import ConnectionState as ConnectionState
@@ -80,6 +81,7 @@ __all__ = [
     "ServeOptions",
     "Server",
     "ServerStatistics",
+    "Session",
     "Storage",
     "StorageError",
     "Transaction",

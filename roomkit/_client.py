@@ -12,6 +12,11 @@ disconnected waits in a bounded queue and goes out, in order, once it is back. A
 with a code that means "don't come back" (1008, or 4000-4999 chosen by the room; but
 not 1008 "slow consumer"), or a handshake refused with a 4xx status, stops it for good.
 
+It offers the roomkit.v1 envelope (``_clientsession``): with a server that selects it,
+a connection counts as open once its welcome has come, the client comes back to the
+same session and its room's log position, and the application still sees only the
+payloads, each once. A server that does not select it is spoken to as a plain client.
+
 It never imports the server's modules: only the message codec, the errors, and (in its
 WebSocket) the sans-IO centre's MessageAssembler, so that a message's size is counted
 as the server counts it.
@@ -33,6 +38,7 @@ import anyio
 import attrs
 
 from ._clientevents import CloseEvent, OpenEvent, ReconnectEvent
+from ._clientsession import ENVELOPE, EnvelopeError, Position, Session
 from ._closecodes import CloseCode
 from ._core.limits import MAX_MESSAGE_SIZE
 from ._errors import ClientClosed, DecodeError
@@ -146,6 +152,8 @@ class Client:
       connected: whether a WebSocket is open right now.
       close_code, close_reason: how the last WebSocket ended (None before any did).
       connections: how many WebSockets it has opened so far.
+      session: the last welcome of a room that speaks the roomkit.v1 envelope, or None
+        (before the first, and while connected to a server that does not speak it).
     """
 
     def __init__(self, url: str, options: _Options, max_queue: int) -> None:
@@ -169,6 +177,8 @@ class Client:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.connections = 0
+        self.session: Session | None = None
+        self._position = Position()  # kept across connections: where to come back to
 
     @property
     def connected(self) -> bool:
@@ -267,13 +277,15 @@ class Client:
     async def _session(self) -> bool:
         """One WebSocket, from connecting to its end; whether it opened at all."""
         o = self._options
+        url = attrs.evolve(self._url, query=self._position.query(self._url.query))
         try:
             ws = await open_websocket(
-                self._url,
+                url,
                 headers=o.headers,
                 ssl_context=o.ssl_context,
                 max_message_size=o.max_message_size,
                 connect_timeout=o.connect_timeout,
+                subprotocols=[ENVELOPE],
             )
         except HandshakeRefused as refusal:
             status = refusal.status
@@ -286,6 +298,17 @@ class Client:
             logger.info("%s", exc)
             return False
         async with ws:
+            self.session = None
+            if ws.subprotocol == ENVELOPE:
+                try:
+                    with anyio.fail_after(o.connect_timeout):
+                        self.session = self._position.welcome(await ws.receive())
+                except ConnectionClosed as closed:  # before its welcome: it did not open
+                    self._closed(closed)
+                    return True
+                except (TimeoutError, EnvelopeError) as exc:
+                    logger.info("no welcome from %s: %r", self._url.host_header, exc)
+                    return False
             await self._serve(ws)
         return True
 
@@ -294,7 +317,12 @@ class Client:
         self._ws, self._ended = ws, anyio.Event()
         self.connections += 1
         self._up.set()
-        self._emit(self._options.on_open, OpenEvent(self.connections))
+        welcome = self.session
+        if welcome is None:
+            opened = OpenEvent(self.connections)
+        else:
+            opened = OpenEvent(self.connections, welcome.resumed, welcome.recovered)
+        self._emit(self._options.on_open, opened)
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._write, ws)
@@ -314,15 +342,30 @@ class Client:
     async def _read(self, ws: WebSocket) -> None:
         try:
             while True:
-                message = await ws.receive()
-                if self._stopped is None:  # else the application has left: dropped
+                message = self._unwrap(await ws.receive())
+                if message is not None and self._stopped is None:  # else: dropped
                     with anyio.CancelScope() as self._delivery:
                         await self._inbox_send.send(self._decode(message))
                     self._delivery = None
         except ConnectionClosed as closed:
-            self.close_code, self.close_reason = closed.code, closed.reason
-            if is_final_close(closed.code, closed.reason):
-                self._stop(f"the room closed with {closed.code} {closed.reason}")
+            self._closed(closed)
+
+    def _closed(self, closed: ConnectionClosed) -> None:
+        """Record how a WebSocket ended; stop, if that means "don't come back"."""
+        self.close_code, self.close_reason = closed.code, closed.reason
+        if is_final_close(closed.code, closed.reason):
+            self._stop(f"the room closed with {closed.code} {closed.reason}")
+
+    def _unwrap(self, message: str | bytes) -> str | bytes | None:
+        """The payload of a frame (the frame itself on a plain connection), or None for
+        one to drop: seen already, of a kind the client does not know, or broken."""
+        if self.session is None:
+            return message
+        try:
+            return self._position.unwrap(message)
+        except EnvelopeError as exc:
+            logger.warning("dropped a frame from %s: %s", self._url.host_header, exc)
+            return None
 
     def _decode(self, message: str | bytes) -> Any:
         protocol = self._options.protocol

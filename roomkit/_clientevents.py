@@ -14,9 +14,12 @@ __all__ = ["CloseEvent", "OpenEvent", "ReconnectEvent"]
 @attrs.frozen
 class OpenEvent:
     """A WebSocket opened; ``connections`` counts them, this one included (2 and up: a
-    reconnection)."""
+    reconnection). On a connection that speaks the roomkit.v1 envelope, ``resumed`` and
+    ``recovered`` are its welcome's (see ``Session``); on a plain one, False and None."""
 
     connections: int
+    resumed: bool = False
+    recovered: bool | None = None
 
 
 @attrs.frozen

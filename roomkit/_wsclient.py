@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import anyio
@@ -100,9 +100,11 @@ async def open_websocket(
     ssl_context: ssl.SSLContext | None,
     max_message_size: int,
     connect_timeout: float,
+    subprotocols: Sequence[str] = (),
 ) -> WebSocket:
     """Connect to ``url`` and make the WebSocket handshake: ``connect_timeout`` seconds for the
-    TCP connection (TLS included), and again for the handshake.
+    TCP connection (TLS included), and again for the handshake. ``subprotocols`` are
+    offered; the one the server selects, if any, is the WebSocket's ``subprotocol``.
 
     Raises:
       HandshakeRefused: the server answered with another status than 101.
@@ -119,17 +121,18 @@ async def open_websocket(
             host=url.host_header,
             target=url.resource,
             extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+            subprotocols=list(subprotocols),
         )
         with anyio.fail_after(connect_timeout):
             await _write_or_fail(stream, ws.send(request))
-            await _read_response(stream, ws)
+            subprotocol = await _read_response(stream, ws)
     except TimeoutError as exc:
         await anyio.aclose_forcefully(stream)
         raise HandshakeFailed(f"no handshake response within {connect_timeout} s") from exc
     except BaseException:
         await anyio.aclose_forcefully(stream)
         raise
-    return WebSocket(stream, ws, max_message_size)
+    return WebSocket(stream, ws, max_message_size, subprotocol)
 
 
 async def _connect(url: WebSocketURL, ssl_context: ssl.SSLContext | None) -> anyio.abc.ByteStream:
@@ -150,15 +153,16 @@ async def _write_or_fail(stream: anyio.abc.ByteStream, data: bytes) -> None:
         raise HandshakeFailed(f"handshake failed: {exc!r}") from exc
 
 
-async def _read_response(stream: anyio.abc.ByteStream, ws: WSConnection) -> None:
-    """Read the handshake's answer: return once accepted, or raise why not."""
+async def _read_response(stream: anyio.abc.ByteStream, ws: WSConnection) -> str | None:
+    """Read the handshake's answer: once accepted, the subprotocol it selected (wsproto
+    checks that it was one offered); else raise why not."""
     refusal: RejectConnection | None = None
     body = b""
     try:
         while True:
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
-                    return  # frames that came with it stay in ws, for the first receive
+                    return event.subprotocol  # frames that came with it stay in ws
                 if isinstance(event, RejectConnection):
                     refusal = event
                     if not event.has_body:
@@ -185,11 +189,17 @@ async def _receive_or_eof(stream: anyio.abc.ByteStream) -> bytes | None:
 
 
 class WebSocket:
-    """An open client WebSocket: read by one task, written by any."""
+    """An open client WebSocket: read by one task, written by any. ``subprotocol`` is
+    the one the server selected, or None."""
 
     def __init__(
-        self, stream: anyio.abc.ByteStream, ws: WSConnection, max_message_size: int
+        self,
+        stream: anyio.abc.ByteStream,
+        ws: WSConnection,
+        max_message_size: int,
+        subprotocol: str | None = None,
     ) -> None:
+        self.subprotocol = subprotocol
         self._stream = stream
         self._ws = ws
         self._write_lock = anyio.Lock()

@@ -1,5 +1,5 @@
 """The servers the Python client's tests talk to: rooms, a roomkit server in a thread,
-and raw TCP servers of a test's own.
+raw TCP servers of a test's own, and a fake server of the roomkit.v1 envelope.
 
 The client's tests run under asyncio and Trio (``anyio.run`` with either backend), so
 the roomkit server they talk to runs in its own thread, under its own ``trio.run``:
@@ -9,15 +9,26 @@ on the same port, as a deploy does.
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Request,
+    TextMessage,
+)
 
 import roomkit
 from examples.chat import ChatRoom
@@ -136,3 +147,73 @@ async def serve_raw(
         tasks.start_soon(listener.serve, handler)
         yield f"ws://127.0.0.1:{listener.extra(anyio.abc.SocketAttribute.local_port)}"
         tasks.cancel_scope.cancel()
+
+
+_Event = TypeVar("_Event")
+
+
+def welcome_frame(**fields: Any) -> str:
+    """A roomkit.v1 welcome: session ``tok1`` of connection ``c1`` in epoch ``e1`` at
+    seq 3, a fresh connect, unless ``fields`` say otherwise."""
+    base = {"id": "c1", "session": "tok1", "epoch": "e1", "seq": 3, "resumed": False}
+    return json.dumps(["welcome", {**base, "recovered": None, **fields}])
+
+
+def m_frame(seq: int | None, text: str) -> str:
+    """A roomkit.v1 text message."""
+    return json.dumps(["m", seq, text])
+
+
+def binary_frame(seq: int, payload: bytes) -> bytes:
+    """A roomkit.v1 binary message (``seq`` 0: not logged)."""
+    return seq.to_bytes(8, "big") + payload
+
+
+class EnvelopeServer:
+    """A fake roomkit.v1 server for :func:`serve_raw`, speaking wsproto over the stream.
+
+    Its ``n``th connection gets the frames of ``scripts[n]`` (``str``: text, ``bytes``:
+    binary, or a wsproto event such as a ``CloseConnection``), then its TCP connection
+    is dropped without a close frame (unless it sent one), as a network does; the last
+    script's connection stays open, and answers the client's close. It selects
+    ``roomkit.v1`` when the client offers it, unless ``select=False`` (an older server,
+    a proxy that drops the header). ``requests`` are the handshakes it took, in order
+    (``target``, ``subprotocols``).
+    """
+
+    def __init__(
+        self, scripts: Sequence[Sequence[str | bytes | Event]], *, select: bool = True
+    ) -> None:
+        self.scripts = scripts
+        self.select = select
+        self.requests: list[Request] = []
+
+    async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            ws = WSConnection(ConnectionType.SERVER)
+            request = await _next_event(stream, ws, Request)
+            script = self.scripts[len(self.requests)]
+            self.requests.append(request)
+            offered = self.select and "roomkit.v1" in request.subprotocols
+            await stream.send(ws.send(AcceptConnection("roomkit.v1" if offered else None)))
+            for frame in script:
+                if isinstance(frame, str):
+                    frame = TextMessage(frame)
+                elif isinstance(frame, bytes):
+                    frame = BytesMessage(frame)
+                await stream.send(ws.send(frame))
+            if len(self.requests) == len(self.scripts):
+                close = await _next_event(stream, ws, CloseConnection)
+                if ws.state is ConnectionState.REMOTE_CLOSING:  # else it answered ours
+                    await stream.send(ws.send(close.response()))
+
+
+async def _next_event(
+    stream: anyio.abc.SocketStream, ws: WSConnection, kind: type[_Event]
+) -> _Event:
+    """Read until wsproto gives an event of ``kind``, dropping the others."""
+    while True:
+        for event in ws.events():
+            if isinstance(event, kind):
+                return event
+        ws.receive_data(await stream.receive())

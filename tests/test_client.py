@@ -34,7 +34,14 @@ import roomkit._client
 from examples.chat import Chat, ChatRoom, Message, Ping, Pong, Welcome
 from roomkit._core.frontdoor import Response
 
-from .clientservers import ThreadServer, serve_raw
+from .clientservers import (
+    EnvelopeServer,
+    ThreadServer,
+    binary_frame,
+    m_frame,
+    serve_raw,
+    welcome_frame,
+)
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -544,6 +551,150 @@ def test_a_callback_can_send_without_waiting(backend: str, url: str) -> None:
             clients.append(client)
             with anyio.fail_after(5):
                 assert await client.receive() == "echo open 1"
+
+    run(backend, main)
+
+
+@backends
+def test_the_envelope_delivers_each_payload_once_and_comes_back_to_its_session(
+    backend: str,
+) -> None:
+    """Seen up to 5, dropped; back: the replay (5 again, 6, 7), then 8 live."""
+    server = EnvelopeServer(
+        [
+            [
+                welcome_frame(),
+                m_frame(4, "four"),
+                binary_frame(5, b"\x00five"),
+                m_frame(None, "unlogged"),
+                '["presence_state", {}]',  # a kind it does not know: dropped
+            ],
+            [
+                welcome_frame(session="tok2", seq=7, resumed=True, recovered=True),
+                m_frame(5, "five again"),
+                m_frame(6, "six"),
+                binary_frame(7, b"seven"),
+                binary_frame(0, b"unlogged too"),
+                m_frame(8, "eight"),
+            ],
+        ]
+    )
+
+    async def main() -> None:
+        log = Log()
+        options = {"initial_delay": 0.01, **log.callbacks()}
+        async with serve_raw(server) as url:
+            # Earlier roomkit.* parameters in the URL are replaced by the client's own.
+            target = f"{url}/r?userId=ada&roomkit.seq=1"
+            async with roomkit.connect(target, **options) as client:
+                with anyio.fail_after(5):
+                    received = [await client.receive() for _ in range(7)]
+                assert client.session == roomkit.Session("c1", "e1", 7, True, True)
+        assert received == [
+            "four",
+            b"\x00five",
+            "unlogged",
+            "six",  # "five again" was seen already: dropped
+            b"seven",
+            b"unlogged too",
+            "eight",
+        ]
+        first, second = server.requests
+        assert first.subprotocols == second.subprotocols == ["roomkit.v1"]
+        assert first.target == "/r?userId=ada"
+        resume = "roomkit.session=tok1&roomkit.epoch=e1&roomkit.seq=5"
+        assert second.target == f"/r?userId=ada&{resume}"
+        assert log.of(roomkit.OpenEvent) == [
+            roomkit.OpenEvent(1, resumed=False, recovered=None),
+            roomkit.OpenEvent(2, resumed=True, recovered=True),
+        ]
+        assert log.of(roomkit.CloseEvent)[0] == roomkit.CloseEvent(1006, "", True)
+
+    run(backend, main)
+
+
+@backends
+def test_a_resync_is_told_to_the_application(backend: str) -> None:
+    """recovered false: the client's position is the welcome's, in the new epoch."""
+    server = EnvelopeServer(
+        [
+            [welcome_frame(), m_frame(4, "four")],
+            [
+                welcome_frame(epoch="e2", seq=2, recovered=False),
+                m_frame(2, "before the welcome's head"),
+                m_frame(3, "three"),
+            ],
+        ]
+    )
+
+    async def main() -> None:
+        log = Log()
+        options = {"initial_delay": 0.01, "on_open": log}
+        async with serve_raw(server) as url, roomkit.connect(f"{url}/r", **options) as client:
+            with anyio.fail_after(5):
+                assert [await client.receive() for _ in range(2)] == ["four", "three"]
+            assert client.session == roomkit.Session("c1", "e2", 2, False, False)
+        assert log.events == [roomkit.OpenEvent(1), roomkit.OpenEvent(2, False, False)]
+        assert server.requests[1].target.endswith("roomkit.epoch=e1&roomkit.seq=4")
+
+    run(backend, main)
+
+
+@backends
+def test_typed_messages_are_decoded_from_the_envelopes_payload(backend: str) -> None:
+    protocol = ChatRoom.protocol
+    error = '{"type": "error", "message": "no"}'
+    server = EnvelopeServer(
+        [[welcome_frame(), m_frame(4, protocol.server.encode(Pong())), m_frame(None, error)]]
+    )
+
+    async def main() -> None:
+        async with serve_raw(server) as url, roomkit.connect(url, protocol=protocol) as client:
+            with anyio.fail_after(5):
+                assert await client.receive() == Pong()
+                assert await client.receive() == roomkit.ErrorMessage("no")
+
+    run(backend, main)
+
+
+@backends
+def test_a_server_that_does_not_select_the_envelope_is_spoken_to_as_today(backend: str) -> None:
+    frames = [m_frame(4, "x"), welcome_frame(), b"\x00" * 3]
+    server = EnvelopeServer([frames, []], select=False)
+
+    async def main() -> None:
+        log = Log()
+        async with serve_raw(server) as url:
+            connect = roomkit.connect(f"{url}/r?a=1", initial_delay=0.01, on_open=log)
+            async with connect as client:
+                with anyio.fail_after(5):
+                    assert [await client.receive() for _ in range(3)] == frames
+                await log.wait_for(roomkit.OpenEvent, 2)
+                assert client.session is None
+        assert [r.target for r in server.requests] == ["/r?a=1", "/r?a=1"]  # no session
+        assert server.requests[0].subprotocols == ["roomkit.v1"]  # though it was offered
+        assert log.events == [roomkit.OpenEvent(1), roomkit.OpenEvent(2)]
+
+    run(backend, main)
+
+
+@backends
+def test_a_connection_opens_with_its_welcome(backend: str) -> None:
+    """A first frame that is not a welcome: a failed try. A close before the welcome: a
+    close as any other (here one that says "don't come back"), but no open."""
+    server = EnvelopeServer(
+        [[m_frame(1, "no welcome")], [CloseConnection(4001, "banned")]],
+    )
+
+    async def main() -> None:
+        log = Log()
+        options = {"initial_delay": 0.01, **log.callbacks()}
+        async with serve_raw(server) as url, roomkit.connect(url, **options) as client:
+            with anyio.fail_after(5), pytest.raises(roomkit.ClientClosed) as info:
+                await client.receive()
+        assert (info.value.code, info.value.reason) == (4001, "banned")
+        assert [type(e) for e in log.events] == [roomkit.ReconnectEvent]
+        assert client.connections == 0 and client.session is None
 
     run(backend, main)
 

@@ -39,6 +39,7 @@ def test_public_names() -> None:
         "ServeOptions",
         "Server",
         "ServerStatistics",
+        "Session",
         "Storage",
         "StorageError",
         "Transaction",
