@@ -1,4 +1,5 @@
-"""The browser client, roomkit.js, run by Node (with its WebSocket) against a real server.
+"""The browser client, roomkit.js, run by Node (with its WebSocket) against a real server
+(roomkit's, or the fake roomkit.v1 server of tests/clientservers.py).
 
 Real time and a real subprocess: each run takes well under a second. Without a Node
 that has ``--experimental-websocket`` (20.10 or later), these tests are skipped.
@@ -10,15 +11,16 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import ClassVar
+from typing import Any
 
 import pytest
 import trio
+from wsproto.events import CloseConnection
 
 import roomkit
 from roomkit._reconnect import Backoff
 
-from .helpers import Start
+from .clientservers import EnvelopeServer, binary_frame, m_frame, serve_raw, welcome_frame
 
 NODE = shutil.which("node")
 ROOMKIT_JS = Path(roomkit.__file__).parent / "static" / "roomkit.js"
@@ -59,34 +61,34 @@ socket.addEventListener("reconnecting", (e) => events.push({ attempt: e.attempt,
 """
 
 
-class ClosesFirst(roomkit.Room):
-    """Closes the first connection to each room with the code the room is named after."""
-
-    seen: ClassVar[set[str]] = set()
-
-    async def on_connect(self, conn: roomkit.Connection, request: roomkit.Request) -> None:
-        if self.name not in ClosesFirst.seen:
-            ClosesFirst.seen.add(self.name)
-            conn.close(int(self.name), "bye")
-
-
-@pytest.mark.parametrize(("code", "attempt", "delay"), [(1012, 0, 0), (1001, 1, 500)])
-async def test_after_a_1012_close_roomkit_js_comes_back_at_once(
-    start: Start, tmp_path: Path, code: int, attempt: int, delay: int
-) -> None:
+async def run_node(tmp_path: Path, script: str, url: str, **env: str) -> Any:
+    """Run ``script`` with roomkit.js beside it, ``ROOM_URL`` set to ``url``; what it
+    printed, as JSON."""
     assert NODE is not None
-    server = await start(ClosesFirst)
     shutil.copy(ROOMKIT_JS, tmp_path / "roomkit.mjs")
-    (tmp_path / "main.mjs").write_text(SCRIPT)
+    (tmp_path / "main.mjs").write_text(script)
     with trio.fail_after(20):
         result = await trio.run_process(
             [NODE, "--experimental-websocket", "--no-warnings", "main.mjs"],
             cwd=tmp_path,
-            env={"ROOM_URL": f"{server.url}/{code}"},
+            env={"ROOM_URL": url, **env},
             capture_stdout=True,
             capture_stderr=True,
+            check=False,
         )
-    _, closed, reconnecting, reopened = json.loads(result.stdout)
+    assert result.returncode == 0, result.stderr.decode()
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(("code", "attempt", "delay"), [(1012, 0, 0), (1001, 1, 500)])
+async def test_after_a_1012_close_roomkit_js_comes_back_at_once(
+    tmp_path: Path, code: int, attempt: int, delay: int
+) -> None:
+    server = EnvelopeServer([[welcome_frame(), CloseConnection(code, "bye")], [welcome_frame()]])
+    async with serve_raw(server) as url:
+        events = await run_node(tmp_path, SCRIPT, f"{url}/r")
+    assert isinstance(events, list)
+    _, closed, reconnecting, reopened = events
     assert closed["close"] == code
     assert reconnecting == {"attempt": attempt, "delay": delay}
     assert reopened["open"] >= closed["at"]  # it came back, after the delay it reported
@@ -120,3 +122,97 @@ def test_roomkit_js_keeps_the_python_clients_schedule(tmp_path: Path) -> None:
         "early": [python.ceiling(n, 0) * 1000 for n in range(6)],
         "late": [python.ceiling(n, 60) * 1000 for n in range(6)],
     }
+
+
+#: Connects (offering a subprotocol of its own too), and prints the open events and the
+#: messages up to "eight", and the last welcome, as JSON.
+ENVELOPE_SCRIPT = """
+import { RoomSocket } from "./roomkit.mjs";
+const protocols = process.env.PROTOCOLS ? process.env.PROTOCOLS.split(",") : [];
+const options = { minDelay: 10, binaryType: "arraybuffer", protocols };
+const socket = new RoomSocket(process.env.ROOM_URL, options);
+const events = [];
+socket.addEventListener("open", (e) => events.push({ open: [e.resumed, e.recovered] }));
+socket.addEventListener("message", (e) => {
+  const data = typeof e.data === "string" ? e.data : { bin: [...new Uint8Array(e.data)] };
+  events.push({ data, seq: e.seq });
+  if (data === "eight") {
+    console.log(JSON.stringify({ events, session: socket.session }));
+    socket.close();
+  }
+});
+"""
+
+
+async def test_roomkit_js_delivers_each_payload_once_and_comes_back_to_its_session(
+    tmp_path: Path,
+) -> None:
+    """As the Python client's test: seen up to 5, dropped; back: the replay (5 again,
+    6, 7), then 8 live."""
+    server = EnvelopeServer(
+        [
+            [
+                welcome_frame(),
+                m_frame(4, "four"),
+                binary_frame(5, b"\x00\xff"),
+                m_frame(None, "unlogged"),
+                '["presence_state", {}]',  # a kind it does not know: dropped
+            ],
+            [
+                welcome_frame(session="tok2", seq=7, resumed=True, recovered=True),
+                m_frame(5, "five again"),
+                m_frame(6, "six"),
+                binary_frame(7, b"\x07"),
+                binary_frame(0, b""),
+                m_frame(8, "eight"),
+            ],
+        ]
+    )
+    async with serve_raw(server) as url:
+        target = f"{url}/r?userId=ada&roomkit.seq=1"
+        result = await run_node(tmp_path, ENVELOPE_SCRIPT, target, PROTOCOLS="mine")
+    assert result == {
+        "events": [
+            {"open": [False, None]},
+            {"data": "four", "seq": 4},
+            {"data": {"bin": [0, 255]}, "seq": 5},
+            {"data": "unlogged", "seq": None},
+            {"open": [True, True]},
+            {"data": "six", "seq": 6},
+            {"data": {"bin": [7]}, "seq": 7},
+            {"data": {"bin": []}, "seq": None},
+            {"data": "eight", "seq": 8},
+        ],
+        "session": {"id": "c1", "epoch": "e1", "seq": 7, "resumed": True, "recovered": True},
+    }
+    first, second = server.requests
+    assert first.subprotocols == second.subprotocols == ["mine", "roomkit.v1"]
+    assert first.target == "/r?userId=ada"
+    assert second.target == "/r?userId=ada&roomkit.session=tok1&roomkit.epoch=e1&roomkit.seq=5"
+
+
+async def test_roomkit_js_reaches_a_server_without_the_envelope_every_third_try(
+    tmp_path: Path,
+) -> None:
+    """Node, as browsers, fails a connection whose offered subprotocol the server did not
+    select: the tries that offer it fail (their frames are never seen), the third of an
+    outage does not, and is then spoken to as before."""
+    frames = [m_frame(4, "x"), binary_frame(5, b"")]
+    failing: list[str] = []
+    scripts = [failing, failing, failing, frames, failing, failing, ["eight"]]
+    server = EnvelopeServer(scripts, select=False)
+    async with serve_raw(server) as url:
+        result = await run_node(tmp_path, ENVELOPE_SCRIPT, f"{url}/r?a=1")
+    assert result == {
+        "events": [
+            {"open": [False, None]},
+            {"data": frames[0], "seq": None},
+            {"data": {"bin": list(frames[1])}, "seq": None},
+            {"open": [False, None]},
+            {"data": "eight", "seq": None},
+        ],
+        "session": None,
+    }
+    assert [r.target for r in server.requests] == ["/r?a=1"] * 7  # no session: no welcome
+    offers = [r.subprotocols for r in server.requests]
+    assert offers == [["roomkit.v1"]] * 3 + [[]] + [["roomkit.v1"]] * 2 + [[]]

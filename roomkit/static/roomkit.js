@@ -16,7 +16,20 @@
 // backoff goes on as after any other close. A close with a code that means "don't
 // come back" (1008, but not 1008 "slow consumer", and 4000-4999 by choice of the room)
 // stops it for good.
-// Events: "open", "message" (event.data), "close" (event.code, event.reason,
+//
+// It offers the roomkit.v1 envelope (docs/recovery.md). With a server that selects it,
+// a connection opens with the room's welcome (socket.session: id, epoch, seq, resumed,
+// recovered), each try carries roomkit.session, roomkit.epoch and roomkit.seq in its
+// query (so that the room takes the same session up again and replays what was
+// missed), and the page still sees only the payloads, each once: a message whose seq
+// is not above the last seen is dropped, and frame kinds it does not know are ignored.
+// A server that selects no subprotocol is spoken to as a plain WebSocket (a browser
+// fails such a connection when the envelope was offered: every third try of an outage
+// does not offer it, see PLAIN_EVERY).
+//
+// Events: "open" (event.resumed, event.recovered: false and null on a plain
+// connection; recovered false means the page must fetch its state again), "message"
+// (event.data, event.seq: null when not numbered), "close" (event.code, event.reason,
 // event.willReconnect), "reconnecting" (event.attempt, event.delay).
 
 const DEFAULTS = {
@@ -28,8 +41,17 @@ const DEFAULTS = {
   maxRetries: Infinity, // tries in a row before giving up
   connectTimeout: 10000, // ms for a handshake before it counts as failed
   maxQueue: 1000, // messages kept while disconnected; older ones are dropped first
-  protocols: undefined, // WebSocket subprotocols
+  protocols: [], // WebSocket subprotocols of the page's own; "roomkit.v1" is added
+  binaryType: "blob", // what binary messages arrive as: "blob" or "arraybuffer"
 };
+
+export const ENVELOPE = "roomkit.v1";
+// Every third try of an outage offers no envelope. A browser fails a connection whose
+// server selected none of the subprotocols offered, so a server that does not speak
+// roomkit.v1 (an older one behind the same address, a proxy that drops the header)
+// can only be reached by a try that does not offer it.
+const PLAIN_EVERY = 3;
+const PARAMETERS = ["roomkit.session", "roomkit.epoch", "roomkit.seq"];
 
 export function isFinalClose(code, reason = "") {
   // 1008 "slow consumer" only means the page fell behind (a tab in the background):
@@ -54,6 +76,98 @@ function resolveUrl(url) {
   return resolved.href;
 }
 
+// `url` with roomkit's query parameters: any it had are taken out, the position's own
+// added (the session once it has one; epoch and seq once it has an epoch). The page's
+// own parameters stay as written.
+export function resumeUrl(url, position) {
+  const resolved = new URL(url);
+  const ours = (part) => {
+    try {
+      return PARAMETERS.includes(decodeURIComponent(part.split("=")[0]));
+    } catch {
+      return false; // a name that is not percent-encoded text is the page's
+    }
+  };
+  const kept = resolved.search.slice(1).split("&").filter((part) => part && !ours(part));
+  const added = new URLSearchParams();
+  if (position.token !== null) added.set("roomkit.session", position.token);
+  if (position.epoch !== null && position.seq !== null) {
+    added.set("roomkit.epoch", position.epoch);
+    added.set("roomkit.seq", String(position.seq));
+  }
+  if (added.toString()) kept.push(added.toString());
+  resolved.search = kept.join("&");
+  return resolved.href;
+}
+
+// Where the socket is in its room's log (docs/recovery.md, "What a client keeps").
+export class Position {
+  constructor() {
+    this.token = null;
+    this.epoch = null;
+    this.seq = null;
+  }
+
+  // The connection's first frame, which must be a welcome: its fields, or null.
+  welcome(data) {
+    const frame = parseFrame(data);
+    const fields = frame && frame[0] === "welcome" && frame.length === 2 ? frame[1] : null;
+    if (!isWelcome(fields)) return null;
+    this.token = fields.session;
+    // recovered true: what was missed follows, numbered from the socket's own seq on.
+    if (fields.recovered !== true) [this.epoch, this.seq] = [fields.epoch, fields.seq];
+    const { id, epoch, seq, resumed, recovered } = fields;
+    return { id, epoch, seq, resumed, recovered };
+  }
+
+  // A later frame as [payload, seq] (payload an ArrayBuffer for binary), or null to
+  // drop it: seen already, of a kind not known, or not the envelope's.
+  unwrap(data) {
+    if (typeof data !== "string") {
+      if (data.byteLength < 8) return null;
+      const seq = Number(new DataView(data).getBigUint64(0)) || null;
+      return this.fresh(seq) ? [data.slice(8), seq] : null;
+    }
+    const frame = parseFrame(data);
+    if (!frame || frame[0] !== "m" || frame.length !== 3) return null;
+    const [, seq, text] = frame;
+    if (!(seq === null || isSeq(seq)) || typeof text !== "string") return null;
+    return this.fresh(seq) ? [text, seq] : null;
+  }
+
+  fresh(seq) {
+    if (seq === null) return true;
+    if (this.seq !== null && seq <= this.seq) return false;
+    this.seq = seq;
+    return true;
+  }
+}
+
+function parseFrame(data) {
+  if (typeof data !== "string") return null;
+  try {
+    const frame = JSON.parse(data);
+    return Array.isArray(frame) && typeof frame[0] === "string" ? frame : null;
+  } catch {
+    return null;
+  }
+}
+
+const isSeq = (value) => Number.isSafeInteger(value) && value >= 0;
+
+function isWelcome(f) {
+  return (
+    f !== null &&
+    typeof f === "object" &&
+    typeof f.id === "string" &&
+    typeof f.session === "string" &&
+    (f.epoch === null || typeof f.epoch === "string") &&
+    (f.seq === null || isSeq(f.seq)) &&
+    typeof f.resumed === "boolean" &&
+    (f.recovered === null || typeof f.recovered === "boolean")
+  );
+}
+
 export class RoomSocket extends EventTarget {
   constructor(url, options = {}) {
     super();
@@ -65,11 +179,14 @@ export class RoomSocket extends EventTarget {
     this.ws = null;
     this.timer = null;
     this.lostAt = performance.now(); // when the outage began: the start, or the last drop
+    this.position = new Position(); // kept across connections: where to come back to
+    this.session = null; // the last welcome, while connected to a server that sends one
+    this.ready = false; // open, and welcomed if enveloped: sends go straight out
     this.connect();
   }
 
   get connected() {
-    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+    return this.ready && this.ws.readyState === WebSocket.OPEN;
   }
 
   send(data) {
@@ -89,34 +206,76 @@ export class RoomSocket extends EventTarget {
   }
 
   connect() {
-    const ws = new WebSocket(this.url, this.options.protocols);
+    const own = [this.options.protocols].flat().filter((p) => p !== undefined && p !== ENVELOPE);
+    const plain = this.attempt > 0 && this.attempt % PLAIN_EVERY === 0;
+    const protocols = plain ? own : [...own, ENVELOPE];
+    const ws = new WebSocket(resumeUrl(this.url, this.position), protocols);
     this.ws = ws;
+    this.ready = false;
     const timeout = setTimeout(() => ws.close(), this.options.connectTimeout);
     let opened = false;
-    ws.addEventListener("open", () => {
+    let enveloped = false;
+    const ready = (welcome) => {
       clearTimeout(timeout);
-      opened = true;
+      this.ready = true;
+      this.session = welcome;
       this.attempt = 0;
       this.lostAt = null;
-      this.dispatchEvent(new Event("open"));
+      const open = new Event("open");
+      Object.assign(open, {
+        resumed: welcome ? welcome.resumed : false,
+        recovered: welcome ? welcome.recovered : null,
+      });
+      this.dispatchEvent(open);
       while (this.queue.length && this.connected) this.ws.send(this.queue.shift());
+    };
+    ws.addEventListener("open", () => {
+      opened = true;
+      enveloped = ws.protocol === ENVELOPE;
+      ws.binaryType = enveloped ? "arraybuffer" : this.options.binaryType;
+      if (!enveloped) ready(null);
     });
     ws.addEventListener("message", (event) => {
-      this.dispatchEvent(new MessageEvent("message", { data: event.data }));
+      if (!enveloped) {
+        this.deliver(event.data, null);
+      } else if (!this.ready) {
+        const welcome = this.position.welcome(event.data);
+        if (welcome) ready(welcome);
+        else ws.close(); // not a welcome: a failed try
+      } else {
+        const unwrapped = this.position.unwrap(event.data);
+        if (unwrapped) this.deliver(...unwrapped);
+      }
     });
-    ws.addEventListener("close", (event) => {
+    let ended = false;
+    const end = (code, reason) => {
+      if (ended) return;
+      ended = true;
       clearTimeout(timeout);
+      this.ready = false;
       const willReconnect =
-        !this.stopped &&
-        !isFinalClose(event.code, event.reason) &&
-        this.attempt < this.options.maxRetries;
+        !this.stopped && !isFinalClose(code, reason) && this.attempt < this.options.maxRetries;
       const closed = new Event("close");
-      Object.assign(closed, { code: event.code, reason: event.reason, willReconnect });
+      Object.assign(closed, { code, reason, willReconnect });
       this.dispatchEvent(closed);
       if (this.lostAt === null) this.lostAt = performance.now();
-      if (willReconnect) this.scheduleReconnect(opened && event.code === SERVICE_RESTART);
+      if (willReconnect) this.scheduleReconnect(opened && code === SERVICE_RESTART);
       else this.stopped = true;
+    };
+    ws.addEventListener("close", (event) => end(event.code, event.reason));
+    // A handshake the WebSocket fails itself (its offered subprotocols not answered):
+    // browsers fire "close" after "error", Node's WebSocket (20.x) only "error".
+    ws.addEventListener("error", () => {
+      if (!opened) end(1006, "");
     });
+  }
+
+  deliver(data, seq) {
+    const payload =
+      data instanceof ArrayBuffer && this.options.binaryType === "blob" ? new Blob([data]) : data;
+    const message = new MessageEvent("message", { data: payload });
+    message.seq = seq;
+    this.dispatchEvent(message);
   }
 
   scheduleReconnect(atOnce = false) {
