@@ -18,9 +18,11 @@ import trio
 from wsproto.events import CloseConnection
 
 import roomkit
+from examples.chat import ChatRoom
 from roomkit._reconnect import Backoff
 
 from .clientservers import EnvelopeServer, binary_frame, m_frame, serve_raw, welcome_frame
+from .helpers import Start
 
 NODE = shutil.which("node")
 ROOMKIT_JS = Path(roomkit.__file__).parent / "static" / "roomkit.js"
@@ -216,3 +218,21 @@ async def test_roomkit_js_reaches_a_server_without_the_envelope_every_third_try(
     assert [r.target for r in server.requests] == ["/r?a=1"] * 7  # no session: no welcome
     offers = [r.subprotocols for r in server.requests]
     assert offers == [["roomkit.v1"]] * 3 + [[]] + [["roomkit.v1"]] * 2 + [[]]
+
+
+#: Prints the first message's payload once its socket is open.
+FIRST_MESSAGE = """
+import { RoomSocket } from "./roomkit.mjs";
+const socket = new RoomSocket(process.env.ROOM_URL, { minDelay: 10 });
+socket.addEventListener("message", (e) => {
+  console.log(e.data);
+  socket.close();
+});
+"""
+
+
+async def test_roomkit_js_talks_to_a_roomkit_server(start: Start, tmp_path: Path) -> None:
+    """Whether or not the server selects roomkit.v1, the page sees the room's payloads."""
+    server = await start(ChatRoom)
+    message = await run_node(tmp_path, FIRST_MESSAGE, f"{server.url}/lobby?userId=ada")
+    assert message == {"type": "welcome", "user": "ada", "users": ["ada"]}
