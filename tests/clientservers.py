@@ -176,13 +176,16 @@ class EnvelopeServer:
     binary, or a wsproto event such as a ``CloseConnection``), then its TCP connection
     is dropped without a close frame (unless it sent one), as a network does; the last
     script's connection stays open, and answers the client's close. It selects
-    ``roomkit.v1`` when the client offers it, unless ``select=False`` (an older server,
-    a proxy that drops the header). ``requests`` are the handshakes it took, in order
-    (``target``, ``subprotocols``).
+    ``roomkit.v1`` when the client offers it, unless ``select`` is False (an older
+    server, a proxy that drops the header), or False for that connection (a list).
+    ``requests`` are the handshakes it took, in order (``target``, ``subprotocols``).
     """
 
     def __init__(
-        self, scripts: Sequence[Sequence[str | bytes | Event]], *, select: bool = True
+        self,
+        scripts: Sequence[Sequence[str | bytes | Event]],
+        *,
+        select: bool | Sequence[bool] = True,
     ) -> None:
         self.scripts = scripts
         self.select = select
@@ -192,11 +195,12 @@ class EnvelopeServer:
         async with stream:
             ws = WSConnection(ConnectionType.SERVER)
             request = await _next_event(stream, ws, Request)
-            script = self.scripts[len(self.requests)]
+            n = len(self.requests)
             self.requests.append(request)
-            offered = self.select and "roomkit.v1" in request.subprotocols
+            select = self.select if isinstance(self.select, bool) else self.select[n]
+            offered = select and "roomkit.v1" in request.subprotocols
             await stream.send(ws.send(AcceptConnection("roomkit.v1" if offered else None)))
-            for frame in script:
+            for frame in self.scripts[n]:
                 if isinstance(frame, str):
                     frame = TextMessage(frame)
                 elif isinstance(frame, bytes):

@@ -131,7 +131,8 @@ def test_roomkit_js_keeps_the_python_clients_schedule(tmp_path: Path) -> None:
 ENVELOPE_SCRIPT = """
 import { RoomSocket } from "./roomkit.mjs";
 const protocols = process.env.PROTOCOLS ? process.env.PROTOCOLS.split(",") : [];
-const options = { minDelay: 10, binaryType: "arraybuffer", protocols };
+const maxDelay = Number(process.env.MAX_DELAY || 10000);
+const options = { minDelay: 10, maxDelay, binaryType: "arraybuffer", protocols };
 const socket = new RoomSocket(process.env.ROOM_URL, options);
 const events = [];
 socket.addEventListener("open", (e) => events.push({ open: [e.resumed, e.recovered] }));
@@ -218,6 +219,22 @@ async def test_roomkit_js_reaches_a_server_without_the_envelope_every_third_try(
     assert [r.target for r in server.requests] == ["/r?a=1"] * 7  # no session: no welcome
     offers = [r.subprotocols for r in server.requests]
     assert offers == [["roomkit.v1"]] * 3 + [[]] + [["roomkit.v1"]] * 2 + [[]]
+
+
+async def test_roomkit_js_once_welcomed_offers_the_envelope_for_nine_tries_of_ten(
+    tmp_path: Path,
+) -> None:
+    """A server that welcomed the socket speaks roomkit.v1: a restart's tries resume the
+    session; only the tenth is plain, for a server rolled back to an older roomkit."""
+    failing: list[str] = []
+    scripts = [[welcome_frame()], *[failing] * 9, ["eight"]]
+    server = EnvelopeServer(scripts, select=[True] + [False] * 10)
+    async with serve_raw(server) as url:
+        result = await run_node(tmp_path, ENVELOPE_SCRIPT, f"{url}/r", MAX_DELAY="5")
+    assert result["events"][-2:] == [{"open": [False, None]}, {"data": "eight", "seq": None}]
+    offers = [r.subprotocols for r in server.requests]
+    assert offers == [["roomkit.v1"]] * 10 + [[]]
+    assert server.requests[-1].target == "/r?roomkit.session=tok1&roomkit.epoch=e1&roomkit.seq=3"
 
 
 #: Prints the first message's payload once its socket is open.

@@ -25,7 +25,7 @@
 // is not above the last seen is dropped, and frame kinds it does not know are ignored.
 // A server that selects no subprotocol is spoken to as a plain WebSocket (a browser
 // fails such a connection when the envelope was offered: every third try of an outage
-// does not offer it, see PLAIN_EVERY).
+// does not offer it, every tenth once a server has welcomed the socket; see PLAIN_EVERY).
 //
 // Events: "open" (event.resumed, event.recovered: false and null on a plain
 // connection; recovered false means the page must fetch its state again), "message"
@@ -49,8 +49,12 @@ export const ENVELOPE = "roomkit.v1";
 // Every third try of an outage offers no envelope. A browser fails a connection whose
 // server selected none of the subprotocols offered, so a server that does not speak
 // roomkit.v1 (an older one behind the same address, a proxy that drops the header)
-// can only be reached by a try that does not offer it.
+// can only be reached by a try that does not offer it. Once a server has welcomed the
+// socket, it is known to speak it: then only every tenth (after some 15 s of an outage,
+// longer than a restart takes), so that a restart's tries resume the session, and a
+// rollback to an older server is still reached.
 const PLAIN_EVERY = 3;
+const PLAIN_EVERY_WELCOMED = 10;
 const PARAMETERS = ["roomkit.session", "roomkit.epoch", "roomkit.seq"];
 
 export function isFinalClose(code, reason = "") {
@@ -207,7 +211,8 @@ export class RoomSocket extends EventTarget {
 
   connect() {
     const own = [this.options.protocols].flat().filter((p) => p !== undefined && p !== ENVELOPE);
-    const plain = this.attempt > 0 && this.attempt % PLAIN_EVERY === 0;
+    const every = this.position.token === null ? PLAIN_EVERY : PLAIN_EVERY_WELCOMED;
+    const plain = this.attempt > 0 && this.attempt % every === 0;
     const protocols = plain ? own : [...own, ENVELOPE];
     const ws = new WebSocket(resumeUrl(this.url, this.position), protocols);
     this.ws = ws;
