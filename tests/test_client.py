@@ -699,6 +699,30 @@ def test_a_connection_opens_with_its_welcome(backend: str) -> None:
     run(backend, main)
 
 
+@backends
+def test_a_welcome_that_does_not_come_within_connect_timeout_is_a_failed_try(
+    backend: str,
+) -> None:
+    async def main() -> None:
+        async def silent(stream: anyio.abc.SocketStream) -> None:  # selects it, says nothing
+            async with stream:
+                ws = WSConnection(ConnectionType.SERVER)
+                ws.receive_data(await read_head(stream))
+                await stream.send(ws.send(AcceptConnection(subprotocol="roomkit.v1")))
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        await stream.receive()
+
+        log = Log()
+        options = {"connect_timeout": 0.1, "initial_delay": 0.01, **log.callbacks()}
+        async with serve_raw(silent) as url, roomkit.connect(url, **options) as client:
+            await log.wait_for(roomkit.ReconnectEvent, 2)
+            assert not client.connected and client.connections == 0
+        assert [e.attempt for e in log.events[:2]] == [2, 3]  # failed tries, counted (as 503s)
+
+    run(backend, main)
+
+
 def test_bad_urls_are_refused() -> None:
     async def main() -> None:
         async with roomkit.connect("http://example.com/r"):
