@@ -275,7 +275,8 @@ class Client:
                 await anyio.sleep(delay)
 
     async def _session(self) -> bool:
-        """One WebSocket, from connecting to its end; whether it opened at all."""
+        """One WebSocket, from connecting to its end; whether it opened at all (its
+        handshake was accepted)."""
         o = self._options
         url = attrs.evolve(self._url, query=self._position.query(self._url.query))
         try:
@@ -303,7 +304,9 @@ class Client:
                 try:
                     with anyio.fail_after(o.connect_timeout):
                         self.session = self._position.welcome(await ws.receive())
-                except ConnectionClosed as closed:  # before its welcome: it did not open
+                except ConnectionClosed as closed:
+                    # Closed before its welcome: no open event nor close event, but its
+                    # code counts as any close's (1012: back at once; 4001: stop).
                     self._closed(closed)
                     return True
                 except (TimeoutError, EnvelopeError) as exc:
