@@ -38,9 +38,9 @@ import anyio
 import attrs
 
 from ._clientevents import CloseEvent, OpenEvent, ReconnectEvent
-from ._clientsession import ENVELOPE, EnvelopeError, Position, Session
+from ._clientsession import ENVELOPE, EnvelopeError, Position, Session, frame_limit
 from ._closecodes import CloseCode
-from ._core.limits import MAX_MESSAGE_SIZE
+from ._core.limits import MAX_MESSAGE_SIZE, byte_length
 from ._errors import ClientClosed, DecodeError
 from ._protocol import Protocol
 from ._reconnect import Backoff, GiveUp, Reconnection
@@ -301,6 +301,7 @@ class Client:
         async with ws:
             self.session = None
             if ws.subprotocol == ENVELOPE:
+                ws.limit(frame_limit(o.max_message_size))  # the payload's checked unwrapped
                 try:
                     with anyio.fail_after(o.connect_timeout):
                         self.session = self._position.welcome(await ws.receive())
@@ -345,7 +346,7 @@ class Client:
     async def _read(self, ws: WebSocket) -> None:
         try:
             while True:
-                message = self._unwrap(await ws.receive())
+                message = await self._unwrap(ws, await ws.receive())
                 if message is not None and self._stopped is None:  # else: dropped
                     with anyio.CancelScope() as self._delivery:
                         await self._inbox_send.send(self._decode(message))
@@ -359,16 +360,24 @@ class Client:
         if is_final_close(closed.code, closed.reason):
             self._stop(f"the room closed with {closed.code} {closed.reason}")
 
-    def _unwrap(self, message: str | bytes) -> str | bytes | None:
+    async def _unwrap(self, ws: WebSocket, message: str | bytes) -> str | bytes | None:
         """The payload of a frame (the frame itself on a plain connection), or None for
-        one to drop: seen already, of a kind the client does not know, or broken."""
+        one to drop: seen already, of a kind the client does not know, or broken. A
+        payload over ``max_message_size`` closes the connection with 1009, as a plain
+        message over it does (and, its number seen, it is not replayed: it would only
+        close the next connection too)."""
         if self.session is None:
             return message
         try:
-            return self._position.unwrap(message)
+            payload = self._position.unwrap(message)
         except EnvelopeError as exc:
             logger.warning("dropped a frame from %s: %s", self._url.host_header, exc)
             return None
+        limit = self._options.max_message_size
+        if payload is not None and byte_length(payload) > limit:
+            await ws.fail(CloseCode.MESSAGE_TOO_BIG, f"a message is at most {limit} bytes")
+            return None
+        return payload
 
     def _decode(self, message: str | bytes) -> Any:
         protocol = self._options.protocol

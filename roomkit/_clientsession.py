@@ -28,7 +28,7 @@ from urllib.parse import unquote_plus, urlencode
 
 import attrs
 
-__all__ = ["ENVELOPE", "EnvelopeError", "Position", "Session"]
+__all__ = ["ENVELOPE", "EnvelopeError", "Position", "Session", "frame_limit"]
 
 #: The WebSocket subprotocol that asks a roomkit server for the envelope.
 ENVELOPE: Final = "roomkit.v1"
@@ -36,6 +36,17 @@ ENVELOPE: Final = "roomkit.v1"
 PARAMETERS: Final = ("roomkit.session", "roomkit.epoch", "roomkit.seq")
 #: A binary frame's head: its sequence number, 8 bytes big-endian (0 for none).
 _SEQ: Final = struct.Struct(">Q")
+#: Bytes of an ``m`` frame around its text: ``["m",`` and the longest seq, ``,"`` and
+#: ``"]``, with room for a space after each comma (another server's JSON).
+_M_OVERHEAD: Final = len('["m", 18446744073709551615, ""]')
+#: At most the bytes of JSON a byte of text can become: a control character as ``\u0000``.
+_JSON_GROWTH: Final = 6
+
+
+def frame_limit(max_message_size: int) -> int:
+    """The longest frame that can carry a message of ``max_message_size`` bytes: its
+    text as a JSON string in an ``m`` frame, escapes and all (binary: 8 bytes more)."""
+    return max_message_size * _JSON_GROWTH + _M_OVERHEAD
 
 
 class EnvelopeError(Exception):

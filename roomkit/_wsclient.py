@@ -255,6 +255,11 @@ class WebSocket:
         if self._closed is not None:
             raise self._closed
 
+    def limit(self, max_message_size: int) -> None:
+        """Assemble messages of up to ``max_message_size`` bytes from now on (before the
+        first :meth:`receive`: a subprotocol's frames may be longer than their content)."""
+        self._assembler = MessageAssembler(max_message_size)
+
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame; the peer's answer ends :meth:`receive`. Nothing to do on a
         connection that is already closing."""
@@ -306,23 +311,24 @@ class WebSocket:
         try:
             return self._assembler.feed(event.data, event.message_finished)
         except MessageTooBig as exc:
-            await self._fail(ConnectionClosed(CloseCode.MESSAGE_TOO_BIG, str(exc)))
+            await self.fail(CloseCode.MESSAGE_TOO_BIG, str(exc))
             return None
 
     async def _closing(self, event: CloseConnection) -> None:
         """The peer's close (answered), the end of ours, a lost connection, or a frame
         wsproto could not parse (wsproto leaves the state OPEN: we close, with its code)."""
         if self._ws.state is ConnectionState.OPEN:
-            await self._fail(ConnectionClosed(event.code, event.reason or ""))
+            await self.fail(event.code, event.reason or "")
             return
         if self._ws.state is ConnectionState.REMOTE_CLOSING:
             await self._answer(event.response())
         self._lose(ConnectionClosed(event.code, event.reason or ""))
 
-    async def _fail(self, closed: ConnectionClosed) -> None:
-        """Close for a fault of the peer's, without waiting for its answer."""
-        await self._answer(CloseConnection(closed.code, closed.reason))
-        self._lose(closed)
+    async def fail(self, code: int, reason: str) -> None:
+        """Close for a fault of the peer's, without waiting for its answer: the next
+        :meth:`receive` raises ``ConnectionClosed(code, reason)``."""
+        await self._answer(CloseConnection(code, reason))
+        self._lose(ConnectionClosed(code, reason))
 
     async def _answer(self, event: Event) -> None:
         """Send a pong or a close frame from the reader; a connection lost meanwhile

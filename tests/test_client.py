@@ -700,6 +700,31 @@ def test_a_connection_opens_with_its_welcome(backend: str) -> None:
 
 
 @backends
+def test_max_message_size_counts_the_envelopes_payload_not_its_frame(backend: str) -> None:
+    quotes, control = '"' * 1000, "\x00" * 1000  # escaped in JSON: 2 and 6 bytes each
+    server = EnvelopeServer(
+        [
+            [welcome_frame(), m_frame(4, quotes), m_frame(5, control), m_frame(6, "x" * 1001)],
+            [welcome_frame(session="tok2", seq=6, resumed=True, recovered=True)],
+        ]
+    )
+
+    async def main() -> None:
+        log = Log()
+        options = {"max_message_size": 1000, "initial_delay": 0.01, "on_open": log}
+        async with serve_raw(server) as url, roomkit.connect(url, **options) as client:
+            with anyio.fail_after(5):
+                assert [await client.receive() for _ in range(2)] == [quotes, control]
+            await log.wait_for(roomkit.OpenEvent, 2)
+            assert client.close_code == 1009
+        # The message over the limit is skipped, as a plain client loses it: not asked
+        # for again, which would only close the connection again.
+        assert server.requests[1].target.endswith("roomkit.seq=6")
+
+    run(backend, main)
+
+
+@backends
 def test_a_welcome_that_does_not_come_within_connect_timeout_is_a_failed_try(
     backend: str,
 ) -> None:

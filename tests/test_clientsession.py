@@ -8,7 +8,7 @@ import json
 import pytest
 
 import roomkit
-from roomkit._clientsession import EnvelopeError, Position
+from roomkit._clientsession import EnvelopeError, Position, frame_limit
 
 from .clientservers import m_frame as m
 from .clientservers import welcome_frame as welcome
@@ -127,3 +127,9 @@ def test_broken_frames_are_refused(frame: str | bytes) -> None:
     with pytest.raises(EnvelopeError):
         position.unwrap(frame)
     assert position.seq == 3
+
+
+def test_frame_limit_bounds_the_frame_of_the_longest_payload() -> None:
+    worst = json.dumps(["m", 2**64 - 1, "\x00" * 1000])  # 6 bytes a character, spaces
+    assert len(worst.encode()) == frame_limit(1000)
+    assert len(bytes(8) + bytes(1000)) < frame_limit(1000)
