@@ -237,6 +237,31 @@ async def test_roomkit_js_once_welcomed_offers_the_envelope_for_nine_tries_of_te
     assert server.requests[-1].target == "/r?roomkit.session=tok1&roomkit.epoch=e1&roomkit.seq=3"
 
 
+#: With the default binaryType: prints each message as its type and content, until "end".
+BLOBS = """
+import { RoomSocket } from "./roomkit.mjs";
+const socket = new RoomSocket(process.env.ROOM_URL);
+const got = [];
+socket.addEventListener("message", (e) => {
+  got.push(typeof e.data === "string" ? e.data : e.data.arrayBuffer().then((buffer) => ({
+    blob: e.data instanceof Blob, bytes: [...new Uint8Array(buffer)] })));
+  if (e.data === "end") Promise.all(got).then((all) => {
+    console.log(JSON.stringify(all));
+    socket.close();
+  });
+});
+"""
+
+
+async def test_roomkit_js_gives_binary_payloads_as_blobs_by_default(tmp_path: Path) -> None:
+    """As a plain WebSocket does: the envelope's binary frames are read as ArrayBuffers,
+    their payloads handed over as Blobs unless binaryType says "arraybuffer"."""
+    server = EnvelopeServer([[welcome_frame(), binary_frame(4, b"\x01\x02"), m_frame(5, "end")]])
+    async with serve_raw(server) as url:
+        result = await run_node(tmp_path, BLOBS, f"{url}/r")
+    assert result == [{"blob": True, "bytes": [1, 2]}, "end"]
+
+
 #: Prints the first message's payload once its socket is open.
 FIRST_MESSAGE = """
 import { RoomSocket } from "./roomkit.mjs";
