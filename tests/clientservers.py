@@ -67,7 +67,24 @@ class Refusing(roomkit.Room):
         raise roomkit.Reject(int(request.query["status"]), "not you")
 
 
-ROOMS: Mapping[str, type[roomkit.Room]] = {"/echo": Echo, "/chat": ChatRoom, "/refuse": Refusing}
+class Numbered(roomkit.Room):
+    """Keeps a history: ``b N`` broadcasts the room's next N numbers (``n7``...)."""
+
+    history = roomkit.History()
+    count = 0
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        for _ in range(int(message.removeprefix("b "))):
+            self.count += 1
+            self.broadcast(f"n{self.count}")
+
+
+ROOMS: Mapping[str, type[roomkit.Room]] = {
+    "/echo": Echo,
+    "/chat": ChatRoom,
+    "/refuse": Refusing,
+    "/numbered": Numbered,
+}
 
 
 class ThreadServer:

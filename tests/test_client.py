@@ -789,3 +789,73 @@ def test_which_closes_are_final() -> None:
     assert not roomkit._client.is_final_close(1008, "slow consumer")
     assert roomkit._client.is_final_close(4000) and roomkit._client.is_final_close(4999)
     assert not any(roomkit._client.is_final_close(code) for code in (1000, 1001, 1011, 3000))
+
+
+@asynccontextmanager
+async def cuttable(target: str) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """A TCP relay to ``target`` (``ws://host:port``); its URL, and a function that cuts
+    every connection through it at once, as a network that drops does (no close frame)."""
+    host, port = target.removeprefix("ws://").rsplit(":", 1)
+    streams: list[anyio.abc.SocketStream] = []
+
+    async def relay(client: anyio.abc.SocketStream) -> None:
+        async with client, await anyio.connect_tcp(host, int(port)) as server:
+            streams.extend((client, server))
+            async with anyio.create_task_group() as tasks:
+                for source, sink in ((client, server), (server, client)):
+                    tasks.start_soon(_pipe, source, sink, tasks.cancel_scope)
+
+    async def cut() -> None:
+        for stream in streams:
+            await anyio.aclose_forcefully(stream)
+        streams.clear()
+
+    async with serve_raw(relay) as url:
+        yield url, cut
+
+
+async def _pipe(
+    source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, both: anyio.CancelScope
+) -> None:
+    with contextlib.suppress(
+        anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
+    ):
+        async for data in source:
+            await sink.send(data)
+    both.cancel()
+
+
+@backends
+def test_end_to_end_a_dropped_client_gets_exactly_what_it_missed_then_live(
+    backend: str,
+) -> None:
+    """The issue's case against roomkit's server: seen 3, dropped, 4 to 10 broadcast
+    meanwhile, back as the same session with exactly 4 to 10, then 11 live."""
+
+    async def main() -> None:
+        log = Log()
+        async with ThreadServer() as server, cuttable(server.url) as (relay, cut):
+            options = {"initial_delay": 0.3, **log.callbacks()}
+            async with (
+                roomkit.connect(f"{relay}/numbered/r", **options) as ann,
+                roomkit.connect(f"{server.url}/numbered/r") as bob,
+            ):
+                await ann.wait_connected()
+                await bob.wait_connected()
+                with anyio.fail_after(5):
+                    await bob.send("b 3")
+                    assert [await ann.receive() for _ in range(3)] == ["n1", "n2", "n3"]
+                    await cut()
+                    await log.wait_for(roomkit.CloseEvent)
+                    await bob.send("b 7")  # while ann is away (at least 0.3 s)
+                    await log.wait_for(roomkit.OpenEvent, 2)
+                    await bob.send("b 1")
+                    received = [await ann.receive() for _ in range(8)]
+                assert ann.session is not None and ann.session.seq == 10
+        assert received == [f"n{n}" for n in range(4, 12)]
+        assert log.of(roomkit.OpenEvent) == [
+            roomkit.OpenEvent(1, resumed=False, recovered=None),
+            roomkit.OpenEvent(2, resumed=True, recovered=True),
+        ]
+
+    run(backend, main)
