@@ -65,6 +65,7 @@ from ._core.calls import (
     verify_call,
 )
 from ._core.clusterauth import HEADER, Relayed, Untrusted, verified_remote
+from ._core.envelope import split_query
 from ._core.frontdoor import (
     BodyReader,
     RequestHead,
@@ -670,7 +671,8 @@ class Gateway:
         by_path = self._router.path_target(head.path)  # once: the hook's choice is often None
         name = "" if isinstance(by_path, Response) else by_path.room.name
         headers = self._room_headers(head)
-        asked = Request(head.path, name, head.query, headers, remote, head.method)
+        query, _ = split_query(head.query)  # roomkit.v1's parameters are roomkit's own
+        asked = Request(head.path, name, query, headers, remote, head.method)
         address = format_address(remote)
         try:
             with trio.move_on_after(self._route_timeout) as deadline:

@@ -432,6 +432,20 @@ async def test_plain_clients_see_the_frames_they_always_saw(
     assert Chat.events[0][2] == {"hello": "hi"}
 
 
+async def test_the_route_hook_never_sees_roomkits_parameters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    asked: list[dict[str, str]] = []
+
+    def route(request: roomkit.Request) -> None:
+        asked.append(dict(request.query))
+
+    target = "/lobby?hello=hi&roomkit.seq=3&roomkit.epoch=0123456789abcdef"
+    async with chat(route=route) as server, server.connect(target, subprotocols=V1) as ann:
+        await welcome(ann)
+    assert asked == [{"hello": "hi"}]
+
+
 async def test_conn_send_and_roomkit_replies_are_unlogged_in_the_envelope(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
