@@ -1,0 +1,154 @@
+"""A room's presence: who is here, under which key, and what changed in a turn. Pure.
+
+Phoenix.Presence's model (docs/presence.md): each connection that sets
+``conn.presence`` is tracked under a key (by default its user) with one *meta*, its
+value plus ``"ref"`` (the connection's id); a key holds the metas of all its
+connections (two tabs of one user: one key, two metas), in the order they joined.
+
+The :class:`Tracker` keeps that state and, between two :meth:`Tracker.flush` calls
+(one turn of the room), the value each changed connection had before the turn: the
+turn's diff is what differs at its end, so a join and a leave of one meta in the same
+turn cancel, and fifty joins make one diff. An update is a leave of the old meta and a
+join of the new one, which goes last in its key (as a client applying the leaves, then
+the joins, places it); assigning the value a connection already has changes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from typing import Any, Final
+
+from .frames import OPCODE_TEXT, encode_frame
+
+__all__ = [
+    "MAX_META",
+    "USER_TAG",
+    "Diff",
+    "Meta",
+    "Tracker",
+    "check_meta",
+    "default_key",
+    "diff_frame",
+    "state_frame",
+]
+
+#: Largest presence value, serialised, in bytes: what Pusher allows a member's info;
+#: every meta goes to every roomkit.v1 client of the room with each diff and state.
+MAX_META: Final = 1024
+#: The tag prefix that names a connection's user, the default presence key.
+USER_TAG: Final = "user:"
+#: The field roomkit adds to each meta: the connection's id.
+REF: Final = "ref"
+
+#: A meta as clients see it: the connection's value plus its "ref".
+Meta = dict[str, Any]
+#: A diff as the wire carries it: {"joins": {key: {"metas": [...]}}, "leaves": {...}}.
+Diff = dict[str, dict[str, dict[str, list[Meta]]]]
+
+#: One encoder for presence frames, as the envelope's: compact, text as it is.
+_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def check_meta(value: Any) -> str:
+    """``value``'s JSON text, once it is known to be a valid presence value.
+
+    Raises:
+      TypeError: if ``value`` is not a dict (a JSON object), or holds what JSON cannot.
+      ValueError: if it is over :data:`MAX_META` bytes serialised, holds a ``"ref"``
+        (roomkit's), or a float that JSON cannot carry (NaN, infinities).
+    """
+    if not isinstance(value, dict):
+        raise TypeError(f"a presence is a dict (a JSON object), not {type(value).__name__}")
+    if REF in value:
+        raise ValueError(f'a presence may not hold "{REF}": roomkit sets it to the connection id')
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    size = len(text.encode("utf-8"))
+    if size > MAX_META:
+        raise ValueError(f"a presence is at most {MAX_META} bytes serialised, this one is {size}")
+    return text
+
+
+def default_key(conn_id: str, tags: Iterable[str]) -> str:
+    """The key a connection is tracked under by default: its first ``user:<id>`` tag's
+    ``<id>``, else its connection id."""
+    for tag in tags:
+        if tag.startswith(USER_TAG):
+            return tag[len(USER_TAG) :]
+    return conn_id
+
+
+class Tracker:
+    """The presence of one room's connections, and what changed since the last flush."""
+
+    __slots__ = ("_before", "_tracked")
+
+    def __init__(self) -> None:
+        #: ref -> (key, meta), in join order (an update moves its ref last).
+        self._tracked: dict[str, tuple[str, Meta]] = {}
+        #: ref -> what it was at the last flush (None: not tracked), for the refs
+        #: changed since: empty when nothing is pending.
+        self._before: dict[str, tuple[str, Meta] | None] = {}
+
+    @property
+    def pending(self) -> bool:
+        """Whether something changed since the last flush (its diff may still be empty)."""
+        return bool(self._before)
+
+    def track(self, ref: str, key: str, text: str | None) -> None:
+        """Track connection ``ref`` under ``key`` with the value whose JSON is ``text``
+        (a :func:`check_meta` one), or untrack it (None)."""
+        tracked = self._tracked
+        now = tracked.get(ref)
+        if text is None:
+            if now is None:
+                return
+            del tracked[ref]
+        else:
+            meta: Meta = json.loads(text)
+            meta[REF] = ref
+            if now is not None:
+                if now == (key, meta):
+                    return  # the value it has: no update
+                del tracked[ref]  # an update: last in its key, as a leave and a join
+            tracked[ref] = (key, meta)
+        if ref not in self._before:
+            self._before[ref] = now
+
+    def state(self) -> dict[str, list[Meta]]:
+        """Every key and its metas in join order (copies: the caller may change them)."""
+        state: dict[str, list[Meta]] = {}
+        for key, meta in self._tracked.values():
+            state.setdefault(key, []).append(copy.deepcopy(meta))
+        return state
+
+    def flush(self) -> Diff | None:
+        """The diff since the last flush, which it ends; None if nothing differs."""
+        before, self._before = self._before, {}
+        joins: dict[str, dict[str, list[Meta]]] = {}
+        leaves: dict[str, dict[str, list[Meta]]] = {}
+        for ref, was in before.items():  # one that joined and left in it: in neither
+            now = self._tracked.get(ref)
+            if was is not None:
+                leaves.setdefault(was[0], {"metas": []})["metas"].append(copy.deepcopy(was[1]))
+            if now is not None:
+                joins.setdefault(now[0], {"metas": []})["metas"].append(copy.deepcopy(now[1]))
+        if not joins and not leaves:
+            return None
+        # Joins in join order (the order of the state), whatever order they changed in.
+        order = {ref: i for i, ref in enumerate(self._tracked)}
+        for entry in joins.values():
+            entry["metas"].sort(key=lambda meta: order[meta[REF]])
+        return {"joins": joins, "leaves": leaves}
+
+
+def state_frame(tracker: Tracker) -> bytes:
+    """The ``["presence_state", {key: {"metas": [...]}}]`` frame of ``tracker``'s state."""
+    body = {key: {"metas": metas} for key, metas in tracker.state().items()}
+    return encode_frame(OPCODE_TEXT, _JSON.encode(["presence_state", body]).encode("utf-8"))
+
+
+def diff_frame(diff: Diff) -> bytes:
+    """The ``["presence_diff", {"joins": ..., "leaves": ...}]`` frame of ``diff``."""
+    return encode_frame(OPCODE_TEXT, _JSON.encode(["presence_diff", diff]).encode("utf-8"))

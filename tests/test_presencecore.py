@@ -1,0 +1,209 @@
+"""The presence tracker (``roomkit/_core/presence.py``): state, diffs, coalescing per
+turn, limits, and the two frames, exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from roomkit._core.frames import OPCODE_TEXT, encode_frame
+from roomkit._core.presence import (
+    MAX_META,
+    Tracker,
+    check_meta,
+    default_key,
+    diff_frame,
+    state_frame,
+)
+
+
+def test_check_meta_takes_a_small_json_object() -> None:
+    assert check_meta({"name": "ann", "n": 1}) == '{"name": "ann", "n": 1}'
+    assert check_meta({"é": "ü"}) == '{"é": "ü"}'  # as it is, not escaped
+    assert check_meta({}) == "{}"
+
+
+def test_check_meta_refuses_what_is_no_small_json_object() -> None:
+    for value in ([1], "ann", 3, None, True):
+        with pytest.raises(TypeError, match="a presence is a dict"):
+            check_meta(value)
+    with pytest.raises(TypeError):
+        check_meta({"x": object()})
+    with pytest.raises(ValueError):
+        check_meta({"x": float("nan")})
+    with pytest.raises(ValueError, match='"ref"'):
+        check_meta({"ref": "mine"})
+
+
+def test_check_meta_limits_the_serialised_size_to_1_kib() -> None:
+    assert MAX_META == 1024
+    # {"x": "..."} is 9 bytes around the text; "é" is 2 bytes of UTF-8.
+    check_meta({"x": "a" * (MAX_META - 9)})
+    with pytest.raises(ValueError, match="at most 1024 bytes serialised, this one is 1025"):
+        check_meta({"x": "a" * (MAX_META - 8)})
+    with pytest.raises(ValueError, match="this one is 1026"):
+        check_meta({"x": "é" * 508 + "a"})
+
+
+def test_default_key_is_the_first_user_tag_else_the_connection_id() -> None:
+    assert default_key("c-1", ["all", "user:ann", "user:bob"]) == "ann"
+    assert default_key("c-1", ["all", "ann"]) == "c-1"
+    assert default_key("c-1", []) == "c-1"
+    assert default_key("c-1", ["user:"]) == ""  # an empty id is still the tag's
+
+
+def meta(ref: str, **value: object) -> dict[str, object]:
+    return {**value, "ref": ref}
+
+
+def test_a_join_is_in_the_state_and_the_diff() -> None:
+    tracker = Tracker()
+    assert not tracker.pending and tracker.flush() is None
+    tracker.track("c1", "ann", '{"tab": 1}')
+    assert tracker.pending
+    assert tracker.state() == {"ann": [meta("c1", tab=1)]}
+    assert tracker.flush() == {"joins": {"ann": {"metas": [meta("c1", tab=1)]}}, "leaves": {}}
+    assert not tracker.pending and tracker.flush() is None
+
+
+def test_two_tabs_are_one_key_with_two_metas_in_join_order() -> None:
+    tracker = Tracker()
+    tracker.track("c2", "ann", '{"tab": 2}')
+    tracker.track("c1", "ann", '{"tab": 1}')
+    tracker.track("c3", "bob", "{}")
+    assert tracker.state() == {"ann": [meta("c2", tab=2), meta("c1", tab=1)], "bob": [meta("c3")]}
+    assert tracker.flush() == {
+        "joins": {
+            "ann": {"metas": [meta("c2", tab=2), meta("c1", tab=1)]},
+            "bob": {"metas": [meta("c3")]},
+        },
+        "leaves": {},
+    }
+    tracker.track("c2", "", None)  # one tab closes: the key stays, with the other
+    assert tracker.state() == {"ann": [meta("c1", tab=1)], "bob": [meta("c3")]}
+    assert tracker.flush() == {"joins": {}, "leaves": {"ann": {"metas": [meta("c2", tab=2)]}}}
+
+
+def test_an_update_is_a_leave_and_a_join_and_goes_last() -> None:
+    tracker = Tracker()
+    tracker.track("c1", "ann", '{"s": "here"}')
+    tracker.track("c2", "ann", '{"s": "here"}')
+    tracker.flush()
+    tracker.track("c1", "ann", '{"s": "away"}')
+    assert tracker.state() == {"ann": [meta("c2", s="here"), meta("c1", s="away")]}
+    assert tracker.flush() == {
+        "joins": {"ann": {"metas": [meta("c1", s="away")]}},
+        "leaves": {"ann": {"metas": [meta("c1", s="here")]}},
+    }
+
+
+def test_the_same_value_again_changes_nothing() -> None:
+    tracker = Tracker()
+    tracker.track("c1", "ann", '{"s": 1}')
+    tracker.track("c2", "ann", '{"s": 1}')
+    tracker.flush()
+    tracker.track("c1", "ann", '{"s": 1}')
+    assert not tracker.pending and tracker.flush() is None
+    assert list(tracker.state()["ann"]) == [meta("c1", s=1), meta("c2", s=1)]
+    tracker.track("c9", "", None)  # untracking who is not tracked
+    assert not tracker.pending
+
+
+def test_a_join_and_a_leave_in_one_turn_cancel() -> None:
+    tracker = Tracker()
+    tracker.track("c1", "ann", '{"s": 1}')
+    tracker.track("c1", "ann", '{"s": 2}')
+    tracker.track("c1", "", None)
+    assert tracker.pending  # something happened...
+    assert tracker.flush() is None  # ...that nobody needs to hear of
+    assert tracker.state() == {}
+
+
+def test_a_turn_tells_only_its_net_change() -> None:
+    tracker = Tracker()
+    tracker.track("c1", "ann", '{"s": 1}')
+    tracker.flush()
+    tracker.track("c1", "ann", '{"s": 2}')
+    tracker.track("c1", "ann", '{"s": 3}')
+    assert tracker.flush() == {
+        "joins": {"ann": {"metas": [meta("c1", s=3)]}},
+        "leaves": {"ann": {"metas": [meta("c1", s=1)]}},
+    }
+    # Back to its value of the turn's start, but moved last: told, so that a client
+    # applying leaves then joins orders the key as the room does.
+    tracker.track("c2", "ann", "{}")
+    tracker.flush()
+    tracker.track("c1", "ann", '{"s": 4}')
+    tracker.track("c1", "ann", '{"s": 3}')
+    assert tracker.state() == {"ann": [meta("c2"), meta("c1", s=3)]}
+    assert tracker.flush() == {
+        "joins": {"ann": {"metas": [meta("c1", s=3)]}},
+        "leaves": {"ann": {"metas": [meta("c1", s=3)]}},
+    }
+
+
+def test_a_new_key_leaves_the_old_one() -> None:
+    tracker = Tracker()
+    tracker.track("c1", "c1", "{}")
+    tracker.flush()
+    tracker.track("c1", "ann", "{}")
+    assert tracker.state() == {"ann": [meta("c1")]}
+    assert tracker.flush() == {
+        "joins": {"ann": {"metas": [meta("c1")]}},
+        "leaves": {"c1": {"metas": [meta("c1")]}},
+    }
+
+
+def test_fifty_joins_are_one_diff_in_join_order() -> None:
+    tracker = Tracker()
+    for i in range(50):
+        tracker.track(f"c{i}", f"u{i % 5}", json.dumps({"i": i}))
+    diff = tracker.flush()
+    assert diff is not None and diff["leaves"] == {}
+    assert list(diff["joins"]) == [f"u{k}" for k in range(5)]
+    assert [m["i"] for m in diff["joins"]["u0"]["metas"]] == list(range(0, 50, 5))
+    assert tracker.flush() is None
+
+
+def test_joins_are_listed_in_join_order_whatever_order_they_changed_in() -> None:
+    tracker = Tracker()
+    tracker.track("c1", "ann", '{"s": 1}')
+    tracker.track("c2", "ann", '{"s": 1}')
+    tracker.flush()
+    tracker.track("c2", "ann", '{"s": 2}')
+    tracker.track("c1", "ann", '{"s": 2}')
+    tracker.track("c3", "ann", '{"s": 2}')
+    diff = tracker.flush()
+    assert diff is not None
+    assert [m["ref"] for m in diff["joins"]["ann"]["metas"]] == ["c2", "c1", "c3"]
+    assert [m["ref"] for m in diff["leaves"]["ann"]["metas"]] == ["c2", "c1"]
+
+
+def test_state_and_diffs_are_copies() -> None:
+    tracker = Tracker()
+    tracker.track("c1", "ann", '{"tabs": [1]}')
+    state = tracker.state()
+    state["ann"][0]["tabs"].append(2)
+    state["ann"].append({})
+    diff = tracker.flush()
+    assert diff is not None
+    diff["joins"]["ann"]["metas"][0]["tabs"].append(3)
+    assert tracker.state() == {"ann": [meta("c1", tabs=[1])]}
+
+
+def test_the_frames_exactly() -> None:
+    tracker = Tracker()
+    assert state_frame(tracker) == encode_frame(OPCODE_TEXT, b'["presence_state",{}]')
+    tracker.track("c1", "ann", '{"name": "Ann é"}')
+    assert state_frame(tracker) == encode_frame(
+        OPCODE_TEXT,
+        '["presence_state",{"ann":{"metas":[{"name":"Ann é","ref":"c1"}]}}]'.encode(),
+    )
+    diff = tracker.flush()
+    assert diff is not None
+    assert diff_frame(diff) == encode_frame(
+        OPCODE_TEXT,
+        b'["presence_diff",{"joins":{"ann":{"metas":[{"name":"Ann \xc3\xa9","ref":"c1"}]}},'
+        b'"leaves":{}}]',
+    )
