@@ -58,6 +58,7 @@ from ._core.history import (
     payload_of,
     seq_of,
 )
+from ._core.presence import Tracker, default_key, diff_frame, state_frame
 from ._core.room import (
     HOOK_FAILED,
     INTERNAL_ERROR,
@@ -154,6 +155,7 @@ class RoomActor:
         "_hooks",
         "_host",
         "_nursery",
+        "_presence",
         "_receive",
         "_resuming",
         "_send",
@@ -199,6 +201,10 @@ class RoomActor:
         self._enveloped = 0
         self._sessions: dict[str, Transport] | None = None
         self._resuming: Connection | None = None  # the session its turn takes up again
+        # Who is here (docs/presence.md), made when a connection first sets a presence:
+        # a room whose connections never do pays nothing for it. It lives here, not on
+        # the Room instance, so it sleeps with the connections when the room hibernates.
+        self._presence: Tracker | None = None
         response = room_class.auto_response
         #: The auto-response pair, the answer already framed (plain, and enveloped).
         self.auto_response = (
@@ -463,6 +469,8 @@ class RoomActor:
                     await self._handle(event)
                 except Exception:
                     self._event_failed(event)
+                if self._presence is not None and self._presence.pending:
+                    self._flush_presence()  # the turn's diff, behind its sends
                 if not self._idle(receive):
                     continue
             await self._hooks.settle()  # no commit of this room may be left in flight
@@ -522,6 +530,41 @@ class RoomActor:
     def retag(self, conn: Transport, old: tuple[str, ...], new: tuple[str, ...]) -> None:
         """Move ``conn`` from ``old`` tags to ``new`` in the index, while it is in the room."""
         self._core.retag(conn, old, new)
+
+    def track(self, conn: Transport, presence: str | None) -> None:
+        """Track ``conn`` under its room's key for it with ``presence`` (JSON), or untrack
+        it; the diff goes out at the end of the running turn, or at once outside one."""
+        tracker = self._presence
+        if tracker is None:
+            if presence is None:
+                return
+            self._presence = tracker = Tracker()
+        handle = conn.handle
+        key = ""
+        if presence is not None:
+            room = self._hooks.instance
+            key = default_key(handle.id, handle.tags) if room is None else room.presence_key(handle)
+            if not isinstance(key, str):
+                raise TypeError(f"presence_key returned {type(key).__name__}, not a str")
+        tracker.track(handle.id, key, presence)
+        hooks = self._hooks
+        if hooks.outbox is None or trio.lowlevel.current_task() is not hooks.task:
+            self._flush_presence()
+
+    def presence(self) -> dict[str, list[dict[str, Any]]]:
+        """Every presence key of the room and its metas, in join order (copies)."""
+        return {} if self._presence is None else self._presence.state()
+
+    def _flush_presence(self) -> None:
+        """Send the roomkit.v1 members the presence diff since the last, behind what the
+        gate holds for them (never logged)."""
+        assert self._presence is not None
+        diff = self._presence.flush()
+        if diff is None or not self._enveloped:
+            return
+        wrapped = [c for c in self.members() if c.enveloped]
+        if wrapped:
+            self._hooks.send_behind(diff_frame(diff), wrapped)
 
     def encode(self, message: Any) -> bytes:
         """The frame for ``message``, encoded by the room's protocol when it is typed."""
@@ -715,7 +758,7 @@ class RoomActor:
         if old is not None:  # the same Connection, on this socket now
             tags = old.tags
             self._host.cancel_timer(("grace", old))
-            self._forget(old)
+            self._forget(old, leaves=False)  # the session stays: its presence with it
             conn.take_over(old)
             conn.tags = tags
             self._core.retag(conn, (), tags)
@@ -806,6 +849,8 @@ class RoomActor:
         self.emit(frame, alone)
         for frame in replay:
             self.emit(frame, alone)
+        if self._presence is not None:  # who is here (a room that never tracked: nobody)
+            self.emit(state_frame(self._presence), alone)
         return recovered
 
     async def _replayed(self, conn: Transport, after: int, head: int) -> list[bytes] | None:
@@ -1130,7 +1175,11 @@ class RoomActor:
         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
             self._wake().send_nowait(Check())
 
-    def _forget(self, conn: Transport) -> None:
+    def _forget(self, conn: Transport, *, leaves: bool = True) -> None:
+        """``conn`` is no longer the room's; unless another transport carries its
+        session on (``leaves=False``), it leaves the room's presence too."""
+        if leaves and self._presence is not None:
+            self._presence.track(conn.handle.id, "", None)
         if self._core.leave(conn, conn.tags):
             self._host.connections -= 1
             conn.tags = ()  # what on_close sees, as docs/api.md says

@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol
 
 from ._closecodes import CloseCode
 from ._core.lifecycle import ConnectionState
+from ._core.presence import check_meta
 from ._core.tags import validate_tags
 from ._ids import connection_id
 from ._request import Request
@@ -63,6 +64,10 @@ class Link(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Queue a close frame (a valid one) after what is already queued."""
 
+    def track(self, presence: str | None) -> None:
+        """Track the connection in its room's presence with the value whose JSON is
+        ``presence`` (a checked one), or untrack it (None)."""
+
 
 class Connection:
     """One client's WebSocket in a room.
@@ -75,13 +80,14 @@ class Connection:
 
     # Slots: a server holds thousands of these; __dict__ stays for attributes an
     # application sets on its connections (made only if it does).
-    __slots__ = ("__dict__", "_attachment", "_link", "id", "request")
+    __slots__ = ("__dict__", "_attachment", "_link", "_presence", "id", "request")
 
     def __init__(self, link: Link, request: Request) -> None:
         self.id: Final = connection_id()
         self.request: Final = request
         self._link: Link = link  # until detach(): then the closed connection's record
         self._attachment: str | None = None
+        self._presence: str | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} room={self.request.room!r} {self.state.value}>"
@@ -136,6 +142,31 @@ class Connection:
                 f"an attachment is at most {MAX_ATTACHMENT} bytes serialised, this one is {size}"
             )
         self._attachment = text
+
+    @property
+    def presence(self) -> dict[str, Any] | None:
+        """The connection's presence in its room: a dict (a JSON object, at most 1 KiB
+        serialised), or None (not tracked); assign one to track it, None to untrack.
+
+        Tracked under ``Room.presence_key(conn)``, worked out when it is assigned (by
+        default the connection's first ``user:<id>`` tag's id, else its ``id``); every
+        roomkit.v1 client of the room sees it as a meta, the value plus ``"ref"`` (this
+        ``id``), in the room's ``presence_diff`` at the end of the turn
+        (docs/presence.md). Assigning again is an update (a leave and a join); reading
+        returns a fresh copy. Kept with the connection across hibernation and through a
+        parked session's grace; it leaves when the connection does.
+
+        Raises:
+          TypeError: if the value is not a dict (or holds what JSON cannot carry).
+          ValueError: if it is over 1 KiB serialised, or holds a ``"ref"`` of its own.
+        """
+        return None if self._presence is None else json.loads(self._presence)
+
+    @presence.setter
+    def presence(self, value: Any) -> None:
+        text = None if value is None else check_meta(value)
+        self._presence = text
+        self._link.track(text)
 
     def send(self, message: Any) -> None:
         """Queue ``message`` for this connection; never blocks.
@@ -205,6 +236,9 @@ class _Ended:
 
     def close(self, code: int, reason: str) -> None:
         pass
+
+    def track(self, presence: str | None) -> None:
+        pass  # it has left its room, and its presence with it
 
 
 def _check_close(code: int, reason: str) -> None:

@@ -220,11 +220,16 @@ class HookRunner:
     def close_behind(self, conns: Sequence[Transport], frame: CloseConnection) -> None:
         """Close ``conns`` with ``frame`` after what the gate has released or still holds
         for them."""
+        self.send_behind(frame, conns)
+
+    def send_behind(self, item: bytes | CloseConnection, conns: Sequence[Transport]) -> None:
+        """Queue ``item`` for ``conns`` after what the gate has released or still holds
+        for them (a close, a presence diff: nothing to commit of their own)."""
         if self._gate is None:  # nothing held (and no gate to make, asleep)
             for conn in conns:
-                conn.push(frame)
+                conn.push(item)
         else:
-            self.finish(None, [(frame, conns)])
+            self.finish(None, [(item, conns)])
 
     def finish(
         self, changes: Changes | None, outbox: Outbox[Transport], settle: Settle | None = None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from ._closecodes import CloseCode
 from ._core.history import History
 from ._core.limits import MAX_CONNECTIONS, MAX_MESSAGE_SIZE, MAX_REQUEST_SIZE, RATE_LIMIT
+from ._core.presence import default_key
 from ._core.ratelimit import RateLimit
 from ._protocol import Protocol as MessageProtocol
 from ._stubs import Rooms, check_rpc_methods
@@ -59,6 +60,9 @@ class RoomBackend(Protocol):
 
     def resumed(self, conn: Connection) -> bool:
         """Whether ``conn``'s running turn took up a parked session (no on_connect)."""
+
+    def presence(self) -> dict[str, list[dict[str, Any]]]:
+        """Every presence key of the room and its metas, in join order (copies)."""
 
 
 class Room:
@@ -226,6 +230,25 @@ class Room:
           How many connections the message was queued for.
         """
         return self._roomkit_actor.broadcast(message, tag, exclude, volatile)
+
+    def presence(self) -> dict[str, list[dict[str, Any]]]:
+        """Who is here: each presence key and its metas, in the order they joined.
+
+        A meta is a connection's ``conn.presence`` plus ``"ref"``, its ``conn.id``; two
+        tabs of one user are one key with two metas. Only connections that set a
+        presence are in it; a parked session keeps its own until its grace ends
+        (docs/presence.md). The lists are copies.
+        """
+        return self._roomkit_actor.presence()
+
+    def presence_key(self, conn: Connection) -> str:
+        """The key ``conn`` is tracked under when it sets ``conn.presence``.
+
+        By default its user: the first of its tags of the form ``user:<id>`` gives
+        ``<id>``; a connection without one is keyed by its ``conn.id``. Override it to
+        key connections otherwise (it runs each time a presence is assigned).
+        """
+        return default_key(conn.id, conn.tags)
 
     async def on_start(self) -> None:
         """Called once after the instance is created, before it handles its first event."""

@@ -121,6 +121,9 @@ class RoomSide(Protocol):
 
     def retag(self, conn: Transport, old: tuple[str, ...], new: tuple[str, ...]) -> None: ...
 
+    def track(self, conn: Transport, presence: str | None) -> None:
+        """Track ``conn`` in the room's presence (its JSON value), or untrack it (None)."""
+
     def set_timer(self, key: tuple[str, Hashable], deadline: float) -> None: ...
 
     def cancel_timer(self, key: tuple[str, Hashable]) -> None: ...
@@ -238,6 +241,9 @@ class Transport:
 
     def close(self, code: int, reason: str) -> None:
         self._actor.emit(CloseConnection(code, reason), self._alone)
+
+    def track(self, presence: str | None) -> None:
+        self._actor.track(self, presence)
 
     # The room's side: called by the actor, the output gate and the server.
 
