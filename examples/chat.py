@@ -4,6 +4,11 @@ Run it with ``make demo`` (or ``roomkit serve examples.chat:ChatRoom``) and conn
 ``ws://127.0.0.1:8080/{room}?userId={name}``. Every socket of a user carries the tags
 ``[userId, "all"]``, so a direct message reaches all of that user's tabs.
 
+Every socket also sets its presence (docs/presence.md), keyed by its user (the tags are
+not ``user:`` ones, so ``presence_key`` says so): the demo page's user list comes from
+it; the room's own ``welcome``/``user_joined``/``user_left`` messages stay for the
+guide's plain clients.
+
 Client → server: ``chat``, ``typing``, ``ping``, ``direct``.
 Server → client: ``welcome``, ``user_joined``, ``user_left``, ``message``,
 ``direct_message``, ``user_typing``, ``pong``, ``undeliverable``.
@@ -113,6 +118,7 @@ class ChatRoom(roomkit.Room):
         first_socket = not self.connections(tag=user)
         conn.tags = [user, "all"]
         conn.attachment = {"user": user}
+        conn.presence = {"user": user}
         conn.send(Welcome(user=user, users=self.users()))
         if first_socket:
             self.broadcast(UserJoined(user), exclude=conn)
@@ -141,6 +147,11 @@ class ChatRoom(roomkit.Room):
         user: str = conn.attachment["user"]
         if not self.connections(tag=user):
             self.broadcast(UserLeft(user))
+
+    def presence_key(self, conn: roomkit.Connection) -> str:
+        """A socket's presence is its user's: two tabs are one key with two metas."""
+        user: str = conn.attachment["user"]
+        return user
 
     def users(self) -> list[str]:
         """Everyone in the room, once each, in the order they joined."""

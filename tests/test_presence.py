@@ -331,3 +331,27 @@ async def test_the_late_end_of_the_old_socket_leaves_the_resumed_presence_alone(
             await trio.sleep(120)  # every ping deadline of the old socket passes
             await bob.receive_nothing()
             assert (await who(watcher))["ann"] == [{"tab": "1", "ref": first["id"]}]
+
+
+async def test_the_chat_examples_presence_is_keyed_by_user(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """examples/chat.py: its tags are [user, "all"], its presence_key its user."""
+    from examples.chat import ChatRoom
+
+    async with (
+        open_test_server(ChatRoom) as server,
+        server.connect("/lobby?userId=bob", subprotocols=V1) as bob_1,
+        server.connect("/lobby?userId=bob", subprotocols=V1) as bob_2,
+        server.connect("/lobby?userId=ann", subprotocols=V1) as ann,
+    ):
+        ids = [(await welcome(c))["id"] for c in (bob_1, bob_2, ann)]
+        assert (await ann.receive())[0] == "presence_state"
+        hello = await ann.receive()  # the room's own welcome, for plain clients too
+        assert json.loads(hello[2]) == {"type": "welcome", "user": "ann", "users": ["bob", "ann"]}
+        state = server.room("lobby")
+        assert state is not None
+        assert state.presence() == {
+            "bob": [{"user": "bob", "ref": ids[0]}, {"user": "bob", "ref": ids[1]}],
+            "ann": [{"user": "ann", "ref": ids[2]}],
+        }
