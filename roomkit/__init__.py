@@ -11,6 +11,7 @@ from ._client import ErrorMessage as ErrorMessage
 from ._client import connect as connect
 from ._clientevents import CloseEvent as CloseEvent
 from ._clientevents import OpenEvent as OpenEvent
+from ._clientevents import PresenceEvent as PresenceEvent
 from ._clientevents import ReconnectEvent as ReconnectEvent
 from ._clientsession import Session as Session
 from ._closecodes import CloseCode as CloseCode
@@ -62,6 +63,7 @@ __all__ = [
     "History",
     "OpenEvent",
     "OutsideHookError",
+    "PresenceEvent",
     "Protocol",
     "ProxyOptions",
     "ProxyServer",

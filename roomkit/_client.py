@@ -25,6 +25,7 @@ as the server counts it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import random
@@ -37,7 +38,8 @@ from typing import Any, Final, TypeVar
 import anyio
 import attrs
 
-from ._clientevents import CloseEvent, OpenEvent, ReconnectEvent
+from ._clientevents import CloseEvent, OpenEvent, PresenceEvent, ReconnectEvent
+from ._clientpresence import ClientPresence
 from ._clientsession import ENVELOPE, EnvelopeError, Position, Session, frame_limit
 from ._closecodes import CloseCode
 from ._core.limits import MAX_MESSAGE_SIZE, byte_length
@@ -66,7 +68,7 @@ _RETRY_STATUSES: Final = frozenset({408, 429})
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
-_Event = TypeVar("_Event", OpenEvent, CloseEvent, ReconnectEvent)
+_Event = TypeVar("_Event", OpenEvent, CloseEvent, ReconnectEvent, PresenceEvent)
 
 
 def is_final_close(code: int, reason: str = "") -> bool:
@@ -123,6 +125,7 @@ class _Options:
     on_open: Callable[[OpenEvent], object] | None
     on_close: Callable[[CloseEvent], object] | None
     on_reconnect: Callable[[ReconnectEvent], object] | None
+    on_presence: Callable[[PresenceEvent], object] | None
 
     def __attrs_post_init__(self) -> None:
         positive = {"connect_timeout": self.connect_timeout, "ping_timeout": self.ping_timeout}
@@ -154,6 +157,9 @@ class Client:
       connections: how many WebSockets it has opened so far.
       session: the last welcome of a room that speaks the roomkit.v1 envelope, or None
         (before the first, and while connected to a server that does not speak it).
+      presence: who is in the room (docs/presence.md), as its frames said since the
+        last welcome: each key and its metas in join order (a copy; empty on a plain
+        connection).
     """
 
     def __init__(self, url: str, options: _Options, max_queue: int) -> None:
@@ -179,10 +185,15 @@ class Client:
         self.connections = 0
         self.session: Session | None = None
         self._position = Position()  # kept across connections: where to come back to
+        self._presence = ClientPresence()  # the room's, since the last welcome
 
     @property
     def connected(self) -> bool:
         return self._ws is not None
+
+    @property
+    def presence(self) -> dict[str, list[dict[str, Any]]]:
+        return copy.deepcopy(self._presence.state)
 
     async def wait_connected(self) -> None:
         """Wait until a WebSocket is open (at once if one is).
@@ -313,6 +324,8 @@ class Client:
                 except (TimeoutError, EnvelopeError) as exc:
                     logger.info("no welcome from %s: %r", self._url.host_header, exc)
                     return False
+            if self._presence.clear():  # a new welcome, or a plain server: known no more
+                self._emit(self._options.on_presence, PresenceEvent({}, {}, {}))
             await self._serve(ws)
         return True
 
@@ -372,6 +385,12 @@ class Client:
             payload = self._position.unwrap(message)
         except EnvelopeError as exc:
             logger.warning("dropped a frame from %s: %s", self._url.host_header, exc)
+            return None
+        if payload is None and isinstance(message, str):  # not a message: presence?
+            change = self._presence.feed(message)
+            if change is not None:
+                event = PresenceEvent(self.presence, *change)
+                self._emit(self._options.on_presence, event)
             return None
         limit = self._options.max_message_size
         if payload is not None and byte_length(payload) > limit:
@@ -488,6 +507,7 @@ async def connect(
     on_open: Callable[[OpenEvent], object] | None = None,
     on_close: Callable[[CloseEvent], object] | None = None,
     on_reconnect: Callable[[ReconnectEvent], object] | None = None,
+    on_presence: Callable[[PresenceEvent], object] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a room and stay connected; yields a :class:`Client`.
 
@@ -522,6 +542,8 @@ async def connect(
         :class:`OpenEvent` when a WebSocket opens, a :class:`CloseEvent` when an open
         one ends, a :class:`ReconnectEvent` before each wait for a new try. They run in
         the client's task and must not block; what they raise is logged and ignored.
+      on_presence: the same, called with a :class:`PresenceEvent` each time the room's
+        presence changes (``client.presence``; docs/presence.md).
 
     Raises:
       ValueError: for a URL that is not ``ws://`` or ``wss://``, an ``ssl_context``
@@ -551,6 +573,7 @@ async def connect(
         on_open,
         on_close,
         on_reconnect,
+        on_presence,
     )
     client = Client(url, options, max_queue)
     raised: BaseException | None = None  # by the application's block

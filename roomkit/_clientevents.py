@@ -1,4 +1,5 @@
-"""What the Python client tells its ``on_open``, ``on_close`` and ``on_reconnect`` callbacks.
+"""What the Python client tells its ``on_open``, ``on_close``, ``on_reconnect`` and
+``on_presence`` callbacks.
 
 Small frozen classes, one per event, named after the browser's events that
 ``/roomkit.js``'s ``RoomSocket`` (and PartySocket) dispatch.
@@ -6,9 +7,11 @@ Small frozen classes, one per event, named after the browser's events that
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
-__all__ = ["CloseEvent", "OpenEvent", "ReconnectEvent"]
+__all__ = ["CloseEvent", "OpenEvent", "PresenceEvent", "ReconnectEvent"]
 
 
 @attrs.frozen
@@ -40,3 +43,16 @@ class ReconnectEvent:
 
     attempt: int
     delay: float
+
+
+@attrs.frozen
+class PresenceEvent:
+    """The room's presence changed (docs/presence.md): ``presence`` is the whole of it
+    now, each key and its metas in the order they joined; ``joins`` and ``leaves`` the
+    metas a ``presence_diff`` added and removed by key (both empty for a
+    ``presence_state``, which replaced everything, and for a new welcome, which
+    cleared it)."""
+
+    presence: dict[str, list[dict[str, Any]]]
+    joins: dict[str, list[dict[str, Any]]]
+    leaves: dict[str, list[dict[str, Any]]]

@@ -5,11 +5,11 @@ Pure: no I/O, no clock. The client offers :data:`ENVELOPE` in its handshake; whe
 server selects it, the connection's first frame is the room's welcome
 (:meth:`Position.welcome`), and every frame after it is unwrapped
 (:meth:`Position.unwrap`) into the payload a plain client would have received, or None
-for one to drop: a number already seen (a duplicate), or a kind this client does not
-know (``presence_state``, a later release's). Before each try :meth:`Position.query`
-gives the handshake's query with roomkit's three parameters, so that the room can take
-the session up again and replay what the client missed. The wire contract is
-docs/recovery.md's "The roomkit.v1 envelope".
+for one to drop: a number already seen (a duplicate), or another kind (the room's
+presence frames, which ``_clientpresence`` reads, or one this client does not know).
+Before each try :meth:`Position.query` gives the handshake's query with roomkit's three
+parameters, so that the room can take the session up again and replay what the client
+missed. The wire contract is docs/recovery.md's "The roomkit.v1 envelope".
 
 Theory of operation: ``seq`` is the last number the client has seen in ``epoch``. A
 welcome sets both, but for one that says ``recovered: true``: the broadcasts the client

@@ -20,6 +20,7 @@ def test_public_names() -> None:
         "History",
         "OpenEvent",
         "OutsideHookError",
+        "PresenceEvent",
         "Protocol",
         "ProxyOptions",
         "ProxyServer",

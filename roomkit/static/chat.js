@@ -5,6 +5,10 @@ const $ = (id) => document.getElementById(id);
 let socket = null;
 let me = "";
 const users = new Set();
+// Whether the user list comes from the room's presence (socket.presence): on a roomkit.v1
+// connection it does; on a plain one (a server or proxy without the envelope), from the
+// room's welcome, user_joined and user_left messages, as before.
+let fromPresence = false;
 const typing = new Map(); // user -> timer clearing the indicator
 let typingSent = false;
 let typingTimer = null;
@@ -53,17 +57,18 @@ function setTyping(user, active) {
 function handle(message) {
   switch (message.type) {
     case "welcome":
+      if (fromPresence) break;
       users.clear();
       message.users.forEach((user) => users.add(user));
       renderUsers();
       break;
     case "user_joined":
-      users.add(message.user);
+      if (!fromPresence) users.add(message.user);
       renderUsers();
       show(`${message.user} joined`, "notice");
       break;
     case "user_left":
-      users.delete(message.user);
+      if (!fromPresence) users.delete(message.user);
       setTyping(message.user, false);
       renderUsers();
       show(`${message.user} left`, "notice");
@@ -99,10 +104,19 @@ $("join-form").addEventListener("submit", (event) => {
   socket = new RoomSocket(`/${room}?userId=${encodeURIComponent(me)}`);
   status("connecting", "connecting…");
   socket.addEventListener("open", () => {
+    fromPresence = socket.session !== null;
     status("open", `connected to ${$("room").value.trim()} as ${me}`);
     $("chat").hidden = false;
   });
   socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
+  // Who is here: the presence's keys are the room's users (examples/chat.py keys each
+  // socket by its user, so two tabs are one name).
+  socket.addEventListener("presence", (event) => {
+    if (!fromPresence) return;
+    users.clear();
+    Object.keys(event.presence).forEach((user) => users.add(user));
+    renderUsers();
+  });
   socket.addEventListener("close", (event) => {
     if (!event.willReconnect) status("closed", `closed (${event.code} ${event.reason})`);
   });

@@ -27,10 +27,18 @@
 // fails such a connection when the envelope was offered: every third try of an outage
 // does not offer it, every tenth once a server has welcomed the socket; see PLAIN_EVERY).
 //
+// Presence (docs/presence.md): socket.presence is who is in the room, { key: [meta,
+// ...] } with each key's metas in join order, kept in sync from the room's
+// presence_state (which replaces it) and presence_diff frames (its leaves removed by
+// ref, then its joins appended: syncState and syncDiff below); a welcome clears it, and
+// it stays {} on a plain connection.
+//
 // Events: "open" (event.resumed, event.recovered: false and null on a plain
 // connection; recovered false means the page must fetch its state again), "message"
 // (event.data, event.seq: null when not numbered), "close" (event.code, event.reason,
-// event.willReconnect), "reconnecting" (event.attempt, event.delay).
+// event.willReconnect), "reconnecting" (event.attempt, event.delay), "presence"
+// (event.presence, the whole of it; event.joins and event.leaves, by key, what a diff
+// added and removed: both {} for a state and for a welcome that cleared it).
 
 const DEFAULTS = {
   minDelay: 500, // ms before the first retry, at most
@@ -172,6 +180,36 @@ function isWelcome(f) {
   );
 }
 
+// The presence a presence_state gives: { key: [meta, ...] }, keys without metas and
+// metas that are not objects left out.
+export function syncState(state) {
+  const presence = {};
+  for (const [key, entry] of Object.entries(isObject(state) ? state : {})) {
+    const metas = isObject(entry) && Array.isArray(entry.metas) ? entry.metas.filter(isObject) : [];
+    if (metas.length) presence[key] = metas;
+  }
+  return presence;
+}
+
+// `presence` after a presence_diff (a new object): the leaves' metas removed by ref,
+// then the joins' appended (leaves first: a meta's ref is its connection's across
+// updates, unlike Phoenix's phx_ref).
+export function syncDiff(presence, diff) {
+  const joins = syncState(isObject(diff) ? diff.joins : null);
+  const leaves = syncState(isObject(diff) ? diff.leaves : null);
+  const next = { ...presence };
+  for (const [key, metas] of Object.entries(leaves)) {
+    const refs = new Set(metas.map((meta) => meta.ref));
+    const kept = (next[key] || []).filter((meta) => !refs.has(meta.ref));
+    if (kept.length) next[key] = kept;
+    else delete next[key];
+  }
+  for (const [key, metas] of Object.entries(joins)) next[key] = [...(next[key] || []), ...metas];
+  return { presence: next, joins, leaves };
+}
+
+const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+
 export class RoomSocket extends EventTarget {
   constructor(url, options = {}) {
     super();
@@ -186,6 +224,7 @@ export class RoomSocket extends EventTarget {
     this.position = new Position(); // kept across connections: where to come back to
     this.session = null; // the last welcome, while connected to a server that sends one
     this.ready = false; // open, and welcomed if enveloped: sends go straight out
+    this.presence = {}; // who is in the room, as its frames said since the last welcome
     this.connect();
   }
 
@@ -224,6 +263,7 @@ export class RoomSocket extends EventTarget {
       clearTimeout(timeout);
       this.ready = true;
       this.session = welcome;
+      if (Object.keys(this.presence).length) this.updatePresence({}, {}, {});
       this.attempt = 0;
       this.lostAt = null;
       const open = new Event("open");
@@ -250,6 +290,7 @@ export class RoomSocket extends EventTarget {
       } else {
         const unwrapped = this.position.unwrap(event.data);
         if (unwrapped) this.deliver(...unwrapped);
+        else this.presenceFrame(event.data);
       }
     });
     let ended = false;
@@ -273,6 +314,24 @@ export class RoomSocket extends EventTarget {
     ws.addEventListener("error", () => {
       if (!opened) end(1006, "");
     });
+  }
+
+  // A frame that is no message may be the room's presence.
+  presenceFrame(data) {
+    const frame = parseFrame(data);
+    if (!frame || frame.length !== 2) return;
+    if (frame[0] === "presence_state") this.updatePresence(syncState(frame[1]), {}, {});
+    if (frame[0] === "presence_diff") {
+      const { presence, joins, leaves } = syncDiff(this.presence, frame[1]);
+      this.updatePresence(presence, joins, leaves);
+    }
+  }
+
+  updatePresence(presence, joins, leaves) {
+    this.presence = presence;
+    const changed = new Event("presence");
+    Object.assign(changed, { presence, joins, leaves });
+    this.dispatchEvent(changed);
   }
 
   deliver(data, seq) {
