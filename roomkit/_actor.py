@@ -535,10 +535,8 @@ class RoomActor:
         """Track ``conn`` under its room's key for it with ``presence`` (JSON), or untrack
         it; the diff goes out at the end of the running turn, or at once outside one."""
         tracker = self._presence
-        if tracker is None:
-            if presence is None:
-                return
-            self._presence = tracker = Tracker()
+        if tracker is None and presence is None:
+            return  # nobody was ever tracked: nothing to untrack
         handle = conn.handle
         key = ""
         if presence is not None:
@@ -546,6 +544,8 @@ class RoomActor:
             key = default_key(handle.id, handle.tags) if room is None else room.presence_key(handle)
             if not isinstance(key, str):
                 raise TypeError(f"presence_key returned {type(key).__name__}, not a str")
+        if tracker is None:
+            self._presence = tracker = Tracker()
         tracker.track(handle.id, key, presence)
         hooks = self._hooks
         if hooks.outbox is None or trio.lowlevel.current_task() is not hooks.task:

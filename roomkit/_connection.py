@@ -165,8 +165,8 @@ class Connection:
     @presence.setter
     def presence(self, value: Any) -> None:
         text = None if value is None else check_meta(value)
+        self._link.track(text)  # first: a presence_key that raises leaves it as it was
         self._presence = text
-        self._link.track(text)
 
     def send(self, message: Any) -> None:
         """Queue ``message`` for this connection; never blocks.

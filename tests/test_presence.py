@@ -355,3 +355,38 @@ async def test_the_chat_examples_presence_is_keyed_by_user(
             "bob": [{"user": "bob", "ref": ids[0]}, {"user": "bob", "ref": ids[1]}],
             "ann": [{"user": "ann", "ref": ids[2]}],
         }
+
+
+class Broken(Here):
+    def presence_key(self, conn: roomkit.Connection) -> str:
+        if "bad" in conn.request.query:
+            return 5  # type: ignore[return-value]  # a key that is no str, on purpose
+        raise KeyError("no key for this one")
+
+
+async def test_a_presence_key_that_fails_leaves_the_presence_as_it_was(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Catching(Broken):
+        async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+            try:
+                conn.presence = {"s": 1}
+            except (TypeError, KeyError) as error:
+                conn.send(type(error).__name__)
+            conn.send(json.dumps(conn.presence))
+
+    async with (
+        open_test_server(Catching) as server,
+        server.connect("/r?bad") as bad,
+        server.connect("/r") as other,
+    ):
+        for client, error in ((bad, "TypeError"), (other, "KeyError")):
+            await client.send("set")
+            assert await client.receive() == error
+            assert await client.receive() is None
+        room = server.room("r")
+        assert room is not None and room.presence() == {}
+        async with server.connect("/r", subprotocols=V1) as wrapped:
+            await welcome(wrapped)
+            await wrapped.send("who")  # no presence_state: the room never tracked anyone
+            assert (await wrapped.receive())[0] == "m"
