@@ -200,9 +200,26 @@ def _reap(bin: Path, run_as: list[str]) -> None:
         except (OSError, ValueError):
             continue
         data = session.parent / "data"
-        stop = [*run_as, str(bin / "pg_ctl"), "-D", str(data), "-s", "stop", "-m", "immediate"]
-        subprocess.run(stop, capture_output=True)
+        if _postmaster_runs(data):
+            stop = [*run_as, str(bin / "pg_ctl"), "-D", str(data), "-s", "stop", "-m", "immediate"]
+            subprocess.run(stop, capture_output=True)
         shutil.rmtree(session.parent, ignore_errors=True)
+
+
+def _postmaster_runs(data: Path) -> bool:
+    """Whether the server of ``data`` still runs: its ``postmaster.pid`` names a live
+    PostgreSQL process.
+
+    pg_ctl signals whatever process has the pid its file names, without asking what it
+    is: once a dead session's server has died too, that pid may be anyone's now (pids
+    come round again within 32,768 here), and a reap once sent SIGQUIT to a ``roomkit
+    serve`` of another test session, which died without a word.
+    """
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        return "postgres" in Path(f"/proc/{pid}/comm").read_text()
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _free_port() -> int:

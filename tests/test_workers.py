@@ -112,7 +112,8 @@ def supervised(target: str, *options: str, prefix: tuple[str, ...] = ()) -> Iter
         try:
             match = started.wait_for_line(r"listening on (wss?://\S+)", within=60)
         except AssertionError as exc:  # say where each process is stuck, for the next look
-            raise AssertionError(f"{exc}; processes: {whereabouts(process.pid)}") from None
+            stuck = whereabouts(process.pid)
+            raise AssertionError(f"{exc}; processes: {stuck}; exit: {process.poll()}") from None
         started.url = match[1]
         yield started
     finally:
