@@ -243,8 +243,12 @@ class Transaction:
         if exc_type is not None or self._rolled_back:
             assert self._saved is not None
             changes = self._storage._changes()
+            # roomkit's own writes stay: a broadcast made in the block went out with its
+            # number (sends are not the block's to undo), so its log entry and the
+            # room's head must land with the hook, or a later broadcast would reuse it.
+            kept = {key: value for key, value in changes.writes.items() if key.startswith(RESERVED)}
             changes.writes, changes.cleared, changes.alarm = (
-                self._saved.writes,
+                {**self._saved.writes, **kept},
                 self._saved.cleared,
                 self._saved.alarm,
             )

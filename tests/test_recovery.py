@@ -72,6 +72,11 @@ class Chat(roomkit.Room):
         elif kind == "boom":
             self.broadcast(text)
             raise RuntimeError("boom")
+        elif kind == "undo":  # a broadcast inside a block whose writes are rolled back
+            async with self.storage.transaction() as block:
+                await self.storage.put("undone", text)
+                self.broadcast(text)
+                block.rollback()
 
     async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
         Chat.events.append(("error", None if conn is None else conn.id, str(error)))
@@ -113,7 +118,7 @@ async def say(feeder: TestClient, *texts: str) -> None:
     """Have the plain client ``feeder`` broadcast each of ``texts``, and see them out."""
     for text in texts:
         await feeder.send(f"b:{text}")
-        assert await feeder.receive() == int(text) if text.isdigit() else text
+        assert await feeder.receive() == (int(text) if text.isdigit() else text)
 
 
 @asynccontextmanager
@@ -574,3 +579,20 @@ async def test_a_reject_in_the_default_on_resync_closes_with_1008(
             again = await welcome(back)
             assert (again["resumed"], again["recovered"]) == (True, False)
             assert await back.receive_close() == (1008, "closed for the night")
+
+
+async def test_a_broadcast_in_a_rolled_back_block_keeps_its_number(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        chat() as server,
+        server.connect("/lobby") as feeder,
+        server.connect("/lobby", subprotocols=V1) as ann,
+    ):
+        await welcome(ann)
+        await feeder.send("undo:X")  # the block's own write is undone, not its broadcast's
+        assert await ann.receive() == ["m", 1, "X"]
+        assert await feeder.receive() == "X"
+        await server.hibernate("lobby")  # the log is read again from storage
+        await say(feeder, "Y")
+        assert await ann.receive() == ["m", 2, "Y"]  # not 1 again: no client drops it
