@@ -335,8 +335,8 @@ class Client:
         self.connections += 1
         self._up.set()
         welcome = self.session
-        if welcome is None:
-            opened = OpenEvent(self.connections)
+        if welcome is None:  # plain: after a session, what was missed is lost
+            opened = OpenEvent(self.connections, recovered=False if self._position.token else None)
         else:
             opened = OpenEvent(self.connections, welcome.resumed, welcome.recovered)
         self._emit(self._options.on_open, opened)

@@ -231,7 +231,8 @@ async def test_roomkit_js_once_welcomed_offers_the_envelope_for_nine_tries_of_te
     server = EnvelopeServer(scripts, select=[True] + [False] * 10)
     async with serve_raw(server) as url:
         result = await run_node(tmp_path, ENVELOPE_SCRIPT, f"{url}/r", MAX_DELAY="5")
-    assert result["events"][-2:] == [{"open": [False, None]}, {"data": "eight", "seq": None}]
+    # A plain connection after a session: recovered false, so that the page refetches.
+    assert result["events"][-2:] == [{"open": [False, False]}, {"data": "eight", "seq": None}]
     offers = [r.subprotocols for r in server.requests]
     assert offers == [["roomkit.v1"]] * 10 + [[]]
     assert server.requests[-1].target == "/r?roomkit.session=tok1&roomkit.epoch=e1&roomkit.seq=3"

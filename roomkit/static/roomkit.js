@@ -269,7 +269,8 @@ export class RoomSocket extends EventTarget {
       const open = new Event("open");
       Object.assign(open, {
         resumed: welcome ? welcome.resumed : false,
-        recovered: welcome ? welcome.recovered : null,
+        // A plain connection after a session: what was missed meanwhile is lost.
+        recovered: welcome ? welcome.recovered : this.position.token !== null ? false : null,
       });
       this.dispatchEvent(open);
       while (this.queue.length && this.connected) this.ws.send(this.queue.shift());
