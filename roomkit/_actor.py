@@ -738,7 +738,7 @@ class RoomActor:
             await self._hooks.run(conn, "on_close", conn.handle, *conn.peer.report)
 
     async def _handle_connect(self, event: Connect) -> None:
-        refusal = self._core.admission()
+        refusal = self._core.admission(resume=self._resumable(event.conn) is not None)
         if refusal is None and await self._room() is None:
             refusal = ROOM_MOVED if self._hooks.fenced else HOOK_FAILED
         if refusal is not None:

@@ -349,6 +349,27 @@ async def test_grace_expiry_runs_on_close_1006_once(autojump_clock: trio.testing
         assert hooks_of(first["id"]) == ["connect", "close"]
 
 
+class Small(Chat):
+    max_connections = 1
+    session_grace = 60.0
+
+
+async def test_a_resume_into_a_full_room_takes_its_own_place(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(Small) as server:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+        with pytest.raises(roomkit.ClientClosed) as refused:  # its parked session's place
+            async with server.connect("/lobby", subprotocols=V1):
+                pass  # pragma: no cover
+        assert refused.value.status == 503
+        async with server.connect(resume_path(first), subprotocols=V1) as back:
+            assert (await welcome(back))["resumed"] is True
+
+
 async def test_a_token_used_twice_is_a_fresh_connect_the_second_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -67,6 +67,9 @@ def test_admission_counts_the_handshake_itself() -> None:
     room.join(Peer())
     assert room.admission() is ROOM_FULL
     assert Refusal("room_full", 503, "Room is full") == ROOM_FULL
+    assert room.admission(resume=True) is None  # it takes its parked session's place
+    room.join(Peer())
+    assert room.admission(resume=True) is ROOM_FULL
 
 
 @pytest.mark.parametrize("shutdown", [[Change.SHUTDOWN], [Change.SHUTDOWN, Change.DRAIN]])

@@ -121,12 +121,13 @@ class RoomCore(Generic[M]):
 
     # Decisions.
 
-    def admission(self) -> Refusal | None:
+    def admission(self, *, resume: bool = False) -> Refusal | None:
         """Whether a handshake, already counted among the members, may go on to
-        ``on_connect``: None, or why it is refused."""
+        ``on_connect``: None, or why it is refused. A ``resume`` of a parked session
+        (a member still) takes that session's place: it never makes the room fuller."""
         if self.state in (RoomState.CLOSING, RoomState.DRAINING):
             return SHUTTING_DOWN
-        if len(self._members) > self._max_members:
+        if len(self._members) - resume > self._max_members:
             return ROOM_FULL
         return None
 
