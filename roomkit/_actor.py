@@ -403,6 +403,18 @@ class RoomActor:
         scheduler's; the room stays up until the event is queued)."""
         self._post_soon(Expire(conn))
 
+    def close_parked(self, conn: Transport, code: int, reason: str) -> None:
+        """The room closes ``conn``'s parked session (a kick, a ban): its token is spent
+        now, so that its client cannot come back round the close, and its on_close runs
+        next, with the room's close. A second close finds the token spent: nothing."""
+        sessions, token = self._sessions, conn.session
+        if sessions is None or token is None or sessions.get(token) is not conn:
+            return
+        del sessions[token]
+        self._host.cancel_timer(("grace", conn))
+        conn.peer.closed_by_room(code, reason)
+        self._post_soon(Expire(conn))
+
     def _post_soon(self, event: Alarm | Drain | Expire) -> None:
         """Queue ``event`` from synchronous code; the room stays up until it is queued."""
         self._core.expect()

@@ -117,6 +117,9 @@ class RoomSide(Protocol):
     def expire(self, conn: Transport) -> None:
         """The grace of ``conn``'s parked session is over: it ends (``on_close``)."""
 
+    def close_parked(self, conn: Transport, code: int, reason: str) -> None:
+        """The room closes ``conn``'s parked session: it ends now (``on_close``)."""
+
     def close_behind(self, conns: Sequence[Transport], frame: CloseConnection) -> None: ...
 
     def retag(self, conn: Transport, old: tuple[str, ...], new: tuple[str, ...]) -> None: ...
@@ -240,7 +243,10 @@ class Transport:
             actor.emit(actor.encode(message), self._alone)
 
     def close(self, code: int, reason: str) -> None:
-        self._actor.emit(CloseConnection(code, reason), self._alone)
+        if self.peer.phase is Phase.AWAY:  # no socket to close: a kick ends the session
+            self._actor.close_parked(self, code, reason)
+        else:
+            self._actor.emit(CloseConnection(code, reason), self._alone)
 
     def track(self, presence: str | None) -> None:
         self._actor.track(self, presence)

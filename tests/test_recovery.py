@@ -67,6 +67,8 @@ class Chat(roomkit.Room):
             conn.send(json.dumps({"id": conn.id, "tags": conn.tags, "att": conn.attachment}))
         elif kind == "state":
             conn.send(Chat.known[text].state.value)
+        elif kind == "kick":
+            Chat.known[text].close(4003, "banned")
         elif kind == "count":
             conn.send(json.dumps([c.id for c in self.connections()]))
         elif kind == "boom":
@@ -346,6 +348,25 @@ async def test_grace_expiry_runs_on_close_1006_once(autojump_clock: trio.testing
             again = await welcome(back)  # too late: a fresh connect, recovered by seq
             assert (again["resumed"], again["recovered"]) == (False, True)
             assert again["id"] != first["id"]
+        assert hooks_of(first["id"]) == ["connect", "close"]
+
+
+async def test_closing_a_parked_session_ends_it(autojump_clock: trio.testing.MockClock) -> None:
+    """A kick of a parked session spends its token: its client comes back a stranger."""
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+            await feeder.send(f"kick:{first['id']}")
+            await feeder.send(f"state:{first['id']}")
+            assert await feeder.receive() == "closed"
+            assert Chat.events[-1] == ("close", first["id"], 4003, True)
+        async with server.connect(resume_path(first), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert again["resumed"] is False and again["id"] != first["id"]
+            assert hooks_of(again["id"]) == ["connect"]
+            await trio.sleep(60)  # the grace it had is long over: nothing runs twice
         assert hooks_of(first["id"]) == ["connect", "close"]
 
 

@@ -187,6 +187,11 @@ class Peer:
             self.cut_reason = reason
             self._metrics.cut[reason] += 1
 
+    def closed_by_room(self, code: int, reason: str) -> None:
+        """The room closed the connection while its session was parked: ``on_close``
+        reports that close, as one roomkit made (clean)."""
+        self._close_code, self._close_reason, self._was_clean = code, reason, True
+
     @property
     def report(self) -> tuple[int, str, bool]:
         """What ``on_close`` is told: the close code, its reason, and ``was_clean``."""
