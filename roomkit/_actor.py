@@ -806,16 +806,28 @@ class RoomActor:
 
     async def _connect_turn(self, conn: Transport, resumed: bool) -> None:
         """A connection's own turn: its welcome and the broadcasts it missed (a
-        roomkit.v1 one's), then ``on_connect`` (not for a resumed session), then
-        ``on_resync`` if it asked to recover and cannot be (``recovered: false``)."""
+        roomkit.v1 one's), then what ``on_connect`` sent (not for a resumed session),
+        then ``on_resync`` if it asked to recover and cannot be (``recovered: false``).
+
+        A fresh connection's ``on_connect`` runs first, for the tags the replay is
+        filtered by; what it sent is held back behind the welcome and the replay. The
+        position the welcome gives is the one before it: what it broadcasts is live.
+        """
         room = self._hooks.instance
-        assert room is not None, "the turn runs on the room's instance"
+        outbox = self._hooks.outbox
+        assert room is not None and outbox is not None, "the turn runs on the room's instance"
         handle = conn.handle
         recovered: bool | None = None
-        if conn.enveloped:
-            recovered = await self._welcome(conn, resumed)
+        if not conn.enveloped:
+            await room.on_connect(handle, handle.request)
+            return
+        position, asked, span, state = self._position(conn)
+        start = len(outbox)
         if not resumed:
             await room.on_connect(handle, handle.request)
+        sent = len(outbox)
+        recovered = await self._welcome(conn, resumed, position, (asked, span), state)
+        outbox[start:] = outbox[sent:] + outbox[start:sent]  # the welcome first
         if recovered is False:
             self._resuming = handle if resumed else None
             try:
@@ -825,8 +837,11 @@ class RoomActor:
             finally:
                 self._resuming = None
 
-    async def _welcome(self, conn: Transport, resumed: bool) -> bool | None:
-        """Send ``conn`` its welcome, then what it missed; what ``recovered`` says."""
+    def _position(
+        self, conn: Transport
+    ) -> tuple[tuple[str, int] | None, bool, tuple[int, int] | None, bytes | None]:
+        """Where the room's log is, whether ``conn`` asked to recover, the span to
+        replay it (None: it cannot be), and the presence it is welcomed with."""
         log = self._hooks.log
         position = None
         if log is not None:
@@ -835,18 +850,31 @@ class RoomActor:
                 self._hooks.current_changes().writes.update(made)
             position = log.position
         asked = conn.resume
+        span = None
+        if asked.epoch is not None and asked.seq is not None and log is not None:
+            oldest = log.oldest(self.wall_time())
+            span = decide(position, oldest, log.history.max_replay, (asked.epoch, asked.seq))
+        # who is here (a room that never tracked: nobody)
+        state = None if self._presence is None else state_frame(self._presence)
+        return position, asked.epoch is not None and asked.seq is not None, span, state
+
+    async def _welcome(
+        self,
+        conn: Transport,
+        resumed: bool,
+        position: tuple[str, int] | None,
+        recovery: tuple[bool, tuple[int, int] | None],
+        state: bytes | None,
+    ) -> bool | None:
+        """Send ``conn`` its welcome, then what it missed (``recovery``: whether it asked,
+        and the span to replay); what ``recovered`` says."""
+        asked, span = recovery
         recovered: bool | None = None
         replay: list[bytes] = []
-        if asked.epoch is not None and asked.seq is not None:
-            span = None
-            if log is not None:
-                oldest = log.oldest(self.wall_time())
-                span = decide(position, oldest, log.history.max_replay, (asked.epoch, asked.seq))
-            if span is not None:
-                replayed = await self._replayed(conn, *span)
-                span = None if replayed is None else span
-                replay = replayed or []
-            recovered = span is not None
+        if asked:
+            replayed = None if span is None else await self._replayed(conn, *span)
+            recovered = replayed is not None
+            replay = replayed or []
         sessions = self._sessions
         if sessions is None:
             self._sessions = sessions = {}
@@ -861,8 +889,8 @@ class RoomActor:
         self.emit(frame, alone)
         for frame in replay:
             self.emit(frame, alone)
-        if self._presence is not None:  # who is here (a room that never tracked: nobody)
-            self.emit(state_frame(self._presence), alone)
+        if state is not None:
+            self.emit(state, alone)
         return recovered
 
     async def _replayed(self, conn: Transport, after: int, head: int) -> list[bytes] | None:

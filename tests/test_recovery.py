@@ -351,6 +351,28 @@ async def test_grace_expiry_runs_on_close_1006_once(autojump_clock: trio.testing
         assert hooks_of(first["id"]) == ["connect", "close"]
 
 
+async def test_a_fresh_connect_replays_by_the_tags_its_on_connect_sets(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Past its grace, a client comes back as a new connection: on_connect tags it
+    before the replay is filtered, and what on_connect sends follows the replay."""
+    async with chat() as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby?tag=red", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(60)  # past the grace: the session is over
+            for message in ("t:red:for red", "t:blue:for blue"):
+                await feeder.send(message)
+        back_path = resume_path(first, 0).replace("?", "?tag=red&hello=hi&", 1)
+        async with server.connect(back_path, subprotocols=V1) as back:
+            again = await welcome(back)
+            assert (again["resumed"], again["recovered"], again["seq"]) == (False, True, 2)
+            assert await back.receive() == ["m", 1, "for red"]
+            assert await back.receive() == ["m", None, "hi"]
+            await back.receive_nothing()
+        assert hooks_of(first["id"]) == ["connect", "close"]
+
+
 async def test_closing_a_parked_session_ends_it(autojump_clock: trio.testing.MockClock) -> None:
     """A kick of a parked session spends its token: its client comes back a stranger."""
     async with chat() as server, server.connect("/lobby") as feeder:
