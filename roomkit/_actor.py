@@ -895,17 +895,24 @@ class RoomActor:
 
     async def _replayed(self, conn: Transport, after: int, head: int) -> list[bytes] | None:
         """The frames of the broadcasts ``(after, head]`` meant for ``conn``; None if the
-        log lacks one of them (never a partial replay)."""
+        log lacks one of them (never a partial replay), or if they add up to more than
+        half of ``max_send_queue``: the 1008 such a replay would be cut with would
+        only bring the client back to ask for it again."""
         keys = [log_key(seq) for seq in range(after + 1, head + 1)]
         found = await read_reserved(self, keys)
         if len(found) != len(keys):
             return None
         frames = []
+        budget = self.room_class.max_send_queue // 2
         conn_id, tags = conn.handle.id, conn.tags
         for seq, key in enumerate(keys, after + 1):
             value = found[key]
             if meets(value, conn_id, tags):
-                frames.append(envelope.encode(payload_of(value), seq))
+                frame = envelope.encode(payload_of(value), seq)
+                budget -= len(frame)
+                if budget < 0:
+                    return None
+                frames.append(frame)
         return frames
 
     async def _load_log(self, history: History) -> ReplayLog:

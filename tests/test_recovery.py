@@ -392,6 +392,42 @@ async def test_closing_a_parked_session_ends_it(autojump_clock: trio.testing.Moc
         assert hooks_of(first["id"]) == ["connect", "close"]
 
 
+class Tiny(Chat):
+    max_send_queue = 4096
+
+
+async def test_a_replay_too_big_for_the_send_queue_resyncs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A replay the send queue could not hold would be cut with 1008, and the client
+    would come back for it for ever: past half the queue, it resyncs instead."""
+    async with open_test_server(Tiny) as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+            for n in range(3):
+                await feeder.send(f"b:{n}{'x' * 600}")
+                await feeder.receive()
+        async with server.connect(resume_path(first, 0), subprotocols=V1) as small:
+            assert (await welcome(small))["recovered"] is True  # 3 frames fit in half the queue
+            assert [(await small.receive())[1] for _ in range(3)] == [1, 2, 3]
+        async with server.connect("/lobby", subprotocols=V1) as bob:
+            second = await welcome(bob)
+            await bob.abort()
+            await trio.sleep(1)
+            for n in range(4):
+                await feeder.send(f"b:{n}{'x' * 600}")
+                await feeder.receive()
+        async with server.connect(resume_path(second, 0), subprotocols=V1) as big:
+            again = await welcome(big)  # 7 would not even fit the queue: none replayed
+            assert (again["resumed"], again["recovered"]) == (True, False)
+            await big.send("me")
+            assert (await big.receive())[0:2] == ["m", None]
+            await big.receive_nothing()
+        assert hooks_of(second["id"]) == ["connect", "resync", "connect", "close"]
+
+
 class Small(Chat):
     max_connections = 1
     session_grace = 60.0
