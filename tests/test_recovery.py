@@ -47,6 +47,8 @@ class Chat(roomkit.Room):
         conn.attachment = {"name": request.query.get("name", "")}
         if "hello" in request.query:
             conn.send(request.query["hello"])
+        if "announce" in request.query:
+            self.broadcast(request.query["announce"])
 
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         if isinstance(message, bytes):
@@ -355,7 +357,8 @@ async def test_a_fresh_connect_replays_by_the_tags_its_on_connect_sets(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Past its grace, a client comes back as a new connection: on_connect tags it
-    before the replay is filtered, and what on_connect sends follows the replay."""
+    before the replay is filtered, and what on_connect sends follows the replay (its
+    broadcast live, once: the welcome's head is the one before it)."""
     async with chat() as server, server.connect("/lobby") as feeder:
         async with server.connect("/lobby?tag=red", subprotocols=V1) as ann:
             first = await welcome(ann)
@@ -363,13 +366,15 @@ async def test_a_fresh_connect_replays_by_the_tags_its_on_connect_sets(
             await trio.sleep(60)  # past the grace: the session is over
             for message in ("t:red:for red", "t:blue:for blue"):
                 await feeder.send(message)
-        back_path = resume_path(first, 0).replace("?", "?tag=red&hello=hi&", 1)
+        back_path = resume_path(first, 0).replace("?", "?tag=red&hello=hi&announce=back&", 1)
         async with server.connect(back_path, subprotocols=V1) as back:
             again = await welcome(back)
             assert (again["resumed"], again["recovered"], again["seq"]) == (False, True, 2)
             assert await back.receive() == ["m", 1, "for red"]
             assert await back.receive() == ["m", None, "hi"]
+            assert await back.receive() == ["m", 3, "back"]
             await back.receive_nothing()
+            assert await feeder.receive() == "back"
         assert hooks_of(first["id"]) == ["connect", "close"]
 
 
