@@ -304,6 +304,8 @@ def test_the_stream_ending_without_a_close_is_1006_unclean() -> None:
     assert peer.receive(text(client, "m"), 0.0) == (["m"], 0)
     assert peer.receive(None, 0.0) == ([], END)
     assert peer.report == (1006, "", False)
+    peer.closed_by_room(4003, "banned")  # a parked session the room then closes
+    assert peer.report == (4003, "banned", True)
 
 
 def test_a_drained_connection_delivers_nothing_and_answers_no_ping() -> None:
