@@ -51,7 +51,7 @@ from ._core.supervision import (
 )
 from ._workerspec import READY, WorkerSpec
 from ._wsurl import base_url
-from .storage import POSTGRES_SCHEMES
+from .storage import POSTGRES_SCHEMES, SQLiteStore
 from .storage._lockfile import LockFile
 
 __all__ = ["supervise"]
@@ -110,12 +110,18 @@ async def supervise(
         PostgreSQL URL (each worker a member of its cluster): none.
 
     Raises:
-      StorageError: another server holds ``storage``, or its lock file cannot be opened.
+      StorageError: another server holds ``storage``, its lock file cannot be opened, or
+        the file cannot be opened or written.
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         shared = storage == ":memory:" or storage.startswith(POSTGRES_SCHEMES)
         lock = None if shared else LockFile.acquire(storage)
         try:
+            if not shared:
+                # The file is made ready (WAL, the schema, a write that works) here, once,
+                # before any worker opens it: N workers making a new file WAL at once
+                # raced for its lock, and one could fail "database is locked" at start.
+                await (await SQLiteStore.open(storage, lock=False)).aclose()
             listeners = await trio.open_tcp_listeners(port, host=host)
             try:
                 bound = listeners[0].socket.getsockname()[1]
