@@ -212,8 +212,8 @@ def _postmaster_runs(data: Path) -> bool:
 
     pg_ctl signals whatever process has the pid its file names, without asking what it
     is: once a dead session's server has died too, that pid may be anyone's now (pids
-    come round again within 32,768 here), and a reap once sent SIGQUIT to a ``roomkit
-    serve`` of another test session, which died without a word.
+    come round again within 32,768 here), and a reap could SIGQUIT a process of another
+    test session running at the same time.
     """
     try:
         pid = int((data / "postmaster.pid").read_text().split()[0])
