@@ -36,7 +36,7 @@ import math
 import re
 import typing
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -168,14 +168,8 @@ class MethodCodec:
           TypeError: if they do not bind to the method's parameters, or one cannot be
             encoded (the message names it).
         """
-        signature, hints = _shape(self.function)
-        try:
-            bound = signature.bind(_SELF, *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self.name}(): {exc}") from None
-        for name, value in list(bound.arguments.items())[1:]:
-            bound.arguments[name] = self._each(signature, name, value, hints, self._unstructure)
-        body = {"args": list(bound.args[1:]), "kwargs": bound.kwargs, "chain": _chain_json(chain)}
+        args, kwargs = self._bound(args, kwargs, self._unstructure)
+        body = {"args": list(args), "kwargs": kwargs, "chain": _chain_json(chain)}
         try:
             return _ENCODER.encode(body).encode("utf-8")
         except (TypeError, ValueError) as exc:
@@ -195,15 +189,9 @@ class MethodCodec:
         """
         if len(body) > limit:
             raise ValueError(f"the call's body is {len(body)} bytes, over the room's {limit}")
-        args, kwargs, chain = _parse_body(body)
-        signature, hints = _shape(self.function)
-        try:
-            bound = signature.bind(_SELF, *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self.name}(): {exc}") from None
-        for name, value in list(bound.arguments.items())[1:]:
-            bound.arguments[name] = self._each(signature, name, value, hints, self._structure)
-        return bound.args[1:], bound.kwargs, chain
+        given, named, chain = _parse_body(body)
+        args, kwargs = self._bound(given, named, self._structure)
+        return args, kwargs, chain
 
     def encode_result(self, value: Any, limit: int) -> bytes:
         """The answer body for ``value``, returned by the method, of at most ``limit``
@@ -235,6 +223,27 @@ class MethodCodec:
         """
         hint = _shape(self.function)[1].get("return", inspect.Parameter.empty)
         return self._structure(value, hint, "the result")
+
+    def _bound(
+        self,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        convert: Callable[[Any, Any, str], Any],
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``args`` and ``kwargs`` bound to the method's parameters, each converted by
+        its annotation (unstructured for the wire, or structured from it).
+
+        Raises:
+          TypeError: if they do not bind, or one does not convert (the message names it).
+        """
+        signature, hints = _shape(self.function)
+        try:
+            bound = signature.bind(_SELF, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}(): {exc}") from None
+        for name, value in list(bound.arguments.items())[1:]:
+            bound.arguments[name] = self._each(signature, name, value, hints, convert)
+        return bound.args[1:], bound.kwargs
 
     def _each(
         self,
