@@ -20,13 +20,14 @@ from websockets.sync.client import connect
 
 import roomkit
 from roomkit._core.calls import Failed, call_auth, parse_answer, timeout_value
-from roomkit.storage import Changes, Claim, KeyRange, RoomId, SQLiteStore, Store
+from roomkit.storage import Changes, Claim, RoomId, SQLiteStore
 from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import open_test_server
 
 from .helpers import Start, exchange, memory_http, memory_stream
 from .test_actor import host_of
 from .test_member import Directory
+from .test_storage import GatedStore
 
 
 class Counter(roomkit.Room):
@@ -115,48 +116,37 @@ async def test_a_call_starts_a_room_nobody_is_connected_to(
         assert await server.rooms.get("b").add(1) == 8  # its data stayed
 
 
-class HeldStore(Store):
-    """A SQLite store whose commits wait for ``release`` while ``hold`` is set, and
-    fail while ``broken`` is."""
+class HeldStore(GatedStore):
+    """test_storage's GatedStore over SQLite in memory, which also says when a held
+    commit waits, and fails commits while ``broken``."""
 
     def __init__(self) -> None:
-        self.inner = SQLiteStore(SQLiteCore(":memory:"), in_thread=False)
-        self.hold = False
+        super().__init__(SQLiteStore(SQLiteCore(":memory:"), in_thread=False))
         self.broken = False
-        self.release = trio.Event()
+        self.held = False
         self.waiting = trio.Event()
 
-    async def claim(self, room: RoomId, owner: str) -> Claim:
-        return await self.inner.claim(room, owner)
+    def hold(self) -> None:
+        super().hold()
+        self.held = True
 
-    async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
-        return await self.inner.get_many(room, keys)
-
-    async def list(
-        self, room: RoomId, keys: KeyRange, *, reverse: bool, limit: int | None
-    ) -> list[tuple[str, str]]:
-        return await self.inner.list(room, keys, reverse=reverse, limit=limit)
+    def release(self) -> None:
+        self.held = False
+        super().release()
 
     async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
-        if self.hold:
+        if self.held:
             self.waiting.set()
-            await self.release.wait()
         if self.broken:
             raise OSError("disk gone")
-        return await self.inner.commit(batch)
-
-    async def alarms(self) -> list[tuple[RoomId, float, int]]:
-        return await self.inner.alarms()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+        return await super().commit(batch)
 
 
 async def test_the_result_comes_only_after_the_commit(autojump_clock: trio.abc.Clock) -> None:
     store = HeldStore()
     async with open_test_server(Counter, storage=store) as server:
         async with server.connect("/a") as client, trio.open_nursery() as nursery:
-            store.hold = True
+            store.hold()
             results: list[int] = []
 
             async def call() -> None:
@@ -167,7 +157,7 @@ async def test_the_result_comes_only_after_the_commit(autojump_clock: trio.abc.C
             await trio.sleep(5)
             assert results == []
             await client.receive_nothing()
-            store.release.set()
+            store.release()
             assert await client.receive() == "count 1"
         assert results == [1]
     await store.aclose()
@@ -474,7 +464,7 @@ async def test_a_room_cancelled_while_a_calls_writes_commit_answers_it(
             open_test_server(Counter, storage=store, drain_timeout=1) as server,
         ):
             await server.rooms.get("a").add(1)  # the room's claim and first commit
-            store.hold = True
+            store.hold()
             nursery.start_soon(call, server.rooms.get("a"))
             await store.waiting.wait()
             # the block's end shuts the server down: the drain times out, and the room
@@ -496,7 +486,7 @@ async def test_a_room_cancelled_while_a_requests_writes_commit_answers_its_outco
     answers: list[roomkit.Response] = []
     async with open_test_server(Answering, storage=store) as server:
         await server.request("POST", "/b")  # the room's claim and first commit
-        store.hold = True
+        store.hold()
 
         async def post() -> None:
             answers.append(await server.request("POST", "/b"))
@@ -506,7 +496,7 @@ async def test_a_room_cancelled_while_a_requests_writes_commit_answers_its_outco
                 nursery.start_soon(post)
                 await store.waiting.wait()
                 assert host_of(server).cancel_room(RoomId("", "b"))
-        store.release.set()
+        store.release()
     # not 503, which says that nothing took effect: the write it committed landed
     unknown = (500, "Internal error: the outcome is unknown")
     assert [(a.status, a.text) for a in answers] == [unknown]
