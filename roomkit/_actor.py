@@ -118,6 +118,10 @@ _AWAY: Final = ConnectionState.AWAY
 #: The states of a session another handshake may take up with its token: parked, or
 #: live on a socket not known to be dead yet (socket.io #4880: the new one wins).
 _RESUMABLE: Final = (ConnectionState.AWAY, ConnectionState.OPEN)
+#: The reasons on_close is told when a connection the room had counted in is refused
+#: after all (1011, as for the room's other connections in the same failures).
+_TURN_FAILED: Final = "Internal error"
+_COMMIT_FAILED: Final = "Storage failure"
 
 #: What a plain request gets when on_request raised or returned no Response...
 _REQUEST_FAILED: Final = Response(500, "Internal error")
@@ -150,6 +154,7 @@ class RoomActor:
         "_cancelled",
         "_chain",
         "_core",
+        "_counted",
         "_enveloped",
         "_hibernated",
         "_hooks",
@@ -201,6 +206,11 @@ class RoomActor:
         self._enveloped = 0
         self._sessions: dict[str, Transport] | None = None
         self._resuming: Connection | None = None  # the session its turn takes up again
+        # The Connection whose own turn runs and whom the room has counted in: a resumed
+        # session's from the start (its on_connect ran when it first connected), a
+        # fresh one's once its on_connect has returned. If the turn then fails, the
+        # room hears it leave (on_close), as it hears every connection it counted in.
+        self._counted: Connection | None = None
         # Who is here (docs/presence.md), made when a connection first sets a presence:
         # a room whose connections never do pays nothing for it. It lives here, not on
         # the Room instance, so it sleeps with the connections when the room hibernates.
@@ -729,7 +739,9 @@ class RoomActor:
             if await self._room() is not None:
                 await self._hooks.run(conn, "on_close", conn.handle, *conn.peer.report)
         elif isinstance(event, Expire):
-            if event.conn.state is _AWAY and not event.conn.superseded:
+            if event.refused is not None:
+                await self._end_refused(event.conn, event.refused)
+            elif event.conn.state is _AWAY and not event.conn.superseded:
                 await self._end_session(event.conn)
         elif isinstance(event, HttpRequest):
             await self._handle_request(event)
@@ -753,15 +765,23 @@ class RoomActor:
         refusal = self._core.admission(resume=self._resumable(event.conn) is not None)
         if refusal is None and await self._room() is None:
             refusal = ROOM_MOVED if self._hooks.fenced else HOOK_FAILED
-        if refusal is not None:
-            self._refuse(event, refusal)
-        elif await self._on_connect(event):
-            return  # decided when its changes are durable
+        if refusal is None:
+            await self._on_connect(event)
+            return
+        self._refuse(event, refusal)
         self._forget(event.conn)
         event.decided.set()
 
-    async def _on_connect(self, event: Connect) -> bool:
-        """Run ``on_connect`` for the handshake; False if it refused it (or raised)."""
+    async def _on_connect(self, event: Connect) -> None:
+        """Run the handshake's own turn (``on_connect``, or the resume of its session);
+        it is answered once the turn's changes are durable, or refused now.
+
+        A turn that fails once the room has counted the connection in (a resumed
+        session, or a fresh one whose on_connect returned: then ``on_resync`` raised,
+        or the replay could not be read) refuses the handshake with 500, and the room
+        hears the connection leave: its presence leaves, and ``on_close`` runs with
+        1011 "Internal error", ``was_clean=False``.
+        """
         conn = event.conn
         # Open while its own on_connect runs (it is among connections(), sends to it are
         # queued for after the handshake); handshakes still waiting are not.
@@ -774,21 +794,32 @@ class RoomActor:
             conn.take_over(old)
             conn.tags = tags
             self._core.retag(conn, (), tags)
-        settle = functools.partial(self._connect_settled, event)
+        settle = functools.partial(self._connect_settled, event, old is not None)
         turn = functools.partial(self._connect_turn, conn, old is not None)
         error = await self._hooks.transaction("on_connect", call=turn, settle=settle)
+        counted, self._counted = self._counted is conn.handle, None
         if error is None:
             due = self._core.joined(conn)
             if due is not None:  # a newcomer never brings the sweep forward, but it may
                 self._host.set_timer(("sweep", self.room), due, earlier_only=True)  # be first
-            return True
-        if isinstance(error, Reject):
+            return  # decided when its changes are durable
+        if isinstance(error, Reject) and not counted:
             self._refuse(event, Refusal("rejected", error.status, error.reason))
         else:
             self._refuse(event, HOOK_FAILED)
             await self._hooks.report(conn, error)
         conn.reject()
-        return False
+        self._forget(conn)
+        event.decided.set()
+        if counted:
+            await self._end_refused(conn, _TURN_FAILED)
+
+    async def _end_refused(self, conn: Transport, reason: str) -> None:
+        """The room had counted ``conn`` in, and its handshake was refused after all (its
+        turn failed, or its commit): ``on_close`` with 1011 and ``reason``, unclean."""
+        if await self._room() is not None:
+            close = (CloseCode.INTERNAL_ERROR, reason, False)
+            await self._hooks.run(conn, "on_close", conn.handle, *close)
 
     def _resumable(self, conn: Transport) -> Transport | None:
         """The session ``conn``'s handshake takes up with its token, if there is one to
@@ -821,10 +852,12 @@ class RoomActor:
         if not conn.enveloped:
             await room.on_connect(handle, handle.request)
             return
+        self._counted = handle if resumed else None
         position, asked, span, state = self._position(conn)
         start = len(outbox)
         if not resumed:
             await room.on_connect(handle, handle.request)
+            self._counted = handle  # whatever fails from here, the room hears it leave
         sent = len(outbox)
         recovered = await self._welcome(conn, resumed, position, (asked, span), state)
         outbox[start:] = outbox[sent:] + outbox[start:sent]  # the welcome first
@@ -1204,16 +1237,24 @@ class RoomActor:
         await hooks.run(None, "on_start")
         return hooks.instance  # None if the room was fenced or reset during on_start
 
-    def _connect_settled(self, event: Connect, durable: bool) -> None:
+    def _connect_settled(self, event: Connect, resumed: bool, durable: bool) -> None:
         """Answer the handshake once on_connect's changes are durable, or refuse it: 503
-        if the room was fenced meanwhile (its new owner will take the client), else 500."""
+        if the room was fenced meanwhile (its new owner will take the client), else 500.
+
+        A refused resume ends its session: the room, reset by the failure, still hears
+        it leave (``on_close`` with 1011 "Storage failure", as the room's other
+        connections are closed), unless it was fenced. A fresh connection's on_connect
+        ran on the instance the failure dropped: the room never had it."""
         if event.decided.is_set():
             return  # already refused: roomkit failed handling the handshake after on_connect
         if not durable:
             self._refuse(event, ROOM_MOVED if self._hooks.fenced else HOOK_FAILED)
             event.conn.reject()
             self._forget(event.conn)
-            self._poke()
+            if resumed:
+                self._post_soon(Expire(event.conn, refused=_COMMIT_FAILED))
+            else:
+                self._poke()
         event.decided.set()
 
     def _poke(self) -> None:

@@ -86,9 +86,12 @@ class Drain:
 
 @attrs.frozen(eq=False)
 class Expire:
-    """The grace of ``conn``'s parked session is over, for ``on_close``."""
+    """The grace of ``conn``'s parked session is over, for ``on_close``; or, with
+    ``refused`` (the reason ``on_close`` is told, with 1011), its resume was refused
+    when its commit failed."""
 
     conn: Transport
+    refused: str | None = None
 
 
 @attrs.define(eq=False)
