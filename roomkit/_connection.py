@@ -117,12 +117,27 @@ class Connection:
 
     @property
     def tags(self) -> tuple[str, ...]:
-        """The connection's tags; assign an iterable of strings to replace them."""
+        """The connection's tags; assign an iterable of strings to replace them.
+
+        A tracked connection's presence follows its key: a change of tags that changes
+        ``Room.presence_key(conn)`` moves its meta to the new key (a leave and a join in
+        the turn's diff); if ``presence_key`` raises, the tags stay as they were.
+        """
         return self._link.tags
 
     @tags.setter
     def tags(self, tags: Any) -> None:
-        self._link.retag(validate_tags(tags))
+        link, new = self._link, validate_tags(tags)
+        if self._presence is None:
+            link.retag(new)
+            return
+        old = link.tags
+        link.retag(new)
+        try:
+            link.track(self._presence)  # under the key its new tags give
+        except Exception:
+            link.retag(old)
+            raise
 
     @property
     def attachment(self) -> Any:
@@ -148,8 +163,9 @@ class Connection:
         """The connection's presence in its room: a dict (a JSON object, at most 1 KiB
         serialised), or None (not tracked); assign one to track it, None to untrack.
 
-        Tracked under ``Room.presence_key(conn)``, worked out when it is assigned (by
-        default the connection's first ``user:<id>`` tag's id, else its ``id``); every
+        Tracked under ``Room.presence_key(conn)``, worked out when it is assigned and
+        again when its tags change (by default the connection's first ``user:<id>``
+        tag's id, else its ``id``); every
         roomkit.v1 client of the room sees it as a meta, the value plus ``"ref"`` (this
         ``id``), in the room's ``presence_diff`` at the end of the turn
         (docs/presence.md). Assigning again is an update (a leave and a join); reading

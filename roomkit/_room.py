@@ -246,7 +246,8 @@ class Room:
 
         By default its user: the first of its tags of the form ``user:<id>`` gives
         ``<id>``; a connection without one is keyed by its ``conn.id``. Override it to
-        key connections otherwise (it runs each time a presence is assigned).
+        key connections otherwise (it runs each time a presence is assigned, and each
+        time a tracked connection's tags change: a new key moves its meta there).
         """
         return default_key(conn.id, conn.tags)
 

@@ -26,7 +26,8 @@ class Here(roomkit.Room):
     Query: ``user`` (its ``user:`` tag), ``tab`` (its presence, set in on_connect).
     Messages: ``set:<json>`` sets its presence, ``off`` untracks it, ``who`` answers
     the room's presence(), ``all:<n>`` sets every connection's presence in one turn,
-    ``flip`` tracks and untracks in one turn, ``big`` tries an oversized presence.
+    ``flip`` tracks and untracks in one turn, ``tag:<a,b>`` sets its tags, ``big``
+    tries an oversized presence.
     """
 
     rate_limit = None
@@ -52,6 +53,8 @@ class Here(roomkit.Room):
         elif kind == "flip":
             conn.presence = {"brief": True}
             conn.presence = None
+        elif kind == "tag":  # tags of its own, its presence kept
+            conn.tags = text.split(",") if text else []
         elif kind == "big":
             try:
                 conn.presence = {"x": "a" * 2000}
@@ -390,3 +393,58 @@ async def test_a_presence_key_that_fails_leaves_the_presence_as_it_was(
             await welcome(wrapped)
             await wrapped.send("who")  # no presence_state: the room never tracked anyone
             assert (await wrapped.receive())[0] == "m"
+
+
+async def test_a_tag_change_that_changes_the_key_moves_the_meta(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The default key comes from the tags: the room that tags its user after setting
+    the presence moves it, a leave under the old key and a join under the new in one
+    diff, where presence() and the clients see it too."""
+    async with (
+        here() as server,
+        server.connect("/r") as watcher,
+        server.connect("/r?user=bob&tab=1", subprotocols=V1) as bob,
+        server.connect("/r?tab=1", subprotocols=V1) as ann,
+    ):
+        await welcome(bob)
+        ann_id = (await welcome(ann))["id"]
+        for _ in range(2):
+            await bob.receive()  # the joins
+        meta = {"tab": "1", "ref": ann_id}
+        assert list(await who(watcher)) == ["bob", ann_id]  # untagged: keyed by its id
+        await ann.send("tag:all,user:ann")
+        assert await bob.receive() == [
+            "presence_diff",
+            {"joins": {"ann": {"metas": [meta]}}, "leaves": {ann_id: {"metas": [meta]}}},
+        ]
+        assert list(await who(watcher)) == ["bob", "ann"]
+        await ann.send("tag:user:ann,vip")  # the same key: nothing to tell
+        await ann.send("tag:")  # no user tag: its id again
+        assert await bob.receive() == [
+            "presence_diff",
+            {"joins": {ann_id: {"metas": [meta]}}, "leaves": {"ann": {"metas": [meta]}}},
+        ]
+        await bob.receive_nothing()
+
+
+async def test_a_presence_key_that_fails_on_a_tag_change_keeps_the_tags(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Picky(Here):
+        def presence_key(self, conn: roomkit.Connection) -> str:
+            if "user:eve" in conn.tags:
+                raise KeyError("no eve here")
+            return super().presence_key(conn)
+
+        async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+            try:
+                conn.tags = ["user:eve"]
+            except KeyError as error:
+                conn.send(f"{error}; tags {list(conn.tags)}")
+            conn.send(json.dumps(self.presence()))
+
+    async with open_test_server(Picky) as server, server.connect("/r?user=ann&tab=1") as ann:
+        await ann.send("go")
+        assert await ann.receive() == "'no eve here'; tags ['all', 'user:ann']"
+        assert list(await ann.receive()) == ["ann"]
