@@ -2,7 +2,9 @@
 ``presence_state`` and ``presence_diff`` frames. Pure: no I/O.
 
 The wire contract is docs/presence.md's "The wire": a state replaces the whole
-mapping; a diff removes its leaves' metas (by ``ref``) and then appends its joins'.
+mapping; a diff removes its leaves' metas (by ``ref``) and then appends its joins'
+(a new key last; a key its leaves empty and its joins fill again keeps its place), so
+that the mapping keeps the room's order ("Order").
 Leaves come first because a meta's ``ref`` is its connection's id across updates (an
 update is the old meta in ``leaves``, the new one in ``joins``); Phoenix's clients,
 whose refs change with each update, apply joins first.
@@ -60,8 +62,8 @@ class ClientPresence:
         for key, metas in leaves.items():
             refs = {meta.get("ref") for meta in metas}
             kept = [meta for meta in state.get(key, ()) if meta.get("ref") not in refs]
-            if kept:
-                state[key] = kept
+            if kept or (key in joins and key in state):
+                state[key] = kept  # in its place: emptied and filled again, it stays
             else:
                 state.pop(key, None)
         for key, metas in joins.items():

@@ -50,11 +50,17 @@ def test_other_kinds_and_broken_frames_are_ignored() -> None:
     assert presence.state == {"ann": [{"ref": "1"}], "bob": [{"ref": "2"}]}
 
 
+def in_order(state: dict[str, list[dict[str, object]]]) -> list[tuple[str, list[object]]]:
+    """A state as its keys and metas in order (== on dicts ignores the keys' order)."""
+    return list(state.items())
+
+
 def test_the_client_agrees_with_the_servers_tracker_over_random_turns() -> None:
+    """In content and in order: keys and metas as the room lists them."""
     rng = random.Random(18)
     tracker, presence = Tracker(), ClientPresence()
-    refs, keys = [f"c{i}" for i in range(8)], ["ann", "bob", "cy"]
-    for _turn in range(400):
+    refs, keys = [f"c{i}" for i in range(10)], ["ann", "bob", "cy", "dee", "eve"]
+    for _turn in range(1000):
         for _ in range(rng.randint(1, 4)):
             ref = rng.choice(refs)
             if rng.random() < 0.3:
@@ -64,8 +70,22 @@ def test_the_client_agrees_with_the_servers_tracker_over_random_turns() -> None:
         diff = tracker.flush()
         if diff is not None:
             presence.feed(json.dumps(["presence_diff", diff]))
-        assert presence.state == tracker.state()
+        assert in_order(presence.state) == in_order(tracker.state())
         if rng.random() < 0.05:  # a reconnect: a welcome, then the whole state
             presence.clear()
             presence.feed(state_frame(tracker.state()))
-            assert presence.state == tracker.state()
+            assert in_order(presence.state) == in_order(tracker.state())
+
+
+def test_a_key_emptied_and_filled_again_by_one_diff_keeps_its_place() -> None:
+    presence = ClientPresence()
+    presence.feed(state_frame({"ann": [{"ref": "1"}], "bob": [{"ref": "2"}]}))
+    update = {
+        "joins": {"ann": {"metas": [{"s": "away", "ref": "1"}]}},
+        "leaves": {"ann": {"metas": [{"ref": "1"}]}},
+    }
+    presence.feed(json.dumps(["presence_diff", update]))
+    assert list(presence.state) == ["ann", "bob"]
+    presence.feed(json.dumps(["presence_diff", {"leaves": {"ann": {"metas": [{"ref": "1"}]}}}]))
+    presence.feed(json.dumps(["presence_diff", {"joins": {"ann": {"metas": [{"ref": "1"}]}}}]))
+    assert list(presence.state) == ["bob", "ann"]  # gone in between: back last

@@ -207,3 +207,58 @@ def test_the_frames_exactly() -> None:
         b'["presence_diff",{"joins":{"ann":{"metas":[{"name":"Ann \xc3\xa9","ref":"c1"}]}},'
         b'"leaves":{}}]',
     )
+
+
+def ordered(state: dict[str, list[dict[str, object]]]) -> list[tuple[str, list[str]]]:
+    """A state's keys and each key's refs, in order (== on dicts ignores it)."""
+    return [(key, [str(m["ref"]) for m in metas]) for key, metas in state.items()]
+
+
+def test_a_key_keeps_its_place_while_it_ends_each_turn_with_a_meta() -> None:
+    tracker = Tracker()
+    tracker.track("a1", "ann", "{}")
+    tracker.track("b1", "bob", "{}")
+    tracker.flush()
+    tracker.track("a1", "ann", '{"s": "away"}')  # its only meta updates: ann stays first
+    assert ordered(tracker.state()) == [("ann", ["a1"]), ("bob", ["b1"])]
+    tracker.flush()
+    tracker.track("a2", "ann", "{}")  # in one turn: a second tab joins, the first leaves
+    tracker.track("a1", "", None)
+    assert ordered(tracker.state()) == [("ann", ["a2"]), ("bob", ["b1"])]
+    diff = tracker.flush()
+    assert diff is not None and list(diff["joins"]) == ["ann"]
+    assert ordered(tracker.state()) == [("ann", ["a2"]), ("bob", ["b1"])]
+
+
+def test_a_key_that_ends_a_turn_empty_comes_back_last() -> None:
+    tracker = Tracker()
+    tracker.track("a1", "ann", "{}")
+    tracker.track("b1", "bob", "{}")
+    tracker.flush()
+    tracker.track("a1", "", None)
+    tracker.flush()
+    tracker.track("a1", "ann", "{}")
+    assert ordered(tracker.state()) == [("bob", ["b1"]), ("ann", ["a1"])]
+    tracker.flush()
+    tracker.track("c1", "cy", "{}")  # new keys go last, in the order of their first metas
+    tracker.track("d1", "dee", "{}")
+    tracker.track("b1", "", None)  # and bob, emptied, is gone when the turn ends
+    tracker.track("a1", "ann", '{"v": 1}')
+    diff = tracker.flush()
+    assert diff is not None and list(diff["joins"]) == ["ann", "cy", "dee"]
+    assert ordered(tracker.state()) == [("ann", ["a1"]), ("cy", ["c1"]), ("dee", ["d1"])]
+
+
+def test_the_order_mid_turn_is_the_one_the_turn_ends_with() -> None:
+    tracker = Tracker()
+    tracker.track("a1", "ann", "{}")
+    tracker.track("b1", "bob", "{}")
+    tracker.flush()
+    tracker.track("c1", "cy", "{}")
+    tracker.track("a1", "ann", '{"v": 1}')
+    tracker.track("b2", "bob", "{}")
+    mid = ordered(tracker.state())
+    tracker.flush()
+    assert (
+        mid == ordered(tracker.state()) == [("ann", ["a1"]), ("bob", ["b1", "b2"]), ("cy", ["c1"])]
+    )

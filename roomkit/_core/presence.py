@@ -5,6 +5,14 @@ Phoenix.Presence's model (docs/presence.md): each connection that sets
 value plus ``"ref"`` (the connection's id); a key holds the metas of all its
 connections (two tabs of one user: one key, two metas), in the order they joined.
 
+The order is the wire's too, so that a client applying the diffs keeps the room's
+(docs/presence.md, "Order"): metas in each key in join order, an update last; keys in
+the order they appeared, a key keeping its place for as long as it ends each turn with
+a meta (one that ends a turn empty is gone, and comes back last); the keys new in a
+turn after the others, in the order of their first metas. A diff lists its joins in
+that order, and a client keeps the place of a key that its leaves empty and its joins
+fill again.
+
 The :class:`Tracker` keeps that state and, between two :meth:`Tracker.flush` calls
 (one turn of the room), the value each changed connection had before the turn: the
 turn's diff is what differs at its end, so a join and a leave of one meta in the same
@@ -82,11 +90,13 @@ def default_key(conn_id: str, tags: Iterable[str]) -> str:
 class Tracker:
     """The presence of one room's connections, and what changed since the last flush."""
 
-    __slots__ = ("_before", "_tracked")
+    __slots__ = ("_before", "_keys", "_tracked")
 
     def __init__(self) -> None:
         #: ref -> (key, meta), in join order (an update moves its ref last).
         self._tracked: dict[str, tuple[str, Meta]] = {}
+        #: The keys that held a meta at the last flush, in the state's order.
+        self._keys: dict[str, None] = {}
         #: ref -> what it was at the last flush (None: not tracked), for the refs
         #: changed since: empty when nothing is pending.
         self._before: dict[str, tuple[str, Meta] | None] = {}
@@ -117,11 +127,12 @@ class Tracker:
             self._before[ref] = now
 
     def state(self) -> dict[str, list[Meta]]:
-        """Every key and its metas in join order (copies: the caller may change them)."""
-        state: dict[str, list[Meta]] = {}
+        """Every key and its metas, in the order of the module's docstring (copies: the
+        caller may change them)."""
+        state: dict[str, list[Meta]] = {key: [] for key in self._keys}
         for key, meta in self._tracked.values():
             state.setdefault(key, []).append(copy.deepcopy(meta))
-        return state
+        return {key: metas for key, metas in state.items() if metas}
 
     def flush(self) -> Diff | None:
         """The diff since the last flush, which it ends; None if nothing differs."""
@@ -136,11 +147,16 @@ class Tracker:
                 joins.setdefault(now[0], {"metas": []})["metas"].append(copy.deepcopy(now[1]))
         if not joins and not leaves:
             return None
-        # Joins in join order (the order of the state), whatever order they changed in.
+        # The keys the turn ends with, in the state's order; the joins in that order,
+        # each key's in join order, whatever order they changed in.
+        held = dict.fromkeys(key for key, _ in self._tracked.values())  # by first meta
+        self._keys = {key: None for key in self._keys if key in held} | held
+        rank = {key: i for i, key in enumerate(self._keys)}
         order = {ref: i for i, ref in enumerate(self._tracked)}
         for entry in joins.values():
             entry["metas"].sort(key=lambda meta: order[meta[REF]])
-        return {"joins": joins, "leaves": leaves}
+        ranked = {key: joins[key] for key in sorted(joins, key=rank.__getitem__)}
+        return {"joins": ranked, "leaves": leaves}
 
 
 def state_frame(tracker: Tracker) -> bytes:

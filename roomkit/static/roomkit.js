@@ -28,7 +28,7 @@
 // does not offer it, every tenth once a server has welcomed the socket; see PLAIN_EVERY).
 //
 // Presence (docs/presence.md): socket.presence is who is in the room, { key: [meta,
-// ...] } with each key's metas in join order, kept in sync from the room's
+// ...] } in the room's order, kept in sync from the room's
 // presence_state (which replaces it) and presence_diff frames (its leaves removed by
 // ref, then its joins appended: syncState and syncDiff below); a welcome clears it, and
 // it stays {} on a plain connection.
@@ -193,7 +193,10 @@ export function syncState(state) {
 
 // `presence` after a presence_diff (a new object): the leaves' metas removed by ref,
 // then the joins' appended (leaves first: a meta's ref is its connection's across
-// updates, unlike Phoenix's phx_ref).
+// updates, unlike Phoenix's phx_ref). A new key goes last, and a key the leaves empty
+// and the joins fill again keeps its place: the room's order (docs/presence.md,
+// "Order"), but that a JavaScript object lists keys that are array indices ("42")
+// first, in numeric order.
 export function syncDiff(presence, diff) {
   const joins = syncState(isObject(diff) ? diff.joins : null);
   const leaves = syncState(isObject(diff) ? diff.leaves : null);
@@ -201,7 +204,7 @@ export function syncDiff(presence, diff) {
   for (const [key, metas] of Object.entries(leaves)) {
     const refs = new Set(metas.map((meta) => meta.ref));
     const kept = (next[key] || []).filter((meta) => !refs.has(meta.ref));
-    if (kept.length) next[key] = kept;
+    if (kept.length || (key in joins && key in next)) next[key] = kept; // in its place
     else delete next[key];
   }
   for (const [key, metas] of Object.entries(joins)) next[key] = [...(next[key] || []), ...metas];
