@@ -574,7 +574,7 @@ class RoomActor:
             self._flush_presence()
 
     def presence(self) -> dict[str, list[dict[str, Any]]]:
-        """Every presence key of the room and its metas, in join order (copies)."""
+        """Every presence key of the room and its metas, in the room's order (copies)."""
         return {} if self._presence is None else self._presence.state()
 
     def _flush_presence(self) -> None:

@@ -158,7 +158,7 @@ class Client:
       session: the last welcome of a room that speaks the roomkit.v1 envelope, or None
         (before the first, and while connected to a server that does not speak it).
       presence: who is in the room (docs/presence.md), as its frames said since the
-        last welcome: each key and its metas in join order (a copy; empty on a plain
+        last welcome: each key and its metas in the room's order (a copy; empty on a plain
         connection).
     """
 

@@ -62,7 +62,7 @@ class RoomBackend(Protocol):
         """Whether ``conn``'s running turn took up a parked session (no on_connect)."""
 
     def presence(self) -> dict[str, list[dict[str, Any]]]:
-        """Every presence key of the room and its metas, in join order (copies)."""
+        """Every presence key of the room and its metas, in the room's order (copies)."""
 
 
 class Room:
@@ -232,7 +232,8 @@ class Room:
         return self._roomkit_actor.broadcast(message, tag, exclude, volatile)
 
     def presence(self) -> dict[str, list[dict[str, Any]]]:
-        """Who is here: each presence key and its metas, in the order they joined.
+        """Who is here: each presence key and its metas, in the room's order (metas in
+        the order they joined; keys in the order they appeared: docs/presence.md).
 
         A meta is a connection's ``conn.presence`` plus ``"ref"``, its ``conn.id``; two
         tabs of one user are one key with two metas. Only connections that set a
