@@ -40,7 +40,7 @@ import attrs
 
 from ._clientevents import CloseEvent, OpenEvent, PresenceEvent, ReconnectEvent
 from ._clientpresence import ClientPresence
-from ._clientsession import ENVELOPE, EnvelopeError, Position, Session, frame_limit
+from ._clientsession import ENVELOPE, EnvelopeError, Position, Session, frame_limits
 from ._closecodes import CloseCode
 from ._core.limits import MAX_MESSAGE_SIZE, byte_length
 from ._errors import ClientClosed, DecodeError
@@ -50,6 +50,7 @@ from ._wsclient import (
     ConnectionClosed,
     HandshakeFailed,
     HandshakeRefused,
+    MessageRefused,
     WebSocket,
     open_websocket,
 )
@@ -312,7 +313,7 @@ class Client:
         async with ws:
             self.session = None
             if ws.subprotocol == ENVELOPE:
-                ws.limit(frame_limit(o.max_message_size))  # the payload's checked unwrapped
+                ws.limit(*frame_limits(o.max_message_size))  # text's payload checked unwrapped
                 try:
                     with anyio.fail_after(o.connect_timeout):
                         self.session = self._position.welcome(await ws.receive())
@@ -365,6 +366,8 @@ class Client:
                         await self._inbox_send.send(self._decode(message))
                     self._delivery = None
         except ConnectionClosed as closed:
+            if isinstance(closed, MessageRefused) and self.session is not None:
+                self._position.skip(closed.head, binary=closed.binary)  # see _unwrap
             self._closed(closed)
 
     def _closed(self, closed: ConnectionClosed) -> None:

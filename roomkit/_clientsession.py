@@ -7,7 +7,11 @@ server selects it, the connection's first frame is the room's welcome
 (:meth:`Position.unwrap`) into the payload a plain client would have received, or None
 for one to drop: a number already seen (a duplicate), or another kind (the room's
 presence frames, which ``_clientpresence`` reads, or one this client does not know).
-Before each try :meth:`Position.query` gives the handshake's query with roomkit's three
+A frame too long for any payload the client accepts (:func:`frame_limits`) is never
+read whole: the connection is closed with 1009, and :meth:`Position.skip` reads the
+number of the message it carried from its first bytes, so that the room does not
+replay it to the next connection (which it would only close again). Before each try
+:meth:`Position.query` gives the handshake's query with roomkit's three
 parameters, so that the room can take the session up again and replay what the client
 missed. The wire contract is docs/recovery.md's "The roomkit.v1 envelope".
 
@@ -22,13 +26,14 @@ through.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any, Final
 from urllib.parse import unquote_plus, urlencode
 
 import attrs
 
-__all__ = ["ENVELOPE", "EnvelopeError", "Position", "Session", "frame_limit"]
+__all__ = ["ENVELOPE", "EnvelopeError", "Position", "Session", "frame_limits"]
 
 #: The WebSocket subprotocol that asks a roomkit server for the envelope.
 ENVELOPE: Final = "roomkit.v1"
@@ -39,14 +44,21 @@ _SEQ: Final = struct.Struct(">Q")
 #: Bytes of an ``m`` frame around its text: ``["m",`` and the longest seq, ``,"`` and
 #: ``"]``, with room for a space after each comma (another server's JSON).
 _M_OVERHEAD: Final = len('["m", 18446744073709551615, ""]')
-#: At most the bytes of JSON a byte of text can become: a control character as ``\u0000``.
+#: The most bytes of JSON one byte of text can become, whatever the encoder: a control
+#: character as ``\u0000`` (roomkit's own encoder escapes those; one that escapes all
+#: but ASCII turns 2 UTF-8 bytes into 6 at most, and 4 into 12, a surrogate pair).
 _JSON_GROWTH: Final = 6
+#: The head of an ``m`` frame, up to its seq (the WebSocket keeps 64 bytes of a refused
+#: frame: ``["m",``, 20 digits and a comma, with room for spaces).
+_M_HEAD: Final = re.compile(rb'\[\s*"m"\s*,\s*([0-9]{1,20})\s*,')
 
 
-def frame_limit(max_message_size: int) -> int:
-    """The longest frame that can carry a message of ``max_message_size`` bytes: its
-    text as a JSON string in an ``m`` frame, escapes and all (binary: 8 bytes more)."""
-    return max_message_size * _JSON_GROWTH + _M_OVERHEAD
+def frame_limits(max_message_size: int) -> tuple[int, int]:
+    """The longest text frame and binary frame that can carry a payload of
+    ``max_message_size`` bytes: its text as a JSON string in an ``m`` frame, escapes and
+    all (the worst case: every byte a control character, 6 bytes of JSON each), and its
+    bytes after their 8-byte seq."""
+    return max_message_size * _JSON_GROWTH + _M_OVERHEAD, max_message_size + _SEQ.size
 
 
 class EnvelopeError(Exception):
@@ -132,6 +144,20 @@ class Position:
         if len(body) != 2 or not _is_seq(body[0]) or not isinstance(body[1], str):
             raise EnvelopeError(f"an m frame of the wrong shape: {frame!r:.200}")
         return body[1] if self._fresh(body[0]) else None
+
+    def skip(self, head: bytes, *, binary: bool) -> int | None:
+        """Count the message of a frame refused for its length as seen; ``head`` is the
+        frame's first bytes (UTF-8 for text). Its seq, or None when it has none (not
+        numbered, or not an ``m`` frame): then there is nothing to skip."""
+        if binary:
+            seq = _SEQ.unpack_from(head)[0] if len(head) >= _SEQ.size else 0
+        else:
+            match = _M_HEAD.match(head)
+            seq = int(match[1]) if match is not None else 0
+        if not seq:
+            return None
+        self._fresh(seq)
+        return int(seq)
 
     def _fresh(self, seq: int | None) -> bool:
         """Whether a message numbered ``seq`` is new: if so, it is now the last seen."""

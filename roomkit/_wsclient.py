@@ -6,11 +6,12 @@ TLS, for ``wss://``) with anyio and makes the handshake; the :class:`WebSocket` 
 returns is read by one task (``receive``, which also answers pings and the peer's
 close) and written by any (``send``, ``ping``, ``close``: one write at a time, under a
 lock). Everything the peer owes a reader has a bound: a message is assembled up to
-``max_message_size`` bytes on the wire, by the server's own
-:class:`~roomkit._core.limits.MessageAssembler` (past it the connection is closed with
-1009), a refused
-handshake's body is kept up to :data:`REFUSAL_BODY_MAX`, and wsproto's h11 bounds the
-response head.
+``max_message_size`` bytes on the wire (or the limits of :meth:`WebSocket.limit`, one
+for text and one for binary), by the server's own
+:class:`~roomkit._core.limits.MessageAssembler`; past it the connection is closed with
+1009, and :class:`MessageRefused` keeps the message's first :data:`HEAD_SIZE` bytes. A
+refused handshake's body is kept up to :data:`REFUSAL_BODY_MAX`, and wsproto's h11
+bounds the response head.
 
 The exceptions the I/O can raise (``OSError``, anyio's broken and closed resources,
 ``ssl.SSLError``) are translated here, and only here: to :class:`HandshakeFailed`
@@ -51,6 +52,7 @@ __all__ = [
     "ConnectionClosed",
     "HandshakeFailed",
     "HandshakeRefused",
+    "MessageRefused",
     "WebSocket",
     "open_websocket",
 ]
@@ -59,6 +61,9 @@ __all__ = [
 READ_SIZE: Final = 65536
 #: Bytes of a refused handshake's body kept for the error (the rest is not read).
 REFUSAL_BODY_MAX: Final = 4096
+#: Bytes of a message refused for its size kept for the error: enough for a
+#: subprotocol's head (roomkit.v1's seq).
+HEAD_SIZE: Final = 64
 
 # What a stream raises when the peer or the network has gone (ssl.SSLError is an
 # OSError): the one place it is caught.
@@ -91,6 +96,17 @@ class ConnectionClosed(Exception):
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+
+
+class MessageRefused(ConnectionClosed):
+    """Raised by :meth:`WebSocket.receive` once it has closed the connection (1009) for
+    a message over its limit: ``head`` is the message's first bytes (UTF-8 for text, up
+    to :data:`HEAD_SIZE`), ``binary`` its kind."""
+
+    def __init__(self, reason: str, head: bytes, *, binary: bool) -> None:
+        super().__init__(CloseCode.MESSAGE_TOO_BIG, reason)
+        self.head = head
+        self.binary = binary
 
 
 async def open_websocket(
@@ -203,7 +219,9 @@ class WebSocket:
         self._stream = stream
         self._ws = ws
         self._write_lock = anyio.Lock()
-        self._assembler = MessageAssembler(max_message_size)
+        self._limits = (max_message_size, max_message_size)  # text, binary
+        self._text = self._binary = MessageAssembler(max_message_size)  # one at a time
+        self._head = b""  # the first bytes of a message received in part
         self._pongs: dict[bytes, anyio.Event] = {}  # pings sent, by payload, awaiting a pong
         self._closed: ConnectionClosed | None = None
 
@@ -255,10 +273,12 @@ class WebSocket:
         if self._closed is not None:
             raise self._closed
 
-    def limit(self, max_message_size: int) -> None:
-        """Assemble messages of up to ``max_message_size`` bytes from now on (before the
-        first :meth:`receive`: a subprotocol's frames may be longer than their content)."""
-        self._assembler = MessageAssembler(max_message_size)
+    def limit(self, text: int, binary: int) -> None:
+        """Assemble text messages of up to ``text`` bytes and binary ones of up to
+        ``binary`` from now on (before the first :meth:`receive`: a subprotocol's frames
+        may be longer than their content, and differently so for each kind)."""
+        self._limits = (text, binary)
+        self._text, self._binary = MessageAssembler(text), MessageAssembler(binary)
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame; the peer's answer ends :meth:`receive`. Nothing to do on a
@@ -308,11 +328,22 @@ class WebSocket:
         return None
 
     async def _assemble(self, event: TextMessage | BytesMessage) -> str | bytes | None:
+        binary = isinstance(event, BytesMessage)
+        assembler = self._binary if binary else self._text
         try:
-            return self._assembler.feed(event.data, event.message_finished)
-        except MessageTooBig as exc:
-            await self.fail(CloseCode.MESSAGE_TOO_BIG, str(exc))
+            message = assembler.feed(event.data, event.message_finished)
+        except MessageTooBig:
+            head, self._head = self._head + _head(event.data), b""
+            kind = "binary" if binary else "text"
+            reason = f"a {kind} message is at most {self._limits[binary]} bytes"
+            await self._answer(CloseConnection(CloseCode.MESSAGE_TOO_BIG, reason))
+            self._lose(MessageRefused(reason, head[:HEAD_SIZE], binary=binary))
             return None
+        if message is not None:
+            self._head = b""
+        elif len(self._head) < HEAD_SIZE:  # kept, should the rest take it over its limit
+            self._head += _head(event.data)
+        return message
 
     async def _closing(self, event: CloseConnection) -> None:
         """The peer's close (answered), the end of ours, a lost connection, or a frame
@@ -342,3 +373,9 @@ class WebSocket:
             self._closed = closed
         for pong in self._pongs.values():
             pong.set()
+
+
+def _head(data: str | bytes | bytearray) -> bytes:
+    """The first bytes of a message's data, as bytes (UTF-8 for text)."""
+    part = data[:HEAD_SIZE]
+    return part.encode("utf-8") if isinstance(part, str) else bytes(part)

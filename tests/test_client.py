@@ -27,7 +27,7 @@ import anyio.abc
 import pytest
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
 import roomkit
 import roomkit._client
@@ -720,6 +720,57 @@ def test_max_message_size_counts_the_envelopes_payload_not_its_frame(backend: st
         # The message over the limit is skipped, as a plain client loses it: not asked
         # for again, which would only close the connection again.
         assert server.requests[1].target.endswith("roomkit.seq=6")
+
+    run(backend, main)
+
+
+@pytest.mark.parametrize(
+    ("parts", "reason"),
+    [
+        # 1009 bytes of a longer binary message: its seq and a byte over 1000.
+        (
+            [BytesMessage(binary_frame(5, bytes(1001)), message_finished=False)],
+            "a binary message is at most 1008",
+        ),
+        # The same in two frames, its seq split between them.
+        (
+            [
+                BytesMessage(bytes(3), message_finished=False),
+                BytesMessage(binary_frame(5, bytes(1001))[3:], message_finished=False),
+            ],
+            "a binary message is at most 1008",
+        ),
+        # 6032 bytes of a longer text one: over the worst escaping of 1000 bytes of text.
+        (
+            [TextMessage('["m",5,"' + "x" * 6024, message_finished=False)],
+            "a text message is at most 6031",
+        ),
+    ],
+)
+@backends
+def test_a_frame_over_its_bound_closes_with_1009_at_once_and_is_skipped(
+    backend: str, parts: list[BytesMessage | TextMessage], reason: str
+) -> None:
+    """A frame longer than any payload of max_message_size can make is refused as its
+    bytes come (the rest of it is never waited for, nor held), and its number counts as
+    seen, so that the room does not replay it; what follows it still comes."""
+    server = EnvelopeServer(
+        [
+            [welcome_frame(), binary_frame(4, bytes(1000)), *parts],  # 1008 bytes: fine
+            [welcome_frame(session="tok2", seq=5, resumed=True, recovered=True), m_frame(6, "6")],
+        ]
+    )
+
+    async def main() -> None:
+        log = Log()
+        options = {"max_message_size": 1000, "initial_delay": 0.01, "on_close": log}
+        async with serve_raw(server) as url, roomkit.connect(url, **options) as client:
+            with anyio.fail_after(5):
+                assert await client.receive() == bytes(1000)
+                assert await client.receive() == "6"
+        first_close = log.events[0]
+        assert (first_close.code, first_close.reason) == (1009, f"{reason} bytes")
+        assert server.requests[1].target.endswith("roomkit.seq=5")
 
     run(backend, main)
 

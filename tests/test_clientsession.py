@@ -8,7 +8,7 @@ import json
 import pytest
 
 import roomkit
-from roomkit._clientsession import EnvelopeError, Position, frame_limit
+from roomkit._clientsession import EnvelopeError, Position, frame_limits
 
 from .clientservers import m_frame as m
 from .clientservers import welcome_frame as welcome
@@ -129,7 +129,33 @@ def test_broken_frames_are_refused(frame: str | bytes) -> None:
     assert position.seq == 3
 
 
-def test_frame_limit_bounds_the_frame_of_the_longest_payload() -> None:
-    worst = json.dumps(["m", 2**64 - 1, "\x00" * 1000])  # 6 bytes a character, spaces
-    assert len(worst.encode()) == frame_limit(1000)
-    assert len(bytes(8) + bytes(1000)) < frame_limit(1000)
+def test_frame_limits_are_those_of_the_longest_payload() -> None:
+    """Text: the worst escaping, 6 bytes of JSON for each byte of text (as another
+    server's JSON may write it: spaces, the longest seq); binary: the 8-byte seq."""
+    worst = json.dumps(["m", 2**64 - 1, "\x00" * 1000])
+    assert frame_limits(1000) == (len(worst.encode()), len(bytes(8) + bytes(1000)))
+    compact = json.dumps(["m", 2**64 - 1, "\x00" * 1000], separators=(",", ":"))
+    assert len(compact.encode()) < frame_limits(1000)[0]
+
+
+@pytest.mark.parametrize(
+    ("head", "binary", "seq"),
+    [
+        ((9).to_bytes(8, "big") + b"\x00payload", True, 9),
+        (bytes(8) + b"unlogged", True, None),
+        (b"\x00" * 7, True, None),  # too short for a seq: nothing to skip
+        (b'["m",9,"xxxxxxxx', False, 9),
+        (b'[ "m" , 9 , "x', False, 9),  # another server's spaces
+        (b'["m",null,"x', False, None),
+        (b'["m",9', False, None),  # its seq may go on: not read
+        (b'["presence_state",{', False, None),
+    ],
+)
+def test_a_refused_frames_number_is_read_from_its_head_and_counted_seen(
+    head: bytes, binary: bool, seq: int | None
+) -> None:
+    position = Position()
+    position.welcome(welcome())
+    assert position.skip(head, binary=binary) == seq
+    assert position.seq == (3 if seq is None else seq)
+    assert position.unwrap(m(9, "nine")) == (None if seq == 9 else "nine")
