@@ -194,15 +194,16 @@ async def test_roomkit_js_delivers_each_payload_once_and_comes_back_to_its_sessi
     assert second.target == "/r?userId=ada&roomkit.session=tok1&roomkit.epoch=e1&roomkit.seq=5"
 
 
-async def test_roomkit_js_reaches_a_server_without_the_envelope_every_third_try(
+async def test_roomkit_js_reaches_a_server_without_the_envelope_then_goes_plain_at_once(
     tmp_path: Path,
 ) -> None:
     """Node, as browsers, fails a connection whose offered subprotocol the server did not
-    select: the tries that offer it fail (their frames are never seen), the third of an
-    outage does not, and is then spoken to as before."""
+    select: the tries that offer it fail (their frames are never seen), the third retry
+    does not, and is then spoken to as before. That plain worked is remembered: the next
+    outage's first try is plain, and opens (no join and leave in the room for nothing)."""
     frames = [m_frame(4, "x"), binary_frame(5, b"")]
     failing: list[str] = []
-    scripts = [failing, failing, failing, frames, failing, failing, ["eight"]]
+    scripts = [failing, failing, failing, frames, ["eight"]]
     server = EnvelopeServer(scripts, select=False)
     async with serve_raw(server) as url:
         result = await run_node(tmp_path, ENVELOPE_SCRIPT, f"{url}/r?a=1")
@@ -216,9 +217,78 @@ async def test_roomkit_js_reaches_a_server_without_the_envelope_every_third_try(
         ],
         "session": None,
     }
-    assert [r.target for r in server.requests] == ["/r?a=1"] * 7  # no session: no welcome
+    assert [r.target for r in server.requests] == ["/r?a=1"] * 5  # no session: no welcome
     offers = [r.subprotocols for r in server.requests]
-    assert offers == [["roomkit.v1"]] * 3 + [[]] + [["roomkit.v1"]] * 2 + [[]]
+    assert offers == [["roomkit.v1"]] * 3 + [[]] * 2
+
+
+@pytest.mark.parametrize("upgraded", [False, True])
+async def test_roomkit_js_offers_the_envelope_again_every_fifth_outage_of_a_plain_server(
+    tmp_path: Path, upgraded: bool
+) -> None:
+    """After five plain connections, the next outage's first try offers roomkit.v1: an
+    older server fails it (one try, then plain again), an upgraded one welcomes it."""
+    failing: list[str] = []
+    plain: list[str] = []  # opens, and drops: an outage
+    # The recheck: welcomed (and stays open), or failed, and then a plain try.
+    rest = [[welcome_frame(), m_frame(4, "eight")]] if upgraded else [failing, ["eight"]]
+    scripts = [failing] * 3 + [plain] * 5 + rest
+    select = [False] * 8 + [upgraded, False]
+    server = EnvelopeServer(scripts, select=select)
+    async with serve_raw(server) as url:
+        result = await run_node(tmp_path, ENVELOPE_SCRIPT, f"{url}/r")
+    offers = [r.subprotocols for r in server.requests]
+    if upgraded:
+        assert offers == [["roomkit.v1"]] * 3 + [[]] * 5 + [["roomkit.v1"]]
+        assert result["session"] is not None
+    else:
+        assert offers == [["roomkit.v1"]] * 3 + [[]] * 5 + [["roomkit.v1"], []]
+        assert result["session"] is None
+    assert result["events"][-1]["data"] == "eight"
+
+
+#: Socket a, until its first message; then socket b (another room, the same server).
+TWO_SOCKETS = """
+import { RoomSocket } from "./roomkit.mjs";
+const options = { minDelay: 10 };
+const a = new RoomSocket(`${process.env.ROOM_URL}/a`, options);
+a.addEventListener("message", () => {
+  a.close();
+  const b = new RoomSocket(`${process.env.ROOM_URL}/b`, options);
+  b.addEventListener("message", (e) => {
+    console.log(JSON.stringify(e.data));
+    b.close();
+  });
+});
+"""
+
+
+async def test_roomkit_js_remembers_a_plain_server_for_the_pages_other_sockets(
+    tmp_path: Path,
+) -> None:
+    failing: list[str] = []
+    server = EnvelopeServer([failing, failing, failing, ["one"], ["two"]], select=False)
+    async with serve_raw(server) as url:
+        assert await run_node(tmp_path, TWO_SOCKETS, url) == "two"
+    assert [r.target for r in server.requests] == ["/a"] * 4 + ["/b"]
+    assert [r.subprotocols for r in server.requests] == [["roomkit.v1"]] * 3 + [[]] * 2
+
+
+async def test_roomkit_js_does_not_take_a_welcoming_server_for_plain_after_one_plain_try(
+    tmp_path: Path,
+) -> None:
+    """A server that welcomed the socket, back (after nine failed tries) just on its
+    tenth, plain: the next outage offers roomkit.v1 from its first try, as before."""
+    failing: list[str] = []
+    plain: list[str] = []
+    resumed = [welcome_frame(resumed=True), m_frame(4, "eight")]
+    scripts = [[welcome_frame()], *[failing] * 9, plain, resumed]
+    server = EnvelopeServer(scripts, select=[True] + [False] * 10 + [True])
+    async with serve_raw(server) as url:
+        result = await run_node(tmp_path, ENVELOPE_SCRIPT, f"{url}/r", MAX_DELAY="5")
+    offers = [r.subprotocols for r in server.requests]
+    assert offers == [["roomkit.v1"]] * 10 + [[]] + [["roomkit.v1"]]
+    assert result["events"][-2:] == [{"open": [True, None]}, {"data": "eight", "seq": 4}]
 
 
 async def test_roomkit_js_once_welcomed_offers_the_envelope_for_nine_tries_of_ten(

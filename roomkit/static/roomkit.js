@@ -25,7 +25,8 @@
 // is not above the last seen is dropped, and frame kinds it does not know are ignored.
 // A server that selects no subprotocol is spoken to as a plain WebSocket (a browser
 // fails such a connection when the envelope was offered: every third try of an outage
-// does not offer it, every tenth once a server has welcomed the socket; see PLAIN_EVERY).
+// does not offer it, every tenth once the server has welcomed a socket; once a plain
+// connection has opened, the page goes plain at once to that server; see PLAIN_EVERY).
 //
 // Presence (docs/presence.md): socket.presence is who is in the room, { key: [meta,
 // ...] } in the room's order, kept in sync from the room's
@@ -57,12 +58,25 @@ export const ENVELOPE = "roomkit.v1";
 // Every third try of an outage offers no envelope. A browser fails a connection whose
 // server selected none of the subprotocols offered, so a server that does not speak
 // roomkit.v1 (an older one behind the same address, a proxy that drops the header)
-// can only be reached by a try that does not offer it. Once a server has welcomed the
-// socket, it is known to speak it: then only every tenth (after some 15 s of an outage,
-// longer than a restart takes), so that a restart's tries resume the session, and a
-// rollback to an older server is still reached.
+// can only be reached by a try that does not offer it. Once a server has welcomed a
+// socket of the page, it is known to speak it: then only every tenth (after some 15 s
+// of an outage, longer than a restart takes), so that a restart's tries resume the
+// session, and a rollback to an older server is still reached.
 const PLAIN_EVERY = 3;
 const PLAIN_EVERY_WELCOMED = 10;
+// Once a plain connection has opened to a server not known to speak roomkit.v1, the
+// page goes plain at once to it: against an older roomkit each outage costs no failed
+// try (where the schedule above cost three, each a join and a leave in the room, and
+// some 3.5 s). The first try of every fifth outage after that offers the envelope
+// again, for a server upgraded meanwhile (or one that was only down when the page came,
+// back just on a plain try): that costs an older server one join and leave, and up to
+// a second, per five outages, and finds an upgraded one within five.
+const PLAIN_RECHECK_EVERY = 5;
+// What the page has learned of each server, by origin (scheme, host and port: rooms
+// are paths of the same server), for its lifetime: { envelope: true } once one welcomed
+// a socket, { envelope: false, opens } once `opens` plain connections have opened
+// since; none while nothing is known.
+const servers = new Map();
 const PARAMETERS = ["roomkit.session", "roomkit.epoch", "roomkit.seq"];
 
 export function isFinalClose(code, reason = "") {
@@ -79,6 +93,27 @@ export function backoffDelay(attempt, options, outage = 0, random = Math.random)
   let ceiling = Math.min(options.maxDelay, options.minDelay * options.growFactor ** attempt);
   if (outage < options.earlyPeriod) ceiling = Math.min(ceiling, options.earlyMaxDelay);
   return Math.floor(random() * ceiling);
+}
+
+// Whether a try offers the envelope, given what is `known` of its server: `attempt`
+// is the try's number in the outage (0 for the first after a 1012 or of the socket),
+// `tries` the tries made since the socket last opened.
+function offersEnvelope(known, attempt, tries) {
+  if (known !== undefined && !known.envelope) {
+    return tries === 0 && known.opens % PLAIN_RECHECK_EVERY === 0;
+  }
+  const every = known === undefined ? PLAIN_EVERY : PLAIN_EVERY_WELCOMED;
+  return !(attempt > 0 && attempt % every === 0);
+}
+
+// Learn from a connection that opened (welcomed or plain) what its server speaks. A
+// plain one to a server that welcomed a socket before may be that server back just on
+// a plain try: it is only known no more, and the next outage's schedule tells.
+function learn(origin, welcomed) {
+  const known = servers.get(origin);
+  if (welcomed) servers.set(origin, { envelope: true });
+  else if (known !== undefined && known.envelope) servers.delete(origin);
+  else servers.set(origin, { envelope: false, opens: known === undefined ? 1 : known.opens + 1 });
 }
 
 function resolveUrl(url) {
@@ -217,9 +252,12 @@ export class RoomSocket extends EventTarget {
   constructor(url, options = {}) {
     super();
     this.url = resolveUrl(url);
+    const { protocol, host } = new URL(this.url);
+    this.origin = `${protocol}//${host}`; // what `servers` knows its server by
     this.options = { ...DEFAULTS, ...options };
     this.queue = [];
     this.attempt = 0;
+    this.tries = 0; // tries since the socket last opened
     this.stopped = false;
     this.ws = null;
     this.timer = null;
@@ -253,9 +291,9 @@ export class RoomSocket extends EventTarget {
 
   connect() {
     const own = [this.options.protocols].flat().filter((p) => p !== undefined && p !== ENVELOPE);
-    const every = this.position.token === null ? PLAIN_EVERY : PLAIN_EVERY_WELCOMED;
-    const plain = this.attempt > 0 && this.attempt % every === 0;
-    const protocols = plain ? own : [...own, ENVELOPE];
+    const offer = offersEnvelope(servers.get(this.origin), this.attempt, this.tries);
+    this.tries += 1;
+    const protocols = offer ? [...own, ENVELOPE] : own;
     const ws = new WebSocket(resumeUrl(this.url, this.position), protocols);
     this.ws = ws;
     this.ready = false;
@@ -264,7 +302,9 @@ export class RoomSocket extends EventTarget {
     let enveloped = false;
     const ready = (welcome) => {
       clearTimeout(timeout);
+      learn(this.origin, welcome !== null);
       this.ready = true;
+      this.tries = 0;
       this.session = welcome;
       if (Object.keys(this.presence).length) this.updatePresence({}, {}, {});
       this.attempt = 0;
