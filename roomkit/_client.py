@@ -29,7 +29,6 @@ import copy
 import json
 import logging
 import random
-import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ import anyio
 import attrs
 
 from ._clientevents import CloseEvent, OpenEvent, PresenceEvent, ReconnectEvent
+from ._clientheaders import checked_headers
 from ._clientpresence import ClientPresence
 from ._clientsession import ENVELOPE, EnvelopeError, Position, Session, frame_limits
 from ._closecodes import CloseCode
@@ -64,10 +64,6 @@ logger = logging.getLogger("roomkit.client")
 CLOSE_WAIT: Final = 5.0
 #: HTTP statuses of a refused handshake that are worth trying again.
 _RETRY_STATUSES: Final = frozenset({408, 429})
-#: A header name is an HTTP token (RFC 9110 section 5.6.2); a value is Latin-1 text
-#: without control characters but the tab (a CR or LF would end the header early).
-_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 _Event = TypeVar("_Event", OpenEvent, CloseEvent, ReconnectEvent, PresenceEvent)
 
@@ -90,25 +86,6 @@ class ErrorMessage:
 
     message: str
     code: str | None = None
-
-
-def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """``headers`` as a dict, each one fit to go in a handshake.
-
-    Raises:
-      TypeError: if a name or a value is not a ``str``.
-      ValueError: if a name is not an HTTP token, or a value has a control character
-        (CR and LF included) or one beyond Latin-1.
-    """
-    checked = dict(headers or {})
-    for name, value in checked.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"a header is a str and a str, not {name!r}: {value!r}")
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"{name!r} is not a header name")
-        if not _FIELD_VALUE.fullmatch(value):
-            raise ValueError(f"the {name} header's value {value!r} cannot be sent")
-    return checked
 
 
 @attrs.frozen
@@ -565,7 +542,7 @@ async def connect(
     options = _Options(
         protocol,
         hello,
-        _checked_headers(headers),
+        checked_headers(headers),
         Backoff(initial_delay, growth, max_delay, early_max_delay, early_period),
         max_retries,
         connect_timeout,
