@@ -35,12 +35,19 @@ test-long: $(STAMP)
 	$(BIN)/pytest -q -m long
 
 # The benchmark suite against the peers; QUICK=1 runs it in about three minutes.
+# benchmarks/js holds workerd, a peer, pinned by its package-lock.json; `npm ci`
+# installs it (Node 20).
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+JS_STAMP := benchmarks/js/node_modules/.installed
+$(JS_STAMP): benchmarks/js/package-lock.json
+	cd benchmarks/js && npm ci --ignore-scripts --no-audit --no-fund
+	touch $(JS_STAMP)
+
+bench: $(BENCH_STAMP) $(JS_STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
 
 # Mutation testing of roomkit/_core against its unit tests (about 20 minutes here);

@@ -1,8 +1,9 @@
 """``python -m benchmarks [--quick] [--publish]``: every benchmark, one table.
 
 Runs each scenario against roomkit and its peers (bare trio-websocket, the websockets
-package's asyncio server, python-socketio on uvicorn), prints the absolute figures
-and the ratios to roomkit, checks the targets, and writes
+package's asyncio server, python-socketio on uvicorn, workerd serving the guide's
+ChatRoom Durable Object), prints the absolute figures and the ratios to roomkit,
+checks the targets, and writes
 ``benchmarks/results/latest.json`` and a PNG chart per scenario. ``--publish`` also
 writes them into docs/ (``docs/benchmarks.md`` and ``docs/benchmarks/``).
 """
@@ -20,6 +21,8 @@ from . import chat, connect_storm, durable_writes, echo, fanout, forward, memory
 from ._common import RESULTS, environment
 
 DOCS = Path(__file__).parent.parent / "docs"
+#: The servers of the main table, in its order.
+PEERS = ("websockets", "trio-websocket", "socketio", "workerd")
 
 
 def collect(quick: bool) -> dict[str, Any]:
@@ -57,6 +60,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float], bool]
     mem = report["memory"]["results"]
     idle = {"roomkit": mem["roomkit"], "trio-websocket": mem["bare trio-websocket"]}
     idle["websockets"] = mem["websockets"]
+    idle["workerd"] = mem["workerd"]
     out.append(("memory per idle connection", "KiB", idle, False))
     return out
 
@@ -69,6 +73,10 @@ def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     durable = report["durable_writes"]["results"]
     checks = [
         ("fan-out vs websockets broadcast()", first["roomkit"] / first["websockets"], ">= 1.0"),
+        *(
+            (f"fan-out vs workerd, {size}", by_impl["roomkit"] / by_impl["workerd"], ">= 3.0")
+            for size, by_impl in report["fanout"]["results"].items()
+        ),
         (
             "fan-out vs a naive trio-websocket loop",
             first["roomkit"] / first["trio-websocket"],
@@ -124,13 +132,13 @@ def table(report: dict[str, Any]) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + ".",
         "",
-        "| scenario | unit | roomkit | websockets | trio-websocket | python-socketio |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| scenario | unit | roomkit | websockets | trio-websocket | python-socketio | workerd |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for scenario, unit, by_impl, _ in rows(report):
         base = by_impl["roomkit"]
         cells = [f"{base:,.3g}" if base < 10 else f"{base:,.0f}"]
-        for impl in ("websockets", "trio-websocket", "socketio"):
+        for impl in PEERS:
             value = by_impl.get(impl)
             if value is None:
                 cells.append("")

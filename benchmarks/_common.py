@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 RESULTS = Path(__file__).parent / "results"
+#: The JavaScript side: workerd (``npm ci`` installs it here).
+JS = Path(__file__).parent / "js"
 T = TypeVar("T")
 
 
@@ -32,13 +35,26 @@ def server(impl: str, scenario: str, *options: str) -> Iterator[tuple[str, int]]
         url = process.stdout.readline().strip()
         if not url.startswith("ws://"):
             raise RuntimeError(f"{impl} {scenario} did not start")
-        time.sleep(0.2)  # uvicorn prints its port before it accepts
+        _wait_listening(url, process)  # uvicorn and workerd print the port before they listen
         yield url, process.pid
     finally:
         process.kill()
         process.wait()
         assert process.stdout is not None
         process.stdout.close()
+
+
+def _wait_listening(url: str, process: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    host, port = url.removeprefix("ws://").split(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens at {url}") from None
+            time.sleep(0.05)
 
 
 def pin_load() -> None:
@@ -67,12 +83,18 @@ def environment() -> dict[str, Any]:
             versions[name] = version(name)
         except Exception:
             versions[name] = None
+    versions.update(_js_versions())
     return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "python": platform.python_version(),
         "versions": versions,
     }
+
+
+def _js_versions() -> dict[str, str | None]:
+    package = JS / "node_modules" / "workerd" / "package.json"
+    return {"workerd": json.loads(package.read_text())["version"] if package.exists() else None}
 
 
 def write_results(name: str, results: dict[str, Any]) -> Path:

@@ -11,6 +11,11 @@ Scenarios, the same for every implementation:
   Socket.IO clients join with a ``join`` event).
 * ``idle``: clients connect and wait (roomkit tags and attaches each, as a chat would).
 * ``ledger`` (roomkit only): each message is stored, then acknowledged.
+
+``workerd`` is Cloudflare's runtime serving the guide's ChatRoom Durable Object
+(``benchmarks/js/worker.js``, on the hibernation API): this process picks a port,
+prints the URL and becomes workerd (``exec``), so that its process id, and so its
+memory, is workerd's. It serves every scenario but ``ledger`` and ``hibernating``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 import trio
 
 import roomkit
+
+from ._common import JS
 
 PAYLOAD = "x" * 100
 
@@ -212,7 +219,33 @@ async def serve_socketio(scenario: str) -> None:
     await uvicorn.Server(config).serve(sockets=[sock])
 
 
-IMPLEMENTATIONS = ("roomkit", "trio-websocket", "websockets", "socketio")
+# workerd: the guide's ChatRoom, a Durable Object with the hibernation API.
+
+WORKERD_SCENARIOS = ("echo", "fanout", "chat", "idle")
+
+
+def serve_workerd(scenario: str) -> None:
+    """Become workerd serving ``scenario`` on a free port, once its URL is printed."""
+    if scenario not in WORKERD_SCENARIOS:
+        sys.exit(f"workerd serves {', '.join(WORKERD_SCENARIOS)}, not {scenario}")
+    # The platform's own package holds the binary (npm installs only the one that fits):
+    # the `workerd` package's bin is a Node launcher until its install script runs, and
+    # its process would be the one measured.
+    binaries = sorted(JS.glob("node_modules/@cloudflare/workerd-*/bin/workerd"))
+    if not binaries:
+        sys.exit(f"no workerd binary: run `npm ci` in {JS} (make bench does)")
+    with socket.socket() as probe:  # a free port: workerd prints none it chose
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    print(f"ws://127.0.0.1:{port}", flush=True)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nobody reads past the first line
+    env = {**os.environ, "ROOMKIT_BENCH_SCENARIO": scenario}
+    config, address = str(JS / "workerd.capnp"), f"http=127.0.0.1:{port}"
+    binary = str(binaries[0])
+    os.execve(binary, [binary, "serve", config, "--socket-addr", address], env)
+
+
+IMPLEMENTATIONS = ("roomkit", "trio-websocket", "websockets", "socketio", "workerd")
 
 
 def main() -> None:
@@ -232,6 +265,8 @@ def main() -> None:
             trio.run(serve_trio_websocket, args.scenario)
         elif args.impl == "websockets":
             asyncio.run(serve_websockets(args.scenario))
+        elif args.impl == "workerd":
+            serve_workerd(args.scenario)
         else:
             asyncio.run(serve_socketio(args.scenario))
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from typing import Any
 from ._common import pin_load, server, write_results
 from ._wire import Peer
 
-IMPLS = ("roomkit", "trio-websocket", "websockets", "socketio")
+IMPLS = ("roomkit", "trio-websocket", "websockets", "socketio", "workerd")
 WINDOW = 100
 
 

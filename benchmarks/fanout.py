@@ -14,7 +14,7 @@ from typing import Any
 from ._common import median_of, pin_load, server, write_results
 from ._wire import Peer
 
-IMPLS = ("roomkit", "websockets", "trio-websocket", "socketio")
+IMPLS = ("roomkit", "websockets", "trio-websocket", "socketio", "workerd")
 
 
 async def fanout(url: str, clients: int, messages: int, socketio: bool) -> float:

@@ -3,8 +3,9 @@
 Reads the server process's resident memory (``/proc/PID/status``) before and after
 opening connections, and reports KiB per connection:
 
-* idle connections, all in one room (5,000), against bare trio-websocket and the
-  ``websockets`` package;
+* idle connections, all in one room (5,000), against bare trio-websocket, the
+  ``websockets`` package and workerd (the guide's ChatRoom, each socket tagged and
+  given an attachment, as roomkit's are; the RSS is the workerd process's);
 * one idle connection in each of 2,000 rooms, with hibernation off and on, so that the
   difference from the one-room figure is what a room costs beyond its socket.
 
@@ -56,6 +57,7 @@ def run(quick: bool) -> dict[str, Any]:
     scenarios = {
         "bare trio-websocket": ("trio-websocket", "idle", idle, steady, True),
         "websockets": ("websockets", "idle", idle, steady, True),
+        "workerd": ("workerd", "idle", idle, steady, True),
         "roomkit": ("roomkit", "idle", idle, steady, True),
         "roomkit, a room each, hibernation off": ("roomkit", "idle", rooms, steady, False),
         "roomkit, a room each, hibernated": ("roomkit", "hibernating", rooms, sleepy, False),
