@@ -35,8 +35,8 @@ test-long: $(STAMP)
 	$(BIN)/pytest -q -m long
 
 # The benchmark suite against the peers; QUICK=1 runs it in about three minutes.
-# benchmarks/js holds workerd, a peer, pinned by its package-lock.json; `npm ci`
-# installs it (Node 20).
+# benchmarks/js holds the JavaScript ones, pinned by its package-lock.json: workerd (a
+# peer) and Node's ws (the second load generator); `npm ci` installs them (Node 20).
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'

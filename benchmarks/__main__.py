@@ -3,9 +3,11 @@
 Runs each scenario against roomkit and its peers (bare trio-websocket, the websockets
 package's asyncio server, python-socketio on uvicorn, workerd serving the guide's
 ChatRoom Durable Object), prints the absolute figures and the ratios to roomkit,
-checks the targets, and writes
+measures roomkit and websockets from both load generators (``loads.py``), checks the
+targets, and writes
 ``benchmarks/results/latest.json`` and a PNG chart per scenario. ``--publish`` also
-writes them into docs/ (``docs/benchmarks.md`` and ``docs/benchmarks/``).
+writes them into docs/ (``docs/benchmarks.md`` and ``docs/benchmarks/``). ``--load node``
+measures fan-out and echo from Node's ``ws`` client instead of the Python one.
 """
 
 from __future__ import annotations
@@ -17,19 +19,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chat, connect_storm, durable_writes, echo, fanout, forward, memory, workers
+from . import chat, connect_storm, durable_writes, echo, fanout, forward, loads, memory, workers
 from ._common import RESULTS, environment
+from ._node import LOADS
 
 DOCS = Path(__file__).parent.parent / "docs"
 #: The servers of the main table, in its order.
 PEERS = ("websockets", "trio-websocket", "socketio", "workerd")
 
 
-def collect(quick: bool) -> dict[str, Any]:
-    report: dict[str, Any] = {"quick": quick, **environment()}
+def collect(quick: bool, load: str) -> dict[str, Any]:
+    report: dict[str, Any] = {"quick": quick, "load": load, **environment()}
+    for name, scenario in (("fanout", fanout), ("echo", echo)):
+        began = time.monotonic()
+        report[name] = scenario.run(quick, load)
+        print(f"{name}: {time.monotonic() - began:.0f} s", flush=True)
     for name, module in (
-        ("fanout", fanout),
-        ("echo", echo),
+        ("loads", loads),
         ("chat", chat),
         ("connect_storm", connect_storm),
         ("memory", memory),
@@ -132,6 +138,8 @@ def table(report: dict[str, Any]) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + ".",
         "",
+        f"Fan-out and echo measured from the {report['load']} load generator.",
+        "",
         "| scenario | unit | roomkit | websockets | trio-websocket | python-socketio | workerd |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -146,6 +154,8 @@ def table(report: dict[str, Any]) -> str:
                 shown = f"{value:,.3g}" if value < 10 else f"{value:,.0f}"
                 cells.append(f"{shown} ({value / base:.2f}x)" if base else shown)
         lines.append(f"| {scenario} | {unit} | " + " | ".join(cells) + " |")
+    lines += ["", "roomkit and websockets from both load generators (loads.py):", ""]
+    lines.append(loads.table(report["loads"]))
     lines += ["", "`roomkit serve --workers N` (see benchmarking.md):", ""]
     lines.append(workers.table(report["workers"]))
     lines += ["", "Forwarding to the owner node (see benchmarks/forward.py):", ""]
@@ -184,8 +194,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs: under two minutes")
     parser.add_argument("--publish", action="store_true", help="write the results into docs/")
+    parser.add_argument(
+        "--load", choices=LOADS, default=LOADS[0], help="the client of fan-out and echo"
+    )
     args = parser.parse_args()
-    report = collect(args.quick)
+    report = collect(args.quick, args.load)
     text = table(report)
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 RESULTS = Path(__file__).parent / "results"
-#: The JavaScript side: workerd (``npm ci`` installs it here).
+#: The JavaScript side: workerd, and Node's ws (``npm ci`` installs them here).
 JS = Path(__file__).parent / "js"
 T = TypeVar("T")
 
@@ -93,8 +94,16 @@ def environment() -> dict[str, Any]:
 
 
 def _js_versions() -> dict[str, str | None]:
-    package = JS / "node_modules" / "workerd" / "package.json"
-    return {"workerd": json.loads(package.read_text())["version"] if package.exists() else None}
+    node = shutil.which("node")
+    found = {"node": None if node is None else _output(node, "--version")}
+    for name in ("workerd", "ws"):
+        package = JS / "node_modules" / name / "package.json"
+        found[name] = json.loads(package.read_text())["version"] if package.exists() else None
+    return found
+
+
+def _output(*command: str) -> str:
+    return subprocess.run(command, capture_output=True, text=True).stdout.strip()
 
 
 def write_results(name: str, results: dict[str, Any]) -> Path:

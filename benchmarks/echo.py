@@ -1,7 +1,8 @@
 """Echo: one client and a room that sends every message back.
 
 Round-trip time (p50, p99) one message at a time, and messages per second pipelined
-with 100 in flight. ``python -m benchmarks.echo [--quick]``
+with 100 in flight. ``python -m benchmarks.echo [--quick] [--load node]``: from the
+Python client (``_wire.py``, the default) or from Node's ``ws`` (``_node.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import statistics
 import time
 from typing import Any
 
+from . import _node
 from ._common import pin_load, server, write_results
 from ._wire import Peer
 
@@ -54,12 +56,26 @@ def percentile(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100)[int(p) - 1]
 
 
-def measure(impl: str, trips: int, count: int, runs: int) -> dict[str, float]:
+def trip_times(load: str, url: str, count: int, socketio: bool) -> list[float]:
+    """``count`` round trips' seconds, from the load generator ``load``."""
+    if load == "node":
+        return _node.round_trips(url, count, socketio)
+    return asyncio.run(round_trips(url, count, socketio))
+
+
+def pipelined_rate(load: str, url: str, count: int, socketio: bool) -> float:
+    """Messages a second, ``WINDOW`` in flight, from the load generator ``load``."""
+    if load == "node":
+        return _node.pipelined(url, count, WINDOW, socketio)
+    return asyncio.run(pipelined(url, count, socketio))
+
+
+def measure(impl: str, trips: int, count: int, runs: int, load: str = "python") -> dict[str, float]:
     with server(impl, "echo") as (url, _):
         socketio = impl == "socketio"
-        asyncio.run(round_trips(url, trips // 10, socketio))  # warm up
-        times = [t for _ in range(runs) for t in asyncio.run(round_trips(url, trips, socketio))]
-        rates = [asyncio.run(pipelined(url, count, socketio)) for _ in range(runs)]
+        trip_times(load, url, trips // 10, socketio)  # warm up
+        times = [t for _ in range(runs) for t in trip_times(load, url, trips, socketio)]
+        rates = [pipelined_rate(load, url, count, socketio) for _ in range(runs)]
     return {
         "rtt_p50_ms": percentile(times, 50) * 1000,
         "rtt_p99_ms": percentile(times, 99) * 1000,
@@ -67,17 +83,25 @@ def measure(impl: str, trips: int, count: int, runs: int) -> dict[str, float]:
     }
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, load: str = "python") -> dict[str, Any]:
     pin_load()
     trips, count, runs = (500, 5_000, 3) if quick else (2_000, 20_000, 5)
-    results = {impl: measure(impl, trips, count, runs) for impl in IMPLS}
-    return {"round_trips": trips, "pipelined": count, "window": WINDOW, "results": results}
+    results = {impl: measure(impl, trips, count, runs, load) for impl in IMPLS}
+    return {
+        "round_trips": trips,
+        "pipelined": count,
+        "window": WINDOW,
+        "load": load,
+        "results": results,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    report = run(parser.parse_args().quick)
+    parser.add_argument("--load", choices=_node.LOADS, default="python")
+    args = parser.parse_args()
+    report = run(args.quick, args.load)
     print(f"{'server':<16} {'p50 ms':>8} {'p99 ms':>8} {'pipelined/s':>12}")
     for impl, r in report["results"].items():
         print(

@@ -1,7 +1,8 @@
 """Fan-out: N clients in one room; the room sends M messages of 100 bytes to all of them.
 Deliveries per second, from the trigger to the last client's last message.
 
-``python -m benchmarks.fanout [--quick]``
+``python -m benchmarks.fanout [--quick] [--load node]``: from the Python client
+(``_wire.py``, the default) or from Node's ``ws`` (``_node.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import time
 from typing import Any
 
+from . import _node
 from ._common import median_of, pin_load, server, write_results
 from ._wire import Peer
 
@@ -40,29 +42,44 @@ async def fanout(url: str, clients: int, messages: int, socketio: bool) -> float
     return clients * messages / elapsed
 
 
-def measure(impl: str, clients: int, messages: int, runs: int) -> float:
+def deliveries(load: str, url: str, clients: int, messages: int, socketio: bool) -> float:
+    """Deliveries a second of one fan-out, from the load generator ``load``."""
+    if load == "node":
+        return _node.fanout(url, clients, messages, socketio)
+    return asyncio.run(fanout(url, clients, messages, socketio))
+
+
+def measure(impl: str, clients: int, messages: int, runs: int, load: str = "python") -> float:
     with server(impl, "fanout") as (url, _):
         socketio = impl == "socketio"
-        return median_of(runs, lambda: asyncio.run(fanout(url, clients, messages, socketio)))
+        return median_of(runs, lambda: deliveries(load, url, clients, messages, socketio))
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, load: str = "python") -> dict[str, Any]:
     pin_load()
     sizes = (200,) if quick else (200, 2000)
     messages, runs = (200, 3) if quick else (500, 5)
     results: dict[str, Any] = {}
     for clients in sizes:
         results[f"{clients} clients"] = {
-            impl: measure(impl, clients, messages if clients <= 200 else 100, runs)
+            impl: measure(impl, clients, messages if clients <= 200 else 100, runs, load)
             for impl in IMPLS
         }
-    return {"unit": "deliveries/s", "messages": messages, "runs": runs, "results": results}
+    return {
+        "unit": "deliveries/s",
+        "messages": messages,
+        "runs": runs,
+        "load": load,
+        "results": results,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    report = run(parser.parse_args().quick)
+    parser.add_argument("--load", choices=_node.LOADS, default="python")
+    args = parser.parse_args()
+    report = run(args.quick, args.load)
     for size, by_impl in report["results"].items():
         print(size)
         for impl, rate in by_impl.items():
