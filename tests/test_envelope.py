@@ -64,6 +64,14 @@ def test_tokens_are_128_random_bits_in_url_safe_base64() -> None:
     assert all(len(t) == 22 and split_query({"roomkit.session": t})[1].session == t for t in tokens)
 
 
+def test_a_sessions_tokens_share_its_name_and_nothing_else() -> None:
+    first = envelope.new_token()
+    later = {envelope.new_token(first) for _ in range(100)}
+    assert {envelope.session_name(t) for t in later} == {envelope.session_name(first)}
+    assert len({t[envelope.NAME_CHARS :] for t in later | {first}}) == 101
+    assert all(split_query({"roomkit.session": t})[1].session == t for t in later)
+
+
 @pytest.mark.parametrize(
     ("header", "offered"),
     [

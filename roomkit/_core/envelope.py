@@ -36,6 +36,7 @@ __all__ = [
     "encode",
     "new_token",
     "offers_envelope",
+    "session_name",
     "split_query",
     "welcome",
 ]
@@ -48,8 +49,11 @@ EPOCH_PARAM: Final = "roomkit.epoch"
 SEQ_PARAM: Final = "roomkit.seq"
 _PARAMS: Final = (SESSION_PARAM, EPOCH_PARAM, SEQ_PARAM)
 
-#: Random bytes in a resume token: 128 bits, not guessable.
+#: Random bytes in a resume token: 128 bits, not guessable; the first half names its
+#: session (the same in each of its tokens), the second is the token's own.
 TOKEN_BYTES: Final = 16
+#: Characters of a token that name its session: its first 8 bytes' URL-safe base64.
+NAME_CHARS: Final = 11
 #: A token as new_token makes it: URL-safe base64 of 16 bytes, without padding.
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{22}")
 #: An epoch as the log makes it (16 hex characters).
@@ -114,9 +118,22 @@ def _seq(text: str | None) -> int | None:
     return value if value <= _MAX_SEQ else None
 
 
-def new_token() -> str:
-    """A new resume token: 128 random bits, URL-safe base64 without padding."""
-    return secrets.token_urlsafe(TOKEN_BYTES)
+def new_token(session: str | None = None) -> str:
+    """A new resume token: URL-safe base64 without padding of 128 bits, the name of
+    ``session`` (a token of the same session) or 64 random bits, then 64 random bits.
+
+    The name lets a room's log leave a session out of a broadcast for each of its
+    connections, after a restart too (docs/recovery.md); it does not let anyone
+    resume the session, which takes the whole token.
+    """
+    half = TOKEN_BYTES // 2
+    name = secrets.token_urlsafe(half) if session is None else session_name(session)
+    return name + secrets.token_urlsafe(half)
+
+
+def session_name(token: str) -> str:
+    """The name of the session whose token is ``token``: the same in each of its tokens."""
+    return token[:NAME_CHARS]
 
 
 def welcome(
