@@ -57,6 +57,7 @@ from ._core.history import (
     meets,
     payload_of,
     seq_of,
+    upgrade,
 )
 from ._core.presence import Tracker, default_key, diff_frame, state_frame
 from ._core.room import (
@@ -136,6 +137,16 @@ _REQUEST_MOVED: Final = Response(ROOM_MOVED.status, ROOM_MOVED.text)
 
 #: A task of the room's, started in its nursery.
 _Task = Callable[[], Awaitable[None]]
+
+
+def _session_of(conn: Transport) -> str:
+    """The name of a roomkit.v1 connection's session: that of the token it was welcomed
+    with, or came with; made now for one that has neither yet (its welcome's token
+    then keeps it)."""
+    token = conn.session or conn.resume.session
+    if token is None:
+        conn.session = token = envelope.new_token()  # no key of the room's sessions (yet)
+    return envelope.session_name(token)
 
 
 class RoomActor:
@@ -649,10 +660,16 @@ class RoomActor:
         tag: str | None,
         left_out: set[Connection] | None,
     ) -> int:
-        """Number and log a broadcast in the running hook's changes; its seq."""
+        """Number and log a broadcast in the running hook's changes; its seq. Those
+        ``left_out`` are by id, and by session for their clients' next connections."""
         now = self.wall_time()
-        excluded = () if left_out is None else sorted(c.id for c in left_out)
-        seq, writes = log.append(now, entry(now, tag, excluded, payload))
+        excluded: list[str] = []
+        sessions: list[str] = []
+        if left_out:
+            excluded = sorted(c.id for c in left_out)
+            members = (c for c in self._core.members() if c.handle in left_out)
+            sessions = sorted({_session_of(c) for c in members if c.enveloped})
+        seq, writes = log.append(now, entry(now, tag, excluded, sessions, payload))
         self._hooks.current_changes().writes.update(writes)
         return seq
 
@@ -911,9 +928,10 @@ class RoomActor:
         sessions = self._sessions
         if sessions is None:
             self._sessions = sessions = {}
+        old = conn.session or conn.resume.session  # its session's name goes on
         if conn.session is not None:
             sessions.pop(conn.session, None)
-        conn.session = token = envelope.new_token()
+        conn.session = token = envelope.new_token(old)
         sessions[token] = conn
         alone = (conn,)
         frame = envelope.welcome(
@@ -928,20 +946,30 @@ class RoomActor:
 
     async def _replayed(self, conn: Transport, after: int, head: int) -> list[bytes] | None:
         """The frames of the broadcasts ``(after, head]`` meant for ``conn``; None if the
-        log lacks one of them (never a partial replay), or if they add up to more than
-        half of ``max_send_queue``: the 1008 such a replay would be cut with would
-        only bring the client back to ask for it again."""
+        log lacks one of them (never a partial replay: one trimmed, aged out, or too
+        big to have been kept), or if they add up to more than half of
+        ``max_send_queue``: the 1008 such a replay would be cut with would only bring
+        the client back to ask for it again."""
+        log = self._hooks.log
+        assert log is not None, "a span to replay comes from the room's log"
         keys = [log_key(seq) for seq in range(after + 1, head + 1)]
         found = await read_reserved(self, keys)
         if len(found) != len(keys):
             return None
         frames = []
         budget = self.room_class.max_send_queue // 2
-        conn_id, tags = conn.handle.id, conn.tags
+        now, conn_id, tags = self.wall_time(), conn.handle.id, conn.tags
+        token = conn.session or conn.resume.session
+        session = None if token is None else envelope.session_name(token)
         for seq, key in enumerate(keys, after + 1):
             value = found[key]
-            if meets(value, conn_id, tags):
-                frame = envelope.encode(payload_of(value), seq)
+            if not log.fresh(value["t"], now):
+                return None
+            if meets(value, conn_id, session, tags):
+                payload = payload_of(value)
+                if payload is None:  # too big to have been kept
+                    return None
+                frame = envelope.encode(payload, seq)
                 budget -= len(frame)
                 if budget < 0:
                     return None
@@ -949,14 +977,17 @@ class RoomActor:
         return frames
 
     async def _load_log(self, history: History) -> ReplayLog:
-        """The room's log as the store has it (the room starts, or wakes)."""
-        meta = await self.store.get_many(self.room, [META_KEY])
-        rows = await self.store.list(
-            self.room, KeyRange(LOG_PREFIX, LOG_END), reverse=False, limit=None
-        )
-        times = [(seq_of(key), json.loads(text)["t"]) for key, text in rows]
-        stored = json.loads(meta[META_KEY]) if META_KEY in meta else None
-        return ReplayLog(history, stored, times)
+        """The room's log as the store has it (the room starts, or wakes): its meta
+        alone, but once for a log of the first format, whose entries' times it reads."""
+        found = await self.store.get_many(self.room, [META_KEY])
+        meta = json.loads(found[META_KEY]) if META_KEY in found else None
+        if meta is not None and "v" not in meta:
+            rows = await self.store.list(
+                self.room, KeyRange(LOG_PREFIX, LOG_END), reverse=False, limit=None
+            )
+            times = [(seq_of(key), json.loads(text)["t"]) for key, text in rows]
+            meta = upgrade(history, meta, times)
+        return ReplayLog(history, meta)
 
     def _event_failed(self, event: Event) -> None:
         """roomkit's own code failed handling ``event`` (a bug): log it, count it, and

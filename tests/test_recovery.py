@@ -8,7 +8,8 @@ client roomkit did not write.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ import trio.lowlevel
 import trio.testing
 
 import roomkit
+from roomkit.storage import Changes, Claim, KeyRange, RoomId, SQLiteStore, Store
 from roomkit.testing import TestClient, TestServer, open_test_server
 
 V1 = ["roomkit.v1"]
@@ -701,3 +703,244 @@ async def test_a_broadcast_in_a_rolled_back_block_keeps_its_number(
         await server.hibernate("lobby")  # the log is read again from storage
         await say(feeder, "Y")
         assert await ann.receive() == ["m", 2, "Y"]  # not 1 again: no client drops it
+
+
+@pytest.mark.parametrize("how", ["grace", "restart", "resumed_then_restart"])
+async def test_an_excluded_broadcast_stays_out_of_its_senders_next_connections(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, how: str
+) -> None:
+    """``exclude=conn`` leaves out conn's session, not only its id: its client, back
+    as a new connection (after its grace, or a restart) with its old token, does not
+    get its own message replayed; another client that missed it does."""
+    path = tmp_path / "rooms.sqlite3"
+    async with chat(storage=path) as server, server.connect("/lobby") as feeder:
+        async with (
+            server.connect("/lobby", subprotocols=V1) as ann,
+            server.connect("/lobby", subprotocols=V1) as bob,
+        ):
+            mine, other = await welcome(ann), await welcome(bob)
+            await bob.abort()
+            await ann.send("x:not for ann")
+            assert await feeder.receive() == "not for ann"
+            await ann.abort()
+            await trio.sleep(1)
+        if how == "resumed_then_restart":  # the session goes on under a new token
+            async with server.connect(resume_path(mine, 0), subprotocols=V1) as back:
+                resumed = await welcome(back)
+                assert (resumed["resumed"], resumed["recovered"]) == (True, True)
+                await back.receive_nothing()
+                await back.abort()
+                await trio.sleep(1)
+            mine = {**resumed, "seq": 0}  # it has seen nothing since
+        if how == "grace":
+            await trio.sleep(60)
+            await back_as_strangers(server, mine, other)
+    if how != "grace":
+        async with chat(storage=path) as server:
+            await back_as_strangers(server, mine, other)
+
+
+async def back_as_strangers(
+    server: TestServer, mine: dict[str, Any], other: dict[str, Any]
+) -> None:
+    """Ann and bob come back as new connections with their tokens: only bob gets the
+    broadcast that left ann out."""
+    async with server.connect(resume_path(mine, 0), subprotocols=V1) as ann:
+        again = await welcome(ann)
+        assert (again["resumed"], again["recovered"], again["seq"]) == (False, True, 1)
+        await ann.receive_nothing()
+    async with server.connect(resume_path(other, 0), subprotocols=V1) as bob:
+        assert (await welcome(bob))["recovered"] is True
+        assert await bob.receive() == ["m", 1, "not for ann"]
+
+
+LOBBY = RoomId("", "lobby")
+META = "\U0010ffffmeta"
+ENTRIES = KeyRange("\U0010fffflog:", "\U0010fffflog;")
+
+
+def entry_key(seq: int) -> str:
+    return f"\U0010fffflog:{seq:016x}"
+
+
+class Watched(Store):
+    """A store that records the reserved keys each read asks for."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.read: list[str] = []  # keys read one by one
+        self.listed: list[KeyRange] = []  # ranges listed
+
+    async def claim(self, room: RoomId, owner: str) -> Claim:
+        return await self.inner.claim(room, owner)
+
+    async def get_many(self, room: RoomId, keys: Sequence[str]) -> dict[str, str]:
+        self.read += [key for key in keys if key.startswith("\U0010ffff")]
+        return await self.inner.get_many(room, keys)
+
+    async def list(
+        self, room: RoomId, keys: KeyRange, *, reverse: bool, limit: int | None
+    ) -> list[tuple[str, str]]:
+        self.listed.append(keys)
+        return await self.inner.list(room, keys, reverse=reverse, limit=limit)
+
+    async def commit(self, batch: Sequence[tuple[Claim, Changes]]) -> list[roomkit.FencedError]:
+        return await self.inner.commit(batch)
+
+    async def alarms(self) -> list[tuple[RoomId, float, int]]:
+        return await self.inner.alarms()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def stored(self) -> dict[int, dict[str, Any]]:
+        """The log's entries as the store holds them, by seq."""
+        rows = await self.inner.list(LOBBY, ENTRIES, reverse=False, limit=None)
+        return {int(key[-16:], 16): json.loads(text) for key, text in rows}
+
+    async def meta(self) -> dict[str, Any]:
+        found = await self.inner.get_many(LOBBY, [META])
+        meta: dict[str, Any] = json.loads(found[META])
+        return meta
+
+
+@asynccontextmanager
+async def watched(room: type[roomkit.Room]) -> AsyncIterator[tuple[TestServer, Watched]]:
+    store = Watched(await SQLiteStore.open(":memory:"))
+    async with open_test_server(room, storage=store) as server:
+        yield server, store
+
+
+class Counted(Chat):
+    history = roomkit.History(max_count=5, max_age=60.0, max_replay=100)
+
+
+async def test_a_wake_reads_the_meta_alone_and_a_replay_the_entries_it_needs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with watched(Counted) as (server, store), server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await say(feeder, "1", "2", "3")
+            assert [(await ann.receive())[1] for _ in range(3)] == [1, 2, 3]
+            await ann.abort()
+            await trio.sleep(1)
+            await say(feeder, "4", "5")
+        await server.hibernate("lobby")
+        store.read.clear()
+        store.listed.clear()
+        await say(feeder, "6")  # wakes the room
+        assert store.read == [META] and store.listed == []
+        async with server.connect(resume_path(first, 3), subprotocols=V1) as back:
+            assert (await welcome(back))["recovered"] is True
+            assert [(await back.receive())[1] for _ in range(3)] == [4, 5, 6]
+        assert store.read == [META, entry_key(4), entry_key(5), entry_key(6)]
+        assert store.listed == []
+
+
+async def test_trimming_deletes_the_stored_entries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with watched(Counted) as (server, store), server.connect("/lobby") as feeder:
+        await say(feeder, *map(str, range(1, 9)))  # beyond max_count 5
+        assert sorted(await store.stored()) == [4, 5, 6, 7, 8]
+        await server.hibernate("lobby")  # trimming goes on from the meta alone
+        await say(feeder, "9")
+        assert sorted(await store.stored()) == [5, 6, 7, 8, 9]
+        await trio.sleep(70)  # max_age 60: all of them age out
+        await server.hibernate("lobby")
+        await say(feeder, "10")
+        assert sorted(await store.stored()) == [10]
+        meta = await store.meta()
+        assert (meta["v"], meta["head"], meta["first"]) == (2, 10, 10)
+        assert len(meta["marks"]) == 1
+
+
+async def test_the_meta_stays_small_however_many_entries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Big(Chat):
+        history = roomkit.History(max_count=10_000, max_age=100.0)
+
+    async with watched(Big) as (server, store), server.connect("/lobby") as feeder:
+        for n in range(400):
+            await say(feeder, str(n))
+            await trio.sleep(0.5)  # 200 s of broadcasts: twice max_age
+        meta = await store.meta()
+        assert meta["head"] == 400 and len(meta["marks"]) <= 17
+        stored = await store.stored()
+        # every entry is deleted between max_age and max_age * 17/16 after it was logged
+        now = stored[400]["t"]
+        assert all(now - value["t"] < 100.0 * 17 / 16 for value in stored.values())
+        assert len(stored) > 200  # none younger than max_age is deleted
+        assert sorted(stored) == list(range(meta["first"], 401))
+
+
+async def test_a_broadcast_too_big_to_log_goes_out_and_resyncs_who_missed_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with watched(Chat) as (server, store), server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+            big = "é" * 40_000  # 80,000 bytes of UTF-8: past the 64 KiB an entry may hold
+            await feeder.send(f"b:{big}")
+            assert await feeder.receive() == big
+            await say(feeder, "after")
+        stored = await store.stored()
+        assert stored[1] == {"t": stored[1]["t"], "cut": True} and stored[2]["text"] == "after"
+        async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
+            again = await welcome(back)
+            assert (again["resumed"], again["recovered"]) == (True, False)
+        async with server.connect(resume_path(first, 1, token=False), subprotocols=V1) as late:
+            assert (await welcome(late))["recovered"] is True
+            assert await late.receive() == ["m", 2, "after"]
+
+
+def test_max_count_has_a_bound() -> None:
+    assert roomkit.History(max_count=10_000).max_count == 10_000
+    with pytest.raises(ValueError, match=r"History\.max_count is at most 10000 entries, not 10001"):
+        roomkit.History(max_count=10_001)
+
+
+async def test_a_log_of_the_first_format_is_read_and_rewritten(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A log a roomkit before the meta's index wrote: its meta was the epoch and the
+    head, and its entries had no sessions. The room reads it whole once, recovers from
+    it, and writes the meta anew with its next broadcast."""
+    inner = await SQLiteStore.open(":memory:")
+    claim = await inner.claim(LOBBY, "old")
+    epoch, t = "0123456789abcdef", time.time()
+    old = {
+        META: json.dumps({"epoch": epoch, "head": 3}),
+        **{
+            entry_key(seq): json.dumps({"t": t, "tag": None, "x": [], "text": f"old {seq}"})
+            for seq in (2, 3)  # 1 was trimmed
+        },
+    }
+    await inner.commit([(claim, Changes(old))])
+    store = Watched(inner)
+    async with open_test_server(Chat, storage=store) as server:
+        asked = f"/lobby?roomkit.epoch={epoch}&roomkit.seq=1"
+        async with server.connect(asked, subprotocols=V1) as back:
+            again = await welcome(back)
+            assert (again["epoch"], again["seq"], again["recovered"]) == (epoch, 3, True)
+            assert [await back.receive() for _ in range(2)] == [
+                ["m", 2, "old 2"],
+                ["m", 3, "old 3"],
+            ]
+            assert store.listed == [ENTRIES]  # the old log, read once
+            await back.send("b:new")
+            assert await back.receive() == ["m", 4, "new"]
+        assert await store.meta() == {
+            "v": 2,
+            "epoch": epoch,
+            "head": 4,
+            "first": 2,
+            "marks": [[2, t]],  # 4 was logged within a step (120 s / 16) of 2
+        }
+        asked = f"/lobby?roomkit.epoch={epoch}&roomkit.seq=0"
+        async with server.connect(asked, subprotocols=V1) as late:
+            assert (await welcome(late))["recovered"] is False  # 1 is gone

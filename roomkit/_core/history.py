@@ -8,15 +8,30 @@ the hook's transaction: so the output gate guarantees that no client sees a numb
 crash could take back. The log lives under keys that begin with U+10FFFF, which sort
 after every key an application may use (and which ``Storage`` refuses):
 
-    "\\U0010ffffmeta"                 {"epoch": str, "head": int}
-    "\\U0010fffflog:%016x" % seq       {"t": room time, "tag": str|None, "x": [ids],
-                                        "text": str}  or  {..., "bin": base64}
+    "\\U0010ffffmeta"            {"v": 2, "epoch": str, "head": int, "first": int,
+                                  "marks": [[seq, t], ...]}
+    "\\U0010fffflog:%016x" % seq  {"t": room time, "tag": str|None, "x": [ids],
+                                  "s": [session names], "text": str}  or  {..., "bin":
+                                  base64}  or, too big to keep, {"t": ..., "cut": true}
 
-:class:`ReplayLog` is the room's index of it while the room is awake (the epoch, the
-head, and the ``(seq, time)`` of each retained entry), which says what each logged
-broadcast writes and deletes (trimming beyond ``max_count`` and older than
-``max_age`` happens in the same transactions), and :func:`decide` says what a client
-that asks to recover from ``(epoch, seq)`` gets.
+The retained entries are exactly ``first`` to ``head``: trimming deletes from the
+front, and a hook that raises takes its numbers back. The meta is all a room reads
+when it starts or wakes, and it stays small whatever the log holds: instead of every
+entry's time it keeps *marks*, the ``(seq, time)`` of each entry logged at least
+``step = max_age / MARKS`` after the previous mark. So every entry from a mark to the
+next was logged less than ``step`` after that mark (the next entry later than that is
+the next mark), and once a mark is older than ``max_age + step``, its entries are
+older than ``max_age``, and are deleted: each at most ``step`` late. A replay checks
+each entry's own time. The meta keeps the marks from the one whose entries include
+``first``: at most ``MARKS + 1``, as every other mark's entries would have aged out.
+
+:class:`ReplayLog` is the log as the room's awake actor knows it (its meta), which
+says what each logged broadcast writes and deletes (trimming beyond ``max_count`` and
+older than ``max_age`` happens in the same transactions), and :func:`decide` says what
+a client that asks to recover from ``(epoch, seq)`` gets. A log of the first format
+(a meta of ``{"epoch", "head"}`` alone, entries without ``"s"``) is read, once, by
+:func:`upgrade`; a meta of a version this roomkit does not know starts a new epoch
+(its clients resync).
 """
 
 from __future__ import annotations
@@ -31,8 +46,12 @@ from typing import Any, Final
 import attrs
 
 __all__ = [
+    "FORMAT",
     "LOG_END",
     "LOG_PREFIX",
+    "MARKS",
+    "MAX_COUNT",
+    "MAX_ENTRY",
     "META_KEY",
     "RESERVED",
     "History",
@@ -44,27 +63,51 @@ __all__ = [
     "meets",
     "payload_of",
     "seq_of",
+    "upgrade",
 ]
 
 #: The first character of every key roomkit reserves in a room's storage.
 RESERVED: Final = "\U0010ffff"
-#: The log's meta: its epoch and head.
+#: The log's meta: its format, epoch, head, first entry and marks.
 META_KEY: Final = RESERVED + "meta"
 #: The prefix of the log's entries, followed by the seq in 16 hex digits.
 LOG_PREFIX: Final = RESERVED + "log:"
 #: The first key after every entry's (":" + 1).
 LOG_END: Final = RESERVED + "log;"
+#: The meta's format ("v"); a meta without one is of the first format.
+FORMAT: Final = 2
+#: Marks per ``max_age``: the time index's resolution. An entry is deleted between
+#: ``max_age`` and ``max_age * (1 + 1 / MARKS)`` after it was logged, and the meta
+#: holds at most ``MARKS + 1`` of them (some 40 bytes each).
+MARKS: Final = 16
+#: The most entries ``History.max_count`` may keep: a trim by age deletes up to this
+#: many keys in one commit, and the log may hold this many times MAX_ENTRY.
+MAX_COUNT: Final = 10_000
+#: Bytes (UTF-8) of an entry's stored text at most. A broadcast whose entry would be
+#: bigger keeps its number but not its message (``"cut"``): a client that missed it
+#: resyncs (as it would for a replay past half its send queue).
+MAX_ENTRY: Final = 64 * 1024
 
 _JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
-#: A log's position at the start of a turn (see ReplayLog.mark): its epoch, its head,
-#: its list of entries and their count.
-Mark = tuple[str | None, int, list[tuple[int, float]], int]
+#: A log's state: its epoch, head, first retained seq, and marks.
+Mark = tuple[str | None, int, int, tuple[tuple[int, float], ...]]
+
+_EMPTY: Final[Mark] = (None, 0, 1, ())
 
 
 def _positive_int(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"History.{attribute.name} must be a positive int, not {value!r}")
+
+
+def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    _positive_int(instance, attribute, value)
+    if value > MAX_COUNT:
+        raise ValueError(
+            f"History.{attribute.name} is at most {MAX_COUNT} entries, not {value!r}; "
+            "a client that misses more is better sent its state anew (on_resync)"
+        )
 
 
 def _positive_seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -80,13 +123,14 @@ class History:
     client that comes back gets exactly those it missed (docs/recovery.md).
 
     Attributes:
-      max_count: entries kept at most; older ones are deleted as new ones come.
+      max_count: entries kept at most (up to :data:`MAX_COUNT`); older ones are
+        deleted as new ones come.
       max_age: seconds (of ``Room.time()``) an entry is kept.
       max_replay: entries one client may be replayed at most; a client that missed
         more gets ``recovered: false`` and ``on_resync`` runs.
     """
 
-    max_count: int = attrs.field(default=1000, validator=_positive_int)
+    max_count: int = attrs.field(default=1000, validator=_count)
     max_age: float = attrs.field(default=120.0, validator=_positive_seconds)
     max_replay: int = attrs.field(default=1000, validator=_positive_int)
 
@@ -101,29 +145,48 @@ def seq_of(key: str) -> int:
     return int(key[len(LOG_PREFIX) :], 16)
 
 
-def entry(t: float, tag: str | None, excluded: Iterable[str], payload: str | bytes) -> str:
-    """The stored JSON text of a logged broadcast of ``payload``."""
-    body: dict[str, Any] = {"t": t, "tag": tag, "x": list(excluded)}
+def entry(
+    t: float,
+    tag: str | None,
+    excluded: Iterable[str],
+    sessions: Iterable[str],
+    payload: str | bytes,
+) -> str:
+    """The stored JSON text of a logged broadcast of ``payload``, left out for the
+    connections ``excluded`` and the sessions (by name) ``sessions``; only its time if
+    that would be more than :data:`MAX_ENTRY` bytes."""
+    body: dict[str, Any] = {"t": t, "tag": tag, "x": list(excluded), "s": list(sessions)}
     if isinstance(payload, str):
         body["text"] = payload
     else:
         body["bin"] = base64.b64encode(payload).decode("ascii")
-    return _JSON.encode(body)
+    text = _JSON.encode(body)
+    if len(text) * 4 > MAX_ENTRY and len(text.encode("utf-8")) > MAX_ENTRY:
+        return _JSON.encode({"t": t, "cut": True})
+    return text
 
 
-def payload_of(value: dict[str, Any]) -> str | bytes:
-    """The message a stored entry (decoded) carries."""
+def payload_of(value: dict[str, Any]) -> str | bytes | None:
+    """The message a stored entry (decoded) carries; None if it was too big to keep."""
     if "text" in value:
         text: str = value["text"]
         return text
-    return base64.b64decode(value["bin"])
+    if "bin" in value:
+        return base64.b64decode(value["bin"])
+    return None
 
 
-def meets(value: dict[str, Any], conn_id: str, tags: Sequence[str]) -> bool:
-    """Whether the entry ``value`` was meant for the connection ``conn_id`` with ``tags``:
-    a tagged entry only for a connection carrying the tag now; never for one excluded."""
+def meets(value: dict[str, Any], conn_id: str, session: str | None, tags: Sequence[str]) -> bool:
+    """Whether the entry ``value`` was meant for the connection ``conn_id`` of the
+    session named ``session`` with ``tags``: a tagged entry only for a connection
+    carrying the tag now; never for one excluded, nor for its session's next
+    connection (its client, back after its grace or a restart)."""
     tag = value.get("tag")
-    return (tag is None or tag in tags) and conn_id not in value.get("x", ())
+    if tag is not None and tag not in tags:
+        return False
+    return conn_id not in value.get("x", ()) and (
+        session is None or session not in value.get("s", ())
+    )
 
 
 def decide(
@@ -136,11 +199,11 @@ def decide(
     to replay (empty when it missed nothing), or None for a resync.
 
     ``room`` is the room's (epoch, head), None if it has no epoch; ``oldest`` the first
-    seq still retained (and not aged out), None if none is. A client level with the
-    head has missed nothing, even if the log has aged out meanwhile (socket.io #5282);
-    one that saw nothing since its welcome asks with that welcome's head, and gets all
-    that was logged since (socket.io #5538). Never partial: a gap that cannot be
-    filled whole is a resync.
+    seq still retained (and not known to be aged out), None if none is. A client level
+    with the head has missed nothing, even if the log has aged out meanwhile
+    (socket.io #5282); one that saw nothing since its welcome asks with that welcome's
+    head, and gets all that was logged since (socket.io #5538). Never partial: a gap
+    that cannot be filled whole is a resync.
     """
     if room is None or asked[0] != room[0]:
         return None
@@ -154,29 +217,52 @@ def decide(
     return None
 
 
-class ReplayLog:
-    """A room's log as its awake actor knows it: the epoch, the head, and the ``(seq,
-    time)`` of each retained entry, oldest first.
+def upgrade(
+    history: History, meta: dict[str, Any], times: Sequence[tuple[int, float]]
+) -> dict[str, Any]:
+    """The meta, in this format, of a log of the first format whose meta is ``meta``
+    and whose entries are ``(seq, time)`` in seq order: read once, when its room
+    starts or wakes, and written with the next meta."""
+    step = history.max_age / MARKS
+    marks: list[tuple[int, float]] = []
+    for seq, t in times:
+        if not marks or t >= marks[-1][1] + step:
+            marks.append((seq, t))
+    first = times[0][0] if times else meta["head"] + 1
+    return {
+        "v": FORMAT,
+        "epoch": meta["epoch"],
+        "head": meta["head"],
+        "first": first,
+        "marks": marks,
+    }
 
-    What it returns to write goes in the running hook's changes, so that the index and
+
+class ReplayLog:
+    """A room's log as its awake actor knows it: its meta (the epoch, the head, the
+    first entry retained, and the marks of the entries' times).
+
+    What it returns to write goes in the running hook's changes, so that the meta and
     the store move together; :meth:`mark` and :meth:`restore` undo a turn whose writes
     were dropped (a hook raised).
     """
 
-    __slots__ = ("_first", "_times", "epoch", "head", "history")
+    __slots__ = ("_encoded", "_step", "epoch", "first", "head", "history", "marks")
 
-    def __init__(
-        self,
-        history: History,
-        meta: dict[str, Any] | None = None,
-        entries: Sequence[tuple[int, float]] = (),
-    ) -> None:
+    def __init__(self, history: History, meta: dict[str, Any] | None = None) -> None:
         self.history: Final = history
-        self.epoch: str | None = None if meta is None else meta["epoch"]
-        self.head: int = 0 if meta is None else meta["head"]
-        # (seq, time) of the retained entries; those before _first are trimmed already.
-        self._times = list(entries)
-        self._first = 0
+        self._step: Final = history.max_age / MARKS
+        # The marks and their JSON, encoded again only when they change.
+        self._encoded: tuple[tuple[tuple[int, float], ...], str] = ((), "[]")
+        self.epoch: str | None
+        self.head: int
+        self.first: int
+        self.marks: tuple[tuple[int, float], ...]
+        if meta is None or meta.get("v") != FORMAT:  # none yet, or a format unknown here
+            self._set(_EMPTY)
+        else:
+            marks = tuple((seq, t) for seq, t in meta["marks"])
+            self._set((meta["epoch"], meta["head"], meta["first"], marks))
 
     @property
     def position(self) -> tuple[str, int] | None:
@@ -184,54 +270,70 @@ class ReplayLog:
         return None if self.epoch is None else (self.epoch, self.head)
 
     def oldest(self, now: float) -> int | None:
-        """The first seq retained and not older than ``max_age`` at ``now``."""
-        cutoff = now - self.history.max_age
-        for seq, t in self._times[self._first :]:
-            if t >= cutoff:
-                return seq
-        return None
+        """The first seq retained and not known to be older than ``max_age`` at
+        ``now`` (see :meth:`fresh` for each entry's own time); None if none is."""
+        first = self._first_after(now - self.history.max_age)
+        return first if first <= self.head else None
+
+    def fresh(self, t: float, now: float) -> bool:
+        """Whether an entry logged at ``t`` may be replayed at ``now`` (not aged out)."""
+        return t >= now - self.history.max_age
 
     def begin(self) -> dict[str, str | None]:
         """Make the epoch if there is none yet; what that writes (the meta), or nothing."""
         if self.epoch is not None:
             return {}
-        self.epoch = secrets.token_hex(8)
-        self.head = 0
+        self._set((secrets.token_hex(8), 0, 1, ()))
         return {META_KEY: self._meta()}
 
     def append(self, now: float, text: str) -> tuple[int, dict[str, str | None]]:
         """Log the entry ``text`` at ``now``: its seq, and what that writes and deletes."""
         writes = self.begin()
         self.head = seq = self.head + 1
-        self._times.append((seq, now))
         writes[log_key(seq)] = text
+        if not self.marks or now >= self.marks[-1][1] + self._step:
+            self.marks += ((seq, now),)
+        by_count = seq - self.history.max_count + 1
+        first = max(self.first, by_count, self._first_after(now - self.history.max_age))
+        if first > self.first:
+            for old in range(self.first, first):
+                writes[log_key(old)] = None
+            self.first = first
+            kept = sum(1 for mark in self.marks[1:] if mark[0] <= first)
+            self.marks = self.marks[kept:]  # from the mark whose entries include first
         writes[META_KEY] = self._meta()
-        history, times = self.history, self._times
-        cutoff = now - history.max_age
-        first = self._first
-        while len(times) - first > history.max_count or times[first][1] < cutoff:
-            writes[log_key(times[first][0])] = None
-            first += 1
-        self._first = first
         return seq, writes
 
     def clear(self) -> None:
         """The room's storage was cleared: no epoch, no entry; the next log makes anew."""
-        self.epoch, self.head, self._times, self._first = None, 0, [], 0
+        self._set(_EMPTY)
 
     def mark(self) -> Mark:
-        """Where the log is, for :meth:`restore`; compacts what was trimmed before it."""
-        times = self._times
-        if self._first:
-            del times[: self._first]
-            self._first = 0
-        return self.epoch, self.head, times, len(times)
+        """Where the log is, for :meth:`restore`."""
+        return self.epoch, self.head, self.first, self.marks
 
     def restore(self, mark: Mark) -> None:
         """Go back to ``mark``: the turn since it is undone (nothing it logged stands)."""
-        self.epoch, self.head, times, count = mark
-        del times[count:]
-        self._times, self._first = times, 0
+        self._set(mark)
+
+    def _set(self, state: Mark) -> None:
+        self.epoch, self.head, self.first, self.marks = state
+
+    def _first_after(self, cutoff: float) -> int:
+        """The first seq retained that may be logged at ``cutoff`` or later: those from
+        a mark to the next were logged less than a step after it."""
+        first, marks = self.first, self.marks
+        for i, (_, t) in enumerate(marks):
+            if t + self._step > cutoff:
+                break
+            first = max(first, marks[i + 1][0] if i + 1 < len(marks) else self.head + 1)
+        return first
 
     def _meta(self) -> str:
-        return _JSON.encode({"epoch": self.epoch, "head": self.head})
+        marks = self.marks
+        if marks is not self._encoded[0]:  # a new mark, or a trim: at most once a step
+            self._encoded = (marks, _JSON.encode(marks))
+        return (
+            f'{{"v":{FORMAT},"epoch":"{self.epoch}","head":{self.head},'
+            f'"first":{self.first},"marks":{self._encoded[1]}}}'
+        )
