@@ -49,7 +49,9 @@ from ._core.history import (
     LOG_END,
     LOG_PREFIX,
     META_KEY,
+    RESERVED,
     History,
+    LogMark,
     ReplayLog,
     decide,
     entry,
@@ -674,9 +676,24 @@ class RoomActor:
         return seq
 
     def storage_cleared(self) -> None:
-        """The running hook cleared the room's storage, its log with it."""
-        if self._hooks.log is not None:
-            self._hooks.log.clear()
+        """The running hook is clearing the room's storage, its log with it."""
+        log = self._hooks.log
+        if log is not None:
+            log.clear(self._hooks.current_changes().writes)
+
+    def block_began(self) -> LogMark | None:
+        """Where the room's log is as a ``storage.transaction()`` block begins."""
+        log = self._hooks.log
+        return None if log is None else log.block()
+
+    def block_rolled_back(
+        self, block: LogMark | None, writes: dict[str, str | None]
+    ) -> dict[str, str | None]:
+        """The block begun at ``block`` is rolled back: the log's ``writes`` that stand."""
+        log = self._hooks.log
+        if log is None or block is None:
+            return {key: value for key, value in writes.items() if key.startswith(RESERVED)}
+        return log.rolled_back(block, writes)
 
     def resumed(self, conn: Connection) -> bool:
         """Whether ``conn``'s running turn took up its parked session (no on_connect)."""

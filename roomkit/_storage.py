@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from ._converter import make_converter
-from ._core.history import RESERVED
+from ._core.history import RESERVED, LogMark
 from .storage import AlarmWrite, Changes, KeyRange, RoomId, Store
 from .storage._changes import deletions_in, lookup, lookup_alarm, merge_listing, store_is_hidden
 
@@ -62,7 +62,17 @@ class StorageBackend(Protocol):
         """Seconds since the epoch, on the alarms' clock."""
 
     def storage_cleared(self) -> None:
-        """The running hook cleared the room's storage (roomkit's own keys with it)."""
+        """The running hook is clearing the room's storage (roomkit's own keys with it);
+        its changes are not cleared yet."""
+
+    def block_began(self) -> LogMark | None:
+        """Where roomkit's own keys are as a transaction block begins."""
+
+    def block_rolled_back(
+        self, block: LogMark | None, writes: dict[str, str | None]
+    ) -> dict[str, str | None]:
+        """The block begun at ``block`` is rolled back, the hook's writes being
+        ``writes``: those of roomkit's own keys that stand."""
 
 
 class Storage:
@@ -152,8 +162,9 @@ class Storage:
     async def delete_all(self) -> None:
         """Delete every key of this room, and its alarm (and the room's log of
         broadcasts: its next one starts a new epoch)."""
-        self._changes().clear()
+        changes = self._changes()
         self._actor.storage_cleared()
+        changes.clear()
 
     def transaction(self) -> Transaction:
         """A block whose writes happen all or not at all, within the hook's own.
@@ -228,10 +239,12 @@ class Transaction:
 
     _storage: Storage
     _saved: Changes | None = None
+    _log: LogMark | None = None
     _rolled_back: bool = False
 
     async def __aenter__(self) -> Transaction:
         self._saved = self._storage._changes().copy()
+        self._log = self._storage._actor.block_began()
         return self
 
     async def __aexit__(
@@ -245,8 +258,10 @@ class Transaction:
             changes = self._storage._changes()
             # roomkit's own writes stay: a broadcast made in the block went out with its
             # number (sends are not the block's to undo), so its log entry and the
-            # room's head must land with the hook, or a later broadcast would reuse it.
-            kept = {key: value for key, value in changes.writes.items() if key.startswith(RESERVED)}
+            # room's head must land with the hook, or a later broadcast would reuse it;
+            # a delete_all() of the block is undone for the log too (if it logged
+            # nothing since), in memory as in the store.
+            kept = self._storage._actor.block_rolled_back(self._log, changes.writes)
             changes.writes, changes.cleared, changes.alarm = (
                 {**self._saved.writes, **kept},
                 self._saved.cleared,

@@ -944,3 +944,73 @@ async def test_a_log_of_the_first_format_is_read_and_rewritten(
         asked = f"/lobby?roomkit.epoch={epoch}&roomkit.seq=0"
         async with server.connect(asked, subprotocols=V1) as late:
             assert (await welcome(late))["recovered"] is False  # 1 is gone
+
+
+class Undoer(Chat):
+    """``wipe:<before>:<after>``: in a block it rolls back, broadcasts ``before`` (if
+    any), deletes everything, then broadcasts ``after`` (if any)."""
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        if not message.startswith("wipe:"):
+            await super().on_message(conn, message)
+            return
+        _, before, after = message.split(":")
+        async with self.storage.transaction() as block:
+            if before:
+                self.broadcast(before)
+            await self.storage.delete_all()
+            if after:
+                self.broadcast(after)
+            block.rollback()
+
+
+async def test_a_rolled_back_delete_all_leaves_the_log_as_the_store_has_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The block's clear is undone for the log too: the epoch stands, and so does a
+    broadcast the block made before the clear, in memory and in the store alike."""
+    async with watched(Undoer) as (server, store), server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await ann.abort()
+            await trio.sleep(1)
+            await say(feeder, "1", "2")
+            await feeder.send("wipe::")
+            await feeder.send("wipe:three:")  # logged before the clear: it stays, numbered
+            assert await feeder.receive() == "three"
+        for asleep in (False, True):
+            async with server.connect(resume_path(first, 0, token=False), subprotocols=V1) as late:
+                again = await welcome(late)
+                assert (again["epoch"], again["seq"], again["recovered"]) == (
+                    first["epoch"],
+                    3,
+                    True,
+                )
+                assert [(await late.receive())[2] for _ in range(3)] == ["1", "2", "three"]
+            assert sorted(await store.stored()) == [1, 2, 3]
+            assert (await store.meta())["head"] == 3
+            if not asleep:
+                await server.hibernate("lobby")  # the log is read again from the store
+
+
+async def test_a_rolled_back_delete_all_that_logged_after_it_starts_the_new_epoch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A broadcast after the block's clear went out in a new epoch: that log stands, and
+    the old one is deleted from the store, as from memory."""
+    async with watched(Undoer) as (server, store), server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as ann:
+            first = await welcome(ann)
+            await say(feeder, "1", "2")
+            await feeder.send("wipe::new")
+            assert await feeder.receive() == "new"
+            assert [await ann.receive() for _ in range(3)][2] == ["m", 1, "new"]
+        await server.hibernate("lobby")
+        assert sorted(await store.stored()) == [1]
+        async with server.connect(resume_path(first, 2, token=False), subprotocols=V1) as late:
+            again = await welcome(late)  # the old epoch is gone
+            assert (again["seq"], again["recovered"]) == (1, False)
+            assert again["epoch"] != first["epoch"]
+        async with server.connect(resume_path(again, 0, token=False), subprotocols=V1) as late:
+            assert (await welcome(late))["recovered"] is True
+            assert await late.receive() == ["m", 1, "new"]

@@ -242,10 +242,60 @@ def test_restoring_a_mark_undoes_the_turn() -> None:
     assert log.head == 2 and log.oldest(4.0) == 1
     assert log.append(5.0, "c2")[0] == 3
     mark = log.mark()
-    log.clear()
+    log.clear({})
     assert log.position is None and log.oldest(5.0) is None
     log.restore(mark)
     assert log.head == 3 and log.oldest(5.0) == 2
+
+
+def test_rolling_back_a_block_that_cleared_nothing() -> None:
+    log = ReplayLog(roomkit.History())
+    log.append(1.0, "a")
+    block = log.block()
+    _, writes = log.append(2.0, "b")
+    assert log.rolled_back(block, {**writes, "app": "1"}) == writes  # the log's alone
+
+
+def test_rolling_back_a_clear_restores_the_log_before_it() -> None:
+    log = ReplayLog(roomkit.History())
+    log.append(1.0, "a")
+    before = meta(log)
+    block = log.block()
+    _, writes = log.append(2.0, "b")  # went out: it stays
+    logged = meta(log)
+    log.clear({**writes, "app": "1"})
+    assert log.position is None
+    assert log.rolled_back(block, {}) == writes
+    assert meta(log) == logged != before
+
+
+def test_rolling_back_a_clear_the_block_logged_after() -> None:
+    log = ReplayLog(roomkit.History())
+    for t in (1.0, 2.0, 3.0):
+        log.append(t, "old")
+    block = log.block()
+    log.clear({})
+    _, writes = log.append(4.0, "new")  # out in a new epoch: that one stands
+    epoch = log.epoch
+    kept = log.rolled_back(block, writes)
+    assert kept == {**writes, log_key(2): None, log_key(3): None}  # 1 is the new one's
+    assert log.position == (epoch, 1)
+    log.clear({})  # and again, in a later block, with nothing logged since
+    assert log.rolled_back(log.block(), {}) == {}
+    assert log.position is None
+
+
+def test_rolling_back_two_clears_keeps_the_last_log_that_went_out() -> None:
+    log = ReplayLog(roomkit.History())
+    log.append(1.0, "first epoch")
+    block = log.block()
+    log.clear({})
+    _, writes = log.append(2.0, "second epoch")
+    second = meta(log)
+    log.clear(writes)
+    log.clear({})  # a clear of no log changes nothing to restore
+    assert log.rolled_back(block, {}) == writes
+    assert meta(log) == second
 
 
 @pytest.mark.parametrize(

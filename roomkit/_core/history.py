@@ -55,6 +55,7 @@ __all__ = [
     "META_KEY",
     "RESERVED",
     "History",
+    "LogMark",
     "Mark",
     "ReplayLog",
     "decide",
@@ -92,6 +93,9 @@ _JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 #: A log's state: its epoch, head, first retained seq, and marks.
 Mark = tuple[str | None, int, int, tuple[tuple[int, float], ...]]
+#: A log's state and how many times it was cleared, at the start of a transaction
+#: block (see ReplayLog.rolled_back).
+LogMark = tuple[int, Mark]
 
 _EMPTY: Final[Mark] = (None, 0, 1, ())
 
@@ -244,10 +248,21 @@ class ReplayLog:
 
     What it returns to write goes in the running hook's changes, so that the meta and
     the store move together; :meth:`mark` and :meth:`restore` undo a turn whose writes
-    were dropped (a hook raised).
+    were dropped (a hook raised), and :meth:`rolled_back` a transaction block's clear
+    that was rolled back.
     """
 
-    __slots__ = ("_encoded", "_step", "epoch", "first", "head", "history", "marks")
+    __slots__ = (
+        "_cleared",
+        "_encoded",
+        "_step",
+        "clears",
+        "epoch",
+        "first",
+        "head",
+        "history",
+        "marks",
+    )
 
     def __init__(self, history: History, meta: dict[str, Any] | None = None) -> None:
         self.history: Final = history
@@ -263,6 +278,10 @@ class ReplayLog:
         else:
             marks = tuple((seq, t) for seq, t in meta["marks"])
             self._set((meta["epoch"], meta["head"], meta["first"], marks))
+        #: How many times the log was cleared (``delete_all``), and its state and
+        #: writes before the last clear of a log that had an epoch.
+        self.clears = 0
+        self._cleared: tuple[int, Mark, dict[str, str | None]] | None = None
 
     @property
     def position(self) -> tuple[str, int] | None:
@@ -304,8 +323,13 @@ class ReplayLog:
         writes[META_KEY] = self._meta()
         return seq, writes
 
-    def clear(self) -> None:
-        """The room's storage was cleared: no epoch, no entry; the next log makes anew."""
+    def clear(self, writes: dict[str, str | None]) -> None:
+        """The room's storage is being cleared, its ``writes`` with it: no epoch, no
+        entry; the next log makes anew."""
+        self.clears += 1
+        if self.epoch is not None:
+            kept = {key: value for key, value in writes.items() if key.startswith(RESERVED)}
+            self._cleared = (self.clears, self.mark(), kept)
         self._set(_EMPTY)
 
     def mark(self) -> Mark:
@@ -315,6 +339,35 @@ class ReplayLog:
     def restore(self, mark: Mark) -> None:
         """Go back to ``mark``: the turn since it is undone (nothing it logged stands)."""
         self._set(mark)
+
+    def block(self) -> LogMark:
+        """Where the log is as a transaction block begins, for :meth:`rolled_back`."""
+        return self.clears, self.mark()
+
+    def rolled_back(self, block: LogMark, writes: dict[str, str | None]) -> dict[str, str | None]:
+        """The block begun at ``block`` is rolled back, its running hook's ``writes``
+        now being these: the log's writes that stand (the block's logged broadcasts
+        went out with their numbers, so their entries stay, as sends are not the
+        block's to undo).
+
+        A clear in the block is undone, unless the block logged since: the log is then
+        what it was before that clear, and what the hook had written to it before the
+        clear stands. If the log that stands is not the one the block began with, that
+        one's entries are deleted, so that the store holds the log this one is.
+        """
+        kept = {key: value for key, value in writes.items() if key.startswith(RESERVED)}
+        clears, (epoch, head, first, _) = block
+        if self.clears == clears:  # the block cleared nothing
+            return kept
+        cleared = self._cleared
+        if self.epoch is None and cleared is not None and cleared[0] > clears:
+            _, before, kept = cleared
+            self._set(before)
+            kept = dict(kept)
+        if epoch is not None and epoch != self.epoch:
+            for seq in range(first, head + 1):
+                kept.setdefault(log_key(seq), None)
+        return kept
 
     def _set(self, state: Mark) -> None:
         self.epoch, self.head, self.first, self.marks = state
