@@ -54,7 +54,8 @@ __all__ = [
 logger = logging.getLogger("roomkit.server")
 
 #: Seconds between attempts to reach an owner whose socket is not there (its worker is
-#: restarting, which takes well under 2 s): the attempts go on for the handshake timeout.
+#: restarting, which takes well under 2 s) or whose backlog is full (it is busy): the
+#: attempts go on for the handshake timeout.
 HANDOFF_RETRY: Final = 0.05
 #: Seconds a peer worker has to send a whole frame; a live one takes well under 1 ms.
 PEER_TIMEOUT: Final = 2.0
@@ -238,11 +239,19 @@ def _lost(error: BaseException) -> bool:
 
 
 async def _connect(path: str) -> trio.SocketStream:
-    """A Unix connection to ``path``, tried until it succeeds (or the caller's deadline)."""
+    """A Unix connection to ``path``, tried until it succeeds (or the caller's deadline).
+
+    The connect is the standard library's, non-blocking: a Unix socket connects at once
+    or fails, and fails with ``EAGAIN`` when its backlog is full (its worker is busy, or
+    stopped). Trio's ``connect`` takes ``EAGAIN`` for a TCP connect under way and reports
+    the socket connected, which it never was: the hand-off then failed with ``ENOTCONN``
+    instead of trying again.
+    """
     while True:
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            await sock.connect(path)
+            sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError, BlockingIOError):
             sock.close()
             await trio.sleep(HANDOFF_RETRY)
@@ -250,7 +259,7 @@ async def _connect(path: str) -> trio.SocketStream:
         except BaseException:
             sock.close()
             raise
-        return trio.SocketStream(sock)
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 async def _send_with_socket(unix: trio.SocketStream, message: bytes, fd: int) -> None:

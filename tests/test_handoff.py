@@ -334,6 +334,36 @@ async def test_a_handoff_lost_with_an_owner_that_died_goes_to_its_replacement(
     assert json.loads(greeting[0])["room"] == room
 
 
+async def test_an_owner_whose_backlog_is_full_is_tried_again(workers: Workers) -> None:
+    """A Unix socket whose backlog is full refuses a connect with EAGAIN (its worker is
+    busy, 100,000 connections arriving at once): the hand-off waits and tries again."""
+    await workers.start(0, handshake_timeout=5)
+    room = room_of(workers, 1)
+    greeting: list[str] = []
+
+    def client() -> None:
+        with connect(f"ws://127.0.0.1:{workers.port}/{room}", open_timeout=5) as ws:
+            greeting.append(str(ws.recv(timeout=5)))
+
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(workers.spec(1).socket_path(1))
+    busy.listen(0)  # never accepts, and its backlog is filled below
+    waiting = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            waiting.append(filler)
+            filler.setblocking(False)
+            filler.connect(busy.getsockname())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.to_thread.run_sync, client, abandon_on_cancel=True))
+        await trio.sleep(0.3)  # the hand-off is refused with EAGAIN, and tried again
+        for sock in (busy, *waiting):
+            sock.close()
+        await workers.start(1)
+    assert json.loads(greeting[0])["room"] == room
+
+
 async def unix_connect(path: str) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.connect(path)
