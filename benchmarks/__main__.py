@@ -19,7 +19,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chat, connect_storm, durable_writes, echo, fanout, forward, loads, memory, workers
+from . import (
+    chat,
+    connect_storm,
+    durable_writes,
+    echo,
+    fanout,
+    forward,
+    loads,
+    memory,
+    scale,
+    workers,
+)
 from ._common import RESULTS, environment
 from ._node import LOADS
 
@@ -42,6 +53,7 @@ def collect(quick: bool, load: str) -> dict[str, Any]:
         ("durable_writes", durable_writes),
         ("workers", workers),
         ("forward", forward),
+        ("scale", scale),
     ):
         began = time.monotonic()
         report[name] = module.run(quick)
@@ -123,6 +135,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     # measured beside it (what TLS clients get), not a path plain clients take.
     p50 = report["forward"]["results"]["os.splice"]["p50_vs_direct"]
     checks.append(("echo p50 through a non-owner vs direct", p50, f"<= {forward.TARGET}"))
+    checks += scale.targets(report["scale"])
     return [(name, value, bound, _holds(value, bound)) for name, value, bound in checks]
 
 
@@ -160,6 +173,8 @@ def table(report: dict[str, Any]) -> str:
     lines.append(workers.table(report["workers"]))
     lines += ["", "Forwarding to the owner node (see benchmarks/forward.py):", ""]
     lines.append(forward.table(report["forward"]))
+    lines += ["", "Idle connections at scale (see benchmarks/scale.py):", ""]
+    lines.append(scale.table(report["scale"]))
     lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
     for name, value, bound, met in targets(report):
         lines.append(f"| {name} | {value:.2f} | {bound} | {'yes' if met else 'no'} |")
