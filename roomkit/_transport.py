@@ -100,7 +100,9 @@ class RoomSide(Protocol):
     async def connect(self, conn: Transport) -> tuple[int, str] | None:
         """Run ``on_connect``; None to accept, or the ``(status, reason)`` to refuse."""
 
-    async def message(self, conn: Transport, message: Any) -> None: ...
+    async def messages(self, conn: Transport, messages: list[Any]) -> None:
+        """Hand the room the messages of one read, in order (their turns may run in
+        the calling reader); returns once they are handled or queued."""
 
     async def cut(self, conn: Transport, frame: CloseConnection) -> None:
         """Close ``conn`` after the messages it has already delivered."""
@@ -527,8 +529,8 @@ class Transport:
         data: bytes | None = b""  # first, what came along with the handshake
         while True:
             messages, todo = peer.receive(data, trio.current_time())
-            for message in messages:
-                await actor.message(self, message)
+            if messages:
+                await actor.messages(self, messages)
             if todo and await self._carry_out(todo):
                 return
             try:
