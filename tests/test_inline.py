@@ -2,13 +2,17 @@
 
 When a room's loop waits with nothing queued, a reader runs its read's messages' turns
 itself. Over roomkit's test server (in memory), under ``autojump_clock``, so that the
-virtual times asserted are exact.
+virtual times asserted are exact; the raw socket read over a real socket.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
+import struct
 from typing import Any, ClassVar
 
+import pytest
 import trio
 import trio.testing
 from wsproto.events import TextMessage
@@ -17,7 +21,7 @@ import roomkit
 from roomkit._roomid import RoomId
 from roomkit.testing import open_test_server
 
-from .helpers import memory_handshake
+from .helpers import Start, memory_handshake, raw_handshake
 from .test_actor import host_of
 
 
@@ -209,3 +213,37 @@ async def test_an_inline_hook_that_raises_goes_to_on_error_and_its_turn_is_undon
         await client.send("double")  # on_error raises too: 1011
         assert await client.receive_close() == (1011, "Internal error")
     assert Failing.errors == ["boom True", "'double'"]
+
+
+class Echo(roomkit.Room):
+    ping_interval = None
+    closed: ClassVar[list[tuple[int, bool]]] = []
+    done: ClassVar[trio.Event]
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Echo.closed.append((code, clean))
+        Echo.done.set()
+
+
+async def test_a_socket_read_straight_ends_as_receive_some_on_a_reset(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    Echo.closed, Echo.done = [], trio.Event()
+    server = await start(Echo)
+    stream, ws = await raw_handshake(server.port, "/r")
+    for i in range(100):  # more reads than READS_PER_CHECKPOINT, each echoed
+        await stream.send_all(ws.send(TextMessage(f"m{i}")))
+        got = b""
+        with trio.fail_after(5):
+            while not got.endswith(f"m{i}".encode()):
+                got += await stream.receive_some()
+    linger = struct.pack("ii", 1, 0)  # close with a reset (RST), not a FIN
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    await stream.aclose()
+    with trio.fail_after(5):
+        await Echo.done.wait()
+    assert Echo.closed == [(1006, False)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no failure of ours
