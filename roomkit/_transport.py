@@ -52,6 +52,7 @@ import trio
 from wsproto.connection import Connection as WSConnection
 from wsproto.events import CloseConnection
 
+from ._accept import close_now
 from ._closecodes import CloseCode
 from ._connection import Connection, detach, reattach
 from ._connlog import connection_fields, log_closed, log_failed, log_opened, log_refused
@@ -166,8 +167,8 @@ class Transport:
         "_actor",
         "_alone",
         "_fd",
-        "_read_scope",
-        "_serve_scope",
+        "_nursery",
+        "_scope",
         "_stream",
         "_wakeup",
         "_writer_done",
@@ -220,10 +221,14 @@ class Transport:
         #: The socket's file descriptor while it is open and past its handshake, for
         #: writes that need no task (see kick); None otherwise.
         self._fd: int | None = None
-        self._wakeup = trio.Event()
-        self._read_scope = trio.CancelScope()
-        self._serve_scope = trio.CancelScope()
-        self._writer_done = trio.Event()
+        #: The connection's scope while it is served, its reader's and its writer's:
+        #: cancelled to drop the peer, its deadline the close's (see _closing).
+        self._scope = trio.CancelScope()
+        #: The nursery that the writer task starts in, while the connection is served.
+        self._nursery: trio.Nursery | None = None
+        #: Set when the writer task has returned; None until it is started (see kick).
+        self._writer_done: trio.Event | None = None
+        self._wakeup: trio.Event | None = None  # the writer's, while it waits
 
     def __repr__(self) -> str:
         return f"<Transport {self.handle.id} room={self.handle.request.room!r} {self.state.value}>"
@@ -282,7 +287,7 @@ class Transport:
         if old.peer.phase is Phase.AWAY:
             old.peer.move(Trigger.GONE)
         else:
-            old._serve_scope.cancel()  # its late end is a superseded one's: ignored
+            old._scope.cancel()  # its late end is a superseded one's: ignored
         self.handle = old.handle
         reattach(self.handle, self)
 
@@ -353,8 +358,8 @@ class Transport:
         a flooder say, is dropped then instead of holding its connection for ever)."""
         if self.peer.cut_reason is not None:
             deadline = trio.current_time() + CLOSE_TIMEOUT
-            self._serve_scope.deadline = min(self._serve_scope.deadline, deadline)
-        self._wakeup.set()
+            self._scope.deadline = min(self._scope.deadline, deadline)
+        self._write_later()
 
     def kick(self) -> None:
         """Get what is queued moving.
@@ -362,7 +367,8 @@ class Transport:
         When the writer is idle, the queue is written straight to the socket, which does
         not block: usually the kernel takes it all, and no task had to wake for it (two
         trips through Trio's scheduler saved per write). Whatever the socket does not
-        take, and any close, is left to the writer task.
+        take, and any close, is left to the writer task, started then if it was not
+        yet: most connections never need one.
         """
         queue, fd = self.peer.queue, self._fd
         frames = queue.frames
@@ -376,7 +382,20 @@ class Transport:
                 self.metrics.bytes_sent += sent
                 queue.sent(data, sent)
         if queue.frames or queue.close is not None:
-            self._wakeup.set()
+            self._write_later()
+
+    def _write_later(self) -> None:
+        """Leave what is owed to the writer task: wake it, or start it.
+
+        Not before the connection is served (its 101 is not out yet: serving begins with
+        a kick), nor once it is over.
+        """
+        if self._writer_done is not None:
+            if self._wakeup is not None:
+                self._wakeup.set()
+        elif self._nursery is not None:
+            self._writer_done = trio.Event()
+            self._nursery.start_soon(self._write_loop)
 
     def heartbeat(self) -> None:
         """Called by the server's scheduler: ping the peer, or drop it if it never answered.
@@ -390,7 +409,7 @@ class Transport:
             self.kick()
             self._expect_pong(True)
         elif todo & TIMEOUT:
-            self._serve_scope.cancel()
+            self._scope.cancel()
         elif todo & CLOSE:
             self._closing()
 
@@ -420,7 +439,6 @@ class Transport:
             log_opened(self.log_fields)
             if isinstance(self._stream, trio.SocketStream) and os.name == "posix":
                 self._fd = self._stream.socket.fileno()
-            self.kick()  # what on_connect sent
             self._expect_pong(False)
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -431,7 +449,7 @@ class Transport:
             self._fd = None  # before the close: the number may be reused at once
             self.peer.move(Trigger.GONE)
             self._actor.cancel_timer(("ping", self))
-            await trio.aclose_forcefully(self._stream)
+            await close_now(self._stream)
             if opened:
                 log_closed(self.log_fields, *self.peer.report, self.peer.cut_reason)
                 if self._parks():
@@ -487,27 +505,30 @@ class Transport:
         self._actor.set_timer(("ping", self), trio.current_time() + wait)
 
     async def _serve(self) -> None:
-        with self._serve_scope:
-            await self._serve_until_closed()
-
-    async def _serve_until_closed(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop)
-            with self._read_scope:
-                await self._read_loop()
-            if self.peer.report[0] != CloseCode.ABNORMAL_CLOSURE:
-                # The peer is still there: give the writer the time to send our close reply.
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await self._writer_done.wait()
-            nursery.cancel_scope.cancel()
+        """Read until the connection is over, then give the writer, if it was started,
+        the time to send our close reply (when the peer is still there)."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    self.kick()  # what on_connect sent
+                    await self._read_loop()
+                    done = self._writer_done
+                    if done is not None and self.peer.report[0] != CloseCode.ABNORMAL_CLOSURE:
+                        with trio.move_on_after(CLOSE_TIMEOUT):
+                            await done.wait()
+                finally:
+                    self._nursery = None  # no writer starts once the reader is done
+                nursery.cancel_scope.cancel()
 
     async def _write_loop(self) -> None:
+        """Write what kick left: all that is queued in one ``send_all``, then the close."""
         queue = self.peer.queue
         try:
             while True:
                 if not queue.frames and queue.close is None:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
+                    self._wakeup = wakeup = trio.Event()
+                    await wakeup.wait()
                 if queue.frames:
                     data = queue.take()
                     await self._stream.send_all(data)
@@ -517,8 +538,10 @@ class Transport:
                     await self._write_close(queue.close)
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._read_scope.cancel()  # the peer is gone: nothing more will be read
+            self._scope.cancel()  # the peer is gone: nothing more will be read
         finally:
+            self._wakeup = None
+            assert self._writer_done is not None  # set when this was started
             self._writer_done.set()
 
     async def _write_close(self, frame: CloseConnection) -> None:
@@ -526,10 +549,10 @@ class Transport:
         if data is not None:
             await self._stream.send_all(data)
             self.metrics.bytes_sent += len(data)
-        self._serve_scope.deadline = math.inf  # the frame is out: the peer took it
-        if self.peer.awaiting_close:
-            # We closed first: wait for the peer's answer, but not for ever.
-            self._read_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+        # The frame is out, the peer took it: no deadline for that any more, but if we
+        # closed first, the peer's answer is waited for CLOSE_TIMEOUT, not for ever.
+        waiting = self.peer.awaiting_close
+        self._scope.deadline = trio.current_time() + CLOSE_TIMEOUT if waiting else math.inf
 
     async def _read_loop(self) -> None:
         """Read, feed the peer machine, hand the room its messages, carry out the rest.
