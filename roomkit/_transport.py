@@ -505,18 +505,21 @@ class Transport:
         self._actor.set_timer(("ping", self), trio.current_time() + wait)
 
     async def _serve(self) -> None:
-        """Read until the connection is over, then give the writer, if it was started,
-        the time to send our close reply (when the peer is still there)."""
+        """Read until the connection is over, then give the writer the time to send our
+        close (when the peer is still there)."""
         with self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
                     self.kick()  # what on_connect sent
                     await self._read_loop()
-                    done = self._writer_done
-                    if done is not None and self.peer.report[0] != CloseCode.ABNORMAL_CLOSURE:
+                    if self.peer.report[0] != CloseCode.ABNORMAL_CLOSURE:
+                        # The peer is still there: our close reply (or a cut's close,
+                        # which the room queues yet) is the writer's to send.
+                        self._write_later()
+                        assert self._writer_done is not None  # started, if not before
                         with trio.move_on_after(CLOSE_TIMEOUT):
-                            await done.wait()
+                            await self._writer_done.wait()
                 finally:
                     self._nursery = None  # no writer starts once the reader is done
                 nursery.cancel_scope.cancel()
