@@ -38,7 +38,7 @@ import trio
 from wsproto.events import CloseConnection
 
 from ._closecodes import CloseCode
-from ._connection import Connection, ConnectionState
+from ._connection import Connection, ConnectionState, restore_presence
 from ._connlog import connection_fields
 from ._core import envelope
 from ._core.alarms import AlarmInfo, after_failure
@@ -674,12 +674,36 @@ class RoomActor:
             key = default_key(handle.id, handle.tags) if room is None else room.presence_key(handle)
             if not isinstance(key, str):
                 raise TypeError(f"presence_key returned {type(key).__name__}, not a str")
+        hooks = self._hooks
+        outside = hooks.outbox is None or trio.lowlevel.current_task() is not hooks.task
         if tracker is None:
             self._presence = tracker = Tracker()
-        tracker.track(handle.id, key, presence)
-        hooks = self._hooks
-        if hooks.outbox is None or trio.lowlevel.current_task() is not hooks.task:
+            if not outside:
+                tracker.begin()  # made by a running hook, whose rollback undoes it
+        tracker.track(handle.id, key, presence, turn=not outside)
+        if outside:
             self._flush_presence()
+
+    def presence_began(self) -> None:
+        """A hook's transaction starts: its presence changes follow it."""
+        if self._presence is not None:
+            self._presence.begin()
+
+    def presence_rolled_back(self) -> None:
+        """The running hook raised: the presence goes back to what it was before it
+        (with each connection's ``conn.presence``), and no diff tells of its changes."""
+        if self._presence is None:
+            return
+        restored = self._presence.rollback()
+        if restored:
+            for conn in self._core.members():
+                if conn.handle.id in restored:
+                    restore_presence(conn.handle, restored[conn.handle.id])
+
+    def presence_ended(self) -> None:
+        """The hook's transaction ended."""
+        if self._presence is not None:
+            self._presence.end()
 
     def presence(self) -> dict[str, list[dict[str, Any]]]:
         """Every presence key of the room and its metas, in the room's order (copies)."""
@@ -1410,7 +1434,7 @@ class RoomActor:
         """``conn`` is no longer the room's; unless another transport carries its
         session on (``leaves=False``), it leaves the room's presence too."""
         if leaves and self._presence is not None:
-            self._presence.track(conn.handle.id, "", None)
+            self._presence.track(conn.handle.id, "", None, turn=False)
         if self._core.leave(conn, conn.tags):
             self._host.connections -= 1
             conn.tags = ()  # what on_close sees, as docs/api.md says

@@ -29,6 +29,7 @@ __all__ = [
     "Link",
     "detach",
     "reattach",
+    "restore_presence",
 ]
 
 #: Largest attachment, serialised, in bytes: the Durable Objects limit.
@@ -217,6 +218,12 @@ def reattach(handle: Connection, link: Link) -> None:
     """Carry ``handle``'s session on over ``link``, the transport of its client's new
     socket (a resume: the same Connection, its id, tags and attachment, to the room)."""
     handle._link = link
+
+
+def restore_presence(handle: Connection, text: str | None) -> None:
+    """Give ``handle`` back the presence (JSON, or None) it had before a hook that
+    raised changed it: the room's presence is rolled back with the hook."""
+    handle._presence = text
 
 
 def detach(handle: Connection) -> None:

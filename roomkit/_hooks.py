@@ -57,6 +57,12 @@ class Members(Protocol):
 
     def log_fields(self) -> dict[str, Any]: ...
 
+    def presence_began(self) -> None: ...
+
+    def presence_rolled_back(self) -> None: ...
+
+    def presence_ended(self) -> None: ...
+
 
 class HookRunner:
     """The hooks of the live room ``room``: its instance, the running hook's outbox and
@@ -151,6 +157,8 @@ class HookRunner:
         instance = self.instance
         log = self.log
         mark = None if log is None else log.mark()
+        members = self._members
+        members.presence_began()
         try:
             if call is None:
                 await getattr(instance, hook)(*args)
@@ -160,8 +168,10 @@ class HookRunner:
             self.gate.drop(outbox)
             if log is not None and mark is not None and self.log is log:
                 log.restore(mark)  # what it logged is dropped with its writes
+            members.presence_rolled_back()  # and its presence changes, unsent
             return exc
         finally:
+            members.presence_ended()
             self._metrics.hook_ran(hook, time.perf_counter() - started)
             changes, self.outbox, self.changes = self.changes, None, None
         if self.instance is not instance:

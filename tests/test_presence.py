@@ -27,7 +27,8 @@ class Here(roomkit.Room):
     Messages: ``set:<json>`` sets its presence, ``off`` untracks it, ``who`` answers
     the room's presence(), ``all:<n>`` sets every connection's presence in one turn,
     ``flip`` tracks and untracks in one turn, ``tag:<a,b>`` sets its tags, ``big``
-    tries an oversized presence.
+    tries an oversized presence; ``raise:<json>`` sets its presence (none if empty) and
+    ``retag-raise:<a,b>`` its tags, and each then raises.
     """
 
     rate_limit = None
@@ -55,6 +56,12 @@ class Here(roomkit.Room):
             conn.presence = None
         elif kind == "tag":  # tags of its own, its presence kept
             conn.tags = text.split(",") if text else []
+        elif kind == "raise":  # sets its presence, then fails: the turn rolls back
+            conn.presence = json.loads(text) if text else None
+            raise RuntimeError("after the presence")
+        elif kind == "retag-raise":  # re-keys its presence, then fails
+            conn.tags = text.split(",")
+            raise RuntimeError("after the tags")
         elif kind == "big":
             try:
                 conn.presence = {"x": "a" * 2000}
@@ -448,3 +455,42 @@ async def test_a_presence_key_that_fails_on_a_tag_change_keeps_the_tags(
         await ann.send("go")
         assert await ann.receive() == "'no eve here'; tags ['all', 'user:ann']"
         assert list(await ann.receive()) == ["ann"]
+
+
+async def test_a_hook_that_raises_takes_its_presence_changes_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A hook is a transaction: what it did to the presence is undone with its sends and
+    writes, no diff goes out, and presence() and conn.presence are as before the turn."""
+
+    class Forgiving(Here):
+        async def on_error(self, conn: roomkit.Connection | None, error: Exception) -> None:
+            pass  # the raise is what the test is for
+
+    async with (
+        open_test_server(Forgiving) as server,
+        server.connect("/r") as watcher,
+        server.connect("/r?user=bob&tab=1", subprotocols=V1) as bob,
+        server.connect("/r", subprotocols=V1) as ann,
+    ):
+        bob_id = (await welcome(bob))["id"]
+        ann_id = (await welcome(ann))["id"]
+        assert joins(await bob.receive()) == {"bob": {"metas": [{"tab": "1", "ref": bob_id}]}}
+        await ann.receive()  # the presence_state
+        await ann.send('raise:{"first": true}')  # its first presence: no join
+        await ann.send("who")
+        assert json.loads((await ann.receive())[2])["mine"] is None
+        await ann.send('set:{"tab": "2"}')
+        meta = {"tab": "2", "ref": ann_id}
+        assert joins(await bob.receive()) == {ann_id: {"metas": [meta]}}
+        await ann.receive()  # its own join
+        before = await who(watcher)
+        for change in ['raise:{"tab": "3"}', "raise:", "retag-raise:user:zed"]:
+            await ann.send(change)
+            assert await who(watcher) == before, change
+        await ann.send("who")
+        assert json.loads((await ann.receive())[2])["mine"] == {"tab": "2"}
+        await bob.receive_nothing()
+        await ann.receive_nothing()
+        await ann.send("off")  # the tracker goes on from the state it was put back to
+        assert leaves(await bob.receive()) == {ann_id: {"metas": [meta]}}

@@ -262,3 +262,50 @@ def test_the_order_mid_turn_is_the_one_the_turn_ends_with() -> None:
     assert (
         mid == ordered(tracker.state()) == [("ann", ["a1"]), ("bob", ["b1", "b2"]), ("cy", ["c1"])]
     )
+
+
+def test_a_rollback_puts_back_what_the_hook_changed_in_place() -> None:
+    tracker = Tracker()
+    tracker.track("a", "ann", '{"n": 1}')
+    tracker.track("b", "bob", '{"n": 1}')
+    tracker.track("c", "ann", '{"n": 1}')
+    tracker.flush()
+    tracker.track("c", "", None, turn=False)  # roomkit's own, before the hook: kept
+    tracker.begin()
+    tracker.track("a", "ann", '{"n": 2}')  # an update: last in its key...
+    tracker.track("b", "", None)
+    tracker.track("d", "dan", '{"n": 1}')
+    tracker.track("e", "eve", '{"n": 1}', turn=False)  # not the hook's: kept
+    assert tracker.rollback() == {"a": '{"n":1}', "b": '{"n":1}', "d": None}
+    assert tracker.state() == {  # ...and back in its place
+        "ann": [{"n": 1, "ref": "a"}],
+        "bob": [{"n": 1, "ref": "b"}],
+        "eve": [{"n": 1, "ref": "e"}],
+    }
+    assert tracker.flush() == {
+        "joins": {"eve": {"metas": [{"n": 1, "ref": "e"}]}},
+        "leaves": {"ann": {"metas": [{"n": 1, "ref": "c"}]}},
+    }
+    tracker.begin()
+    tracker.track("a", "ann", '{"n": 3}')
+    tracker.end()  # returned: its changes stand
+    assert tracker.rollback() == {}
+    assert tracker.state()["ann"] == [{"n": 3, "ref": "a"}]
+
+
+def test_a_rollback_after_a_flush_in_the_hook_tells_the_clients_it() -> None:
+    """A task of the room's flushes at once, the hook's changes so far with its own: the
+    rollback's diff takes them back."""
+    tracker = Tracker()
+    tracker.track("a", "ann", '{"n": 1}')
+    tracker.flush()
+    tracker.begin()
+    tracker.track("a", "ann", '{"n": 2}')
+    tracker.track("b", "bob", '{"n": 1}', turn=False)
+    assert tracker.flush() is not None  # sent, a's update with it
+    assert tracker.rollback() == {"a": '{"n":1}'}
+    assert tracker.flush() == {
+        "joins": {"ann": {"metas": [{"n": 1, "ref": "a"}]}},
+        "leaves": {"ann": {"metas": [{"n": 2, "ref": "a"}]}},
+    }
+    assert list(tracker.state()) == ["ann", "bob"]

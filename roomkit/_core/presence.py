@@ -19,6 +19,12 @@ turn's diff is what differs at its end, so a join and a leave of one meta in the
 turn cancel, and fifty joins make one diff. An update is a leave of the old meta and a
 join of the new one, which goes last in its key (as a client applying the leaves, then
 the joins, places it); assigning the value a connection already has changes nothing.
+
+A hook is a transaction, and its presence changes are part of it: :meth:`Tracker.begin`
+marks the start of one, :meth:`Tracker.rollback` puts every connection the hook changed
+back as it was (its place too), and :meth:`Tracker.end` forgets the mark. Changes made
+during the hook but not by it (``turn=False``: roomkit's own, a task of the room's) are
+kept through a rollback.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ def default_key(conn_id: str, tags: Iterable[str]) -> str:
 class Tracker:
     """The presence of one room's connections, and what changed since the last flush."""
 
-    __slots__ = ("_before", "_keys", "_tracked")
+    __slots__ = ("_before", "_keys", "_marked", "_saved", "_tracked")
 
     def __init__(self) -> None:
         #: ref -> (key, meta), in join order (an update moves its ref last).
@@ -100,31 +106,64 @@ class Tracker:
         #: ref -> what it was at the last flush (None: not tracked), for the refs
         #: changed since: empty when nothing is pending.
         self._before: dict[str, tuple[str, Meta] | None] = {}
+        #: Whether a hook's transaction runs (begin() to end()), and ``_tracked`` as it
+        #: was before its first change (None until then: nothing to roll back).
+        self._marked = False
+        self._saved: dict[str, tuple[str, Meta]] | None = None
 
     @property
     def pending(self) -> bool:
         """Whether something changed since the last flush (its diff may still be empty)."""
         return bool(self._before)
 
-    def track(self, ref: str, key: str, text: str | None) -> None:
+    def track(self, ref: str, key: str, text: str | None, *, turn: bool = True) -> None:
         """Track connection ``ref`` under ``key`` with the value whose JSON is ``text``
-        (a :func:`check_meta` one), or untrack it (None)."""
-        tracked = self._tracked
-        now = tracked.get(ref)
-        if text is None:
-            if now is None:
-                return
-            del tracked[ref]
-        else:
-            meta: Meta = json.loads(text)
+        (a :func:`check_meta` one), or untrack it (None); ``turn``: a change of the
+        running hook's, which its rollback undoes (else kept through one)."""
+        meta: Meta | None = None
+        if text is not None:
+            meta = json.loads(text)
             meta[REF] = ref
-            if now is not None:
-                if now == (key, meta):
-                    return  # the value it has: no update
-                del tracked[ref]  # an update: last in its key, as a leave and a join
-            tracked[ref] = (key, meta)
+        now = self._tracked.get(ref)
+        if self._marked and turn and self._saved is None:
+            self._saved = dict(self._tracked)  # before its first change, in its order
+        if not _put(self._tracked, ref, key, meta):
+            return
+        if not turn and self._saved is not None:
+            _put(self._saved, ref, key, meta)
         if ref not in self._before:
             self._before[ref] = now
+
+    def begin(self) -> None:
+        """A hook's transaction starts: what it changes from now may be rolled back."""
+        self._marked, self._saved = True, None
+
+    def end(self) -> None:
+        """The hook's transaction ended (returned, or rolled back)."""
+        self._marked, self._saved = False, None
+
+    def rollback(self) -> dict[str, str | None]:
+        """Put back what the running hook changed, and end its transaction: the refs it
+        changed, each with the JSON of its value now (None: untracked).
+
+        The next flush tells the clients what differs from the state they were last
+        sent: nothing, unless a flush during the hook sent its changes."""
+        saved, tracked = self._saved, self._tracked
+        self.end()
+        if saved is None:
+            return {}
+        restored: dict[str, str | None] = {}
+        for ref in tracked.keys() | saved.keys():
+            now, was = tracked.get(ref), saved.get(ref)
+            if now == was:
+                continue
+            if ref not in self._before:
+                self._before[ref] = now
+            if self._before[ref] == was:
+                del self._before[ref]  # as the clients have it
+            restored[ref] = None if was is None else _JSON.encode(_value(was[1]))
+        self._tracked = saved
+        return restored
 
     def state(self) -> dict[str, list[Meta]]:
         """Every key and its metas, in the order of the module's docstring (copies: the
@@ -157,6 +196,27 @@ class Tracker:
             entry["metas"].sort(key=lambda meta: order[meta[REF]])
         ranked = {key: joins[key] for key in sorted(joins, key=rank.__getitem__)}
         return {"joins": ranked, "leaves": leaves}
+
+
+def _put(tracked: dict[str, tuple[str, Meta]], ref: str, key: str, meta: Meta | None) -> bool:
+    """Set ``ref`` in ``tracked`` (None: remove it), an update last; whether it changed."""
+    now = tracked.get(ref)
+    if meta is None:
+        if now is None:
+            return False
+        del tracked[ref]
+        return True
+    if now is not None:
+        if now == (key, meta):
+            return False  # the value it has: no update
+        del tracked[ref]  # an update: last in its key, as a leave and a join
+    tracked[ref] = (key, meta)
+    return True
+
+
+def _value(meta: Meta) -> dict[str, Any]:
+    """A meta's presence value: without its "ref"."""
+    return {name: item for name, item in meta.items() if name != REF}
 
 
 def state_frame(tracker: Tracker) -> bytes:
