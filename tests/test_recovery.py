@@ -51,6 +51,8 @@ class Chat(roomkit.Room):
             conn.send(request.query["hello"])
         if "announce" in request.query:
             self.broadcast(request.query["announce"])
+        if "shun" in request.query:  # to all but itself, before its welcome
+            self.broadcast(request.query["shun"], exclude=conn)
 
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         if isinstance(message, bytes):
@@ -736,6 +738,38 @@ async def test_an_excluded_broadcast_stays_out_of_its_senders_next_connections(
             await trio.sleep(60)
             await back_as_strangers(server, mine, other)
     if how != "grace":
+        async with chat(storage=path) as server:
+            await back_as_strangers(server, mine, other)
+
+
+@pytest.mark.parametrize("how", ["resumed", "grace", "restart"])
+async def test_a_broadcast_excluding_its_connection_in_on_connect_is_never_replayed_to_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, how: str
+) -> None:
+    """on_connect broadcasts to all but its connection before the welcome names the
+    session: the session is still left out, when it resumes, and when its client comes
+    back as a new connection after its grace or a restart; one that missed it gets it."""
+    path = tmp_path / "rooms.sqlite3"
+    async with chat(storage=path) as server, server.connect("/lobby") as feeder:
+        async with server.connect("/lobby", subprotocols=V1) as bob:
+            other = await welcome(bob)
+            await bob.abort()
+        async with server.connect("/lobby?shun=not+for+ann", subprotocols=V1) as ann:
+            mine = await welcome(ann)
+            assert mine["seq"] == 0  # the position before its on_connect: the rest is live
+            assert await feeder.receive() == "not for ann"
+            await ann.receive_nothing()
+            await ann.abort()
+        await trio.sleep(1)
+        if how == "resumed":
+            async with server.connect(resume_path(mine), subprotocols=V1) as back:
+                again = await welcome(back)
+                assert (again["resumed"], again["recovered"], again["seq"]) == (True, True, 1)
+                await back.receive_nothing()
+        if how == "grace":
+            await trio.sleep(60)
+            await back_as_strangers(server, mine, other)
+    if how == "restart":
         async with chat(storage=path) as server:
             await back_as_strangers(server, mine, other)
 
