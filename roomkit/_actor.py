@@ -945,16 +945,18 @@ class RoomActor:
             self._host.cancel_timer(("grace", old))
             self._forget(old, leaves=False)  # the session stays: its presence with it
             conn.take_over(old)
+            self._counted = conn.handle  # whatever fails from here, the room hears it leave
             conn.tags = tags
             self._core.retag(conn, (), tags)
         settle = functools.partial(self._connect_settled, event, old is not None)
         turn = functools.partial(self._connect_turn, conn, old is not None)
         error = await self._hooks.transaction("on_connect", call=turn, settle=settle)
-        counted, self._counted = self._counted is conn.handle, None
-        if error is None:
+        counted = self._counted is conn.handle  # reset once the handshake is decided:
+        if error is None:  # until then, _event_failed ends a counted one's session
             due = self._core.joined(conn)
             if due is not None:  # a newcomer never brings the sweep forward, but it may
                 self._host.set_timer(("sweep", self.room), due, earlier_only=True)  # be first
+            self._counted = None
             return  # decided when its changes are durable
         if isinstance(error, Reject) and not counted:
             self._refuse(event, Refusal("rejected", error.status, error.reason))
@@ -964,6 +966,7 @@ class RoomActor:
         conn.reject()
         self._forget(conn)
         event.decided.set()
+        self._counted = None
         if counted:
             await self._end_refused(conn, _TURN_FAILED)
 
@@ -1129,10 +1132,13 @@ class RoomActor:
         """roomkit's own code failed handling ``event`` (a bug): log it, count it, and
         end what the event was about (its connection), and nothing else.
 
-        A handshake still waiting is refused with 500, a message's connection is closed
-        with 1011, a cut or a drain closes its connections at once with its own frame,
-        and an alarm's waiter is told it ran; the room goes on with its next event.
-        Called from an ``except`` block, whose exception is logged.
+        A handshake still waiting is refused with 500 (and one the room had counted in,
+        a resumed session or a fresh one whose on_connect returned, ends as a failed
+        turn's does: its presence leaves, and ``on_close`` runs with 1011 "Internal
+        error"), a message's connection is closed with 1011, a cut or a drain closes
+        its connections at once with its own frame, and an alarm's waiter is told it
+        ran; the room goes on with its next event. Called from an ``except`` block,
+        whose exception is logged.
         """
         about = event.conn if isinstance(event, (Connect, Message, Closed, Cut)) else None
         fields = self.log_fields() if about is None else about.log_fields()
@@ -1141,10 +1147,13 @@ class RoomActor:
         )
         self.metrics.internal_errors += 1
         if isinstance(event, Connect) and not event.decided.is_set():
+            counted, self._counted = self._counted is event.conn.handle, None
             self._refuse(event, INTERNAL_ERROR)
             event.conn.reject()
             self._forget(event.conn)
             event.decided.set()
+            if counted:
+                self._post_soon(Expire(event.conn, refused=_TURN_FAILED))
         elif isinstance(event, Message):
             event.conn.cut("internal_error", CloseCode.INTERNAL_ERROR, "Internal error")
         elif isinstance(event, Closed):

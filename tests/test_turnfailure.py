@@ -18,6 +18,7 @@ import trio.testing
 
 import roomkit
 from roomkit._core.history import LOG_PREFIX
+from roomkit._core.room import RoomCore
 from roomkit.storage import Changes, Claim, RoomId, SQLiteStore
 from roomkit.storage._sqlite import SQLiteCore
 from roomkit.testing import TestClient, TestServer, open_test_server
@@ -196,6 +197,29 @@ async def test_a_resume_whose_commit_fails_ends_the_session(
         }
         await trio.sleep(60)  # past ann's grace: nothing more
         assert len([event for event in Tracked.events if event[0] == "close"]) == 2
+
+
+async def test_a_resume_that_roomkit_fails_after_its_turn_ends_the_session(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """roomkit's own code fails once the resume has taken the session over (nothing
+    public provokes that: the test makes the idle sweep's newcomer check raise, which
+    runs after the turn, while on_resync's write holds the handshake): refused with
+    500, and the session ends as a failed turn's."""
+    async with with_bob() as (server, bob, _):
+        first = await parked(server, bob)
+
+        def fails(self: object, member: object) -> float | None:
+            raise RuntimeError("a bug of roomkit's")
+
+        monkeypatch.setattr(RoomCore, "joined", fails)
+        path = f"/r?roomkit.session={first['session']}&{OTHER_EPOCH}"
+        assert await refused(server, path) == 500
+        monkeypatch.undo()
+        await assert_left_once(bob, first, "Internal error")
+        assert "handling Connect failed" in caplog.text
 
 
 async def test_a_fresh_connect_whose_turn_fails_after_on_connect_closes(
