@@ -172,18 +172,14 @@ class RoomActor:
         "_hibernated",
         "_hooks",
         "_host",
-        "_inline",
-        "_inline_done",
         "_nursery",
         "_presence",
-        "_ready",
         "_receive",
         "_resuming",
         "_send",
         "_sessions",
         "_settling",
         "_starting",
-        "_unyielded",
         "auto_response",
         "auto_response_enveloped",
         "metrics",
@@ -210,14 +206,6 @@ class RoomActor:
         self._send: trio.MemorySendChannel[Event] | None = None
         self._receive: trio.MemoryReceiveChannel[Event] | None = None
         self._hooks = HookRunner(host, room, self.metrics, self)
-        # The loop's wait for its next event while it waits with nothing queued (its
-        # deadline: when the room hibernates); None as soon as an event is sent to it.
-        self._ready: trio.CancelScope | None = None
-        # The stretch of turns a reader runs itself while the loop waits (see messages),
-        # and the event the loop waits on for its end, if it woke meanwhile.
-        self._inline: trio.CancelScope | None = None
-        self._inline_done: trio.Event | None = None
-        self._unyielded = 0  # inline turns since the last checkpoint of a reader's
         self._hibernated: trio.Event | None = None  # set when hibernate_now() is waiting
         self._calls = calls
         self._chain: Chain | None = None  # the running call's turn's (see Room.rooms)
@@ -305,8 +293,6 @@ class RoomActor:
             self._cancelled = True
         else:
             self._nursery.cancel_scope.cancel()
-        if self._inline is not None:  # shielded from its reader's scopes, not from this
-            self._inline.cancel()
 
     def _spawn(self, task: _Task) -> None:
         """Start ``task`` in the room's nursery (as soon as the room's task runs)."""
@@ -393,59 +379,13 @@ class RoomActor:
         await event.decided.wait()
         return event.rejection
 
-    async def messages(self, conn: Transport, messages: list[Any]) -> None:
-        """Hand the room the messages of one read from ``conn``, in order.
-
-        When the event loop waits with nothing queued and no turn running, the calling
-        reader runs their turns itself, as one stretch (``_run_inline``): no event, no
-        wake of the loop. Otherwise they are queued, and a full channel makes the reader
-        wait (backpressure). Either way the reader returns once they are handled or
-        queued, so a turn that awaits holds up this reader, as a full channel would.
-        """
-        if self._ready is not None and self._inline is None and self._hooks.instance is not None:
-            await self._run_inline(conn, messages)
-            return
-        for message in messages:
-            send = self._wake()  # again after a wait: the room may have slept meanwhile
-            event = Message(conn, message)
-            try:
-                send.send_nowait(event)  # no trip through the scheduler if there is room
-            except trio.WouldBlock:
-                await send.send(event)  # the room is behind: this reader waits for it
-
-    async def _run_inline(self, conn: Transport, messages: list[Any]) -> None:
-        """Run the turns of ``messages`` in the calling reader task, while the loop waits.
-
-        Called with no await since the loop was seen idle, so no other turn runs, and
-        none is queued before them. For the stretch, the reader is the room's turn task
-        (``HookRunner.task``: the gate, storage and calls check it); its scope is
-        shielded from the connection's own scopes (deadlines, ping timeout, supersede),
-        which must not cut a hook midway, and cancelled with the room: by ``cancel``,
-        or by the loop, whose wait sees every cancellation of the room's. The loop, if
-        an event wakes it meanwhile, waits for the stretch to end; the end of the
-        stretch puts the room's hibernation off, as a turn of the loop's own would.
-        """
-        hooks = self._hooks
-        loop_task, hooks.task = hooks.task, trio.lowlevel.current_task()
-        self._inline = scope = trio.CancelScope(shield=True)
+    async def message(self, conn: Transport, message: Any) -> None:
+        send = self._wake()
+        event = Message(conn, message)
         try:
-            with scope:
-                for message in messages:
-                    if scope.cancel_called:
-                        break  # the room is cancelled: no turn of it starts again
-                    await self._turn(Message(conn, message))
-                    self._unyielded += 1
-                    if self._unyielded >= EVENTS_PER_CHECKPOINT:  # as the loop does
-                        self._unyielded = 0
-                        await trio.lowlevel.checkpoint()
-        finally:
-            self._inline = None
-            hooks.task = loop_task
-            if self._ready is not None:  # the loop still waits: it waits from now
-                self._ready.deadline = trio.current_time() + self._patience()
-            if self._inline_done is not None:
-                self._inline_done.set()
-                self._inline_done = None
+            send.send_nowait(event)  # no trip through the scheduler if there is room
+        except trio.WouldBlock:
+            await send.send(event)  # the room is behind: this reader waits for it
 
     async def request(self, request: Request) -> Response:
         """Run ``on_request`` for ``request`` as one turn, in order with the room's
@@ -535,7 +475,6 @@ class RoomActor:
             self._spawn(self._event_loop)
         send = self._send
         assert send is not None  # made when the room woke
-        self._ready = None  # an event is coming: the loop is not idle for inline turns
         return send
 
     async def _event_loop(self) -> None:
@@ -558,9 +497,15 @@ class RoomActor:
                     await trio.lowlevel.checkpoint()  # ...but never so many that others starve
             except trio.WouldBlock:
                 in_a_row = 0
-                event = await self._next_event(receive)
+                with trio.move_on_after(self._patience()):
+                    event = await receive.receive()
             if event is not None:
-                await self._turn(event)
+                try:
+                    await self._handle(event)
+                except Exception:
+                    self._event_failed(event)
+                if self._presence is not None and self._presence.pending:
+                    self._flush_presence()  # the turn's diff, behind its sends
                 if not self._idle(receive):
                     continue
             await self._hooks.settle()  # no commit of this room may be left in flight
@@ -568,46 +513,6 @@ class RoomActor:
             if change is not None:
                 self._rest(change, receive)
                 return
-
-    async def _turn(self, event: Event) -> None:
-        """Handle ``event``: one turn, the loop's or a reader's (``_run_inline``)."""
-        try:
-            await self._handle(event)
-        except Exception:
-            self._event_failed(event)
-        if self._presence is not None and self._presence.pending:
-            self._flush_presence()  # the turn's diff, behind its sends
-
-    async def _next_event(self, receive: trio.MemoryReceiveChannel[Event]) -> Event | None:
-        """Wait for the next event; None once the room has had no turn for its patience.
-
-        While it waits, readers may run their messages' turns themselves
-        (``_run_inline``); each stretch of them puts the deadline off. Whatever wakes the
-        loop, it handles nothing before a stretch in progress has ended: that came first.
-        Whatever cancels this wait (the room's cancellation) cancels the stretch too.
-        """
-        deadline = trio.current_time() + self._patience()
-        try:
-            while True:
-                event = None
-                with trio.CancelScope(deadline=deadline) as ready:
-                    self._ready = ready
-                    try:
-                        event = await receive.receive()
-                    finally:
-                        self._ready = None
-                deadline = ready.deadline  # put off by the stretches that ended meanwhile
-                if self._inline is not None:
-                    while self._inline is not None:
-                        self._inline_done = done = trio.Event()
-                        await done.wait()
-                    deadline = trio.current_time() + self._patience()  # one just ended
-                if event is not None or deadline <= trio.current_time():
-                    return event
-        except BaseException:
-            if self._inline is not None:
-                self._inline.cancel()
-            raise
 
     def _patience(self) -> float:
         """Seconds the loop waits for an event before the room hibernates."""

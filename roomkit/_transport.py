@@ -72,13 +72,6 @@ __all__ = ["RoomSide", "Transport"]
 
 #: Bytes asked of the socket per read: big enough for a burst of small messages.
 RECEIVE_BYTES: Final = 64 * 1024
-#: Reads straight from the socket (see _read_loop) between two checkpoints of the
-#: reader's own, at most: a read that finds data awaits nothing, so a peer that never
-#: lets its socket run dry would otherwise keep its reader from yielding, and from
-#: seeing its cancellation. 32, as the room's EVENTS_PER_CHECKPOINT: each read hands
-#: on at most one chunk's messages, so the reader holds the CPU no longer than a loop
-#: draining its queue does, and the checkpoint costs under 1 % of 32 reads' work.
-READS_PER_CHECKPOINT: Final = 32
 
 #: The states in which a connection takes sends (made before its handshake is
 #: answered, they go out right after it).
@@ -108,9 +101,7 @@ class RoomSide(Protocol):
     async def connect(self, conn: Transport) -> tuple[int, str] | None:
         """Run ``on_connect``; None to accept, or the ``(status, reason)`` to refuse."""
 
-    async def messages(self, conn: Transport, messages: list[Any]) -> None:
-        """Hand the room the messages of one read, in order (their turns may run in
-        the calling reader); returns once they are handled or queued."""
+    async def message(self, conn: Transport, message: Any) -> None: ...
 
     async def cut(self, conn: Transport, frame: CloseConnection) -> None:
         """Close ``conn`` after the messages it has already delivered."""
@@ -558,41 +549,20 @@ class Transport:
         self._scope.deadline = trio.current_time() + CLOSE_TIMEOUT if waiting else math.inf
 
     async def _read_loop(self) -> None:
-        """Read, feed the peer machine, hand the room its messages, carry out the rest.
-
-        A plain socket (``_fd``) is read straight with a non-blocking ``os.read``, as
-        ``kick`` writes: Trio's ``receive_some`` pays two checkpoints per read, and a
-        failed read and a re-registration per wait. The reader waits for the socket
-        only when it has nothing (EAGAIN), and checkpoints every
-        ``READS_PER_CHECKPOINT`` reads. A broken socket ends the stream, as a broken
-        stream (``receive_some``'s errors, for TLS and in-memory streams) does.
-        """
         peer, actor = self.peer, self._actor
         data: bytes | None = b""  # first, what came along with the handshake
-        reads = 0
         while True:
             messages, todo = peer.receive(data, trio.current_time())
-            if messages:
-                await actor.messages(self, messages)
+            for message in messages:
+                await actor.message(self, message)
             if todo and await self._carry_out(todo):
                 return
-            fd = self._fd
-            if fd is None:
-                chunk = await self._receive_some()
-            else:
-                reads += 1
-                if reads == READS_PER_CHECKPOINT:
-                    reads = 0
-                    await trio.lowlevel.checkpoint()
-                chunk = await _read(fd)
+            try:
+                chunk = await self._stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                chunk = b""
             self.metrics.bytes_received += len(chunk)
             data = bytes(chunk) or None  # b"": the stream ended
-
-    async def _receive_some(self) -> bytes | bytearray:
-        try:
-            return await self._stream.receive_some(RECEIVE_BYTES)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
 
     async def _carry_out(self, todo: int) -> bool:
         """Do what the peer machine left to the transport; True once reading is over."""
@@ -608,18 +578,3 @@ class Transport:
             assert self.peer.cut is not None  # set with the CUT bit
             await self._actor.cut(self, CloseConnection(*self.peer.cut))
         return bool(todo & END)
-
-
-async def _read(fd: int) -> bytes:
-    """What the socket ``fd`` has, waiting for it only when it has nothing; b"" once
-    the peer has closed it, reset it (ECONNRESET), or it is closed here."""
-    while True:
-        try:
-            return os.read(fd, RECEIVE_BYTES)
-        except BlockingIOError:
-            try:
-                await trio.lowlevel.wait_readable(fd)
-            except trio.ClosedResourceError:
-                return b""
-        except OSError:
-            return b""
