@@ -11,10 +11,23 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-__all__ = ["OPCODE_BINARY", "OPCODE_TEXT", "encode_frame", "encode_message"]
+__all__ = [
+    "OPCODE_BINARY",
+    "OPCODE_PING",
+    "OPCODE_PONG",
+    "OPCODE_TEXT",
+    "encode_close",
+    "encode_frame",
+    "encode_message",
+]
 
 OPCODE_TEXT: Final = 0x1
 OPCODE_BINARY: Final = 0x2
+OPCODE_CLOSE: Final = 0x8
+OPCODE_PING: Final = 0x9
+OPCODE_PONG: Final = 0xA
+#: Codes never sent in a close frame (RFC 6455 7.4.1): sent as 1000, as wsproto did.
+_LOCAL_ONLY: Final = (1005, 1006, 1015)
 _FIN: Final = 0x80
 
 
@@ -36,3 +49,17 @@ def encode_message(message: str | bytes) -> bytes:
     if isinstance(message, str):
         return encode_frame(OPCODE_TEXT, message.encode("utf-8"))
     return encode_frame(OPCODE_BINARY, bytes(message))
+
+
+def encode_close(code: int | None, reason: str | None) -> bytes:
+    """Return the close frame for ``code`` (None: no code, an empty payload) and
+    ``reason``, cut to the 123 bytes a control frame leaves it, on a character boundary.
+    """
+    if code is None or code == 1005:
+        return encode_frame(OPCODE_CLOSE, b"")
+    if code in _LOCAL_ONLY:
+        code = 1000
+    text = (reason or "").encode("utf-8")
+    if len(text) > 123:
+        text = text[:123].decode("utf-8", "ignore").encode("utf-8")
+    return encode_frame(OPCODE_CLOSE, struct.pack("!H", code) + text)

@@ -39,18 +39,19 @@ from typing import Any, Final
 
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState as WSState
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.events import CloseConnection, Ping, Pong
 
 from .._closecodes import CloseCode
 from .._errors import DecodeError
 from .._metrics import CutReason, RoomMetrics
 from .._protocol import Protocol, error_message
 from . import envelope
-from .frames import encode_message
+from .frames import OPCODE_PING, OPCODE_PONG, encode_close, encode_frame, encode_message
 from .lifecycle import PUBLIC, ConnectionState, Phase, Trigger, advance
-from .limits import RATE_LIMITED, RATE_LIMITED_TEXT, MessageAssembler, MessageTooBig
+from .limits import RATE_LIMITED, RATE_LIMITED_TEXT
 from .ratelimit import RateLimit, TokenBucket, Verdict
 from .sendqueue import SendQueue
+from .wsreader import Broken, FrameReader, TooBig
 
 __all__ = ["AUTO", "CLOSE", "CUT", "END", "PING", "PONG", "TIMEOUT", "WRITE", "Peer"]
 
@@ -69,7 +70,7 @@ PING_PAYLOAD: Final = b"roomkit"
 
 _ANSWERS_PINGS: Final = (Phase.OPEN, Phase.CLOSING)
 #: A tuple, not a union, for the isinstance check made per message (about twice as fast).
-_DATA_EVENTS: Final = (TextMessage, BytesMessage)
+_DATA: Final = (str, bytes)
 
 #: The rate-limit reply to a roomkit.v1 peer: an unlogged enveloped message.
 _RATE_LIMITED_ENVELOPED: Final = envelope.encode(RATE_LIMITED_TEXT, None)
@@ -78,6 +79,14 @@ _RATE_LIMITED_ENVELOPED: Final = envelope.encode(RATE_LIMITED_TEXT, None)
 def _enveloped_reply(text: str) -> bytes:
     """roomkit's own reply ``text`` to a roomkit.v1 peer."""
     return envelope.encode(text, None)
+
+
+def _trailing(ws: WSConnection) -> bytes | None:
+    """The bytes that came along with the handshake, which the gateway hands over in
+    ``ws`` (wsproto keeps them in its frame buffer: this is the one place that reads
+    it, until the transport passes them on as bytes)."""
+    rest = bytes(ws._proto._frame_decoder.buffer.buffer)
+    return rest or None
 
 
 class Peer:
@@ -105,7 +114,6 @@ class Peer:
     """
 
     __slots__ = (
-        "_assembler",
         "_auto",
         "_awaiting_pong",
         "_bucket",
@@ -115,8 +123,10 @@ class Peer:
         "_metrics",
         "_protocol",
         "_rate_limited",
+        "_reader",
+        "_trailing",
         "_was_clean",
-        "_ws",
+        "_ws_state",
         "cut",
         "cut_reason",
         "last_seen",
@@ -138,12 +148,15 @@ class Peer:
         metrics: RoomMetrics,
         enveloped: bool = False,
     ) -> None:
-        self._ws = ws
+        # Frames are read by roomkit's own FrameReader; ``ws`` only brings what came
+        # along with the handshake, fed on the first receive.
+        self._reader = FrameReader(max_message_size)
+        self._ws_state = WSState.OPEN  # the closing handshake, as wsproto's states
+        self._trailing: bytes | None = _trailing(ws)
         # roomkit's own replies, in the form the peer reads (docs/recovery.md): the
         # envelope's unlogged message for a roomkit.v1 peer.
         self._encode_reply = _enveloped_reply if enveloped else encode_message
         self._rate_limited = _RATE_LIMITED_ENVELOPED if enveloped else RATE_LIMITED
-        self._assembler = MessageAssembler(max_message_size)
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)
         self._auto = auto_response
         self._protocol = protocol
@@ -200,18 +213,23 @@ class Peer:
     @property
     def buffered(self) -> int:
         """Bytes of a message received in part, waiting for its other fragments."""
-        return self._assembler.buffered
+        return self._reader.buffered
 
     @property
     def awaiting_close(self) -> bool:
         """Whether our close frame is out and the peer's answer awaited."""
-        return self._ws.state is WSState.LOCAL_CLOSING
+        return self._ws_state is WSState.LOCAL_CLOSING
 
     def close_frame(self, frame: CloseConnection) -> bytes | None:
         """The bytes of ``frame``, or None when no close may be sent (one was, both ways)."""
-        if self._ws.state in (WSState.OPEN, WSState.REMOTE_CLOSING):
-            return self._ws.send(frame)
-        return None
+        state = self._ws_state
+        if state is WSState.OPEN:
+            self._ws_state = WSState.LOCAL_CLOSING
+        elif state is WSState.REMOTE_CLOSING:
+            self._ws_state = WSState.CLOSED
+        else:
+            return None
+        return encode_close(frame.code, frame.reason)
 
     # Reading.
 
@@ -221,14 +239,20 @@ class Peer:
 
         Returns the messages to deliver, in order, and the Todo bits of the rest.
         """
-        ws = self._ws
-        if data != b"":
-            ws.receive_data(data)
         messages: list[Any] = []
+        if data is None:  # the stream ended without a close frame: 1006, unclean
+            self._ws_state = WSState.CLOSED
+            return messages, self._closed(CloseConnection(CloseCode.ABNORMAL_CLOSURE), eof=True)
         todo = 0
-        for event in ws.events():
-            if isinstance(event, _DATA_EVENTS):
+        trailing = self._trailing
+        if trailing is not None:  # first, what came along with the handshake
+            self._trailing = None
+            data = trailing + data
+        for event in self._reader.feed(data):
+            if isinstance(event, _DATA):
                 todo |= self._data(event, now, messages)
+            elif isinstance(event, TooBig):
+                todo |= self._cut("message_too_big", CloseCode.MESSAGE_TOO_BIG, "Message too big")
             elif isinstance(event, Ping):
                 todo |= self._ping(event, now)
             elif isinstance(event, Pong):
@@ -236,19 +260,15 @@ class Peer:
                     self._awaiting_pong = False
                     todo |= PONG
             elif isinstance(event, CloseConnection):
-                return messages, todo | self._closed(event, eof=data is None)
+                return messages, todo | self._closed(event, eof=False)
+            elif isinstance(event, Broken):
+                return messages, todo | self._broken(event)
         return messages, todo
 
-    def _data(self, event: TextMessage | BytesMessage, now: float, messages: list[Any]) -> int:
-        """One data event: a message to deliver (appended to ``messages``), or a Todo."""
+    def _data(self, message: str | bytes, now: float, messages: list[Any]) -> int:
+        """One whole message: delivered (appended to ``messages``), or a Todo."""
         if self.phase is not Phase.OPEN:
             return 0  # deaf or closing: what the peer still sends is discarded
-        try:
-            message = self._assembler.feed(event.data, event.message_finished)
-        except MessageTooBig:
-            return self._cut("message_too_big", CloseCode.MESSAGE_TOO_BIG, "Message too big")
-        if message is None:
-            return 0
         self._metrics.messages_received += 1
         self.last_seen = now
         verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
@@ -272,11 +292,11 @@ class Peer:
 
     def _ping(self, ping: Ping, now: float) -> int:
         """Answer a ping, if it finds a token (one that does not counts toward the flood)."""
-        if self._ws.state is not WSState.OPEN or self.phase not in _ANSWERS_PINGS:
+        if self._ws_state is not WSState.OPEN or self.phase not in _ANSWERS_PINGS:
             return 0
         verdict = Verdict.ALLOW if self._bucket is None else self._bucket.take(now)
         if verdict is Verdict.ALLOW:
-            if self.queue.push_pong(self._ws.send(ping.response())):
+            if self.queue.push_pong(encode_frame(OPCODE_PONG, ping.payload)):
                 return WRITE
             self.slow_consumer()
             return CLOSE
@@ -285,18 +305,24 @@ class Peer:
     def _closed(self, event: CloseConnection, *, eof: bool) -> int:
         """The peer's close frame (or the end of the stream): record how it ended."""
         self._close_code, self._close_reason = int(event.code), event.reason or ""
-        if eof:  # the stream ended without a close frame: wsproto reports 1006, unclean
+        if eof:  # the stream ended without a close frame: 1006, unclean
             return END
-        if self._ws.state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it
+        if self._ws_state is WSState.OPEN:
+            self._ws_state = WSState.REMOTE_CLOSING
+        elif self._ws_state is WSState.LOCAL_CLOSING:
+            self._ws_state = WSState.CLOSED
+        if self._ws_state is WSState.REMOTE_CLOSING:  # the peer closed first: answer it
             self._was_clean = True
             self.owe_close(event.response())  # even if we were closing ourselves
             return CLOSE | END
-        if self._ws.state is WSState.CLOSED:  # the peer answered our close
-            self._was_clean = True
-            return END
-        # wsproto found a protocol error (1002, 1007): tell the peer, then drop it.
-        self._was_clean = False
-        return END | self._cut("protocol_error", event.code, event.reason or "")
+        # The peer answered our close.
+        self._was_clean = True
+        return END
+
+    def _broken(self, event: Broken) -> int:
+        """The reader found a protocol error (1002, 1007): tell the peer, then drop it."""
+        self._close_code, self._close_reason, self._was_clean = event.code, event.reason, False
+        return END | self._cut("protocol_error", event.code, event.reason)
 
     def _flooded(self) -> int:
         return self._cut("rate_limit", CloseCode.POLICY_VIOLATION, "rate limit exceeded")
@@ -329,12 +355,12 @@ class Peer:
         connection: it is gone, or hopelessly stuck), CLOSE (the ping did not fit:
         a slow consumer), or 0 (the connection is not open: nothing to do).
         """
-        if self.state is not ConnectionState.OPEN or self._ws.state is not WSState.OPEN:
+        if self.state is not ConnectionState.OPEN or self._ws_state is not WSState.OPEN:
             return 0
         if self._awaiting_pong:
             self.note_cut("ping_timeout")
             return TIMEOUT
-        if not self.queue.push(self._ws.send(Ping(PING_PAYLOAD))):  # counted like any frame
+        if not self.queue.push(encode_frame(OPCODE_PING, PING_PAYLOAD)):  # counted like any frame
             self.slow_consumer()
             return CLOSE
         self._awaiting_pong = True
