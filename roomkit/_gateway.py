@@ -48,8 +48,6 @@ from typing import Final
 
 import attrs
 import trio
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionType
 
 from ._accept import Head, read_head, remote_address
 from ._cluster import Member
@@ -78,6 +76,7 @@ from ._core.frontdoor import (
 from ._core.handoff import Handoff, HandoffError, HandTo, Refuse, where
 from ._core.limits import TLS_CLOSE_TIMEOUT
 from ._core.location import ForwardTo, ServeHere
+from ._core.peer import Upgraded
 from ._errors import Reject
 from ._forward import Forwarded, Forwards
 from ._handoff import Handed, Peers
@@ -366,7 +365,7 @@ class Gateway:
         elif isinstance(decision, Response):
             await self._answer(visit, secured, decision, body=not visit.bodiless)
         else:
-            ws = WSConnection(ConnectionType.SERVER, trailing_data=decision.head.rest)
+            ws = Upgraded(decision.head.rest)
             actor = self._host.room_for(decision.room_class, decision.room)
             actor.admit(Transport(actor, secured, ws, decision.accept, decision.request))
             visit.handed_off = True

@@ -39,6 +39,7 @@ from typing import Any, Final
 
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState as WSState
+from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection, Ping, Pong
 
 from .._closecodes import CloseCode
@@ -53,7 +54,7 @@ from .ratelimit import RateLimit, TokenBucket, Verdict
 from .sendqueue import SendQueue
 from .wsreader import Broken, FrameReader, TooBig
 
-__all__ = ["AUTO", "CLOSE", "CUT", "END", "PING", "PONG", "TIMEOUT", "WRITE", "Peer"]
+__all__ = ["AUTO", "CLOSE", "CUT", "END", "PING", "PONG", "TIMEOUT", "WRITE", "Peer", "Upgraded"]
 
 # Todo bits, what receive() and heartbeat() leave to the transport.
 WRITE: Final = 1  # frames were queued: kick the queue
@@ -81,12 +82,13 @@ def _enveloped_reply(text: str) -> bytes:
     return envelope.encode(text, None)
 
 
-def _trailing(ws: WSConnection) -> bytes | None:
-    """The bytes that came along with the handshake, which the gateway hands over in
-    ``ws`` (wsproto keeps them in its frame buffer: this is the one place that reads
-    it, until the transport passes them on as bytes)."""
-    rest = bytes(ws._proto._frame_decoder.buffer.buffer)
-    return rest or None
+class Upgraded(WSConnection):
+    """The server side of a WebSocket past its handshake, with the bytes that came along
+    with the handshake (``received``): a :class:`Peer` reads them first."""
+
+    def __init__(self, received: bytes) -> None:
+        super().__init__(ConnectionType.SERVER)
+        self.received = received
 
 
 class Peer:
@@ -149,10 +151,10 @@ class Peer:
         enveloped: bool = False,
     ) -> None:
         # Frames are read by roomkit's own FrameReader; ``ws`` only brings what came
-        # along with the handshake, fed on the first receive.
+        # along with the handshake (an Upgraded's), read on the first receive.
         self._reader = FrameReader(max_message_size)
         self._ws_state = WSState.OPEN  # the closing handshake, as wsproto's states
-        self._trailing: bytes | None = _trailing(ws)
+        self._trailing = ws.received if isinstance(ws, Upgraded) and ws.received else None
         # roomkit's own replies, in the form the peer reads (docs/recovery.md): the
         # envelope's unlogged message for a roomkit.v1 peer.
         self._encode_reply = _enveloped_reply if enveloped else encode_message
