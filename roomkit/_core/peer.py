@@ -1,10 +1,11 @@
 """One peer's WebSocket as a machine: fed bytes and the time, it says what to do. Pure.
 
 Theory of operation (h11's ``Connection``, websockets' ``Protocol``). A :class:`Peer`
-holds a server-side wsproto connection, the message being assembled, the token bucket,
-the bytes owed to the peer (its :class:`~roomkit._core.sendqueue.SendQueue`), and the
-connection's :mod:`~roomkit._core.lifecycle` phase. Its transport feeds it each chunk
-read from the socket with :meth:`Peer.receive`, which returns, for the whole chunk:
+holds its :class:`~roomkit._core.wsreader.FrameReader` (the message being assembled),
+the token bucket, the bytes owed to the peer (its
+:class:`~roomkit._core.sendqueue.SendQueue`), and the connection's
+:mod:`~roomkit._core.lifecycle` phase. Its transport feeds it each chunk read from the
+socket with :meth:`Peer.receive`, which returns, for the whole chunk:
 
 * the messages to deliver to the room, in order (the peer's own objects: ``str``,
   ``bytes``, or the room protocol's decoded messages; nothing is made per message);
@@ -28,7 +29,7 @@ none goes unanswered (counting toward the flood); pongs take none.
 
 The closing handshake: a close frame from the peer is answered (``CLOSE``) and ends
 the reading, clean; the peer's answer to our close ends it, clean; a protocol error
-(wsproto's 1002 or 1007) is a cut with that code, unclean; the end of the stream
+(the FrameReader's 1002 or 1007) is a cut with that code, unclean; the end of the stream
 without a close frame is 1006, unclean. :attr:`Peer.report` is what ``on_close`` is
 told.
 """
@@ -95,7 +96,8 @@ class Peer:
     """One peer's WebSocket: what it sent, what it is owed, where it is in its life.
 
     Args:
-      ws: the server side of the WebSocket, past its handshake.
+      ws: the server side of the WebSocket, past its handshake; an :class:`Upgraded`
+        brings the bytes that came along with the handshake, read first.
       now: the time it reached its room (any monotonic clock, in seconds).
       max_message_size: bytes; a bigger message is a cut with 1009.
       max_send_queue: bytes that may be owed to the peer (see SendQueue).
