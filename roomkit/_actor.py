@@ -529,7 +529,16 @@ class RoomActor:
         return not receive.statistics().current_buffer_used
 
     def _rest(self, change: Change, receive: trio.MemoryReceiveChannel[Event]) -> None:
-        """Hibernate, or end: the room's events are handled and its commits durable."""
+        """Hibernate, or end: the room's events are handled and its commits durable.
+
+        Not once the room's nursery is cancelled (a drain that runs out cancels every
+        room at once, some just as they come to rest): the room's task ends it then
+        (``_abandon``), and may have already, when this loop was not blocked to see
+        the cancellation; resting as well ended a room twice, or rescheduled its task
+        a second time.
+        """
+        if trio.current_effective_deadline() == -math.inf:
+            return
         self._core.change(change)
         self._hooks.rest()
         if change is Change.HIBERNATE:  # the next event makes a new channel
