@@ -25,10 +25,11 @@ from typing import Any, Final, cast
 
 import trio
 
+from ._core.supervision import HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT
 from ._envoptions import EnvOptions, UsageError
 from ._errors import StorageError, first_leaf
 from ._logs import configure_logging
-from ._options import Option, worker_count
+from ._options import Option, positive_seconds, worker_count
 from ._proxy import PROXY_OPTIONS, ProxyServer, proxy
 from ._request import RouteHook
 from ._room import Room
@@ -120,6 +121,7 @@ async def _supervise(args: argparse.Namespace, command: Sequence[str], workers: 
         port=args.port,
         tls=args.certfile is not None,
         storage=args.storage,
+        worker_timeout=args.worker_timeout,
     )
 
 
@@ -297,6 +299,16 @@ _ROUTE_OPTION: Final = {
 _STAND_INS: Final = {"ssl_context": _TLS_OPTIONS, "route": _ROUTE_OPTION}
 
 
+def silence_limit(text: str) -> float:
+    """``--worker-timeout``: seconds longer than ``HEARTBEAT_INTERVAL``; ValueError if not."""
+    limit = positive_seconds(text)
+    if limit <= HEARTBEAT_INTERVAL:
+        raise ValueError(
+            f"expected more than the {HEARTBEAT_INTERVAL} s between heartbeats, not {text!r}"
+        )
+    return limit
+
+
 def log_level(text: str) -> str:
     """A logging level's name, in lower case; ValueError if there is no such level."""
     level = text.strip().lower()
@@ -315,6 +327,14 @@ _WORKERS_OPTION: Final = {
         shown="none: one process",
         help="N worker processes (auto: one per CPU) under a supervisor that restarts them "
         "(see docs/operating.md)",
+    ),
+    "worker_timeout": Option(
+        default=HEARTBEAT_TIMEOUT,
+        group="processes",
+        parse=silence_limit,
+        metavar="SECONDS",
+        help="with --workers, kill a worker silent this long as hung (more than "
+        f"{HEARTBEAT_INTERVAL} s: its heartbeats' interval)",
     ),
 }
 

@@ -39,6 +39,7 @@ import attrs
 import trio
 
 from ._core.supervision import (
+    HEARTBEAT_TIMEOUT,
     Action,
     Exit,
     Kill,
@@ -96,7 +97,14 @@ _Event = _Heard | _Exited | _Signalled
 
 
 async def supervise(
-    command: Sequence[str], count: int, *, host: str, port: int, tls: bool, storage: str
+    command: Sequence[str],
+    count: int,
+    *,
+    host: str,
+    port: int,
+    tls: bool,
+    storage: str,
+    worker_timeout: float = HEARTBEAT_TIMEOUT,
 ) -> int:
     """Serve with ``count`` worker processes, each running ``roomkit`` with ``command``,
     until SIGTERM or SIGINT; returns the exit status.
@@ -108,6 +116,8 @@ async def supervise(
       tls: whether the workers serve TLS (for the URL logged).
       storage: the SQLite file, locked here for every worker; ``":memory:"`` or a
         PostgreSQL URL (each worker a member of its cluster): none.
+      worker_timeout: seconds a worker's heartbeats may stop before it counts as hung
+        and is killed (``--worker-timeout``).
 
     Raises:
       StorageError: another server holds ``storage``, its lock file cannot be opened, or
@@ -126,8 +136,9 @@ async def supervise(
             try:
                 bound = listeners[0].socket.getsockname()[1]
                 with tempfile.TemporaryDirectory(prefix="roomkit-") as rundir:
+                    url = base_url(host, bound, secure=tls)
                     supervisor = _Supervisor(
-                        list(command), count, rundir, listeners, base_url(host, bound, secure=tls)
+                        list(command), count, rundir, listeners, url, worker_timeout
                     )
                     return await supervisor.run(signals)
             finally:
@@ -146,6 +157,7 @@ class _Supervisor:
         rundir: str,
         listeners: Sequence[trio.SocketListener],
         url: str,
+        worker_timeout: float,
     ) -> None:
         self._command = command
         self._count = count
@@ -153,7 +165,7 @@ class _Supervisor:
         self._listeners = listeners
         self._url = url
         self._workers: dict[int, _Worker] = {}
-        self._supervision = Supervision(count, trio.current_time())
+        self._supervision = Supervision(count, trio.current_time(), silence_limit=worker_timeout)
         self._events, self._inbox = trio.open_memory_channel[_Event](_EVENT_BUFFER)
         # One waiting thread per slot at most; Trio's default limiter (40) could leave
         # an exit unseen behind the others.

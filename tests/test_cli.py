@@ -528,3 +528,21 @@ def test_a_bad_worker_count_is_a_usage_error(
         "roomkit serve: error: environment variable ROOMKIT_WORKERS: "
         f"expected a number of workers, 1 or more, or auto, not {value!r}"
     )
+
+
+def test_the_worker_timeout_from_a_flag_or_its_variable_ten_seconds_by_default() -> None:
+    assert serve_args().worker_timeout == 10.0
+    assert serve_args("--worker-timeout", "2").worker_timeout == 2.0
+    assert serve_args(ROOMKIT_WORKER_TIMEOUT="30").worker_timeout == 30.0
+    assert "worker_timeout" not in _runner(serve_args("--worker-timeout", "2")).keywords
+
+
+@pytest.mark.parametrize("value", ["0.25", "0.1"])
+def test_a_worker_timeout_within_a_heartbeat_interval_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        serve_args("--worker-timeout", value)
+    assert info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.endswith(f"expected more than the 0.25 s between heartbeats, not {value!r}")

@@ -205,3 +205,27 @@ def test_an_event_the_state_does_not_allow_is_a_bug() -> None:
         supervision.exited(0, 0.0)
     with pytest.raises(ValueError, match="1 worker or more"):
         Supervision(0, 0.0)
+
+
+def test_a_worker_is_killed_after_the_silence_limit_it_was_given() -> None:
+    supervision = Supervision(1, 0.0, silence_limit=3.0)
+    supervision.tick(0.0)
+    supervision.heard(0, 1.0, ready=True)
+    assert supervision.next_deadline() == 4.0
+    assert supervision.tick(3.999) == []
+    assert supervision.tick(4.5) == [Kill(0, 3.5)]
+
+
+def test_the_default_silence_limit_outlasts_a_full_garbage_collection() -> None:
+    # A full collection paused workers of 10,000-17,000 connections each 1.0-1.5 s, six
+    # of them on 2 cores at once: 2 s killed healthy ones (benchmarks/scale.py).
+    supervision = running(1)
+    supervision.heard(0, 5.0)
+    assert supervision.tick(5.0 + 9.9) == []
+    assert HEARTBEAT_TIMEOUT == 10.0
+
+
+@pytest.mark.parametrize("limit", [0.25, 0.1, 0.0, -1.0])
+def test_a_silence_limit_within_a_heartbeat_interval_is_refused(limit: float) -> None:
+    with pytest.raises(ValueError, match=r"longer than the 0\.25 s between its heartbeats"):
+        Supervision(1, 0.0, silence_limit=limit)

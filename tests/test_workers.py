@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import pytest
@@ -39,7 +39,6 @@ from websockets.sync.client import ClientConnection, connect
 
 import roomkit
 from roomkit._core import placement
-from roomkit._core.supervision import HEARTBEAT_TIMEOUT
 from roomkit._roomid import RoomId
 from roomkit._workerspec import WorkerSpec
 from roomkit.storage._sqlite import SQLiteCore
@@ -52,6 +51,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 WHERE = "tests.workerapp:Where"
+
+#: Seconds of silence before a stopped or hung worker is killed, in these tests: the
+#: default (10 s) would make each of them wait five times as long.
+WORKER_TIMEOUT: Final = 2.0
+#: ``roomkit serve``'s option for it.
+FAST_KILL: Final = ("--worker-timeout", str(WORKER_TIMEOUT))
 
 
 @attrs.define
@@ -259,7 +264,7 @@ def test_a_single_worker_is_supervised_too() -> None:
 
 
 def test_a_stopped_worker_is_killed_and_replaced_and_the_others_answer_meanwhile() -> None:
-    with supervised(WHERE, "--workers", "2", "--storage", ":memory:") as server:
+    with supervised(WHERE, "--workers", "2", "--storage", ":memory:", *FAST_KILL) as server:
         old = server.workers()
         os.kill(old[1], signal.SIGSTOP)
         # The live worker accepts every connection while the stopped one cannot.
@@ -268,7 +273,7 @@ def test_a_stopped_worker_is_killed_and_replaced_and_the_others_answer_meanwhile
         match = server.wait_for_line(
             rf"\[worker 1\]: pid {old[1]} silent for ([\d.]+) s \(hung, or stopped\): killing it"
         )
-        assert 1.0 <= float(match[1]) < 3
+        assert WORKER_TIMEOUT <= float(match[1]) < WORKER_TIMEOUT + 1
         server.wait_for_line(rf"\[worker 1\]: pid {old[1]} was killed by SIGKILL")
         new = server.wait_for_new_worker(1, old[1])
         assert server.workers() == {0: old[0], 1: new}
@@ -276,7 +281,7 @@ def test_a_stopped_worker_is_killed_and_replaced_and_the_others_answer_meanwhile
 
 
 def test_a_worker_whose_event_loop_hangs_is_killed_and_replaced() -> None:
-    with supervised(WHERE, "--workers", "2", "--storage", ":memory:") as server:
+    with supervised(WHERE, "--workers", "2", "--storage", ":memory:", *FAST_KILL) as server:
         with connect(f"{server.url}/stuck") as ws:
             pid = call(ws, "pid")
             slot = {p: s for s, p in server.workers().items()}[pid]
@@ -581,8 +586,8 @@ async def test_a_dead_or_stopped_workers_rooms_come_back_with_every_acked_write(
     acked: dict[str, dict[str, float]] = {room: {} for room in victims + others}
     # A restart takes well under a second on an idle machine; a loaded 2-core one (the
     # suite's own other processes) has taken 2.15 s, so the bound leaves room for that.
-    allowed = 3.0 if how == "kill" else 3.0 + HEARTBEAT_TIMEOUT
-    with supervised(WHERE, "--workers", "2", "--storage", str(db)) as server:
+    allowed = 3.0 if how == "kill" else 3.0 + WORKER_TIMEOUT
+    with supervised(WHERE, "--workers", "2", "--storage", str(db), *FAST_KILL) as server:
         victim = server.workers()[0]
         async with open_client(f"{server.url}/{alarmed}") as ws:
             await kv(ws, [], "set_alarm", delay=1.5)  # due 0.5 s after the kill, below
@@ -621,7 +626,7 @@ async def test_many_kills_and_stops_lose_no_acknowledged_write(tmp_path: Path) -
     db = tmp_path / "rooms.sqlite3"
     rooms = rooms_of(0, 2, 2, "stream") + rooms_of(1, 2, 2, "stream")
     acked: dict[str, dict[str, float]] = {room: {} for room in rooms}
-    with supervised(WHERE, "--workers", "2", "--storage", str(db)) as server:
+    with supervised(WHERE, "--workers", "2", "--storage", str(db), *FAST_KILL) as server:
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for room in rooms:
@@ -631,7 +636,7 @@ async def test_many_kills_and_stops_lose_no_acknowledged_write(tmp_path: Path) -
                 victim = server.workers()[slot]
                 os.kill(victim, signal.SIGKILL if strike % 4 < 2 else signal.SIGSTOP)
                 struck = time.time()
-                await trio.sleep(2.0 + HEARTBEAT_TIMEOUT + 0.5)
+                await trio.sleep(2.0 + WORKER_TIMEOUT + 0.5)
                 for room in rooms:
                     assert any(t > struck for t in acked[room].values()), (strike, room)
                 assert server.workers()[slot] != victim

@@ -16,11 +16,11 @@ A slot's :class:`SlotState` moves only through :data:`TRANSITIONS`::
     any but DOWN          --exited-->  DOWN       (and, unless draining, a restart due)
 
 A worker sends a heartbeat every ``HEARTBEAT_INTERVAL`` from a task of its event loop,
-so a hung loop stops them as surely as SIGSTOP does. One silent for
-``HEARTBEAT_TIMEOUT`` is killed (SIGKILL, which also ends a stopped process and with it
-the SQLite write lock it may hold); a new worker has ``BOOT_TIMEOUT`` to be ready,
-and one that sends heartbeats but is not ready by then (stuck as it starts) is killed
-too. A worker that exits is started again at
+so a hung loop stops them as surely as SIGSTOP does. One silent for the
+supervision's ``silence_limit`` (``HEARTBEAT_TIMEOUT`` by default) is killed (SIGKILL,
+which also ends a stopped process and with it the SQLite write lock it may hold); a new
+worker has ``BOOT_TIMEOUT`` to be ready, and one that sends heartbeats but is not ready
+by then (stuck as it starts) is killed too. A worker that exits is started again at
 once; one that keeps exiting soon after its start waits longer each time
 (:func:`restart_delay`), so a crash loop costs little.
 
@@ -64,13 +64,16 @@ __all__ = [
 
 #: Seconds between a worker's heartbeats.
 HEARTBEAT_INTERVAL: Final = 0.25
-#: Seconds of silence after which a worker counts as hung (or stopped) and is killed:
-#: eight heartbeats missed. A stopped worker may hold SQLite's write lock, blocking every
-#: other worker's commits for as long as it lives, so this is well inside their 5 s
-#: busy timeout; but a busy event loop is not a hung one: at 1 s, a burst of broadcasts
-#: to 200 clients on a loaded 2-core machine (benchmarks.workers) got a healthy worker
-#: killed, with every client of its rooms.
-HEARTBEAT_TIMEOUT: Final = 2.0
+#: Seconds of silence after which a worker counts as hung (or stopped) and is killed, by
+#: default (``roomkit serve --worker-timeout``). A false kill costs every client of
+#: every room of the worker, so a healthy worker must never come near it: at 2 s, six
+#: workers on 2 cores holding 10,000-17,000 idle connections each were killed by their
+#: own garbage collections (a full one paused a worker 1.0-1.5 s, the GIL keeping its
+#: heartbeats in; benchmarks/scale.py), and at 1 s a burst of broadcasts to 200 clients
+#: did it. A hung worker is rare, and costs its rooms this long (and a stopped one may
+#: hold SQLite's write lock, so the others' commits fail their 5 s busy timeout until
+#: it is killed): gunicorn waits 30 s; 10 s is five times the worst pause measured.
+HEARTBEAT_TIMEOUT: Final = 10.0
 #: Seconds a new worker has to be ready: to start Python, import the application (its
 #: heartbeats start with its event loop, after that), open its storage and schedule its
 #: alarms. Past it, a worker is killed, silent or not: one stuck as it starts would keep
@@ -210,27 +213,37 @@ class _Slot:
         except KeyError:
             raise BadTransition(f"a {self.state.value} worker cannot {trigger.value}") from None
 
-    @property
-    def deadline(self) -> float:
+    def deadline(self, silence_limit: float) -> float:
         """When it counts as silent (infinity if it has no process to be silent)."""
         if self.state in (SlotState.DOWN, SlotState.KILLED):
             return math.inf
         boot = self.started + BOOT_TIMEOUT
         if self.heard is None:
             return boot
-        beat = self.heard + HEARTBEAT_TIMEOUT
+        beat = self.heard + silence_limit
         return min(beat, boot) if self.state is SlotState.STARTING else beat
 
 
 class Supervision:
-    """The decisions of a supervisor of ``count`` worker slots, started at ``now``.
+    """The decisions of a supervisor of ``count`` worker slots, started at ``now``,
+    that kills a worker silent for ``silence_limit`` seconds.
 
     Every slot is due to start at once: the first :meth:`tick` starts them all.
+
+    Raises:
+      ValueError: if ``count`` is below 1, or ``silence_limit`` is no longer than
+        ``HEARTBEAT_INTERVAL`` (every worker would be killed between two heartbeats).
     """
 
-    def __init__(self, count: int, now: float) -> None:
+    def __init__(self, count: int, now: float, *, silence_limit: float = HEARTBEAT_TIMEOUT) -> None:
         if count < 1:
             raise ValueError(f"a supervisor needs 1 worker or more, not {count}")
+        if not silence_limit > HEARTBEAT_INTERVAL:
+            raise ValueError(
+                f"a worker's silence limit must be longer than the {HEARTBEAT_INTERVAL} s "
+                f"between its heartbeats, not {silence_limit} s"
+            )
+        self._silence_limit = silence_limit
         self._slots = [_Slot(restart_at=now) for _ in range(count)]
         self._phase = Phase.STARTING
         self._exit_status = 0
@@ -249,7 +262,7 @@ class Supervision:
 
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do (infinity: only events will)."""
-        deadlines = [slot.deadline for slot in self._slots]
+        deadlines = [slot.deadline(self._silence_limit) for slot in self._slots]
         deadlines += [slot.restart_at for slot in self._slots if slot.restart_at is not None]
         return min(deadlines)
 
@@ -257,8 +270,8 @@ class Supervision:
         """What the time alone calls for: kill the silent, start what is due."""
         actions: list[Action] = []
         for index, slot in enumerate(self._slots):
-            if now >= slot.deadline:
-                beating = slot.heard is not None and now < slot.heard + HEARTBEAT_TIMEOUT
+            if now >= slot.deadline(self._silence_limit):
+                beating = slot.heard is not None and now < slot.heard + self._silence_limit
                 silent_for = now - (slot.started if slot.heard is None else slot.heard)
                 slot.move(Trigger.SILENT)
                 if beating:
