@@ -90,7 +90,14 @@ def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     mem = report["memory"]["results"]
     durable = report["durable_writes"]["results"]
     checks = [
-        ("fan-out vs websockets broadcast()", first["roomkit"] / first["websockets"], ">= 1.0"),
+        *(
+            (
+                f"fan-out vs websockets broadcast(), {size}",
+                by["roomkit"] / by["websockets"],
+                ">= 3.0",
+            )
+            for size, by in report["fanout"]["results"].items()
+        ),
         *(
             (f"fan-out vs workerd, {size}", by_impl["roomkit"] / by_impl["workerd"], ">= 3.0")
             for size, by_impl in report["fanout"]["results"].items()
@@ -104,6 +111,26 @@ def targets(report: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
             "echo pipelined vs bare trio-websocket",
             echo_by["roomkit"]["pipelined_msg_per_s"]
             / echo_by["trio-websocket"]["pipelined_msg_per_s"],
+            ">= 1.0",
+        ),
+        (
+            "echo pipelined vs websockets",
+            echo_by["roomkit"]["pipelined_msg_per_s"]
+            / echo_by["websockets"]["pipelined_msg_per_s"],
+            ">= 1.0",
+        ),
+        *(
+            (
+                f"echo round trip {q} vs websockets",
+                echo_by["roomkit"][f"rtt_{q}_ms"] / echo_by["websockets"][f"rtt_{q}_ms"],
+                "<= 1.0",
+            )
+            for q in ("p50", "p99")
+        ),
+        (
+            "connect storm vs websockets",
+            report["connect_storm"]["results"]["roomkit"]
+            / report["connect_storm"]["results"]["websockets"],
             ">= 1.0",
         ),
         (
@@ -212,8 +239,11 @@ def main() -> None:
     parser.add_argument(
         "--load", choices=LOADS, default=LOADS[0], help="the client of fan-out and echo"
     )
+    parser.add_argument(
+        "--report", type=Path, help="table and charts from a saved latest.json, not a new run"
+    )
     args = parser.parse_args()
-    report = collect(args.quick, args.load)
+    report = json.loads(args.report.read_text()) if args.report else collect(args.quick, args.load)
     text = table(report)
     print(text)
     RESULTS.mkdir(exist_ok=True)
