@@ -550,6 +550,7 @@ class Transport:
 
     async def _read_loop(self) -> None:
         peer, actor = self.peer, self._actor
+        read = self._read_stream if self._fd is None else self._read_socket
         data: bytes | None = b""  # first, what came along with the handshake
         while True:
             messages, todo = peer.receive(data, trio.current_time())
@@ -557,12 +558,37 @@ class Transport:
                 await actor.message(self, message)
             if todo and await self._carry_out(todo):
                 return
+            data = await read()
+            if data is not None:
+                self.metrics.bytes_received += len(data)
+
+    async def _read_stream(self) -> bytes | None:
+        """The next chunk the stream gives; None once it has ended or broken."""
+        try:
+            return bytes(await self._stream.receive_some(RECEIVE_BYTES)) or None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+
+    async def _read_socket(self) -> bytes | None:
+        """The next chunk read from the socket; None once it has ended or broken.
+
+        Waits until the socket is readable, then reads it. ``receive_some`` tries the
+        read first and waits only when it fails, which suits a socket that is usually
+        readable; a room's peer mostly is not (it waits for answers), so that try was a
+        failed system call and a raised BlockingIOError on every round trip. The wait
+        is the read's checkpoint: a cancelled connection stops here, and a peer that
+        keeps its socket full still lets every other task run between two reads.
+        """
+        fd = self._fd
+        assert fd is not None  # while the connection is served
+        while True:
             try:
-                chunk = await self._stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                chunk = b""
-            self.metrics.bytes_received += len(chunk)
-            data = bytes(chunk) or None  # b"": the stream ended
+                await trio.lowlevel.wait_readable(fd)
+                return os.read(fd, RECEIVE_BYTES) or None
+            except BlockingIOError:
+                pass  # a spurious wake-up: wait again
+            except (OSError, trio.ClosedResourceError):
+                return None  # reset, or closed under us
 
     async def _carry_out(self, todo: int) -> bool:
         """Do what the peer machine left to the transport; True once reading is over."""
