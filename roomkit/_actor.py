@@ -84,6 +84,7 @@ from ._events import (
     Expire,
     HttpRequest,
     Message,
+    Rest,
 )
 from ._hooks import HookRunner
 from ._request import Request
@@ -175,11 +176,14 @@ class RoomActor:
         "_nursery",
         "_presence",
         "_receive",
+        "_rest_due",
         "_resuming",
         "_send",
         "_sessions",
         "_settling",
         "_starting",
+        "_turns",
+        "_waiting_since",
         "auto_response",
         "auto_response_enveloped",
         "metrics",
@@ -207,6 +211,12 @@ class RoomActor:
         self._receive: trio.MemoryReceiveChannel[Event] | None = None
         self._hooks = HookRunner(host, room, self.metrics, self)
         self._hibernated: trio.Event | None = None  # set when hibernate_now() is waiting
+        # How the loop's wait for an event ends when none comes: the events it has
+        # taken, since when it waits (None: it is busy), and when the server's rest
+        # timer for the room is due (infinite: none is set). See _wait.
+        self._turns = 0
+        self._waiting_since: float | None = None
+        self._rest_due = math.inf
         self._calls = calls
         self._chain: Chain | None = None  # the running call's turn's (see Room.rooms)
         #: Calls and plain requests whose turn is done and whose commit is in flight:
@@ -497,9 +507,19 @@ class RoomActor:
                     await trio.lowlevel.checkpoint()  # ...but never so many that others starve
             except trio.WouldBlock:
                 in_a_row = 0
-                with trio.move_on_after(self._patience()):
-                    event = await receive.receive()
+                patience = self._patience()
+                if patience > 0:
+                    self._wait(patience)
+                    try:
+                        event = await receive.receive()
+                    finally:
+                        self._waiting_since = None
+            if type(event) is Rest:
+                if event.turns != self._turns:
+                    continue  # it took an event since: it waits its patience again
+                event = None
             if event is not None:
+                self._turns += 1
                 try:
                     await self._handle(event)
                 except Exception:
@@ -522,6 +542,37 @@ class RoomActor:
             return 0  # hibernate_now: at once
         idle_for = self.room_class.hibernate_after
         return math.inf if idle_for is None else idle_for
+
+    def _wait(self, patience: float) -> None:
+        """The loop is about to wait for its next event: it rests (hibernates, or ends)
+        if none comes within ``patience`` seconds.
+
+        A wait is a room's most frequent moment, so it costs a clock read and no cancel
+        scope: the server's timer for the room (``rest_due``) is set only when none is,
+        about once every ``patience`` under steady traffic, and when it comes due early
+        it is set again for the wait that is under way.
+        """
+        self._waiting_since = now = trio.current_time()
+        if patience != math.inf and self._rest_due == math.inf:
+            self._rest_due = now + patience
+            self._host.set_timer(("rest", self.room), self._rest_due)
+
+    def rest_due(self) -> None:
+        """The scheduler's: the room's rest timer came due. If its loop has waited its
+        whole patience since it last took an event, the loop is told to rest (``Rest``);
+        if it is waiting for less, the timer is set again for then; if it is busy, its
+        next wait sets it."""
+        self._rest_due = math.inf
+        since = self._waiting_since
+        if since is None or self._send is None:
+            return
+        due = since + self._patience()
+        if due <= trio.current_time():
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                self._send.send_nowait(Rest(self._turns))
+        elif due != math.inf:
+            self._rest_due = due
+            self._host.set_timer(("rest", self.room), due)
 
     def _idle(self, receive: trio.MemoryReceiveChannel[Event]) -> bool:
         if not self._core.quiet:  # the common case, known without statistics

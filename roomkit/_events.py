@@ -5,7 +5,7 @@ Connection tasks and the server put them there; only the actor acts on them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -141,4 +141,16 @@ class Check:
     """No event: makes the loop look again whether the room is left empty."""
 
 
-Event = Connect | Message | Closed | Alarm | Cut | Drain | HttpRequest | Check | Call | Expire
+class Rest:
+    """No event: the room's loop has waited its patience (``hibernate_after``) for one,
+    and rests, unless it has taken an event since this was sent (``turns`` counts them)."""
+
+    __slots__ = ("turns",)
+
+    def __init__(self, turns: int) -> None:
+        self.turns: Final = turns
+
+
+Event = (
+    Connect | Message | Closed | Alarm | Cut | Drain | HttpRequest | Check | Rest | Call | Expire
+)

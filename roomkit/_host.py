@@ -270,6 +270,7 @@ class Host:
         if ended is not None and self._release is not None and not self._closing:
             self._release(ended)
         self._scheduler.cancel(("sweep", room))
+        self._scheduler.cancel(("rest", room))
         self._room_gone.set()
 
     def _fire(self, key: TimerKey) -> None:
@@ -309,6 +310,9 @@ class Host:
         if kind == "sweep":
             if (actor := self._rooms.get(subject)) is not None:
                 actor.sweep()
+        elif kind == "rest":
+            if (actor := self._rooms.get(subject)) is not None:
+                actor.rest_due()
         else:
             self._alarm_due(subject)
 

@@ -23,9 +23,9 @@ class ServerStatistics:
         its room's ``max_send_queue`` (control frames included).
       receive_buffer_bytes: bytes of messages received in part (fragments waiting for
         the rest), over all connections; each within ``max_message_size``.
-      timers: entries in the server's timer heap (alarms, idle sweeps, pings), live or
-        not yet discarded: never more than twice the live timers, however often they
-        are re-armed or cancelled.
+      timers: entries in the server's timer heap (alarms, idle sweeps, pings, rooms'
+        hibernation), live or not yet discarded: never more than twice the live timers,
+        however often they are re-armed or cancelled.
     """
 
     rooms: int

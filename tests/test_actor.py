@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import roomkit
+from roomkit._events import Check
 from roomkit._host import Host
 from roomkit._roomid import RoomId
 from roomkit.testing import TestServer, open_test_server
@@ -125,3 +126,33 @@ async def test_an_alarm_on_its_way_keeps_a_room_with_nobody_left_up(
             Lingering.release.set()  # the room would end once on_close returns...
             await host.run_alarm_now(RoomId("", name))  # ...but an alarm is on its way
             assert Lingering.ran == [f"r{n}" for n in range(i + 1)]
+
+
+class Drowsy(roomkit.Room):
+    hibernate_after = 10
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
+
+
+async def test_a_rest_timer_that_meets_an_event_on_its_way_does_not_put_the_room_to_sleep(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The event reaches the waiting loop first (it is rescheduled, not yet run), then
+    # the rest timer comes due in the same batch: the loop takes the event, and the
+    # Rest sent behind it is stale, so the room stays awake.
+    async with open_test_server(Drowsy) as server, server.connect("/r") as client:
+        await client.send("hi")
+        assert await client.receive() == "hi"
+        await trio.testing.wait_all_tasks_blocked()  # the loop waits for its next event
+        actor = host_of(server)._rooms[RoomId("", "r")]
+        assert actor._send is not None
+        actor._send.send_nowait(Check())
+        autojump_clock.jump(10)
+        actor.rest_due()  # what the server's timer calls, due now
+        await trio.testing.wait_all_tasks_blocked()
+        assert actor.awake
+        await trio.sleep(9.9)
+        assert actor.awake  # 9.9 s after the event it took
+        await trio.sleep(0.2)
+        assert not actor.awake  # hibernated 10 s after it

@@ -89,6 +89,39 @@ async def test_room_hibernates_and_wakes_with_its_sockets_intact(
         assert await ann.receive() == woken  # ann's socket was kept open
 
 
+async def test_each_event_puts_hibernation_off_by_the_whole_patience(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(Sleepy) as server, server.connect("/r?user=ann") as ann:
+        for _ in range(4):  # 9 s apart: 36 s awake, past the first hibernate_after
+            await ann.send("x")
+            await ann.receive()
+            await trio.sleep(9)
+        assert Sleepy.starts == 1
+        await ann.send("x")
+        await ann.receive()
+        await trio.sleep(9.9)
+        gc.collect()
+        assert Sleepy.instances[0]() is not None  # 9.9 s since its last event
+        await trio.sleep(0.2)
+        gc.collect()
+        assert Sleepy.instances[0]() is None  # 10.1 s: it has hibernated
+
+
+async def test_an_event_met_by_the_hibernation_deadline_is_not_followed_by_a_sleep(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The message and the room's hibernation come due at the same instant: whichever
+    # the room takes first, it never hibernates just after handling the message.
+    async with open_test_server(Sleepy) as server, server.connect("/r?user=ann") as ann:
+        for _ in range(12):
+            await ann.send("x")
+            await ann.receive()
+            gc.collect()
+            assert Sleepy.instances[-1]() is not None  # awake, its last event just handled
+            await trio.sleep(10)  # exactly hibernate_after since the last event
+
+
 async def test_pings_never_wake_a_hibernating_room(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

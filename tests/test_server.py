@@ -216,7 +216,7 @@ async def test_statistics_count_rooms_connections_and_timers(start: Start) -> No
         assert [await a.get_message(), await b.get_message()] == ["x", "y"]
         stats = server.statistics()
         assert (stats.rooms, stats.connections, stats.send_queue_bytes) == (2, 2, 0)
-        assert stats.timers == 2  # a ping timer each
+        assert stats.timers == 4  # a ping timer each, and each room's rest timer
 
 
 class Ledger(roomkit.Room):
