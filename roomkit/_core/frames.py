@@ -13,6 +13,8 @@ from typing import Final
 
 __all__ = [
     "OPCODE_BINARY",
+    "OPCODE_CLOSE",
+    "OPCODE_CONTINUATION",
     "OPCODE_PING",
     "OPCODE_PONG",
     "OPCODE_TEXT",
@@ -21,6 +23,9 @@ __all__ = [
     "encode_message",
 ]
 
+#: The opcodes of RFC 6455 (section 5.2). A server sends no continuation frame (its
+#: messages go whole, in one frame); ``wsreader`` reads a client's.
+OPCODE_CONTINUATION: Final = 0x0
 OPCODE_TEXT: Final = 0x1
 OPCODE_BINARY: Final = 0x2
 OPCODE_CLOSE: Final = 0x8

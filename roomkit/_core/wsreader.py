@@ -28,16 +28,19 @@ from typing import Final
 
 from wsproto.events import CloseConnection, Ping, Pong
 
+from .frames import (
+    OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_CONTINUATION,
+    OPCODE_PING,
+    OPCODE_PONG,
+    OPCODE_TEXT,
+)
+
 __all__ = ["Broken", "FrameReader", "TooBig", "unmask"]
 
-_CONTINUATION: Final = 0x0
-_TEXT: Final = 0x1
-_BINARY: Final = 0x2
-_CLOSE: Final = 0x8
-_PING: Final = 0x9
-_PONG: Final = 0xA
-_CONTROL: Final = (_CLOSE, _PING, _PONG)
-_DATA: Final = (_CONTINUATION, _TEXT, _BINARY)
+_CONTROL: Final = (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG)
+_DATA: Final = (OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY)
 
 _PROTOCOL_ERROR: Final = 1002
 _INVALID_DATA: Final = 1007
@@ -111,7 +114,7 @@ class FrameReader:
     def __init__(self, max_message_size: int) -> None:
         self._limit = max_message_size
         self._rest = b""  # the start of a frame not yet whole
-        self._opcode = 0  # the fragmented message under way (_TEXT, _BINARY), or 0
+        self._opcode = 0  # the fragmented message under way (its text or binary opcode), or 0
         self._parts: list[str | bytes] = []  # its fragments so far
         self._size = 0  # its bytes so far
         self._decoder: codecs.IncrementalDecoder | None = None  # its text's
@@ -159,7 +162,7 @@ class FrameReader:
                     if stop > end:
                         break
                     payload = unmask(data[head:stop], data[head - 4 : head])
-                    if opcode == _TEXT:
+                    if opcode == OPCODE_TEXT:
                         try:
                             out.append(payload.decode())
                         except UnicodeDecodeError as exc:
@@ -218,9 +221,9 @@ class FrameReader:
         if not second & 0x80:
             return self._stop(out, "server received unexpected unmasked frame")
         if not control:
-            if not self._opcode and opcode == _CONTINUATION:
+            if not self._opcode and opcode == OPCODE_CONTINUATION:
                 return self._stop(out, "unexpected CONTINUATION")
-            if self._opcode and opcode != _CONTINUATION:
+            if self._opcode and opcode != OPCODE_CONTINUATION:
                 return self._stop(
                     out, f"expected CONTINUATION, got <Opcode.{_NAMES[opcode]}: {opcode}>"
                 )
@@ -231,16 +234,16 @@ class FrameReader:
         stop = head + 4 + length
         payload = unmask(data[head + 4 : stop], data[head : head + 4])
         if control:
-            if opcode == _PING:
+            if opcode == OPCODE_PING:
                 out.append(Ping(payload))
-            elif opcode == _PONG:
+            elif opcode == OPCODE_PONG:
                 out.append(Pong(payload))
             else:
                 return self._close(payload, out)
             return stop
         if not self._opcode:  # the first fragment of a message (or a whole one: 64-bit)
             if fin:
-                if opcode == _TEXT:
+                if opcode == OPCODE_TEXT:
                     try:
                         out.append(payload.decode())
                     except UnicodeDecodeError as exc:
@@ -249,7 +252,7 @@ class FrameReader:
                     out.append(payload)
                 return stop
             self._opcode = opcode
-            if opcode == _TEXT:
+            if opcode == OPCODE_TEXT:
                 self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._size += length
         part: str | bytes = payload
@@ -261,7 +264,7 @@ class FrameReader:
         self._parts.append(part)
         if fin:
             parts, self._parts = self._parts, []
-            out.append("".join(parts) if self._opcode == _TEXT else b"".join(parts))  # type: ignore[arg-type]
+            out.append("".join(parts) if self._opcode == OPCODE_TEXT else b"".join(parts))  # type: ignore[arg-type]
             self._opcode, self._size, self._decoder = 0, 0, None
         return stop
 
@@ -331,4 +334,4 @@ class FrameReader:
         return -1
 
 
-_NAMES: Final = {_CONTINUATION: "CONTINUATION", _TEXT: "TEXT", _BINARY: "BINARY"}
+_NAMES: Final = {OPCODE_CONTINUATION: "CONTINUATION", OPCODE_TEXT: "TEXT", OPCODE_BINARY: "BINARY"}
