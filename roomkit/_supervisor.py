@@ -117,7 +117,8 @@ async def supervise(
       storage: the SQLite file, locked here for every worker; ``":memory:"`` or a
         PostgreSQL URL (each worker a member of its cluster): none.
       worker_timeout: seconds a worker's heartbeats may stop before it counts as hung
-        and is killed (``--worker-timeout``).
+        and is killed (``--worker-timeout``); each worker is told it, so that its SQLite
+        commits wait longer for the write lock (``WorkerSpec.busy_timeout``).
 
     Raises:
       StorageError: another server holds ``storage``, its lock file cannot be opened, or
@@ -164,6 +165,7 @@ class _Supervisor:
         self._rundir = rundir
         self._listeners = listeners
         self._url = url
+        self._worker_timeout = worker_timeout
         self._workers: dict[int, _Worker] = {}
         self._supervision = Supervision(count, trio.current_time(), silence_limit=worker_timeout)
         self._events, self._inbox = trio.open_memory_channel[_Event](_EVENT_BUFFER)
@@ -286,7 +288,14 @@ class _Supervisor:
         mine, theirs = socket.socketpair()
         listen_fds = tuple(listener.socket.fileno() for listener in self._listeners)
         try:
-            spec = WorkerSpec(slot, self._count, self._rundir, listen_fds, theirs.fileno())
+            spec = WorkerSpec(
+                slot,
+                self._count,
+                self._rundir,
+                listen_fds,
+                theirs.fileno(),
+                worker_timeout=self._worker_timeout,
+            )
             process = subprocess.Popen(
                 [sys.executable, "-m", "roomkit._worker", spec.to_json(), *self._command],
                 pass_fds=(*listen_fds, theirs.fileno()),

@@ -14,6 +14,10 @@ it serves. SIGTERM, or the end of its control socket (the supervisor is gone, wh
 the kernel does not end it first), drains it as SIGTERM drains ``roomkit serve``: 1012
 to every client, then exit 0. SIGINT is the supervisor's alone: a Ctrl-C in a terminal
 reaches every process of the group, and the supervisor then drains its workers itself.
+
+It opens its SQLite file itself, without the lock (the supervisor holds it) and with
+the spec's ``busy_timeout``: its commits wait out a worker stopped inside its own
+until the supervisor kills it, rather than give up first and reset their rooms.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Final
 
@@ -38,6 +43,7 @@ from ._logs import configure_logging
 from ._room import Room
 from ._server import SERVE_OPTIONS, Listen, ServeOptions, serve_on
 from ._workerspec import HEARTBEAT, READY, WorkerSpec
+from .storage import POSTGRES_SCHEMES, SQLiteStore, Store
 
 __all__ = ["main"]
 
@@ -81,16 +87,42 @@ async def run_worker(
     control = trio.socket.from_stdlib_socket(socket.socket(fileno=spec.control_fd))
     ready = trio.Event()
     with control, trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with trio.open_nursery() as beating:
+        async with (
+            _opened_storage(options["storage"], spec.busy_timeout) as storage,
+            trio.open_nursery() as beating,
+        ):
             beating.start_soon(_beat, control, ready)
+            served: ServeOptions = {**options, "storage": storage}
             async with trio.open_nursery() as serving:
                 listen = inherited_listeners(spec, options["host"])
-                server = await serving.start(partial(serve_on, listen, rooms, options, worker=spec))
+                server = await serving.start(partial(serve_on, listen, rooms, served, worker=spec))
                 ready.set()
                 why = await _told_to_stop(control, signals)
                 logger.info("%s: draining", why)
                 server.shutdown(restart=True)
             beating.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _opened_storage(
+    storage: str | os.PathLike[str] | Store, busy_timeout: float
+) -> AsyncIterator[str | os.PathLike[str] | Store]:
+    """``storage`` for ``serve_on``: a SQLite file opened here, without its lock and
+    with ``busy_timeout``, and closed on the way out; a store or a PostgreSQL URL (which
+    ``serve_on`` opens) as it is.
+
+    Raises:
+      StorageError: the file cannot be opened or written.
+    """
+    if isinstance(storage, Store) or os.fspath(storage).startswith(POSTGRES_SCHEMES):
+        yield storage
+        return
+    store = await SQLiteStore.open(storage, lock=False, busy_timeout=busy_timeout)
+    try:
+        yield store
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()
 
 
 def inherited_listeners(spec: WorkerSpec, host: str) -> Listen:

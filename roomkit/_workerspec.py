@@ -21,6 +21,8 @@ from typing import Final
 import attrs
 
 from ._core.placement import Placement
+from ._core.supervision import HEARTBEAT_TIMEOUT
+from .storage._sqlite import BUSY_TIMEOUT
 
 __all__ = ["HEARTBEAT", "READY", "WorkerSpec"]
 
@@ -47,6 +49,8 @@ class WorkerSpec:
       control_fd: this worker's end of its control socket with the supervisor: the
         worker's heartbeats go out on it, and its end of file means the supervisor is
         gone.
+      worker_timeout: seconds of silence after which the supervisor kills a worker
+        (``--worker-timeout``).
     """
 
     index: int = attrs.field(validator=attrs.validators.ge(0))
@@ -54,6 +58,7 @@ class WorkerSpec:
     rundir: str
     listen_fds: tuple[int, ...] = attrs.field(converter=_fds)
     control_fd: int
+    worker_timeout: float = attrs.field(default=HEARTBEAT_TIMEOUT, validator=attrs.validators.gt(0))
 
     def __attrs_post_init__(self) -> None:
         if self.index >= self.count:
@@ -63,6 +68,18 @@ class WorkerSpec:
     def placement(self) -> Placement:
         """Where rooms live, seen from this worker."""
         return Placement(str(self.index), tuple(str(i) for i in range(self.count)))
+
+    @property
+    def busy_timeout(self) -> float:
+        """Seconds this worker's SQLite commits wait for the write lock: the supervisor's
+        kill deadline, then a single process's ``BUSY_TIMEOUT``.
+
+        A worker stopped (SIGSTOP, a debugger) inside its commit holds the lock until it
+        is killed, ``worker_timeout`` after its last heartbeat; a commit of another that
+        gave up first would reset its rooms (1011). One that waits this long sees the
+        lock freed, and still has the usual wait for the commits queued before it.
+        """
+        return self.worker_timeout + BUSY_TIMEOUT
 
     def socket_path(self, index: int) -> str:
         """The Unix socket on which worker ``index`` takes the connections handed to it."""

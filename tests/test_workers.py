@@ -41,7 +41,7 @@ import roomkit
 from roomkit._core import placement
 from roomkit._roomid import RoomId
 from roomkit._workerspec import WorkerSpec
-from roomkit.storage._sqlite import SQLiteCore
+from roomkit.storage._sqlite import BUSY_TIMEOUT, SQLiteCore
 
 from .helpers import ROOT, call, http, open_client, roomkit_env, roomkit_serve
 from .test_cli import without_root_overrides
@@ -477,6 +477,29 @@ def stored_keys(db: Path) -> dict[str, set[str]]:
     for room, key in rows:
         found[room].add(key)
     return found
+
+
+def test_a_commit_waits_out_a_write_lock_held_past_sqlites_own_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    """A worker's commit waits for SQLite's write lock longer than the supervisor takes
+    to kill a worker stopped inside its commit (``--worker-timeout``), and only then
+    fails: here this test holds the lock 6 s, past a single process's 5 s
+    (``BUSY_TIMEOUT``), under the 7 s of a worker of ``--worker-timeout 2``. The put
+    waits, and is acknowledged and stored once the lock is free; it is not reset (1011)."""
+    db = tmp_path / "rooms.sqlite3"
+    with supervised(WHERE, "--workers", "1", "--storage", str(db), *FAST_KILL) as server:
+        assert spec_of(server.workers()[0]).worker_timeout == WORKER_TIMEOUT
+        with connect(f"{server.url}/held") as ws:
+            assert call(ws, "put", key="before", value=0) is None  # the room's claim taken
+            with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as holder:
+                holder.execute("BEGIN IMMEDIATE")
+                ws.send(json.dumps({"op": "put", "key": "held", "value": 1}))
+                with pytest.raises(TimeoutError):  # not ConnectionClosed: no 1011
+                    ws.recv(timeout=BUSY_TIMEOUT + 1)
+                holder.execute("ROLLBACK")
+            assert json.loads(ws.recv(timeout=5)) == {"op": "put", "result": None}
+    assert {"before", "held"} <= stored_keys(db)["held"]
 
 
 class Barrier:

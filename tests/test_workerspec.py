@@ -9,8 +9,15 @@ from roomkit._workerspec import WorkerSpec
 
 
 def test_a_spec_travels_as_json() -> None:
-    spec = WorkerSpec(1, 3, "/run/x", (5, 6), 7)
+    spec = WorkerSpec(1, 3, "/run/x", (5, 6), 7, worker_timeout=2.5)
     assert WorkerSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_workers_commits_wait_out_the_supervisors_kill_deadline() -> None:
+    assert WorkerSpec(0, 1, "/run/x", (5,), 7, worker_timeout=2.5).busy_timeout == 7.5
+    assert WorkerSpec(0, 1, "/run/x", (5,), 7).busy_timeout == 15.0  # 10 s by default
+    with pytest.raises(ValueError):
+        WorkerSpec(0, 1, "/run/x", (5,), 7, worker_timeout=0)
 
 
 def test_the_workers_agree_where_each_room_lives() -> None:

@@ -71,8 +71,9 @@ HEARTBEAT_INTERVAL: Final = 0.25
 #: own garbage collections (a full one paused a worker 1.0-1.5 s, the GIL keeping its
 #: heartbeats in; benchmarks/scale.py), and at 1 s a burst of broadcasts to 200 clients
 #: did it. A hung worker is rare, and costs its rooms this long (and a stopped one may
-#: hold SQLite's write lock, so the others' commits fail their 5 s busy timeout until
-#: it is killed): gunicorn waits 30 s; 10 s is five times the worst pause measured.
+#: hold SQLite's write lock, so the others' commits wait until it is killed: their busy
+#: timeout is this plus 5 s, ``WorkerSpec.busy_timeout``): gunicorn waits 30 s; 10 s is
+#: five times the worst pause measured.
 HEARTBEAT_TIMEOUT: Final = 10.0
 #: Seconds a new worker has to be ready: to start Python, import the application (its
 #: heartbeats start with its event loop, after that), open its storage and schedule its

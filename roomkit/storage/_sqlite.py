@@ -12,11 +12,13 @@ that cannot be written is refused when it is opened, not at the first commit.
 
 The worker processes of one server (``roomkit serve --workers N``) share the file: each
 opens it with ``lock=False``, since their supervisor holds the lock. WAL lets them all
-read while one writes; writers take turns, each ``BEGIN IMMEDIATE`` waiting up to
-``BUSY_TIMEOUT`` for the write lock. Ownership keeps them apart: the ``rooms`` table
-holds each room's epoch and owner; a claim adds one to the epoch, and a commit reads
-the epoch of each of its rooms inside its write transaction (which holds the write
-lock, so no claim comes in between) and skips the rooms whose epoch moved on.
+read while one writes; writers take turns, each ``BEGIN IMMEDIATE`` waiting for the
+write lock up to its busy timeout: for a worker, longer than its supervisor takes to
+kill a worker stopped while it holds the lock (``WorkerSpec.busy_timeout``).
+Ownership keeps them apart: the ``rooms`` table holds each room's epoch and owner; a
+claim adds one to the epoch, and a commit reads the epoch of each of its rooms inside
+its write transaction (which holds the write lock, so no claim comes in between) and
+skips the rooms whose epoch moved on.
 
 ``":memory:"`` has no disk to wait on, so its calls run on the event loop itself: a
 microsecond of SQL is cheaper than a thread hop, and tests on
@@ -51,8 +53,9 @@ _KEYS_PER_QUERY: Final = 500
 #: 0.5 µs a row less than ``executemany`` (measured at 40 rows a commit).
 _ROWS_PER_INSERT: Final = 64
 #: Seconds a write transaction waits for another process's to end before it fails
-#: ("database is locked"). Commits take milliseconds; a process stopped mid-commit
-#: (SIGSTOP) holds the lock until its supervisor kills it, within about a second.
+#: ("database is locked"), by default. Commits take milliseconds, so this is a queue of
+#: many. The workers of ``--workers`` wait longer (``WorkerSpec.busy_timeout``): one
+#: stopped mid-commit (SIGSTOP) holds the lock until its supervisor kills it.
 BUSY_TIMEOUT: Final = 5.0
 
 _SCHEMA: Final = """
@@ -89,13 +92,20 @@ RETURNING epoch
 class SQLiteCore:
     """The SQL of :class:`SQLiteStore`, synchronous; one thread at a time may use it."""
 
-    def __init__(self, path: str | os.PathLike[str], *, lock: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock: bool = True,
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> None:
         """Open (creating if need be) the database at ``path``, or ``":memory:"``.
 
         With ``lock``, a file is locked for as long as the core is open (see
         ``_lockfile``); without, whoever shares the file holds the lock for it (the
         supervisor of ``--workers``). A file of an older roomkit gets the tables it
-        lacks (``rooms``).
+        lacks (``rooms``). A write waits up to ``busy_timeout`` seconds for another
+        process's to end.
 
         Raises:
           StorageError: another server holds the file's lock, or the file cannot be
@@ -104,7 +114,7 @@ class SQLiteCore:
         memory = os.fspath(path) == ":memory:"
         self._lock = LockFile.acquire(path) if lock and not memory else None
         try:
-            self._db = _connect(path)
+            self._db = _connect(path, busy_timeout)
         except BaseException:
             self._release()
             raise
@@ -215,16 +225,16 @@ class SQLiteCore:
             self._lock = None
 
 
-def _connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
+def _connect(path: str | os.PathLike[str], busy_timeout: float) -> sqlite3.Connection:
     """The database at ``path``, in WAL mode with ``synchronous=FULL``, with the schema,
-    once a write to it has worked.
+    once a write to it has worked; its writes wait ``busy_timeout`` for the lock.
 
     Raises:
       StorageError: SQLite cannot open the file, or this process cannot write it.
     """
     try:
         db = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
     except sqlite3.Error as exc:
         raise _unusable(path, exc) from exc
@@ -315,13 +325,17 @@ class SQLiteStore(Store):
         self._limiter = trio.CapacityLimiter(1)
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, lock: bool = True) -> SQLiteStore:
+    async def open(
+        cls, path: str | os.PathLike[str], *, lock: bool = True, busy_timeout: float = BUSY_TIMEOUT
+    ) -> SQLiteStore:
         """Open (creating if need be) the database at ``path``, or ``":memory:"``.
 
         Args:
           path: the database file.
           lock: take the file's lock (one server per file). Without it, several
             processes share the file, and whoever started them holds its lock.
+          busy_timeout: seconds a commit waits for another process's to end before it
+            fails ("database is locked").
 
         Raises:
           StorageError: another server holds the file's lock, or the file cannot be
@@ -329,7 +343,8 @@ class SQLiteStore(Store):
         """
         if os.fspath(path) == ":memory:":
             return cls(SQLiteCore(path), in_thread=False)
-        core = await trio.to_thread.run_sync(functools.partial(SQLiteCore, path, lock=lock))
+        opening = functools.partial(SQLiteCore, path, lock=lock, busy_timeout=busy_timeout)
+        core = await trio.to_thread.run_sync(opening)
         return cls(core)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
