@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -293,8 +293,11 @@ async def test_a_missing_owner_is_waited_for_then_answered_503(workers: Workers)
     assert 0.5 <= waited < 1.5  # the handshake timeout, spent retrying
 
 
-async def test_an_owner_that_comes_back_in_time_gets_the_connection(workers: Workers) -> None:
-    await workers.start(0, handshake_timeout=5)
+@contextlib.asynccontextmanager
+async def greeted_by_worker_1(workers: Workers) -> AsyncIterator[None]:
+    """A client (in a thread) of a room of worker 1, through worker 0 (started already),
+    0.3 s on when the block starts; when it ends, worker 1 is started, and the client
+    must then be greeted from its room."""
     room = room_of(workers, 1)
     greeting: list[str] = []
 
@@ -304,9 +307,16 @@ async def test_an_owner_that_comes_back_in_time_gets_the_connection(workers: Wor
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(trio.to_thread.run_sync, client, abandon_on_cancel=True))
-        await trio.sleep(0.3)  # the client waits in worker 0 for worker 1, restarting
+        await trio.sleep(0.3)
+        yield
         await workers.start(1)
     assert json.loads(greeting[0])["room"] == room
+
+
+async def test_an_owner_that_comes_back_in_time_gets_the_connection(workers: Workers) -> None:
+    await workers.start(0, handshake_timeout=5)
+    async with greeted_by_worker_1(workers):
+        pass  # the client waits in worker 0 for worker 1, restarting
 
 
 async def test_a_handoff_lost_with_an_owner_that_died_goes_to_its_replacement(
@@ -315,36 +325,18 @@ async def test_a_handoff_lost_with_an_owner_that_died_goes_to_its_replacement(
     """An owner stopped (SIGSTOP) takes hand-offs into its socket's backlog, and loses
     them when it is killed: the connection goes to the worker that replaces it."""
     await workers.start(0, handshake_timeout=5)
-    room = room_of(workers, 1)
-    greeting: list[str] = []
-
-    def client() -> None:
-        with connect(f"ws://127.0.0.1:{workers.port}/{room}", open_timeout=5) as ws:
-            greeting.append(str(ws.recv(timeout=5)))
-
     stopped = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stopped.bind(workers.spec(1).socket_path(1))
     stopped.listen(8)  # never accepts, as a stopped process does not
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.to_thread.run_sync, client, abandon_on_cancel=True))
-        await trio.sleep(0.3)  # the hand-off waits in the stopped owner's backlog
+    async with greeted_by_worker_1(workers):  # its hand-off waits in the stopped backlog
         stopped.close()  # killed: the kernel resets what waited, and its file stays
         await trio.sleep(0.1)
-        await workers.start(1)
-    assert json.loads(greeting[0])["room"] == room
 
 
 async def test_an_owner_whose_backlog_is_full_is_tried_again(workers: Workers) -> None:
     """A Unix socket whose backlog is full refuses a connect with EAGAIN (its worker is
     busy, 100,000 connections arriving at once): the hand-off waits and tries again."""
     await workers.start(0, handshake_timeout=5)
-    room = room_of(workers, 1)
-    greeting: list[str] = []
-
-    def client() -> None:
-        with connect(f"ws://127.0.0.1:{workers.port}/{room}", open_timeout=5) as ws:
-            greeting.append(str(ws.recv(timeout=5)))
-
     busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     busy.bind(workers.spec(1).socket_path(1))
     busy.listen(0)  # never accepts, and its backlog is filled below
@@ -355,13 +347,9 @@ async def test_an_owner_whose_backlog_is_full_is_tried_again(workers: Workers) -
             waiting.append(filler)
             filler.setblocking(False)
             filler.connect(busy.getsockname())
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.to_thread.run_sync, client, abandon_on_cancel=True))
-        await trio.sleep(0.3)  # the hand-off is refused with EAGAIN, and tried again
+    async with greeted_by_worker_1(workers):  # its hand-off refused with EAGAIN, tried again
         for sock in (busy, *waiting):
             sock.close()
-        await workers.start(1)
-    assert json.loads(greeting[0])["room"] == room
 
 
 async def unix_connect(path: str) -> trio.socket.SocketType:

@@ -109,6 +109,34 @@ def leaves(diff: list[Any]) -> dict[str, Any]:
     return result
 
 
+@asynccontextmanager
+async def watched_bob() -> AsyncIterator[tuple[TestServer, TestClient, TestClient]]:
+    """A room of ``Here``: a plain ``watcher`` (to ask ``who``), and bob tracked over
+    roomkit.v1, his welcome and his own join read."""
+    async with (
+        here() as server,
+        server.connect("/r") as watcher,
+        server.connect("/r?user=bob&tab=1", subprotocols=V1) as bob,
+    ):
+        await welcome(bob)
+        await bob.receive()  # his own join
+        yield server, watcher, bob
+
+
+@asynccontextmanager
+async def bob_and_ann() -> AsyncIterator[
+    tuple[TestServer, TestClient, TestClient, TestClient, dict[str, Any]]
+]:
+    """``watched_bob``, then ann tracked too: with her welcome, her join read by bob."""
+    async with (
+        watched_bob() as (server, watcher, bob),
+        server.connect("/r?user=ann&tab=1", subprotocols=V1) as ann,
+    ):
+        first = await welcome(ann)
+        await bob.receive()  # her join
+        yield server, watcher, bob, ann, first
+
+
 async def test_join_the_joiner_sees_itself_and_then_the_others(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -197,13 +225,7 @@ async def test_leave_at_once_on_a_clean_close_and_on_untrack(
 async def test_the_grace_period_an_abrupt_end_leaves_only_when_it_ends(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with (
-        here() as server,
-        server.connect("/r") as watcher,
-        server.connect("/r?user=bob&tab=1", subprotocols=V1) as bob,
-    ):
-        await welcome(bob)
-        await bob.receive()
+    async with watched_bob() as (server, watcher, bob):
         async with server.connect("/r?user=ann&tab=1", subprotocols=V1) as ann:
             first = await welcome(ann)
             ann_meta = {"tab": "1", "ref": first["id"]}
@@ -232,16 +254,7 @@ async def test_the_grace_period_an_abrupt_end_leaves_only_when_it_ends(
 async def test_presence_survives_hibernation_and_a_grace_that_ends_asleep_leaves(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with (
-        here() as server,
-        server.connect("/r") as watcher,
-        server.connect("/r?user=bob&tab=1", subprotocols=V1) as bob,
-        server.connect("/r?user=ann&tab=1", subprotocols=V1) as ann,
-    ):
-        await welcome(bob)
-        first = await welcome(ann)
-        for _ in range(2):
-            await bob.receive()  # the joins
+    async with bob_and_ann() as (server, watcher, bob, ann, first):
         before = await who(watcher)
         await server.hibernate("r")
         assert server.room("r") is None
@@ -324,16 +337,7 @@ async def test_the_late_end_of_the_old_socket_leaves_the_resumed_presence_alone(
 ) -> None:
     """socket.io #4880's case for presence: the old socket, silently dead, ends after
     the session moved to a new one."""
-    async with (
-        here() as server,
-        server.connect("/r") as watcher,
-        server.connect("/r?user=bob&tab=1", subprotocols=V1) as bob,
-        server.connect("/r?user=ann&tab=1", subprotocols=V1) as ann,
-    ):
-        await welcome(bob)
-        first = await welcome(ann)
-        for _ in range(2):
-            await bob.receive()
+    async with bob_and_ann() as (server, watcher, bob, ann, first):
         ann.freeze()  # its network vanished: the room has not noticed
         path = f"/r?roomkit.session={first['session']}"
         async with server.connect(path, subprotocols=V1) as back:

@@ -214,11 +214,18 @@ def ordered(state: dict[str, list[dict[str, object]]]) -> list[tuple[str, list[s
     return [(key, [str(m["ref"]) for m in metas]) for key, metas in state.items()]
 
 
-def test_a_key_keeps_its_place_while_it_ends_each_turn_with_a_meta() -> None:
+@pytest.fixture
+def ann_then_bob() -> Tracker:
+    """A tracker of ann (``a1``) then bob (``b1``), their joins flushed."""
     tracker = Tracker()
     tracker.track("a1", "ann", "{}")
     tracker.track("b1", "bob", "{}")
     tracker.flush()
+    return tracker
+
+
+def test_a_key_keeps_its_place_while_it_ends_each_turn_with_a_meta(ann_then_bob: Tracker) -> None:
+    tracker = ann_then_bob
     tracker.track("a1", "ann", '{"s": "away"}')  # its only meta updates: ann stays first
     assert ordered(tracker.state()) == [("ann", ["a1"]), ("bob", ["b1"])]
     tracker.flush()
@@ -230,11 +237,8 @@ def test_a_key_keeps_its_place_while_it_ends_each_turn_with_a_meta() -> None:
     assert ordered(tracker.state()) == [("ann", ["a2"]), ("bob", ["b1"])]
 
 
-def test_a_key_that_ends_a_turn_empty_comes_back_last() -> None:
-    tracker = Tracker()
-    tracker.track("a1", "ann", "{}")
-    tracker.track("b1", "bob", "{}")
-    tracker.flush()
+def test_a_key_that_ends_a_turn_empty_comes_back_last(ann_then_bob: Tracker) -> None:
+    tracker = ann_then_bob
     tracker.track("a1", "", None)
     tracker.flush()
     tracker.track("a1", "ann", "{}")
@@ -249,11 +253,8 @@ def test_a_key_that_ends_a_turn_empty_comes_back_last() -> None:
     assert ordered(tracker.state()) == [("ann", ["a1"]), ("cy", ["c1"]), ("dee", ["d1"])]
 
 
-def test_the_order_mid_turn_is_the_one_the_turn_ends_with() -> None:
-    tracker = Tracker()
-    tracker.track("a1", "ann", "{}")
-    tracker.track("b1", "bob", "{}")
-    tracker.flush()
+def test_the_order_mid_turn_is_the_one_the_turn_ends_with(ann_then_bob: Tracker) -> None:
+    tracker = ann_then_bob
     tracker.track("c1", "cy", "{}")
     tracker.track("a1", "ann", '{"v": 1}')
     tracker.track("b2", "bob", "{}")

@@ -129,10 +129,32 @@ async def say(feeder: TestClient, *texts: str) -> None:
         assert await feeder.receive() == (int(text) if text.isdigit() else text)
 
 
+async def parked(server: TestServer) -> dict[str, Any]:
+    """The welcome of a roomkit.v1 client of ``/lobby`` whose connection then broke
+    (1006): once the room has seen it end, its session is parked."""
+    async with server.connect("/lobby", subprotocols=V1) as client:
+        first = await welcome(client)
+        await client.abort()
+        await trio.sleep(1)
+    return first
+
+
 @asynccontextmanager
 async def chat(**options: Any) -> AsyncIterator[TestServer]:
     async with open_test_server(Chat, **options) as server:
         yield server
+
+
+@asynccontextmanager
+async def fed_ann() -> AsyncIterator[tuple[TestServer, TestClient, TestClient, dict[str, Any]]]:
+    """A ``Chat`` room with a plain ``feeder`` (to broadcast), and ann over roomkit.v1:
+    her welcome read."""
+    async with (
+        chat() as server,
+        server.connect("/lobby") as feeder,
+        server.connect("/lobby", subprotocols=V1) as ann,
+    ):
+        yield server, feeder, ann, await welcome(ann)
 
 
 async def test_exactly_the_missed_messages_after_a_dropped_connection(
@@ -195,11 +217,8 @@ async def test_a_hook_that_raises_takes_its_numbers_back(
 async def test_a_resume_with_zero_events_seen(autojump_clock: trio.testing.MockClock) -> None:
     """socket.io #5538: a client that saw no event still recovers everything since."""
     async with chat() as server, server.connect("/lobby") as feeder:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
-            await say(feeder, "1", "2")
+        first = await parked(server)
+        await say(feeder, "1", "2")
         async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
             again = await welcome(back)
             assert (again["resumed"], again["recovered"], again["seq"]) == (True, True, 2)
@@ -217,14 +236,11 @@ async def test_a_gap_too_large_resyncs_with_nothing_replayed(
     autojump_clock: trio.testing.MockClock, why: str
 ) -> None:
     async with open_test_server(SmallLog) as server, server.connect("/lobby") as feeder:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
-            await say(feeder, *map(str, range(1, 7 if why == "max_replay" else 3)))
-            if why == "max_age":
-                await trio.sleep(31)  # the log ages out: a position before it cannot recover
-                await say(feeder, "x")
+        first = await parked(server)
+        await say(feeder, *map(str, range(1, 7 if why == "max_replay" else 3)))
+        if why == "max_age":
+            await trio.sleep(31)  # the log ages out: a position before it cannot recover
+            await say(feeder, "x")
         asked = dict(first)
         if why == "epoch":
             asked["epoch"] = "0" * 16
@@ -320,12 +336,7 @@ async def test_a_late_ping_timeout_of_the_old_connection_does_not_break_the_new_
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """socket.io #4880: the old socket, silently dead, ends after the resume."""
-    async with (
-        chat() as server,
-        server.connect("/lobby") as feeder,
-        server.connect("/lobby", subprotocols=V1) as ann,
-    ):
-        first = await welcome(ann)
+    async with fed_ann() as (server, feeder, ann, first):
         ann.freeze()  # its network vanished: the room has not noticed
         async with server.connect(resume_path(first), subprotocols=V1) as back:
             again = await welcome(back)
@@ -340,16 +351,13 @@ async def test_a_late_ping_timeout_of_the_old_connection_does_not_break_the_new_
 
 async def test_grace_expiry_runs_on_close_1006_once(autojump_clock: trio.testing.MockClock) -> None:
     async with chat() as server, server.connect("/lobby") as feeder:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
-            await feeder.send("count")  # parked: not among connections()
-            assert len(await feeder.receive()) == 1
-            assert hooks_of(first["id"]) == ["connect"]
-            await trio.sleep(15)
-            assert Chat.events[-1] == ("close", first["id"], 1006, False)
-            await trio.sleep(60)
+        first = await parked(server)
+        await feeder.send("count")  # parked: not among connections()
+        assert len(await feeder.receive()) == 1
+        assert hooks_of(first["id"]) == ["connect"]
+        await trio.sleep(15)
+        assert Chat.events[-1] == ("close", first["id"], 1006, False)
+        await trio.sleep(60)
         async with server.connect(resume_path(first), subprotocols=V1) as back:
             again = await welcome(back)  # too late: a fresh connect, recovered by seq
             assert (again["resumed"], again["recovered"]) == (False, True)
@@ -385,14 +393,11 @@ async def test_a_fresh_connect_replays_by_the_tags_its_on_connect_sets(
 async def test_closing_a_parked_session_ends_it(autojump_clock: trio.testing.MockClock) -> None:
     """A kick of a parked session spends its token: its client comes back a stranger."""
     async with chat() as server, server.connect("/lobby") as feeder:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
-            await feeder.send(f"kick:{first['id']}")
-            await feeder.send(f"state:{first['id']}")
-            assert await feeder.receive() == "closed"
-            assert Chat.events[-1] == ("close", first["id"], 4003, True)
+        first = await parked(server)
+        await feeder.send(f"kick:{first['id']}")
+        await feeder.send(f"state:{first['id']}")
+        assert await feeder.receive() == "closed"
+        assert Chat.events[-1] == ("close", first["id"], 4003, True)
         async with server.connect(resume_path(first), subprotocols=V1) as back:
             again = await welcome(back)
             assert again["resumed"] is False and again["id"] != first["id"]
@@ -411,23 +416,13 @@ async def test_a_replay_too_big_for_the_send_queue_resyncs(
     """A replay the send queue could not hold would be cut with 1008, and the client
     would come back for it for ever: past half the queue, it resyncs instead."""
     async with open_test_server(Tiny) as server, server.connect("/lobby") as feeder:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
-            for n in range(3):
-                await feeder.send(f"b:{n}{'x' * 600}")
-                await feeder.receive()
+        first = await parked(server)
+        await say(feeder, *(f"{n}{'x' * 600}" for n in range(3)))
         async with server.connect(resume_path(first, 0), subprotocols=V1) as small:
             assert (await welcome(small))["recovered"] is True  # 3 frames fit in half the queue
             assert [(await small.receive())[1] for _ in range(3)] == [1, 2, 3]
-        async with server.connect("/lobby", subprotocols=V1) as bob:
-            second = await welcome(bob)
-            await bob.abort()
-            await trio.sleep(1)
-            for n in range(4):
-                await feeder.send(f"b:{n}{'x' * 600}")
-                await feeder.receive()
+        second = await parked(server)
+        await say(feeder, *(f"{n}{'x' * 600}" for n in range(4)))
         async with server.connect(resume_path(second, 0), subprotocols=V1) as big:
             again = await welcome(big)  # 7 would not even fit the queue: none replayed
             assert (again["resumed"], again["recovered"]) == (True, False)
@@ -446,10 +441,7 @@ async def test_a_resume_into_a_full_room_takes_its_own_place(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_test_server(Small) as server:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
+        first = await parked(server)
         with pytest.raises(roomkit.ClientClosed) as refused:  # its parked session's place
             async with server.connect("/lobby", subprotocols=V1):
                 pass  # pragma: no cover
@@ -462,10 +454,7 @@ async def test_a_token_used_twice_is_a_fresh_connect_the_second_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with chat() as server:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
+        first = await parked(server)
         async with server.connect(resume_path(first), subprotocols=V1) as back:
             assert (await welcome(back))["resumed"] is True
         async with server.connect(resume_path(first), subprotocols=V1) as twice:
@@ -678,11 +667,8 @@ async def test_a_reject_in_the_default_on_resync_closes_with_1008(
 ) -> None:
     Doorman.closed = False
     async with open_test_server(Doorman) as server, server.connect("/lobby") as feeder:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
-            await say(feeder, *map(str, range(1, 7)))  # more than max_replay
+        first = await parked(server)
+        await say(feeder, *map(str, range(1, 7)))  # more than max_replay
         Doorman.closed = True
         async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
             again = await welcome(back)
@@ -693,12 +679,7 @@ async def test_a_reject_in_the_default_on_resync_closes_with_1008(
 async def test_a_broadcast_in_a_rolled_back_block_keeps_its_number(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with (
-        chat() as server,
-        server.connect("/lobby") as feeder,
-        server.connect("/lobby", subprotocols=V1) as ann,
-    ):
-        await welcome(ann)
+    async with fed_ann() as (server, feeder, ann, _):
         await feeder.send("undo:X")  # the block's own write is undone, not its broadcast's
         assert await ann.receive() == ["m", 1, "X"]
         assert await feeder.receive() == "X"
@@ -914,14 +895,11 @@ async def test_a_broadcast_too_big_to_log_goes_out_and_resyncs_who_missed_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with watched(Chat) as (server, store), server.connect("/lobby") as feeder:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
-            big = "é" * 40_000  # 80,000 bytes of UTF-8: past the 64 KiB an entry may hold
-            await feeder.send(f"b:{big}")
-            assert await feeder.receive() == big
-            await say(feeder, "after")
+        first = await parked(server)
+        big = "é" * 40_000  # 80,000 bytes of UTF-8: past the 64 KiB an entry may hold
+        await feeder.send(f"b:{big}")
+        assert await feeder.receive() == big
+        await say(feeder, "after")
         stored = await store.stored()
         assert stored[1] == {"t": stored[1]["t"], "cut": True} and stored[2]["text"] == "after"
         async with server.connect(resume_path(first, 0), subprotocols=V1) as back:
@@ -1004,14 +982,11 @@ async def test_a_rolled_back_delete_all_leaves_the_log_as_the_store_has_it(
     """The block's clear is undone for the log too: the epoch stands, and so does a
     broadcast the block made before the clear, in memory and in the store alike."""
     async with watched(Undoer) as (server, store), server.connect("/lobby") as feeder:
-        async with server.connect("/lobby", subprotocols=V1) as ann:
-            first = await welcome(ann)
-            await ann.abort()
-            await trio.sleep(1)
-            await say(feeder, "1", "2")
-            await feeder.send("wipe::")
-            await feeder.send("wipe:three:")  # logged before the clear: it stays, numbered
-            assert await feeder.receive() == "three"
+        first = await parked(server)
+        await say(feeder, "1", "2")
+        await feeder.send("wipe::")
+        await feeder.send("wipe:three:")  # logged before the clear: it stays, numbered
+        assert await feeder.receive() == "three"
         for asleep in (False, True):
             async with server.connect(resume_path(first, 0, token=False), subprotocols=V1) as late:
                 again = await welcome(late)
