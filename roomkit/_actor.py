@@ -61,7 +61,7 @@ from ._core.history import (
     seq_of,
     upgrade,
 )
-from ._core.presence import Tracker, default_key, diff_frame, state_frame
+from ._core.presence import Tracker, default_key, diff_frame, state_frames
 from ._core.room import (
     HOOK_FAILED,
     INTERNAL_ERROR,
@@ -993,9 +993,10 @@ class RoomActor:
 
     def _position(
         self, conn: Transport
-    ) -> tuple[tuple[str, int] | None, bool, tuple[int, int] | None, bytes | None]:
+    ) -> tuple[tuple[str, int] | None, bool, tuple[int, int] | None, list[bytes]]:
         """Where the room's log is, whether ``conn`` asked to recover, the span to
-        replay it (None: it cannot be), and the presence it is welcomed with."""
+        replay it (None: it cannot be), and the presence it is welcomed with: its
+        frames, each under ``max_message_size`` (docs/presence.md, "The wire")."""
         log = self._hooks.log
         position = None
         if log is not None:
@@ -1009,7 +1010,8 @@ class RoomActor:
             oldest = log.oldest(self.wall_time())
             span = decide(position, oldest, log.history.max_replay, (asked.epoch, asked.seq))
         # who is here (a room that never tracked: nobody)
-        state = None if self._presence is None else state_frame(self._presence)
+        tracker, limit = self._presence, self.room_class.max_message_size
+        state = [] if tracker is None else state_frames(tracker, limit)
         return position, asked.epoch is not None and asked.seq is not None, span, state
 
     async def _welcome(
@@ -1018,7 +1020,7 @@ class RoomActor:
         resumed: bool,
         position: tuple[str, int] | None,
         recovery: tuple[bool, tuple[int, int] | None],
-        state: bytes | None,
+        state: list[bytes],
     ) -> bool | None:
         """Send ``conn`` its welcome, then what it missed (``recovery``: whether it asked,
         and the span to replay); what ``recovered`` says."""
@@ -1042,10 +1044,8 @@ class RoomActor:
             conn.handle.id, token, position, resumed=resumed, recovered=recovered
         )
         self.emit(frame, alone)
-        for frame in replay:
+        for frame in replay + state:
             self.emit(frame, alone)
-        if state is not None:
-            self.emit(state, alone)
         return recovered
 
     async def _replayed(self, conn: Transport, after: int, head: int) -> list[bytes] | None:

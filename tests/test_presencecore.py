@@ -14,7 +14,7 @@ from roomkit._core.presence import (
     check_meta,
     default_key,
     diff_frame,
-    state_frame,
+    state_frames,
 )
 
 
@@ -194,12 +194,14 @@ def test_state_and_diffs_are_copies() -> None:
 
 def test_the_frames_exactly() -> None:
     tracker = Tracker()
-    assert state_frame(tracker) == encode_frame(OPCODE_TEXT, b'["presence_state",{}]')
+    assert state_frames(tracker, 1024) == [encode_frame(OPCODE_TEXT, b'["presence_state",{}]')]
     tracker.track("c1", "ann", '{"name": "Ann é"}')
-    assert state_frame(tracker) == encode_frame(
-        OPCODE_TEXT,
-        '["presence_state",{"ann":{"metas":[{"name":"Ann é","ref":"c1"}]}}]'.encode(),
-    )
+    assert state_frames(tracker, 1024) == [
+        encode_frame(
+            OPCODE_TEXT,
+            '["presence_state",{"ann":{"metas":[{"name":"Ann é","ref":"c1"}]}}]'.encode(),
+        )
+    ]
     diff = tracker.flush()
     assert diff is not None
     assert diff_frame(diff) == encode_frame(

@@ -45,7 +45,8 @@ __all__ = [
     "check_meta",
     "default_key",
     "diff_frame",
-    "state_frame",
+    "state_frames",
+    "state_payloads",
 ]
 
 #: Largest presence value, serialised, in bytes: what Pusher allows a member's info;
@@ -219,10 +220,93 @@ def _value(meta: Meta) -> dict[str, Any]:
     return {name: item for name, item in meta.items() if name != REF}
 
 
-def state_frame(tracker: Tracker) -> bytes:
-    """The ``["presence_state", {key: {"metas": [...]}}]`` frame of ``tracker``'s state."""
-    body = {key: {"metas": metas} for key, metas in tracker.state().items()}
-    return encode_frame(OPCODE_TEXT, _JSON.encode(["presence_state", body]).encode("utf-8"))
+def state_payloads(state: dict[str, list[Meta]], limit: int) -> list[bytes]:
+    """The payloads (UTF-8 JSON) of the frames that give a client ``state``, each of at
+    most ``limit`` bytes: one ``presence_state`` when it fits (the usual case), else a
+    ``presence_state`` of the keys that fit, then ``presence_diff`` frames of joins alone
+    for the rest, in the state's order, so that a client applying them (docs/presence.md,
+    "The wire") ends with ``state``, in its order.
+
+    A key goes whole in the next frame when it does not fit in the rest of one; a key
+    too big for a frame of its own is split by metas: the joins of its next part append
+    to it, in its place. A meta too big for a frame of its own goes alone in its frame,
+    over ``limit`` (a ``limit`` under a meta's 1 KiB and its key's JSON).
+    """
+    body = {key: {"metas": metas} for key, metas in state.items()}
+    whole = _JSON.encode(["presence_state", body]).encode("utf-8")
+    if len(whole) <= limit:
+        return [whole]
+    frames = _Frames(limit)
+    for key, metas in state.items():
+        name = _JSON.encode(key).encode("utf-8") + b':{"metas":['
+        parts = [_JSON.encode(meta).encode("utf-8") for meta in metas]
+        entry = name + b",".join(parts) + b"]}"
+        if len(entry) > frames.room() and frames.entries and len(entry) <= frames.fresh:
+            frames.close()  # whole in the next frame
+        if len(entry) <= frames.room():
+            frames.add(entry)
+        else:
+            frames.split(name, parts)
+    frames.close()
+    return frames.done
+
+
+class _Frames:
+    """The frames :func:`state_payloads` fills: those done, and the entries (a key and
+    its metas, as JSON) of the one being filled, a ``presence_state`` first, then
+    ``presence_diff`` frames of joins alone."""
+
+    __slots__ = ("_used", "done", "entries", "fresh", "head", "limit", "tail")
+
+    _STATE: Final = (b'["presence_state",{', b"}]")
+    _JOINS: Final = (b'["presence_diff",{"joins":{', b'},"leaves":{}}]')
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: The bytes an entry may have in a frame of joins of its own.
+        self.fresh = limit - sum(map(len, self._JOINS))
+        self.done: list[bytes] = []
+        self.head, self.tail = self._STATE
+        self.entries: list[bytes] = []
+        self._used = len(self.head) + len(self.tail)
+
+    def room(self) -> int:
+        """The bytes one more entry may have in the frame (its comma counted)."""
+        return self.limit - self._used - (1 if self.entries else 0)
+
+    def add(self, entry: bytes) -> None:
+        self._used += len(entry) + (1 if self.entries else 0)
+        self.entries.append(entry)
+
+    def split(self, name: bytes, parts: list[bytes]) -> None:
+        """Add a key too big for a frame (``name``: its JSON up to its metas), as many
+        of its metas as fit in each frame; a meta too big for one goes alone."""
+        taken: list[bytes] = []
+        size = len(name) + 2  # with "]}"
+        for part in parts:
+            grown = size + len(part) + (1 if taken else 0)
+            if grown > self.room() and (taken or self.entries):
+                if taken:
+                    self.add(name + b",".join(taken) + b"]}")
+                self.close()
+                taken, grown = [], len(name) + 2 + len(part)
+            taken.append(part)
+            size = grown
+        self.add(name + b",".join(taken) + b"]}")
+
+    def close(self) -> None:
+        """The frame is done; the next is one of joins."""
+        self.done.append(self.head + b",".join(self.entries) + self.tail)
+        self.head, self.tail = self._JOINS
+        self.entries = []
+        self._used = len(self.head) + len(self.tail)
+
+
+def state_frames(tracker: Tracker, limit: int) -> list[bytes]:
+    """The text frames of :func:`state_payloads` for ``tracker``'s state."""
+    return [
+        encode_frame(OPCODE_TEXT, payload) for payload in state_payloads(tracker.state(), limit)
+    ]
 
 
 def diff_frame(diff: Diff) -> bytes:
