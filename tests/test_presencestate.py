@@ -22,7 +22,7 @@ import trio.testing
 import roomkit
 from roomkit._clientpresence import ClientPresence
 from roomkit._core.presence import Meta, state_payloads
-from roomkit.testing import open_test_server
+from roomkit.testing import TestClient, open_test_server
 
 from .helpers import Start, open_client
 from .test_roomkit_js import node_has_websocket, run_node
@@ -180,26 +180,39 @@ class Crowd(roomkit.Room):
 USERS = [f"u{i % 30:02d}" for i in range(40)]
 
 
-async def test_a_new_client_gets_a_big_state_in_frames_under_the_bound(
+async def presence_frames(watcher: TestClient) -> tuple[dict[str, Any], list[bytes]]:
+    """A roomkit.v1 watcher's welcome, and the frames it gets after its welcome, up to
+    the whole crowd (none after them); each checked to be a state, then joins alone."""
+    welcome = await watcher.receive()
+    assert welcome[0] == "welcome"
+    frames: list[bytes] = []
+    presence = ClientPresence()
+    while len(presence.state) < len(set(USERS)):
+        frames.append((await watcher.receive_text()).encode())
+        presence.feed(frames[-1].decode())
+    await watcher.receive_nothing()
+    assert len(frames) > 1
+    assert all(len(frame) <= Crowd.max_message_size for frame in frames)
+    assert frames[0].startswith(STATE)
+    assert all(frame.startswith(JOINS) and frame.endswith(LEAVES) for frame in frames[1:])
+    assert list(presence.state.items()) == list(Crowd.seen.items())
+    assert sum(map(len, presence.state.values())) == len(USERS)
+    return welcome[1], frames
+
+
+async def test_a_new_client_gets_a_big_state_in_frames_under_the_bound_and_on_resume(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_test_server(Crowd) as server, AsyncExitStack() as crowd:
         for user in USERS:
             await crowd.enter_async_context(server.connect(f"/r?user={user}"))
         async with server.connect("/r", subprotocols=["roomkit.v1"]) as watcher:
-            assert (await watcher.receive())[0] == "welcome"
-            frames: list[bytes] = []
-            presence = ClientPresence()
-            while len(presence.state) < 30:
-                frames.append((await watcher.receive_text()).encode())
-                presence.feed(frames[-1].decode())
-            await watcher.receive_nothing()
-    assert len(frames) > 1
-    assert all(len(frame) <= Crowd.max_message_size for frame in frames)
-    assert frames[0].startswith(STATE)
-    assert all(frame.startswith(JOINS) and frame.endswith(LEAVES) for frame in frames[1:])
-    assert list(presence.state.items()) == list(Crowd.seen.items())
-    assert sum(map(len, presence.state.values())) == 40
+            first, frames = await presence_frames(watcher)
+            await watcher.abort()
+        path = f"/r?roomkit.session={first['session']}"
+        async with server.connect(path, subprotocols=["roomkit.v1"]) as back:
+            again, frames_again = await presence_frames(back)
+            assert again["resumed"] is True and frames_again == frames
 
 
 async def test_roomkits_python_client_gets_a_big_state_and_stays(start: Start) -> None:
