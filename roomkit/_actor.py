@@ -508,16 +508,18 @@ class RoomActor:
             except trio.WouldBlock:
                 in_a_row = 0
                 patience = self._patience()
-                if patience > 0:
+                if patience <= 0:  # hibernate_now: rest now, but let what is on its way come
+                    await trio.lowlevel.checkpoint()
+                else:
                     self._wait(patience)
                     try:
                         event = await receive.receive()
                     finally:
                         self._waiting_since = None
             if type(event) is Rest:
-                if event.turns != self._turns:
+                if event.turns != self._turns and not self._idle(receive):
                     continue  # it took an event since: it waits its patience again
-                event = None
+                event = None  # (stale, but left empty: it ends, as after any event)
             if event is not None:
                 self._turns += 1
                 try:

@@ -12,8 +12,9 @@ from .storage import AlarmWrite, Changes, Claim, Store
 __all__ = ["RoomHost", "TimerKey"]
 
 TimerKey = tuple[str, Hashable]
-"""A timer on the server's scheduler: ``("alarm" | "sweep", RoomId)``, or ``("ping" |
-"grace", conn)`` (a connection's next ping; a parked session's end)."""
+"""A timer on the server's scheduler: ``("alarm" | "sweep" | "rest", RoomId)`` (``rest``:
+when an awake room's loop may have waited ``hibernate_after``), or ``("ping" | "grace",
+conn)`` (a connection's next ping; a parked session's end)."""
 
 
 class RoomHost(Protocol):

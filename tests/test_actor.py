@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, ClassVar
 
+import pytest
 import trio
 import trio.testing
 
 import roomkit
-from roomkit._events import Check
+from roomkit._actor import RoomActor
+from roomkit._events import Check, Closed
 from roomkit._host import Host
 from roomkit._roomid import RoomId
 from roomkit.testing import TestServer, open_test_server
@@ -156,3 +158,25 @@ async def test_a_rest_timer_that_meets_an_event_on_its_way_does_not_put_the_room
         assert actor.awake  # 9.9 s after the event it took
         await trio.sleep(0.2)
         assert not actor.awake  # hibernated 10 s after it
+
+
+async def test_a_stale_rest_behind_the_last_close_does_not_keep_an_empty_room_up(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def closed(self: RoomActor, conn: Any) -> None:
+        # Closed is handed to the waiting loop (rescheduled, not yet run), and the rest
+        # timer runs, due, before the loop does: the Rest queued behind it is stale.
+        self._wake().send_nowait(Closed(conn))
+        autojump_clock.jump(10)
+        self.rest_due()
+        await trio.lowlevel.checkpoint()
+
+    async with open_test_server(Drowsy) as server:
+        host = host_of(server)
+        async with server.connect("/r") as client:
+            await client.send("hi")
+            assert await client.receive() == "hi"
+            await trio.testing.wait_all_tasks_blocked()  # the loop waits
+            monkeypatch.setattr(RoomActor, "closed", closed)
+        await trio.sleep(0.5)
+        assert RoomId("", "r") not in host._rooms  # it ended once its last close was handled

@@ -8,6 +8,7 @@ auto-response's timestamp the ``websockets`` package's client, on real time.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import json
 import time
@@ -120,6 +121,34 @@ async def test_an_event_met_by_the_hibernation_deadline_is_not_followed_by_a_sle
             gc.collect()
             assert Sleepy.instances[-1]() is not None  # awake, its last event just handled
             await trio.sleep(10)  # exactly hibernate_after since the last event
+
+
+class AlarmSoon(roomkit.Room):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        await self.storage.set_alarm(delay=5)
+        conn.send(message)
+
+    async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
+        pass
+
+
+async def test_hibernate_as_an_alarm_comes_due_lets_the_alarm_in(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # hibernate() while the alarm's event is on its way: the loop must let it arrive
+    # (a loop that rested without a checkpoint spun for ever). Trio runs a batch in order
+    # or reversed, so each try meets the race half the time.
+    faulthandler.dump_traceback_later(60, exit=True)  # a spinning loop blocks fail_after
+    try:
+        async with open_test_server(AlarmSoon) as server, server.connect("/r") as client:
+            for _ in range(20):
+                await client.send("x")
+                assert await client.receive() == "x"
+                await trio.sleep(5)  # the alarm is due now
+                with trio.fail_after(5):
+                    await server.hibernate("r")
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 async def test_pings_never_wake_a_hibernating_room(
