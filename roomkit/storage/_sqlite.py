@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -50,7 +51,9 @@ T = TypeVar("T")
 #: Keys per ``IN (...)`` query; stays under SQLite's host-parameter limit.
 _KEYS_PER_QUERY: Final = 500
 #: Most rows one ``INSERT`` statement writes. A statement binding many rows costs about
-#: 0.5 µs a row less than ``executemany`` (measured at 40 rows a commit).
+#: 0.5 µs a row less than ``executemany`` (measured at 40 rows a commit). Each row count
+#: up to it has its statement text, 64 in all: sqlite3's cache of 128 statements keeps
+#: them beside the store's fixed statements.
 _ROWS_PER_INSERT: Final = 64
 #: Seconds a write transaction waits for another process's to end before it fails
 #: ("database is locked"), by default. Commits take milliseconds, so this is a queue of
@@ -188,13 +191,13 @@ class SQLiteCore:
                     continue
                 if changes.cleared:
                     db.execute("DELETE FROM kv WHERE namespace = ? AND room = ?", where)
-                puts = [(*where, k, v) for k, v in changes.writes.items() if v is not None]
+                puts = [(k, v) for k, v in changes.writes.items() if v is not None]
                 deletes = [(*where, k) for k, v in changes.writes.items() if v is None]
                 if deletes:
                     db.executemany(
                         "DELETE FROM kv WHERE namespace = ? AND room = ? AND key = ?", deletes
                     )
-                _insert(db, puts)
+                _insert(db, where, puts)
                 alarm = changes.alarm
                 if alarm is not None and alarm.due is None:
                     db.execute("DELETE FROM alarms WHERE namespace = ? AND room = ?", where)
@@ -294,23 +297,26 @@ def _roll_back(db: sqlite3.Connection, error: BaseException) -> None:
         error.add_note(f"and the rollback failed too: {failed}")
 
 
-def _insert(db: sqlite3.Connection, rows: Sequence[tuple[str, str, str, str]]) -> None:
-    """Insert or replace ``rows`` in ``kv``, many rows a statement.
+def _insert(
+    db: sqlite3.Connection, where: tuple[str, str], puts: Sequence[tuple[str, str]]
+) -> None:
+    """Insert or replace ``puts`` (key, JSON text) in the room ``where`` of ``kv``.
 
-    Statements are of 64 rows, then of fewer rows, a power of two each time, so that
-    only seven statement texts exist and sqlite3's statement cache keeps them all.
+    One statement per ``_ROWS_PER_INSERT`` rows, binding the room once: a group commit's
+    rows mostly take one statement. Each statement is one more time the committing
+    thread gives up the GIL and must win it back from the event loop's, on a core they
+    share: a commit of 50 rows in three statements (32 + 16 + 2) cost 17 µs more than
+    in one (204 against 187 µs), measured against a busy event loop.
     """
-    start = 0
-    while start < len(rows):
-        size = min(_ROWS_PER_INSERT, 1 << (len(rows) - start).bit_length() - 1)
-        chunk = rows[start : start + size]
-        db.execute(_insert_sql(size), [value for row in chunk for value in row])
-        start += size
+    for start in range(0, len(puts), _ROWS_PER_INSERT):
+        chunk = puts[start : start + _ROWS_PER_INSERT]
+        db.execute(_insert_sql(len(chunk)), [*where, *itertools.chain.from_iterable(chunk)])
 
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
-    return "INSERT OR REPLACE INTO kv VALUES " + ",".join(["(?, ?, ?, ?)"] * rows)
+    """``INSERT`` of ``rows`` rows, the room's two columns bound once (``?1``, ``?2``)."""
+    return "INSERT OR REPLACE INTO kv VALUES " + ",".join(["(?1, ?2, ?, ?)"] * rows)
 
 
 class SQLiteStore(Store):
