@@ -96,7 +96,7 @@ class Committer:
                 refused = {Claim(error.room, error.epoch): error for error in fenced}
             self._metrics.commits.observe(trio.current_time() - started)
             for claim, _, done, _ in batch:
-                self._report(claim.room, done, failed or refused.get(claim))
+                self._report(claim.room, done, failed or (refused.get(claim) if refused else None))
             for after, claim in {after: claim for claim, _, _, after in batch}.items():
                 self._report(claim.room, after)
 

@@ -18,7 +18,7 @@ StoredAlarm = tuple[RoomId, float, int]
 """A room's alarm as stored: the room, when it is due (Unix seconds), its retry count."""
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Claim:
     """A room as one process claimed it: the epoch :meth:`Store.claim` gave it.
 
