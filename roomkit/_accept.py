@@ -40,6 +40,8 @@ _HEAD_CHUNK: Final = 16 * 1024
 #: connections can free some instead of the loop spinning on the same error.
 ACCEPT_PAUSE: Final = 0.1
 _RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: What a head longer than ``MAX_HEAD`` gets: made once, as a Response costs its checks.
+_TOO_LARGE: Final = Response(431, "Request header fields too large")
 
 S = TypeVar("S", bound=trio.abc.Stream)
 
@@ -98,17 +100,16 @@ async def read_head(stream: trio.abc.ReceiveStream) -> Head | Response | None:
       the head; or the response that refuses it, 431 past ``MAX_HEAD`` bytes, 400 if it
       is not an HTTP request; or None if the peer left first.
     """
-    too_large = Response(431, "Request header fields too large")
     buffer = bytearray()
     while (end := buffer.find(b"\r\n\r\n")) < 0:
         if len(buffer) > MAX_HEAD:
-            return too_large
+            return _TOO_LARGE
         chunk = await stream.receive_some(_HEAD_CHUNK)
         if not chunk:
             return None
         buffer += chunk
     if end > MAX_HEAD:
-        return too_large
+        return _TOO_LARGE
     end += 4
     raw = bytes(buffer[:end])
     head = parse_head(raw)
