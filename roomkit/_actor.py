@@ -342,6 +342,10 @@ class RoomActor:
             self._enveloped += 1
         self._spawn(conn.run)
 
+    def spawn(self, task: _Task) -> None:
+        """Start a connection's ``task`` (its writer) in the room's nursery."""
+        self._spawn(task)
+
     def shutdown(self, code: CloseCode, reason: str) -> None:
         """Close every connection with ``code`` and refuse new ones with 503.
 

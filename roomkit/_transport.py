@@ -4,7 +4,9 @@ Theory of operation. A :class:`Transport` is one peer's socket in a room: what t
 holds and sends to (the hooks see its :class:`~roomkit._connection.Connection`
 handle). It decides nothing itself: its :class:`~roomkit._core.peer.Peer`, pure, says
 what the bytes read mean and what the peer is owed, and the transport carries it out.
-It has one reader and one writer, both tasks in its room's nursery:
+Its task (:meth:`Transport.run`, in its room's nursery) is the reader; a writer task,
+also in the room's nursery, starts only when a write would block while the reader
+reads, and once reading is over the reader writes what is left itself:
 
 * The reader feeds each chunk read to the peer machine, delivers the messages it
   returns to the room in order, and carries out the rest (note when the auto-response
@@ -15,7 +17,9 @@ It has one reader and one writer, both tasks in its room's nursery:
 * A kick writes the queue straight to the socket (one non-blocking ``os.write``) when
   the writer task is idle; whatever the socket does not take wakes the writer, which
   takes *everything* queued and writes it with one ``send_all``. So a burst of messages
-  costs one system call, not one each, and usually no task switch at all.
+  costs one system call, not one each, and usually no task switch at all. A peer's
+  close is answered the same way: the reader, done reading, writes the answer itself,
+  so that a connection that never blocked a write has no second task at all.
 
 What the room and the output gate call, per recipient of a hook's sends:
 ``hold(size) -> bool`` counts bytes the gate keeps for it (False: it takes no more),
@@ -44,7 +48,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -135,6 +139,9 @@ class RoomSide(Protocol):
     def wall_time(self) -> float:
         """Seconds since the epoch, on the clock of ``Room.time()``."""
 
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Start ``task`` (a connection's writer) in the room's nursery."""
+
 
 class Transport:
     """One peer's WebSocket in a room: what the room sends to, and its two loops.
@@ -158,11 +165,13 @@ class Transport:
         "_actor",
         "_alone",
         "_fd",
-        "_nursery",
         "_scope",
+        "_serving",
         "_stream",
         "_wakeup",
+        "_writer",
         "_writer_done",
+        "_writing",
         "auto_response_timestamp",
         "enveloped",
         "handle",
@@ -212,12 +221,16 @@ class Transport:
         #: The socket's file descriptor while it is open and past its handshake, for
         #: writes that need no task (see kick); None otherwise.
         self._fd: int | None = None
-        #: The connection's scope while it is served, its reader's and its writer's:
-        #: cancelled to drop the peer, its deadline the close's (see _closing).
+        #: The reader's scope while the connection is served: cancelled to drop the
+        #: peer (which ends a writer task too), its deadline the close's (see _closing).
         self._scope = trio.CancelScope()
-        #: The nursery that the writer task starts in, while the connection is served.
-        self._nursery: trio.Nursery | None = None
-        #: Set when the writer task has returned; None until it is started (see kick).
+        #: From the 101 until the connection's task ends: a writer may write.
+        self._serving = False
+        #: Something writes what kick leaves: a writer task, or the reader once it is
+        #: done reading (see _write_later, _serve). Never false again once true.
+        self._writing = False
+        #: The writer task's scope while it runs, and its end; None without one.
+        self._writer: trio.CancelScope | None = None
         self._writer_done: trio.Event | None = None
         self._wakeup: trio.Event | None = None  # the writer's, while it waits
 
@@ -350,43 +363,68 @@ class Transport:
         if self.peer.cut_reason is not None:
             deadline = trio.current_time() + CLOSE_TIMEOUT
             self._scope.deadline = min(self._scope.deadline, deadline)
-        self._write_later()
+        self.kick()
 
     def kick(self) -> None:
         """Get what is queued moving.
 
         When the writer is idle, the queue is written straight to the socket, which does
         not block: usually the kernel takes it all, and no task had to wake for it (two
-        trips through Trio's scheduler saved per write). Whatever the socket does not
-        take, and any close, is left to the writer task, started then if it was not
-        yet: most connections never need one.
+        trips through Trio's scheduler saved per write). The close owed, once the
+        frames before it are out, goes the same way. Whatever the socket does not take
+        is left to the writer task, started then if it was not yet: most connections
+        never need one.
         """
         queue, fd = self.peer.queue, self._fd
         frames = queue.frames
-        if fd is not None and frames and not queue.writing:
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            try:
-                sent = os.write(fd, data)
-            except OSError:  # full (BlockingIOError), or broken: the writer finds out
-                sent = 0
-            if sent:
-                self.metrics.bytes_sent += sent
-                queue.sent(data, sent)
+        if fd is not None and not queue.writing:
+            if frames:
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+                sent = self._write_some(fd, data)
+                if sent:
+                    queue.sent(data, sent)
+            if not queue.frames and queue.close is not None:
+                self._close_straight(fd, queue.close)
         if queue.frames or queue.close is not None:
             self._write_later()
+
+    def _write_some(self, fd: int, data: bytes) -> int:
+        """Write ``data`` to the socket without blocking; the bytes it took."""
+        try:
+            sent = os.write(fd, data)
+        except OSError:  # full (BlockingIOError), or broken: the writer finds out
+            return 0
+        self.metrics.bytes_sent += sent
+        return sent
+
+    def _close_straight(self, fd: int, frame: CloseConnection) -> None:
+        """Write the close owed straight to the socket: it is owed no longer. In the
+        rare case that the socket does not take it whole, the rest is queued as a frame,
+        for the writer. A writer waiting for work then finds that its work is done."""
+        queue = self.peer.queue
+        queue.close = None
+        data = self.peer.close_frame(frame)
+        if data is not None:
+            queue.sent(data, self._write_some(fd, data))  # what it did not take heads it
+            if not queue.frames:
+                self._close_out()
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _write_later(self) -> None:
         """Leave what is owed to the writer task: wake it, or start it.
 
-        Not before the connection is served (its 101 is not out yet: serving begins with
-        a kick), nor once it is over.
+        The writer task starts in the room's nursery, beside the reader: not before the
+        connection is served (its 101 is not out yet: serving begins with a kick), nor
+        once it is over.
         """
-        if self._writer_done is not None:
+        if self._writing:
             if self._wakeup is not None:
                 self._wakeup.set()
-        elif self._nursery is not None:
+        elif self._serving:
+            self._writing = True
             self._writer_done = trio.Event()
-            self._nursery.start_soon(self._write_loop)
+            self._actor.spawn(self._write_task)
 
     def heartbeat(self) -> None:
         """Called by the server's scheduler: ping the peer, or drop it if it never answered.
@@ -423,13 +461,13 @@ class Transport:
                 await self._stream.send_all(Response(*rejection).to_bytes())
                 return
             opened = True
-            accept, self._accept = self._accept, None
-            assert accept is not None
-            await self._stream.send_all(accept)
+            fd = None
+            if isinstance(self._stream, trio.SocketStream) and os.name == "posix":
+                fd = self._stream.socket.fileno()
+            await self._send_accept(fd)
             self.metrics.connections_opened += 1
             log_opened(self.log_fields)
-            if isinstance(self._stream, trio.SocketStream) and os.name == "posix":
-                self._fd = self._stream.socket.fileno()
+            self._fd = fd
             self._expect_pong(False)
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -437,6 +475,9 @@ class Transport:
         except Exception:
             await self._failed(opened)
         finally:
+            self._serving = False  # no writer starts now, and one that runs is cancelled
+            if self._writer is not None:
+                self._writer.cancel()
             self._fd = None  # before the close: the number may be reused at once
             self.peer.move(Trigger.GONE)
             self._actor.cancel_timer(("ping", self))
@@ -473,9 +514,7 @@ class Transport:
 
         Called from an ``except`` block, whose exception is logged.
         """
-        log_failed(self.log_fields)
-        self.metrics.internal_errors += 1
-        self.peer.note_cut("internal_error")
+        self._note_failure()
         queue = self.peer.queue
         # Not if a write was cut short, or a frame's tail waits: mid-frame, a close
         # frame would corrupt the stream.
@@ -487,6 +526,12 @@ class Transport:
             with trio.move_on_after(CLOSE_TIMEOUT), gone:
                 await self._stream.send_all(data)
 
+    def _note_failure(self) -> None:
+        """Log (from an ``except`` block) and count a failure of roomkit's own code."""
+        log_failed(self.log_fields)
+        self.metrics.internal_errors += 1
+        self.peer.note_cut("internal_error")
+
     def _expect_pong(self, waiting: bool) -> None:
         """Schedule the next ping, or (``waiting``) the deadline for the pong just asked for."""
         room = self._actor.room_class
@@ -495,25 +540,59 @@ class Transport:
         wait = room.ping_timeout if waiting else room.ping_interval
         self._actor.set_timer(("ping", self), trio.current_time() + wait)
 
+    async def _send_accept(self, fd: int | None) -> None:
+        """Send the 101: straight to the socket ``fd`` (when there is one), which nearly
+        always takes it whole, else (the rest) through the stream."""
+        accept, self._accept = self._accept, None
+        assert accept is not None
+        if fd is not None:
+            try:
+                sent = os.write(fd, accept)
+            except OSError:  # full, or broken: send_all finds out which
+                sent = 0
+            accept = accept[sent:]
+        if accept:
+            await self._stream.send_all(accept)
+
     async def _serve(self) -> None:
-        """Read until the connection is over, then give the writer the time to send our
-        close (when the peer is still there)."""
+        """Read until the connection is over, then, when the peer is still there, give
+        what is owed to it (our close reply, or a cut's close, which the room queues
+        yet) ``CLOSE_TIMEOUT`` to go out: written by this task, or by the writer task
+        if one started while reading."""
         with self._scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    self.kick()  # what on_connect sent
-                    await self._read_loop()
-                    if self.peer.report[0] != CloseCode.ABNORMAL_CLOSURE:
-                        # The peer is still there: our close reply (or a cut's close,
-                        # which the room queues yet) is the writer's to send.
-                        self._write_later()
-                        assert self._writer_done is not None  # started, if not before
-                        with trio.move_on_after(CLOSE_TIMEOUT):
-                            await self._writer_done.wait()
-                finally:
-                    self._nursery = None  # no writer starts once the reader is done
-                nursery.cancel_scope.cancel()
+            self._serving = True
+            self.kick()  # what on_connect sent
+            await self._read_loop()
+            if self.peer.report[0] == CloseCode.ABNORMAL_CLOSURE:
+                return  # the peer is gone: nothing more to write
+            if self._writing:
+                assert self._writer_done is not None  # made with the writer task
+                self._give_close_time()
+                await self._writer_done.wait()
+            elif self.peer.queue.frames or not self.peer.close_sent:
+                self._writing = True
+                self._give_close_time()
+                await self._write_loop()
+
+    def _give_close_time(self) -> None:
+        """What is left to write has ``CLOSE_TIMEOUT`` at most (or less: a cut's)."""
+        deadline = trio.current_time() + CLOSE_TIMEOUT
+        self._scope.deadline = min(self._scope.deadline, deadline)
+
+    async def _write_task(self) -> None:
+        """The writer task: the write loop in a scope of its own, which the reader
+        cancels when the connection ends (a room's nursery does not end with it)."""
+        assert self._writer_done is not None  # made when this was started
+        try:
+            with trio.CancelScope() as self._writer:
+                if self._serving:  # not if the connection ended before this ran
+                    await self._write_loop()
+        except Exception:  # a bug of roomkit's: it ends this connection, not its room
+            self._note_failure()
+            self._scope.cancel()
+        finally:
+            self._writer = None
+            self._writer_done.set()
 
     async def _write_loop(self) -> None:
         """Write what kick left: all that is queued in one ``send_all``, then the close."""
@@ -521,6 +600,8 @@ class Transport:
         try:
             while True:
                 if not queue.frames and queue.close is None:
+                    if self.peer.close_sent:
+                        return  # the close went out straight (see kick): nothing is left
                     self._wakeup = wakeup = trio.Event()
                     await wakeup.wait()
                 if queue.frames:
@@ -535,16 +616,17 @@ class Transport:
             self._scope.cancel()  # the peer is gone: nothing more will be read
         finally:
             self._wakeup = None
-            assert self._writer_done is not None  # set when this was started
-            self._writer_done.set()
 
     async def _write_close(self, frame: CloseConnection) -> None:
         data = self.peer.close_frame(frame)
         if data is not None:
             await self._stream.send_all(data)
             self.metrics.bytes_sent += len(data)
-        # The frame is out, the peer took it: no deadline for that any more, but if we
-        # closed first, the peer's answer is waited for CLOSE_TIMEOUT, not for ever.
+        self._close_out()
+
+    def _close_out(self) -> None:
+        """Our close frame is out, the peer took it: no deadline for that any more, but
+        if we closed first, the peer's answer is waited for CLOSE_TIMEOUT, not for ever."""
         waiting = self.peer.awaiting_close
         self._scope.deadline = trio.current_time() + CLOSE_TIMEOUT if waiting else math.inf
 

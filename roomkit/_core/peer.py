@@ -224,6 +224,11 @@ class Peer:
         """Whether our close frame is out and the peer's answer awaited."""
         return self._ws_state is WSState.LOCAL_CLOSING
 
+    @property
+    def close_sent(self) -> bool:
+        """Whether our close frame was made (:meth:`close_frame`): none may follow."""
+        return self._ws_state is WSState.LOCAL_CLOSING or self._ws_state is WSState.CLOSED
+
     def close_frame(self, frame: CloseConnection) -> bytes | None:
         """The bytes of ``frame``, or None when no close may be sent (one was, both ways)."""
         state = self._ws_state
