@@ -389,7 +389,11 @@ class RoomActor:
     async def connect(self, conn: Transport) -> tuple[int, str] | None:
         """Run ``on_connect``; return None to accept, or the ``(status, reason)`` to refuse."""
         event = Connect(conn)
-        await self._wake().send(event)
+        send = self._wake()
+        try:
+            send.send_nowait(event)  # the wait below is this task's one trip, not two
+        except trio.WouldBlock:
+            await send.send(event)
         await event.decided.wait()
         return event.rejection
 
@@ -475,8 +479,12 @@ class RoomActor:
         """Report that ``conn`` has closed; ``on_close`` will run."""
         # Broken or closed: the room itself was cancelled, and nobody is left to tell.
         gone = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
-        with trio.CancelScope(shield=True), gone:
-            await self._wake().send(Closed(conn))
+        with gone:
+            try:  # without a wait, no shield is needed: the usual case, a scope saved
+                self._wake().send_nowait(Closed(conn))
+            except trio.WouldBlock:  # the room is behind: wait, even when cancelled
+                with trio.CancelScope(shield=True):
+                    await self._wake().send(Closed(conn))
 
     def _wake(self) -> trio.MemorySendChannel[Event]:
         """Start the event loop if the room is asleep; its event channel.
