@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
@@ -93,14 +94,17 @@ class Head:
     raw: bytes
 
 
-async def read_head(stream: trio.abc.ReceiveStream) -> Head | Response | None:
-    """Read a request head until its blank line, and parse it.
+async def read_head(
+    stream: trio.abc.ReceiveStream, received: bytes = b""
+) -> Head | Response | None:
+    """Read a request head until its blank line (after ``received``, read already),
+    and parse it; without waiting when ``received`` holds it whole.
 
     Returns:
       the head; or the response that refuses it, 431 past ``MAX_HEAD`` bytes, 400 if it
       is not an HTTP request; or None if the peer left first.
     """
-    buffer = bytearray()
+    buffer = bytearray(received)
     while (end := buffer.find(b"\r\n\r\n")) < 0:
         if len(buffer) > MAX_HEAD:
             return _TOO_LARGE
@@ -142,7 +146,19 @@ async def read_request(
     The TLS handshake and the head share one deadline, ``seconds`` away: a client that
     finishes neither in time is dropped (``"timeout"``), and so is one whose TLS
     handshake fails (``"tls"``). A client that leaves gives no head and no reason.
+
+    A plain TCP client has usually sent its whole head by the time its connection is
+    served: it is then read at once, with no deadline to set (a cancel scope less per
+    connection) and no wait.
     """
+    received = b""
+    if ssl_context is None:
+        already = _received(stream)
+        if already is None:
+            return stream, None, None  # it left
+        if b"\r\n\r\n" in already:
+            return stream, await read_head(stream, already), None
+        received = already
     secured: trio.abc.Stream = stream
     with trio.move_on_after(seconds):
         if ssl_context is not None:
@@ -151,5 +167,19 @@ async def read_request(
                 await tls.do_handshake()
             except trio.BrokenResourceError:
                 return secured, None, "tls"
-        return secured, await read_head(secured), None
+        return secured, await read_head(secured, received), None
     return secured, None, "timeout"
+
+
+def _received(stream: trio.abc.Stream) -> bytes | None:
+    """What a plain TCP stream has received so far (a head's chunk at most), read
+    without waiting: ``b""`` for nothing yet (or a stream that is not a socket's),
+    None if the peer has left."""
+    if not isinstance(stream, trio.SocketStream) or os.name != "posix":
+        return b""
+    try:
+        return os.read(stream.socket.fileno(), _HEAD_CHUNK) or None
+    except BlockingIOError:
+        return b""
+    except OSError:  # reset: gone
+        return None

@@ -66,3 +66,49 @@ async def test_read_request_without_tls_reads_on_the_stream_itself() -> None:
     secured, read, reason = await read_request(None, 10, server)
     assert secured is server and reason is None
     assert isinstance(read, Head) and read.rest == b""
+
+
+async def _socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """A connected TCP pair on 127.0.0.1: (the client's end, the server's end)."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listener.accept()
+    assert isinstance(server, trio.SocketStream)
+    return client, server
+
+
+async def test_a_head_already_received_over_tcp_is_read_without_waiting() -> None:
+    client, server = await _socket_pair()
+    async with client, server:
+        await client.send_all(HEAD + b"\x81\x00")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.testing.assert_no_checkpoints():  # no deadline, no wait: it is there
+            secured, read, failure = await read_request(None, 10, server)
+        assert secured is server and failure is None
+        assert isinstance(read, Head) and read.raw == HEAD and read.rest == b"\x81\x00"
+
+
+async def test_over_tcp_the_rest_of_a_head_is_awaited_and_a_client_that_left_is_none(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = await _socket_pair()
+    async with client, server:
+        await client.send_all(HEAD[:10])
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, HEAD[10:])
+            _, read, _ = await read_request(None, 10, server)
+        assert isinstance(read, Head) and read.raw == HEAD
+    client, server = await _socket_pair()
+    async with server:
+        await client.send_all(HEAD[:10])
+        await client.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert await read_request(None, 10, server) == (server, None, None)
+    client, server = await _socket_pair()
+    async with client, server:
+        await client.send_all(HEAD[:10])  # and nothing more
+        assert await read_request(None, 10, server) == (server, None, "timeout")
+        assert trio.current_time() == 10
