@@ -471,7 +471,7 @@ async def test_bad_handshakes_are_refused(
     start: Start, headers: bytes, status: int, problem: bytes
 ) -> None:
     server = await start(Hello)
-    request = b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" + headers + b"\r\n"
+    request = b"GET /r HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\n" + headers + b"\r\n"
     got, response_headers, body = await http(server.port, request)
     assert got == status and body.startswith(b"Bad WebSocket handshake") and problem in body
     if status == 426:
@@ -724,7 +724,7 @@ def test_a_head_cut_short_is_400_incomplete() -> None:
 
 def upgrade(**changes: str | None) -> RequestHead:
     headers = {
-        "host": "x",
+        "host": "example",
         "connection": "Upgrade",
         "upgrade": "websocket",
         "sec-websocket-version": "13",
@@ -826,3 +826,24 @@ def test_allowed_origins_must_not_be_one_string() -> None:
     with pytest.raises(TypeError) as raised:
         Router("R", allowed_origins="https://app.example")
     assert str(raised.value) == "allowed_origins is an iterable of origins, not a single string"
+
+
+def test_common_header_names_and_values_are_shared_by_every_head() -> None:
+    """A connection keeps its request's headers: the usual ones cost it no strings."""
+    raw = (
+        b"GET /r HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nX-Custom: caf\xe9\r\n\r\n"
+    )
+    first, second = parse_head(raw), parse_head(raw)
+    assert isinstance(first, RequestHead) and isinstance(second, RequestHead)
+    assert first.headers == {
+        "host": "example",
+        "upgrade": "websocket",
+        "connection": "Upgrade",
+        "sec-websocket-version": "13",
+        "x-custom": "café",  # the rest decoded as before, as Latin-1
+    }
+    names = dict(zip(first.headers, second.headers, strict=True))
+    assert [name for name, other in names.items() if name is not other] == ["x-custom"]
+    values = zip(first.headers.values(), second.headers.values(), strict=True)
+    assert [value for value, other in values if value is not other] == ["example", "café"]

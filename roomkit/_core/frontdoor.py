@@ -237,6 +237,45 @@ class RoomTarget(Generic[T]):
     room: RoomId
 
 
+#: The header names and values that most handshakes carry, decoded once: a connection
+#: keeps its request's headers for its life, and these then cost it nothing. A fixed
+#: table, so that no peer can make it grow.
+_COMMON: Final = {
+    text.encode("latin-1"): text
+    for text in (
+        "host",
+        "upgrade",
+        "connection",
+        "origin",
+        "user-agent",
+        "cookie",
+        "authorization",
+        "pragma",
+        "cache-control",
+        "accept-encoding",
+        "accept-language",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "websocket",
+        "Upgrade",
+        "keep-alive, Upgrade",
+        "Keep-Alive, Upgrade",
+        "13",
+        "no-cache",
+        "gzip, deflate, br",
+        "gzip, deflate, br, zstd",
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate",
+        "roomkit.v1",
+    )
+}
+
+
 def parse_head(data: bytes) -> RequestHead | Response:
     """Parse a request head ending in a blank line, or say why it is not one (400)."""
     conn = h11.Connection(h11.SERVER)
@@ -249,8 +288,8 @@ def parse_head(data: bytes) -> RequestHead | Response:
         return Response(400, "Bad request: incomplete request head")
     headers: dict[str, str] = {}
     for raw_name, raw_value in event.headers:
-        name = raw_name.decode("latin-1")
-        value = raw_value.decode("latin-1")
+        name = _COMMON.get(raw_name) or raw_name.decode("latin-1")
+        value = _COMMON.get(raw_value) or raw_value.decode("latin-1")
         if name in headers:
             value = headers[name] + ("; " if name == "cookie" else ", ") + value
         headers[name] = value
