@@ -164,6 +164,7 @@ class Transport:
         "_accept",
         "_actor",
         "_alone",
+        "_close_tail",
         "_fd",
         "_scope",
         "_serving",
@@ -233,6 +234,9 @@ class Transport:
         self._writer: trio.CancelScope | None = None
         self._writer_done: trio.Event | None = None
         self._wakeup: trio.Event | None = None  # the writer's, while it waits
+        #: The close frame went out in part: its tail is queued as a frame, and the
+        #: close counts as out (its deadline, see _close_out) once the queue is.
+        self._close_tail = False
 
     def __repr__(self) -> str:
         return f"<Transport {self.handle.id} room={self.handle.request.room!r} {self.state.value}>"
@@ -383,6 +387,7 @@ class Transport:
                 sent = self._write_some(fd, data)
                 if sent:
                     queue.sent(data, sent)
+                    self._frames_out()
             if not queue.frames and queue.close is not None:
                 self._close_straight(fd, queue.close)
         if queue.frames or queue.close is not None:
@@ -406,8 +411,8 @@ class Transport:
         data = self.peer.close_frame(frame)
         if data is not None:
             queue.sent(data, self._write_some(fd, data))  # what it did not take heads it
-            if not queue.frames:
-                self._close_out()
+            self._close_tail = True
+            self._frames_out()
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -515,6 +520,9 @@ class Transport:
         Called from an ``except`` block, whose exception is logged.
         """
         self._note_failure()
+        self._serving = False  # no writer starts now, and one that waits for work ends:
+        if self._writer is not None:  # the 1011 below is the last thing written
+            self._writer.cancel()
         queue = self.peer.queue
         # Not if a write was cut short, or a frame's tail waits: mid-frame, a close
         # frame would corrupt the stream.
@@ -609,6 +617,7 @@ class Transport:
                     await self._stream.send_all(data)
                     self.metrics.bytes_sent += len(data)
                     queue.written()
+                    self._frames_out()
                 elif queue.close is not None:
                     await self._write_close(queue.close)
                     return
@@ -623,6 +632,13 @@ class Transport:
             await self._stream.send_all(data)
             self.metrics.bytes_sent += len(data)
         self._close_out()
+
+    def _frames_out(self) -> None:
+        """Frames went out: if the queue is empty and a close frame's tail was in it,
+        the close is out now."""
+        if self._close_tail and not self.peer.queue.frames:
+            self._close_tail = False
+            self._close_out()
 
     def _close_out(self) -> None:
         """Our close frame is out, the peer took it: no deadline for that any more, but

@@ -9,18 +9,22 @@ goes through the writer task.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
+import pytest
 import trio
 import trio.testing
+from wsproto.events import TextMessage
 
 import roomkit
+import roomkit._transport as transport
 from roomkit.testing import open_test_server
 
-from .helpers import Start, open_client
+from .helpers import Start, open_client, raw_handshake, read_close
 
 
 class Echo(roomkit.Room):
@@ -139,3 +143,46 @@ async def test_a_blocked_writer_ends_with_its_connection(start: Start) -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert _tasks_of("Transport._write_task") == _tasks_of("Transport.run") == []
     assert Firehose.closes == [(1006, False)]
+
+
+class Closer(roomkit.Room):
+    hibernate_after = None
+    ping_interval = None
+    closes: ClassVar[list[tuple[int, bool]]] = []
+    closed: ClassVar[trio.Event]
+
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.close(1000, "bye")
+
+    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
+        Closer.closes.append((code, clean))
+        Closer.closed.set()
+
+
+@pytest.mark.parametrize("taken", ["whole", "none", "part"])
+async def test_a_peer_that_never_answers_a_rooms_close_is_dropped_after_close_timeout(
+    monkeypatch: pytest.MonkeyPatch, taken: str
+) -> None:
+    # However much of the close frame the socket takes at once (all of it; none, as
+    # when its buffer is full; a part), the peer's answer is awaited CLOSE_TIMEOUT.
+    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 0.5)
+    if taken != "whole":
+        real = transport.Transport._write_some
+
+        def write_some(self: transport.Transport, fd: int, data: bytes) -> int:
+            if data[:1] == b"\x88" and len(data) > 1:  # the close frame's first write
+                return 0 if taken == "none" else real(self, fd, data[:1])
+            return real(self, fd, data)
+
+        monkeypatch.setattr(transport.Transport, "_write_some", write_some)
+    Closer.closes, Closer.closed = [], trio.Event()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(functools.partial(roomkit.serve, Closer, port=0))
+        stream, ws = await raw_handshake(server.port, "/r")
+        async with stream:
+            await stream.send_all(ws.send(TextMessage("x")))
+            assert (await read_close(stream, ws)).code == 1000  # and never answered
+            with trio.fail_after(3):
+                await Closer.closed.wait()
+        nursery.cancel_scope.cancel()
+    assert Closer.closes == [(1006, False)]
