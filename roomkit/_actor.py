@@ -304,7 +304,7 @@ class RoomActor:
         else:
             self._nursery.cancel_scope.cancel()
 
-    def _spawn(self, task: _Task) -> None:
+    def spawn(self, task: _Task) -> None:
         """Start ``task`` in the room's nursery (as soon as the room's task runs)."""
         if self._nursery is None:
             assert self._starting is not None
@@ -340,11 +340,7 @@ class RoomActor:
         self._host.connections += 1
         if conn.enveloped:
             self._enveloped += 1
-        self._spawn(conn.run)
-
-    def spawn(self, task: _Task) -> None:
-        """Start a connection's ``task`` (its writer) in the room's nursery."""
-        self._spawn(task)
+        self.spawn(conn.run)
 
     def shutdown(self, code: CloseCode, reason: str) -> None:
         """Close every connection with ``code`` and refuse new ones with 503.
@@ -459,7 +455,7 @@ class RoomActor:
     def _post_soon(self, event: Alarm | Drain | Expire) -> None:
         """Queue ``event`` from synchronous code; the room stays up until it is queued."""
         self._core.expect()
-        self._spawn(functools.partial(self._post, event))
+        self.spawn(functools.partial(self._post, event))
 
     async def _post(self, event: Alarm | Drain | Expire) -> None:
         # The loop counts the event off when it takes it: counted here, once this task
@@ -494,7 +490,7 @@ class RoomActor:
         if self._core.state is _ASLEEP:
             self._core.change(Change.WAKE)
             self._send, self._receive = trio.open_memory_channel[Event](EVENT_QUEUE)
-            self._spawn(self._event_loop)
+            self.spawn(self._event_loop)
         send = self._send
         assert send is not None  # made when the room woke
         return send

@@ -387,18 +387,16 @@ class Transport:
                 sent = self._write_some(fd, data)
                 if sent:
                     queue.sent(data, sent)
-                    self._frames_out()
+                    if self._close_tail:
+                        self._frames_out()
             if not queue.frames and queue.close is not None:
                 self._close_straight(fd, queue.close)
         if queue.frames or queue.close is not None:
             self._write_later()
 
     def _write_some(self, fd: int, data: bytes) -> int:
-        """Write ``data`` to the socket without blocking; the bytes it took."""
-        try:
-            sent = os.write(fd, data)
-        except OSError:  # full (BlockingIOError), or broken: the writer finds out
-            return 0
+        """Write ``data`` to the socket without blocking, counted; the bytes it took."""
+        sent = _write_now(fd, data)
         self.metrics.bytes_sent += sent
         return sent
 
@@ -554,11 +552,7 @@ class Transport:
         accept, self._accept = self._accept, None
         assert accept is not None
         if fd is not None:
-            try:
-                sent = os.write(fd, accept)
-            except OSError:  # full, or broken: send_all finds out which
-                sent = 0
-            accept = accept[sent:]
+            accept = accept[_write_now(fd, accept) :]
         if accept:
             await self._stream.send_all(accept)
 
@@ -617,7 +611,8 @@ class Transport:
                     await self._stream.send_all(data)
                     self.metrics.bytes_sent += len(data)
                     queue.written()
-                    self._frames_out()
+                    if self._close_tail:
+                        self._frames_out()
                 elif queue.close is not None:
                     await self._write_close(queue.close)
                     return
@@ -702,3 +697,12 @@ class Transport:
             assert self.peer.cut is not None  # set with the CUT bit
             await self._actor.cut(self, CloseConnection(*self.peer.cut))
         return bool(todo & END)
+
+
+def _write_now(fd: int, data: bytes) -> int:
+    """Write ``data`` to the socket ``fd`` without blocking; the bytes it took (none
+    when it is full, or broken: the writer's ``send_all`` finds out which)."""
+    try:
+        return os.write(fd, data)
+    except OSError:
+        return 0
