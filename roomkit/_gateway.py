@@ -76,7 +76,6 @@ from ._core.frontdoor import (
 from ._core.handoff import Handoff, HandoffError, HandTo, Refuse, where
 from ._core.limits import TLS_CLOSE_TIMEOUT
 from ._core.location import ForwardTo, ServeHere
-from ._core.peer import Upgraded
 from ._errors import Reject
 from ._forward import Forwarded, Forwards
 from ._handoff import Handed, Peers
@@ -365,9 +364,9 @@ class Gateway:
         elif isinstance(decision, Response):
             await self._answer(visit, secured, decision, body=not visit.bodiless)
         else:
-            ws = Upgraded(decision.head.rest)
             actor = self._host.room_for(decision.room_class, decision.room)
-            actor.admit(Transport(actor, secured, ws, decision.accept, decision.request))
+            rest = decision.head.rest
+            actor.admit(Transport(actor, secured, rest, decision.accept, decision.request))
             visit.handed_off = True
 
     async def _answer(

@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
-from wsproto.connection import Connection as WSConnection
 from wsproto.events import CloseConnection
 
 from ._accept import close_now
@@ -188,7 +187,7 @@ class Transport:
         self,
         actor: RoomSide,
         stream: trio.abc.Stream,
-        ws: WSConnection,
+        received: bytes,
         accept: bytes,
         request: Request,
     ) -> None:
@@ -198,7 +197,7 @@ class Transport:
             request = attrs.evolve(request, query=query)
         self.enveloped: Final = offers_envelope(request.headers.get("sec-websocket-protocol"))
         self.peer: Final = Peer(
-            ws,
+            received,
             trio.current_time(),
             max_message_size=room.max_message_size,
             max_send_queue=room.max_send_queue,

@@ -39,7 +39,7 @@ def open_peer(**settings: Any) -> tuple[Peer, WSConnection, RoomMetrics]:
         "metrics": metrics,
     }
     options |= settings
-    peer = Peer(WSConnection(ConnectionType.SERVER), 0.0, **options)
+    peer = Peer(b"", 0.0, **options)
     peer.move(Trigger.ADMIT)
     return peer, WSConnection(ConnectionType.CLIENT), options["metrics"]
 
@@ -223,7 +223,7 @@ def test_heartbeat_pings_again_once_answered() -> None:
 
 def test_heartbeat_does_nothing_before_the_connection_opens() -> None:
     peer = Peer(
-        WSConnection(ConnectionType.SERVER),
+        b"",
         0.0,
         max_message_size=10,
         max_send_queue=100,
@@ -349,7 +349,7 @@ from roomkit._core.lifecycle import Trigger
 from roomkit._core.peer import Peer
 from roomkit._metrics import RoomMetrics
 for request, message, kind in [("ping", b"ping", BytesMessage), (b"ping", "ping", TextMessage)]:
-    peer = Peer(Connection(ConnectionType.SERVER), 0.0, max_message_size=10,
+    peer = Peer(b"", 0.0, max_message_size=10,
                 max_send_queue=100, rate_limit=None, auto_response=(request, b"answer"),
                 protocol=None, metrics=RoomMetrics())
     peer.move(Trigger.ADMIT)

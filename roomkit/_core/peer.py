@@ -38,9 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState as WSState
-from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection, Ping, Pong
 
 from .._closecodes import CloseCode
@@ -55,7 +53,7 @@ from .ratelimit import RateLimit, TokenBucket, Verdict
 from .sendqueue import SendQueue
 from .wsreader import Broken, FrameReader, TooBig
 
-__all__ = ["AUTO", "CLOSE", "CUT", "END", "PING", "PONG", "TIMEOUT", "WRITE", "Peer", "Upgraded"]
+__all__ = ["AUTO", "CLOSE", "CUT", "END", "PING", "PONG", "TIMEOUT", "WRITE", "Peer"]
 
 # Todo bits, what receive() and heartbeat() leave to the transport.
 WRITE: Final = 1  # frames were queued: kick the queue
@@ -83,21 +81,12 @@ def _enveloped_reply(text: str) -> bytes:
     return envelope.encode(text, None)
 
 
-class Upgraded(WSConnection):
-    """The server side of a WebSocket past its handshake, with the bytes that came along
-    with the handshake (``received``): a :class:`Peer` reads them first."""
-
-    def __init__(self, received: bytes) -> None:
-        super().__init__(ConnectionType.SERVER)
-        self.received = received
-
-
 class Peer:
     """One peer's WebSocket: what it sent, what it is owed, where it is in its life.
 
     Args:
-      ws: the server side of the WebSocket, past its handshake; an :class:`Upgraded`
-        brings the bytes that came along with the handshake, read first.
+      received: the bytes that came along with the handshake (the first frames of a
+        client that did not wait for its 101), read first.
       now: the time it reached its room (any monotonic clock, in seconds).
       max_message_size: bytes; a bigger message is a cut with 1009.
       max_send_queue: bytes that may be owed to the peer (see SendQueue).
@@ -141,7 +130,7 @@ class Peer:
 
     def __init__(
         self,
-        ws: WSConnection,
+        received: bytes,
         now: float,
         *,
         max_message_size: int,
@@ -152,11 +141,9 @@ class Peer:
         metrics: RoomMetrics,
         enveloped: bool = False,
     ) -> None:
-        # Frames are read by roomkit's own FrameReader; ``ws`` only brings what came
-        # along with the handshake (an Upgraded's), read on the first receive.
         self._reader = FrameReader(max_message_size)
         self._ws_state = WSState.OPEN  # the closing handshake, as wsproto's states
-        self._trailing = ws.received if isinstance(ws, Upgraded) and ws.received else None
+        self._trailing = received or None  # read on the first receive
         # roomkit's own replies, in the form the peer reads (docs/recovery.md): the
         # envelope's unlogged message for a roomkit.v1 peer.
         self._encode_reply = _enveloped_reply if enveloped else encode_message
