@@ -27,18 +27,26 @@ from roomkit.testing import open_test_server
 from .helpers import Start, open_client, raw_handshake, read_close
 
 
-class Echo(roomkit.Room):
+class _Recorded(roomkit.Room):
+    """A room that records how its connections closed (each subclass its own)."""
+
     hibernate_after = None
     ping_interval = None
-    closes: ClassVar[list[tuple[int, bool]]] = []
+    closes: ClassVar[list[tuple[int, bool]]]
     closed: ClassVar[trio.Event]
 
-    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
-        conn.send(message)
+    @classmethod
+    def reset(cls) -> None:
+        cls.closes, cls.closed = [], trio.Event()
 
     async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
-        Echo.closes.append((code, clean))
-        Echo.closed.set()
+        type(self).closes.append((code, clean))
+        type(self).closed.set()
+
+
+class Echo(_Recorded):
+    async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
+        conn.send(message)
 
 
 class _Spawned(trio.abc.Instrument):
@@ -75,7 +83,7 @@ def _tasks_of(name: str) -> list[trio.lowlevel.Task]:
 async def test_a_connection_that_never_blocks_a_write_is_one_task_through_its_close(
     start: Start,
 ) -> None:
-    Echo.closes, Echo.closed = [], trio.Event()
+    Echo.reset()
     server = await start(Echo)
     with spawned() as names:
         async with open_client(f"{server.url}/r") as ws:
@@ -103,60 +111,48 @@ async def test_the_writer_runs_in_the_rooms_nursery_and_the_connection_has_none(
             assert task.parent_nursery.parent_task.name.endswith("RoomActor.run")
 
 
-class Firehose(roomkit.Room):
+class Firehose(_Recorded):
     """Sends more than its peer reads: the writer blocks, then the peer is cut off."""
 
-    hibernate_after = None
-    ping_interval = None
-    max_send_queue = 64 * 1024
-    closes: ClassVar[list[tuple[int, bool]]] = []
-    closed: ClassVar[trio.Event]
+    max_send_queue = 1 << 20  # a turn's 128 KiB pass the gate, and fill the socket
 
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         for _ in range(8):
             conn.send("x" * 16 * 1024)
 
-    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
-        Firehose.closes.append((code, clean))
-        Firehose.closed.set()
 
-
-async def test_a_blocked_writer_ends_with_its_connection(start: Start) -> None:
+async def test_a_blocked_writer_ends_with_its_connection(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A peer that stops reading is cut off as a slow consumer; it does not read the
     close either, so after CLOSE_TIMEOUT the connection is dropped: its writer, stuck
     in a write, ends with it, and the room hears the close."""
-    Firehose.closes, Firehose.closed = [], trio.Event()
+    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 0.5)
+    Firehose.reset()
     server = await start(Firehose)
     slow_socket = socket.socket()
     slow_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow_socket.connect(("127.0.0.1", server.port))
     slow = trio.SocketStream(trio.socket.from_stdlib_socket(slow_socket))
-    async with slow:
-        await slow.send_all(
-            b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            + b"\x81\x84\x00\x00\x00\x00more"
-            * 40  # masked text frames, never read back
-        )
-        with trio.fail_after(15):  # CLOSE_TIMEOUT is 5 s
-            await Firehose.closed.wait()  # after the connection's task closed the socket
-        await trio.testing.wait_all_tasks_blocked()
-        assert _tasks_of("Transport._write_task") == _tasks_of("Transport.run") == []
+    with spawned() as names:
+        async with slow:
+            await slow.send_all(
+                b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                + b"\x81\x84\x00\x00\x00\x00more"
+                * 40  # masked text frames, never read back
+            )
+            with trio.fail_after(5):  # CLOSE_TIMEOUT is 0.5 s here
+                await Firehose.closed.wait()  # after the connection's task closed the socket
+            await trio.testing.wait_all_tasks_blocked()
+            assert _tasks_of("Transport._write_task") == _tasks_of("Transport.run") == []
+    assert "Transport._write_task" in names  # a write blocked: the writer took it over
     assert Firehose.closes == [(1006, False)]
 
 
-class Closer(roomkit.Room):
-    hibernate_after = None
-    ping_interval = None
-    closes: ClassVar[list[tuple[int, bool]]] = []
-    closed: ClassVar[trio.Event]
-
+class Closer(_Recorded):
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         conn.close(1000, "bye")
-
-    async def on_close(self, conn: roomkit.Connection, code: int, reason: str, clean: bool) -> None:
-        Closer.closes.append((code, clean))
-        Closer.closed.set()
 
 
 @pytest.mark.parametrize("taken", ["whole", "none", "part"])
@@ -175,14 +171,16 @@ async def test_a_peer_that_never_answers_a_rooms_close_is_dropped_after_close_ti
             return real(self, fd, data)
 
         monkeypatch.setattr(transport.Transport, "_write_some", write_some)
-    Closer.closes, Closer.closed = [], trio.Event()
+    Closer.reset()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(functools.partial(roomkit.serve, Closer, port=0))
         stream, ws = await raw_handshake(server.port, "/r")
         async with stream:
             await stream.send_all(ws.send(TextMessage("x")))
             assert (await read_close(stream, ws)).code == 1000  # and never answered
+            closed_at = trio.current_time()
             with trio.fail_after(3):
                 await Closer.closed.wait()
+            assert trio.current_time() - closed_at >= 0.45  # its answer was awaited
         nursery.cancel_scope.cancel()
     assert Closer.closes == [(1006, False)]
