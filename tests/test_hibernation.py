@@ -124,12 +124,14 @@ async def test_an_event_met_by_the_hibernation_deadline_is_not_followed_by_a_sle
 
 
 class AlarmSoon(roomkit.Room):
+    rang = 0
+
     async def on_message(self, conn: roomkit.Connection, message: Any) -> None:
         await self.storage.set_alarm(delay=5)
         conn.send(message)
 
     async def on_alarm(self, info: roomkit.AlarmInfo) -> None:
-        pass
+        AlarmSoon.rang += 1
 
 
 async def test_hibernate_as_an_alarm_comes_due_lets_the_alarm_in(
@@ -139,6 +141,7 @@ async def test_hibernate_as_an_alarm_comes_due_lets_the_alarm_in(
     # (a loop that rested without a checkpoint spun for ever). Trio runs a batch in order
     # or reversed, so each try meets the race half the time.
     faulthandler.dump_traceback_later(60, exit=True)  # a spinning loop blocks fail_after
+    AlarmSoon.rang = 0
     try:
         async with open_test_server(AlarmSoon) as server, server.connect("/r") as client:
             for _ in range(20):
@@ -147,6 +150,8 @@ async def test_hibernate_as_an_alarm_comes_due_lets_the_alarm_in(
                 await trio.sleep(5)  # the alarm is due now
                 with trio.fail_after(5):
                     await server.hibernate("r")
+            await trio.sleep(5)  # the last alarm is due too
+            assert AlarmSoon.rang == 20  # each alarm arrived, before or after the room slept
     finally:
         faulthandler.cancel_dump_traceback_later()
 

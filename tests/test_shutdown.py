@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import pytest
 import trio
 import trio.testing
 
@@ -48,7 +49,7 @@ def on_close_returns_as_the_drain_runs_out() -> Iterator[None]:
 
 
 async def test_rooms_ending_as_the_drain_runs_out_end_once(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Each room, its last client gone, is back from on_close with its end due, its
     # event loop not yet run, as the server cancels every room still there. A room
@@ -62,3 +63,4 @@ async def test_rooms_ending_as_the_drain_runs_out_end_once(
                 began = trio.current_time()
             assert trio.current_time() - began == DRAIN
     assert EndsWithTheDrain.ran_out.is_set()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # not logged either

@@ -222,6 +222,7 @@ def test_the_default_silence_limit_outlasts_a_full_garbage_collection() -> None:
     supervision = running(1)
     supervision.heard(0, 5.0)
     assert supervision.tick(5.0 + 9.9) == []
+    assert supervision.tick(5.0 + 10.1) == [Kill(0, 10.1)]
     assert HEARTBEAT_TIMEOUT == 10.0
 
 

@@ -273,7 +273,7 @@ def test_a_stopped_worker_is_killed_and_replaced_and_the_others_answer_meanwhile
         match = server.wait_for_line(
             rf"\[worker 1\]: pid {old[1]} silent for ([\d.]+) s \(hung, or stopped\): killing it"
         )
-        assert WORKER_TIMEOUT <= float(match[1]) < WORKER_TIMEOUT + 1
+        assert float(match[1]) >= WORKER_TIMEOUT  # not before its limit (later, if loaded)
         server.wait_for_line(rf"\[worker 1\]: pid {old[1]} was killed by SIGKILL")
         new = server.wait_for_new_worker(1, old[1])
         assert server.workers() == {0: old[0], 1: new}
