@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -56,6 +58,51 @@ def _wait_listening(url: str, process: subprocess.Popen[str], timeout: float = 1
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nothing listens at {url}") from None
             time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server that does not say its own)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_workers_up(
+    port: int, workers: int, process: subprocess.Popen[bytes], within: float
+) -> None:
+    """Until ``roomkit serve --metrics`` on ``port`` answers, and says that every one of
+    its ``workers`` is up (none: it answers); RuntimeError after ``within`` seconds, or
+    if ``process`` ends first."""
+    deadline = time.monotonic() + within
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as page:
+                text = page.read().decode()
+            if len(re.findall(r'^roomkit_worker_up\{worker="\d+"\} 1\.0$', text, re.M)) == workers:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"roomkit serve did not start (exit status {process.poll()})")
+
+
+def stop(process: subprocess.Popen[bytes], within: float) -> None:
+    """SIGTERM (a drain), then SIGKILL if ``process`` has not ended ``within`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor's workers)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(child) for child in (task / "children").read_text().split()]
+    return pids
 
 
 def pin_load() -> None:

@@ -37,14 +37,12 @@ import multiprocessing
 import os
 import re
 import resource
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection
@@ -57,7 +55,7 @@ import roomkit
 from roomkit._core.placement import owner
 from roomkit._roomid import RoomId
 
-from ._common import write_results
+from ._common import family, free_port, stop, wait_workers_up, write_results
 
 ROOT = Path(__file__).parent.parent
 #: Descriptors a server may need beyond its connections and what it holds at start:
@@ -135,19 +133,14 @@ class Served:
 
     def pids(self) -> list[int]:
         """The server's process and its children (a supervisor's workers)."""
-        pids = [self.pid]
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            pids += [int(child) for child in (task / "children").read_text().split()]
-        return pids
+        return family(self.pid)
 
 
 @contextmanager
 def served(workers: int | None) -> Iterator[Served]:
     """``roomkit serve benchmarks.scale:Scale``, with ``--workers`` if given, once it
     serves (every worker up)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         argv = [sys.executable, "-m", "roomkit", "serve", "benchmarks.scale:Scale"]
         argv += ["--port", str(port), "--storage", f"{folder}/rooms.sqlite3"]
@@ -157,31 +150,10 @@ def served(workers: int | None) -> Iterator[Served]:
         with log.open("wb") as stderr:
             process = subprocess.Popen(argv, cwd=ROOT, preexec_fn=_all_files, stderr=stderr)
         try:
-            _wait_for(port, workers or 0, process)
+            wait_workers_up(port, workers or 0, process, within=60)
             yield Served("127.0.0.1", port, process.pid, log)
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_for(port: int, workers: int, process: subprocess.Popen[bytes]) -> None:
-    """Until ``/metrics`` answers, and says that every worker is up."""
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as page:
-                text = page.read().decode()
-            up = re.findall(r'^roomkit_worker_up\{worker="\d+"\} 1\.0$', text, re.M)
-            if len(up) == workers:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"roomkit serve did not start (exit status {process.poll()})")
+            stop(process, within=60)
 
 
 def memory_kib(pids: list[int]) -> dict[str, int]:

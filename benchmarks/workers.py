@@ -25,15 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -42,7 +38,7 @@ from typing import Any
 from roomkit._core.placement import owner
 from roomkit._roomid import RoomId
 
-from ._common import write_results
+from ._common import family, free_port, stop, wait_workers_up, write_results
 from ._servers import Echo, Fanout, Idle
 from ._wire import Peer
 
@@ -66,9 +62,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 @contextmanager
 def supervised(workers: int) -> Iterator[tuple[str, int]]:
     """``roomkit serve --workers N``, once it listens: its URL and pid."""
-    with socket.socket() as probe:  # a free port: at --log-level warning its URL is not logged
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # at --log-level warning its URL is not logged
     with tempfile.TemporaryDirectory() as folder:
         storage = f"{folder}/rooms.sqlite3"
         options = ["--port", str(port), "--log-level", "warning", "--metrics", "--storage", storage]
@@ -76,35 +70,16 @@ def supervised(workers: int) -> Iterator[tuple[str, int]]:
         argv = [sys.executable, "-m", *command, "--workers", str(workers)]
         process = subprocess.Popen(argv, cwd=ROOT)
         try:
-            _wait_for(port, workers, process)
+            wait_workers_up(port, workers, process, within=30)
             yield f"ws://127.0.0.1:{port}", process.pid
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-
-
-def _wait_for(port: int, workers: int, process: subprocess.Popen[bytes]) -> None:
-    """Until ``/metrics`` says that every worker is up."""
-    deadline = time.monotonic() + 30
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as page:
-                text = page.read().decode()
-            if len(re.findall(r'^roomkit_worker_up\{worker="\d+"\} 1\.0$', text, re.M)) == workers:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"roomkit serve --workers did not start (exit status {process.poll()})")
+            stop(process, within=30)
 
 
 def cpu_seconds(pid: int) -> float:
     """User and system time of ``pid`` and its children (a supervisor and its workers)."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        pids += [int(child) for child in (task / "children").read_text().split()]
     total = 0
-    for each in pids:
+    for each in family(pid):
         fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / TICK
