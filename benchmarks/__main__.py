@@ -200,6 +200,15 @@ def table(report: dict[str, Any]) -> str:
     lines.append(workers.table(report["workers"]))
     lines += ["", "Forwarding to the owner node (see benchmarks/forward.py):", ""]
     lines.append(forward.table(report["forward"]))
+    durable = report["durable_writes"]["results"]
+    if "broadcast, logged for recovery" in durable:  # runs before 2026-12-02 lack it
+        logged = durable["broadcast, logged for recovery"]
+        plain = durable["broadcast through a room"]
+        lines += [
+            "",
+            f"A room with recovery (every broadcast logged, durable_writes.py): {logged:,.0f} "
+            f"msg/s, {logged / plain:.2f}x the same room unlogged ({plain:,.0f}).",
+        ]
     lines += ["", "Idle connections at scale (see benchmarks/scale.py):", ""]
     lines.append(scale.table(report["scale"]))
     lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]

@@ -67,6 +67,14 @@ class Chat(roomkit.Room):
         self.broadcast(message)
 
 
+class Logged(Chat):
+    """A chat room with recovery (issue 15): each broadcast is numbered and logged in
+    its storage (a durable write each), so that a client that comes back gets what it
+    missed."""
+
+    history = roomkit.History()
+
+
 class Ledger(roomkit.Room):
     """Stores every message under a new key, then acknowledges it: one durable write each."""
 
@@ -102,6 +110,7 @@ ROOMS: dict[str, type[roomkit.Room]] = {
     "echo": Echo,
     "fanout": Fanout,
     "chat": Chat,
+    "logged": Logged,
     "ledger": Ledger,
     "idle": Idle,
     "hibernating": Hibernating,

@@ -3,7 +3,9 @@
 Each message is stored by the room (``storage.put``) and acknowledged only once the
 write is durable (SQLite in WAL mode, ``synchronous=FULL``). Measured with group commit
 and without, beside the pipelined echo rate through a room, which is the ceiling: the
-target is durable writes >= 0.8x echo. 100 messages in flight.
+target is durable writes >= 0.8x echo. 100 messages in flight. Rooms with recovery
+(``Room.history``) log every broadcast, a durable write each: measured apart, a room
+broadcasting each message with its log and without, with no bound of their own.
 
 Beside each rate, the server's CPU µs per message (user + system, from /proc), split
 into its event loop's thread and the rest (the worker thread that commits): steadier
@@ -39,6 +41,10 @@ def run(quick: bool) -> dict[str, Any]:
                 f"{tmp}/single.sqlite3",
                 "--no-group-commit",
             ),
+            # Rooms with recovery, measured apart (issue 19): a broadcast each message,
+            # logged (a durable write each, group commit), beside the same unlogged.
+            "broadcast through a room": ("chat",),
+            "broadcast, logged for recovery": ("logged", "--storage", f"{tmp}/log.sqlite3"),
         }
         for label, (scenario, *options) in scenarios.items():
             with server("roomkit", scenario, *options) as (url, pid):
